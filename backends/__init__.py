@@ -1,0 +1,22 @@
+"""Where instances come from. Backends are imported lazily so their optional SDKs
+(docker, pyvmomi) are only needed when configured.
+
+Each backend module defines:
+    parse_config(table: backends.config.Table) -> <its frozen config dataclass>
+    create_backend(config, ctx: backends.base.BackendContext) -> backends.base.Backend
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+BACKENDS: dict[str, str] = {
+    "process": "backends.process",
+    "docker": "backends.docker",
+    "vsphere": "backends.vsphere",
+}
+
+
+def load(name: str) -> ModuleType:
+    return importlib.import_module(BACKENDS[name])

@@ -1,0 +1,96 @@
+"""The backend contract: where instances come from. Small on purpose.
+
+A backend starts an instance and returns once it has an endpoint; the pool then
+probes readiness (unless the backend proved it, e.g. by handing over a socket that
+is already listening). Blocking SDK calls must run in threads (asyncio.to_thread).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+# Labels every backend puts on what it creates, so a restarted proxy finds leftovers.
+LABEL_MANAGED = "io.forkproxy.managed"  # always "true"
+LABEL_POOL = "io.forkproxy.pool"  # BackendContext.pool_name
+LABEL_OWNER = "io.forkproxy.owner"  # BackendContext.owner_id (this proxy run)
+LABEL_INSTANCE = "io.forkproxy.instance"  # Instance.id
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+    scheme: str = "http"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+@dataclass
+class Instance:
+    """What a backend returns. `handle` is backend-private state (pid, container id, VM moref)."""
+
+    id: str
+    backend: str
+    endpoint: Endpoint
+    ready: bool = False  # True: backend proved readiness, the pool skips its HTTP probe
+    owner_id: str = ""  # owner run that created it (from labels), for list()
+    meta: dict[str, str] = field(default_factory=dict)  # shown in /instances
+    handle: Any = None
+    phases: dict[str, float] = field(default_factory=dict)  # start-time split, seconds
+
+
+DeathCallback = Callable[[str, str], None]
+"""on_death(instance_id, reason): the backend saw the instance die (exit, OOM, event)."""
+
+
+@dataclass
+class BackendContext:
+    pool_name: str  # stable across restarts: what list() filters on
+    owner_id: str  # unique per proxy run
+    readiness_path: str = "/"  # HTTP path the pool probes; backends that pre-warm use it too
+    start_timeout: float = 30.0
+    on_death: DeathCallback = field(default=lambda _id, _reason: None)
+
+    def labels(self, instance_id: str) -> dict[str, str]:
+        return {
+            LABEL_MANAGED: "true",
+            LABEL_POOL: self.pool_name,
+            LABEL_OWNER: self.owner_id,
+            LABEL_INSTANCE: instance_id,
+        }
+
+
+class Backend(abc.ABC):
+    """Start, stop and list instances. One object per proxy; methods are called concurrently."""
+
+    name: str = "backend"
+
+    async def prepare(self) -> None:  # noqa: B027 - optional hook
+        """Validate the world and warm the parent (template process, image, parent VM,
+        paused pool). Raise BackendConfigError with a clear message if it cannot work."""
+
+    @abc.abstractmethod
+    async def start(self, instance_id: str) -> Instance:
+        """Create an instance; return once it has an endpoint. Raise StartError."""
+
+    @abc.abstractmethod
+    async def stop(self, instance: Instance, reason: str) -> None:
+        """Stop and remove it. Idempotent: stopping a dead instance is not an error."""
+
+    @abc.abstractmethod
+    async def list(self) -> list[Instance]:
+        """Every instance labelled with this pool's name, from this run or an earlier one."""
+
+    async def alive(self, instance: Instance) -> bool:
+        """Cheap liveness check used after a failed request; default: assume alive."""
+        return True
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release everything (templates, paused pools, sessions, watcher tasks)."""

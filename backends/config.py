@@ -1,0 +1,216 @@
+"""Validating reader for TOML tables: every problem is collected with its key path
+and allowed values, unknown keys are errors. Shared by proxy/config.py and backends."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class ConfigError(Exception):
+    """Raised with every problem found in one pass."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string with a unit ("250ms", "30s", "5m", "1h")."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ValueError('expected seconds as a number or a string like "250ms", "30s", "5m"')
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from an integer or a string like "1m", "64k", "10MiB"."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m:
+            unit = (m.group(2) or "").lower()[:1]
+            return int(m.group(1)) * _SIZE_UNITS[unit]
+    raise ValueError('expected bytes as an integer or a string like "64k", "10m", "1g"')
+
+
+@dataclass
+class Table:
+    """One TOML table being read. Call `done()` after reading to flag unknown keys."""
+
+    data: Mapping[str, Any]
+    path: str
+    problems: list[Problem] = field(default_factory=list)
+    _seen: set[str] = field(default_factory=set)
+
+    @classmethod
+    def root(cls, data: Mapping[str, Any]) -> Table:
+        return cls(data, "")
+
+    def _key(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def error(self, key: str, message: str) -> None:
+        self.problems.append(Problem(self._key(key), message))
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def _get(self, key: str) -> Any:
+        self._seen.add(key)
+        return self.data.get(key)
+
+    def sub(self, key: str, *, required: bool = False) -> Table:
+        value = self._get(key)
+        if value is None:
+            if required:
+                self.error(key, "missing table")
+            value = {}
+        elif not isinstance(value, Mapping):
+            self.error(key, "expected a table")
+            value = {}
+        return Table(value, self._key(key), self.problems)
+
+    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str:
+        value = self._get(key)
+        if value is None:
+            if required:
+                self.error(key, "missing (a string is required)")
+            return default if default is not None else ""
+        if not isinstance(value, str):
+            self.error(key, f"expected a string, got {type(value).__name__}")
+            return default if default is not None else ""
+        return value
+
+    def opt_str(self, key: str) -> str | None:
+        if self._get(key) is None:
+            return None
+        return self.str(key)
+
+    def choice(self, key: str, allowed: Iterable[str], default: str) -> str:
+        allowed = list(allowed)
+        value = self._get(key)
+        if value is None:
+            return default
+        if value not in allowed:
+            self.error(key, f"{value!r} is not one of: {', '.join(allowed)}")
+            return default
+        return str(value)
+
+    def int(
+        self, key: str, default: int, *, min: int | None = None, max: int | None = None
+    ) -> int:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.error(key, f"expected an integer, got {value!r}")
+            return default
+        if min is not None and value < min:
+            self.error(key, f"{value} is below the minimum {min}")
+            return default
+        if max is not None and value > max:
+            self.error(key, f"{value} is above the maximum {max}")
+            return default
+        return value
+
+    def float(self, key: str, default: float, *, min: float | None = None) -> float:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.error(key, f"expected a number, got {value!r}")
+            return default
+        if min is not None and value < min:
+            self.error(key, f"{value} is below the minimum {min}")
+            return default
+        return float(value)
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.error(key, f"expected true or false, got {value!r}")
+            return default
+        return value
+
+    def duration(self, key: str, default: float, *, min: float = 0.0) -> float:
+        value = self._get(key)
+        if value is None:
+            return default
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            self.error(key, f"{value!r}: {exc}")
+            return default
+        if seconds < min:
+            self.error(key, f"{value!r} is below the minimum {min}s")
+            return default
+        return seconds
+
+    def size(self, key: str, default: int) -> int:
+        value = self._get(key)
+        if value is None:
+            return default
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            self.error(key, f"{value!r}: {exc}")
+            return default
+
+    def str_list(self, key: str, default: list[str] | None = None) -> list[str]:
+        value = self._get(key)
+        if value is None:
+            return list(default or [])
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.error(key, "expected a list of strings")
+            return list(default or [])
+        return list(value)
+
+    def str_map(self, key: str) -> dict[str, str]:
+        value = self._get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping) or not all(
+            isinstance(v, str | int | float) and not isinstance(v, bool) for v in value.values()
+        ):
+            self.error(key, "expected a table of string values")
+            return {}
+        return {str(k): str(v) for k, v in value.items()}
+
+    def done(self) -> None:
+        for key in self.data:
+            if key not in self._seen:
+                allowed = ", ".join(sorted(self._seen)) or "(none)"
+                self.error(key, f"unknown key (allowed: {allowed})")
