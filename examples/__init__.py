@@ -1,0 +1,1 @@
+"""Example apps served behind forkproxy (used by tests, benchmarks and the docs)."""
