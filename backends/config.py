@@ -3,6 +3,7 @@ and allowed values, unknown keys are errors. Shared by proxy/config.py and backe
 
 from __future__ import annotations
 
+import builtins
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -66,29 +67,29 @@ def parse_size(value: Any) -> int:
 class Table:
     """One TOML table being read. Call `done()` after reading to flag unknown keys."""
 
-    data: Mapping[str, Any]
-    path: str
+    data: Mapping[builtins.str, Any]
+    path: builtins.str
     problems: list[Problem] = field(default_factory=list)
-    _seen: set[str] = field(default_factory=set)
+    _seen: set[builtins.str] = field(default_factory=set)
 
     @classmethod
-    def root(cls, data: Mapping[str, Any]) -> Table:
+    def root(cls, data: Mapping[builtins.str, Any]) -> Table:
         return cls(data, "")
 
-    def _key(self, key: str) -> str:
+    def _key(self, key: builtins.str) -> builtins.str:
         return f"{self.path}.{key}" if self.path else key
 
-    def error(self, key: str, message: str) -> None:
+    def error(self, key: builtins.str, message: builtins.str) -> None:
         self.problems.append(Problem(self._key(key), message))
 
-    def has(self, key: str) -> bool:
+    def has(self, key: builtins.str) -> builtins.bool:
         return key in self.data
 
-    def _get(self, key: str) -> Any:
+    def _get(self, key: builtins.str) -> Any:
         self._seen.add(key)
         return self.data.get(key)
 
-    def sub(self, key: str, *, required: bool = False) -> Table:
+    def sub(self, key: builtins.str, *, required: builtins.bool = False) -> Table:
         value = self._get(key)
         if value is None:
             if required:
@@ -99,7 +100,13 @@ class Table:
             value = {}
         return Table(value, self._key(key), self.problems)
 
-    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str:
+    def str(
+        self,
+        key: builtins.str,
+        default: builtins.str | None = None,
+        *,
+        required: builtins.bool = False,
+    ) -> builtins.str:
         value = self._get(key)
         if value is None:
             if required:
@@ -110,12 +117,14 @@ class Table:
             return default if default is not None else ""
         return value
 
-    def opt_str(self, key: str) -> str | None:
+    def opt_str(self, key: builtins.str) -> builtins.str | None:
         if self._get(key) is None:
             return None
         return self.str(key)
 
-    def choice(self, key: str, allowed: Iterable[str], default: str) -> str:
+    def choice(
+        self, key: builtins.str, allowed: Iterable[builtins.str], default: builtins.str
+    ) -> builtins.str:
         allowed = list(allowed)
         value = self._get(key)
         if value is None:
@@ -126,8 +135,13 @@ class Table:
         return str(value)
 
     def int(
-        self, key: str, default: int, *, min: int | None = None, max: int | None = None
-    ) -> int:
+        self,
+        key: builtins.str,
+        default: builtins.int,
+        *,
+        min: builtins.int | None = None,
+        max: builtins.int | None = None,
+    ) -> builtins.int:
         value = self._get(key)
         if value is None:
             return default
@@ -142,7 +156,9 @@ class Table:
             return default
         return value
 
-    def float(self, key: str, default: float, *, min: float | None = None) -> float:
+    def float(
+        self, key: builtins.str, default: builtins.float, *, min: builtins.float | None = None
+    ) -> builtins.float:
         value = self._get(key)
         if value is None:
             return default
@@ -154,7 +170,7 @@ class Table:
             return default
         return float(value)
 
-    def bool(self, key: str, default: bool) -> bool:
+    def bool(self, key: builtins.str, default: builtins.bool) -> builtins.bool:
         value = self._get(key)
         if value is None:
             return default
@@ -163,7 +179,9 @@ class Table:
             return default
         return value
 
-    def duration(self, key: str, default: float, *, min: float = 0.0) -> float:
+    def duration(
+        self, key: builtins.str, default: builtins.float, *, min: builtins.float = 0.0
+    ) -> builtins.float:
         value = self._get(key)
         if value is None:
             return default
@@ -177,7 +195,7 @@ class Table:
             return default
         return seconds
 
-    def size(self, key: str, default: int) -> int:
+    def size(self, key: builtins.str, default: builtins.int) -> builtins.int:
         value = self._get(key)
         if value is None:
             return default
@@ -187,7 +205,9 @@ class Table:
             self.error(key, f"{value!r}: {exc}")
             return default
 
-    def str_list(self, key: str, default: list[str] | None = None) -> list[str]:
+    def str_list(
+        self, key: builtins.str, default: list[builtins.str] | None = None
+    ) -> list[builtins.str]:
         value = self._get(key)
         if value is None:
             return list(default or [])
@@ -198,7 +218,7 @@ class Table:
             return list(default or [])
         return list(value)
 
-    def str_map(self, key: str) -> dict[str, str]:
+    def str_map(self, key: builtins.str) -> dict[builtins.str, builtins.str]:
         value = self._get(key)
         if value is None:
             return {}
