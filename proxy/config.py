@@ -1,0 +1,194 @@
+"""The config file: one TOML file parsed into frozen dataclasses in one validating pass
+that reports every problem with its key path and allowed values."""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import backends
+from backends.config import ConfigError, Problem, Table
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_address(value: str) -> Address:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f'{value!r} is not "HOST:PORT" with a port from 0 to 65535')
+    return Address(host.strip("[]") or "0.0.0.0", int(port))
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: Address = Address("127.0.0.1", 8080)
+    admin: Address | None = Address("127.0.0.1", 9090)
+    name: str = "forkproxy"
+    shutdown_timeout: float = 30.0
+    server_timing: bool = True
+    access_log: bool = False
+    upstream_connect_timeout: float = 5.0
+    upstream_header_timeout: float = 60.0
+    retry_attempts: int = 2  # extra tries on another instance when nothing was sent yet
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    max_concurrency: int = 10
+    target_concurrency: float = 7.0
+    max_queue: int = 1000
+    hold_timeout: float = 30.0
+    idle_ttl: float = 60.0
+    min_instances: int = 0
+    max_instances: int = 20
+    max_starting: int = 4
+    warm_pool: int = 0
+    max_requests_per_instance: int = 0
+    start_timeout: float = 30.0
+    start_retries: int = 3
+    readiness_path: str = "/"
+    tick: float = 0.25
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig
+    pool: PoolConfig
+    backend_type: str
+    backend: Any  # the backend module's own frozen config dataclass
+    source: str = "<defaults>"
+
+
+def _address(t: Table, key: str, default: Address | None, *, optional: bool = False) -> Any:
+    if not t.has(key):
+        t.str(key)  # mark as seen
+        return default
+    raw = t.str(key)
+    if optional and raw in ("", "off", "none"):
+        return None
+    try:
+        return parse_address(raw)
+    except ValueError as exc:
+        t.error(key, str(exc))
+        return default
+
+
+def _server(t: Table) -> ServerConfig:
+    d = ServerConfig()
+    cfg = ServerConfig(
+        listen=_address(t, "listen", d.listen),
+        admin=_address(t, "admin", d.admin, optional=True),
+        name=t.str("name", d.name),
+        shutdown_timeout=t.duration("shutdown_timeout", d.shutdown_timeout),
+        server_timing=t.bool("server_timing", d.server_timing),
+        access_log=t.bool("access_log", d.access_log),
+        upstream_connect_timeout=t.duration(
+            "upstream_connect_timeout", d.upstream_connect_timeout, min=0.001
+        ),
+        upstream_header_timeout=t.duration(
+            "upstream_header_timeout", d.upstream_header_timeout, min=0.001
+        ),
+        retry_attempts=t.int("retry_attempts", d.retry_attempts, min=0, max=10),
+    )
+    if not cfg.name.replace("-", "").replace("_", "").isalnum():
+        t.error("name", f"{cfg.name!r}: use letters, digits, '-' and '_' (it becomes a label)")
+    t.done()
+    return cfg
+
+
+def _pool(t: Table) -> PoolConfig:
+    d = PoolConfig()
+    max_c = t.int("max_concurrency", d.max_concurrency, min=1)
+    default_target = max(1.0, math.floor(max_c * 0.7))
+    cfg = PoolConfig(
+        max_concurrency=max_c,
+        target_concurrency=t.float("target_concurrency", default_target, min=0.1),
+        max_queue=t.int("max_queue", d.max_queue, min=0),
+        hold_timeout=t.duration("hold_timeout", d.hold_timeout, min=0.001),
+        idle_ttl=t.duration("idle_ttl", d.idle_ttl),
+        min_instances=t.int("min_instances", d.min_instances, min=0),
+        max_instances=t.int("max_instances", d.max_instances, min=1),
+        max_starting=t.int("max_starting", d.max_starting, min=1),
+        warm_pool=t.int("warm_pool", d.warm_pool, min=0),
+        max_requests_per_instance=t.int(
+            "max_requests_per_instance", d.max_requests_per_instance, min=0
+        ),
+        start_timeout=t.duration("start_timeout", d.start_timeout, min=0.01),
+        start_retries=t.int("start_retries", d.start_retries, min=1),
+        readiness_path=t.str("readiness_path", d.readiness_path),
+        tick=t.duration("tick", d.tick, min=0.01),
+    )
+    if cfg.target_concurrency > cfg.max_concurrency:
+        t.error(
+            "target_concurrency",
+            f"{cfg.target_concurrency} exceeds max_concurrency {cfg.max_concurrency}",
+        )
+    if cfg.min_instances > cfg.max_instances:
+        t.error("min_instances", f"{cfg.min_instances} exceeds max_instances {cfg.max_instances}")
+    if cfg.min_instances + cfg.warm_pool > cfg.max_instances:
+        t.error("warm_pool", "min_instances + warm_pool exceeds max_instances")
+    if not cfg.readiness_path.startswith("/"):
+        t.error("readiness_path", f"{cfg.readiness_path!r} must start with '/'")
+    t.done()
+    return cfg
+
+
+def parse(data: dict[str, Any], source: str = "<config>") -> Config:
+    root = Table.root(data)
+    server = _server(root.sub("server"))
+    pool = _pool(root.sub("pool"))
+    bt = root.sub("backend")
+    before = len(root.problems)
+    btype = bt.choice("type", sorted(backends.BACKENDS), "process")
+    backend_cfg: Any = None
+    if len(root.problems) == before:  # a bad type: its keys cannot be judged
+        try:
+            module = backends.load(btype)
+        except ImportError as exc:
+            bt.error("type", f"backend {btype!r} cannot be loaded: {exc}")
+        else:
+            backend_cfg = module.parse_config(bt)
+    root.done()
+    if root.problems:
+        raise ConfigError(root.problems)
+    return Config(server=server, pool=pool, backend_type=btype, backend=backend_cfg, source=source)
+
+
+def load(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([Problem(str(p), f"cannot read: {exc.strerror}")]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([Problem(str(p), f"not valid TOML: {exc}")]) from exc
+    return parse(data, str(p))
+
+
+def with_overrides(cfg: Config, *, listen: str | None = None, admin: str | None = None) -> Config:
+    problems: list[Problem] = []
+    server = cfg.server
+    for key, value in (("listen", listen), ("admin", admin)):
+        if value is None:
+            continue
+        try:
+            addr = None if key == "admin" and value in ("off", "none") else parse_address(value)
+        except ValueError as exc:
+            problems.append(Problem(f"--{key}", str(exc)))
+            continue
+        server = replace(server, listen=addr) if key == "listen" and addr else server
+        if key == "admin":
+            server = replace(server, admin=addr)
+    if problems:
+        raise ConfigError(problems)
+    return replace(cfg, server=server)
