@@ -1,0 +1,90 @@
+"""Command line: `forkproxy run`, `forkproxy check-config`, `forkproxy tune`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from backends.config import ConfigError
+from backends.errors import BackendError
+from proxy import __version__, logs
+from proxy.config import Config, load, parse, with_overrides
+
+log = logging.getLogger("forkproxy")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="forkproxy", description=__doc__)
+    p.add_argument("--version", action="version", version=f"forkproxy {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the proxy")
+    run.add_argument("--config", "-c", help="TOML config file (default: built-in defaults)")
+    run.add_argument("--listen", help="HOST:PORT for client traffic (overrides server.listen)")
+    run.add_argument("--admin", help="HOST:PORT for the admin listener, or 'off'")
+    run.add_argument(
+        "--log-level", choices=logs.LEVELS, default=os.environ.get("FORKPROXY_LOG_LEVEL", "info")
+    )
+    run.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get("FORKPROXY_LOG_FORMAT", "text"),
+    )
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("file")
+    sub.add_parser("tune", help="search pool settings under load (see --help)", add_help=False)
+    return p
+
+
+def _load(path: str | None) -> Config:
+    return load(path) if path else parse({}, "<defaults>")
+
+
+def _report(exc: ConfigError, source: str) -> int:
+    print(f"forkproxy: {len(exc.problems)} problem(s) in {source}:", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["tune"]:
+        import importlib
+
+        tune = importlib.import_module("loadtest.tune")  # bench tooling, not on the data path
+        return int(tune.main(args_list[1:]))
+    args = _parser().parse_args(args_list)
+    if args.command == "check-config":
+        try:
+            cfg = load(args.file)
+        except ConfigError as exc:
+            return _report(exc, args.file)
+        print(f"{args.file}: ok (backend {cfg.backend_type}, listen {cfg.server.listen})")
+        return 0
+    logs.setup(args.log_level, args.log_format)
+    try:
+        cfg = with_overrides(_load(args.config), listen=args.listen, admin=args.admin)
+    except ConfigError as exc:
+        return _report(exc, args.config or "<defaults>")
+    from proxy.server import serve
+
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.Runner()
+    try:
+        with runner:
+            runner.run(serve(cfg))
+    except BackendError as exc:
+        log.error("backend %s cannot start: %s", cfg.backend_type, exc)
+        return 3
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 3
+    return 0
