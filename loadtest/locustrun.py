@@ -1,0 +1,140 @@
+"""Run loadtest/locustfile.py headless in a subprocess and read back its CSV statistics.
+
+Locust monkey-patches with gevent on import, so the bench and tests only ever exec it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import math
+import os
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loadtest.procs import PYTHON, REPO
+
+LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+
+
+@dataclass
+class LocustRun:
+    command: str
+    returncode: int
+    stats: dict[str, dict[str, str]]  # Name -> row of <prefix>_stats.csv ("Aggregated" included)
+    history: list[dict[str, str]] = field(default_factory=list)  # aggregated rows, ~1 per second
+    output: str = ""
+
+    @property
+    def total(self) -> dict[str, str]:
+        return self.stats.get("Aggregated", {})
+
+    def count(self, key: str = "Request Count", name: str = "Aggregated") -> int:
+        return int(self.stats.get(name, {}).get(key, "0") or 0)
+
+    def p99_ms(self, name: str = "Aggregated") -> float:
+        return _float(self.stats.get(name, {}).get("99%", ""))
+
+    def series(self) -> list[dict[str, Any]]:
+        """History as numbers: t (s since first row), users, rps, fails_per_s, p50_ms, p99_ms."""
+        rows = []
+        t0 = None
+        for r in self.history:
+            ts = _float(r.get("Timestamp", ""))
+            if math.isnan(ts):
+                continue
+            t0 = ts if t0 is None else t0
+            rows.append(
+                {
+                    "ts": ts,
+                    "t": ts - t0,
+                    "users": _float(r.get("User Count", "")),
+                    "rps": _float(r.get("Requests/s", "")),
+                    "fails_per_s": _float(r.get("Failures/s", "")),
+                    "p50_ms": _float(r.get("50%", "")),
+                    "p99_ms": _float(r.get("99%", "")),
+                }
+            )
+        return rows
+
+
+def _float(s: str) -> float:
+    try:
+        return float(s)
+    except (TypeError, ValueError):
+        return math.nan  # locust writes "N/A" before the first response
+
+
+def read_stats(prefix: Path) -> tuple[dict[str, dict[str, str]], list[dict[str, str]]]:
+    stats: dict[str, dict[str, str]] = {}
+    history: list[dict[str, str]] = []
+    stats_path = Path(f"{prefix}_stats.csv")
+    if stats_path.exists():
+        with stats_path.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                stats[row["Name"]] = row
+    hist_path = Path(f"{prefix}_stats_history.csv")
+    if hist_path.exists():
+        with hist_path.open(newline="") as fh:
+            history = [r for r in csv.DictReader(fh) if r.get("Name") == "Aggregated"]
+    return stats, history
+
+
+def locust_argv(
+    host: str, csv_prefix: Path, run_time: float | None, users: int | None
+) -> list[str]:
+    argv = [PYTHON, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host]
+    argv += ["--csv", str(csv_prefix), "--csv-full-history", "--only-summary"]
+    argv += ["--loglevel", "WARNING", "--exit-code-on-error", "0"]
+    if users is not None:
+        argv += ["-u", str(users), "-r", str(max(1, users))]
+    if run_time is not None:
+        argv += ["-t", f"{max(1, math.ceil(run_time))}s", "--stop-timeout", "5"]
+    return argv
+
+
+async def run_locust(
+    host: str,
+    csv_prefix: Path,
+    *,
+    shape: str | None = None,
+    env: Mapping[str, str] | None = None,
+    run_time: float | None = None,
+    users: int | None = None,
+    kill_after: float = 600.0,
+) -> LocustRun:
+    """Run one headless test. With a shape, the shape decides users and duration."""
+    await asyncio.to_thread(csv_prefix.parent.mkdir, parents=True, exist_ok=True)
+    argv = locust_argv(host, csv_prefix, run_time, users)
+    full_env = {**os.environ, **(env or {}), "FORKPROXY_SHAPE": shape or "none"}
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO), full_env.get("PYTHONPATH", "")) if p
+    )
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=full_env,
+        cwd=str(REPO),
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), kill_after)
+    except TimeoutError:
+        proc.kill()
+        out, _ = await proc.communicate()
+    stats, history = await asyncio.to_thread(read_stats, csv_prefix)
+    shown_env = " ".join(
+        f"{k}={shlex.quote(v)}"
+        for k, v in sorted({**(env or {}), "FORKPROXY_SHAPE": shape or "none"}.items())
+    )
+    command = f"{shown_env} locust " + shlex.join(argv[3:])
+    return LocustRun(
+        command=command,
+        returncode=proc.returncode if proc.returncode is not None else -1,
+        stats=stats,
+        history=history,
+        output=out.decode(errors="replace"),
+    )
