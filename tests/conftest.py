@@ -1,0 +1,201 @@
+"""Shared test helpers: run a real forkproxy (in-process or as a subprocess) on
+loopback ports, and wait for conditions with a deadline instead of sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from proxy.config import parse
+from proxy.server import Proxy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 10.0, what: str = ""
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
+        await asyncio.sleep(0.05)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for k, v in extra.items():
+        if isinstance(v, dict):
+            out.setdefault(k, {}).update(v)
+        else:
+            out[k] = v
+    return out
+
+
+def proxy_config(**tables: dict[str, Any]) -> dict[str, Any]:
+    """A config dict on free loopback ports with the fork backend and a unique pool name."""
+    base = {
+        "server": {
+            "listen": "127.0.0.1:0",
+            "admin": "127.0.0.1:0",
+            "name": f"test-{os.getpid()}-{time.monotonic_ns() % 10**9}",
+            "shutdown_timeout": "10s",
+        },
+        "pool": {"idle_ttl": "60s", "start_timeout": "10s", "tick": "50ms"},
+        "backend": {"type": "process", "mode": "fork", "app": "examples.app:create_app"},
+    }
+    return _merge(base, tables)
+
+
+class Running:
+    def __init__(self, proxy: Proxy, session: aiohttp.ClientSession) -> None:
+        self.proxy = proxy
+        self.session = session
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.proxy.listen_port}"
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.proxy.admin_port}"
+
+    async def instances(self) -> list[dict[str, Any]]:
+        async with self.session.get(self.admin + "/instances") as r:
+            data = await r.json()
+        return list(data["instances"])
+
+
+@asynccontextmanager
+async def run_proxy(**tables: dict[str, Any]) -> AsyncIterator[Running]:
+    cfg = parse(proxy_config(**tables))
+    proxy = Proxy(cfg)
+    await proxy.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield Running(proxy, session)
+    finally:
+        await proxy.stop()
+
+
+class ProxyProcess:
+    """forkproxy as a real subprocess (for signals: SIGTERM drain, SIGKILL)."""
+
+    def __init__(self, config_text: str, tmp: Path) -> None:
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.config = tmp / f"proxy-{self.port}.toml"
+        self.config.write_text(config_text)
+        self.log = tmp / f"proxy-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    async def start(self, timeout: float = 20.0) -> None:
+        with self.log.open("ab") as logf:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "proxy",
+                    "run",
+                    "--config",
+                    str(self.config),
+                    "--listen",
+                    f"127.0.0.1:{self.port}",
+                    "--admin",
+                    f"127.0.0.1:{self.admin_port}",
+                ],
+                cwd=ROOT,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+            )
+
+        async def up() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"proxy exited {self.proc.returncode}:\n{self.log.read_text()}"
+                )
+            try:
+                async with aiohttp.ClientSession() as s, s.get(self.admin + "/readyz") as r:
+                    return r.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await eventually(up, timeout, "proxy to be ready")
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        proc = self.proc
+        await eventually(lambda: proc.poll() is not None, timeout, "proxy to exit")
+        return int(proc.returncode)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+async def proxy_process(tmp_path: Path) -> AsyncIterator[Callable[[str], ProxyProcess]]:
+    made: list[ProxyProcess] = []
+
+    def make(config_text: str) -> ProxyProcess:
+        p = ProxyProcess(config_text, tmp_path)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        if p.proc is not None and p.proc.poll() is None:
+            p.signal(signal.SIGTERM)
+            try:
+                await p.wait(15)
+            except AssertionError:
+                p.kill()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
