@@ -136,7 +136,7 @@ def create_app() -> web.Application:
     app.router.add_post("/echo", echo)
     app.router.add_get("/bytes", send_bytes)
     app.router.add_post("/count", count)
-    app.router.add_get("/headers", headers)
+    app.router.add_route("*", "/headers{tail:.*}", headers)  # any method, any sub-path
     app.router.add_get("/ws", ws)
     app.router.add_get("/crash", crash)
     return app
