@@ -50,6 +50,7 @@ func main() {
 	// "7.0.0.0" is how vCenter 7.0 spells it in vimServiceVersions.xml.
 	model.ServiceContent.About.ApiVersion = "7.0.0.0"
 	model.ServiceContent.About.Version = "7.0.0"
+	model.ServiceContent.About.FullName = "VMware vCenter Server 7.0.0 (govmomi 0.24.2 vcsim + forkproxy harness)"
 	if err := model.Create(); err != nil {
 		log.Fatalf("vcsim: create model: %s", err)
 	}
