@@ -89,7 +89,8 @@ async def run_wrk(url: str, connections: int, seconds: float) -> LoadResult:
             *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
         out, _ = await proc.communicate()
-        command = " ".join([*argv[:5], url])  # the temp script path is noise in reports
+        # The temp script path is noise in reports: name the script by what it does.
+        command = " ".join([*argv[:5], "summary.lua", url]) + " (summary.lua: loadtest/httpload.py)"
         return parse_wrk(out.decode(errors="replace"), command)
     finally:
         os.unlink(script)

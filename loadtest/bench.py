@@ -1,0 +1,137 @@
+"""`python -m loadtest bench [--quick] [--out DIR]`: every benchmark in one go, on this machine.
+
+Writes DIR/results.json, DIR/results.md and PNG plots, and refreshes docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+from loadtest import plots, report
+from loadtest.section import BenchContext, Section, fmt, say
+
+SECTIONS = ("datapath", "coldstart", "burst", "elasticity", "memory")
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m loadtest bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="short runs (about a minute in all)")
+    p.add_argument("--out", default="results/latest", help="output directory (results/latest)")
+    p.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
+    )
+    p.add_argument(
+        "--no-docs", action="store_true", help="do not refresh docs/BENCHMARKS.md and docs/bench/"
+    )
+    p.add_argument(
+        "--no-install", action="store_true", help="never apt-get install missing wrk/nginx"
+    )
+    return p.parse_args(list(argv))
+
+
+def _runner(name: str, ctx: BenchContext) -> Callable[[], Awaitable[Section]]:
+    require = os.environ.get("FORKPROXY_REQUIRE_BENCH_TOOLS") == "1"
+    if name == "datapath":
+        from loadtest import sec_datapath
+
+        return lambda: sec_datapath.run(ctx, require_tools=require)
+    if name == "coldstart":
+        from loadtest import sec_coldstart
+
+        return lambda: sec_coldstart.run(ctx)
+    if name == "burst":
+        from loadtest import sec_burst
+
+        return lambda: sec_burst.run(ctx)
+    if name == "elasticity":
+        from loadtest import sec_elastic
+
+        return lambda: sec_elastic.run(ctx)
+    from loadtest import sec_memory
+
+    return lambda: sec_memory.run(ctx)
+
+
+def _print(sec: Section) -> None:
+    for t in sec.tables:
+        say(f"  {t.title}" if t.title else "")
+        widths = [
+            max(len(str(h)), *(len(fmt(r[i])) for r in t.rows)) if t.rows else len(str(h))
+            for i, h in enumerate(t.headers)
+        ]
+        say("  " + "  ".join(str(h).ljust(w) for h, w in zip(t.headers, widths, strict=True)))
+        for r in t.rows:
+            say("  " + "  ".join(fmt(v).ljust(w) for v, w in zip(r, widths, strict=True)))
+    for c in sec.commands:
+        say(f"  $ {c}")
+
+
+def _datapath_plot(ctx: BenchContext, sec: Section) -> None:
+    res = sec.data.get("results", {})
+    if not res:
+        return
+    path = ctx.out / "datapath.png"
+    plots.bars(
+        path, "GET / at 32 connections", list(res), [r["rps"] for r in res.values()], "requests/s"
+    )
+    sec.plots.append(path.name)
+
+
+async def run(args: argparse.Namespace, out: Path) -> int:
+    wanted = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(wanted) - set(SECTIONS)
+    if unknown:
+        print(f"unknown sections: {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    failed = 0
+    with tempfile.TemporaryDirectory(prefix="forkproxy-bench-") as work:
+        ctx = BenchContext(
+            out=out, work=Path(work), quick=args.quick, install_tools=not args.no_install
+        )
+        sections: list[Section] = []
+        for name in wanted:
+            say(f"== {name}")
+            t0 = time.monotonic()
+            try:
+                sec = await _runner(name, ctx)()
+            except Exception as e:
+                failed += 1
+                # A broken section is reported as such; the others still run.
+                sec = Section(name, f"{name}: FAILED")
+                sec.fail(name, e)
+                traceback.print_exc()
+            if name == "datapath":
+                await asyncio.to_thread(_datapath_plot, ctx, sec)
+            failed += bool(sec.failures) and not sec.title.endswith("FAILED")
+            sec.data["section_seconds"] = round(time.monotonic() - t0, 1)
+            sections.append(sec)
+            _print(sec)
+    meta = {
+        "command": "python -m loadtest bench" + (" --quick" if args.quick else ""),
+        "quick": args.quick,
+        "finished": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "seconds": time.monotonic() - started,
+        "machine": report.machine(),
+        "failed_sections": failed,
+    }
+    written = await asyncio.to_thread(report.write, out, sections, meta, not args.no_docs)
+    for p in written:
+        say(f"wrote {p}")
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(run(args, out))

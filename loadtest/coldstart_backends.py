@@ -1,0 +1,47 @@
+"""Call the per-backend cold-start benchmarks (owned by the backend engineers) when present.
+
+Each is optional: a missing module or an unavailable engine becomes a "skipped: reason" line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+from loadtest.section import BenchContext, Section
+
+MODULES = {
+    "process": "loadtest.bench_process_coldstart",
+    "docker": "loadtest.bench_docker",
+    "vsphere": "loadtest.bench_vsphere",
+}
+
+
+async def run_all(ctx: BenchContext, sec: Section, n: int) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for backend, modname in MODULES.items():
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name != modname:
+                sec.skip(f"{backend} backend", f"{modname} needs {e.name}")
+            else:
+                sec.skip(f"{backend} backend", f"{modname.replace('.', '/')}.py not present")
+            continue
+        fn = getattr(mod, "coldstart", None)
+        if fn is None:
+            sec.skip(f"{backend} backend", f"{modname} has no coldstart(n) function")
+            continue
+        try:
+            result = fn(n)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as e:  # an unavailable engine must not sink the whole benchmark
+            sec.skip(f"{backend} backend", f"{type(e).__name__}: {e}")
+            continue
+        rows.extend(result.get("rows", []))
+        sec.commands.extend(result.get("commands", []))
+        for what, why in result.get("skipped", []):
+            sec.skip(what, why)
+    return rows

@@ -1,0 +1,72 @@
+"""PNG plots for the benchmark (matplotlib, Agg backend, small files for the docs)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # after use("Agg"): no display here
+
+
+def _finite(xs: Sequence[float]) -> list[float]:
+    return [x if x == x and not math.isinf(x) else float("nan") for x in xs]
+
+
+def elasticity(
+    path: Path,
+    load: Sequence[tuple[float, float, float, float]],  # t, req/s, p99 ms, users
+    instances: Sequence[tuple[float, int, int]],  # t, live instances, lower bound
+    spike: tuple[float | None, float | None],
+) -> None:
+    fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(7, 6), sharex=True, dpi=80)
+    if load:
+        t, rps, p99, users = zip(*load, strict=True)
+        ax1.plot(t, _finite(rps), label="req/s", color="tab:blue")
+        ax1b = ax1.twinx()
+        ax1b.plot(t, users, label="users", color="tab:gray", linestyle=":")
+        ax1b.set_ylabel("users")
+        ax2.plot(t, _finite(p99), color="tab:red")
+    if instances:
+        t2, n, lb = zip(*instances, strict=True)
+        ax3.step(t2, n, where="post", label="live instances", color="tab:green")
+        ax3.step(
+            t2,
+            lb,
+            where="post",
+            label="ceil(in-flight / max_concurrency)",
+            color="tab:orange",
+            linestyle="--",
+        )
+        ax3.legend(loc="upper right", fontsize=8)
+    start, end = spike
+    for ax in (ax1, ax2, ax3):
+        if start is not None and end is not None:
+            ax.axvspan(start, end, color="0.9", zorder=0)
+        ax.grid(alpha=0.3)
+    ax1.set_ylabel("req/s")
+    ax2.set_ylabel("p99 ms")
+    ax3.set_ylabel("instances")
+    ax3.set_xlabel("seconds (shaded: the spike)")
+    fig.suptitle("forkproxy under a spike (locust SpikeShape)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def bars(path: Path, title: str, labels: Sequence[str], values: Sequence[float], unit: str) -> None:
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(labels)), dpi=80)
+    ax.barh(list(labels), _finite(values), color="tab:blue")
+    for i, v in enumerate(values):
+        if v == v:
+            ax.text(v, i, f" {v:,.1f}", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(unit)
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

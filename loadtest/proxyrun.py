@@ -1,0 +1,123 @@
+"""Run a forkproxy subprocess from a generated TOML config and wait until it serves.
+
+Used by the benchmark sections and by tune; the config is the user's (or a built-in app
+config) merged with the pool settings under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shlex
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from loadtest import tomlw
+from loadtest.procs import PYTHON, Proc, forkproxy_cmd, free_port, spawn, wait_http
+from loadtest.sampler import fetch_instances
+from loadtest.stats import state_of
+
+FORK_BACKEND: dict[str, Any] = {
+    "type": "process",
+    "mode": "fork",
+    "app": "examples.app:create_app",
+}
+EXEC_BACKEND: dict[str, Any] = {
+    "type": "process",
+    "mode": "exec",
+    "command": [PYTHON, "-m", "examples.app", "--port", "{port}"],
+}
+
+
+@dataclass
+class RunningProxy:
+    url: str
+    admin: str
+    config_path: Path
+    command: str
+    proc: Proc
+
+    async def instances(self) -> list[Mapping[str, Any]]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+            return await fetch_instances(s, self.admin)
+
+    async def metrics(self) -> str:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s,
+            s.get(f"{self.admin}/metrics") as resp,
+        ):
+            return await resp.text()
+
+    async def wait_ready_instances(self, n: int, within: float = 60.0) -> None:
+        deadline = time.monotonic() + within
+        while True:
+            insts = await self.instances()
+            if sum(1 for i in insts if state_of(i) == "ready") >= n:
+                return
+            if self.proc.proc.returncode is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"forkproxy: {n} ready instances not seen within {within:.0f}s "
+                    f"(have {[state_of(i) for i in insts]})\n{self.proc.tail()}"
+                )
+            await asyncio.sleep(0.1)
+
+
+def write_config(path: Path, base: Mapping[str, Any], pool: Mapping[str, Any]) -> dict[str, Any]:
+    doc = tomlw.merge(base, {"pool": dict(pool)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomlw.dumps(doc))
+    return doc
+
+
+def app_config(backend: Mapping[str, Any] = FORK_BACKEND) -> dict[str, Any]:
+    return {"server": {"name": "bench"}, "backend": dict(backend)}
+
+
+@contextlib.asynccontextmanager
+async def forkproxy(
+    workdir: Path,
+    name: str,
+    base: Mapping[str, Any],
+    pool: Mapping[str, Any],
+    *,
+    wait_instances: int | None = None,
+) -> AsyncIterator[RunningProxy]:
+    """Start forkproxy with `base` + `pool`; yields once admin answers and, if asked,
+    `wait_instances` instances are ready (defaults to pool.min_instances)."""
+    config_path = workdir / f"{name}.toml"
+    await asyncio.to_thread(write_config, config_path, base, pool)
+    port, admin_port = free_port(), free_port()
+    argv = [
+        *forkproxy_cmd(),
+        "run",
+        "--config",
+        str(config_path),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--admin",
+        f"127.0.0.1:{admin_port}",
+        "--log-level",
+        "warning",
+    ]
+    proc = await spawn(f"forkproxy-{name}", argv, workdir / "logs")
+    try:
+        admin = f"http://127.0.0.1:{admin_port}"
+        await wait_http(f"{admin}/healthz", 60, proc)
+        running = RunningProxy(
+            url=f"http://127.0.0.1:{port}",
+            admin=admin,
+            config_path=config_path,
+            command=shlex.join(["forkproxy", *argv[len(forkproxy_cmd()) :]]),
+            proc=proc,
+        )
+        want = int(pool.get("min_instances", 0)) if wait_instances is None else wait_instances
+        if want:
+            await running.wait_ready_instances(want)
+        yield running
+    finally:
+        await proc.stop(grace=20)

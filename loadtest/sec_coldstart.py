@@ -1,0 +1,101 @@
+"""Section 2, cold start: time to first byte for a request that has to start a fresh instance,
+through an idle forkproxy (max_requests_per_instance = 1: every request gets a new instance)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+
+from loadtest.proxyrun import EXEC_BACKEND, FORK_BACKEND, app_config, forkproxy
+from loadtest.section import BenchContext, Section, Table, say
+from loadtest.stats import percentile
+
+
+async def ttfb_series(url: str, n: int, pause: float) -> tuple[list[float], set[str], int]:
+    """n sequential requests on fresh connections: TTFB seconds, instance ids seen, failures."""
+    ttfb: list[float] = []
+    ids: set[str] = set()
+    failures = 0
+    for _ in range(n):
+        # A new connection each time: a cold client meeting a cold proxy path.
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True),
+            timeout=aiohttp.ClientTimeout(total=60),
+        ) as s:
+            t0 = time.perf_counter()
+            try:
+                async with s.get(url) as resp:
+                    t1 = time.perf_counter()  # headers are in: the first byte arrived
+                    await resp.read()
+                    if resp.status != 200:
+                        failures += 1
+                        continue
+                    ttfb.append(t1 - t0)
+                    ids.add(resp.headers.get("X-Instance-Id", ""))
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                failures += 1
+        await asyncio.sleep(pause)  # let the retired instance stop: measure starts, not reaping
+    return ttfb, ids, failures
+
+
+def summary(name: str, ttfb: list[float], ids: set[str], failures: int) -> dict[str, Any]:
+    return {
+        "path": name,
+        "n": len(ttfb),
+        "failures": failures,
+        "distinct_instances": len(ids),
+        "p50_ms": percentile(ttfb, 50) * 1000,
+        "p99_ms": percentile(ttfb, 99) * 1000,
+        "min_ms": min(ttfb, default=float("nan")) * 1000,
+        "max_ms": max(ttfb, default=float("nan")) * 1000,
+    }
+
+
+async def through_proxy(ctx: BenchContext, sec: Section, n: int) -> list[dict[str, Any]]:
+    pool = {
+        "min_instances": 0,
+        "warm_pool": 0,
+        "max_requests_per_instance": 1,
+        "idle_ttl": "1s",
+        "max_instances": 4,
+    }
+    rows = []
+    for label, backend in (("fork", FORK_BACKEND), ("exec", EXEC_BACKEND)):
+        try:
+            async with forkproxy(ctx.work, f"cold-{label}", app_config(backend), pool) as fp:
+                sec.commands.append(
+                    f"proxy cold start ({label}): {fp.command} with [pool] {pool}; "
+                    f"{n} sequential GET / on new connections, 0.2 s apart"
+                )
+                say(f"  cold start through forkproxy, process {label}: {n} requests")
+                ttfb, ids, failures = await ttfb_series(fp.url + "/", n, 0.2)
+        except (RuntimeError, TimeoutError) as e:
+            sec.skip(f"through forkproxy, process {label}", str(e).splitlines()[0])
+            continue
+        rows.append(summary(f"client -> forkproxy -> new process ({label})", ttfb, ids, failures))
+    return rows
+
+
+async def run(ctx: BenchContext) -> Section:
+    from loadtest import coldstart_backends  # the per-backend benches other engineers own
+
+    sec = Section("coldstart", "Cold start: time to first byte for a request on a new instance")
+    n = ctx.pick(30, 5)
+    rows = await coldstart_backends.run_all(ctx, sec, n)
+    rows += await through_proxy(ctx, sec, n)
+    sec.tables.append(
+        Table(
+            ["path", "n", "failures", "distinct instances", "p50 ms", "p99 ms", "min ms", "max ms"],
+            [list(r.values()) for r in rows],
+            f"{n} cold starts each",
+        )
+    )
+    sec.notes.append(
+        "Through the proxy, 'distinct instances' equal to n proves every request was served "
+        "by a freshly started instance (max_requests_per_instance = 1)."
+    )
+    sec.data = {"n": n, "rows": rows}
+    return sec

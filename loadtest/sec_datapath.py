@@ -1,0 +1,109 @@
+"""Section 1, the data path: fixed-concurrency load direct to one warm app instance, through
+forkproxy (fork backend, one warm instance) and through nginx in front of the same app."""
+
+from __future__ import annotations
+
+import shlex
+from math import nan
+
+import aiohttp
+
+from loadtest import nginx
+from loadtest.httpload import LoadResult, run_load, wrk_path
+from loadtest.procs import PYTHON, free_port, running
+from loadtest.proxyrun import FORK_BACKEND, app_config, forkproxy
+from loadtest.section import BenchContext, Section, Table, say
+from loadtest.stats import ratio
+from loadtest.tools import ensure_debian_package
+
+CONNECTIONS = 32
+PATH = "/"
+
+
+async def run(ctx: BenchContext, require_tools: bool = False) -> Section:
+    sec = Section("datapath", "Data path: requests/s and latency at fixed concurrency")
+    seconds = ctx.pick(10.0, 3.0)
+    no_wrk = await ensure_debian_package("wrk", "wrk", ctx.install_tools)
+    no_nginx = await ensure_debian_package("nginx", "nginx", ctx.install_tools)
+    if require_tools and (no_wrk or no_nginx):
+        raise RuntimeError(f"FORKPROXY_REQUIRE_BENCH_TOOLS=1 but {no_wrk or no_nginx}")
+    if no_wrk:
+        sec.skip("wrk", f"{no_wrk}; measured with the aiohttp closed-loop client instead")
+    use_wrk = wrk_path() is not None
+    results: dict[str, LoadResult] = {}
+
+    app_port = free_port()
+    app_url = f"http://127.0.0.1:{app_port}"
+    app_argv = [PYTHON, "-m", "examples.app", "--port", str(app_port)]
+    sec.commands.append("app: " + shlex.join(["python", *app_argv[1:]]))
+    async with running("app", app_argv, ctx.work / "logs", ready_url=f"{app_url}/healthz"):
+        say(f"  direct: {CONNECTIONS} connections, {seconds:g}s")
+        results["direct"] = await run_load(app_url + PATH, CONNECTIONS, seconds, use_wrk)
+
+        if no_nginx:
+            sec.skip("nginx", no_nginx)
+        else:
+            binary = nginx.nginx_path()
+            assert binary is not None
+            port = free_port()
+            conf = nginx.write_conf(ctx.work / "nginx", port, app_port)
+            argv = nginx.nginx_argv(binary, conf)
+            sec.commands.append(
+                "nginx: " + shlex.join(argv) + " (1 worker, upstream keepalive 128)"
+            )
+            async with running(
+                "nginx", argv, ctx.work / "logs", ready_url=f"http://127.0.0.1:{port}/healthz"
+            ):
+                say("  nginx -> app")
+                results["nginx"] = await run_load(
+                    f"http://127.0.0.1:{port}{PATH}", CONNECTIONS, seconds, use_wrk
+                )
+
+    # One instance with room for every connection: the same work as "direct", plus the hop.
+    pool = {
+        "min_instances": 1,
+        "max_instances": 1,
+        "max_concurrency": CONNECTIONS * 2,
+        "target_concurrency": float(CONNECTIONS * 2),
+        "idle_ttl": "10m",
+    }
+    try:
+        async with forkproxy(ctx.work, "datapath", app_config(FORK_BACKEND), pool) as fp:
+            sec.commands.append(f"forkproxy: {fp.command} with [pool] {pool}")
+            say("  forkproxy -> instance")
+            results["forkproxy"] = await run_load(fp.url + PATH, CONNECTIONS, seconds, use_wrk)
+    except (RuntimeError, TimeoutError, OSError, aiohttp.ClientError) as e:
+        sec.fail("forkproxy", e)
+
+    for r in results.values():
+        sec.commands.append(f"load: {r.command}")
+    rows = [
+        [name, r.tool, r.rps, r.p50_ms, r.p99_ms, r.requests, r.errors]
+        for name, r in results.items()
+    ]
+    sec.tables.append(
+        Table(
+            ["target", "tool", "req/s", "p50 ms", "p99 ms", "requests", "errors"],
+            rows,
+            f"GET {PATH}, {CONNECTIONS} connections, {seconds:g} s each, one after another",
+        )
+    )
+    rps = {k: v.rps for k, v in results.items()}
+    ratios = [
+        ["forkproxy / direct", ratio(rps.get("forkproxy", nan), rps.get("direct", nan))],
+        ["forkproxy / nginx", ratio(rps.get("forkproxy", nan), rps.get("nginx", nan))],
+        ["nginx / direct", ratio(rps.get("nginx", nan), rps.get("direct", nan))],
+    ]
+    sec.tables.append(Table(["throughput ratio", "value"], ratios, "Ratios of requests/s"))
+    sec.notes.append(
+        "Client, proxy and app share the machine's 2 cores, so every hop also steals CPU "
+        "from the app: ratios are what matters, absolute numbers are this box's."
+    )
+    sec.data = {
+        "connections": CONNECTIONS,
+        "seconds": seconds,
+        "results": {k: v.as_dict() for k, v in results.items()},
+        "ratios": {r[0]: r[1] for r in ratios},
+    }
+    sec.data["pool"] = pool
+    return sec

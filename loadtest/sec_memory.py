@@ -1,0 +1,141 @@
+"""Section 5, memory: PSS per instance (from /proc/PID/smaps_rollup) with 20 instances of the
+example app, process backend in fork mode (copy-on-write from a template) vs exec mode."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from loadtest.proxyrun import EXEC_BACKEND, FORK_BACKEND, app_config, forkproxy
+from loadtest.section import BenchContext, Section, Table, say
+from loadtest.stats import live, ratio
+
+N_INSTANCES = 20
+
+
+def pss_kib(pid: int) -> int | None:
+    """Proportional set size: shared pages split between the processes sharing them."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of pid (Linux: /proc/PID/task/*/children)."""
+    out: list[int] = []
+    task_dir = Path(f"/proc/{pid}/task")
+    try:
+        for task in task_dir.iterdir():
+            try:
+                out += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    except OSError:
+        return []
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    seen: list[int] = []
+    stack = children(pid)
+    while stack:
+        p = stack.pop()
+        seen.append(p)
+        stack += children(p)
+    return seen
+
+
+def instance_pids(insts: list[Mapping[str, Any]]) -> list[int]:
+    pids = []
+    for i in insts:
+        meta = i.get("meta") or {}
+        raw = meta.get("pid") if isinstance(meta, Mapping) else None
+        if raw is not None and str(raw).isdigit():
+            pids.append(int(raw))
+    return pids
+
+
+def measure(proxy_pid: int, insts: list[Mapping[str, Any]]) -> dict[str, Any]:
+    pids = instance_pids(insts)
+    source = "instance meta pid"
+    if len(pids) < len(insts):
+        # No pids in /instances: fall back to the proxy's process tree (includes any template).
+        pids, source = descendants(proxy_pid), "proxy process tree"
+    per = {p: pss_kib(p) for p in pids}
+    values = [v for v in per.values() if v is not None]
+    others = [p for p in descendants(proxy_pid) if p not in per]
+    other_pss = [v for v in (pss_kib(p) for p in others) if v is not None]
+    return {
+        "pid_source": source,
+        "instances": len(values),
+        "mean_pss_mib": sum(values) / len(values) / 1024 if values else float("nan"),
+        "total_pss_mib": sum(values) / 1024,
+        "proxy_pss_mib": (pss_kib(proxy_pid) or 0) / 1024,
+        "other_children": len(other_pss),  # e.g. the fork template
+        "other_children_pss_mib": sum(other_pss) / 1024,
+    }
+
+
+async def run(ctx: BenchContext) -> Section:
+    sec = Section("memory", f"Memory: PSS per instance, {N_INSTANCES} instances, fork vs exec")
+    pool = {
+        "min_instances": N_INSTANCES,
+        "max_instances": N_INSTANCES,
+        "max_starting": 4,
+        "idle_ttl": "10m",
+        "start_timeout": "60s",
+    }
+    results: dict[str, dict[str, Any]] = {}
+    for label, backend in (("fork", FORK_BACKEND), ("exec", EXEC_BACKEND)):
+        say(f"  memory: {N_INSTANCES} instances, process {label}")
+        try:
+            async with forkproxy(ctx.work, f"mem-{label}", app_config(backend), pool) as fp:
+                sec.commands.append(f"memory ({label}): {fp.command} with [pool] {pool}")
+                insts = live(await fp.instances())
+                await asyncio.sleep(1.0)  # let the last starts finish their imports/allocations
+                results[label] = await asyncio.to_thread(measure, fp.proc.pid, insts)
+        except (RuntimeError, TimeoutError) as e:
+            sec.skip(f"memory, process {label}", str(e).splitlines()[0])
+    rows = [
+        [
+            label,
+            r["instances"],
+            r["mean_pss_mib"],
+            r["total_pss_mib"],
+            r["other_children_pss_mib"],
+            r["proxy_pss_mib"],
+            r["pid_source"],
+        ]
+        for label, r in results.items()
+    ]
+    sec.tables.append(
+        Table(
+            [
+                "mode",
+                "instances",
+                "mean PSS MiB",
+                "sum PSS MiB",
+                "template/other MiB",
+                "proxy MiB",
+                "pids from",
+            ],
+            rows,
+        )
+    )
+    if "fork" in results and "exec" in results:
+        r = ratio(results["fork"]["mean_pss_mib"], results["exec"]["mean_pss_mib"])
+        sec.tables.append(Table(["ratio", "value"], [["fork / exec mean PSS", r]]))
+    sec.notes.append(
+        "PSS divides each shared page among the processes mapping it, so the sum over "
+        "instances is their real footprint; fork-mode children share the template's "
+        "imported code and heap copy-on-write."
+    )
+    sec.data = {"pool": pool, "results": results}
+    return sec

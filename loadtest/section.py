@@ -1,0 +1,80 @@
+"""What a benchmark section hands to the report: tables, notes, exact commands, plots, raw data.
+
+Also the run context every section receives (quick mode, output dirs, a printer).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[Any]]
+    title: str = ""
+
+
+@dataclass
+class Section:
+    key: str
+    title: str
+    tables: list[Table] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)  # file names inside the output dir
+    skipped: list[str] = field(default_factory=list)  # "what: reason" (tool/engine missing)
+    failures: list[str] = field(default_factory=list)  # "what: error" (something broke)
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def skip(self, what: str, reason: str) -> None:
+        self.skipped.append(f"{what}: {reason}")
+        say(f"  skipped: {what}: {reason}")
+
+    def fail(self, what: str, error: BaseException | str) -> None:
+        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        first = text.strip().splitlines()[0] if text.strip() else text
+        self.failures.append(f"{what}: {first}")
+        say(f"  FAILED: {what}: {text}")
+
+
+@dataclass
+class BenchContext:
+    out: Path  # results.json, results.md, PNGs
+    work: Path  # configs, logs, locust CSVs (temp)
+    quick: bool
+    install_tools: bool = True  # apt-get install wrk/nginx when missing and running as root
+
+    def pick(self, full: Any, quick: Any) -> Any:
+        return quick if self.quick else full
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def warn(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def fmt(v: Any) -> str:
+    """Numbers the way a results table wants them: 3 significant-ish digits, no NaN noise."""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if v != v:  # NaN
+            return "n/a"
+        if abs(v) >= 100:
+            return f"{v:,.0f}"
+        if abs(v) >= 10:
+            return f"{v:.1f}"
+        return f"{v:.2f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return "n/a" if v is None else str(v)
