@@ -1,0 +1,19 @@
+"""The `process` backend: instances are local processes, either forks of a warm
+template (mode "fork", milliseconds) or any command on a free port (mode "exec")."""
+
+from __future__ import annotations
+
+from backends.base import Backend, BackendContext
+from backends.process.config import ProcessConfig, parse_config
+
+__all__ = ["ProcessConfig", "create_backend", "parse_config"]
+
+
+def create_backend(config: ProcessConfig, ctx: BackendContext) -> Backend:
+    if config.mode == "fork":
+        from backends.process.fork import ForkBackend
+
+        return ForkBackend(config, ctx)
+    from backends.process.exec import ExecBackend
+
+    return ExecBackend(config, ctx)

@@ -1,0 +1,103 @@
+"""Linux process plumbing shared by the template, its children and the backend:
+parent-death signals, the in-place environment label of forked children, /proc reads."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+
+_PR_SET_PDEATHSIG = 1
+
+# The template is exec'd with this variable padded to a fixed width; a forked child
+# overwrites the value *in place* in its environment block, because /proc/<pid>/environ
+# shows the block written at exec time, not later putenv() calls.  That is how list()
+# tells a forked instance (and its id) from the template it was forked from.
+ROLE_VAR = "FORKPROXY_ROLE"
+ROLE_WIDTH = 160
+ROLE_TEMPLATE = "template"
+ROLE_EXEC = "exec"
+ROLE_FORK_PREFIX = "fork:"
+
+
+def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
+    """Ask the kernel to send `sig` to this process when its parent (thread) dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def padded_role(role: str) -> str:
+    return role.ljust(ROLE_WIDTH)
+
+
+def _env_block() -> tuple[int, int]:
+    with open("/proc/self/stat", "rb") as f:
+        stat = f.read()
+    # Fields after the ")" that closes comm start at field 3; env_start/env_end are 50/51.
+    fields = stat.rsplit(b")", 1)[1].split()
+    return int(fields[47]), int(fields[48])
+
+
+def relabel_self(role: str) -> bool:
+    """Overwrite this process's ROLE_VAR value in its exec-time environment block.
+    Returns False when the variable is absent or the new value does not fit."""
+    value = role.encode()
+    if len(value) > ROLE_WIDTH:
+        return False
+    with open("/proc/self/environ", "rb") as f:
+        block = f.read()
+    key = ROLE_VAR.encode() + b"="
+    if block.startswith(key):
+        pos = len(key)
+    else:
+        found = block.find(b"\0" + key)
+        if found < 0:
+            return False
+        pos = found + 1 + len(key)
+    if b"\0" in block[pos : pos + ROLE_WIDTH] or len(block) < pos + ROLE_WIDTH:
+        return False  # the slot is narrower than we padded it: not ours to write
+    start, end = _env_block()
+    addr = start + pos
+    if addr + ROLE_WIDTH > end:
+        return False
+    padded = value.ljust(ROLE_WIDTH)
+    ctypes.memmove(addr, padded, ROLE_WIDTH)
+    return True
+
+
+def read_environ(pid: int) -> dict[str, str] | None:
+    """The exec-time environment of `pid`, or None if gone or not readable."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    env: dict[str, str] = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            env[key.decode(errors="replace")] = value.decode(errors="replace")
+    return env
+
+
+def proc_state(pid: int) -> tuple[str, int] | None:
+    """(state letter, ppid) of `pid`, or None if it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat.rsplit(b")", 1)[1].split()
+    return fields[0].decode(), int(fields[1])
+
+
+def is_running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie waiting to be reaped."""
+    state = proc_state(pid)
+    return state is not None and state[0] not in ("Z", "X")
+
+
+def all_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]

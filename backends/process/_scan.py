@@ -1,0 +1,65 @@
+"""Find what a pool left behind by reading /proc/<pid>/environ: the template, forked
+children (labelled in place, see _linux.relabel_self) and exec'd commands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from backends.process import _linux
+
+POOL_VAR = "FORKPROXY_POOL"
+OWNER_VAR = "FORKPROXY_OWNER"
+INSTANCE_VAR = "FORKPROXY_INSTANCE"
+
+
+@dataclass(frozen=True)
+class Found:
+    pid: int
+    kind: str  # "template" | "fork" | "exec"
+    instance_id: str
+    owner: str
+    port: int = 0
+
+
+def template_id(pid: int) -> str:
+    return f"template-{pid}"
+
+
+def classify(pid: int, env: dict[str, str]) -> Found | None:
+    role = env.get(_linux.ROLE_VAR, "").strip()
+    owner = env.get(OWNER_VAR, "")
+    if role == _linux.ROLE_TEMPLATE:
+        return Found(pid, "template", template_id(pid), owner)
+    if role.startswith(_linux.ROLE_FORK_PREFIX):
+        return Found(pid, "fork", role[len(_linux.ROLE_FORK_PREFIX) :], owner)
+    if role == _linux.ROLE_EXEC and env.get(INSTANCE_VAR):
+        port = env.get("PORT", "0")
+        return Found(pid, "exec", env[INSTANCE_VAR], owner, int(port) if port.isdigit() else 0)
+    return None
+
+
+def scan(pool: str) -> list[Found]:
+    """Every live process of `pool`, one per instance (an instance's own children,
+    which inherit its environment, are folded into it). Blocking: run in a thread."""
+    found: dict[int, Found] = {}
+    parents: dict[int, int] = {}
+    for pid in _linux.all_pids():
+        env = _linux.read_environ(pid)
+        if not env or env.get(POOL_VAR) != pool:
+            continue
+        state = _linux.proc_state(pid)
+        if state is None or state[0] in ("Z", "X"):
+            continue
+        item = classify(pid, env)
+        if item is not None:
+            found[pid] = item
+            parents[pid] = state[1]
+    result = []
+    for pid, item in found.items():
+        parent = found.get(parents[pid])
+        if parent is not None and parent.instance_id == item.instance_id:
+            continue  # a process the instance spawned itself
+        if parent is not None and item.kind == "template" and parent.kind == "template":
+            continue  # a fork that never got relabelled (still starting): its template covers it
+        result.append(item)
+    return sorted(result, key=lambda f: f.pid)
