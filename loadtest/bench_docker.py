@@ -1,0 +1,328 @@
+"""Docker backend benchmark: time to first response byte of a new instance from the
+paused pool (unpause) vs create+start of the same image, directly and through forkproxy,
+and a burst of 100 concurrent requests at an idle docker pool (starts stay bounded).
+
+    python -m loadtest.bench_docker --n 30      # writes results/docker_bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import docker
+
+from backends.base import LABEL_POOL, BackendContext
+from backends.config import Table
+from backends.docker import DockerBackend, create_backend, parse_config
+from loadtest.procs import REPO
+from loadtest.proxyrun import forkproxy
+from loadtest.stats import percentile
+
+IMAGE = "forkproxy-test/httpd:latest"
+ENGINE = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+BURST = 100
+MAX_CONCURRENCY = 10
+MAX_STARTING = 4
+
+
+def summary(name: str, ttfb: list[float], failures: int) -> dict[str, Any]:
+    return {
+        "path": name,
+        "n": len(ttfb),
+        "failures": failures,
+        "distinct_instances": len(ttfb),  # every sample is a new container by construction
+        "p50_ms": percentile(ttfb, 50) * 1000,
+        "p99_ms": percentile(ttfb, 99) * 1000,
+        "min_ms": min(ttfb, default=math.nan) * 1000,
+        "max_ms": max(ttfb, default=math.nan) * 1000,
+    }
+
+
+async def first_byte(session: aiohttp.ClientSession, url: str, deadline: float) -> None:
+    """GET until the response headers arrive (a cold container may refuse at first)."""
+    while True:
+        try:
+            async with session.get(url) as resp:
+                await resp.read()
+                if resp.status == 200:
+                    return
+        except (aiohttp.ClientError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer")
+        await asyncio.sleep(0.005)
+
+
+def _backend(pool: str, paused_pool: int) -> DockerBackend:
+    cfg = parse_config(Table({"image": IMAGE, "engines": [ENGINE], "paused_pool": paused_pool}, ""))
+    return create_backend(cfg, BackendContext(pool_name=pool, owner_id=f"{pool}-run"))
+
+
+async def parked(client: docker.DockerClient, pool: str) -> int:
+    rows = await asyncio.to_thread(
+        client.api.containers, filters={"label": f"{LABEL_POOL}={pool}", "status": "paused"}
+    )
+    return len(rows)
+
+
+async def wait_parked(client: docker.DockerClient, pool: str, n: int) -> None:
+    """Untimed: let the refill land so each sample really takes a parked container."""
+    deadline = time.monotonic() + 30
+    while await parked(client, pool) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the paused pool did not refill within 30 s")
+        await asyncio.sleep(0.02)
+
+
+async def backend_series(client: docker.DockerClient, n: int, paused: bool) -> list[float]:
+    """start() -> first byte of GET /, straight against the backend (no proxy)."""
+    pool = f"bench-{'paused' if paused else 'create'}-{os.getpid()}"
+    backend = _backend(pool, 1 if paused else 0)
+    await backend.prepare()
+    ttfb: list[float] = []
+    try:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True),
+            timeout=aiohttp.ClientTimeout(total=5),
+        ) as s:
+            for i in range(n):
+                if paused:
+                    await wait_parked(client, pool, 1)
+                t0 = time.perf_counter()
+                inst = await backend.start(f"b{i}")
+                if paused and inst.meta.get("from") != "paused_pool":
+                    raise RuntimeError("a paused sample was served by a cold start")
+                await first_byte(s, inst.endpoint.url + "/", time.monotonic() + 30)
+                ttfb.append(time.perf_counter() - t0)
+                await backend.stop(inst, "bench")
+    finally:
+        await backend.aclose()
+    return ttfb
+
+
+async def proxy_series(
+    client: docker.DockerClient, work: Path, n: int, paused: bool
+) -> tuple[list[float], int, str]:
+    """A client's first byte through forkproxy; every request gets a new container."""
+    name = f"bench-proxy-{'paused' if paused else 'create'}-{os.getpid()}"
+    base = {
+        "server": {"name": name},
+        "backend": {"type": "docker", "image": IMAGE, "paused_pool": 2 if paused else 0},
+    }
+    pool = {"max_requests_per_instance": 1, "idle_ttl": "1s", "max_instances": 4}
+    ttfb: list[float] = []
+    failures = 0
+    async with forkproxy(work, name, base, pool) as fp:
+        for _ in range(n):
+            if paused:
+                await wait_parked(client, name, 1)
+            async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True),
+                timeout=aiohttp.ClientTimeout(total=60),
+            ) as s:
+                t0 = time.perf_counter()
+                try:
+                    async with s.get(fp.url + "/") as resp:
+                        t1 = time.perf_counter()
+                        await resp.read()
+                        if resp.status == 200:
+                            ttfb.append(t1 - t0)
+                        else:
+                            failures += 1
+                except (aiohttp.ClientError, OSError, TimeoutError):
+                    failures += 1
+            await asyncio.sleep(0.2)  # let the retired container go: measure starts only
+        command = f"{fp.command} with [pool] {pool}, [backend] {base['backend']}"
+    return ttfb, failures, command
+
+
+def _starts(metrics: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for m in re.finditer(
+        r'^forkproxy_instance_starts_total\{result="([^"]+)"\} (\S+)$', metrics, re.M
+    ):
+        out[m.group(1)] = float(m.group(2))
+    return out
+
+
+async def burst(work: Path) -> dict[str, Any]:
+    """100 concurrent requests at an idle docker pool with max_concurrency = 10."""
+    name = f"bench-burst-{os.getpid()}"
+    base = {"server": {"name": name}, "backend": {"type": "docker", "image": IMAGE}}
+    pool = {
+        "max_concurrency": MAX_CONCURRENCY,
+        "target_concurrency": 7,
+        "max_starting": MAX_STARTING,
+        "max_instances": 20,
+        "hold_timeout": "60s",
+        "idle_ttl": "30s",
+    }
+    url_path = "/cgi-bin/slow?ms=500"  # long enough that the requests really overlap
+    async with forkproxy(work, name, base, pool) as fp:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            timeout=aiohttp.ClientTimeout(total=90),
+        ) as s:
+
+            async def one() -> int:
+                try:
+                    async with s.get(fp.url + url_path) as resp:
+                        await resp.read()
+                        return resp.status
+                except (aiohttp.ClientError, OSError, TimeoutError):
+                    return 0
+
+            t0 = time.perf_counter()
+            statuses = await asyncio.gather(*(one() for _ in range(BURST)))
+            elapsed = time.perf_counter() - t0
+        starts = _starts(await fp.metrics())
+        command = f"{fp.command} with [pool] {pool}; {BURST} concurrent GET {url_path}"
+    started = int(sum(starts.values()))
+    bound = math.ceil(BURST / MAX_CONCURRENCY) + MAX_STARTING
+    ok = sum(1 for st in statuses if st == 200)
+    return {
+        "requests": BURST,
+        "ok": ok,
+        "statuses": {str(k): statuses.count(k) for k in sorted(set(statuses))},
+        "containers_started": started,
+        "start_results": starts,
+        "bound": bound,
+        "within_bound": started <= bound,
+        "all_ok": ok == BURST,
+        "seconds": elapsed,
+        "command": command,
+    }
+
+
+async def coldstart(n: int, work: Path | None = None) -> dict[str, Any]:
+    """The cold-start rows (shape of loadtest.sec_coldstart) for the shared benchmark."""
+    client = docker.DockerClient(base_url=ENGINE, timeout=30)
+    try:
+        client.ping()
+        client.images.get(IMAGE)
+    except Exception as exc:
+        client.close()
+        why = f"no Docker engine or image {IMAGE} at {ENGINE}: {exc} (run: bash .ci/docker.sh)"
+        return {"rows": [], "commands": [], "skipped": [("docker backend", why)]}
+    tmp = tempfile.TemporaryDirectory(prefix="bench-docker-") if work is None else None
+    work = Path(tmp.name) if tmp is not None else work
+    assert work is not None
+    try:
+        create = await backend_series(client, n, paused=False)
+        unpause = await backend_series(client, n, paused=True)
+        rows = [
+            summary("docker backend: create+start -> first byte", create, 0),
+            summary("docker backend: paused pool (unpause) -> first byte", unpause, 0),
+        ]
+        commands = [
+            f"docker backend direct: {n} x (start(), GET / until 200, stop()), image {IMAGE}"
+        ]
+        skipped: list[tuple[str, str]] = []
+        try:
+            for paused in (False, True):
+                ttfb, failures, command = await proxy_series(client, work, n, paused)
+                label = "paused pool (unpause)" if paused else "create+start"
+                rows.append(summary(f"client -> forkproxy -> docker {label}", ttfb, failures))
+                commands.append(command)
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            skipped.append(("through forkproxy, docker", str(exc).splitlines()[0]))
+        return {"rows": rows, "commands": commands, "skipped": skipped}
+    finally:
+        client.close()
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def ratio(rows: list[dict[str, Any]], slow: str, fast: str) -> float | None:
+    by = {r["path"]: r for r in rows}
+    if slow in by and fast in by and by[fast]["p50_ms"] > 0:
+        return float(by[slow]["p50_ms"] / by[fast]["p50_ms"])
+    return None
+
+
+def write_json(out: Path, result: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=list) + "\n")
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(f"\n{'path':58} {'n':>3} {'fail':>4} {'p50 ms':>8} {'p99 ms':>8} {'min':>7} {'max':>7}")
+    for r in result["rows"]:
+        print(
+            f"{r['path']:58} {r['n']:>3} {r['failures']:>4} {r['p50_ms']:>8.1f} "
+            f"{r['p99_ms']:>8.1f} {r['min_ms']:>7.1f} {r['max_ms']:>7.1f}"
+        )
+    for key, value in result["ratios"].items():
+        if value is not None:
+            print(f"p50 ratio {key}: {value:.1f}x")
+    for what, why in result["skipped"]:
+        print(f"skipped {what}: {why}")
+    b = result.get("burst")
+    if b:
+        print(
+            f"\nburst: {b['ok']}/{b['requests']} OK in {b['seconds']:.1f}s, "
+            f"{b['containers_started']} containers started (bound {b['bound']}: "
+            f"{'within' if b['within_bound'] else 'EXCEEDED'}), statuses {b['statuses']}"
+        )
+
+
+async def main_async(n: int, out: Path, do_burst: bool) -> int:
+    with tempfile.TemporaryDirectory(prefix="bench-docker-") as tmp:
+        work = Path(tmp)
+        result = await coldstart(n, work)
+        if not result["rows"]:
+            print(result["skipped"][0][1], file=sys.stderr)
+            return 2
+        rows = result["rows"]
+        result["ratios"] = {
+            "create+start / unpause (backend)": ratio(rows, rows[0]["path"], rows[1]["path"]),
+            "create+start / unpause (through forkproxy)": ratio(
+                rows,
+                "client -> forkproxy -> docker create+start",
+                "client -> forkproxy -> docker paused pool (unpause)",
+            ),
+        }
+        if do_burst:
+            try:
+                result["burst"] = await burst(work)
+            except (RuntimeError, TimeoutError, OSError) as exc:
+                result["skipped"].append(("burst", str(exc).splitlines()[0]))
+    result.update(
+        n=n,
+        image=IMAGE,
+        engine=ENGINE,
+        command=f"python -m loadtest.bench_docker --n {n}",
+        cpus=os.cpu_count(),
+        at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    await asyncio.to_thread(write_json, out, result)
+    print_table(result)
+    print(f"\nwrote {out}")
+    burst_ok = "burst" not in result or (
+        result["burst"]["all_ok"] and result["burst"]["within_bound"]
+    )
+    return 0 if burst_ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m loadtest.bench_docker", description=__doc__)
+    ap.add_argument("--n", type=int, default=30, help="cold starts per series (default 30)")
+    ap.add_argument("--out", type=Path, default=REPO / "results" / "docker_bench.json")
+    ap.add_argument("--no-burst", action="store_true", help="skip the 100-request burst")
+    args = ap.parse_args(argv)
+    return asyncio.run(main_async(args.n, args.out, not args.no_burst))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
