@@ -54,13 +54,13 @@ def decide(snap: Snapshot, cfg: PoolConfig) -> Decision:
     if want:
         reasons.append(f"queued:{snap.waiting}")
 
-    # (b) ahead of saturation: average load per instance above target
-    load = sum(i.in_flight for i in ready) + snap.waiting
-    if live and load / live > cfg.target_concurrency:
-        ahead = math.ceil(load / cfg.target_concurrency) - live
-        if ahead > want:
-            want = ahead
-            reasons.append("target_concurrency")
+    # (b) ahead of saturation: average in-flight per instance above target. One start
+    # at a time, and only when none is in flight: bursts are (a)'s business, and a
+    # burst of N must not start more than ceil(N / max_concurrency) + max_starting.
+    load = sum(i.in_flight for i in ready)
+    if live and not starting and load / live > cfg.target_concurrency and want == 0:
+        want = 1
+        reasons.append("target_concurrency")
 
     # floors: min_instances and idle spares
     if live < cfg.min_instances and cfg.min_instances - live > want:

@@ -62,9 +62,7 @@ class Proxy:
             await self._admin.setup()
             site = web.TCPSite(self._admin, self.cfg.server.admin.host, self.cfg.server.admin.port)
             await site.start()
-            server = site._server
-            assert isinstance(server, asyncio.Server)
-            self.admin_port = server.sockets[0].getsockname()[1]
+            self.admin_port = int(self._admin.addresses[0][1])
         self.ready = True
         admin = self.cfg.server.admin
         log.info(

@@ -135,14 +135,36 @@ async def test_fresh_instance_per_request() -> None:
         await eventually(drained, 5, "per-request instances to stop")
 
 
-async def test_min_instances_and_warm_pool_are_kept_ready() -> None:
-    async with run_proxy(pool={"min_instances": 1, "warm_pool": 1, "idle_ttl": "100ms"}) as p:
+async def test_warm_pool_keeps_an_idle_spare_ready() -> None:
+    async with run_proxy(pool={"warm_pool": 1, "idle_ttl": "100ms"}) as p:
+
+        async def states() -> list[str]:
+            return sorted(i["state"] for i in await p.instances())
+
+        async def one_spare() -> bool:
+            return await states() == ["ready"]
+
+        await eventually(one_spare, 10, "a warm spare before any request")
+        await asyncio.sleep(0.4)  # past idle_ttl: the spare is kept
+        assert await states() == ["ready"]
+        async with p.session.get(p.url + "/io?ms=1500") as r:
+            assert "cold" not in r.headers["Server-Timing"]  # served by the spare
+
+            async def two() -> bool:
+                return len(await p.instances()) == 2
+
+            await eventually(two, 10, "a new spare while the first one is busy")
+            await r.read()
+
+
+async def test_min_instances_are_kept_past_idle_ttl() -> None:
+    async with run_proxy(pool={"min_instances": 2, "idle_ttl": "100ms"}) as p:
 
         async def two_ready() -> bool:
             return [i["state"] for i in await p.instances()] == ["ready", "ready"]
 
-        await eventually(two_ready, 10, "min_instances + warm spare")
-        await asyncio.sleep(0.4)  # past idle_ttl: the floors keep both
+        await eventually(two_ready, 10, "min_instances")
+        await asyncio.sleep(0.4)
         assert len(await p.instances()) == 2
 
 

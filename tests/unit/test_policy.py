@@ -37,10 +37,8 @@ def test_one_waiting_request_starts_one_instance() -> None:
 def test_starts_in_flight_count_as_capacity() -> None:
     # 5 waiting, one start in flight absorbs 10: no new start
     assert decide(snap(5, starting("a")), CFG).start == 0
-    # 25 waiting, one start absorbs 10: two more to absorb them, three to stay
-    # under target_concurrency (25 / 7 -> 4 instances in all)
-    d = decide(snap(25, starting("a")), CFG)
-    assert d.start == 3 and d.reasons == ("queued:25", "target_concurrency")
+    # 25 waiting, one start absorbs 10: two more
+    assert decide(snap(25, starting("a")), CFG).start == 2
 
 
 def test_burst_is_bounded_by_max_starting_and_max_instances() -> None:
@@ -56,6 +54,10 @@ def test_ahead_of_saturation_on_target_concurrency() -> None:
     d = decide(snap(0, ready("a", in_flight=8)), CFG)
     assert d.start == 1 and "target_concurrency" in d.reasons
     assert decide(snap(0, ready("a", in_flight=6)), CFG).start == 0
+    # one at a time: not while another start is in flight
+    assert decide(snap(0, ready("a", in_flight=9), starting("b")), CFG).start == 0
+    busy = [ready(str(i), in_flight=9) for i in range(5)]
+    assert decide(snap(0, *busy), CFG).start == 1
 
 
 def test_free_ready_slots_absorb_waiters() -> None:
