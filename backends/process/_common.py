@@ -84,7 +84,9 @@ class ProcessBackendBase(Backend):
         if not env or env.get(_scan.POOL_VAR) != self.ctx.pool_name:
             return False
         found = _scan.classify(pid, env)
-        return found is not None and found.instance_id == instance.id
+        if found is None:
+            return False
+        return instance.id in (found.instance_id, _scan.unlabelled_id(pid))
 
     async def _stop_foreign(self, instance: Instance) -> None:
         """SIGTERM, grace, SIGKILL a listed process; its parent (if any) reaps it."""

@@ -25,6 +25,10 @@ def template_id(pid: int) -> str:
     return f"template-{pid}"
 
 
+def unlabelled_id(pid: int) -> str:
+    return f"fork-{pid}"
+
+
 def classify(pid: int, env: dict[str, str]) -> Found | None:
     role = env.get(_linux.ROLE_VAR, "").strip()
     owner = env.get(OWNER_VAR, "")
@@ -60,6 +64,7 @@ def scan(pool: str) -> list[Found]:
         if parent is not None and parent.instance_id == item.instance_id:
             continue  # a process the instance spawned itself
         if parent is not None and item.kind == "template" and parent.kind == "template":
-            continue  # a fork that never got relabelled (still starting): its template covers it
+            # A fork that has not relabelled itself yet (it is microseconds old).
+            item = Found(pid, "fork", unlabelled_id(pid), item.owner)
         result.append(item)
     return sorted(result, key=lambda f: f.pid)

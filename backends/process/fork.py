@@ -321,15 +321,14 @@ class ForkBackend(_common.ProcessBackendBase):
             log.error("instance %s (pid %d) did not exit after SIGKILL", child.id, child.pid)
 
     async def list(self) -> list[Instance]:
+        # By pid, not by label: a fresh child may not have relabelled itself yet.
+        ours = {c.pid: c for c in self._children.values() if c.pid}
         result = []
         for item in await self._scan():
-            child = self._children.get(item.instance_id)
-            if child is not None and child.pid == item.pid:
-                inst = self._found_to_instance(item)
-                inst.endpoint = Endpoint(self.config.host, child.port)
-                result.append(inst)
-            else:
-                result.append(self._found_to_instance(item))
+            child = ours.get(item.pid)
+            if child is not None:
+                item = _scan.Found(item.pid, "fork", child.id, self.ctx.owner_id, child.port)
+            result.append(self._found_to_instance(item))
         return result
 
     async def alive(self, instance: Instance) -> bool:
@@ -346,6 +345,3 @@ class ForkBackend(_common.ProcessBackendBase):
         if tpl is not None:
             await self._kill_template(tpl)
         await self._tasks.aclose()
-
-
-__all__ = ["ForkBackend", "_scan"]

@@ -1,0 +1,28 @@
+"""Test apps for fork mode: a warmup hook whose effect children inherit."""
+
+from __future__ import annotations
+
+import os
+
+from aiohttp import web
+
+WARMED_IN = 0  # pid of the process that ran warmup(); inherited by forks
+
+
+def warmup(app: web.Application) -> None:
+    global WARMED_IN
+    WARMED_IN = os.getpid()
+    record = os.environ.get("FORKPROXY_TEST_WARMUP_LOG")
+    if record:
+        with open(record, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+
+async def _warm(request: web.Request) -> web.Response:
+    return web.json_response({"warmed_in": WARMED_IN, "pid": os.getpid()})
+
+
+def create_app() -> web.Application:
+    app = web.Application()
+    app.router.add_get("/", _warm)
+    return app
