@@ -39,25 +39,34 @@ class LocustRun:
         return _float(self.stats.get(name, {}).get("99%", ""))
 
     def series(self) -> list[dict[str, Any]]:
-        """History as numbers: t (s since first row), users, rps, fails_per_s, p50_ms, p99_ms."""
-        rows = []
-        t0 = None
+        """History as numbers: ts (epoch s), t (s since first row), users, rps, fails_per_s,
+        p99_ms. Rates come from the cumulative counts (locust's own Requests/s column freezes
+        when requests stop); p99 is locust's sliding-window value, NaN when nothing completed."""
+        rows: list[dict[str, Any]] = []
+        prev: tuple[float, float, float] | None = None
         for r in self.history:
             ts = _float(r.get("Timestamp", ""))
-            if math.isnan(ts):
+            total = _float(r.get("Total Request Count", ""))
+            fails = _float(r.get("Total Failure Count", ""))
+            if math.isnan(ts) or math.isnan(total):
                 continue
-            t0 = ts if t0 is None else t0
+            if prev is None:
+                rps = fps = 0.0
+            else:
+                dt = max(ts - prev[0], 1e-9)
+                rps, fps = (total - prev[1]) / dt, (fails - prev[2]) / dt
+            p99 = _float(r.get("99%", "")) if rps > 0 else math.nan
             rows.append(
                 {
                     "ts": ts,
-                    "t": ts - t0,
+                    "t": ts - rows[0]["ts"] if rows else 0.0,
                     "users": _float(r.get("User Count", "")),
-                    "rps": _float(r.get("Requests/s", "")),
-                    "fails_per_s": _float(r.get("Failures/s", "")),
-                    "p50_ms": _float(r.get("50%", "")),
-                    "p99_ms": _float(r.get("99%", "")),
+                    "rps": rps,
+                    "fails_per_s": fps,
+                    "p99_ms": p99,
                 }
             )
+            prev = (ts, total, fails)
         return rows
 
 

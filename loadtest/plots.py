@@ -48,7 +48,7 @@ def elasticity(
             ax.axvspan(start, end, color="0.9", zorder=0)
         ax.grid(alpha=0.3)
     ax1.set_ylabel("req/s")
-    ax2.set_ylabel("p99 ms")
+    ax2.set_ylabel("p99 ms (locust window)")
     ax3.set_ylabel("instances")
     ax3.set_xlabel("seconds (shaded: the spike)")
     fig.suptitle("forkproxy under a spike (locust SpikeShape)")
