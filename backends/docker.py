@@ -792,8 +792,17 @@ class DockerBackend(Backend):
         oom = c.id in self._oomed
         logs = ""
         try:
-            attrs = await self._thread(c.engine.client.api.inspect_container, c.id)
-            oom = oom or bool((attrs.get("State") or {}).get("OOMKilled"))
+            # A SIGKILL (137) may be the OOM killer's: the engine's oom event and the
+            # OOMKilled flag can land just after the die event, so look twice.
+            for attempt in range(2 if code == "137" else 1):
+                if attempt:
+                    await asyncio.sleep(0.5)
+                attrs = await self._thread(c.engine.client.api.inspect_container, c.id)
+                oom = (
+                    oom or c.id in self._oomed or bool((attrs.get("State") or {}).get("OOMKilled"))
+                )
+                if oom:
+                    break
             logs = await self._thread(c.engine.logs_tail, c.id, 10)
         except Exception as exc:
             if is_unreachable(exc):
