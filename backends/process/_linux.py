@@ -20,10 +20,20 @@ ROLE_EXEC = "exec"
 ROLE_FORK_PREFIX = "fork:"
 
 
+_libc: ctypes.CDLL | None = None
+
+
+def _prctl() -> ctypes.CDLL:
+    # Loaded once (in the template) so a fresh fork pays no dlopen on its hot path.
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
 def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
     """Ask the kernel to send `sig` to this process when its parent (thread) dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+    if _prctl().prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -40,12 +50,10 @@ def _env_block() -> tuple[int, int]:
     return int(fields[47]), int(fields[48])
 
 
-def relabel_self(role: str) -> bool:
-    """Overwrite this process's ROLE_VAR value in its exec-time environment block.
-    Returns False when the variable is absent or the new value does not fit."""
-    value = role.encode()
-    if len(value) > ROLE_WIDTH:
-        return False
+def role_slot() -> int | None:
+    """Address of this process's ROLE_VAR value in its exec-time environment block,
+    or None when the variable is absent or narrower than ROLE_WIDTH. A fork inherits
+    the same address, so the template finds it once and every child just writes."""
     with open("/proc/self/environ", "rb") as f:
         block = f.read()
     key = ROLE_VAR.encode() + b"="
@@ -54,16 +62,23 @@ def relabel_self(role: str) -> bool:
     else:
         found = block.find(b"\0" + key)
         if found < 0:
-            return False
+            return None
         pos = found + 1 + len(key)
     if b"\0" in block[pos : pos + ROLE_WIDTH] or len(block) < pos + ROLE_WIDTH:
-        return False  # the slot is narrower than we padded it: not ours to write
+        return None  # the slot is narrower than we padded it: not ours to write
     start, end = _env_block()
     addr = start + pos
     if addr + ROLE_WIDTH > end:
+        return None
+    return addr
+
+
+def write_role(slot: int, role: str) -> bool:
+    """Overwrite the ROLE_VAR value at `slot` (from role_slot()) in place."""
+    value = role.encode()
+    if len(value) > ROLE_WIDTH:
         return False
-    padded = value.ljust(ROLE_WIDTH)
-    ctypes.memmove(addr, padded, ROLE_WIDTH)
+    ctypes.memmove(slot, value.ljust(ROLE_WIDTH), ROLE_WIDTH)
     return True
 
 

@@ -1,5 +1,5 @@
 """Find what a pool left behind by reading /proc/<pid>/environ: the template, forked
-children (labelled in place, see _linux.relabel_self) and exec'd commands."""
+children (labelled in place, see _linux.role_slot) and exec'd commands."""
 
 from __future__ import annotations
 

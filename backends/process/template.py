@@ -48,6 +48,7 @@ class Template:
         self.stopping = False
         self.wake_r, self.wake_w = os.pipe()
         self.pid = os.getpid()
+        self.role_slot: int | None = None
 
     def send(self, msg: dict[str, Any]) -> None:
         try:
@@ -65,7 +66,13 @@ class Template:
         self.kind, self.app = _apps.load(self.spec["app"], self.spec["app_kind"])
         if self.kind == "asgi":
             import uvicorn  # noqa: F401 - fail now, not in every child; warm the import
-        import uvloop  # noqa: F401 - warm for the children
+        # Everything a child needs is loaded here, once: a fork then imports nothing.
+        import uvloop  # noqa: F401
+
+        from backends.process import _serve  # noqa: F401
+
+        self.role_slot = _linux.role_slot()
+        _linux.set_pdeathsig()  # (again) loads libc's prctl for the children
 
         if self.spec.get("warmup"):
             _apps.call_hook(self.spec["warmup"], self.app)
@@ -168,7 +175,8 @@ class Template:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             os.environ.update(env)
             os.environ[_linux.ROLE_VAR] = f"{_linux.ROLE_FORK_PREFIX}{iid}"
-            _linux.relabel_self(f"{_linux.ROLE_FORK_PREFIX}{iid}")
+            if self.role_slot is not None:
+                _linux.write_role(self.role_slot, f"{_linux.ROLE_FORK_PREFIX}{iid}")
             from backends.process import _serve
 
             _serve.run_child(self.kind, self.app, fd, self.grace, self.pid)

@@ -1,0 +1,168 @@
+"""Cold start of the process backend, fork vs exec of examples.app: time from
+`backend.start()` to the first response byte of `GET /` on the new instance.
+
+    .venv/bin/python -m loadtest.bench_process_coldstart --n 30
+
+Exec includes the readiness wait (connect every 5 ms until the app answers). Prints a
+table, writes results/process_coldstart.json; `coldstart(n)` feeds the shared bench.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from backends.base import Backend, BackendContext, Instance
+from backends.config import Table
+from backends.process import create_backend, parse_config
+from loadtest.stats import percentile
+
+REPO = Path(__file__).resolve().parents[1]
+POLL = 0.005
+DEADLINE = 30.0
+MODES: dict[str, dict[str, Any]] = {
+    "fork": {"mode": "fork", "app": "examples.app:create_app"},
+    "exec": {"mode": "exec", "command": [sys.executable, "-m", "examples.app", "--port", "{port}"]},
+}
+
+
+async def first_byte(inst: Instance, deadline: float) -> tuple[float, bytes]:
+    """(monotonic time of the first response byte, the whole response) for GET /."""
+    request = f"GET / HTTP/1.1\r\nHost: {inst.endpoint.host}\r\nConnection: close\r\n\r\n"
+    while True:
+        try:
+            reader, writer = await asyncio.open_connection(inst.endpoint.host, inst.endpoint.port)
+        except OSError:
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"{inst.id} never accepted a connection") from None
+            await asyncio.sleep(POLL)
+            continue
+        try:
+            writer.write(request.encode())
+            first = await reader.read(1)
+            t = time.perf_counter()
+            print("T firstbyte", t, file=sys.stderr)
+            if first:
+                return t, first + await reader.read()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{inst.id} never answered")
+        await asyncio.sleep(POLL)
+
+
+async def series(mode: str, n: int) -> dict[str, Any]:
+    table = Table({"cwd": str(REPO), **MODES[mode]}, "backend")
+    config = parse_config(table)
+    if table.problems:
+        raise ValueError(table.problems)
+    ctx = BackendContext(f"bench-coldstart-{uuid.uuid4().hex[:6]}", "bench")
+    backend: Backend = create_backend(config, ctx)
+    ttfb: list[float] = []
+    start_call: list[float] = []
+    ids: set[str] = set()
+    failures = 0
+    try:
+        t_prepare = time.perf_counter()
+        await backend.prepare()
+        prepare_s = time.perf_counter() - t_prepare
+        for i in range(n):
+            t0 = time.perf_counter()
+            print("T start", t0, file=sys.stderr)
+            try:
+                inst = await backend.start(f"{mode}-{i}")
+                t1 = time.perf_counter()
+                t2, response = await first_byte(inst, t0 + DEADLINE)
+            except Exception as exc:
+                print(f"{mode} #{i}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                failures += 1
+                continue
+            if b" 200 " not in response.split(b"\r\n", 1)[0]:
+                failures += 1
+            elif f"hello from instance {inst.id}".encode() in response:
+                ids.add(inst.id)  # answered by the instance we just started
+            ttfb.append(t2 - t0)
+            start_call.append(t1 - t0)
+            await backend.stop(inst, "bench")
+    finally:
+        await backend.aclose()
+    return {
+        "path": f"process backend, {mode}: start() -> first byte of GET /",
+        "n": len(ttfb),
+        "failures": failures,
+        "distinct_instances": len(ids),
+        "p50_ms": percentile(ttfb, 50) * 1000,
+        "p99_ms": percentile(ttfb, 99) * 1000,
+        "min_ms": min(ttfb, default=math.nan) * 1000,
+        "max_ms": max(ttfb, default=math.nan) * 1000,
+        "start_call_p50_ms": percentile(start_call, 50) * 1000,
+        "prepare_ms": prepare_s * 1000,
+    }
+
+
+async def coldstart(n: int) -> dict[str, Any]:
+    """Rows in the shape of loadtest.sec_coldstart, for the shared benchmark."""
+    rows = [await series("fork", n), await series("exec", n)]
+    command = f"{sys.executable} -m loadtest.bench_process_coldstart --n {n}"
+    return {"rows": rows, "commands": [command], "skipped": []}
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"{'mode':<6} {'n':>4} {'fail':>4} {'p50 ms':>9} {'p99 ms':>9} {'min ms':>9} "
+        f"{'max ms':>9} {'start() p50':>12}"
+    ]
+    for r in rows:
+        mode = "fork" if ", fork:" in r["path"] else "exec"
+        lines.append(
+            f"{mode:<6} {r['n']:>4} {r['failures']:>4} {r['p50_ms']:>9.2f} {r['p99_ms']:>9.2f} "
+            f"{r['min_ms']:>9.2f} {r['max_ms']:>9.2f} {r['start_call_p50_ms']:>12.2f}"
+        )
+    return "\n".join(lines)
+
+
+async def main_async(n: int) -> dict[str, Any]:
+    result = await coldstart(n)
+    fork, exec_ = result["rows"]
+    ratio = exec_["p50_ms"] / fork["p50_ms"] if fork["p50_ms"] > 0 else math.nan
+    report = {
+        "n": n,
+        "rows": result["rows"],
+        "ratio_exec_over_fork_p50": ratio,
+        "target": {"fork_p50_ms_below": 5.0, "ratio_at_least": 20.0},
+        "met": fork["p50_ms"] < 5.0 and ratio >= 20.0,
+        "command": result["commands"][0],
+        "python": sys.version.split()[0],
+    }
+    print(_table(result["rows"]))
+    print(
+        f"exec/fork p50 ratio: {ratio:.1f}x  (target: fork p50 < 5 ms, ratio >= 20x: "
+        f"{'met' if report['met'] else 'NOT met'})"
+    )
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--n", type=int, default=30, help="cold starts per mode")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "process_coldstart.json")
+    args = parser.parse_args()
+    import uvloop
+
+    report = uvloop.run(main_async(args.n))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
