@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"sync"
 )
@@ -71,6 +72,18 @@ func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			body = append(append(append([]byte{}, body[:m[2]]...), clonerType...), body[m[3]:]...)
 			r.Body = io.NopCloser(bytes.NewReader(body))
 			r.ContentLength = int64(len(body))
+			// Faults name the object they were raised on (e.g. NotAuthenticated.object):
+			// that must be the VM again, a type clients know.
+			rec := httptest.NewRecorder()
+			f.next.ServeHTTP(rec, r)
+			out := bytes.ReplaceAll(rec.Body.Bytes(), []byte(`type="`+clonerType+`"`), []byte(`type="VirtualMachine"`))
+			for k, v := range rec.Header() {
+				w.Header()[k] = v
+			}
+			w.Header().Del("Content-Length")
+			w.WriteHeader(rec.Code)
+			_, _ = w.Write(out)
+			return
 		}
 	}
 	f.next.ServeHTTP(w, r)
