@@ -13,6 +13,9 @@ from loadtest.proxyrun import EXEC_BACKEND, FORK_BACKEND, app_config, forkproxy
 from loadtest.section import BenchContext, Section, Table, say
 from loadtest.stats import percentile
 
+# The row contract shared with loadtest/bench_docker.py etc. (extra keys stay in results.json).
+ROW_KEYS = ("path", "n", "failures", "distinct_instances", "p50_ms", "p99_ms", "min_ms", "max_ms")
+
 
 async def ttfb_series(url: str, n: int, pause: float) -> tuple[list[float], set[str], int]:
     """n sequential requests on fresh connections: TTFB seconds, instance ids seen, failures."""
@@ -89,7 +92,7 @@ async def run(ctx: BenchContext) -> Section:
     sec.tables.append(
         Table(
             ["path", "n", "failures", "distinct instances", "p50 ms", "p99 ms", "min ms", "max ms"],
-            [list(r.values()) for r in rows],
+            [[r.get(k) for k in ROW_KEYS] for r in rows],
             f"{n} cold starts each",
         )
     )

@@ -1,0 +1,163 @@
+"""The benchmark command (--quick) and `forkproxy tune` end to end, on real processes.
+
+wrk and nginx come from Debian; without them the comparison rows are skipped here unless
+FORKPROXY_REQUIRE_BENCH_TOOLS=1 (then their absence is a failure).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadtest.procs import REPO
+
+pytestmark = pytest.mark.slow
+REQUIRE_TOOLS = os.environ.get("FORKPROXY_REQUIRE_BENCH_TOOLS") == "1"
+
+
+def _have(binary: str) -> bool:
+    return bool(shutil.which(binary) or os.path.exists(f"/usr/sbin/{binary}"))
+
+
+@pytest.fixture(scope="module")
+def quick_bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
+    out = tmp_path_factory.mktemp("bench")
+    argv = [sys.executable, "-m", "loadtest", "bench", "--quick", "--no-docs", "--out", str(out)]
+    if not REQUIRE_TOOLS:
+        argv.append("--no-install")
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=280)
+    log = proc.stdout[-6000:] + proc.stderr[-4000:]
+    assert proc.returncode == 0, log
+    return out, json.loads((out / "results.json").read_text()), proc.stdout
+
+
+def sections(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {s["key"]: s for s in results["sections"]}
+
+
+@pytest.mark.timeout(300)
+def test_quick_bench_writes_every_section(quick_bench: tuple[Path, dict[str, Any], str]) -> None:
+    out, results, stdout = quick_bench
+    secs = sections(results)
+    assert list(secs) == ["datapath", "coldstart", "burst", "elasticity", "memory"]
+    assert all(not s["failures"] for s in secs.values()), [s["failures"] for s in secs.values()]
+    md = (out / "results.md").read_text()
+    assert "| target | tool | req/s |" in md and "forkproxy run --config" in md
+
+    dp = secs["datapath"]["data"]["results"]
+    assert dp["direct"]["rps"] > 0 and dp["forkproxy"]["rps"] > 0
+    assert dp["forkproxy"]["errors"] == 0
+
+    cold = {r["path"]: r for r in secs["coldstart"]["data"]["rows"]}
+    for mode in ("fork", "exec"):
+        row = cold[f"client -> forkproxy -> new process ({mode})"]
+        assert row["n"] == 5 and row["failures"] == 0
+        assert row["distinct_instances"] == 5  # every request met a fresh instance
+
+    burst = secs["burst"]["data"]
+    assert burst["ok"] == burst["n"] == 50
+    assert 1 <= burst["instances_started"] <= burst["bound"]
+
+    el = secs["elasticity"]["data"]
+    assert el["requests"] > 0 and el["failures"] == 0
+    assert el["peak_instances"] >= 1 and el["instance_seconds"] > 0
+    assert el["instance_seconds"] >= el["instance_seconds_lower_bound"] > 0
+    png = out / "elasticity.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 200_000
+
+    mem = secs["memory"]["data"]["results"]
+    assert mem["fork"]["instances"] == mem["exec"]["instances"] == 20
+    assert mem["fork"]["mean_pss_mib"] > 0 and mem["exec"]["mean_pss_mib"] > 0
+    assert "forkproxy / direct" in stdout  # every figure is printed, not only written
+
+
+@pytest.mark.timeout(300)
+def test_quick_bench_compares_with_wrk_and_nginx(
+    quick_bench: tuple[Path, dict[str, Any], str],
+) -> None:
+    missing = [b for b in ("wrk", "nginx") if not _have(b)]
+    if missing and not REQUIRE_TOOLS:
+        pytest.skip(f"{', '.join(missing)} not installed (apt-get install wrk nginx)")
+    _, results, _ = quick_bench
+    dp = sections(results)["datapath"]["data"]["results"]
+    assert {r["tool"] for r in dp.values()} == {"wrk"}
+    assert dp["nginx"]["rps"] > 0 and dp["nginx"]["errors"] == 0
+
+
+@pytest.mark.timeout(200)
+def test_tune_tiny_grid_writes_a_pool_snippet(tmp_path: Path) -> None:
+    config = tmp_path / "app.toml"
+    config.write_text(
+        '[server]\nname = "tune-test"\n\n[pool]\nmax_instances = 8\n\n'
+        '[backend]\ntype = "process"\nmode = "fork"\napp = "examples.app:create_app"\n'
+    )
+    out = tmp_path / "pool.toml"
+    argv = [
+        sys.executable,
+        "-m",
+        "loadtest",
+        "tune",
+        "--config",
+        str(config),
+        "--shape",
+        "spike",
+        "--p99",
+        "5000",
+        "--budget",
+        "30",
+        "--max-concurrency",
+        "2,8",
+        "--warm-pool",
+        "0",
+        "--idle-ttl",
+        "1s",
+        "--out",
+        str(out),
+    ]
+    env = {
+        **os.environ,
+        "FORKPROXY_SPIKE_USERS": "6",
+        "FORKPROXY_WAIT_MIN": "0.1",
+        "FORKPROXY_WAIT_MAX": "0.3",
+    }
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    pool = tomllib.loads(out.read_text())["pool"]
+    assert pool["max_concurrency"] in (2, 8) and pool["idle_ttl"] == "1s"
+    assert "<- recommended" in proc.stdout
+    assert "points," in proc.stderr  # the progress bar
+
+
+@pytest.mark.timeout(120)
+def test_tune_skips_grid_points_beyond_the_budget(tmp_path: Path) -> None:
+    argv = [
+        sys.executable,
+        "-m",
+        "loadtest",
+        "tune",
+        "--shape",
+        "step",
+        "--p99",
+        "5000",
+        "--budget",
+        "12",
+        "--max-concurrency",
+        "2,4,8",
+        "--warm-pool",
+        "0",
+        "--idle-ttl",
+        "1s",
+    ]
+    env = {**os.environ, "FORKPROXY_STEP_USERS": "2", "FORKPROXY_STEP_COUNT": "2"}
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=100, env=env)
+    assert "budget of 12 s exhausted: skipped 2 of 3 grid points" in proc.stderr, proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[pool]" in proc.stdout
