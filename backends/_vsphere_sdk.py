@@ -11,4 +11,3 @@ import pyVmomi
 vim: Any = getattr(pyVmomi, "vim")  # noqa: B009 - the stubs do not declare it
 vmodl: Any = getattr(pyVmomi, "vmodl")  # noqa: B009
 SmartStubAdapter: Any = pyVim.connect.SmartStubAdapter
-Disconnect: Any = pyVim.connect.Disconnect

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from backends._vsphere_config import VsphereConfig
-from backends._vsphere_sdk import Disconnect, SmartStubAdapter, vim
+from backends._vsphere_sdk import SmartStubAdapter, vim
 from backends.errors import BackendConfigError, BackendUnavailable
 
 log = logging.getLogger("forkproxy.backend.vsphere")
@@ -43,10 +43,11 @@ class Session:
         self.si: Any = None
         self._lock = threading.Lock()
         self._generation = 0  # bumps on every (re)login
+        self._logged_in = False
         self.relogins = 0
 
     def __repr__(self) -> str:
-        state = "connected" if self.si is not None else "not connected"
+        state = "logged in" if self._logged_in else "logged out"
         return f"<vsphere Session {self.cfg.user}@{self.cfg.host}:{self.cfg.port} {state}>"
 
     @property
@@ -55,8 +56,20 @@ class Session:
 
     def connect(self) -> None:
         """Log in (blocking). Bad credentials → BackendConfigError; unreachable →
-        BackendUnavailable."""
+        BackendUnavailable. Logging in again after close() reuses the stub, so managed
+        object references taken earlier (the parent, clones) keep working."""
         password = self.cfg.password()
+        with self._lock:
+            if self._logged_in:
+                return
+            if self.si is not None:
+                try:
+                    self.si.content.sessionManager.Login(userName=self.cfg.user, password=password)
+                except BaseException as exc:
+                    raise self._translate(exc) from exc
+                self._logged_in = True
+                self._generation += 1
+                return
         if self.cfg.insecure:
             log.warning(
                 "vsphere: insecure = true: the vCenter TLS certificate of %s is NOT verified",
@@ -80,6 +93,7 @@ class Session:
             raise self._translate(exc) from exc
         with self._lock:
             self.si = si
+            self._logged_in = True
             self._generation += 1
         log.info("vsphere: logged in to %s as %s", self.cfg.host, self.cfg.user)
 
@@ -122,7 +136,7 @@ class Session:
     def call(self, fn: Callable[[Any], T]) -> T:
         """fn(service_instance) in this thread; on NotAuthenticated log in again once and
         retry. fn must be safe to repeat (it failed at its first vCenter call)."""
-        if self.si is None:
+        if not self._logged_in:
             self.connect()
         generation = self._generation
         try:
@@ -135,10 +149,15 @@ class Session:
         return await asyncio.to_thread(self.call, fn)
 
     def close(self) -> None:
+        """Log out and close the connections; a later call logs in again on the same stub."""
         with self._lock:
-            si, self.si = self.si, None
-        if si is not None:
+            si, was_in = self.si, self._logged_in
+            self._logged_in = False
+        if si is None:
+            return
+        if was_in:
             try:
-                Disconnect(si)
+                si.content.sessionManager.Logout()
             except Exception as exc:  # logout of a dead session: nothing left to release
                 log.debug("vsphere: logout failed: %s", exc)
+        si._stub.DropConnections()
