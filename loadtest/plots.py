@@ -57,13 +57,22 @@ def elasticity(
     plt.close(fig)
 
 
-def bars(path: Path, title: str, labels: Sequence[str], values: Sequence[float], unit: str) -> None:
-    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(labels)), dpi=80)
+def bars(
+    path: Path,
+    title: str,
+    labels: Sequence[str],
+    values: Sequence[float],
+    unit: str,
+    log: bool = False,
+) -> None:
+    fig, ax = plt.subplots(figsize=(7, 1.0 + 0.4 * len(labels)), dpi=80)
     ax.barh(list(labels), _finite(values), color="tab:blue")
     for i, v in enumerate(values):
         if v == v:
             ax.text(v, i, f" {v:,.1f}", va="center", fontsize=8)
     ax.invert_yaxis()
+    if log:
+        ax.set_xscale("log")
     ax.set_xlabel(unit)
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)

@@ -17,6 +17,25 @@ from loadtest.section import Section, Table, fmt
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
+HOW_TO = """\
+Reproduce: `python -m loadtest bench` (about 6 minutes; `--quick` takes about one; `--out DIR`,
+default `results/latest`; `--only datapath,coldstart,burst,elasticity,memory`). wrk and nginx come
+from Debian (`apt-get install wrk nginx`; the bench installs them itself when run as root, and
+falls back to an aiohttp client / skips nginx otherwise). Docker and vSphere rows need their
+engines (`.ci/docker.sh`, `.ci/vcsim.sh`) and are skipped with the reason otherwise.
+
+Load-test your own deployment with the bundled locustfile and shapes:
+
+    locust -f loadtest/locustfile.py --headless --host http://127.0.0.1:8080 -u 20 -t 30s
+    FORKPROXY_SHAPE=spike FORKPROXY_SHAPE_SECONDS=60 locust -f loadtest/locustfile.py --headless \\
+        --host http://127.0.0.1:8080 --csv out/spike
+
+`FORKPROXY_SHAPE` is `step`, `spike` or `sine`; their `FORKPROXY_*` knobs are listed in
+`loadtest/profiles.py`. `forkproxy tune --config app.toml --shape spike --p99 250 --budget 300
+--out pool.toml` searches `[pool]` settings the same way and recommends the cheapest that
+meets the p99 target.
+"""
+
 
 def table_md(t: Table) -> str:
     lines = [f"*{t.title}*", ""] if t.title else []
@@ -71,6 +90,7 @@ def document(sections: Sequence[Section], meta: dict[str, Any], image_dir: str) 
         f"Machine: {m['cpus']} CPUs ({m['cpu'] or 'unknown'}), Python {m['python']}, "
         f"Linux {m['kernel']}. Load generator, proxy and app share these CPUs.",
         "",
+        HOW_TO,
     ]
     return "\n".join(head) + "\n".join(section_md(s, image_dir) for s in sections)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 
+from loadtest import plots
 from loadtest.proxyrun import EXEC_BACKEND, FORK_BACKEND, app_config, forkproxy
 from loadtest.section import BenchContext, Section, Table, say
 from loadtest.stats import percentile
@@ -76,7 +77,7 @@ async def through_proxy(ctx: BenchContext, sec: Section, n: int) -> list[dict[st
                 say(f"  cold start through forkproxy, process {label}: {n} requests")
                 ttfb, ids, failures = await ttfb_series(fp.url + "/", n, 0.2)
         except (RuntimeError, TimeoutError) as e:
-            sec.skip(f"through forkproxy, process {label}", str(e).splitlines()[0])
+            sec.fail(f"through forkproxy, process {label}", e)
             continue
         rows.append(summary(f"client -> forkproxy -> new process ({label})", ttfb, ids, failures))
     return rows
@@ -100,5 +101,18 @@ async def run(ctx: BenchContext) -> Section:
         "Through the proxy, 'distinct instances' equal to n proves every request was served "
         "by a freshly started instance (max_requests_per_instance = 1)."
     )
+    plotted = [r for r in rows if r.get("n")]
+    if plotted:
+        png = ctx.out / "coldstart.png"
+        await asyncio.to_thread(
+            plots.bars,
+            png,
+            f"Cold start to first byte, p50 of {n}",
+            [str(r["path"]) for r in plotted],
+            [float(r["p50_ms"]) for r in plotted],
+            "ms (log scale)",
+            True,
+        )
+        sec.plots.append(png.name)
     sec.data = {"n": n, "rows": rows}
     return sec

@@ -3,6 +3,7 @@ forkproxy (fork backend, one warm instance) and through nginx in front of the sa
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 from math import nan
 
@@ -20,6 +21,10 @@ CONNECTIONS = 32
 PATH = "/"
 
 
+def median_run(runs: list[LoadResult]) -> LoadResult:
+    return sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
+
+
 async def run(ctx: BenchContext, require_tools: bool = False) -> Section:
     sec = Section("datapath", "Data path: requests/s and latency at fixed concurrency")
     seconds = ctx.pick(10.0, 3.0)
@@ -30,16 +35,25 @@ async def run(ctx: BenchContext, require_tools: bool = False) -> Section:
     if no_wrk:
         sec.skip("wrk", f"{no_wrk}; measured with the aiohttp closed-loop client instead")
     use_wrk = wrk_path() is not None
-    results: dict[str, LoadResult] = {}
-
-    app_port = free_port()
-    app_url = f"http://127.0.0.1:{app_port}"
-    app_argv = [PYTHON, "-m", "examples.app", "--port", str(app_port)]
-    sec.commands.append("app: " + shlex.join(["python", *app_argv[1:]]))
-    async with running("app", app_argv, ctx.work / "logs", ready_url=f"{app_url}/healthz"):
-        say(f"  direct: {CONNECTIONS} connections, {seconds:g}s")
-        results["direct"] = await run_load(app_url + PATH, CONNECTIONS, seconds, use_wrk)
-
+    rounds = ctx.pick(3, 1)
+    targets: dict[str, str] = {}
+    pool = {
+        # One instance with room for every connection: the same work as "direct", plus the hop.
+        "min_instances": 1,
+        "max_instances": 1,
+        "max_concurrency": CONNECTIONS * 2,
+        "target_concurrency": float(CONNECTIONS * 2),
+        "idle_ttl": "10m",
+    }
+    async with contextlib.AsyncExitStack() as stack:
+        app_port = free_port()
+        app_url = f"http://127.0.0.1:{app_port}"
+        app_argv = [PYTHON, "-m", "examples.app", "--port", str(app_port)]
+        sec.commands.append("app: " + shlex.join(["python", *app_argv[1:]]))
+        await stack.enter_async_context(
+            running("app", app_argv, ctx.work / "logs", ready_url=f"{app_url}/healthz")
+        )
+        targets["direct"] = app_url + PATH
         if no_nginx:
             sec.skip("nginx", no_nginx)
         else:
@@ -48,32 +62,28 @@ async def run(ctx: BenchContext, require_tools: bool = False) -> Section:
             port = free_port()
             conf = nginx.write_conf(ctx.work / "nginx", port, app_port)
             argv = nginx.nginx_argv(binary, conf)
-            sec.commands.append(
-                "nginx: " + shlex.join(argv) + " (1 worker, upstream keepalive 128)"
+            sec.commands.append(f"nginx: {shlex.join(argv)} (1 worker, upstream keepalive 128)")
+            nginx_url = f"http://127.0.0.1:{port}"
+            await stack.enter_async_context(
+                running("nginx", argv, ctx.work / "logs", ready_url=f"{nginx_url}/healthz")
             )
-            async with running(
-                "nginx", argv, ctx.work / "logs", ready_url=f"http://127.0.0.1:{port}/healthz"
-            ):
-                say("  nginx -> app")
-                results["nginx"] = await run_load(
-                    f"http://127.0.0.1:{port}{PATH}", CONNECTIONS, seconds, use_wrk
-                )
-
-    # One instance with room for every connection: the same work as "direct", plus the hop.
-    pool = {
-        "min_instances": 1,
-        "max_instances": 1,
-        "max_concurrency": CONNECTIONS * 2,
-        "target_concurrency": float(CONNECTIONS * 2),
-        "idle_ttl": "10m",
-    }
-    try:
-        async with forkproxy(ctx.work, "datapath", app_config(FORK_BACKEND), pool) as fp:
+            targets["nginx"] = nginx_url + PATH
+        try:
+            fp = await stack.enter_async_context(
+                forkproxy(ctx.work, "datapath", app_config(FORK_BACKEND), pool)
+            )
             sec.commands.append(f"forkproxy: {fp.command} with [pool] {pool}")
-            say("  forkproxy -> instance")
-            results["forkproxy"] = await run_load(fp.url + PATH, CONNECTIONS, seconds, use_wrk)
-    except (RuntimeError, TimeoutError, OSError, aiohttp.ClientError) as e:
-        sec.fail("forkproxy", e)
+            targets["forkproxy"] = fp.url + PATH
+        except (RuntimeError, TimeoutError, OSError, aiohttp.ClientError) as e:
+            sec.fail("forkproxy", e)
+
+        # Rounds interleave the targets so a noisy neighbour on the box hits them all alike.
+        runs: dict[str, list[LoadResult]] = {k: [] for k in targets}
+        for i in range(rounds):
+            for name, url in targets.items():
+                say(f"  round {i + 1}/{rounds}: {name}, {CONNECTIONS} connections, {seconds:g}s")
+                runs[name].append(await run_load(url, CONNECTIONS, seconds, use_wrk))
+    results = {k: median_run(v) for k, v in runs.items() if v}
 
     for r in results.values():
         sec.commands.append(f"load: {r.command}")
@@ -85,7 +95,8 @@ async def run(ctx: BenchContext, require_tools: bool = False) -> Section:
         Table(
             ["target", "tool", "req/s", "p50 ms", "p99 ms", "requests", "errors"],
             rows,
-            f"GET {PATH}, {CONNECTIONS} connections, {seconds:g} s each, one after another",
+            f"GET {PATH}, {CONNECTIONS} connections, {seconds:g} s per run, median of "
+            f"{rounds} interleaved round(s) by req/s",
         )
     )
     rps = {k: v.rps for k, v in results.items()}
@@ -102,8 +113,10 @@ async def run(ctx: BenchContext, require_tools: bool = False) -> Section:
     sec.data = {
         "connections": CONNECTIONS,
         "seconds": seconds,
+        "pool": pool,
+        "rounds": rounds,
         "results": {k: v.as_dict() for k, v in results.items()},
+        "all_runs": {k: [r.as_dict() for r in v] for k, v in runs.items()},
         "ratios": {r[0]: r[1] for r in ratios},
     }
-    sec.data["pool"] = pool
     return sec

@@ -102,7 +102,7 @@ async def run(ctx: BenchContext) -> Section:
                 await asyncio.sleep(1.0)  # let the last starts finish their imports/allocations
                 results[label] = await asyncio.to_thread(measure, fp.proc.pid, insts)
         except (RuntimeError, TimeoutError) as e:
-            sec.skip(f"memory, process {label}", str(e).splitlines()[0])
+            sec.fail(f"memory, process {label}", e)
     rows = [
         [
             label,

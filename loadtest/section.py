@@ -39,8 +39,10 @@ class Section:
 
     def fail(self, what: str, error: BaseException | str) -> None:
         text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-        first = text.strip().splitlines()[0] if text.strip() else text
-        self.failures.append(f"{what}: {first}")
+        lines = text.strip().splitlines() or [text]
+        # First line says what failed; the last line of a log tail usually says why.
+        short = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+        self.failures.append(f"{what}: {short}")
         say(f"  FAILED: {what}: {text}")
 
 
