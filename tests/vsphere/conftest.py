@@ -245,7 +245,8 @@ def backend_table(vcsim: Vcsim, parent: str, **overrides: Any) -> dict[str, Any]
 
 
 def parse(table: dict[str, Any]) -> Any:
-    t = Table.root(table)
+    """parse_config on a [backend] table, as proxy/config.py calls it (key paths and all)."""
+    t = Table.root({"backend": table}).sub("backend")
     t.str("type")
     cfg = parse_config(t)
     if t.problems:
