@@ -85,6 +85,22 @@ async def test_cold_start_from_nothing(docker_proxy: MakeProxy, pool_name: str) 
     assert inst["meta"]["from"] == "create"
 
 
+async def test_close_delimited_response_is_forwarded_whole(
+    docker_proxy: MakeProxy, docker_client: docker.DockerClient, pool_name: str
+) -> None:
+    # busybox httpd sends CGI output with neither Content-Length nor chunking: the body
+    # ends when the connection closes (RFC 9112 6.3), which is not an upstream failure.
+    p = docker_proxy()
+    await p.start()
+    assert (await get(p.url + "/"))[0] == 200
+    (inst,) = await instances(p)
+    async with aiohttp.ClientSession() as s, s.get(inst["endpoint"] + "/cgi-bin/env") as r:
+        assert r.content_length is None and "Transfer-Encoding" not in r.headers
+        direct = await r.text()
+    status, body = await get(p.url + "/cgi-bin/env")
+    assert (status, body) == (200, direct)
+
+
 async def test_served_from_the_paused_pool(
     docker_proxy: MakeProxy, docker_client: docker.DockerClient, pool_name: str
 ) -> None:
