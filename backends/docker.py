@@ -109,6 +109,11 @@ class DockerBackend(Backend):
             f"{up}/{len(self._engines)} engines up>"
         )
 
+    @property
+    def paused_ready(self) -> int:
+        """Containers parked in the paused pool right now (a start takes one)."""
+        return len(self._parked)
+
     # -- plumbing ----------------------------------------------------------------------
 
     async def _thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -97,8 +97,11 @@ async def backend_series(client: docker.DockerClient, n: int, paused: bool) -> l
             timeout=aiohttp.ClientTimeout(total=5),
         ) as s:
             for i in range(n):
-                if paused:
-                    await wait_parked(client, pool, 1)
+                deadline = time.monotonic() + 30
+                while paused and not backend.paused_ready:  # untimed: let the refill land
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("the paused pool did not refill within 30 s")
+                    await asyncio.sleep(0.01)
                 t0 = time.perf_counter()
                 inst = await backend.start(f"b{i}")
                 if paused and inst.meta.get("from") != "paused_pool":
@@ -127,6 +130,7 @@ async def proxy_series(
         for _ in range(n):
             if paused:
                 await wait_parked(client, name, 1)
+                await asyncio.sleep(0.1)  # paused in docker a moment before the proxy knows
             async with aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(force_close=True),
                 timeout=aiohttp.ClientTimeout(total=60),
