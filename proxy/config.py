@@ -3,14 +3,17 @@ that reports every problem with its key path and allowed values."""
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
 
 import backends
 from backends.config import ConfigError, Problem, Table
+from proxy.http1 import Limits
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class ServerConfig:
     upstream_connect_timeout: float = 5.0
     upstream_header_timeout: float = 60.0
     retry_attempts: int = 2  # extra tries on another instance when nothing was sent yet
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,32 @@ def _address(t: Table, key: str, default: Address | None, *, optional: bool = Fa
         return default
 
 
+def _networks(t: Table, key: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    out = []
+    for raw in t.str_list(key):
+        try:
+            out.append(ipaddress.ip_network(raw, strict=False))
+        except ValueError:
+            t.error(key, f'{raw!r} is not an address or CIDR (e.g. "10.0.0.0/8")')
+    return tuple(out)
+
+
+def _limits(t: Table) -> Limits:
+    d = Limits()
+    return Limits(
+        max_url=t.size("max_url_size", d.max_url),
+        max_header_bytes=t.size("max_header_size", d.max_header_bytes),
+        max_headers=t.int("max_headers", d.max_headers, min=1),
+        max_body=t.size("max_body_size", d.max_body),
+        header_timeout=t.duration("header_timeout", d.header_timeout, min=0.001),
+        keepalive_timeout=t.duration("keepalive_timeout", d.keepalive_timeout),
+        body_timeout=t.duration("body_timeout", d.body_timeout, min=0.001),
+        body_min_rate=t.size("body_min_rate", d.body_min_rate),
+        send_timeout=t.duration("send_timeout", d.send_timeout, min=0.001),
+        max_connections=t.int("max_connections", d.max_connections, min=1),
+    )
+
+
 def _server(t: Table) -> ServerConfig:
     d = ServerConfig()
     cfg = ServerConfig(
@@ -99,6 +130,8 @@ def _server(t: Table) -> ServerConfig:
             "upstream_header_timeout", d.upstream_header_timeout, min=0.001
         ),
         retry_attempts=t.int("retry_attempts", d.retry_attempts, min=0, max=10),
+        trusted_proxies=_networks(t, "trusted_proxies"),
+        limits=_limits(t),
     )
     if not cfg.name.replace("-", "").replace("_", "").isalnum():
         t.error("name", f"{cfg.name!r}: use letters, digits, '-' and '_' (it becomes a label)")

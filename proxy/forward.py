@@ -1,34 +1,34 @@
 """The data path: hold the request for a slot, forward it with both bodies streamed,
-re-frame the response, tunnel websockets. Errors become short fixed 5xx texts."""
+re-frame the response, retry what is safe to retry. Errors are short fixed texts."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
+from collections.abc import AsyncIterator
 
-import aiohttp
-from aiohttp import web
-from yarl import URL
+from prometheus_client import Counter
 
 from proxy.config import Config
-from proxy.headers import downstream_response_headers, server_timing, upstream_request_headers
+from proxy.headers import downstream_raw, server_timing, upstream_head
+from proxy.http1 import ClientError, Request
 from proxy.metrics import Metrics
 from proxy.pool import Lease, Pool, PoolError
+from proxy.upstream import ConnectFailed, Connection, Response, UpstreamClient, UpstreamError
 
 log = logging.getLogger("forkproxy.forward")
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _NO_BODY_STATUS = frozenset({204, 304})
-
-
-def error_response(status: int, text: str, *, retry_after: int | None = None) -> web.Response:
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return web.Response(status=status, text=text + "\n", headers=headers)
-
-
-class _ConnectFailed(Exception):
-    pass
+_RETRY_AFTER = [(b"Retry-After", b"1")]
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_POOL_TEXT = {
+    "queue_full": "Service Unavailable: queue full",
+    "start_failed": "Service Unavailable: no instance could be started",
+    "shutting_down": "Service Unavailable: shutting down",
+}
 
 
 class Forwarder:
@@ -36,234 +36,180 @@ class Forwarder:
         self.cfg = cfg
         self.pool = pool
         self.metrics = metrics
-        self.session: aiohttp.ClientSession | None = None
+        self.client = UpstreamClient(cfg.server.upstream_connect_timeout)
+        self.trusted = cfg.server.trusted_proxies
+        pool.gone_hooks.append(lambda inst: self.client.forget(inst.endpoint))
+        self._by_status: dict[int, Counter] = {}
+        self._latency = {k: metrics.latency.labels(k) for k in ("cold", "warm")}
 
-    async def start(self) -> None:
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=15.0),
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=self.cfg.server.upstream_connect_timeout
-            ),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-        )
+    def aclose(self) -> None:
+        self.client.close()
 
-    async def aclose(self) -> None:
-        if self.session is not None:
-            await self.session.close()
+    def count(self, status: int) -> None:
+        counter = self._by_status.get(status)
+        if counter is None:
+            counter = self._by_status[status] = self.metrics.requests.labels(str(status))
+        counter.inc()
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        resp: web.StreamResponse
+    async def handle(self, req: Request) -> None:
         try:
-            if _is_websocket(request):
-                resp = await self._websocket(request)
-            else:
-                resp = await self._forward(request)
-        except asyncio.CancelledError:
-            self.metrics.requests.labels("499").inc()
+            status = await self._forward(req)
+        except ClientError as exc:
+            self.count(exc.status)
             raise
-        self.metrics.requests.labels(str(resp.status)).inc()
-        return resp
+        except (ConnectionError, asyncio.CancelledError):
+            self.count(499)  # the client went away (nginx's code for it)
+            raise
+        self.count(status)
 
-    async def _acquire(self, request: web.BaseRequest) -> Lease | web.Response:
+    def _trusted(self, peer: str) -> bool:
+        if not self.trusted:
+            return False
+        try:
+            addr = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted)
+
+    async def acquire(self, req: Request) -> Lease | int:
+        """A lease, or the status (503/504) it answered itself."""
         deadline = self.pool.clock() + self.pool.cfg.hold_timeout
         try:
             return await self.pool.acquire(deadline)
         except PoolError as exc:
             self.metrics.rejected.labels(exc.reason).inc()
+            if req.expect_continue and not req.body.complete:
+                req.keep_alive = False  # the body never came: the connection can't be reused
             if exc.status == 504:
-                return error_response(504, "Gateway Timeout: no instance became free in time")
-            text = {
-                "queue_full": "Service Unavailable: queue full",
-                "start_failed": "Service Unavailable: no instance could be started",
-                "shutting_down": "Service Unavailable: shutting down",
-            }.get(exc.reason, "Service Unavailable")
-            return error_response(503, text, retry_after=1)
+                req.respond(504, "Gateway Timeout: no instance became free in time")
+                return 504
+            req.respond(503, _POOL_TEXT.get(exc.reason, "Service Unavailable"), _RETRY_AFTER)
+            return 503
 
-    async def _forward(self, request: web.BaseRequest) -> web.StreamResponse:
-        assert self.session is not None
-        t_arrive = time.monotonic()
-        method = request.method
-        headers = upstream_request_headers(
-            request.headers, peer=request.remote or "", scheme=request.scheme, host=request.host
+    def head_for(self, req: Request, framing: bytes, *, websocket: bool = False) -> bytes:
+        return upstream_head(
+            req.method,
+            req.path,
+            req.headers,
+            peer=req.peer,
+            trusted=self._trusted(req.peer),
+            host=req.host,
+            framing=framing,
+            websocket=websocket,
         )
-        body: aiohttp.StreamReader | None = None
-        if request.body_exists:
-            body = request.content
-            if request.content_length is not None:
-                headers["Content-Length"] = str(request.content_length)
-        elif method in ("POST", "PUT", "PATCH"):
-            headers["Content-Length"] = "0"
+
+    async def _forward(self, req: Request) -> int:
+        t_arrive = time.monotonic()
+        body: AsyncIterator[bytes] | None = None
+        if req.content_length is not None:
+            framing = b"Content-Length: %d\r\n" % req.content_length
+            if req.content_length:
+                body = req.body
+        elif req.chunked:  # re-chunked by us, extensions and trailers dropped
+            framing = b"Transfer-Encoding: chunked\r\n"
+            body = req.body
+        else:
+            framing = b""
+        if req.expect_continue and body is not None:
+            conn = req.conn
+            req.body.on_first_read = lambda: conn.write(_CONTINUE)
+        head = self.head_for(req, framing)
+        head_only = req.method == "HEAD"
         attempts = 0
         while True:
-            got = await self._acquire(request)
-            if isinstance(got, web.Response):
-                return got
-            lease = got
-            url = URL(lease.instance.endpoint.url + request.raw_path, encoded=True)
+            lease = await self.acquire(req)
+            if isinstance(lease, int):
+                return lease
+            ep = lease.instance.endpoint
             t_send = time.monotonic()
+            conn_up: Connection | None = None
             try:
-                upstream = await self._send(method, url, headers, body)
-            except _ConnectFailed as exc:
-                self.pool.release(lease, broken=True)
-                self.metrics.upstream_errors.labels("connect").inc()
-                if attempts < self.cfg.server.retry_attempts:
+                conn_up, upstream = await self.client.send(
+                    ep, head, body, chunked=req.chunked, head_only=head_only
+                )
+                async with asyncio.timeout(self.cfg.server.upstream_header_timeout):
+                    await upstream.headers_done
+            except UpstreamError as exc:
+                if conn_up is not None:
+                    conn_up.close()
+                # the instance is suspect unless a pooled keep-alive connection merely
+                # went stale under us
+                self.pool.release(lease, broken=not exc.stale)
+                self.metrics.upstream_errors.labels("stale" if exc.stale else exc.kind).inc()
+                retry = not exc.sent or (exc.stale and body is None and req.method in IDEMPOTENT)
+                if retry and attempts < self.cfg.server.retry_attempts:
                     attempts += 1
                     self.metrics.retries.inc()
-                    log.info("retrying on another instance after connect failure: %s", exc)
+                    log.info("retrying on another instance after %s: %s", exc.kind, exc)
                     continue
-                return error_response(502, "Bad Gateway: instance unreachable")
+                log.warning("upstream %s failed: %s", lease.slot.id, exc)
+                req.keep_alive = req.keep_alive and req.body.complete
+                if isinstance(exc, ConnectFailed):
+                    req.respond(502, "Bad Gateway: instance unreachable")
+                else:
+                    req.respond(502, "Bad Gateway: instance failed")
+                return 502
             except TimeoutError:
+                if conn_up is not None:
+                    conn_up.close()
                 self.pool.release(lease)
                 self.metrics.upstream_errors.labels("timeout").inc()
-                return error_response(504, "Gateway Timeout: instance did not answer in time")
-            except (aiohttp.ClientError, OSError) as exc:
-                self.pool.release(lease, broken=True)
-                self.metrics.upstream_errors.labels(_kind(exc)).inc()
-                log.warning("upstream %s failed: %r", lease.slot.id, exc)
-                return error_response(502, "Bad Gateway: instance failed")
+                req.keep_alive = req.keep_alive and req.body.complete
+                req.respond(504, "Gateway Timeout: instance did not answer in time")
+                return 504
+            except BaseException:
+                if conn_up is not None:
+                    conn_up.close()
+                self.pool.release(lease)
+                raise
             break
         try:
-            return await self._relay(request, upstream, lease, t_arrive, t_send)
+            return await self._relay(req, conn_up, upstream, lease, t_arrive, t_send)
         finally:
-            upstream.release()
+            self.client.release(conn_up)
             self.pool.release(lease)
-
-    async def _send(
-        self,
-        method: str,
-        url: URL,
-        headers: dict[str, str] | object,
-        body: aiohttp.StreamReader | None,
-    ) -> aiohttp.ClientResponse:
-        assert self.session is not None
-        try:
-            async with asyncio.timeout(self.cfg.server.upstream_header_timeout):
-                return await self.session.request(
-                    method,
-                    url,
-                    headers=headers,  # type: ignore[arg-type]
-                    data=body,
-                    allow_redirects=False,
-                    compress=None,
-                )
-        except aiohttp.ClientConnectorError as exc:
-            raise _ConnectFailed(str(exc)) from exc
 
     async def _relay(
         self,
-        request: web.BaseRequest,
-        upstream: aiohttp.ClientResponse,
+        req: Request,
+        conn_up: Connection,
+        upstream: Response,
         lease: Lease,
         t_arrive: float,
         t_send: float,
-    ) -> web.StreamResponse:
+    ) -> int:
         t_headers = time.monotonic()
-        self.metrics.latency.labels("cold" if lease.cold else "warm").observe(t_headers - t_arrive)
-        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        resp.headers.extend(downstream_response_headers(upstream.headers))
+        self._latency["cold" if lease.cold else "warm"].observe(t_headers - t_arrive)
+        headers = downstream_raw(upstream.raw_headers)
         if self.cfg.server.server_timing:
-            resp.headers.add(
-                "Server-Timing", server_timing(lease.queued, lease.cold, t_headers - t_send)
-            )
-        no_body = request.method == "HEAD" or upstream.status in _NO_BODY_STATUS
-        if upstream.content_length is not None and not no_body:
-            resp.content_length = upstream.content_length
-        elif request.method == "HEAD" and "Content-Length" in upstream.headers:
-            resp.headers["Content-Length"] = upstream.headers["Content-Length"]
-        await resp.prepare(request)
+            timing = server_timing(lease.queued, lease.cold, t_headers - t_send)
+            headers.append((b"Server-Timing", timing.encode()))
+        status = upstream.status
+        no_body = upstream.head_only or status in _NO_BODY_STATUS
         if no_body:
-            await resp.write_eof()
-            return resp
+            length = upstream.content_length()
+            if length is not None and upstream.head_only:
+                headers.append((b"Content-Length", b"%d" % length))
+            req.start_response(status, upstream.reason, headers, length=None, body=False)
+            return status
+        whole = upstream.body_buffered()
+        if whole is not None:  # small response, all here already: one write
+            req.start_response(status, upstream.reason, headers, length=len(whole), payload=whole)
+            return status
+        req.start_response(status, upstream.reason, headers, length=upstream.content_length())
         try:
-            async for chunk in upstream.content.iter_any():
-                await resp.write(chunk)
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, OSError) as exc:
+            while chunk := await upstream.read():
+                await req.write(chunk)
+        except UpstreamError as exc:
             # The instance died mid-response: abort the client connection so it cannot
             # mistake a truncated body for a complete one.
             self.metrics.upstream_errors.labels("truncated").inc()
-            log.warning("instance %s failed mid-response: %r", lease.slot.id, exc)
+            log.warning("instance %s failed mid-response: %s", lease.slot.id, exc)
             self.pool.release(lease, broken=True)
-            if request.transport is not None:
-                request.transport.abort()
-            raise asyncio.CancelledError() from exc
-        await resp.write_eof()
-        return resp
-
-    async def _websocket(self, request: web.BaseRequest) -> web.StreamResponse:
-        assert self.session is not None
-        got = await self._acquire(request)
-        if isinstance(got, web.Response):
-            return got
-        lease = got
-        try:
-            protocols = tuple(
-                p.strip()
-                for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
-                if p.strip()
-            )
-            headers = upstream_request_headers(
-                request.headers,
-                peer=request.remote or "",
-                scheme=request.scheme,
-                host=request.host,
-                websocket=True,
-            )
-            url = URL(lease.instance.endpoint.url + request.raw_path, encoded=True)
-            try:
-                upstream = await self.session.ws_connect(
-                    url, headers=headers, protocols=protocols, autoping=False, max_msg_size=0
-                )
-            except (aiohttp.ClientError, OSError) as exc:
-                self.metrics.upstream_errors.labels("websocket").inc()
-                log.warning("websocket upstream %s failed: %r", lease.slot.id, exc)
-                return error_response(502, "Bad Gateway: instance refused the websocket")
-            client = web.WebSocketResponse(
-                protocols=(upstream.protocol,) if upstream.protocol else (),
-                autoping=False,
-                max_msg_size=0,
-            )
-            await client.prepare(request)
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(_pump(upstream, client))
-                tg.create_task(_pump(client, upstream))
-            return client
-        finally:
-            self.pool.release(lease)
-
-
-async def _pump(
-    src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-    dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-) -> None:
-    async for msg in src:
-        if dst.closed:
-            break
-        if msg.type is aiohttp.WSMsgType.TEXT:
-            await dst.send_str(msg.data)
-        elif msg.type is aiohttp.WSMsgType.BINARY:
-            await dst.send_bytes(msg.data)
-        elif msg.type is aiohttp.WSMsgType.PING:
-            await dst.ping(msg.data)
-        elif msg.type is aiohttp.WSMsgType.PONG:
-            await dst.pong(msg.data)
-    if not dst.closed:
-        await dst.close(code=src.close_code or 1000)
-
-
-def _is_websocket(request: web.BaseRequest) -> bool:
-    return (
-        request.headers.get("Upgrade", "").lower() == "websocket"
-        and "upgrade" in request.headers.get("Connection", "").lower()
-    )
-
-
-def _kind(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "disconnected"
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return "bad_response"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "payload"
-    return "other"
+            req.conn.abort()
+            return 502
+        except ConnectionError:
+            conn_up.close()  # the client went away: drop the rest of the body
+            raise
+        req.end()
+        return status

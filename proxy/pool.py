@@ -34,6 +34,9 @@ class State(enum.Enum):
     FAILED = "failed"
 
 
+_STATES = tuple(State)
+
+
 class PoolError(Exception):
     status = 503
     reason = "unavailable"
@@ -128,6 +131,8 @@ class Pool:
         self._closing = False
         self._wake = asyncio.Event()
         self._probe_session: aiohttp.ClientSession | None = None
+        self._state_gauges = {st: metrics.instances.labels(st.value) for st in _STATES}
+        self.gone_hooks: list[Callable[[Instance], None]] = []  # e.g. drop pooled connections
         ctx.on_death = self.on_death
 
     def __repr__(self) -> str:
@@ -212,7 +217,8 @@ class Pool:
         arrived = self.clock()
         if not self._waiters and (slot := self._pick()) is not None:
             self._assign(slot)
-            self._after_change()
+            if slot.in_flight > self.cfg.target_concurrency:
+                self._rebalance()  # maybe start one ahead of saturation
             return Lease(slot, 0.0, False)
         if len(self._waiters) >= self.cfg.max_queue:
             raise QueueFull("queue full")
@@ -257,8 +263,11 @@ class Pool:
             slot.idle_since = now
             if slot.retiring and slot.state is State.READY:
                 self._begin_stop(slot, "max_requests")
-        self._dispatch()
-        self._after_change()
+        if self._waiters:
+            self._dispatch()
+            self._after_change()
+        elif slot.retiring or broken:
+            self._rebalance()
 
     def _dispatch(self) -> None:
         while self._waiters:
@@ -452,19 +461,22 @@ class Pool:
         self._update_gauges()
 
     async def _safe_stop(self, inst: Instance, reason: str) -> None:
+        for hook in self.gone_hooks:
+            hook(inst)
         try:
             await self.backend.stop(inst, reason)
         except Exception as exc:  # a failed stop must not kill the pool
             log.warning("stopping %s failed: %s", inst.id, exc)
 
     def _update_gauges(self) -> None:
-        counts = {s: 0 for s in State}
+        counts = dict.fromkeys(_STATES, 0)
         busy = 0
         for slot in self._slots.values():
             counts[slot.state] += 1
             busy += slot.in_flight
         for state, n in counts.items():
-            self.metrics.instances.labels(state.value).set(n)
+            self._state_gauges[state].set(n)
+        self.metrics.in_flight.set(busy)
 
     # -- admin -------------------------------------------------------------------------
 

@@ -16,8 +16,10 @@ from backends.base import Backend, BackendContext
 from proxy.admin import admin_app
 from proxy.config import Config
 from proxy.forward import Forwarder
+from proxy.http1 import HttpServer, Request
 from proxy.metrics import Metrics
 from proxy.pool import Pool
+from proxy.tunnel import websocket
 
 log = logging.getLogger("forkproxy")
 
@@ -39,8 +41,12 @@ class Proxy:
         self.pool = Pool(cfg.pool, backend, self.ctx, self.metrics)
         self.forwarder = Forwarder(cfg, self.pool, self.metrics)
         self.ready = False
-        self._server: web.Server | None = None
-        self._listener: asyncio.Server | None = None
+        self.http = HttpServer(
+            self.forwarder.handle,
+            cfg.server.limits,
+            upgrade=self._upgrade,
+            on_reject=lambda reason: self.metrics.rejected.labels(reason).inc(),
+        )
         self._admin: web.AppRunner | None = None
         self.listen_port: int = 0
         self.admin_port: int = 0
@@ -48,15 +54,9 @@ class Proxy:
     async def start(self) -> None:
         """Prepare the backend, reap leftovers, then open the listeners."""
         await self.pool.start()
-        await self.forwarder.start()
-        access = logging.getLogger("aiohttp.access") if self.cfg.server.access_log else None
-        self._server = web.Server(self.forwarder.handle, access_log=access)
         listen = self.cfg.server.listen
-        loop = asyncio.get_running_loop()
-        self._listener = await loop.create_server(
-            self._server, listen.host, listen.port, reuse_address=True, backlog=1024
-        )
-        self.listen_port = self._listener.sockets[0].getsockname()[1]
+        await self.http.listen(listen.host, listen.port)
+        self.listen_port = self.http.port
         if self.cfg.server.admin is not None:
             self._admin = web.AppRunner(admin_app(self), access_log=None)
             await self._admin.setup()
@@ -77,17 +77,15 @@ class Proxy:
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (shutdown_timeout), stop instances."""
         self.ready = False
-        if self._listener is not None:
-            self._listener.close()
-        if self._server is not None:
-            await self._server.shutdown(self.cfg.server.shutdown_timeout)
-        if self._listener is not None:
-            await self._listener.wait_closed()
-        await self.forwarder.aclose()
+        await self.http.shutdown(self.cfg.server.shutdown_timeout)
+        self.forwarder.aclose()
         await self.pool.aclose()
         if self._admin is not None:
             await self._admin.cleanup()
         log.info("forkproxy stopped")
+
+    async def _upgrade(self, req: Request, rest: bytes) -> None:
+        await websocket(self.forwarder, req, rest)
 
 
 async def serve(cfg: Config) -> None:

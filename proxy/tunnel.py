@@ -1,0 +1,82 @@
+"""WebSocket upgrades: after the instance answers 101, bytes flow both ways untouched
+for the socket's whole life, and the instance counts as busy until it closes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from proxy.forward import Forwarder
+from proxy.http1 import ClientError, HttpConnection, Request
+
+log = logging.getLogger("forkproxy.tunnel")
+
+_MAX_HEAD = 65536
+
+
+async def websocket(fwd: Forwarder, req: Request, rest: bytes) -> None:
+    upgrade = (req.header(b"upgrade") or b"").strip().lower()
+    if upgrade != b"websocket":
+        fwd.count(400)
+        raise ClientError(400, "Bad Request: only websocket upgrades are supported")
+    lease = await fwd.acquire(req)
+    if isinstance(lease, int):
+        fwd.count(lease)
+        return
+    writer: asyncio.StreamWriter | None = None
+    try:
+        ep = lease.instance.endpoint
+        try:
+            async with asyncio.timeout(fwd.cfg.server.upstream_connect_timeout):
+                reader, writer = await asyncio.open_connection(ep.host, ep.port, limit=_MAX_HEAD)
+            writer.write(fwd.head_for(req, b"", websocket=True) + rest)
+            async with asyncio.timeout(fwd.cfg.server.upstream_header_timeout):
+                head = await reader.readuntil(b"\r\n\r\n")
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            fwd.metrics.upstream_errors.labels("websocket").inc()
+            log.warning("websocket upstream %s failed: %r", lease.slot.id, exc)
+            fwd.count(502)
+            req.respond(502, "Bad Gateway: instance refused the websocket")
+            return
+        except TimeoutError:
+            fwd.metrics.upstream_errors.labels("timeout").inc()
+            fwd.count(504)
+            req.respond(504, "Gateway Timeout: instance did not answer in time")
+            return
+        status = head[9:12]
+        fwd.count(int(status) if status.isdigit() else 502)
+        req.response_started = True
+        conn = req.conn
+        conn.write(head)
+        if status != b"101":
+            return  # the instance refused the upgrade; its answer went back as is
+
+        up = writer
+
+        def to_instance(data: bytes) -> None:
+            up.write(data)
+            if up.transport.get_write_buffer_size() > 1 << 20:
+                conn.pause_reading()
+                conn.server.tasks.spawn(_resume_after_drain(up, conn), "ws-drain")
+
+        def client_eof() -> None:
+            if up.can_write_eof() and not up.is_closing():
+                up.write_eof()
+
+        conn.tunnel = to_instance
+        conn.tunnel_eof = client_eof
+        conn.resume_reading()
+        while data := await reader.read(65536):
+            conn.write(data)
+            await conn.drain()
+    finally:
+        if writer is not None:
+            writer.close()
+        fwd.pool.release(lease)
+
+
+async def _resume_after_drain(up: asyncio.StreamWriter, conn: HttpConnection) -> None:
+    try:
+        await up.drain()
+    finally:
+        conn.resume_reading()

@@ -1,0 +1,376 @@
+"""A lean HTTP/1.1 client for talking to instances: keep-alive connections per
+endpoint, llhttp (httptools) response parsing, both bodies streamed with flow control.
+
+Why not aiohttp's client: building a ClientRequest/ClientResponse costs more than
+the rest of the proxy together (measured: 0.19x direct throughput with it). Here the
+request head is written as bytes the data path already filtered, nothing is added."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from typing import cast
+
+import httptools
+
+from backends.base import Endpoint
+
+_HIGH_WATER = 256 * 1024  # response bytes buffered before reading from the instance pauses
+_LOW_WATER = 64 * 1024
+_MAX_IDLE_PER_ENDPOINT = 64
+
+
+class UpstreamError(Exception):
+    kind = "other"
+
+    def __init__(self, message: str, *, sent: bool = False, stale: bool = False) -> None:
+        super().__init__(message)
+        self.sent = sent  # some request bytes reached the instance's socket
+        self.stale = stale  # a reused keep-alive connection closed before any response byte
+
+
+class ConnectFailed(UpstreamError):
+    kind = "connect"
+
+
+class Disconnected(UpstreamError):
+    kind = "disconnected"
+
+
+class BadResponse(UpstreamError):
+    kind = "bad_response"
+
+
+class Response:
+    """One response being received. Read the body with `read()` until b""."""
+
+    __slots__ = (
+        "_buffered",
+        "_chunks",
+        "_conn",
+        "_waiter",
+        "complete",
+        "error",
+        "got_bytes",
+        "head_only",
+        "headers_done",
+        "informational",
+        "keep_alive",
+        "raw_headers",
+        "reason",
+        "status",
+    )
+
+    def __init__(self, conn: Connection, head_only: bool) -> None:
+        self._conn = conn
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self.status = 0
+        self.reason = b""
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.keep_alive = False
+        self.headers_done: asyncio.Future[None] = conn.loop.create_future()
+        self.complete = False
+        self.error: UpstreamError | None = None
+        self.head_only = head_only
+        self.got_bytes = False
+        self.informational = False
+
+    def content_length(self) -> int | None:
+        for name, value in self.raw_headers:
+            if name.lower() == b"content-length":
+                try:
+                    return int(value)
+                except ValueError:
+                    return None
+        return None
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > _HIGH_WATER:
+            self._conn.pause_reading()
+        self._wake()
+
+    def _finish(self) -> None:
+        self.complete = True
+        self._wake()
+
+    def _fail(self, err: UpstreamError) -> None:
+        if self.complete:
+            return
+        self.error = err
+        if not self.headers_done.done():
+            self.headers_done.set_exception(err)
+        self._wake()
+
+    def body_buffered(self) -> bytes | None:
+        """The whole body if it already arrived with the headers (the common small case)."""
+        if self.complete and self.error is None:
+            data = b"".join(self._chunks)
+            self._chunks.clear()
+            self._buffered = 0
+            return data
+        return None
+
+    async def read(self) -> bytes:
+        while not self._chunks:
+            if self.error is not None:
+                raise self.error
+            if self.complete:
+                return b""
+            self._waiter = self._conn.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        data = self._chunks.popleft()
+        self._buffered -= len(data)
+        if self._buffered < _LOW_WATER:
+            self._conn.resume_reading()
+        return data
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, loop: asyncio.AbstractEventLoop, key: Endpoint) -> None:
+        self.loop = loop
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.resp: Response | None = None
+        self.closed = False
+        self.reused = False
+        self.sent = False
+        self._reading_paused = False
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        resp = self.resp
+        if resp is None:  # bytes nobody asked for: this connection cannot be trusted
+            self.close()
+            return
+        resp.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            resp._fail(BadResponse("unexpected upgrade", sent=True))
+            self.close()
+        except httptools.HttpParserError as exc:
+            resp._fail(BadResponse(f"malformed response: {exc}", sent=True))
+            self.close()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        resp = self.resp
+        if resp is not None and not resp.complete:
+            if not resp.got_bytes and not resp.headers_done.done():
+                # no byte of a response: a reused connection the instance had closed
+                resp._fail(
+                    Disconnected("closed before responding", sent=self.sent, stale=self.reused)
+                )
+            else:
+                resp._fail(Disconnected("closed mid-response", sent=True))
+        d = self._drain
+        if d is not None and not d.done():
+            d.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        d = self._drain
+        if d is not None and not d.done():
+            d.set_result(None)
+
+    # -- httptools callbacks -------------------------------------------------------------
+
+    def on_status(self, status: bytes) -> None:
+        assert self.resp is not None
+        self.resp.reason = status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self.resp is not None
+        self.resp.raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        resp = self.resp
+        assert resp is not None
+        code = self.parser.get_status_code()
+        if 100 <= code < 200:  # 100 Continue and friends: wait for the real response
+            resp.informational = True
+            resp.raw_headers = []
+            return
+        resp.status = code
+        resp.keep_alive = bool(self.parser.should_keep_alive())
+        if not resp.headers_done.done():
+            resp.headers_done.set_result(None)
+        if resp.head_only:
+            # llhttp would wait for Content-Length body bytes a HEAD response never has;
+            # the message ends here, and the next response needs a fresh parser.
+            self.parser = httptools.HttpResponseParser(self)
+            resp._finish()
+
+    def on_body(self, body: bytes) -> None:
+        assert self.resp is not None
+        self.resp._feed(body)
+
+    def on_message_complete(self) -> None:
+        resp = self.resp
+        assert resp is not None
+        if resp.informational:
+            resp.informational = False
+            return
+        resp._finish()
+
+    # -- use -----------------------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    async def drain(self) -> None:
+        if self.closed:
+            raise Disconnected("closed while sending", sent=True)
+        if self._write_paused:
+            self._drain = self.loop.create_future()
+            try:
+                await self._drain
+            finally:
+                self._drain = None
+            if self.closed:
+                raise Disconnected("closed while sending", sent=True)
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.sent = True
+        self.transport.write(data)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class UpstreamClient:
+    """Keep-alive connections per instance endpoint."""
+
+    def __init__(self, connect_timeout: float) -> None:
+        self.connect_timeout = connect_timeout
+        self._idle: dict[Endpoint, list[Connection]] = {}
+
+    async def _connect(self, ep: Endpoint) -> Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, proto = await loop.create_connection(
+                    lambda: Connection(loop, ep), ep.host, ep.port
+                )
+        except TimeoutError as exc:
+            raise ConnectFailed(f"connect to {ep.url} timed out") from exc
+        except OSError as exc:
+            raise ConnectFailed(f"connect to {ep.url}: {exc.strerror or exc}") from exc
+        return proto
+
+    async def _get(self, ep: Endpoint) -> Connection:
+        idle = self._idle.get(ep)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                conn.reused = True
+                return conn
+        return await self._connect(ep)
+
+    async def send(
+        self,
+        ep: Endpoint,
+        head: bytes,
+        body: AsyncIterator[bytes] | None,
+        *,
+        chunked: bool,
+        head_only: bool,
+    ) -> tuple[Connection, Response]:
+        """Write the request (head + framed body) and return once it is sent.
+        Await `resp.headers_done` for the response head."""
+        conn = await self._get(ep)
+        conn.sent = False
+        resp = conn.resp = Response(conn, head_only)
+        try:
+            conn.write(head)
+            if body is not None:
+                async for chunk in body:
+                    if not chunk:
+                        continue
+                    if chunked:
+                        conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                    else:
+                        conn.write(chunk)
+                    await conn.drain()
+                    if resp.error is not None:
+                        raise resp.error
+                if chunked:
+                    conn.write(b"0\r\n\r\n")
+        except UpstreamError:
+            conn.close()
+            raise
+        except BaseException:
+            conn.close()
+            raise
+        return conn, resp
+
+    def release(self, conn: Connection) -> None:
+        resp = conn.resp
+        reusable = (
+            resp is not None
+            and resp.complete
+            and resp.error is None
+            and resp.keep_alive
+            and not resp._chunks
+            and not conn.closed
+        )
+        conn.resp = None
+        if not reusable:
+            conn.close()
+            return
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) >= _MAX_IDLE_PER_ENDPOINT:
+            conn.close()
+        else:
+            idle.append(conn)
+
+    def forget(self, ep: Endpoint) -> None:
+        """The instance is gone: close its idle connections."""
+        for conn in self._idle.pop(ep, []):
+            conn.close()
+
+    def close(self) -> None:
+        for ep in list(self._idle):
+            self.forget(ep)
