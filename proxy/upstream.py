@@ -62,6 +62,7 @@ class Response:
         "raw_headers",
         "reason",
         "status",
+        "until_close",
     )
 
     def __init__(self, conn: Connection, head_only: bool) -> None:
@@ -79,6 +80,7 @@ class Response:
         self.head_only = head_only
         self.got_bytes = False
         self.informational = False
+        self.until_close = False  # no Content-Length, not chunked: the body ends at EOF
 
     def content_length(self) -> int | None:
         for name, value in self.raw_headers:
@@ -184,7 +186,10 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         resp = self.resp
-        if resp is not None and not resp.complete:
+        if resp is not None and resp.until_close and resp.headers_done.done() and exc is None:
+            resp.keep_alive = False
+            resp._finish()  # a close-delimited body is complete at a clean EOF
+        elif resp is not None and not resp.complete:
             if not resp.got_bytes and not resp.headers_done.done():
                 # no byte of a response: a reused connection the instance had closed
                 resp._fail(
@@ -225,6 +230,11 @@ class Connection(asyncio.Protocol):
             return
         resp.status = code
         resp.keep_alive = bool(self.parser.should_keep_alive())
+        if resp.content_length() is None and code not in (204, 304) and not resp.head_only:
+            resp.until_close = not any(
+                n.lower() == b"transfer-encoding" and b"chunked" in v.lower()
+                for n, v in resp.raw_headers
+            )
         if not resp.headers_done.done():
             resp.headers_done.set_result(None)
         if resp.head_only:

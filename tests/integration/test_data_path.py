@@ -175,3 +175,30 @@ async def test_client_sees_aborted_connection_when_instance_dies_mid_body() -> N
                 pass
             else:
                 raise AssertionError("truncated body looked complete")
+
+
+CLOSE_DELIMITED = """
+import asyncio, sys
+async def h(r, w):
+    await r.readuntil(b"\\r\\n\\r\\n")
+    w.write(b"HTTP/1.0 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\n" + b"x" * 100000 + b"end")
+    await w.drain()
+    w.close()
+async def main():
+    s = await asyncio.start_server(h, "127.0.0.1", int(sys.argv[1]))
+    async with s:
+        await s.serve_forever()
+asyncio.run(main())
+"""
+
+
+async def test_close_delimited_upstream_body_is_forwarded_whole() -> None:
+    import sys
+
+    cmd = [sys.executable, "-c", CLOSE_DELIMITED, "{port}"]
+    async with run_proxy(backend={"mode": "exec", "command": cmd}) as p:
+        for _ in range(2):
+            async with p.session.get(p.url + "/") as r:
+                assert r.status == 200
+                body = await r.read()
+            assert len(body) == 100003 and body.endswith(b"end")
