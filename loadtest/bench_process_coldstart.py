@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import sys
 import time
 import uuid
@@ -27,9 +28,17 @@ from loadtest.stats import percentile
 REPO = Path(__file__).resolve().parents[1]
 POLL = 0.005
 DEADLINE = 30.0
+GAP = 0.1  # idle time between cold starts, as between real ones (lets spares refill)
+APP = "examples.app:create_app"
 MODES: dict[str, dict[str, Any]] = {
-    "fork": {"mode": "fork", "app": "examples.app:create_app"},
+    "fork": {"mode": "fork", "app": APP, "prefork": 1},
+    "fork-prefork0": {"mode": "fork", "app": APP, "prefork": 0},
     "exec": {"mode": "exec", "command": [sys.executable, "-m", "examples.app", "--port", "{port}"]},
+}
+LABELS = {
+    "fork": "fork, prefork=1 (a spare fork is waiting)",
+    "fork-prefork0": "fork, prefork=0 (fork on start)",
+    "exec": "exec (new python process + readiness polling every 5 ms)",
 }
 
 
@@ -48,7 +57,6 @@ async def first_byte(inst: Instance, deadline: float) -> tuple[float, bytes]:
             writer.write(request.encode())
             first = await reader.read(1)
             t = time.perf_counter()
-            print("T firstbyte", t, file=sys.stderr)
             if first:
                 return t, first + await reader.read()
         except OSError:
@@ -70,14 +78,14 @@ async def series(mode: str, n: int) -> dict[str, Any]:
     ttfb: list[float] = []
     start_call: list[float] = []
     ids: set[str] = set()
-    failures = 0
+    failures = spares = 0
     try:
         t_prepare = time.perf_counter()
         await backend.prepare()
         prepare_s = time.perf_counter() - t_prepare
         for i in range(n):
+            await asyncio.sleep(GAP)
             t0 = time.perf_counter()
-            print("T start", t0, file=sys.stderr)
             try:
                 inst = await backend.start(f"{mode}-{i}")
                 t1 = time.perf_counter()
@@ -90,13 +98,15 @@ async def series(mode: str, n: int) -> dict[str, Any]:
                 failures += 1
             elif f"hello from instance {inst.id}".encode() in response:
                 ids.add(inst.id)  # answered by the instance we just started
+            spares += inst.meta.get("prefork") == "spare"
             ttfb.append(t2 - t0)
             start_call.append(t1 - t0)
             await backend.stop(inst, "bench")
     finally:
         await backend.aclose()
     return {
-        "path": f"process backend, {mode}: start() -> first byte of GET /",
+        "path": f"process backend, {LABELS[mode]}: start() -> first byte of GET /",
+        "mode": mode,
         "n": len(ttfb),
         "failures": failures,
         "distinct_instances": len(ids),
@@ -106,47 +116,54 @@ async def series(mode: str, n: int) -> dict[str, Any]:
         "max_ms": max(ttfb, default=math.nan) * 1000,
         "start_call_p50_ms": percentile(start_call, 50) * 1000,
         "prepare_ms": prepare_s * 1000,
+        "served_by_spare": spares,
     }
 
 
 async def coldstart(n: int) -> dict[str, Any]:
     """Rows in the shape of loadtest.sec_coldstart, for the shared benchmark."""
-    rows = [await series("fork", n), await series("exec", n)]
+    rows = [await series(mode, n) for mode in MODES]
     command = f"{sys.executable} -m loadtest.bench_process_coldstart --n {n}"
     return {"rows": rows, "commands": [command], "skipped": []}
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        f"{'mode':<6} {'n':>4} {'fail':>4} {'p50 ms':>9} {'p99 ms':>9} {'min ms':>9} "
-        f"{'max ms':>9} {'start() p50':>12}"
-    ]
+    head = f"{'mode':<14} {'n':>4} {'fail':>4} {'p50 ms':>8} {'p99 ms':>8} {'min ms':>8} "
+    lines = [head + f"{'max ms':>8} {'start() p50':>11} {'spare':>5}"]
     for r in rows:
-        mode = "fork" if ", fork:" in r["path"] else "exec"
         lines.append(
-            f"{mode:<6} {r['n']:>4} {r['failures']:>4} {r['p50_ms']:>9.2f} {r['p99_ms']:>9.2f} "
-            f"{r['min_ms']:>9.2f} {r['max_ms']:>9.2f} {r['start_call_p50_ms']:>12.2f}"
+            f"{r['mode']:<14} {r['n']:>4} {r['failures']:>4} {r['p50_ms']:>8.2f} "
+            f"{r['p99_ms']:>8.2f} {r['min_ms']:>8.2f} {r['max_ms']:>8.2f} "
+            f"{r['start_call_p50_ms']:>11.2f} {r['served_by_spare']:>5}"
         )
     return "\n".join(lines)
 
 
 async def main_async(n: int) -> dict[str, Any]:
+    load_before = os.getloadavg()
     result = await coldstart(n)
-    fork, exec_ = result["rows"]
+    by = {r["mode"]: r for r in result["rows"]}
+    fork, fork0, exec_ = by["fork"], by["fork-prefork0"], by["exec"]
     ratio = exec_["p50_ms"] / fork["p50_ms"] if fork["p50_ms"] > 0 else math.nan
+    ratio0 = exec_["p50_ms"] / fork0["p50_ms"] if fork0["p50_ms"] > 0 else math.nan
     report = {
         "n": n,
+        "gap_between_starts_s": GAP,
         "rows": result["rows"],
         "ratio_exec_over_fork_p50": ratio,
+        "ratio_exec_over_fork_prefork0_p50": ratio0,
         "target": {"fork_p50_ms_below": 5.0, "ratio_at_least": 20.0},
         "met": fork["p50_ms"] < 5.0 and ratio >= 20.0,
         "command": result["commands"][0],
         "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "loadavg_1m_before_after": [load_before[0], os.getloadavg()[0]],
     }
     print(_table(result["rows"]))
     print(
-        f"exec/fork p50 ratio: {ratio:.1f}x  (target: fork p50 < 5 ms, ratio >= 20x: "
-        f"{'met' if report['met'] else 'NOT met'})"
+        f"exec/fork p50: {ratio:.1f}x (prefork=1), {ratio0:.1f}x (prefork=0); target fork p50 "
+        f"< 5 ms and >= 20x: {'met' if report['met'] else 'NOT met'}; "
+        f"load avg {load_before[0]:.1f} on {os.cpu_count()} CPUs"
     )
     return report
 

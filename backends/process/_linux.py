@@ -17,6 +17,7 @@ ROLE_VAR = "FORKPROXY_ROLE"
 ROLE_WIDTH = 160
 ROLE_TEMPLATE = "template"
 ROLE_EXEC = "exec"
+ROLE_SPARE = "spare"  # forked ahead, not yet an instance: part of its template
 ROLE_FORK_PREFIX = "fork:"
 
 

@@ -15,7 +15,7 @@ INSTANCE_VAR = "FORKPROXY_INSTANCE"
 @dataclass(frozen=True)
 class Found:
     pid: int
-    kind: str  # "template" | "fork" | "exec"
+    kind: str  # "template" | "fork" | "exec" | "spare" (forked ahead, no instance yet)
     instance_id: str
     owner: str
     port: int = 0
@@ -34,6 +34,8 @@ def classify(pid: int, env: dict[str, str]) -> Found | None:
     owner = env.get(OWNER_VAR, "")
     if role == _linux.ROLE_TEMPLATE:
         return Found(pid, "template", template_id(pid), owner)
+    if role == _linux.ROLE_SPARE:
+        return Found(pid, "spare", f"spare-{pid}", owner)
     if role.startswith(_linux.ROLE_FORK_PREFIX):
         return Found(pid, "fork", role[len(_linux.ROLE_FORK_PREFIX) :], owner)
     if role == _linux.ROLE_EXEC and env.get(INSTANCE_VAR):

@@ -1,5 +1,9 @@
 """What a forked child runs: serve the template's app on the listening socket it was
-handed, on uvloop, until SIGTERM (graceful) or until its template goes away."""
+handed, on uvloop, until SIGTERM (graceful) or until its template goes away.
+
+A child is either forked for an instance (its socket is known at once) or forked ahead
+as a spare: it builds its loop and runs the app's startup, then waits for the template
+to assign it an instance (id + socket). `acquire` hides the difference."""
 
 from __future__ import annotations
 
@@ -7,42 +11,81 @@ import asyncio
 import os
 import signal
 import socket
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 _PARENT_POLL = 0.5
+T = TypeVar("T")
+Acquire = Callable[[], Awaitable[socket.socket | None]]
 
 
-async def _parent_gone(parent_pid: int) -> None:
-    # PR_SET_PDEATHSIG already kills us with the template; this catches the rare
-    # case where the kernel signal is lost (e.g. the template thread that forked exited).
-    while os.getppid() == parent_pid:  # noqa: ASYNC110 - no event exists for this
-        await asyncio.sleep(_PARENT_POLL)
+class Lifetime:
+    """Ends on SIGTERM/SIGINT, or when the template is gone. PR_SET_PDEATHSIG already
+    kills us with the template; the getppid() poll is the belt to those braces."""
+
+    def __init__(self, ppid: int) -> None:
+        self.stop = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self.stop.set)
+        self._watch = self._loop.create_task(self._parent_gone(ppid))
+
+    async def _parent_gone(self, ppid: int) -> None:
+        while os.getppid() == ppid:  # noqa: ASYNC110 - no event exists for this
+            await asyncio.sleep(_PARENT_POLL)
+        self.stop.set()
+
+    async def until(self, aw: Awaitable[T]) -> T | None:
+        """`aw`'s result, or None if we were told to stop first."""
+        work = asyncio.ensure_future(aw)  # noqa: TID251 - awaited or cancelled right here
+        stop = self._loop.create_task(self.stop.wait())
+        await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (work, stop):
+            task.cancel()
+        await asyncio.gather(work, stop, return_exceptions=True)
+        return work.result() if work.done() and not work.cancelled() else None
+
+    async def close(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.remove_signal_handler(sig)
+        self._watch.cancel()
+        await asyncio.gather(self._watch, return_exceptions=True)
 
 
-async def serve_aiohttp(app: web.Application, sock: socket.socket, grace: float, ppid: int) -> None:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=grace)
+async def _setup(runner: web.AppRunner) -> bool:
     await runner.setup()
-    site = web.SockSite(runner, sock, shutdown_timeout=grace)
-    await site.start()
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    watch = loop.create_task(_parent_gone(ppid))
-    watch.add_done_callback(lambda _t: stop.set())
+    return True
+
+
+async def serve_aiohttp(app: web.Application, acquire: Acquire, grace: float, ppid: int) -> None:
+    life = Lifetime(ppid)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=grace)
     try:
-        await stop.wait()
+        # The app's on_startup runs here: in a spare, before it is assigned an instance.
+        # Raced against SIGTERM so an app stuck in startup can still be stopped gracefully.
+        if await life.until(_setup(runner)) is None:
+            return
+        sock = await life.until(acquire())
+        if sock is None:
+            return
+        site = web.SockSite(runner, sock, shutdown_timeout=grace)
+        await site.start()
+        await life.stop.wait()
     finally:
-        watch.cancel()
-        await asyncio.gather(watch, return_exceptions=True)
         await runner.cleanup()
+        await life.close()
 
 
-async def serve_asgi(app: Any, sock: socket.socket, grace: float, ppid: int) -> None:
+async def serve_asgi(app: Any, acquire: Acquire, grace: float, ppid: int) -> None:
     import uvicorn
 
+    life = Lifetime(ppid)
+    sock = await life.until(acquire())
+    await life.close()  # uvicorn installs its own SIGTERM/SIGINT handling (graceful)
+    if sock is None:
+        return
     config = uvicorn.Config(
         app,
         loop="none",
@@ -53,25 +96,65 @@ async def serve_asgi(app: Any, sock: socket.socket, grace: float, ppid: int) -> 
     )
     server = uvicorn.Server(config)
     loop = asyncio.get_running_loop()
-    watch = loop.create_task(_parent_gone(ppid))
 
-    def _exit(_t: object) -> None:
+    async def watch() -> None:
+        while os.getppid() == ppid:  # noqa: ASYNC110 - no event exists for this
+            await asyncio.sleep(_PARENT_POLL)
         server.should_exit = True
 
-    watch.add_done_callback(_exit)
+    watcher = loop.create_task(watch())
     try:
-        await server.serve(sockets=[sock])  # handles SIGTERM/SIGINT itself (graceful)
+        await server.serve(sockets=[sock])
     finally:
-        watch.cancel()
-        await asyncio.gather(watch, return_exceptions=True)
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
 
 
-def run_child(kind: str, app: Any, fd: int, grace: float, ppid: int) -> None:
+def run_child(kind: str, app: Any, acquire: Acquire, grace: float, ppid: int) -> None:
     import uvloop
 
-    sock = socket.socket(fileno=fd)
-    sock.setblocking(False)
     if kind == "aiohttp":
-        uvloop.run(serve_aiohttp(app, sock, grace, ppid))
+        uvloop.run(serve_aiohttp(app, acquire, grace, ppid))
     else:
-        uvloop.run(serve_asgi(app, sock, grace, ppid))
+        uvloop.run(serve_asgi(app, acquire, grace, ppid))
+
+
+def socket_now(fd: int) -> Acquire:
+    """For a child forked for an instance: its socket is already here."""
+
+    async def acquire() -> socket.socket:
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        return sock
+
+    return acquire
+
+
+def socket_from_template(ctl: socket.socket, on_assign: Callable[[bytes], None]) -> Acquire:
+    """For a spare: wait for one message (assignment JSON + the listening socket)."""
+
+    async def acquire() -> socket.socket | None:
+        loop = asyncio.get_running_loop()
+        ctl.setblocking(False)
+        while True:
+            readable = loop.create_future()
+            loop.add_reader(ctl.fileno(), readable.set_result, None)
+            try:
+                await readable
+            finally:
+                loop.remove_reader(ctl.fileno())
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(ctl, 64 * 1024, 1)
+            except BlockingIOError:
+                continue
+            ctl.close()
+            if not data or len(fds) != 1:
+                for fd in fds:
+                    os.close(fd)
+                return None  # the template went away before assigning us
+            on_assign(data)
+            sock = socket.socket(fileno=fds[0])
+            sock.setblocking(False)
+            return sock
+
+    return acquire

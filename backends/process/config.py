@@ -23,6 +23,8 @@ class ProcessConfig:
     app_kind: str = "auto"
     warmup: str | None = None
     pythonpath: tuple[str, ...] = ()
+    # forks kept ready ahead of demand (loop running, app started, no id yet); 0: fork on start
+    prefork: int = 1
     # exec mode: every "{port}" in an argument is replaced; $PORT is set as well
     command: tuple[str, ...] = DEFAULT_COMMAND
     # both
@@ -48,6 +50,7 @@ def parse_config(table: Table) -> ProcessConfig:
     app_kind = table.choice("app_kind", APP_KINDS, "auto")
     warmup = table.opt_str("warmup")
     pythonpath = tuple(table.str_list("pythonpath"))
+    prefork = table.int("prefork", 1, min=0, max=16)
     command: tuple[str, ...] = DEFAULT_COMMAND
     if table.has("command"):
         raw = table.data["command"]
@@ -87,6 +90,7 @@ def parse_config(table: Table) -> ProcessConfig:
         app_kind=app_kind,
         warmup=warmup,
         pythonpath=pythonpath,
+        prefork=prefork,
         command=command,
         env=env,
         cwd=cwd,

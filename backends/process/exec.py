@@ -177,6 +177,8 @@ class ExecBackend(_common.ProcessBackendBase):
     async def list(self) -> list[Instance]:
         result = []
         for item in await self._scan():
+            if item.kind == "spare":
+                continue  # a fork-mode spare of the same pool name: its template is listed
             inst = self._found_to_instance(item)
             entry = self._procs.get(item.instance_id)
             if entry is not None and entry.proc.pid == item.pid:

@@ -41,6 +41,7 @@ class _Child:
     pid: int = 0
     stopping: bool = False
     returned: bool = False  # start() handed it to the pool: deaths go to on_death
+    spare: bool = False  # it was forked ahead (prefork) rather than on this start
 
 
 @dataclass
@@ -115,6 +116,7 @@ class ForkBackend(_common.ProcessBackendBase):
             "app_kind": cfg.app_kind,
             "warmup": cfg.warmup,
             "pythonpath": [os.path.join(cfg.abs_cwd, p) for p in cfg.pythonpath],
+            "prefork": cfg.prefork,
             "stop_grace": cfg.stop_grace,
             "parent_pid": os.getpid(),
             "ctl_fd": theirs.fileno(),
@@ -184,6 +186,7 @@ class ForkBackend(_common.ProcessBackendBase):
         if op == "started":
             if child is not None and not child.started.done():
                 child.pid = int(msg["pid"])
+                child.spare = bool(msg.get("spare"))
                 child.started.set_result(child.pid)
             else:  # start() gave up (timeout/cancel): do not leave an orphan serving
                 self._tasks.spawn(self._send_signal(tpl, iid, signal.SIGKILL), f"kill-{iid}")
@@ -287,7 +290,12 @@ class ForkBackend(_common.ProcessBackendBase):
             endpoint=Endpoint(self.config.host, port),
             ready=True,  # the socket listened before the fork: connections queue in the kernel
             owner_id=self.ctx.owner_id,
-            meta={"kind": "fork", "pid": str(pid), "template_pid": str(tpl.pid)},
+            meta={
+                "kind": "fork",
+                "pid": str(pid),
+                "template_pid": str(tpl.pid),
+                "prefork": "spare" if child.spare else "forked on start",
+            },
             handle=pid,
             phases={"template": t1 - t0, "fork": t2 - t1},
         )
@@ -323,11 +331,16 @@ class ForkBackend(_common.ProcessBackendBase):
     async def list(self) -> list[Instance]:
         # By pid, not by label: a fresh child may not have relabelled itself yet.
         ours = {c.pid: c for c in self._children.values() if c.pid}
+        tpl_pid = self._template.pid if self._template is not None else 0
         result = []
         for item in await self._scan():
             child = ours.get(item.pid)
-            if child is not None:
+            if item.pid == tpl_pid:  # even while it is mid-fork, labelled for its child
+                item = _scan.Found(tpl_pid, "template", _scan.template_id(tpl_pid), item.owner)
+            elif child is not None:
                 item = _scan.Found(item.pid, "fork", child.id, self.ctx.owner_id, child.port)
+            elif item.kind == "spare":
+                continue  # not an instance yet; it lives and dies with its template
             result.append(self._found_to_instance(item))
         return result
 

@@ -3,10 +3,13 @@ one child per instance onto a listening socket the proxy hands over (SCM_RIGHTS)
 
 Single-threaded and loop-free on purpose: fork() copies only the calling thread, so a
 template with threads or a running event loop would hand children broken state.
+With `prefork` > 0 the template keeps that many spare children forked ahead: each has
+its loop running and the app started, and only waits for an instance id and a socket,
+which takes the fork and the loop setup off the start path.
 Protocol: one JSON object per SOCK_SEQPACKET message on the control socket.
   proxy -> template: {"op": "start", "id", "env"} + 1 fd | {"op": "signal", "id", "sig"}
   template -> proxy: {"op": "ready", "pid", "kind"} | {"op": "failed", "error", "traceback"}
-                     {"op": "started", "id", "pid"} | {"op": "error", "id", "error"}
+                     {"op": "started", "id", "pid", "spare"} | {"op": "error", "id", "error"}
                      {"op": "exit", "id", "pid", "reason"}
 """
 
@@ -23,11 +26,13 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from backends.process import _linux
 
 _MAX_MSG = 64 * 1024
+_REFILL_AFTER = 0.02  # seconds without messages before forking spares
 
 
 def exit_reason(status: int) -> str:
@@ -43,6 +48,9 @@ class Template:
         self.parent = int(spec["parent_pid"])
         self.grace = float(spec["stop_grace"])
         self.children: dict[int, str] = {}  # pid -> instance id
+        self.prefork = int(spec.get("prefork", 0))
+        self.spares: dict[int, socket.socket] = {}  # pid -> our end of its assignment socket
+        self.spare_failures = 0
         self.kind = ""
         self.app: Any = None
         self.stopping = False
@@ -97,12 +105,17 @@ class Template:
     def run(self) -> None:
         while not self.stopping:
             ctl = self.ctl.fileno()
-            ready, _, _ = select.select([ctl, self.wake_r], [], [], 1.0)
+            # Spares are refilled only after a short quiet spell: forking one while the
+            # child just assigned is booting would compete with it for the CPU.
+            short = len(self.spares) < self.prefork and self.spare_failures < 3
+            ready, _, _ = select.select([ctl, self.wake_r], [], [], _REFILL_AFTER if short else 1.0)
             if self.wake_r in ready:
                 self._drain_wake()
             if ctl in ready:
                 self._handle_message()
             self.reap()
+            if not ready:
+                self.refill()
             if os.getppid() != self.parent:
                 break  # the proxy died and PDEATHSIG did not get us first
         self.shutdown()
@@ -148,38 +161,106 @@ class Template:
             error = f"template has threads, refusing to fork: {names}"
             self.send({"op": "error", "id": iid, "error": error})
             return
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            os.close(fds[0])
-            self.send({"op": "error", "id": iid, "error": f"fork failed: {exc}"})
-            return
-        if pid == 0:
-            self._child(iid, fds[0], msg.get("env", {}))
+        env = msg.get("env", {})
+        pid = self._assign_spare(iid, env, fds[0])
+        spare = pid is not None
+        if pid is None:
+            try:
+                pid = self._fork_labelled(f"{_linux.ROLE_FORK_PREFIX}{iid}")
+            except OSError as exc:
+                os.close(fds[0])
+                self.send({"op": "error", "id": iid, "error": f"fork failed: {exc}"})
+                return
+            if pid == 0:
+                self._child(lambda: self._label(iid, env), fds[0], None)
         os.close(fds[0])  # the child has it; keeping it would keep a dead child's port open
         self.children[pid] = iid
-        self.send({"op": "started", "id": iid, "pid": pid})
+        self.send({"op": "started", "id": iid, "pid": pid, "spare": spare})
 
-    def _child(self, iid: str, fd: int, env: dict[str, str]) -> None:
+    def _assign_spare(self, iid: str, env: dict[str, str], fd: int) -> int | None:
+        while self.spares:
+            pid = next(iter(self.spares))
+            conn = self.spares.pop(pid)
+            try:
+                socket.send_fds(conn, [json.dumps({"id": iid, "env": env}).encode()], [fd])
+            except OSError:
+                continue  # it died a moment ago; reap() will see it
+            finally:
+                conn.close()
+            return pid
+        return None
+
+    def refill(self) -> None:
+        """Fork spares up to `prefork`; stop trying if they keep dying unassigned."""
+        while not self.stopping and len(self.spares) < self.prefork and self.spare_failures < 3:
+            if threading.active_count() != 1:
+                return
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                pid = self._fork_labelled(_linux.ROLE_SPARE)
+            except OSError as exc:
+                print(f"forkproxy template: cannot fork a spare: {exc}", file=sys.stderr)
+                ours.close()
+                theirs.close()
+                return
+            if pid == 0:
+                ours.close()
+                self._child(lambda: None, None, theirs)
+            theirs.close()
+            self.spares[pid] = ours
+
+    def _fork_labelled(self, role: str) -> int:
+        """fork() with the child's /proc label already in place: the label is written
+        into our own environment block just for the fork, so no scan ever sees an
+        unlabelled child (a scan in those microseconds sees this template as `role`)."""
+        if self.role_slot is None:
+            return os.fork()
+        _linux.write_role(self.role_slot, role)
+        try:
+            return os.fork()
+        finally:
+            if os.getpid() == self.pid:
+                _linux.write_role(self.role_slot, _linux.ROLE_TEMPLATE)
+
+    def _label(self, iid: str, env: dict[str, str]) -> None:
+        """Become instance `iid`: its env for the app, its label for list()."""
+        os.environ.update(env)
+        os.environ[_linux.ROLE_VAR] = f"{_linux.ROLE_FORK_PREFIX}{iid}"
+        if self.role_slot is not None:  # a spare relabels itself; a direct fork is born so
+            _linux.write_role(self.role_slot, f"{_linux.ROLE_FORK_PREFIX}{iid}")
+
+    def _child(
+        self, label: Callable[[], object], fd: int | None, assign: socket.socket | None
+    ) -> None:
+        """In a fresh fork: detach from the template's plumbing, then serve."""
         code = 0
         try:
             _linux.set_pdeathsig()
             if os.getppid() != self.pid:
                 os._exit(1)
             self.ctl.close()
+            for conn in self.spares.values():
+                conn.close()
             signal.set_wakeup_fd(-1)
             os.close(self.wake_r)
             os.close(self.wake_w)
             for sig in (signal.SIGCHLD, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            os.environ.update(env)
-            os.environ[_linux.ROLE_VAR] = f"{_linux.ROLE_FORK_PREFIX}{iid}"
-            if self.role_slot is not None:
-                _linux.write_role(self.role_slot, f"{_linux.ROLE_FORK_PREFIX}{iid}")
+            label()
             from backends.process import _serve
 
-            _serve.run_child(self.kind, self.app, fd, self.grace, self.pid)
+            if assign is None:
+                assert fd is not None
+                acquire = _serve.socket_now(fd)
+            else:
+
+                def on_assign(data: bytes) -> None:
+                    msg = json.loads(data)
+                    self._label(msg["id"], msg.get("env", {}))
+
+                acquire = _serve.socket_from_template(assign, on_assign)
+            _serve.run_child(self.kind, self.app, acquire, self.grace, self.pid)
         except BaseException:
             traceback.print_exc()
             code = 1
@@ -204,10 +285,22 @@ class Template:
             if pid == 0:
                 return
             iid = self.children.pop(pid, None)
-            if iid is not None:
+            if iid:
                 self.send({"op": "exit", "id": iid, "pid": pid, "reason": exit_reason(status)})
+            elif pid in self.spares:
+                self.spares.pop(pid).close()
+                self.spare_failures += 1
+                print(
+                    f"forkproxy template: spare {pid} died unassigned ({exit_reason(status)})",
+                    file=sys.stderr,
+                )
 
     def shutdown(self) -> None:
+        self.stopping = True
+        for pid, conn in self.spares.items():
+            conn.close()  # an unassigned spare sees EOF and exits
+            self.children[pid] = ""  # waited for like the others, reported to nobody
+        self.spares.clear()
         for pid in list(self.children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -224,7 +317,7 @@ class Template:
             except ChildProcessError:
                 break
             iid = self.children.pop(pid, None)
-            if iid is not None:
+            if iid:
                 self.send({"op": "exit", "id": iid, "pid": pid, "reason": exit_reason(status)})
 
 
@@ -250,6 +343,7 @@ def main() -> None:
         sys.exit(1)
     tpl.install_signals()
     tpl.send({"op": "ready", "pid": os.getpid(), "kind": tpl.kind})
+    tpl.refill()
     tpl.run()
 
 
