@@ -13,6 +13,7 @@ from backends.config import ConfigError
 from backends.errors import BackendError
 from proxy import __version__, logs
 from proxy.config import Config, load, parse, with_overrides
+from proxy.safety import UnsafeParser
 
 log = logging.getLogger("forkproxy")
 
@@ -83,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             runner.run(serve(cfg))
     except BackendError as exc:
         log.error("backend %s cannot start: %s", cfg.backend_type, exc)
+        return 3
+    except UnsafeParser as exc:
+        log.error("refusing to run: %s", exc)
         return 3
     except OSError as exc:
         log.error("cannot start: %s", exc)

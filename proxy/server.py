@@ -19,6 +19,7 @@ from proxy.forward import Forwarder
 from proxy.http1 import HttpServer, Request
 from proxy.metrics import Metrics
 from proxy.pool import Pool
+from proxy.safety import check_parsers
 from proxy.tunnel import websocket
 
 log = logging.getLogger("forkproxy")
@@ -53,6 +54,7 @@ class Proxy:
 
     async def start(self) -> None:
         """Prepare the backend, reap leftovers, then open the listeners."""
+        check_parsers()
         await self.pool.start()
         listen = self.cfg.server.listen
         await self.http.listen(listen.host, listen.port)
