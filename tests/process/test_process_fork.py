@@ -17,6 +17,7 @@ import pytest
 from backends.base import BackendContext
 from backends.errors import BackendConfigError
 from backends.process._linux import is_running
+from backends.process._scan import scan
 from tests.backend_contract import deaths, get, recording_context, serves
 from tests.process.conftest import REPO, MakeBackend, alive_pids
 
@@ -159,3 +160,36 @@ async def test_start_after_aclose_is_refused(make_backend: MakeBackend) -> None:
     await backend.aclose()
     with pytest.raises(Exception, match="closing"):
         await backend.start(f"late-{uuid.uuid4().hex[:6]}")
+
+
+async def test_spare_fork_becomes_the_instance(make_backend: MakeBackend) -> None:
+    backend = make_backend(prefork=1)
+    await backend.prepare()
+    await asyncio.sleep(0.3)  # the template forks its spare after a quiet spell
+    inst = await backend.start("from-spare")
+    assert inst.meta["prefork"] == "spare"
+    status, body = await get(inst.endpoint.url + "/")
+    assert (status, body) == (200, b"hello from instance from-spare\n")  # env set on assignment
+    assert [i.id for i in await backend.list() if i.meta["kind"] == "fork"] == ["from-spare"]
+
+
+async def test_prefork_zero_forks_on_start(make_backend: MakeBackend) -> None:
+    backend = make_backend(prefork=0)
+    await backend.prepare()
+    await asyncio.sleep(0.1)
+    inst = await backend.start("direct")
+    assert inst.meta["prefork"] == "forked on start"
+    assert await serves(inst.endpoint.url + "/")
+
+
+async def test_aclose_leaves_no_process_not_even_spares(
+    make_backend: MakeBackend, ctx: BackendContext
+) -> None:
+    backend = make_backend(prefork=2)
+    await backend.prepare()
+    await backend.start("one")
+    await asyncio.sleep(0.3)
+    kinds = sorted(f.kind for f in await asyncio.to_thread(scan, ctx.pool_name))
+    assert kinds == ["fork", "spare", "spare", "template"]
+    await backend.aclose()
+    assert await asyncio.to_thread(scan, ctx.pool_name) == []
