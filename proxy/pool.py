@@ -76,6 +76,8 @@ class Slot:
     last_used: float = 0.0
     idle_since: float | None = None
     retiring: bool = False
+    suspect: bool = False  # a request to it failed: no new ones until alive() answers
+    strikes: int = 0  # failures without a success in between
     died: asyncio.Event = field(default_factory=asyncio.Event)
     death_reason: str = ""
 
@@ -191,7 +193,7 @@ class Pool:
         best: Slot | None = None
         limit = self.cfg.max_concurrency
         for s in self._slots.values():
-            if s.state is not State.READY or s.retiring or s.in_flight >= limit:
+            if s.state is not State.READY or s.retiring or s.suspect or s.in_flight >= limit:
                 continue
             if (
                 best is None
@@ -257,16 +259,49 @@ class Pool:
         slot.in_flight -= 1
         now = self.clock()
         slot.last_used = now
-        if broken and slot.state is State.READY:
-            self._fail(slot, "unreachable")
-        elif slot.in_flight == 0:
+        if broken:
+            self._suspect(slot)
+        else:
+            slot.strikes = 0
+        if slot.in_flight == 0:
             slot.idle_since = now
             if slot.retiring and slot.state is State.READY:
                 self._begin_stop(slot, "max_requests")
         if self._waiters:
             self._dispatch()
             self._after_change()
-        elif slot.retiring or broken:
+        elif slot.retiring:
+            self._rebalance()
+
+    def _suspect(self, slot: Slot) -> None:
+        """A request to the instance failed. Ask the backend whether it is alive before
+        sending it more; three failures in a row and it is replaced regardless."""
+        if slot.state is not State.READY:
+            return
+        slot.strikes += 1
+        if slot.strikes >= 3:
+            self._fail(slot, "unreachable")
+            self._rebalance()
+        elif not slot.suspect:
+            slot.suspect = True
+            self._tasks.spawn(self._check(slot), f"check:{slot.id}")
+
+    async def _check(self, slot: Slot) -> None:
+        assert slot.instance is not None
+        try:
+            async with asyncio.timeout(5.0):
+                ok = await self.backend.alive(slot.instance)
+        except Exception as exc:  # cannot tell: treat as dead, a new one is cheap
+            log.warning("liveness check of %s failed: %r", slot.id, exc)
+            ok = False
+        if slot.state is not State.READY:
+            return
+        if ok:
+            slot.suspect = False
+            self._dispatch()
+        else:
+            log.warning("instance %s is gone", slot.id)
+            self._fail(slot, "unreachable")
             self._rebalance()
 
     def _dispatch(self) -> None:
