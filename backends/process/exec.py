@@ -30,7 +30,9 @@ class _Proc:
     id: str
     proc: asyncio.subprocess.Process
     port: int
-    tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=20))
+    tail: collections.deque[str] = field(
+        default_factory=lambda: collections.deque(maxlen=_TAIL_LINES)
+    )
     stopping: bool = False
     exited: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -58,6 +60,7 @@ class ExecBackend(_common.ProcessBackendBase):
     def __init__(self, config: ProcessConfig, ctx: BackendContext) -> None:
         super().__init__(config, ctx)
         self._procs: dict[str, _Proc] = {}
+        self._program: str | None = None  # the resolved command[0], found by prepare()
         self._tasks = TaskSet()
         self._closing = False
 
@@ -68,7 +71,7 @@ class ExecBackend(_common.ProcessBackendBase):
         cfg = self.config
         if not await asyncio.to_thread(os.path.isdir, cfg.abs_cwd):
             raise BackendConfigError(f"backend.cwd {cfg.cwd!r} is not a directory")
-        self._resolve(BackendConfigError)
+        self._program = await asyncio.to_thread(self._resolve, BackendConfigError)
 
     def _resolve(self, error: type[BackendConfigError] | type[StartError]) -> str:
         program = _program(self.config.command)
@@ -90,7 +93,10 @@ class ExecBackend(_common.ProcessBackendBase):
         t0 = time.perf_counter()
         port = free_port(cfg.host)
         args = [a.replace("{port}", str(port)) for a in cfg.command]
-        args[0] = self._resolve(StartError)
+        program = self._program
+        if program is None:
+            program = await asyncio.to_thread(self._resolve, StartError)
+        args[0] = program
         env = _common.base_env(cfg, self.ctx)
         env.update(_common.instance_env(self.ctx, instance_id))
         env["PORT"] = str(port)
@@ -137,7 +143,7 @@ class ExecBackend(_common.ProcessBackendBase):
             return
         reason = f"exited:{code}" if code >= 0 else f"signal:{-code}"
         last = entry.tail[-1] if entry.tail else ""
-        tail = "\n".join(entry.tail)
+        tail = "\n".join(entry.tail) or "(empty)"
         log.warning(
             "instance %s (pid %d) %s; stderr tail:\n%s", entry.id, entry.proc.pid, reason, tail
         )
@@ -147,10 +153,6 @@ class ExecBackend(_common.ProcessBackendBase):
             self.ctx.on_death(entry.id, reason)
         except Exception:
             log.exception("on_death callback failed for %s", entry.id)
-
-    def stderr_tail(self, instance_id: str) -> list[str]:
-        entry = self._procs.get(instance_id)
-        return list(entry.tail) if entry else []
 
     async def stop(self, instance: Instance, reason: str) -> None:
         entry = self._procs.get(instance.id)

@@ -11,7 +11,7 @@ import pytest
 
 from backends.base import Backend, BackendContext, Instance
 from tests.backend_contract import BackendContract
-from tests.process.conftest import MakeBackend, exec_command
+from tests.process.helpers import MakeBackend, exec_command
 
 
 class TestForkContract(BackendContract):

@@ -12,7 +12,7 @@ from backends.base import BackendContext
 from backends.errors import BackendConfigError, StartError
 from backends.process._linux import is_running
 from tests.backend_contract import deaths, serves
-from tests.process.conftest import PY, MakeBackend, exec_command
+from tests.process.helpers import PY, MakeBackend, exec_command
 
 
 async def wait_serving(url: str, within: float = 20.0) -> None:

@@ -19,7 +19,7 @@ from backends.errors import BackendConfigError
 from backends.process._linux import is_running
 from backends.process._scan import scan
 from tests.backend_contract import deaths, get, recording_context, serves
-from tests.process.conftest import REPO, MakeBackend, alive_pids
+from tests.process.helpers import REPO, MakeBackend, alive_pids
 
 
 async def wait_all_gone(pids: list[int], within: float = 5.0) -> list[int]:
