@@ -117,6 +117,7 @@ async def run(args: argparse.Namespace, out: Path) -> int:
             sections.append(sec)
             _print(sec)
     meta = {
+        "work": work,
         "command": "python -m loadtest bench" + (" --quick" if args.quick else ""),
         "quick": args.quick,
         "finished": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),

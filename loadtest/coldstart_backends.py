@@ -34,7 +34,9 @@ async def run_all(ctx: BenchContext, sec: Section, n: int) -> list[dict[str, Any
             sec.skip(f"{backend} backend", f"{modname} has no coldstart(n) function")
             continue
         try:
-            result = fn(n)
+            # Backends that accept a work dir keep configs/logs under the bench's temp dir.
+            wants_work = "work" in inspect.signature(fn).parameters
+            result = fn(n, work=ctx.work / backend) if wants_work else fn(n)
             if inspect.isawaitable(result):
                 result = await result
         except Exception as e:  # an unavailable engine must not sink the whole benchmark

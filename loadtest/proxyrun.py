@@ -41,6 +41,17 @@ class RunningProxy:
     config_path: Path
     command: str
     proc: Proc
+    config: dict[str, Any]
+
+    @property
+    def settings(self) -> str:
+        """The generated config on one line, for reports: [pool] ...; [backend] ..."""
+        parts = []
+        for table in ("pool", "backend"):
+            values = self.config.get(table, {})
+            inner = ", ".join(f"{k} = {tomlw.value(v)}" for k, v in values.items())
+            parts.append(f"[{table}] {inner}")
+        return "; ".join(parts)
 
     async def instances(self) -> list[Mapping[str, Any]]:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
@@ -78,6 +89,38 @@ def app_config(backend: Mapping[str, Any] = FORK_BACKEND) -> dict[str, Any]:
     return {"server": {"name": "bench"}, "backend": dict(backend)}
 
 
+async def _start(workdir: Path, name: str, config_path: Path) -> tuple[Proc, list[str], int, int]:
+    """Spawn forkproxy on free ports; retry with new ports if one was taken in the meantime
+    (free_port() cannot reserve: another process on the box may bind it first)."""
+    for attempt in range(3):
+        port, admin_port = free_port(), free_port()
+        argv = [
+            *forkproxy_cmd(),
+            "run",
+            "--config",
+            str(config_path),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--admin",
+            f"127.0.0.1:{admin_port}",
+            "--log-level",
+            "warning",
+        ]
+        proc = await spawn(f"forkproxy-{name}", argv, workdir / "logs")
+        try:
+            await wait_http(f"http://127.0.0.1:{admin_port}/healthz", 60, proc)
+        except RuntimeError as e:
+            await proc.stop()
+            if "address already in use" in str(e) and attempt < 2:
+                continue
+            raise
+        except BaseException:
+            await proc.stop()
+            raise
+        return proc, argv, port, admin_port
+    raise AssertionError("unreachable")
+
+
 @contextlib.asynccontextmanager
 async def forkproxy(
     workdir: Path,
@@ -90,30 +133,17 @@ async def forkproxy(
     """Start forkproxy with `base` + `pool`; yields once admin answers and, if asked,
     `wait_instances` instances are ready (defaults to pool.min_instances)."""
     config_path = workdir / f"{name}.toml"
-    await asyncio.to_thread(write_config, config_path, base, pool)
-    port, admin_port = free_port(), free_port()
-    argv = [
-        *forkproxy_cmd(),
-        "run",
-        "--config",
-        str(config_path),
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--admin",
-        f"127.0.0.1:{admin_port}",
-        "--log-level",
-        "warning",
-    ]
-    proc = await spawn(f"forkproxy-{name}", argv, workdir / "logs")
+    doc = await asyncio.to_thread(write_config, config_path, base, pool)
+    proc, argv, port, admin_port = await _start(workdir, name, config_path)
     try:
         admin = f"http://127.0.0.1:{admin_port}"
-        await wait_http(f"{admin}/healthz", 60, proc)
         running = RunningProxy(
             url=f"http://127.0.0.1:{port}",
             admin=admin,
             config_path=config_path,
             command=shlex.join(["forkproxy", *argv[len(forkproxy_cmd()) :]]),
             proc=proc,
+            config=doc,
         )
         want = int(pool.get("min_instances", 0)) if wait_instances is None else wait_instances
         if want:

@@ -88,21 +88,29 @@ def document(sections: Sequence[Section], meta: dict[str, Any], image_dir: str) 
         "Do not edit by hand: rerun the command.",
         "",
         f"Machine: {m['cpus']} CPUs ({m['cpu'] or 'unknown'}), Python {m['python']}, "
-        f"Linux {m['kernel']}. Load generator, proxy and app share these CPUs.",
+        f"Linux {m['kernel']}. Load generator, proxy and app share these CPUs. "
+        "`$WORK` below is the run's temporary directory (configs, logs, CSVs).",
         "",
         HOW_TO,
+        "",
     ]
     return "\n".join(head) + "\n".join(section_md(s, image_dir) for s in sections)
 
 
+def _scrub(text: str, work: str) -> str:
+    # Temp dirs change every run; the docs should not churn on them.
+    return text.replace(work, "$WORK") if work else text
+
+
 def write(out: Path, sections: Sequence[Section], meta: dict[str, Any], docs: bool) -> list[Path]:
+    work = str(meta.get("work", ""))
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(
         json.dumps(
             {"meta": meta, "sections": [s.as_dict() for s in sections]}, indent=2, default=str
         )
     )
-    (out / "results.md").write_text(document(sections, meta, ""))
+    (out / "results.md").write_text(_scrub(document(sections, meta, ""), work))
     written = [out / "results.json", out / "results.md"]
     if docs:
         img = DOCS / "bench"
@@ -112,6 +120,6 @@ def write(out: Path, sections: Sequence[Section], meta: dict[str, Any], docs: bo
         for s in sections:
             for p in s.plots:
                 shutil.copy2(out / p, img / p)
-        (DOCS / "BENCHMARKS.md").write_text(document(sections, meta, "bench/"))
+        (DOCS / "BENCHMARKS.md").write_text(_scrub(document(sections, meta, "bench/"), work))
         written.append(DOCS / "BENCHMARKS.md")
     return written

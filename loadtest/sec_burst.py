@@ -78,7 +78,7 @@ async def run(ctx: BenchContext) -> Section:
     async with forkproxy(ctx.work, "burst", app_config(FORK_BACKEND), pool) as fp:
         url = f"{fp.url}/io?ms={WORK_MS}"
         sec.commands.append(
-            f"burst: {fp.command} with [pool] {pool}; {n} concurrent GET /io?ms={WORK_MS} "
+            f"burst: {fp.command} with {fp.settings}; {n} concurrent GET /io?ms={WORK_MS} "
             "released at once (aiohttp, one connection each)"
         )
         say(f"  burst of {n} at an idle proxy")

@@ -71,7 +71,7 @@ async def through_proxy(ctx: BenchContext, sec: Section, n: int) -> list[dict[st
         try:
             async with forkproxy(ctx.work, f"cold-{label}", app_config(backend), pool) as fp:
                 sec.commands.append(
-                    f"proxy cold start ({label}): {fp.command} with [pool] {pool}; "
+                    f"proxy cold start ({label}): {fp.command} with {fp.settings}; "
                     f"{n} sequential GET / on new connections, 0.2 s apart"
                 )
                 say(f"  cold start through forkproxy, process {label}: {n} requests")

@@ -72,7 +72,7 @@ async def run(ctx: BenchContext, require_tools: bool = False) -> Section:
             fp = await stack.enter_async_context(
                 forkproxy(ctx.work, "datapath", app_config(FORK_BACKEND), pool)
             )
-            sec.commands.append(f"forkproxy: {fp.command} with [pool] {pool}")
+            sec.commands.append(f"forkproxy: {fp.command} with {fp.settings}")
             targets["forkproxy"] = fp.url + PATH
         except (RuntimeError, TimeoutError, OSError, aiohttp.ClientError) as e:
             sec.fail("forkproxy", e)

@@ -64,7 +64,7 @@ async def run(ctx: BenchContext) -> Section:
                 if len(live(last)) <= pool["min_instances"]:
                     break
                 await asyncio.sleep(0.5)
-        sec.commands.append(f"proxy: {fp.command} with [pool] {pool}")
+        sec.commands.append(f"proxy: {fp.command} with {fp.settings}")
     sec.commands.append(f"load: {run.command}")
     samples = sampler.samples
     series = run.series()

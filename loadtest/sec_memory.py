@@ -101,7 +101,7 @@ async def run(ctx: BenchContext) -> Section:
         say(f"  memory: {N_INSTANCES} instances, process {label}")
         try:
             async with forkproxy(ctx.work, f"mem-{label}", app_config(backend), pool) as fp:
-                sec.commands.append(f"memory ({label}): {fp.command} with [pool] {pool}")
+                sec.commands.append(f"memory ({label}): {fp.command} with {fp.settings}")
                 insts = live(await fp.instances())
                 await asyncio.sleep(1.0)  # let the last starts finish their imports/allocations
                 results[label] = await asyncio.to_thread(measure, fp.proc.pid, insts)

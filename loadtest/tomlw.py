@@ -22,7 +22,7 @@ def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, An
     return out
 
 
-def _value(v: Any) -> str:
+def value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
@@ -34,9 +34,9 @@ def _value(v: Any) -> str:
     if isinstance(v, str):
         return json.dumps(v)  # a JSON string is a valid TOML basic string
     if isinstance(v, list | tuple):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
+        return "[" + ", ".join(value(x) for x in v) + "]"
     if isinstance(v, Mapping):
-        return "{" + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items()) + "}"
+        return "{" + ", ".join(f"{_key(k)} = {value(x)}" for k, x in v.items()) + "}"
     raise TypeError(f"cannot write {type(v).__name__} as TOML")
 
 
@@ -47,7 +47,7 @@ def _key(k: str) -> str:
 def dumps(doc: Mapping[str, Any], _prefix: str = "") -> str:
     scalars = [(k, v) for k, v in doc.items() if not isinstance(v, Mapping)]
     tables = [(k, v) for k, v in doc.items() if isinstance(v, Mapping)]
-    lines = [f"{_key(k)} = {_value(v)}" for k, v in scalars]
+    lines = [f"{_key(k)} = {value(v)}" for k, v in scalars]
     for k, v in tables:
         name = f"{_prefix}{_key(k)}"
         body = dumps(v, name + ".")
