@@ -1,5 +1,23 @@
 """The `[backend] type = "process"` table: fork mode (warm template process) or exec
-mode (any command with a `{port}` placeholder), parsed and validated in one pass."""
+mode (any command with a `{port}` placeholder), parsed and validated in one pass.
+
+    mode = "fork"                      # or "exec"
+    # fork
+    app = "examples.app:create_app"    # module:factory (aiohttp) or module:app (ASGI, uvicorn)
+    app_kind = "auto"                  # "aiohttp" | "asgi"; auto: Application -> aiohttp
+    warmup = "mypkg.warm:run"          # optional, runs once in the template: f() or f(app)
+    pythonpath = ["src"]               # extra sys.path entries, relative to cwd
+    prefork = 1                        # spare forks kept ready (app started, no id yet);
+                                       # 0 if on_startup must see FORKPROXY_INSTANCE
+    # exec
+    command = ["python", "-m", "examples.app", "--port", "{port}"]   # or one string
+                                       # "python"/"python3" first = the proxy's interpreter
+    # both
+    env = { KEY = "value" }
+    cwd = "."
+    host = "127.0.0.1"
+    stop_grace = "5s"                  # SIGTERM, then SIGKILL after this long
+"""
 
 from __future__ import annotations
 
