@@ -79,6 +79,12 @@ class Template:
 
         from backends.process import _serve  # noqa: F401
 
+        if threading.active_count() != 1:
+            names = ", ".join(t.name for t in threading.enumerate())
+            raise RuntimeError(
+                f"the app started threads in the template ({names}); fork copies only the "
+                "forking thread, so start them in on_startup (per child) or use mode = exec"
+            )
         self.role_slot = _linux.role_slot()
         _linux.set_pdeathsig()  # (again) loads libc's prctl for the children
 

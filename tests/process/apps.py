@@ -26,3 +26,11 @@ def create_app() -> web.Application:
     app = web.Application()
     app.router.add_get("/", _warm)
     return app
+
+
+def threaded_app() -> web.Application:
+    """Starts a thread while the template builds it: fork mode must refuse this app."""
+    import threading
+
+    threading.Thread(target=threading.Event().wait, name="app-poller", daemon=True).start()
+    return create_app()

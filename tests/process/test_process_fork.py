@@ -144,6 +144,7 @@ async def test_stop_works_on_an_instance_stuck_in_startup(make_backend: MakeBack
         ("examples.failing_app:create_app", "RuntimeError: example failure"),
         ("examples.no_such_module:create_app", "ModuleNotFoundError"),
         ("examples.app:no_such_factory", "AttributeError"),
+        ("tests.process.apps:threaded_app", r"started threads in the template \(.*app-poller"),
     ],
 )
 async def test_app_that_cannot_be_built_fails_prepare(
