@@ -4,18 +4,9 @@ container-backed parent VM. Without the harness: skip, or fail with FORKPROXY_RE
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import signal
-import ssl
-import subprocess
-import time
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,137 +15,33 @@ from backends.base import BackendContext
 from backends.config import ConfigError, Table
 from backends.vsphere import VsphereBackend, create_backend, parse_config
 from tests.backend_contract import recording_context
-from tests.conftest import free_port
+from tests.vsphere import harness
+from tests.vsphere.harness import (  # noqa: F401 - re-exported for the test modules
+    Vcsim,
+    docker_names,
+    find_vm,
+    make_vm,
+    wait_task,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-HARNESS = ROOT / "tests/vsphere/vcsim"
-BINARY = HARNESS / "vcsim"
-IMAGE = "forkproxy-test/httpd:latest"
 PASSWORD_ENV = "FORKPROXY_TEST_VCSIM_PASSWORD"
-
-
-def _unavailable(msg: str) -> None:
-    msg = f"vcsim not available: {msg} (run: sudo bash .ci/vcsim.sh)"
-    if os.environ.get("FORKPROXY_REQUIRE_VSPHERE") == "1":
-        pytest.fail(msg, pytrace=False)
-    pytest.skip(msg)
-
-
-@dataclass
-class Vcsim:
-    """One running harness: where it listens and how to log in."""
-
-    host: str
-    port: int
-    user: str
-    password: str
-    ca_file: str
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"https://{self.host}:{self.port}"
-
-    def ssl(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=self.ca_file)
-
-    def connect(self, user: str | None = None, password: str | None = None) -> Any:
-        from pyVim.connect import SmartConnect
-
-        return SmartConnect(
-            host=self.host,
-            port=self.port,
-            user=user or self.user,
-            pwd=password or self.password,
-            sslContext=self.ssl(),
-        )
-
-    def calls(self, reset: bool = False) -> dict[str, int]:
-        """SOAP calls per method since the last reset (the harness counts them)."""
-        req = urllib.request.Request(
-            f"{self.url}/forkproxy/calls", method="POST" if reset else "GET"
-        )
-        with urllib.request.urlopen(req, context=self.ssl(), timeout=10) as resp:
-            return dict(json.load(resp))
-
-
-def _build_harness() -> None:
-    if BINARY.exists() and BINARY.stat().st_mtime >= max(
-        p.stat().st_mtime for p in HARNESS.glob("*.go")
-    ):
-        return
-    if not shutil.which("go") or not Path("/usr/share/gocode/src/github.com/vmware").exists():
-        _unavailable(f"{BINARY} is not built and go/govmomi sources are missing")
-    env = dict(os.environ, GO111MODULE="off", GOPATH="/usr/share/gocode", GOFLAGS="")
-    env.setdefault("GOCACHE", "/tmp/forkproxy-gocache")
-    res = subprocess.run(
-        ["go", "build", "-o", str(BINARY), "./tests/vsphere/vcsim"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if res.returncode != 0:
-        pytest.fail(f"building the vcsim harness failed:\n{res.stderr}", pytrace=False)
-
-
-def _docker_ready() -> None:
-    try:
-        subprocess.run(["docker", "image", "inspect", IMAGE], check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        _unavailable(f"no Docker engine with {IMAGE} ({exc}); .ci/docker.sh builds it")
 
 
 @pytest.fixture(scope="session")
 def vcsim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vcsim]:
-    _docker_ready()
-    _build_harness()
-    state = tmp_path_factory.mktemp("vcsim")
-    cert, key = state / "cert.pem", state / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
-            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
-            *("-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    port = free_port()
-    password = uuid.uuid4().hex
-    env_file, log = state / "vcsim.env", state / "vcsim.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                *(str(BINARY), "-listen", f"127.0.0.1:{port}", "-tls-cert", str(cert)),
-                *("-tls-key", str(key), "-password", password, "-env-file", str(env_file)),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     try:
-        deadline = time.monotonic() + 30
-        while not env_file.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"vcsim did not start:\n{log.read_text()[-3000:]}", pytrace=False)
-            time.sleep(0.05)
-        yield Vcsim("127.0.0.1", port, "forkproxy", password, str(cert), log)
+        sim = harness.start(tmp_path_factory.mktemp("vcsim"))
+    except harness.Unavailable as exc:
+        msg = f"vcsim not available: {exc} (run: sudo bash .ci/vcsim.sh)"
+        if os.environ.get("FORKPROXY_REQUIRE_VSPHERE") == "1":
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield sim
     finally:
-        proc.send_signal(signal.SIGTERM)  # it removes its VMs' containers on the way out
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def wait_task(task: Any, timeout: float = 60) -> Any:
-    from pyVim.task import WaitForTask
-
-    WaitForTask(task, maxWaitTime=timeout)
-    return task.info.result
+        sim.stop()
 
 
 @pytest.fixture(scope="session")
@@ -167,52 +54,12 @@ def si(vcsim: Vcsim) -> Iterator[Any]:
     Disconnect(conn)
 
 
-def find_vm(si: Any, name: str) -> Any:
-    from pyVmomi import vim
-
-    root = si.content.rootFolder
-    view = si.content.viewManager.CreateContainerView(root, [vim.VirtualMachine], True)
-    try:
-        return next((vm for vm in view.view if vm.name == name), None)
-    finally:
-        view.DestroyView()
-
-
-def make_vm(si: Any, name: str, run_container: list[str] | None, power_on: bool = True) -> Any:
-    """A fresh VM (cloned from the model's DC0_H0_VM0) whose extraConfig RUN.container makes
-    the simulator back it with a real container from the test image."""
-    from pyVmomi import vim
-
-    base = si.content.searchIndex.FindByInventoryPath("DC0/vm/DC0_H0_VM0")
-    spec = vim.vm.CloneSpec(location=vim.vm.RelocateSpec(), powerOn=False, template=False)
-    if run_container is not None:
-        opt = vim.option.OptionValue(key="RUN.container", value=json.dumps(run_container))
-        spec.config = vim.vm.ConfigSpec(extraConfig=[opt])
-    vm = wait_task(base.CloneVM_Task(folder=base.parent, name=name, spec=spec))
-    if power_on:
-        wait_task(vm.PowerOnVM_Task())
-    return vm
-
-
 @pytest.fixture(scope="session")
 def parent(si: Any) -> Iterator[str]:
     """A running container-backed parent VM with a snapshot "base" (for linked mode)."""
-    name = f"fp-parent-{uuid.uuid4().hex[:6]}"
-    vm = make_vm(si, name, [IMAGE])
-    wait_task(vm.CreateSnapshot_Task(name="base", memory=False, quiesce=False))
+    name = harness.make_parent(si)
     yield name
-    wait_task(vm.PowerOffVM_Task())
-    wait_task(vm.Destroy_Task())
-
-
-def docker_names(prefix: str = "vcsim-") -> set[str]:
-    out = subprocess.run(
-        ["docker", "ps", "-a", "--format", "{{.Names}}", "--filter", f"name={prefix}"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return set(out.split())
+    harness.remove_vm(si, name)
 
 
 MakeBackend = Callable[..., VsphereBackend]

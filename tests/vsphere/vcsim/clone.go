@@ -13,6 +13,9 @@ package main
 // Tasks complete asynchronously, as on vCenter: the caller waits through the PropertyCollector.
 
 import (
+	"sync/atomic"
+	"time"
+
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/methods"
 	"github.com/vmware/govmomi/vim25/mo"
@@ -174,16 +177,40 @@ func cloneAndPowerOn(ctx *simulator.Context, vm *simulator.VirtualMachine, name 
 	}
 	// container.go writes the container's IP straight into the struct; publish it so
 	// WaitForUpdatesEx callers see a change, as vCenter does when VMware Tools reports.
+	// With a guest IP delay set, the IP shows up that long after the task completes.
+	var ip string
+	delay := guestIPDelay()
 	simulator.Map.WithLock(clone, func() {
-		if ip := clone.Guest.IpAddress; ip != "" {
-			simulator.Map.Update(clone, []types.PropertyChange{
-				{Name: "guest.ipAddress", Val: ip},
-				{Name: "summary.guest.ipAddress", Val: ip},
-			})
+		ip = clone.Guest.IpAddress
+		if ip != "" && delay > 0 {
+			setGuestIP(clone, "")
 		}
 	})
+	if ip != "" {
+		if delay > 0 {
+			go func() {
+				time.Sleep(delay)
+				if c, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine); ok {
+					simulator.Map.WithLock(c, func() { setGuestIP(c, ip) })
+				}
+			}()
+		} else {
+			simulator.Map.WithLock(clone, func() { setGuestIP(clone, ip) })
+		}
+	}
 	return ref, nil
 }
+
+func setGuestIP(vm *simulator.VirtualMachine, ip string) {
+	simulator.Map.Update(vm, []types.PropertyChange{
+		{Name: "guest.ipAddress", Val: ip},
+		{Name: "summary.guest.ipAddress", Val: ip},
+	})
+}
+
+var ipDelay atomic.Int64 // nanoseconds; set through POST /forkproxy/guest-ip-delay?ms=N
+
+func guestIPDelay() time.Duration { return time.Duration(ipDelay.Load()) }
 
 func taskInfo(ref types.ManagedObjectReference) types.TaskInfo {
 	return simulator.Map.Get(ref).(*simulator.Task).Info

@@ -1,7 +1,8 @@
 package main
 
-// front sits before the simulator's mux: it counts SOAP calls per method and reroutes the
-// clone methods to the cloner object of the target VM (see clone.go).
+// front sits before the simulator's mux: it counts SOAP calls per method, reroutes the
+// clone methods to the cloner object of the target VM (see clone.go), and serves the
+// harness's own knobs under /forkproxy/.
 
 import (
 	"bytes"
@@ -10,7 +11,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"strconv"
 	"sync"
+	"time"
 )
 
 // The first element inside soapenv:Body names the method.
@@ -40,6 +43,9 @@ func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
 	case "/forkproxy/calls":
 		f.serveCalls(w, r)
+		return
+	case "/forkproxy/guest-ip-delay":
+		serveIPDelay(w, r)
 		return
 	case "/sdk", "/sdk/vimService":
 	default:
@@ -102,4 +108,19 @@ func (f *front) serveCalls(w http.ResponseWriter, r *http.Request) {
 	f.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(out)
+}
+
+// serveIPDelay: POST ?ms=N makes clones report their guest IP N ms after the clone task
+// completes (VMware Tools is not instant); GET shows the current value.
+func serveIPDelay(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodPost {
+		ms, err := strconv.Atoi(r.URL.Query().Get("ms"))
+		if err != nil || ms < 0 {
+			http.Error(w, "ms must be a non-negative integer", http.StatusBadRequest)
+			return
+		}
+		ipDelay.Store(int64(time.Duration(ms) * time.Millisecond))
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]int64{"ms": guestIPDelay().Milliseconds()})
 }

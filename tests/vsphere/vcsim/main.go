@@ -1,7 +1,8 @@
 // Command vcsim runs govmomi's vCenter simulator (Debian's golang-github-vmware-govmomi-dev,
 // 0.24.2) for forkproxy's vsphere tests, with what that version lacks added in front of it:
 // InstantClone_Task, a CloneVM_Task that honours powerOn and copies the source's extraConfig,
-// and per-method SOAP call counters (GET /forkproxy/calls, POST /forkproxy/calls/reset).
+// per-method SOAP call counters (GET /forkproxy/calls; POST resets them) and a guest IP
+// delay knob for benchmarks (POST /forkproxy/guest-ip-delay?ms=N).
 //
 // Build (GOPATH mode, no module download):
 //
