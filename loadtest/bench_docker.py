@@ -308,6 +308,7 @@ async def main_async(n: int, out: Path, do_burst: bool) -> int:
         engine=ENGINE,
         command=f"python -m loadtest.bench_docker --n {n}",
         cpus=os.cpu_count(),
+        loadavg_at_end=os.getloadavg(),  # the machine is shared: numbers move with it
         at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     await asyncio.to_thread(write_json, out, result)
