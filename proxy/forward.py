@@ -120,6 +120,9 @@ class Forwarder:
             lease = await self.acquire(req)
             if isinstance(lease, int):
                 return lease
+            if req.body.error is not None:  # broke while held: send the instance nothing
+                self.pool.release(lease)
+                raise req.body.error
             ep = lease.instance.endpoint
             t_send = time.monotonic()
             conn_up: Connection | None = None

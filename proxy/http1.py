@@ -30,6 +30,7 @@ _REASONS = {
     417: b"Expectation Failed",
     414: b"URI Too Long",
     431: b"Request Header Fields Too Large",
+    505: b"HTTP Version Not Supported",
     500: b"Internal Server Error",
     502: b"Bad Gateway",
     503: b"Service Unavailable",
@@ -280,6 +281,9 @@ class HttpConnection(asyncio.Protocol):
         self._header_bytes = 0
         self._header_count = 0
         self._url_len = 0
+        self._in_head = False  # between message begin and headers complete
+        # a request that broke the rules behind a pipelined one: answered after it
+        self._broken: ClientError | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._read_paused = False
         self._write_paused = False
@@ -323,7 +327,7 @@ class HttpConnection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel(data)
             return
-        if self.closing:
+        if self.closing or self._broken is not None:
             return
         if not self._got_bytes and self.parsing is None:
             self._got_bytes = True
@@ -332,6 +336,13 @@ class HttpConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             offset = int(exc.args[0]) if exc.args else len(data)
+            if self._pending_upgrade is None:
+                # an upgrade we ignore (h2c, ...): the request was served as plain
+                # HTTP/1.1; llhttp stopped, so a fresh parser takes what follows
+                self.parser = httptools.HttpRequestParser(self)
+                if offset < len(data):
+                    self.data_received(data[offset:])
+                return
             self._upgrade(data[offset:])
         except ClientError as exc:
             self.fail(exc.status, exc.text)
@@ -371,6 +382,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.parsing = Request(self)
+        self._in_head = True
         self._header_bytes = 0
         self._header_count = 0
         self._url_len = 0
@@ -393,18 +405,22 @@ class HttpConnection(asyncio.Protocol):
             raise ClientError(431, "Request Header Fields Too Large: too many headers")
         if self._header_bytes > self.limits.max_header_bytes:
             raise ClientError(431, "Request Header Fields Too Large")
-        self.parsing.headers.append((name, value))
+        if self._in_head:  # chunked trailers are counted against the limits, then dropped
+            self.parsing.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         req = self.parsing
         assert req is not None
         self._got_bytes = False
+        self._in_head = False
         self._disarm()
         req.method = self.parser.get_method().decode("ascii")
         req.version = self.parser.get_http_version()
         req.keep_alive = bool(self.parser.should_keep_alive())
-        req.upgrade = bool(self.parser.should_upgrade())
         _validate(req)
+        # only websocket upgrades are tunnelled; any other (h2c, ...) is ignored, which
+        # RFC 9110 7.8 allows: the request is answered as plain HTTP/1.1
+        req.upgrade = bool(self.parser.should_upgrade()) and _wants_websocket(req)
         limit = self.limits.max_body
         if req.content_length is not None and limit and req.content_length > limit:
             raise ClientError(413, "Content Too Large: the body exceeds the limit")
@@ -464,8 +480,11 @@ class HttpConnection(asyncio.Protocol):
             return
         if self.pipeline:
             self._run(self.pipeline.popleft())
-            if not self.pipeline:
+            if not self.pipeline and self._broken is None:
                 self.resume_reading()
+            return
+        if self._broken is not None:
+            self.fail(self._broken.status, self._broken.text)
             return
         self.resume_reading()
         if self.parsing is None:
@@ -529,18 +548,25 @@ class HttpConnection(asyncio.Protocol):
 
     def fail(self, status: int, text: str) -> None:
         """Answer a broken request (if no response started) and close."""
-        req = self.active if self.active is not None else self.parsing
-        started = req is not None and req.response_started
-        if not started and self.active is None:
+        active = self.active
+        if active is None:
+            self._broken = None
             self.server.rejected(f"http_{status}")
             tmp = Request(self)
             tmp.keep_alive = False
             tmp.respond(status, text)
-        elif self.active is not None:
-            self.active.body.fail(ClientError(status, text))
-        self.closing = True
-        if self.active is None:
             self.close()
+        elif not active.body.complete:
+            # the active request's own body broke: its handler answers the error
+            active.body.fail(ClientError(status, text))
+            self.closing = True
+        else:
+            # a pipelined request broke: answer the ones before it, then this error
+            self._broken = ClientError(status, text)
+            if self.parsing is not None and self.parsing in self.pipeline:
+                self.pipeline.remove(self.parsing)
+            self.parsing = None
+            self.pause_reading()
 
     def close(self) -> None:
         self.closing = True
@@ -582,8 +608,11 @@ class HttpConnection(asyncio.Protocol):
 def _validate(req: Request) -> None:
     """Framing and Host rules llhttp leaves to us (it already rejects CL+TE, duplicate
     CL, bad chunk sizes, obs-fold, bare LF)."""
+    if req.version not in ("1.1", "1.0"):
+        raise ClientError(505, "HTTP Version Not Supported")
     hosts = 0
     te: bytes | None = None
+    tes = 0
     for name, value in req.headers:
         lname = name.lower()
         if lname == b"host":
@@ -593,11 +622,14 @@ def _validate(req: Request) -> None:
             req.content_length = int(value)
         elif lname == b"transfer-encoding":
             te = value
+            tes += 1
         elif lname == b"expect":
             if value.lower() != b"100-continue":
                 raise ClientError(417, "Expectation Failed")
             req.expect_continue = True
     if te is not None:
+        if tes > 1:
+            raise ClientError(400, "Bad Request: more than one Transfer-Encoding header")
         if req.version != "1.1":
             raise ClientError(400, "Bad Request: Transfer-Encoding in HTTP/1.0")
         if te.strip().lower() != b"chunked":
@@ -624,7 +656,17 @@ def _validate(req: Request) -> None:
         else:
             req.path = rest[slash:]
             authority = rest[:slash]
+        if not authority or b"@" in authority:
+            raise ClientError(400, "Bad Request: invalid request target")
+        # RFC 9112 3.2.2: the target's authority replaces the Host header
         req.host = authority
+        req.headers = [(n, v) for n, v in req.headers if n.lower() != b"host"]
+        req.headers.append((b"Host", authority))
+
+
+def _wants_websocket(req: Request) -> bool:
+    value = req.header(b"upgrade")
+    return value is not None and b"websocket" in value.lower()
 
 
 class HttpServer:
