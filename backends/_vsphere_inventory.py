@@ -41,13 +41,13 @@ class VmRow:
     power: str
 
 
-def _container_view(si: Any, root: Any, kind: type) -> Any:
-    return si.content.viewManager.CreateContainerView(root, [kind], True)
+def _container_view(content: Any, root: Any, kind: type) -> Any:
+    return content.viewManager.CreateContainerView(root, [kind], True)
 
 
-def retrieve(si: Any, root: Any, kind: type, props: list[str]) -> list[Any]:
+def retrieve(content: Any, root: Any, kind: type, props: list[str]) -> list[Any]:
     """ObjectContents of every `kind` under root: one view, one RetrievePropertiesEx."""
-    view = _container_view(si, root, kind)
+    view = _container_view(content, root, kind)
     try:
         pc = vmodl.query.PropertyCollector
         spec = pc.FilterSpec(
@@ -61,12 +61,12 @@ def retrieve(si: Any, root: Any, kind: type, props: list[str]) -> list[Any]:
             propSet=[pc.PropertySpec(type=kind, pathSet=props)],
         )
         out: list[Any] = []
-        result = si.content.propertyCollector.RetrievePropertiesEx([spec], pc.RetrieveOptions())
+        result = content.propertyCollector.RetrievePropertiesEx([spec], pc.RetrieveOptions())
         while result is not None:
             out.extend(result.objects or [])
             if not result.token:
                 break
-            result = si.content.propertyCollector.ContinueRetrievePropertiesEx(result.token)
+            result = content.propertyCollector.ContinueRetrievePropertiesEx(result.token)
         return out
     finally:
         view.DestroyView()
@@ -85,10 +85,10 @@ def extra_config(options: Any) -> dict[str, str]:
     return {o.key: str(o.value) for o in options or [] if o is not None}
 
 
-def vm_rows(si: Any, datacenter: Any) -> list[VmRow]:
+def vm_rows(content: Any, datacenter: Any) -> list[VmRow]:
     rows = []
     props = ["name", "config.extraConfig", "guest.ipAddress", "runtime.powerState"]
-    for obj in retrieve(si, datacenter.vmFolder, vim.VirtualMachine, props):
+    for obj in retrieve(content, datacenter.vmFolder, vim.VirtualMachine, props):
         p = _props(obj)
         rows.append(
             VmRow(
@@ -102,7 +102,7 @@ def vm_rows(si: Any, datacenter: Any) -> list[VmRow]:
     return rows
 
 
-def vm_row(si: Any, vm: Any) -> VmRow | None:
+def vm_row(content: Any, vm: Any) -> VmRow | None:
     """One VM's guard facts in one call; None when it no longer exists."""
     pc = vmodl.query.PropertyCollector
     spec = pc.FilterSpec(
@@ -115,7 +115,7 @@ def vm_row(si: Any, vm: Any) -> VmRow | None:
         ],
     )
     try:
-        result = si.content.propertyCollector.RetrievePropertiesEx([spec], pc.RetrieveOptions())
+        result = content.propertyCollector.RetrievePropertiesEx([spec], pc.RetrieveOptions())
     except vmodl.fault.ManagedObjectNotFound:
         return None
     if result is None or not result.objects:
@@ -130,24 +130,24 @@ def vm_row(si: Any, vm: Any) -> VmRow | None:
     )
 
 
-def _by_name(si: Any, root: Any, kind: type, name: str) -> Any:
-    for obj in retrieve(si, root, kind, ["name"]):
+def _by_name(content: Any, root: Any, kind: type, name: str) -> Any:
+    for obj in retrieve(content, root, kind, ["name"]):
         if _props(obj).get("name") == name:
             return obj.obj
     return None
 
 
-def _by_path_or_name(si: Any, dc: Any, base: str, kind: type, value: str) -> Any:
+def _by_path_or_name(content: Any, dc: Any, base: str, kind: type, value: str) -> Any:
     """An inventory path ("DC0/vm/a/b", or "a/b" under the datacenter's `base` folder)
     or a plain name searched under that folder."""
-    index = si.content.searchIndex
+    index = content.searchIndex
     if "/" in value:
         found = index.FindByInventoryPath(value.strip("/"))
         if found is None:
             found = index.FindByInventoryPath(f"{dc.name}/{base}/{value.strip('/')}")
         return found if isinstance(found, kind) else None
     root = getattr(dc, f"{base}Folder")
-    return _by_name(si, root, kind, value)
+    return _by_name(content, root, kind, value)
 
 
 def _find_snapshot(tree: Any, name: str) -> Any:
@@ -168,10 +168,9 @@ def _snapshot_names(tree: Any) -> list[str]:
     return names
 
 
-def resolve(si: Any, cfg: VsphereConfig) -> World:
+def resolve(content: Any, cfg: VsphereConfig) -> World:
     """Validate the config against the inventory once; BackendConfigError names what is missing."""
-    content = si.content
-    dcs = [o.obj for o in retrieve(si, content.rootFolder, vim.Datacenter, ["name"])]
+    dcs = [o.obj for o in retrieve(content, content.rootFolder, vim.Datacenter, ["name"])]
     if cfg.datacenter:
         dc = next((d for d in dcs if d.name == cfg.datacenter), None)
         if dc is None:
@@ -183,7 +182,7 @@ def resolve(si: Any, cfg: VsphereConfig) -> World:
         names = ", ".join(sorted(d.name for d in dcs)) or "(none)"
         raise BackendConfigError(f"set backend.datacenter: vCenter has several ({names})")
 
-    parent = _by_path_or_name(si, dc, "vm", vim.VirtualMachine, cfg.parent_vm)
+    parent = _by_path_or_name(content, dc, "vm", vim.VirtualMachine, cfg.parent_vm)
     if parent is None:
         raise BackendConfigError(
             f"parent VM {cfg.parent_vm!r} not found in datacenter {dc.name!r} (backend.parent_vm)"
@@ -207,29 +206,29 @@ def resolve(si: Any, cfg: VsphereConfig) -> World:
     pl = cfg.placement
     folder = parent.parent
     if pl.folder:
-        folder = _by_path_or_name(si, dc, "vm", vim.Folder, pl.folder)
+        folder = _by_path_or_name(content, dc, "vm", vim.Folder, pl.folder)
         if folder is None:
             raise BackendConfigError(f"folder {pl.folder!r} not found in datacenter {dc.name!r}")
     pool = host = datastore = None
     if pl.resource_pool:
-        pool = _by_path_or_name(si, dc, "host", vim.ResourcePool, pl.resource_pool)
+        pool = _by_path_or_name(content, dc, "host", vim.ResourcePool, pl.resource_pool)
         if pool is None:
             raise BackendConfigError(
                 f"resource pool {pl.resource_pool!r} not found in datacenter {dc.name!r}"
             )
     if pl.cluster:
-        cluster = _by_path_or_name(si, dc, "host", vim.ClusterComputeResource, pl.cluster)
+        cluster = _by_path_or_name(content, dc, "host", vim.ClusterComputeResource, pl.cluster)
         if cluster is None:
             raise BackendConfigError(f"cluster {pl.cluster!r} not found in datacenter {dc.name!r}")
         pool = cluster.resourcePool
     if pl.host:
-        host = _by_path_or_name(si, dc, "host", vim.HostSystem, pl.host)
+        host = _by_path_or_name(content, dc, "host", vim.HostSystem, pl.host)
         if host is None:
             raise BackendConfigError(f"host {pl.host!r} not found in datacenter {dc.name!r}")
         if pool is None:
             pool = host.parent.resourcePool
     if pl.datastore:
-        datastore = _by_name(si, dc.datastoreFolder, vim.Datastore, pl.datastore)
+        datastore = _by_name(content, dc.datastoreFolder, vim.Datastore, pl.datastore)
         if datastore is None:
             raise BackendConfigError(
                 f"datastore {pl.datastore!r} not found in datacenter {dc.name!r}"

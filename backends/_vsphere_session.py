@@ -41,6 +41,7 @@ class Session:
     def __init__(self, cfg: VsphereConfig) -> None:
         self.cfg = cfg
         self.si: Any = None
+        self.content: Any = None  # ServiceContent, fetched once: what call() hands out
         self._lock = threading.Lock()
         self._generation = 0  # bumps on every (re)login
         self._logged_in = False
@@ -49,10 +50,6 @@ class Session:
     def __repr__(self) -> str:
         state = "logged in" if self._logged_in else "logged out"
         return f"<vsphere Session {self.cfg.user}@{self.cfg.host}:{self.cfg.port} {state}>"
-
-    @property
-    def content(self) -> Any:
-        return self.si.content
 
     def connect(self) -> None:
         """Log in (blocking). Bad credentials → BackendConfigError; unreachable →
@@ -64,7 +61,7 @@ class Session:
                 return
             if self.si is not None:
                 try:
-                    self.si.content.sessionManager.Login(userName=self.cfg.user, password=password)
+                    self.content.sessionManager.Login(userName=self.cfg.user, password=password)
                 except BaseException as exc:
                     raise self._translate(exc) from exc
                 self._logged_in = True
@@ -86,13 +83,14 @@ class Session:
                 httpConnectionTimeout=HTTP_TIMEOUT,
             )
             si = vim.ServiceInstance("ServiceInstance", stub)
-            si.content.sessionManager.Login(userName=self.cfg.user, password=password)
+            content = si.RetrieveContent()
+            content.sessionManager.Login(userName=self.cfg.user, password=password)
         except BaseException as exc:
             if stub is not None:
                 stub.DropConnections()
             raise self._translate(exc) from exc
         with self._lock:
-            self.si = si
+            self.si, self.content = si, content
             self._logged_in = True
             self._generation += 1
         log.info("vsphere: logged in to %s as %s", self.cfg.host, self.cfg.user)
@@ -122,7 +120,7 @@ class Session:
                 return  # another thread already logged in again
             log.warning("vsphere: session expired (NotAuthenticated); logging in again")
             try:
-                self.si.content.sessionManager.Login(
+                self.content.sessionManager.Login(
                     userName=self.cfg.user, password=self.cfg.password()
                 )
             except vim.fault.InvalidLogin as exc:
@@ -134,16 +132,16 @@ class Session:
             self.relogins += 1
 
     def call(self, fn: Callable[[Any], T]) -> T:
-        """fn(service_instance) in this thread; on NotAuthenticated log in again once and
+        """fn(service_content) in this thread; on NotAuthenticated log in again once and
         retry. fn must be safe to repeat (it failed at its first vCenter call)."""
         if not self._logged_in:
             self.connect()
         generation = self._generation
         try:
-            return fn(self.si)
+            return fn(self.content)
         except vim.fault.NotAuthenticated:
             self._relogin(generation)
-        return fn(self.si)
+        return fn(self.content)
 
     async def run(self, fn: Callable[[Any], T]) -> T:
         return await asyncio.to_thread(self.call, fn)
@@ -157,7 +155,7 @@ class Session:
             return
         if was_in:
             try:
-                si.content.sessionManager.Logout()
+                self.content.sessionManager.Logout()
             except Exception as exc:  # logout of a dead session: nothing left to release
                 log.debug("vsphere: logout failed: %s", exc)
         si._stub.DropConnections()

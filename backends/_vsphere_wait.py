@@ -25,8 +25,8 @@ class Watcher:
     """A private PropertyCollector. `watch(obj, props)` adds a filter; `until(pred)`
     returns the accumulated {"<moref>.<prop>": value} once pred holds. Destroy on exit."""
 
-    def __init__(self, si: Any) -> None:
-        self.pc = si.content.propertyCollector.CreatePropertyCollector()
+    def __init__(self, content: Any) -> None:
+        self.pc = content.propertyCollector.CreatePropertyCollector()
         self.version = ""
         self.values: dict[str, Any] = {}
         self.gone: set[str] = set()  # objects that left the inventory

@@ -112,7 +112,7 @@ class DeathWatch:
                 try:
                     if self._pc is None:
                         self._pc = self.session.call(
-                            lambda si: si.content.propertyCollector.CreatePropertyCollector()
+                            lambda content: content.propertyCollector.CreatePropertyCollector()
                         )
                         version = ""
                         self._filters.clear()

@@ -99,7 +99,7 @@ class VsphereBackend(Backend):
     # -- lifecycle -------------------------------------------------------------------
 
     async def prepare(self) -> None:
-        self.world = await self.session.run(lambda si: resolve(si, self.cfg))
+        self.world = await self.session.run(lambda content: resolve(content, self.cfg))
         if self.cfg.container is not None:
             try:
                 import docker  # noqa: F401 - checked now rather than at the first clone
@@ -175,7 +175,7 @@ class VsphereBackend(Backend):
 
     # -- start -------------------------------------------------------------------------
 
-    def _submit(self, si: Any, world: World, name: str, extra: dict[str, str]) -> Any:
+    def _submit(self, content: Any, world: World, name: str, extra: dict[str, str]) -> Any:
         options = [vim.option.OptionValue(key=k, value=v) for k, v in extra.items()]
         location = vim.vm.RelocateSpec(
             folder=world.folder, pool=world.pool, host=world.host, datastore=world.datastore
@@ -194,14 +194,14 @@ class VsphereBackend(Backend):
         return world.parent.CloneVM_Task(folder=world.folder, name=name, spec=clone_spec)
 
     def _clone_sync(
-        self, si: Any, world: World, name: str, extra: dict[str, str], p: _Pending
+        self, content: Any, world: World, name: str, extra: dict[str, str], p: _Pending
     ) -> str:
         """Submit (once), wait for the task, then for the guest IP. Safe to repeat after a
         re-login: a submitted task is not submitted again."""
         t0 = time.monotonic()
         if p.task is None:
-            p.task = self._submit(si, world, name, extra)
-        with Watcher(si) as w:
+            p.task = self._submit(content, world, name, extra)
+        with Watcher(content) as w:
             try:
                 p.clone = wait_task(w, p.task, self.cfg.clone_timeout)
             except WaitTimeout as exc:
@@ -241,7 +241,7 @@ class VsphereBackend(Backend):
                 work = loop.run_in_executor(
                     None,
                     self.session.call,
-                    lambda si: self._clone_sync(si, world, name, extra, pending),
+                    lambda content: self._clone_sync(content, world, name, extra, pending),
                 )
                 # shield: a cancelled start leaves the thread running; cleanup awaits it.
                 guest_ip = await asyncio.shield(work)
@@ -297,7 +297,9 @@ class VsphereBackend(Backend):
                     with contextlib.suppress(BaseException):
                         await work  # the clone thread may still be submitting
                 if pending.task is not None:
-                    await self.session.run(lambda si: self._cleanup_sync(si, pending, name))
+                    await self.session.run(
+                        lambda content: self._cleanup_sync(content, pending, name)
+                    )
             except Exception as exc:
                 log.warning("vsphere: could not remove the failed clone %s: %s", name, exc)
             finally:
@@ -308,12 +310,12 @@ class VsphereBackend(Backend):
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
 
-    def _cleanup_sync(self, si: Any, pending: _Pending, name: str) -> None:
+    def _cleanup_sync(self, content: Any, pending: _Pending, name: str) -> None:
         if pending.clone is None:
-            with Watcher(si) as w, contextlib.suppress(vmodl.MethodFault):
+            with Watcher(content) as w, contextlib.suppress(vmodl.MethodFault):
                 pending.clone = wait_task(w, pending.task, self.cfg.clone_timeout)
         if pending.clone is not None:
-            self._destroy_sync(si, pending.clone)
+            self._destroy_sync(content, pending.clone)
             log.info("vsphere: removed the clone %s of a failed start", name)
 
     async def _start_container(self, instance: Instance, spec: ContainerSpec, ip: str) -> None:
@@ -397,14 +399,14 @@ class VsphereBackend(Backend):
                 reason="not_owned",
             )
 
-    def _destroy_sync(self, si: Any, vm: Any) -> bool:
+    def _destroy_sync(self, content: Any, vm: Any) -> bool:
         """Guard, power off (if on), destroy. False when the VM was already gone."""
-        row = vm_row(si, vm)
+        row = vm_row(content, vm)
         if row is None:
             return False
         self._check_owned(row)
         try:
-            with Watcher(si) as w:
+            with Watcher(content) as w:
                 if row.power != "poweredOff":
                     with contextlib.suppress(vim.fault.InvalidPowerState):
                         wait_task(w, vm.PowerOffVM_Task(), 120)
@@ -421,7 +423,7 @@ class VsphereBackend(Backend):
         if self._watch is not None:
             self._watch.remove(instance.id)
         try:
-            await self.session.run(lambda si: self._destroy_sync(si, clone.vm))
+            await self.session.run(lambda content: self._destroy_sync(content, clone.vm))
         except BackendError:
             raise
         except vmodl.MethodFault as exc:
@@ -442,7 +444,7 @@ class VsphereBackend(Backend):
 
     async def list(self) -> list[Instance]:
         world = await self._world()
-        rows = await self.session.run(lambda si: vm_rows(si, world.datacenter))
+        rows = await self.session.run(lambda content: vm_rows(content, world.datacenter))
         out = []
         for row in rows:
             if not row.name.startswith(self.cfg.name_prefix):
@@ -475,7 +477,7 @@ class VsphereBackend(Backend):
         if not isinstance(clone, Clone):
             return False
         try:
-            row = await self.session.run(lambda si: vm_row(si, clone.vm))
+            row = await self.session.run(lambda content: vm_row(content, clone.vm))
         except (vmodl.MethodFault, OSError):
             return True  # cannot tell: do not kill it on a vCenter hiccup
         return row is not None and row.power == "poweredOn"

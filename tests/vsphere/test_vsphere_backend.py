@@ -125,7 +125,7 @@ async def test_session_expiry_mid_run_relogs_in_once(
     backend = make_backend(watch_deaths=False)
     await backend.prepare()
     first = await backend.start(new_id())
-    key = backend.session.si.content.sessionManager.currentSession.key
+    key = backend.session.content.sessionManager.currentSession.key
     si.content.sessionManager.TerminateSession([key])  # from the tests' own connection
 
     second = await backend.start(new_id())
