@@ -347,6 +347,12 @@ class HttpConnection(asyncio.Protocol):
         except ClientError as exc:
             self.fail(exc.status, exc.text)
         except httptools.HttpParserError as exc:
+            # a ClientError raised in our callbacks (414, 431, 413, 417, 505) reaches us
+            # wrapped in HttpParserCallbackError
+            cause = exc.__context__
+            if isinstance(cause, ClientError):
+                self.fail(cause.status, cause.text)
+                return
             self.server.rejected("bad_request")
             log.debug("bad request from %s: %s", self.peer, exc)
             if (
@@ -639,6 +645,9 @@ def _validate(req: Request) -> None:
         raise ClientError(400, "Bad Request: exactly one Host header is required")
     if hosts > 1:
         raise ClientError(400, "Bad Request: more than one Host header")
+    if hosts == 0:  # HTTP/1.0 without Host: the instance gets HTTP/1.1, which needs one
+        req.host = req.conn.server.authority
+        req.headers.append((b"Host", req.host))
     path = req.path
     if not path.startswith(b"/"):
         if path == b"*" and req.method == "OPTIONS":
@@ -687,6 +696,7 @@ class HttpServer:
         self._on_reject = on_reject
         self._idle = asyncio.Event()
         self.port = 0
+        self.authority = b"localhost"  # host:port we listen on, the Host of HTTP/1.0 requests
 
     def rejected(self, reason: str) -> None:
         if self._on_reject is not None:
@@ -701,6 +711,8 @@ class HttpServer:
             lambda: HttpConnection(self), host, port, reuse_address=True, backlog=1024
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
+        name = f"[{host}]" if ":" in host else host
+        self.authority = f"{name}:{self.port}".encode("ascii", "replace")
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting, close idle connections, let active requests finish."""

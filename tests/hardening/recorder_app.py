@@ -34,7 +34,7 @@ async def history(request: web.Request) -> web.Response:
 
 
 def create_app() -> web.Application:
-    app = web.Application()
+    app = web.Application(handler_args={"auto_decompress": False})  # see the bytes as sent
     app.router.add_get("/__seen", history)
     app.router.add_route("*", "/{tail:.*}", record)
     return app
