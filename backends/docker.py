@@ -1,21 +1,17 @@
 """The docker backend: one labelled container per instance, placed on the least loaded of
 several Docker engines, plus a pool of started-probed-then-paused containers that unpause
-in milliseconds (the "frozen root"). Blocking SDK calls run in this backend's threads."""
+in milliseconds (the "frozen root"). Config keys: backends/docker_config.py."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import math
 import re
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import docker.errors
@@ -32,6 +28,16 @@ from backends.base import (
 )
 from backends.docker_config import DockerConfig, parse_config
 from backends.docker_engine import Engine, is_unreachable, translate
+from backends.docker_events import ContainerEvent, pump
+from backends.docker_ops import (
+    Container,
+    create_started,
+    endpoint_of,
+    remove_quietly,
+    stop_and_remove,
+)
+from backends.docker_probe import probe
+from backends.docker_worker import Worker
 from backends.errors import (
     BackendConfigError,
     BackendError,
@@ -46,25 +52,15 @@ __all__ = ["LABEL_PAUSED", "DockerBackend", "DockerConfig", "create_backend", "p
 LABEL_PAUSED = "io.forkproxy.paused"
 
 log = logging.getLogger("forkproxy.backend.docker")
-T = TypeVar("T")
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]+")
-
-
-@dataclass(eq=False)
-class Container:
-    """Instance.handle: where the container lives."""
-
-    engine: Engine
-    id: str
-    name: str
 
 
 @dataclass(eq=False)
 class _Live:
     instance: Instance
     container: Container
-    stopping: bool = False
-    dead: bool = False
+    stopping: bool = False  # a die event now is our doing, not a death
+    dead: bool = False  # reported through on_death already
 
 
 @dataclass(eq=False)
@@ -87,20 +83,15 @@ class DockerBackend(Backend):
         self._live: dict[str, _Live] = {}  # by instance id
         self._by_cid: dict[str, str] = {}  # container id -> live instance id
         self._parked: deque[_Parked] = deque()
-        self._filling: dict[str, Container] = {}  # being started/probed for the paused pool
-        self._oomed: set[str] = set()
+        self._filling = 0  # paused-pool containers being started and probed
+        self._oomed: set[str] = set()  # container ids with an oom event
         self._streams: dict[str, Any] = {}  # engine url -> docker CancellableStream
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._threads: set[asyncio.Future[Any]] = set()
         self._refill = asyncio.Event()
         self._closing = False
         self._session: aiohttp.ClientSession | None = None
-        # Own pools: the default executor is small (cores + 4) and event streams would
-        # pin its threads forever.
-        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="docker-api")
-        self._event_pool = ThreadPoolExecutor(
-            max_workers=len(self._engines), thread_name_prefix="docker-events"
-        )
+        self._work = Worker("docker", threads=16)
+        # Event streams block a thread each for as long as they are open.
+        self._events = Worker("docker-events", threads=len(self._engines))
 
     def __repr__(self) -> str:
         up = sum(e.healthy for e in self._engines)
@@ -114,28 +105,6 @@ class DockerBackend(Backend):
         """Containers parked in the paused pool right now (a start takes one)."""
         return len(self._parked)
 
-    # -- plumbing ----------------------------------------------------------------------
-
-    async def _thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking call in our pool. A cancelled caller does not abandon the call:
-        aclose() waits for every call still running before it sweeps containers."""
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
-        self._threads.add(fut)
-        fut.add_done_callback(_settle(self._threads))
-        return await asyncio.shield(fut)
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=f"docker:{name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("task %s failed: %r", task.get_name(), exc, exc_info=exc)
-
     def _container_name(self, instance_id: str) -> str:
         return _NAME_UNSAFE.sub("-", f"forkproxy-{self.ctx.pool_name}-{instance_id}")
 
@@ -146,122 +115,26 @@ class DockerBackend(Backend):
             raise StartError(f"no healthy Docker engine ({detail})", reason="engine_unreachable")
         return min(healthy, key=lambda e: len(e.containers))
 
-    def _endpoint(self, engine: Engine, attrs: dict[str, Any]) -> Endpoint:
-        net = attrs.get("NetworkSettings") or {}
-        if self.cfg.endpoint == "container_ip":
-            networks = net.get("Networks") or {}
-            want = self.cfg.network or "bridge"
-            info: dict[str, Any] = networks.get(want) or next(iter(networks.values()), {})
-            ip = info.get("IPAddress") or net.get("IPAddress")
-            if not ip:
-                raise StartError(f"container has no IP on network {want!r}", reason="no_endpoint")
-            return Endpoint(ip, self.cfg.port)
-        bindings = (net.get("Ports") or {}).get(f"{self.cfg.port}/tcp") or []
-        if not bindings:
-            raise StartError(f"port {self.cfg.port}/tcp was not published", reason="no_endpoint")
-        host = self.cfg.publish_host
-        if host in ("0.0.0.0", "::", ""):
-            host = engine.publish_default_host
-        return Endpoint(host, int(bindings[0]["HostPort"]))
-
-    # -- blocking container operations (thread side) -----------------------------------
-
-    def _create_started(
-        self, engine: Engine, name: str, labels: dict[str, str], instance_id: str
-    ) -> tuple[str, dict[str, Any], dict[str, float]]:
-        """Create and start a container; return (id, inspect attrs, phase seconds).
-        Anything half-made is removed before the error propagates."""
-        api = engine.client.api
-        cfg = self.cfg
+    async def _create(self, engine: Engine, instance_id: str, labels: dict[str, str]) -> Any:
+        """create_started in a thread, errors translated; an unreachable engine is marked."""
+        name = self._container_name(instance_id)
         env = {"FORKPROXY_INSTANCE_ID": instance_id, "FORKPROXY_POOL": self.ctx.pool_name}
-        env.update(cfg.env)
-        ports = {cfg.port: (cfg.publish_host, None)} if cfg.endpoint == "published" else {}
-        host_config = api.create_host_config(
-            port_bindings=ports or None,
-            mem_limit=cfg.memory or None,
-            memswap_limit=cfg.memory or None,  # no swap: an overrun is an OOM, not a crawl
-            nano_cpus=int(cfg.cpus * 1e9) or None,
-            network_mode=cfg.network,
-        )
-        phases: dict[str, float] = {}
-        t0 = time.monotonic()
         try:
-            created = api.create_container(
-                cfg.image,
-                command=list(cfg.command) if cfg.command else None,
-                name=name,
-                labels=labels,
-                environment=env,
-                ports=[cfg.port],
-                host_config=host_config,
-                detach=True,
-            )
-        except docker.errors.APIError as exc:
-            if exc.status_code != 409:  # 409: the name is taken (a leftover); retry unnamed
-                raise
-            name = f"{name}-{uuid.uuid4().hex[:6]}"
-            created = api.create_container(
-                cfg.image,
-                command=list(cfg.command) if cfg.command else None,
-                name=name,
-                labels=labels,
-                environment=env,
-                ports=[cfg.port],
-                host_config=host_config,
-                detach=True,
-            )
-        cid: str = created["Id"]
-        t1 = time.monotonic()
-        phases["create"] = t1 - t0
-        try:
-            api.start(cid)
-            t2 = time.monotonic()
-            phases["start"] = t2 - t1
-            attrs: dict[str, Any] = api.inspect_container(cid)
-            state = attrs.get("State") or {}
-            if not state.get("Running"):
-                logs = engine.logs_tail(cid)
-                raise StartError(
-                    f"container {name} exited before ready (exit {state.get('ExitCode')}, "
-                    f"oom={state.get('OOMKilled')}); last log lines:\n{logs}",
-                    reason="oom" if state.get("OOMKilled") else "exited_before_ready",
-                )
-        except BaseException:
-            self._remove_quietly(engine, cid)
-            raise
-        return cid, attrs, phases
-
-    def _remove_quietly(self, engine: Engine, cid: str) -> None:
-        try:
-            engine.client.api.remove_container(cid, v=True, force=True)
-        except docker.errors.NotFound:
-            pass
+            return await self._work.call(create_started, engine, self.cfg, name, labels, env)
         except Exception as exc:
-            if "already in progress" not in str(exc):
-                log.warning("could not remove container %s on %s: %s", cid[:12], engine.url, exc)
-
-    def _stop_sync(self, c: Container) -> None:
-        api = c.engine.client.api
-        try:
-            api.stop(c.id, timeout=math.ceil(self.cfg.stop_timeout))
-        except docker.errors.NotFound:
-            return
-        except docker.errors.APIError as exc:
-            log.debug("stop %s: %s (removing by force)", c.name, exc)
-        try:
-            api.remove_container(c.id, v=True, force=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            if "already in progress" not in str(exc):
-                raise
+            err = translate(exc, engine.url, f"start {name}")
+            if err.reason == "exited_before_ready":
+                log.warning("%s", err)
+            if isinstance(err, BackendUnavailable):
+                self._engine_failed(engine, err)
+            raise err from exc
 
     # -- Backend API -------------------------------------------------------------------
 
     async def prepare(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0))
         results = await asyncio.gather(
-            *(self._thread(e.connect) for e in self._engines), return_exceptions=True
+            *(self._work.call(e.connect) for e in self._engines), return_exceptions=True
         )
         for engine, result in zip(self._engines, results, strict=True):
             if isinstance(result, BaseException):
@@ -280,7 +153,7 @@ class DockerBackend(Backend):
         for engine in healthy:
             await self._reap_or_adopt(engine)
         for engine in self._engines:
-            self._spawn(self._watch(engine), f"events:{engine.url}")
+            self._work.spawn(self._watch(engine), f"events:{engine.url}")
         if self.cfg.paused_pool:
             try:
                 await self._fill(deadline=time.monotonic() + self.ctx.start_timeout * 2)
@@ -288,7 +161,7 @@ class DockerBackend(Backend):
                 raise BackendConfigError(
                     f"the paused pool could not be filled from image {self.cfg.image!r}: {exc}"
                 ) from exc
-            self._spawn(self._refiller(), "refill")
+            self._work.spawn(self._refiller(), "refill")
 
     async def start(self, instance_id: str) -> Instance:
         if self._closing:
@@ -300,10 +173,10 @@ class DockerBackend(Backend):
                 return await self._take(parked, instance_id)
             except BackendError as exc:
                 log.warning("paused container %s unusable: %s", parked.container.name, exc)
-                self._spawn(self._remove(parked.container), "remove")
+                self._work.spawn(self._remove(parked.container), "remove")
         # The pool wraps start() in a timeout: run the cold start as an owned task so a
         # cancelled caller cannot leak a container that is created a moment later.
-        task = self._spawn(self._cold_start(instance_id), f"start:{instance_id}")
+        task = self._work.spawn(self._cold_start(instance_id), f"start:{instance_id}")
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -314,27 +187,26 @@ class DockerBackend(Backend):
         if task.cancelled() or task.exception() is not None or self._closing:
             return
         inst = task.result()
-        self._spawn(self.stop(inst, "abandoned"), f"stop:{inst.id}")
+        self._work.spawn(self.stop(inst, "abandoned"), f"stop:{inst.id}")
 
     async def _take(self, parked: _Parked, instance_id: str) -> Instance:
         c = parked.container
         t0 = time.monotonic()
         try:
-            await self._thread(c.engine.client.api.unpause, c.id)
+            await self._work.call(c.engine.client.api.unpause, c.id)
         except Exception as exc:
             raise translate(exc, c.engine.url, "unpause") from exc
-        t1 = time.monotonic()
         inst = self._register(instance_id, c, parked.endpoint, ready=True)
-        inst.phases = {"unpause": t1 - t0}
+        inst.phases = {"unpause": time.monotonic() - t0}
         inst.meta["from"] = "paused_pool"
         # The name is cosmetic (labels are immutable and keep the parking id): rename off
         # the hot path so `docker ps` shows which instance a container now serves.
-        self._spawn(self._rename(c, self._container_name(instance_id)), f"rename:{instance_id}")
+        self._work.spawn(self._rename(c, self._container_name(instance_id)), "rename")
         return inst
 
     async def _rename(self, c: Container, name: str) -> None:
         try:
-            await self._thread(c.engine.client.api.rename, c.id, name)
+            await self._work.call(c.engine.client.api.rename, c.id, name)
             c.name = name
         except Exception as exc:
             log.debug("rename %s -> %s failed: %s", c.name, name, exc)
@@ -344,25 +216,17 @@ class DockerBackend(Backend):
         while True:
             engine = self._pick_engine()
             tried.add(engine.url)
-            name = self._container_name(instance_id)
             try:
-                cid, attrs, phases = await self._thread(
-                    self._create_started, engine, name, self.ctx.labels(instance_id), instance_id
+                c, attrs, phases = await self._create(
+                    engine, instance_id, self.ctx.labels(instance_id)
                 )
-            except Exception as exc:
-                err = translate(exc, engine.url, f"start {name}")
-                if err.reason == "exited_before_ready":
-                    log.warning("%s", err)
-                if not isinstance(err, BackendUnavailable):
-                    raise err from exc
-                self._engine_failed(engine, err)
+            except BackendUnavailable as exc:  # try the next engine, if any is left
                 if all(e.url in tried or not e.healthy for e in self._engines):
-                    raise StartError(str(err), reason="engine_unreachable") from exc
+                    raise StartError(str(exc), reason="engine_unreachable") from exc
                 continue
-            c = Container(engine, cid, str(attrs.get("Name", name)).lstrip("/"))
-            engine.containers.add(cid)
+            engine.containers.add(c.id)
             try:
-                endpoint = self._endpoint(engine, attrs)
+                endpoint = endpoint_of(self.cfg, engine, attrs)
             except StartError:
                 await self._remove(c)
                 raise
@@ -396,7 +260,7 @@ class DockerBackend(Backend):
         try:
             if c.engine.client is None:
                 raise BackendUnavailable(f"Docker engine {c.engine.url} is not connected")
-            await self._thread(self._stop_sync, c)
+            await self._work.call(stop_and_remove, c, self.cfg.stop_timeout)
         except Exception as exc:
             # The engine is gone: so is (or will be, when it is swept) the container.
             err = translate(exc, c.engine.url, f"stop {c.name}")
@@ -415,9 +279,15 @@ class DockerBackend(Backend):
 
     async def _remove(self, c: Container) -> None:
         try:
-            await self._thread(self._remove_quietly, c.engine, c.id)
+            await self._work.call(remove_quietly, c)
         finally:
             self._forget(c)
+
+    async def _pool_rows(self, engine: Engine, label: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = await self._work.call(
+            engine.client.api.containers, all=True, filters={"label": label}
+        )
+        return rows
 
     async def list(self) -> list[Instance]:
         found: list[Instance] = []
@@ -426,19 +296,14 @@ class DockerBackend(Backend):
             if not engine.healthy:
                 continue
             try:
-                rows = await self._thread(
-                    engine.client.api.containers,
-                    all=True,
-                    filters={"label": f"{LABEL_POOL}={self.ctx.pool_name}"},
-                )
+                rows = await self._pool_rows(engine, f"{LABEL_POOL}={self.ctx.pool_name}")
             except Exception as exc:
                 err = translate(exc, engine.url, "list containers")
                 if isinstance(err, BackendUnavailable):
                     self._engine_failed(engine, err)
                     continue
                 raise err from exc
-            for row in rows:
-                found.append(self._row_instance(engine, row, parked))
+            found.extend(self._row_instance(engine, row, parked) for row in rows)
         return found
 
     def _row_instance(self, engine: Engine, row: dict[str, Any], parked: set[str]) -> Instance:
@@ -446,13 +311,9 @@ class DockerBackend(Backend):
         cid = row["Id"]
         name = (row.get("Names") or [cid])[0].lstrip("/")
         ours = cid in self._by_cid or cid in parked
+        ports = row.get("Ports") or []
         port = next(
-            (
-                p.get("PublicPort", 0)
-                for p in row.get("Ports") or []
-                if p.get("PrivatePort") == self.cfg.port
-            ),
-            0,
+            (p.get("PublicPort", 0) for p in ports if p.get("PrivatePort") == self.cfg.port), 0
         )
         return Instance(
             id=self._by_cid.get(cid) or labels.get(LABEL_INSTANCE, name),
@@ -477,7 +338,7 @@ class DockerBackend(Backend):
         if live is not None and live.dead:
             return False
         try:
-            attrs = await self._thread(c.engine.client.api.inspect_container, c.id)
+            attrs = await self._work.call(c.engine.client.api.inspect_container, c.id)
         except Exception:
             return False
         return bool((attrs.get("State") or {}).get("Status") == "running")
@@ -488,14 +349,10 @@ class DockerBackend(Backend):
         self._closing = True
         self._refill.set()
         for stream in list(self._streams.values()):
-            stream.close()  # unblocks the event thread
-        for task in list(self._tasks):
-            if not task.get_name().startswith("docker:start:"):
-                task.cancel()
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        if self._threads:  # calls whose callers were cancelled: let them land first
-            await asyncio.wait(list(self._threads), timeout=60)
+            stream.close()  # ends the blocking read in the event thread
+        # Cold starts in flight finish (their containers are swept below); the rest stop.
+        await self._work.drain(keep=lambda t: ":start:" in t.get_name(), calls_within=60)
+        await self._events.drain(keep=lambda t: False, calls_within=10)
         # Everything this run created carries its owner label; adopted parked ones do not.
         parked = [p.container for p in self._parked]
         self._parked.clear()
@@ -506,18 +363,17 @@ class DockerBackend(Backend):
             await self._session.close()
         for engine in self._engines:
             engine.close()
-        self._pool.shutdown(wait=False)
-        self._event_pool.shutdown(wait=False)
+        self._work.shutdown()
+        self._events.shutdown()
 
     # -- image and leftovers -----------------------------------------------------------
 
     async def _ensure_image(self, engine: Engine) -> None:
         image, url = self.cfg.image, engine.url
-        api = engine.client.api
         if self.cfg.pull == "always":
             await self._pull(engine)
         try:
-            await self._thread(api.inspect_image, image)
+            await self._work.call(engine.client.api.inspect_image, image)
             return
         except docker.errors.ImageNotFound:
             if self.cfg.pull == "never":
@@ -534,7 +390,7 @@ class DockerBackend(Backend):
         repo, tag = parse_repository_tag(self.cfg.image)
         log.info("pulling %s on %s", self.cfg.image, engine.url)
         try:
-            await self._thread(engine.client.api.pull, repo, tag=tag or "latest")
+            await self._work.call(engine.client.api.pull, repo, tag=tag or "latest")
         except Exception as exc:
             raise BackendConfigError(
                 f"pulling image {self.cfg.image!r} on Docker engine {engine.url} failed: {exc}",
@@ -544,12 +400,7 @@ class DockerBackend(Backend):
     async def _reap_or_adopt(self, engine: Engine) -> None:
         """Containers of this pool left by an earlier run: removed, or with adopt = true
         running ones become paused-pool members (probed, then paused) up to its size."""
-        rows = await self._thread(
-            engine.client.api.containers,
-            all=True,
-            filters={"label": f"{LABEL_POOL}={self.ctx.pool_name}"},
-        )
-        for row in rows:
+        for row in await self._pool_rows(engine, f"{LABEL_POOL}={self.ctx.pool_name}"):
             labels = row.get("Labels") or {}
             if labels.get(LABEL_OWNER) == self.ctx.owner_id:
                 continue
@@ -572,32 +423,31 @@ class DockerBackend(Backend):
     async def _adopt(self, c: Container, paused: bool) -> None:
         api = c.engine.client.api
         if paused:
-            await self._thread(api.unpause, c.id)
-        attrs = await self._thread(api.inspect_container, c.id)
-        endpoint = self._endpoint(c.engine, attrs)
-        await self._probe(c, endpoint, time.monotonic() + self.ctx.start_timeout)
-        await self._thread(api.pause, c.id)
+            await self._work.call(api.unpause, c.id)
+        attrs = await self._work.call(api.inspect_container, c.id)
+        endpoint = endpoint_of(self.cfg, c.engine, attrs)
+        await self._probe(c, endpoint)
+        await self._work.call(api.pause, c.id)
         c.engine.containers.add(c.id)
         self._parked.append(_Parked(c, endpoint))
         log.info("adopted leftover %s into the paused pool", c.name)
 
     async def _sweep(self, engine: Engine, keep: set[str]) -> None:
         """Remove this run's containers on an engine except `keep` (ids)."""
-        rows = await self._thread(
-            engine.client.api.containers,
-            all=True,
-            filters={"label": f"{LABEL_OWNER}={self.ctx.owner_id}"},
-        )
-        names = {r["Id"]: (r.get("Names") or ["?"])[0].lstrip("/") for r in rows}
-        await asyncio.gather(
-            *(
-                self._remove(Container(engine, cid, n))
-                for cid, n in names.items()
-                if cid not in keep
-            )
-        )
+        rows = await self._pool_rows(engine, f"{LABEL_OWNER}={self.ctx.owner_id}")
+        gone = [
+            Container(engine, r["Id"], (r.get("Names") or ["?"])[0].lstrip("/"))
+            for r in rows
+            if r["Id"] not in keep
+        ]
+        await asyncio.gather(*(self._remove(c) for c in gone))
 
     # -- paused pool -------------------------------------------------------------------
+
+    async def _probe(self, c: Container, endpoint: Endpoint) -> None:
+        assert self._session is not None, "prepare() first"
+        deadline = time.monotonic() + self.ctx.start_timeout
+        await probe(self._session, self._work, c, endpoint, self.ctx.readiness_path, deadline)
 
     async def _refiller(self) -> None:
         backoff = 0.5
@@ -616,7 +466,7 @@ class DockerBackend(Backend):
     async def _fill(self, deadline: float | None) -> None:
         """Top the paused pool up, two containers at a time (the machine is small)."""
         while not self._closing:
-            need = self.cfg.paused_pool - len(self._parked) - len(self._filling)
+            need = self.cfg.paused_pool - len(self._parked) - self._filling
             if need <= 0:
                 return
             if deadline is not None and time.monotonic() > deadline:
@@ -625,73 +475,35 @@ class DockerBackend(Backend):
                 *(self._park_one() for _ in range(min(need, 2))), return_exceptions=True
             )
             for r in results:
+                if isinstance(r, BackendError):
+                    raise r
                 if isinstance(r, BaseException):
-                    if isinstance(r, BackendError):
-                        raise r
                     raise StartError(f"paused pool: {r!r}") from r
 
     async def _park_one(self) -> None:
-        engine = self._pick_engine()
         pid = f"paused-{uuid.uuid4().hex[:8]}"
-        labels = {**self.ctx.labels(pid), LABEL_PAUSED: "true"}
-        name = self._container_name(pid)
+        engine = self._pick_engine()
+        self._filling += 1
         try:
-            cid, attrs, _ = await self._thread(self._create_started, engine, name, labels, pid)
-        except Exception as exc:
-            err = translate(exc, engine.url, f"start {name}")
-            if isinstance(err, BackendUnavailable):
-                self._engine_failed(engine, err)
-            raise err from exc
-        c = Container(engine, cid, name)
-        engine.containers.add(cid)
-        self._filling[cid] = c
-        try:
-            endpoint = self._endpoint(engine, attrs)
-            await self._probe(c, endpoint, time.monotonic() + self.ctx.start_timeout)
-            await self._thread(engine.client.api.pause, cid)
-        except BaseException as exc:
-            self._filling.pop(cid, None)
-            await asyncio.shield(self._remove(c))
-            if isinstance(exc, Exception) and not isinstance(exc, BackendError):
-                raise translate(exc, engine.url, f"park {name}") from exc
-            raise
-        self._filling.pop(cid, None)
+            c, attrs, _ = await self._create(
+                engine, pid, {**self.ctx.labels(pid), LABEL_PAUSED: "true"}
+            )
+            engine.containers.add(c.id)
+            try:
+                endpoint = endpoint_of(self.cfg, engine, attrs)
+                await self._probe(c, endpoint)
+                await self._work.call(engine.client.api.pause, c.id)
+            except BaseException as exc:
+                await asyncio.shield(self._remove(c))
+                if isinstance(exc, Exception) and not isinstance(exc, BackendError):
+                    raise translate(exc, engine.url, f"park {c.name}") from exc
+                raise
+        finally:
+            self._filling -= 1
         if self._closing:
             await self._remove(c)
             return
         self._parked.append(_Parked(c, endpoint))
-
-    async def _probe(self, c: Container, endpoint: Endpoint, deadline: float) -> None:
-        """GET readiness_path until 200; notice a container that exits meanwhile."""
-        assert self._session is not None
-        url = endpoint.url + self.ctx.readiness_path
-        next_check = time.monotonic() + 0.5
-        last = "no answer"
-        while True:
-            try:
-                async with self._session.get(url) as resp:
-                    if resp.status == 200:
-                        return
-                    last = f"HTTP {resp.status}"
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                last = repr(exc)
-            now = time.monotonic()
-            if now >= next_check:
-                next_check = now + 0.5
-                attrs = await self._thread(c.engine.client.api.inspect_container, c.id)
-                state = attrs.get("State") or {}
-                if not state.get("Running"):
-                    logs = await self._thread(c.engine.logs_tail, c.id)
-                    err = StartError(
-                        f"container {c.name} exited before ready (exit {state.get('ExitCode')});"
-                        f" last log lines:\n{logs}",
-                        reason="oom" if state.get("OOMKilled") else "exited_before_ready",
-                    )
-                    log.warning("%s", err)
-                    raise err
-            if now > deadline:
-                raise StartError(f"{url} not ready in time: {last}", reason="ready_timeout")
-            await asyncio.sleep(0.02)
 
     # -- engine health and events --------------------------------------------------------
 
@@ -718,17 +530,16 @@ class DockerBackend(Backend):
                 wait = engine.retry_after - (time.monotonic() - engine.down_since)
                 await asyncio.sleep(max(wait, 0.0))
                 try:
-                    await self._thread(engine.connect)
+                    await self._work.call(engine.connect)
                 except BackendError:
-                    engine.down_since = time.monotonic()
-                    continue
+                    continue  # connect() marked it down again: wait another engine_retry
                 log.info("Docker engine %s is back", engine.url)
                 # Containers of ours it still holds belong to instances reported dead.
                 await self._sweep(engine, keep={p.container.id for p in self._parked})
                 self._refill.set()
                 since = None
             try:
-                stream = await self._thread(
+                stream = await self._work.call(
                     engine.client.events,
                     decode=True,
                     since=since,
@@ -741,10 +552,9 @@ class DockerBackend(Backend):
             if self._closing:
                 stream.close()
                 return
+            deliver = self._on_event
             try:
-                last = await loop.run_in_executor(
-                    self._event_pool, self._pump, engine, stream, loop
-                )
+                last = await self._events.call(pump, stream, loop, deliver, engine.url)
             finally:
                 self._streams.pop(engine.url, None)
             since = last or int(time.time())
@@ -752,37 +562,22 @@ class DockerBackend(Backend):
                 return
             # The stream ended by itself: the engine restarted or went away.
             try:
-                await self._thread(engine.client.ping)
+                await self._work.call(engine.client.ping)
             except Exception as exc:
                 self._engine_failed(engine, f"event stream ended and ping failed: {exc}")
 
-    def _pump(self, engine: Engine, stream: Any, loop: asyncio.AbstractEventLoop) -> int | None:
-        """Thread side: forward events to the loop; return the last event's time."""
-        last: int | None = None
-        try:
-            for event in stream:
-                last = event.get("time", last)
-                loop.call_soon_threadsafe(self._on_event, engine, event)
-        except RuntimeError:  # the loop closed under us
-            pass
-        except Exception as exc:
-            log.debug("event stream of %s ended: %r", engine.url, exc)
-        return last
-
-    def _on_event(self, engine: Engine, event: dict[str, Any]) -> None:
-        action = event.get("Action") or event.get("status") or ""
-        cid = (event.get("Actor") or {}).get("ID") or event.get("id") or ""
-        if action == "oom":
+    def _on_event(self, event: ContainerEvent) -> None:
+        cid = event.container_id
+        if event.action == "oom":
             self._oomed.add(cid)
             return
-        if action != "die":
+        if event.action != "die":
             return
-        code = ((event.get("Actor") or {}).get("Attributes") or {}).get("exitCode", "?")
         for p in list(self._parked):
             if p.container.id == cid:
-                log.warning("paused container %s died (exit %s)", p.container.name, code)
+                log.warning("paused container %s died (exit %s)", p.container.name, event.exit_code)
                 self._parked.remove(p)
-                self._spawn(self._remove(p.container), "remove")
+                self._work.spawn(self._remove(p.container), "remove")
                 self._refill.set()
                 return
         iid = self._by_cid.get(cid)
@@ -790,7 +585,7 @@ class DockerBackend(Backend):
         if live is None or live.stopping or live.dead:
             return
         live.dead = True
-        self._spawn(self._report_death(live, code), f"death:{live.instance.id}")
+        self._work.spawn(self._report_death(live, event.exit_code), f"death:{live.instance.id}")
 
     async def _report_death(self, live: _Live, code: str) -> None:
         c = live.container
@@ -802,29 +597,17 @@ class DockerBackend(Backend):
             for attempt in range(2 if code == "137" else 1):
                 if attempt:
                     await asyncio.sleep(0.5)
-                attrs = await self._thread(c.engine.client.api.inspect_container, c.id)
-                oom = (
-                    oom or c.id in self._oomed or bool((attrs.get("State") or {}).get("OOMKilled"))
-                )
+                attrs = await self._work.call(c.engine.client.api.inspect_container, c.id)
+                state = attrs.get("State") or {}
+                oom = oom or c.id in self._oomed or bool(state.get("OOMKilled"))
                 if oom:
                     break
-            logs = await self._thread(c.engine.logs_tail, c.id, 10)
+            logs = await self._work.call(c.engine.logs_tail, c.id, 10)
         except Exception as exc:
             if is_unreachable(exc):
                 self._engine_failed(c.engine, exc)
-        reason = "oom" if oom else f"exited:{code}"
+        reason = "oom" if oom else f"exited:{code or '?'}"
         log.warning(
             "container %s (instance %s) died: %s\n%s", c.name, live.instance.id, reason, logs
         )
         self.ctx.on_death(live.instance.id, reason)
-
-
-def _settle(pending: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:
-    """Done-callback: forget the future and retrieve its exception (nobody else may)."""
-
-    def done(fut: asyncio.Future[Any]) -> None:
-        pending.discard(fut)
-        if not fut.cancelled():
-            fut.exception()
-
-    return done
