@@ -3,6 +3,7 @@ children (labelled in place, see _linux.role_slot) and exec'd commands."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from backends.process import _linux
@@ -19,6 +20,7 @@ class Found:
     instance_id: str
     owner: str
     port: int = 0
+    ppid: int = 0
 
 
 def template_id(pid: int) -> str:
@@ -68,5 +70,5 @@ def scan(pool: str) -> list[Found]:
         if parent is not None and item.kind == "template" and parent.kind == "template":
             # A fork that has not relabelled itself yet (it is microseconds old).
             item = Found(pid, "fork", unlabelled_id(pid), item.owner)
-        result.append(item)
+        result.append(dataclasses.replace(item, ppid=parents[pid]))
     return sorted(result, key=lambda f: f.pid)

@@ -2,8 +2,9 @@
 handed, on uvloop, until SIGTERM (graceful) or until its template goes away.
 
 A child is either forked for an instance (its socket is known at once) or forked ahead
-as a spare: it builds its loop and runs the app's startup, then waits for the template
-to assign it an instance (id + socket). `acquire` hides the difference."""
+as a spare: it builds its loop (aiohttp: and runs the app's on_startup), then waits for
+the template to assign it an instance (id + socket). `acquire` hides the difference.
+ASGI apps are served by uvicorn, configured and loaded once in the template."""
 
 from __future__ import annotations
 
@@ -78,14 +79,10 @@ async def serve_aiohttp(app: web.Application, acquire: Acquire, grace: float, pp
         await life.close()
 
 
-async def serve_asgi(app: Any, acquire: Acquire, grace: float, ppid: int) -> None:
+def asgi_config(app: Any, grace: float) -> Any:
+    """uvicorn's config, loaded (protocol classes imported) in the template, once."""
     import uvicorn
 
-    life = Lifetime(ppid)
-    sock = await life.until(acquire())
-    await life.close()  # uvicorn installs its own SIGTERM/SIGINT handling (graceful)
-    if sock is None:
-        return
     config = uvicorn.Config(
         app,
         loop="none",
@@ -94,6 +91,18 @@ async def serve_asgi(app: Any, acquire: Acquire, grace: float, ppid: int) -> Non
         access_log=False,
         timeout_graceful_shutdown=max(1, int(grace)),
     )
+    config.load()
+    return config
+
+
+async def serve_asgi(config: Any, acquire: Acquire, grace: float, ppid: int) -> None:
+    import uvicorn
+
+    life = Lifetime(ppid)
+    sock = await life.until(acquire())
+    await life.close()  # uvicorn installs its own SIGTERM/SIGINT handling (graceful)
+    if sock is None:
+        return
     server = uvicorn.Server(config)
     loop = asyncio.get_running_loop()
 

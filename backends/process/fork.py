@@ -335,12 +335,14 @@ class ForkBackend(_common.ProcessBackendBase):
         result = []
         for item in await self._scan():
             child = ours.get(item.pid)
-            if item.pid == tpl_pid:  # even while it is mid-fork, labelled for its child
+            if item.pid == tpl_pid:
                 item = _scan.Found(tpl_pid, "template", _scan.template_id(tpl_pid), item.owner)
             elif child is not None:
                 item = _scan.Found(item.pid, "fork", child.id, self.ctx.owner_id, child.port)
-            elif item.kind == "spare":
-                continue  # not an instance yet; it lives and dies with its template
+            elif item.kind == "spare" or (
+                item.ppid == tpl_pid and item.instance_id == _scan.unlabelled_id(item.pid)
+            ):
+                continue  # a spare (being born): not an instance; it dies with its template
             result.append(self._found_to_instance(item))
         return result
 

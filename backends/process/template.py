@@ -72,13 +72,15 @@ class Template:
         for entry in reversed(self.spec.get("pythonpath", [])):
             sys.path.insert(1, os.path.abspath(entry))
         self.kind, self.app = _apps.load(self.spec["app"], self.spec["app_kind"])
-        if self.kind == "asgi":
-            import uvicorn  # noqa: F401 - fail now, not in every child; warm the import
+        if self.spec.get("warmup"):
+            _apps.call_hook(self.spec["warmup"], self.app)
         # Everything a child needs is loaded here, once: a fork then imports nothing.
         import uvloop  # noqa: F401
 
-        from backends.process import _serve  # noqa: F401
+        from backends.process import _serve
 
+        if self.kind == "asgi":
+            self.app = _serve.asgi_config(self.app, self.grace)  # needs uvicorn: fail now
         if threading.active_count() != 1:
             names = ", ".join(t.name for t in threading.enumerate())
             raise RuntimeError(
@@ -87,9 +89,6 @@ class Template:
             )
         self.role_slot = _linux.role_slot()
         _linux.set_pdeathsig()  # (again) loads libc's prctl for the children
-
-        if self.spec.get("warmup"):
-            _apps.call_hook(self.spec["warmup"], self.app)
         # Move everything built so far out of the collector's reach: children then do
         # not dirty (copy) these pages when a GC pass touches their headers.
         gc.collect()
@@ -172,7 +171,7 @@ class Template:
         spare = pid is not None
         if pid is None:
             try:
-                pid = self._fork_labelled(f"{_linux.ROLE_FORK_PREFIX}{iid}")
+                pid = os.fork()
             except OSError as exc:
                 os.close(fds[0])
                 self.send({"op": "error", "id": iid, "error": f"fork failed: {exc}"})
@@ -203,7 +202,7 @@ class Template:
                 return
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             try:
-                pid = self._fork_labelled(_linux.ROLE_SPARE)
+                pid = os.fork()
             except OSError as exc:
                 print(f"forkproxy template: cannot fork a spare: {exc}", file=sys.stderr)
                 ours.close()
@@ -211,28 +210,21 @@ class Template:
                 return
             if pid == 0:
                 ours.close()
-                self._child(lambda: None, None, theirs)
+                self._child(self._label_spare, None, theirs)
             theirs.close()
             self.spares[pid] = ours
 
-    def _fork_labelled(self, role: str) -> int:
-        """fork() with the child's /proc label already in place: the label is written
-        into our own environment block just for the fork, so no scan ever sees an
-        unlabelled child (a scan in those microseconds sees this template as `role`)."""
-        if self.role_slot is None:
-            return os.fork()
-        _linux.write_role(self.role_slot, role)
-        try:
-            return os.fork()
-        finally:
-            if os.getpid() == self.pid:
-                _linux.write_role(self.role_slot, _linux.ROLE_TEMPLATE)
+    def _label_spare(self) -> None:
+        # Until this runs (microseconds after the fork) /proc shows the child as a
+        # "template"; _scan tells it apart by its parent.
+        if self.role_slot is not None:
+            _linux.write_role(self.role_slot, _linux.ROLE_SPARE)
 
     def _label(self, iid: str, env: dict[str, str]) -> None:
         """Become instance `iid`: its env for the app, its label for list()."""
         os.environ.update(env)
         os.environ[_linux.ROLE_VAR] = f"{_linux.ROLE_FORK_PREFIX}{iid}"
-        if self.role_slot is not None:  # a spare relabels itself; a direct fork is born so
+        if self.role_slot is not None:
             _linux.write_role(self.role_slot, f"{_linux.ROLE_FORK_PREFIX}{iid}")
 
     def _child(
