@@ -16,9 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
-from backends._vsphere_config import ContainerSpec, VsphereConfig, parse_config
+from backends._vsphere_config import VsphereConfig, parse_config
+from backends._vsphere_guest import probe, start_container
 from backends._vsphere_inventory import (
     KEY_HOSTNAME,
     KEY_INSTANCE,
@@ -255,9 +254,10 @@ class VsphereBackend(Backend):
                 phases=pending.phases,
             )
             if self.cfg.container is not None:
-                await self._start_container(instance, self.cfg.container, guest_ip)
+                labels = self.ctx.labels(instance_id)
+                await start_container(instance, self.cfg.container, name, labels)
             if self.cfg.readiness_path is not None:
-                await self._probe(instance, self.cfg.readiness_path)
+                await probe(instance, self.cfg.readiness_path, self.ctx.start_timeout)
         except BaseException as exc:
             self._abandon(pending, name, ip, work)
             if isinstance(exc, BackendError | asyncio.CancelledError):
@@ -317,59 +317,6 @@ class VsphereBackend(Backend):
         if pending.clone is not None:
             self._destroy_sync(content, pending.clone)
             log.info("vsphere: removed the clone %s of a failed start", name)
-
-    async def _start_container(self, instance: Instance, spec: ContainerSpec, ip: str) -> None:
-        url = spec.engine_url.format(ip=ip)
-        t0 = time.monotonic()
-
-        def run() -> str:
-            import docker
-
-            client = docker.DockerClient(base_url=url, timeout=60)
-            try:
-                container = client.containers.run(
-                    spec.image,
-                    list(spec.command) if spec.command else None,
-                    detach=True,
-                    name=instance.handle.name,
-                    labels=self.ctx.labels(instance.id),
-                    network_mode="host",
-                    restart_policy={"Name": "unless-stopped"},
-                )
-                return str(container.id)
-            finally:
-                client.close()
-
-        try:
-            cid = await asyncio.to_thread(run)
-        except Exception as exc:
-            raise StartError(
-                f"clone {instance.handle.name}: app container on {url} failed: {exc}",
-                reason="container_failed",
-            ) from exc
-        instance.meta["container"] = cid[:12]
-        instance.phases["container"] = time.monotonic() - t0
-
-    async def _probe(self, instance: Instance, path: str) -> None:
-        """The backend's own readiness check (readiness_path set): ready=True for the pool."""
-        t0 = time.monotonic()
-        deadline = t0 + self.ctx.start_timeout
-        url = instance.endpoint.url + path
-        timeout = aiohttp.ClientTimeout(total=2)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
-            while True:
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with http.get(url) as resp:
-                        if resp.status < 500:
-                            break
-                if time.monotonic() > deadline:
-                    raise StartError(
-                        f"{url} did not answer within {self.ctx.start_timeout:g}s",
-                        reason="not_ready",
-                    )
-                await asyncio.sleep(0.05)  # a guest app coming up: nothing to wait on but it
-        instance.ready = True
-        instance.phases["readiness"] = time.monotonic() - t0
 
     # -- stop ----------------------------------------------------------------------------
 

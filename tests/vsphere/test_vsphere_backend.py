@@ -246,3 +246,51 @@ async def test_concurrent_starts_get_one_clone_each(make_backend: MakeBackend) -
     started = await asyncio.gather(*(backend.start(new_id()) for _ in range(4)))
     assert len({i.endpoint.host for i in started}) == 4
     await asyncio.gather(*(backend.stop(i, "test") for i in started))
+
+
+async def test_readiness_path_makes_the_backend_probe_itself(make_backend: MakeBackend) -> None:
+    backend = make_backend(readiness_path="/", watch_deaths=False)
+    await backend.prepare()
+    inst = await backend.start(new_id())
+    assert inst.ready, "the pool may skip its own probe"
+    assert "readiness" in inst.phases
+    status, _ = await get(inst.endpoint.url + "/")
+    assert status == 200
+    await backend.stop(inst, "test")
+
+
+async def test_container_table_starts_the_app_through_a_docker_api(
+    make_backend: MakeBackend, si: Any
+) -> None:
+    # vcsim's clones have no Docker engine inside, so this engine_url (no {ip}) points at
+    # the host's: it checks the docker call, its labels and the error path, not the guest.
+    import docker
+
+    engine = "unix:///var/run/docker.sock"
+    backend = make_backend(
+        watch_deaths=False,
+        container={"image": "forkproxy-test/httpd:latest", "command": ["sleep", "120"]}
+        | {"engine_url": engine},
+    )
+    await backend.prepare()
+    client = docker.DockerClient(base_url=engine)
+    inst = await backend.start(new_id())
+    try:
+        assert "container" in inst.phases
+        container = client.containers.get(inst.meta["container"])
+        assert container.labels["io.forkproxy.instance"] == inst.id
+        assert container.name == inst.handle.name
+    finally:
+        client.containers.get(inst.meta["container"]).remove(force=True)
+        await backend.stop(inst, "test")
+
+    broken = make_backend(
+        watch_deaths=False,
+        container={"image": "forkproxy-test/no-such-image:1", "engine_url": engine},
+    )
+    await broken.prepare()
+    with pytest.raises(StartError) as err:
+        await broken.start(new_id())
+    assert err.value.reason == "container_failed"
+    await eventually(lambda: not [n for n in vm_names(si) if n.startswith("forkproxy-")], 30)
+    client.close()
