@@ -27,6 +27,7 @@ recipe="$(
       find httpd -print0 | sort -z | xargs -0 stat -c '%n %a'; } | sha256sum | cut -c1-16
 )"
 current="$(docker image inspect -f '{{ index .Config.Labels "io.forkproxy.recipe" }}' "$image" 2>/dev/null || true)"
+previous="$(docker image inspect -f '{{ .Id }}' "$image" 2>/dev/null || true)"
 if [[ "$current" == "$recipe" ]]; then
     echo "build.sh: $image is up to date (recipe $recipe)"
     exit 0
@@ -54,4 +55,8 @@ docker import \
     --change 'ENV PATH=/bin' \
     --change "LABEL io.forkproxy.recipe=$recipe" \
     "$work/rootfs.tar" "$image" >/dev/null
+# The image it replaces is now untagged: drop it unless a container still uses it.
+if [[ -n "$previous" ]]; then
+    docker image rm "$previous" >/dev/null 2>&1 || true
+fi
 echo "build.sh: built $image (recipe $recipe)"
