@@ -16,7 +16,14 @@ from proxy.headers import downstream_raw, server_timing, upstream_head
 from proxy.http1 import ClientError, Request
 from proxy.metrics import Metrics
 from proxy.pool import Lease, Pool, PoolError
-from proxy.upstream import ConnectFailed, Connection, Response, UpstreamClient, UpstreamError
+from proxy.upstream import (
+    ConnectFailed,
+    Connection,
+    ConnectTimeout,
+    Response,
+    UpstreamClient,
+    UpstreamError,
+)
 
 log = logging.getLogger("forkproxy.forward")
 
@@ -147,6 +154,9 @@ class Forwarder:
                     continue
                 log.warning("upstream %s failed: %s", lease.slot.id, exc)
                 req.keep_alive = req.keep_alive and req.body.complete
+                if isinstance(exc, ConnectTimeout):  # nginx: proxy_connect_timeout -> 504
+                    req.respond(504, "Gateway Timeout: instance did not accept in time")
+                    return 504
                 if isinstance(exc, ConnectFailed):
                     req.respond(502, "Bad Gateway: instance unreachable")
                 else:

@@ -307,7 +307,9 @@ class HttpConnection(asyncio.Protocol):
             self.closing = True
             return
         self.server.connections.add(self)
-        self._arm(self.limits.keepalive_timeout, idle=True)
+        # a fresh connection gets header_timeout for its first byte (HAProxy's timeout
+        # http-request); closed silently if nothing came, like an idle keep-alive one
+        self._arm(self.limits.header_timeout, idle=True)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -466,7 +468,11 @@ class HttpConnection(asyncio.Protocol):
                 req.keep_alive = False
                 req.respond(exc.status, exc.text)
             self.closing = True
-        except (ConnectionError, asyncio.CancelledError):
+        except ConnectionError as exc:  # the client went away or stopped reading: routine
+            log.debug("client %s: %s", self.peer, exc)
+            self.abort()
+            return
+        except asyncio.CancelledError:
             self.abort()
             raise
         except Exception:
@@ -577,8 +583,13 @@ class HttpConnection(asyncio.Protocol):
     def close(self) -> None:
         self.closing = True
         self._disarm()
-        if self.transport is not None:
-            self.transport.close()
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.close()
+            if t.get_write_buffer_size():
+                # close() waits for the buffer to flush: a client that stops reading
+                # would hold the connection forever
+                self.loop.call_later(self.limits.send_timeout, t.abort)
 
     def abort(self) -> None:
         self.closing = True

@@ -36,6 +36,10 @@ class ConnectFailed(UpstreamError):
     kind = "connect"
 
 
+class ConnectTimeout(ConnectFailed):
+    kind = "connect_timeout"
+
+
 class Disconnected(UpstreamError):
     kind = "disconnected"
 
@@ -305,7 +309,7 @@ class UpstreamClient:
                     lambda: Connection(loop, ep), ep.host, ep.port
                 )
         except TimeoutError as exc:
-            raise ConnectFailed(f"connect to {ep.url} timed out") from exc
+            raise ConnectTimeout(f"connect to {ep.url} timed out") from exc
         except OSError as exc:
             raise ConnectFailed(f"connect to {ep.url}: {exc.strerror or exc}") from exc
         return proto

@@ -1,6 +1,7 @@
 """The instance app of the hardening tests: answers every method and path with what it
 received (method, raw target, raw headers in order, body length and digest); GET
-/__seen lists every request this instance received (method, target, body length)."""
+/__seen lists every request this instance received (method, target, body length),
+/__bytes?n=N streams N bytes."""
 
 from __future__ import annotations
 
@@ -33,8 +34,21 @@ async def history(request: web.Request) -> web.Response:
     return web.json_response(HISTORY)
 
 
+async def send_bytes(request: web.Request) -> web.StreamResponse:
+    """n zero bytes, streamed (for slow readers)."""
+    left = int(request.query.get("n", "0"))
+    resp = web.StreamResponse(headers={"Content-Length": str(left)})
+    await resp.prepare(request)
+    block = bytes(65536)
+    while left > 0:
+        await resp.write(block[: min(left, len(block))])
+        left -= len(block)
+    return resp
+
+
 def create_app() -> web.Application:
     app = web.Application(handler_args={"auto_decompress": False})  # see the bytes as sent
     app.router.add_get("/__seen", history)
+    app.router.add_get("/__bytes", send_bytes)
     app.router.add_route("*", "/{tail:.*}", record)
     return app
