@@ -92,6 +92,7 @@ class DeathWatch:
             wanted = dict(self._watched)
             self._dirty = False
         for instance_id in [i for i in self._filters if i not in wanted]:
+            self._by_moid = {m: i for m, i in self._by_moid.items() if i != instance_id}
             with contextlib.suppress(vmodl.MethodFault):
                 self._filters.pop(instance_id).DestroyPropertyFilter()
         pc = vmodl.query.PropertyCollector

@@ -228,7 +228,7 @@ class VsphereBackend(Backend):
     async def start(self, instance_id: str) -> Instance:
         world = await self._world()
         name = f"{self.cfg.name_prefix}{instance_id}"
-        ip = self._ips_free.pop(0) if self.cfg.ip_range else None
+        ip = self._ips_free.pop(0) if self._ips_free else None
         if self.cfg.ip_range and ip is None:
             raise StartError("ip_range exhausted: every address is in use", reason="ip_exhausted")
         extra = self._extra_config(instance_id, name, ip)

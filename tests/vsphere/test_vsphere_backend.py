@@ -294,3 +294,23 @@ async def test_container_table_starts_the_app_through_a_docker_api(
     assert err.value.reason == "container_failed"
     await eventually(lambda: not [n for n in vm_names(si) if n.startswith("forkproxy-")], 30)
     client.close()
+
+
+async def test_ip_range_hands_out_one_static_address_per_clone(make_backend: MakeBackend) -> None:
+    backend = make_backend(ip_range="10.99.0.10-10.99.0.11", watch_deaths=False)
+    await backend.prepare()
+    a, b = await asyncio.gather(backend.start(new_id()), backend.start(new_id()))
+    addresses = set()
+    for inst in (a, b):
+        env = await identity(inst)
+        line = next(x for x in env.splitlines() if x.startswith("VMX_GUESTINFO_FORKPROXY_IP="))
+        addresses.add(line.split("=", 1)[1])
+    assert addresses == {"10.99.0.10", "10.99.0.11"}
+    with pytest.raises(StartError) as err:
+        await backend.start(new_id())
+    assert err.value.reason == "ip_exhausted"
+    await backend.stop(a, "test")
+    c = await backend.start(new_id())
+    assert f"VMX_GUESTINFO_FORKPROXY_IP={a.handle.ip}" in await identity(c)
+    await backend.stop(b, "test")
+    await backend.stop(c, "test")
