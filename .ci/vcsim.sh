@@ -80,29 +80,19 @@ if ((!up)); then
     exit 1
 fi
 
-# Prove the SOAP side answers (the about page is static): a real login with pyvmomi if the
-# venv is there, else the SOAP envelope for RetrieveServiceContent.
-py="$repo/.venv/bin/python"
-if [[ -x "$py" ]] && "$py" -c "import pyVmomi" 2>/dev/null; then
-    FORKPROXY_VCSIM_ENV="$env_file" "$py" - <<'PY' || { tail -n 40 "$log" >&2; exit 1; }
-import os, ssl
-from pyVim.connect import Disconnect, SmartConnect
-facts = dict(l.split("=", 1) for l in open(os.environ["FORKPROXY_VCSIM_ENV"]).read().split())
-si = SmartConnect(host=facts["FORKPROXY_VCSIM_HOST"], port=int(facts["FORKPROXY_VCSIM_PORT"]),
-                  user=facts["FORKPROXY_VCSIM_USER"], pwd=facts["FORKPROXY_VCSIM_PASSWORD"],
-                  sslContext=ssl.create_default_context(cafile=facts["FORKPROXY_VCSIM_CA_FILE"]))
-about = si.content.about
-print(f"vcsim.sh: pyvmomi login ok: {about.fullName} (API {about.apiVersion})")
-Disconnect(si)
-PY
-else
-    curl -sf --cacert "$state/cert.pem" -H 'Content-Type: text/xml' \
-        --data '<?xml version="1.0"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><RetrieveServiceContent xmlns="urn:vim25"><_this type="ServiceInstance">ServiceInstance</_this></RetrieveServiceContent></soapenv:Body></soapenv:Envelope>' \
-        "https://127.0.0.1:$port/sdk" | grep -q rootFolder || {
-        echo "vcsim.sh: SOAP RetrieveServiceContent failed; last lines of $log:" >&2
-        tail -n 40 "$log" >&2
-        exit 1
-    }
-    echo "vcsim.sh: SOAP RetrieveServiceContent ok"
+# Prove the SOAP side answers (the about page is static): a real Login over SOAP.
+soap() { # $1 = body of soapenv:Body
+    curl -sf --cacert "$state/cert.pem" -H 'Content-Type: text/xml' -H 'SOAPAction: urn:vim25/7.0.0.0' \
+        --data "<?xml version=\"1.0\"?><soapenv:Envelope xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\"><soapenv:Body>$1</soapenv:Body></soapenv:Envelope>" \
+        "https://127.0.0.1:$port/sdk"
+}
+login="<Login xmlns=\"urn:vim25\"><_this type=\"SessionManager\">SessionManager</_this><userName>forkproxy</userName><password>$password</password></Login>"
+if ! soap "$login" | grep -q "<userName>forkproxy</userName>"; then
+    echo "vcsim.sh: SOAP Login failed; last lines of $log:" >&2
+    tail -n 40 "$log" >&2
+    exit 1
 fi
+api="$(soap '<RetrieveServiceContent xmlns="urn:vim25"><_this type="ServiceInstance">ServiceInstance</_this></RetrieveServiceContent>' |
+    grep -o '<apiVersion>[^<]*' | cut -d'>' -f2)"
+echo "vcsim.sh: SOAP Login ok (API $api)"
 echo "vcsim.sh: up (pid $pid); connection facts in $env_file"
