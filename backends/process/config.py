@@ -7,8 +7,8 @@ mode (any command with a `{port}` placeholder), parsed and validated in one pass
     app_kind = "auto"                  # "aiohttp" | "asgi"; auto: Application -> aiohttp
     warmup = "mypkg.warm:run"          # optional, runs once in the template: f() or f(app)
     pythonpath = ["src"]               # extra sys.path entries, relative to cwd
-    prefork = 1                        # spare forks kept ready (app started, no id yet);
-                                       # 0 if on_startup must see FORKPROXY_INSTANCE
+    prefork = 0                        # spare forks kept ready: ~2x faster cold start, but
+                                       # on_startup then runs before FORKPROXY_INSTANCE is set
     # exec
     command = ["python", "-m", "examples.app", "--port", "{port}"]   # or one string
                                        # "python"/"python3" first = the proxy's interpreter
@@ -42,7 +42,7 @@ class ProcessConfig:
     warmup: str | None = None
     pythonpath: tuple[str, ...] = ()
     # forks kept ready ahead of demand (loop running, app started, no id yet); 0: fork on start
-    prefork: int = 1
+    prefork: int = 0
     # exec mode: every "{port}" in an argument is replaced; $PORT is set as well
     command: tuple[str, ...] = DEFAULT_COMMAND
     # both
@@ -68,7 +68,7 @@ def parse_config(table: Table) -> ProcessConfig:
     app_kind = table.choice("app_kind", APP_KINDS, "auto")
     warmup = table.opt_str("warmup")
     pythonpath = tuple(table.str_list("pythonpath"))
-    prefork = table.int("prefork", 1, min=0, max=16)
+    prefork = table.int("prefork", 0, min=0, max=16)
     command: tuple[str, ...] = DEFAULT_COMMAND
     if table.has("command"):
         raw = table.data["command"]

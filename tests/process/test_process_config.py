@@ -21,6 +21,7 @@ def test_defaults_are_fork_of_the_example_app() -> None:
     assert (config.mode, config.app, config.app_kind) == ("fork", "examples.app:create_app", "auto")
     assert config.command == DEFAULT_COMMAND
     assert config.stop_grace == 5.0
+    assert config.prefork == 0
 
 
 def test_fork_app_must_be_module_colon_attr() -> None:

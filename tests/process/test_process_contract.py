@@ -25,6 +25,14 @@ class TestForkContract(BackendContract):
         os.kill(instance.handle, signal.SIGKILL)
 
 
+class TestForkPreforkContract(TestForkContract):
+    @pytest.fixture
+    async def backend(self, make_backend: MakeBackend) -> AsyncIterator[Backend]:
+        backend = make_backend(mode="fork", prefork=2)
+        await backend.prepare()
+        yield backend
+
+
 class TestExecContract(BackendContract):
     ready_within = 20.0
 
