@@ -6,6 +6,7 @@
 FORKPROXY_SHAPE = none | step | spike | sine picks a load shape (parameters: loadtest/profiles.py);
 FORKPROXY_WAIT_MIN / FORKPROXY_WAIT_MAX set the think time in seconds (default 0.5 / 1.5);
 FORKPROXY_IO_MS / FORKPROXY_CPU_MS set the work per /io and /cpu request (default 50 / 5).
+Copy it anywhere: it needs only `loadtest.shapes`, installed with forkproxy (or a checkout).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 
 from loadtest import tomlw
-from loadtest.procs import PYTHON, Proc, forkproxy_cmd, free_port, spawn, wait_http
+from loadtest.procs import PYTHON, REPO, Proc, forkproxy_cmd, free_port, spawn, wait_http
 from loadtest.sampler import fetch_instances
 from loadtest.stats import state_of
 
@@ -89,7 +89,9 @@ def app_config(backend: Mapping[str, Any] = FORK_BACKEND) -> dict[str, Any]:
     return {"server": {"name": "bench"}, "backend": dict(backend)}
 
 
-async def _start(workdir: Path, name: str, config_path: Path) -> tuple[Proc, list[str], int, int]:
+async def _start(
+    workdir: Path, name: str, config_path: Path, cwd: Path
+) -> tuple[Proc, list[str], int, int]:
     """Spawn forkproxy on free ports; retry with new ports if one was taken in the meantime
     (free_port() cannot reserve: another process on the box may bind it first)."""
     for attempt in range(3):
@@ -106,7 +108,7 @@ async def _start(workdir: Path, name: str, config_path: Path) -> tuple[Proc, lis
             "--log-level",
             "warning",
         ]
-        proc = await spawn(f"forkproxy-{name}", argv, workdir / "logs")
+        proc = await spawn(f"forkproxy-{name}", argv, workdir / "logs", cwd=cwd)
         try:
             await wait_http(f"http://127.0.0.1:{admin_port}/healthz", 60, proc)
         except RuntimeError as e:
@@ -129,12 +131,14 @@ async def forkproxy(
     pool: Mapping[str, Any],
     *,
     wait_instances: int | None = None,
+    cwd: Path = REPO,
 ) -> AsyncIterator[RunningProxy]:
     """Start forkproxy with `base` + `pool`; yields once admin answers and, if asked,
-    `wait_instances` instances are ready (defaults to pool.min_instances)."""
+    `wait_instances` instances are ready (defaults to pool.min_instances). `cwd` is where
+    relative paths in the config resolve (the repo for the bundled example app)."""
     config_path = workdir / f"{name}.toml"
     doc = await asyncio.to_thread(write_config, config_path, base, pool)
-    proc, argv, port, admin_port = await _start(workdir, name, config_path)
+    proc, argv, port, admin_port = await _start(workdir, name, config_path, cwd)
     try:
         admin = f"http://127.0.0.1:{admin_port}"
         running = RunningProxy(

@@ -25,6 +25,7 @@ from typing import Any
 
 from loadtest import tomlw
 from loadtest.locustrun import run_locust
+from loadtest.procs import REPO
 from loadtest.profiles import PROFILES
 from loadtest.proxyrun import FORK_BACKEND, app_config, forkproxy
 from loadtest.sampler import InstanceSampler
@@ -174,13 +175,20 @@ def table(results: Sequence[Measured], best: Measured | None) -> str:
 async def measure(
     base: dict[str, Any], point: Point, seconds: float, args: argparse.Namespace, work: Path, i: int
 ) -> Measured:
+    # A user's config resolves relative paths from where they run tune; ours from the repo.
+    cwd = Path.cwd() if args.config else REPO
     pool = {**base.get("pool", {}), **point.pool()}
     env = {"FORKPROXY_SHAPE_SECONDS": f"{seconds:g}"}
     t0 = time.monotonic()
     try:
         async with (
             forkproxy(
-                work, f"tune-{i}", base, pool, wait_instances=int(pool.get("min_instances", 0))
+                work,
+                f"tune-{i}",
+                base,
+                pool,
+                wait_instances=int(pool.get("min_instances", 0)),
+                cwd=cwd,
             ) as fp,
             InstanceSampler(fp.admin, 0.5) as sampler,
         ):

