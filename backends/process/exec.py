@@ -21,6 +21,8 @@ from backends.process._tasks import TaskSet, log
 from backends.process.config import ProcessConfig
 
 _TAIL_LINES = 20
+_LINE_MAX = 1000
+_CHUNK = 64 * 1024
 _KILL_WAIT = 5.0
 _REASON_MAX = 300
 
@@ -131,10 +133,15 @@ class ExecBackend(_common.ProcessBackendBase):
         """Keep the stderr tail, then report the exit unless we asked for it."""
         assert entry.proc.stderr is not None
         try:
-            while line := await entry.proc.stderr.readline():
-                text = line.decode(errors="replace").rstrip()
-                entry.tail.append(text)
-                log.info("[%s] %s", entry.id, text)
+            # Chunks, not readline(): one giant line must not kill the watcher.
+            partial = b""
+            while chunk := await entry.proc.stderr.read(_CHUNK):
+                *lines, partial = (partial + chunk).split(b"\n")
+                partial = partial[-_LINE_MAX:]
+                for line in lines:
+                    self._stderr_line(entry, line)
+            if partial:
+                self._stderr_line(entry, partial)
             code = await entry.proc.wait()
         finally:
             entry.exited.set()
@@ -153,6 +160,11 @@ class ExecBackend(_common.ProcessBackendBase):
             self.ctx.on_death(entry.id, reason)
         except Exception:
             log.exception("on_death callback failed for %s", entry.id)
+
+    def _stderr_line(self, entry: _Proc, line: bytes) -> None:
+        text = line[:_LINE_MAX].decode(errors="replace").rstrip()
+        entry.tail.append(text)
+        log.info("[%s] %s", entry.id, text)
 
     async def stop(self, instance: Instance, reason: str) -> None:
         entry = self._procs.get(instance.id)

@@ -99,3 +99,15 @@ def _pids_in_group(pgid: int) -> list[int]:
         if int(fields[2]) == pgid:
             found.append(pid)
     return found
+
+
+async def test_a_huge_stderr_line_does_not_hide_the_exit(
+    make_backend: MakeBackend, ctx: BackendContext
+) -> None:
+    script = (
+        "import sys; sys.stderr.write('x' * 300000); sys.stderr.write('\\nlast words'); sys.exit(4)"
+    )
+    backend = make_backend(mode="exec", command=[PY, "-c", script, "{port}"])
+    await backend.prepare()
+    inst = await backend.start("exec-loud")
+    assert await deaths(ctx).wait_for(inst.id, 20.0) == "exited:4: last words"
