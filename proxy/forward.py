@@ -29,6 +29,7 @@ log = logging.getLogger("forkproxy.forward")
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _NO_BODY_STATUS = frozenset({204, 304})
+_MAX_STALE = 3  # retries on a fresh connection after a stale pooled one, not counted
 _RETRY_AFTER = [(b"Retry-After", b"1")]
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _POOL_TEXT = {
@@ -122,7 +123,7 @@ class Forwarder:
             req.body.on_first_read = lambda: conn.write(_CONTINUE)
         head = self.head_for(req, framing)
         head_only = req.method == "HEAD"
-        attempts = 0
+        attempts = stale = 0
         while True:
             lease = await self.acquire(req)
             if isinstance(lease, int):
@@ -146,7 +147,17 @@ class Forwarder:
                 # went stale under us
                 self.pool.release(lease, broken=not exc.stale)
                 self.metrics.upstream_errors.labels("stale" if exc.stale else exc.kind).inc()
-                retry = not exc.sent or (exc.stale and body is None and req.method in IDEMPOTENT)
+                # Nothing reached the instance: any method. Else only an idempotent request
+                # without a body (a streamed body cannot be replayed) whose instance closed
+                # without a byte of response (nginx's proxy_next_upstream error).
+                retry = not exc.sent or (exc.silent and body is None and req.method in IDEMPOTENT)
+                if retry and exc.stale and stale < _MAX_STALE:
+                    # not the instance's fault: its other pooled connections are likely
+                    # stale too (it restarted or died); try a fresh one, free of charge
+                    self.client.forget(ep)
+                    stale += 1
+                    self.metrics.retries.inc()
+                    continue
                 if retry and attempts < self.cfg.server.retry_attempts:
                     attempts += 1
                     self.metrics.retries.inc()
@@ -198,6 +209,14 @@ class Forwarder:
             timing = server_timing(lease.queued, lease.cold, t_headers - t_send)
             headers.append((b"Server-Timing", timing.encode()))
         status = upstream.status
+        if upstream.error is not None:
+            # the body was malformed in the bytes that came with the head: nothing was
+            # sent to the client yet, so it gets a clean 502
+            self.metrics.upstream_errors.labels(upstream.error.kind).inc()
+            log.warning("instance %s: %s", lease.slot.id, upstream.error)
+            self.pool.release(lease, broken=True)
+            req.respond(502, "Bad Gateway: instance failed")
+            return 502
         no_body = upstream.head_only or status in _NO_BODY_STATUS
         if no_body:
             length = upstream.content_length()

@@ -26,10 +26,13 @@ _MAX_IDLE_PER_ENDPOINT = 64
 class UpstreamError(Exception):
     kind = "other"
 
-    def __init__(self, message: str, *, sent: bool = False, stale: bool = False) -> None:
+    def __init__(
+        self, message: str, *, sent: bool = False, stale: bool = False, silent: bool = False
+    ) -> None:
         super().__init__(message)
         self.sent = sent  # some request bytes reached the instance's socket
         self.stale = stale  # a reused keep-alive connection closed before any response byte
+        self.silent = silent or stale  # the connection closed before any response byte
 
 
 class ConnectFailed(UpstreamError):
@@ -197,7 +200,12 @@ class Connection(asyncio.Protocol):
             if not resp.got_bytes and not resp.headers_done.done():
                 # no byte of a response: a reused connection the instance had closed
                 resp._fail(
-                    Disconnected("closed before responding", sent=self.sent, stale=self.reused)
+                    Disconnected(
+                        "closed before responding",
+                        sent=self.sent,
+                        stale=self.reused,
+                        silent=True,
+                    )
                 )
             else:
                 resp._fail(Disconnected("closed mid-response", sent=True))
@@ -221,8 +229,10 @@ class Connection(asyncio.Protocol):
         self.resp.reason = status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.resp is not None
-        self.resp.raw_headers.append((name, value))
+        resp = self.resp
+        assert resp is not None
+        if not resp.headers_done.done():  # after the head: chunked trailers, dropped
+            resp.raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         resp = self.resp
