@@ -5,6 +5,7 @@
 # Writes the connection facts to $FORKPROXY_VCSIM_ENV (default /tmp/forkproxy-vcsim.env).
 #   FORKPROXY_VCSIM_PORT   port to listen on (default 18443)
 set -euo pipefail
+export HOME="${HOME:-/root}"  # go wants one for its config, even in GOPATH mode
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 state="${FORKPROXY_VCSIM_STATE:-/tmp/forkproxy-vcsim}"

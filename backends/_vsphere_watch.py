@@ -8,6 +8,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from backends._vsphere_sdk import vim, vmodl
@@ -35,6 +36,8 @@ class DeathWatch:
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Future[None] | None = None
+        # Its own thread: the loop's default executor is small (cores + 4) and shared.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vsphere-watch")
         self._wakes: set[asyncio.Future[None]] = set()
 
     def __repr__(self) -> str:
@@ -42,7 +45,7 @@ class DeathWatch:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._task = self._loop.run_in_executor(None, self._run)
+        self._task = self._loop.run_in_executor(self._thread, self._run)
 
     def add(self, instance_id: str, vm: Any) -> None:
         with self._lock:
@@ -74,6 +77,7 @@ class DeathWatch:
         for fut in [*self._wakes, *([self._task] if self._task else [])]:
             with contextlib.suppress(Exception):
                 await fut
+        self._thread.shutdown(wait=False)
 
     # -- the thread ------------------------------------------------------------------------
 

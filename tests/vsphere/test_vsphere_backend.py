@@ -4,6 +4,7 @@ serve HTTP from their own containers, the ownership guard, session expiry, crash
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -314,3 +315,20 @@ async def test_ip_range_hands_out_one_static_address_per_clone(make_backend: Mak
     assert f"VMX_GUESTINFO_FORKPROXY_IP={a.handle.ip}" in await identity(c)
     await backend.stop(b, "test")
     await backend.stop(c, "test")
+
+
+async def test_clone_tasks_in_flight_are_bounded(make_backend: MakeBackend, vcsim: Vcsim) -> None:
+    # Each clone waits 1.5 s for its guest IP; with 2 slots, 4 starts need two rounds, so
+    # they cannot all be done in less than 3 s (a lower bound: not timing-fragile).
+    backend = make_backend(max_concurrent_clones=2, watch_deaths=False)
+    await backend.prepare()
+    vcsim.set_guest_ip_delay(1500)
+    try:
+        t0 = time.monotonic()
+        started = await asyncio.gather(*(backend.start(new_id()) for _ in range(4)))
+        elapsed = time.monotonic() - t0
+    finally:
+        vcsim.set_guest_ip_delay(0)
+    assert elapsed >= 3.0, f"4 starts through 2 slots took only {elapsed:.2f}s"
+    assert all(i.phases["guest_ip"] >= 1.4 for i in started)
+    await asyncio.gather(*(backend.stop(i, "test") for i in started))
