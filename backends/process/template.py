@@ -81,6 +81,8 @@ class Template:
 
         if self.kind == "asgi":
             self.app = _serve.asgi_config(self.app, self.grace)  # needs uvicorn: fail now
+        else:
+            self.app.freeze()  # routes and middleware chains built once, not per child
         if threading.active_count() != 1:
             names = ", ".join(t.name for t in threading.enumerate())
             raise RuntimeError(
