@@ -41,7 +41,7 @@ def elasticity(
             color="tab:orange",
             linestyle="--",
         )
-        ax3.legend(loc="upper right", fontsize=8)
+        ax3.legend(loc="upper left", fontsize=7)  # the idle lead-in leaves that corner empty
     start, end = spike
     for ax in (ax1, ax2, ax3):
         if start is not None and end is not None:

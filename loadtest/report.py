@@ -94,7 +94,11 @@ def document(sections: Sequence[Section], meta: dict[str, Any], image_dir: str) 
         HOW_TO,
         "",
     ]
-    return "\n".join(head) + "\n".join(section_md(s, image_dir) for s in sections)
+    summary = [f"- {s.headline}" for s in sections if s.headline]
+    summary += [f"- **{s.title}**: {'; '.join(s.failures)}" for s in sections if s.failures]
+    if summary:
+        head += ["## Summary", "", *summary, ""]
+    return "\n".join(head) + "\n" + "\n".join(section_md(s, image_dir) for s in sections)
 
 
 def _scrub(text: str, work: str) -> str:

@@ -128,6 +128,11 @@ async def run(ctx: BenchContext) -> Section:
         + ("" if from_metrics else " (absent: counted from /instances)")
         + f"; latency includes the {WORK_MS} ms of work."
     )
+    sec.headline = (
+        f"Burst from zero: {ok}/{n} concurrent requests succeeded; the idle proxy started "
+        f"{started} instances (bound {bound}: {'met' if started <= bound else 'EXCEEDED'}), "
+        f"p99 {row[7]:.0f} ms including {WORK_MS} ms of work."
+    )
     sec.data = {
         "n": n,
         "pool": pool,

@@ -114,5 +114,14 @@ async def run(ctx: BenchContext) -> Section:
             True,
         )
         sec.plots.append(png.name)
+    by = {r["path"]: r for r in rows}
+    fork = by.get("client -> forkproxy -> new process (fork)")
+    exe = by.get("client -> forkproxy -> new process (exec)")
+    if fork and exe and fork["n"] and exe["n"]:
+        sec.headline = (
+            f"Cold start through forkproxy: a request that starts a fresh instance gets its "
+            f"first byte in {fork['p50_ms']:.1f} ms (p50; p99 {fork['p99_ms']:.0f} ms) with fork, "
+            f"{exe['p50_ms']:.0f} ms with exec ({exe['p50_ms'] / fork['p50_ms']:.0f}x slower)."
+        )
     sec.data = {"n": n, "rows": rows}
     return sec

@@ -110,6 +110,18 @@ async def run(ctx: BenchContext, require_tools: bool = False) -> Section:
         "Client, proxy and app share the machine's 2 cores, so every hop also steals CPU "
         "from the app: ratios are what matters, absolute numbers are this box's."
     )
+    if "forkproxy" in results and "direct" in results:
+        fp, d = results["forkproxy"], results["direct"]
+        sec.headline = (
+            f"Data path: forkproxy forwards {fp.rps:,.0f} req/s, "
+            f"{ratio(fp.rps, d.rps):.0%} of the app served directly ({d.rps:,.0f} req/s)"
+            + (
+                f", {ratio(fp.rps, results['nginx'].rps):.0%} of nginx"
+                if "nginx" in results
+                else ""
+            )
+            + f"; p50 {fp.p50_ms:.1f} ms vs {d.p50_ms:.1f} ms direct, at {CONNECTIONS} connections."
+        )
     sec.data = {
         "connections": CONNECTIONS,
         "seconds": seconds,

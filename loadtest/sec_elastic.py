@@ -118,6 +118,13 @@ async def run(ctx: BenchContext) -> Section:
         ((end_ts - wall0 - burst) if end_ts else None, (end_ts - wall0) if end_ts else None),
     )
     sec.plots.append(png.name)
+    scale_txt = f"{scale_in:.1f} s" if scale_in is not None else "not within the run"
+    sec.headline = (
+        f"Elasticity: under a {users}-user spike the pool grew to {peak_instances} instances and "
+        f"used {used:.0f} instance-seconds, {used / bound if bound else math.nan:.1f}x the "
+        f"lower bound of {bound:.0f}; {fails} errors of {reqs}; back to min_instances "
+        f"{scale_txt} after the spike (idle_ttl {pool['idle_ttl']})."
+    )
     sec.data = {
         "env": env,
         "pool": pool,

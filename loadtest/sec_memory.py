@@ -151,5 +151,13 @@ async def run(ctx: BenchContext) -> Section:
         "instances is their real footprint; fork-mode children share the template's "
         "imported code and heap copy-on-write."
     )
+    if "fork" in results and "exec" in results:
+        f, e = results["fork"], results["exec"]
+        sec.headline = (
+            f"Memory: with {N_INSTANCES} instances a fork-mode instance costs "
+            f"{f['mean_with_template_mib']:.1f} MiB PSS (template share included) vs "
+            f"{e['mean_pss_mib']:.1f} MiB in exec mode "
+            f"({ratio(f['mean_with_template_mib'], e['mean_pss_mib']):.0%})."
+        )
     sec.data = {"pool": pool, "results": results}
     return sec

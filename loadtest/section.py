@@ -29,6 +29,7 @@ class Section:
     skipped: list[str] = field(default_factory=list)  # "what: reason" (tool/engine missing)
     failures: list[str] = field(default_factory=list)  # "what: error" (something broke)
     data: dict[str, Any] = field(default_factory=dict)
+    headline: str = ""  # one computed sentence for the summary at the top of the report
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
