@@ -57,8 +57,10 @@ def test_image(docker_client: docker.DockerClient) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _needs_engine(docker_client: docker.DockerClient, test_image: str) -> None:
-    """Every test in tests/docker needs the engine and the image."""
+def _needs_engine(request: pytest.FixtureRequest) -> None:
+    """Tests marked `docker` need the engine and the image (pure ones do not)."""
+    if request.node.get_closest_marker("docker") is not None:
+        request.getfixturevalue("test_image")
 
 
 @pytest.fixture
