@@ -1,5 +1,5 @@
-"""A stand-in for a proxy process: creates a fork backend, starts two instances,
-prints {"template": pid, "children": [pids]} and waits to be killed."""
+"""A stand-in for a proxy process: creates a process backend (fork or exec mode),
+starts two instances, prints {"pids": [...]} (template included) and waits to be killed."""
 
 from __future__ import annotations
 
@@ -12,16 +12,21 @@ from backends.config import Table
 from backends.process import create_backend, parse_config
 
 
-async def main(pool: str, cwd: str) -> None:
-    table = Table({"mode": "fork", "cwd": cwd}, "backend")
-    backend = create_backend(parse_config(table), BackendContext(pool, "script-owner"))
+async def main(pool: str, cwd: str, mode: str) -> None:
+    keys = {"mode": mode, "cwd": cwd, "prefork": 1}
+    if mode == "exec":
+        keys = {
+            "mode": mode,
+            "cwd": cwd,
+            "command": [sys.executable, "-m", "examples.app", "--port", "{port}"],
+        }
+    backend = create_backend(parse_config(Table(keys, "backend")), BackendContext(pool, "script"))
     await backend.prepare()
     started = [await backend.start(f"script-{i}") for i in range(2)]
-    template = [i for i in await backend.list() if i.meta.get("kind") == "template"]
-    report = {"template": template[0].handle, "children": [i.handle for i in started]}
-    print(json.dumps(report), flush=True)
+    listed = [i.handle for i in await backend.list() if i.meta.get("kind") == "template"]
+    print(json.dumps({"pids": listed + [i.handle for i in started]}), flush=True)
     await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))

@@ -11,7 +11,7 @@ import pytest
 from backends.base import BackendContext
 from backends.errors import BackendConfigError, StartError
 from backends.process._linux import is_running
-from tests.backend_contract import deaths, serves
+from tests.backend_contract import deaths, recording_context, serves
 from tests.process.helpers import PY, MakeBackend, exec_command
 
 
@@ -111,3 +111,21 @@ async def test_a_huge_stderr_line_does_not_hide_the_exit(
     await backend.prepare()
     inst = await backend.start("exec-loud")
     assert await deaths(ctx).wait_for(inst.id, 20.0) == "exited:4: last words"
+
+
+async def test_leftover_commands_are_listed_and_stopped(
+    make_backend: MakeBackend, ctx: BackendContext
+) -> None:
+    crashed = make_backend(mode="exec", command=exec_command())  # forgotten, never closed
+    await crashed.prepare()
+    old = await crashed.start("old-exec")
+    await wait_serving(old.endpoint.url + "/")
+    successor = make_backend(
+        context=recording_context(ctx.pool_name), mode="exec", command=exec_command()
+    )
+    found = {i.id: i for i in await successor.list()}
+    assert found["old-exec"].owner_id == ctx.owner_id
+    assert found["old-exec"].endpoint.port == old.endpoint.port
+    await successor.stop(found["old-exec"], "orphan")
+    assert not is_running(old.handle)
+    assert await successor.list() == []

@@ -81,7 +81,8 @@ async def test_children_die_with_the_template_and_it_restarts(
     assert backend.template_starts == 2  # type: ignore[attr-defined]
 
 
-async def test_sigkilled_proxy_leaves_no_instance(ctx: BackendContext) -> None:
+@pytest.mark.parametrize("mode", ["fork", "exec"])
+async def test_sigkilled_proxy_leaves_no_instance(ctx: BackendContext, mode: str) -> None:
     script = Path(__file__).with_name("proxy_script.py")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = await asyncio.create_subprocess_exec(
@@ -89,6 +90,7 @@ async def test_sigkilled_proxy_leaves_no_instance(ctx: BackendContext) -> None:
         str(script),
         ctx.pool_name,
         str(REPO),
+        mode,
         stdout=asyncio.subprocess.PIPE,
         env=env,
         cwd=str(REPO),
@@ -96,13 +98,14 @@ async def test_sigkilled_proxy_leaves_no_instance(ctx: BackendContext) -> None:
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        report = json.loads(line)
-        pids = [report["template"], *report["children"]]
+        pids = json.loads(line)["pids"]
+        assert len(pids) == (3 if mode == "fork" else 2)
         assert alive_pids(pids) == pids
     finally:
         proc.kill()
         await proc.wait()
     assert await wait_all_gone(pids) == []
+    assert await asyncio.to_thread(scan, ctx.pool_name) == []  # spares included
 
 
 async def test_leftovers_are_listed_by_pool_and_stopped(
