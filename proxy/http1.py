@@ -30,7 +30,6 @@ _REASONS = {
     417: b"Expectation Failed",
     414: b"URI Too Long",
     431: b"Request Header Fields Too Large",
-    505: b"HTTP Version Not Supported",
     500: b"Internal Server Error",
     502: b"Bad Gateway",
     503: b"Service Unavailable",
@@ -625,8 +624,8 @@ class HttpConnection(asyncio.Protocol):
 def _validate(req: Request) -> None:
     """Framing and Host rules llhttp leaves to us (it already rejects CL+TE, duplicate
     CL, bad chunk sizes, obs-fold, bare LF)."""
-    if req.version not in ("1.1", "1.0"):
-        raise ClientError(505, "HTTP Version Not Supported")
+    if req.version not in ("1.1", "1.0"):  # 0.9, 2.0 on an HTTP/1 connection: a client error
+        raise ClientError(400, "Bad Request: unsupported HTTP version")
     hosts = 0
     te: bytes | None = None
     tes = 0

@@ -120,6 +120,9 @@ class Response:
         self.error = err
         if not self.headers_done.done():
             self.headers_done.set_exception(err)
+            # whoever reads the response sees self.error; a future nobody awaited (the
+            # send itself failed) must not log "exception was never retrieved"
+            self.headers_done.exception()
         self._wake()
 
     def body_buffered(self) -> bytes | None:
