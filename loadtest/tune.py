@@ -6,6 +6,8 @@ forkproxy; recommends the cheapest setting (instance-seconds) that meets a p99 t
 Grid values are comma lists; target_concurrency may be a fraction of max_concurrency ("70%").
 The shape reads its FORKPROXY_* variables (loadtest/profiles.py) from the environment, except
 FORKPROXY_SHAPE_SECONDS, which tune sets so each run fits its share of the budget.
+Exit status: 0 when a setting meets the target, 1 when none does (the snippet then holds the
+best p99 seen), 2 on bad arguments.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from typing import Any
 
 from loadtest import tomlw
 from loadtest.locustrun import run_locust
-from loadtest.procs import REPO
+from loadtest.procs import REPO, forkproxy_cmd
 from loadtest.profiles import PROFILES
-from loadtest.proxyrun import FORK_BACKEND, app_config, forkproxy
+from loadtest.proxyrun import FORK_BACKEND, app_config, forkproxy, write_config
 from loadtest.sampler import InstanceSampler
 from loadtest.section import fmt
 from loadtest.stats import instance_seconds, live
@@ -149,7 +151,7 @@ def table(results: Sequence[Measured], best: Measured | None) -> str:
     ]
     rows = []
     for r in results:
-        mark = "<- recommended" if r is best else r.error[:60]
+        mark = "<- recommended" if r is best else r.error[:90]
         p = r.point
         rows.append(
             [
@@ -170,6 +172,26 @@ def table(results: Sequence[Measured], best: Measured | None) -> str:
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells
     )
+
+
+async def check_config(base: dict[str, Any], point: Point, work: Path, i: int) -> str:
+    """`forkproxy check-config` on the merged config: "" if valid, else the problems."""
+    path = work / f"check-{i}.toml"
+    pool = {**base.get("pool", {}), **point.pool()}
+    await asyncio.to_thread(write_config, path, base, pool)
+    proc = await asyncio.create_subprocess_exec(
+        *forkproxy_cmd(),
+        "check-config",
+        str(path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=str(REPO),
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode == 0:
+        return ""
+    lines = [x.strip() for x in out.decode(errors="replace").splitlines()[1:] if x.strip()]
+    return "invalid: " + ("; ".join(lines) or f"check-config exit {proc.returncode}")
 
 
 async def measure(
@@ -252,30 +274,41 @@ def load_base(path: str | None) -> dict[str, Any]:
     return doc
 
 
+def plan(budget: float, n: int) -> tuple[float, int]:
+    """Seconds of load per point and how many points fit: split evenly, but never below
+    MIN_RUN_S of load (then the tail of the grid is skipped)."""
+    load_s = budget / n - OVERHEAD_S
+    if load_s >= MIN_RUN_S:
+        return load_s, n
+    return MIN_RUN_S, max(1, int(budget // (MIN_RUN_S + OVERHEAD_S)))
+
+
 async def run(args: argparse.Namespace, base: dict[str, Any], points: list[Point]) -> int:
-    per_point = args.budget / len(points)
-    load_s = per_point - OVERHEAD_S
-    runnable = len(points)
-    if load_s < MIN_RUN_S:
-        # Too many points for the budget: give the first ones a useful run, skip the rest.
-        load_s = MIN_RUN_S
-        runnable = max(1, int(args.budget // (MIN_RUN_S + OVERHEAD_S)))
     results: list[Measured] = []
     t_start = time.monotonic()
     skipped: list[Point] = []
     with tempfile.TemporaryDirectory(prefix="forkproxy-tune-") as work:
+        # Invalid points cost no load-test time: the proxy would refuse to start anyway.
+        valid: list[Point] = []
         for i, point in enumerate(points):
+            problem = await check_config(base, point, Path(work), i)
+            if problem:
+                results.append(Measured(point, 0.0, 0, 0, math.nan, math.nan, 0, problem))
+            else:
+                valid.append(point)
+        load_s, runnable = plan(args.budget - (time.monotonic() - t_start), max(1, len(valid)))
+        for i, point in enumerate(valid):
             spent = time.monotonic() - t_start
             if i >= runnable or spent + load_s + OVERHEAD_S > args.budget * 1.1:
-                skipped = points[i:]
+                skipped = valid[i:]
                 break
-            progress(i, len(points), spent, args.budget, f"running {point.pool()}")
+            progress(i, len(valid), spent, args.budget, f"running {point.pool()}")
             results.append(await measure(base, point, load_s, args, Path(work), i))
-        progress(len(points), len(points), time.monotonic() - t_start, args.budget, "done")
+        progress(len(valid), len(valid), time.monotonic() - t_start, args.budget, "done")
     if skipped:
         print(
-            f"budget of {args.budget:g} s exhausted: skipped {len(skipped)} of {len(points)} "
-            f"grid points: {', '.join(str(p.pool()) for p in skipped)}",
+            f"budget of {args.budget:g} s exhausted: skipped {len(skipped)} of {len(valid)} "
+            f"runnable grid points: {', '.join(str(p.pool()) for p in skipped)}",
             file=sys.stderr,
         )
     try:

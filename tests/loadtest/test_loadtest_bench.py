@@ -116,7 +116,7 @@ def test_tune_tiny_grid_writes_a_pool_snippet(tmp_path: Path) -> None:
         "--max-concurrency",
         "2,8",
         "--warm-pool",
-        "0",
+        "0,99",
         "--idle-ttl",
         "1s",
         "--out",
@@ -133,6 +133,8 @@ def test_tune_tiny_grid_writes_a_pool_snippet(tmp_path: Path) -> None:
     pool = tomllib.loads(out.read_text())["pool"]
     assert pool["max_concurrency"] in (2, 8) and pool["idle_ttl"] == "1s"
     assert "<- recommended" in proc.stdout
+    # warm_pool 99 > max_instances 8: refused by check-config, reported, not load-tested.
+    assert proc.stdout.count("invalid: pool.warm_pool") == 2, proc.stdout
     assert "points," in proc.stderr  # the progress bar
 
 
@@ -158,6 +160,8 @@ def test_tune_skips_grid_points_beyond_the_budget(tmp_path: Path) -> None:
     ]
     env = {**os.environ, "FORKPROXY_STEP_USERS": "2", "FORKPROXY_STEP_COUNT": "2"}
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=100, env=env)
-    assert "budget of 12 s exhausted: skipped 2 of 3 grid points" in proc.stderr, proc.stderr
+    assert "budget of 12 s exhausted: skipped 2 of 3 runnable grid points" in proc.stderr, (
+        proc.stderr
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "[pool]" in proc.stdout

@@ -19,7 +19,17 @@ from loadtest.stats import (
     percentile,
     time_to_scale_in,
 )
-from loadtest.tune import Measured, Point, grid, parse_args, pick, snippet
+from loadtest.tune import (
+    MIN_RUN_S,
+    OVERHEAD_S,
+    Measured,
+    Point,
+    grid,
+    parse_args,
+    pick,
+    plan,
+    snippet,
+)
 
 
 def inst(state: str = "ready", in_flight: int = 0) -> dict[str, object]:
@@ -174,3 +184,10 @@ def test_tune_falls_back_to_best_p99_when_target_missed() -> None:
     assert tomllib.loads(text)["pool"]["max_concurrency"] == 10
     with pytest.raises(ValueError):
         pick([results[2]], 100, 0.0)
+
+
+def test_tune_budget_plan() -> None:
+    assert plan(100, 4) == (25 - OVERHEAD_S, 4)
+    load_s, runnable = plan(30, 10)  # 3 s each would be too short to say anything
+    assert load_s == MIN_RUN_S and runnable == int(30 // (MIN_RUN_S + OVERHEAD_S))
+    assert plan(1, 3) == (MIN_RUN_S, 1)  # always try at least one point
