@@ -60,10 +60,10 @@ async def docker_proxy(
     assert not left, f"the proxy left containers behind: {[c.name for c in left]}"
 
 
-async def get(url: str, timeout: float = 30) -> tuple[int, str]:
+async def get(url: str, timeout: float = 30, method: str = "GET") -> tuple[int, str]:
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s,
-        s.get(url) as r,
+        s.request(method, url, data=b"x" if method == "POST" else None) as r,
     ):
         return r.status, await r.text()
 
@@ -133,7 +133,8 @@ async def test_container_killed_mid_request_gives_502_then_recovers(
     await p.start()
     assert (await get(p.url + "/"))[0] == 200  # an instance is up
     async with asyncio.TaskGroup() as tg:
-        slow = tg.create_task(get(p.url + "/cgi-bin/slow?ms=8000"))
+        # POST: the proxy may not replay it on another instance (a GET it may retry).
+        slow = tg.create_task(get(p.url + "/cgi-bin/slow?ms=8000", method="POST"))
 
         async def in_flight() -> bool:
             return any(i["in_flight"] for i in await instances(p))
