@@ -29,6 +29,7 @@ log = logging.getLogger("forkproxy.forward")
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _NO_BODY_STATUS = frozenset({204, 304})
+_PREFETCH = 64 * 1024  # body bytes read before taking an instance slot (no Expect)
 _MAX_STALE = 3  # retries on a fresh connection after a stale pooled one, not counted
 _RETRY_AFTER = [(b"Retry-After", b"1")]
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -121,6 +122,8 @@ class Forwarder:
         if req.expect_continue and body is not None:
             conn = req.conn
             req.body.on_first_read = lambda: conn.write(_CONTINUE)
+        elif body is not None and not req.body.complete:
+            await req.body.prefetch(_PREFETCH)
         head = self.head_for(req, framing)
         head_only = req.method == "HEAD"
         attempts = stale = 0

@@ -37,6 +37,9 @@ _REASONS = {
 }
 
 
+_RATE_GRACE = 5.0  # seconds before body_min_rate applies (a slow start is not an attack)
+
+
 @dataclass(frozen=True)
 class Limits:
     max_url: int = 8192  # request target bytes (nginx large_client_header_buffers 8k) -> 414
@@ -46,7 +49,7 @@ class Limits:
     header_timeout: float = 10.0  # first byte to end of head (HAProxy timeout http-request) -> 408
     keepalive_timeout: float = 75.0  # idle between requests (nginx keepalive_timeout 75s)
     body_timeout: float = 60.0  # no body byte for this long (nginx client_body_timeout) -> 408
-    body_min_rate: int = 0  # bytes/s averaged after the first 5 s, 0 = off -> 408
+    body_min_rate: int = 0  # bytes/s averaged after the first 5 s (_RATE_GRACE), 0 = off -> 408
     send_timeout: float = 60.0  # client not reading the response (nginx send_timeout)
     max_connections: int = 10000
 
@@ -113,25 +116,41 @@ class Body:
                 raise self.error
             if self.complete:
                 return b""
-            self._waiter = asyncio.get_running_loop().create_future()
-            self._conn.resume_reading()
-            try:
-                async with asyncio.timeout(self._conn.limits.body_timeout):
-                    await self._waiter
-            except TimeoutError:
-                raise ClientError(408, "Request Timeout: the body stalled") from None
-            finally:
-                self._waiter = None
+            await self._wait()
         data = self._chunks.popleft()
         self._buffered -= len(data)
         if self._buffered < self._LOW:
             self._conn.resume_reading()
+        self._check_rate()
+        return data
+
+    async def prefetch(self, limit: int) -> None:
+        """Wait until the body is complete or `limit` bytes are buffered, so a slow
+        client holds no instance slot while it dribbles a small body (nginx buffers
+        request bodies for the same reason). Same deadlines as read()."""
+        while not self.complete and self._buffered < limit:
+            if self.error is not None:
+                raise self.error
+            await self._wait()
+
+    async def _wait(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        self._conn.resume_reading()
+        try:
+            async with asyncio.timeout(self._conn.limits.body_timeout):
+                await self._waiter
+        except TimeoutError:
+            raise ClientError(408, "Request Timeout: the body stalled") from None
+        finally:
+            self._waiter = None
+        self._check_rate()
+
+    def _check_rate(self) -> None:
         rate = self._conn.limits.body_min_rate
         if rate and not self.complete:
             elapsed = time.monotonic() - self.started
-            if elapsed > 5.0 and self.received < rate * elapsed:
+            if elapsed > _RATE_GRACE and self.received < rate * elapsed:
                 raise ClientError(408, "Request Timeout: the body is arriving too slowly")
-        return data
 
     def __aiter__(self) -> Body:
         return self

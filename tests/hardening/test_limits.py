@@ -202,3 +202,25 @@ async def test_connect_timeout_is_its_own_error() -> None:
         for s in fillers:
             s.close()
         lsock.close()
+
+
+async def test_slow_small_body_holds_no_instance_slot() -> None:
+    """Bodies up to 64 KiB are read before an instance slot is taken (unless the client
+    sent Expect: 100-continue), so dribbling clients cannot occupy every instance."""
+    async with recorder(
+        server={"body_timeout": "3s"}, pool={"max_instances": 1, "max_concurrency": 1}
+    ) as p:
+        port = p.proxy.listen_port
+        slow = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        for _, w in slow:
+            w.write(b"POST /h HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nabc")
+        await asyncio.sleep(0.2)
+        t0 = time.monotonic()
+        ex = await exchange(port, get())
+        assert ex.statuses == [200]
+        assert time.monotonic() - t0 < 1.5  # not queued behind the slow bodies
+        for r, w in slow:  # they finish once their bodies do
+            w.write(b"d" * 97)
+            async with asyncio.timeout(5):
+                assert (await r.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+            w.close()
