@@ -24,7 +24,8 @@ class TaskSet:
         if self._closed:
             coro.close()
             return None
-        task = asyncio.get_running_loop().create_task(coro, name=f"{self._name}:{name}")
+        # the name is formatted lazily by asyncio when shown; no f-string on the hot path
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._done)
         return task
