@@ -30,6 +30,15 @@ class World:
     pool: Any  # vim.ResourcePool or None (the parent's)
     host: Any  # vim.HostSystem or None
     datastore: Any  # vim.Datastore or None
+    parent_ip: str | None = None  # an Instant Clone may report it until its guest re-networks
+
+
+def usable_ip(ip: object, parent_ip: str | None) -> bool:
+    """A clone's guest IP we can route to: not yet-unset, not the parent's (stale Tools state
+    right after an Instant Clone), not link-local."""
+    if not isinstance(ip, str) or not ip or ip == parent_ip:
+        return False
+    return not ip.lower().startswith(("fe80:", "169.254."))
 
 
 @dataclass
@@ -233,4 +242,5 @@ def resolve(content: Any, cfg: VsphereConfig) -> World:
             raise BackendConfigError(
                 f"datastore {pl.datastore!r} not found in datacenter {dc.name!r}"
             )
-    return World(dc, parent, snapshot, folder, pool, host, datastore)
+    parent_ip = parent.guest.ipAddress if cfg.mode == "instant" else None
+    return World(dc, parent, snapshot, folder, pool, host, datastore, parent_ip or None)

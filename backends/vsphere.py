@@ -28,6 +28,7 @@ from backends._vsphere_inventory import (
     VmRow,
     World,
     resolve,
+    usable_ip,
     vm_row,
     vm_rows,
 )
@@ -213,7 +214,8 @@ class VsphereBackend(Backend):
             w.watch(p.clone, ["guest.ipAddress", "runtime.powerState"])
             try:
                 w.until(
-                    lambda w: bool(w.get(p.clone, "guest.ipAddress")), self.cfg.guest_ip_timeout
+                    lambda w: usable_ip(w.get(p.clone, "guest.ipAddress"), world.parent_ip),
+                    self.cfg.guest_ip_timeout,
                 )
             except WaitTimeout as exc:
                 power = exc.values.get(f"{p.clone._moId}.runtime.powerState", "unknown")

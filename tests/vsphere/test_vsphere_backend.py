@@ -330,5 +330,6 @@ async def test_clone_tasks_in_flight_are_bounded(make_backend: MakeBackend, vcsi
     finally:
         vcsim.set_guest_ip_delay(0)
     assert elapsed >= 3.0, f"4 starts through 2 slots took only {elapsed:.2f}s"
-    assert all(i.phases["guest_ip"] >= 1.4 for i in started)
+    # vcsim batches updates every 250 ms, so the task's end may be seen that much late.
+    assert all(i.phases["guest_ip"] >= 1.0 for i in started), [i.phases for i in started]
     await asyncio.gather(*(backend.stop(i, "test") for i in started))

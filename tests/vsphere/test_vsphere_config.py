@@ -106,3 +106,13 @@ def test_linked_mode_and_container_table() -> None:
     assert cfg.container is not None
     assert cfg.container.command == ("serve", "--port=8080")
     assert cfg.container.engine_url == "tcp://{ip}:2375"
+
+
+def test_usable_guest_ips() -> None:
+    from backends._vsphere_inventory import usable_ip
+
+    assert usable_ip("172.18.0.5", "172.18.0.2")
+    assert not usable_ip("172.18.0.2", "172.18.0.2"), "the parent's IP, stale after the fork"
+    assert not usable_ip("", None) and not usable_ip(None, None)
+    assert not usable_ip("fe80::1", None) and not usable_ip("169.254.3.4", None)
+    assert usable_ip("2001:db8::5", None)
