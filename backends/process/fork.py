@@ -4,29 +4,21 @@ of it serving on a socket the proxy bound and listened on first, so it is ready 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
 import signal
 import socket
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from backends.base import BackendContext, Endpoint, Instance
 from backends.errors import BackendConfigError, BackendUnavailable, StartError
-from backends.process import _common, _linux, _scan
+from backends.process import _common, _linux, _scan, _template_client
 from backends.process._tasks import TaskSet, log
+from backends.process._template_client import TemplateHandle
 from backends.process.config import ProcessConfig
 
-_ROOT = str(Path(__file__).resolve().parents[2])  # so the template imports this package
-_BOOT = (
-    "import sys; sys.path.insert(1, {root!r}); from backends.process.template import main; main()"
-)
 _BACKLOG = 1024
-_MAX_MSG = 64 * 1024
 _KILL_WAIT = 5.0
 _MAX_ID = _linux.ROLE_WIDTH - len(_linux.ROLE_FORK_PREFIX)
 
@@ -35,7 +27,7 @@ _MAX_ID = _linux.ROLE_WIDTH - len(_linux.ROLE_FORK_PREFIX)
 class _Child:
     id: str
     port: int
-    template: _Template
+    template: TemplateHandle
     started: asyncio.Future[int]  # the pid, once the template forked
     exited: asyncio.Future[str]  # the exit reason
     pid: int = 0
@@ -44,39 +36,10 @@ class _Child:
     spare: bool = False  # it was forked ahead (prefork) rather than on this start
 
 
-@dataclass
-class _Template:
-    proc: asyncio.subprocess.Process
-    sock: socket.socket
-    kind: str = ""
-    dead: bool = False
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-
-async def _send(sock: socket.socket, msg: dict[str, Any], fds: list[int] | None = None) -> None:
-    """One message (with fds) on the non-blocking control socket, waiting while it is full."""
-    data = json.dumps(msg).encode()
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            socket.send_fds(sock, [data], fds or [])
-            return
-        except BlockingIOError:
-            writable = loop.create_future()
-            loop.add_writer(sock.fileno(), writable.set_result, None)
-            try:
-                await writable
-            finally:
-                loop.remove_writer(sock.fileno())
-
-
 class ForkBackend(_common.ProcessBackendBase):
     def __init__(self, config: ProcessConfig, ctx: BackendContext) -> None:
         super().__init__(config, ctx)
-        self._template: _Template | None = None
+        self._template: TemplateHandle | None = None
         self._template_lock = asyncio.Lock()
         self._children: dict[str, _Child] = {}
         self._tasks = TaskSet()
@@ -96,7 +59,7 @@ class ForkBackend(_common.ProcessBackendBase):
             if self._template is None:
                 self._template = await self._start_template()
 
-    async def _ensure_template(self) -> _Template:
+    async def _ensure_template(self) -> TemplateHandle:
         async with self._template_lock:
             if self._template is None or self._template.dead:
                 if self._closing:
@@ -108,79 +71,20 @@ class ForkBackend(_common.ProcessBackendBase):
                     raise BackendUnavailable(f"fork template cannot start: {exc}") from exc
             return self._template
 
-    async def _start_template(self) -> _Template:
-        cfg = self.config
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        spec = {
-            "app": cfg.app,
-            "app_kind": cfg.app_kind,
-            "warmup": cfg.warmup,
-            "pythonpath": [os.path.join(cfg.abs_cwd, p) for p in cfg.pythonpath],
-            "prefork": cfg.prefork,
-            "stop_grace": cfg.stop_grace,
-            "parent_pid": os.getpid(),
-            "ctl_fd": theirs.fileno(),
-        }
-        env = _common.base_env(cfg, self.ctx)
-        env[_linux.ROLE_VAR] = _linux.padded_role(_linux.ROLE_TEMPLATE)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-c",
-                _BOOT.format(root=_ROOT),
-                json.dumps(spec),
-                pass_fds=[theirs.fileno()],
-                cwd=cfg.abs_cwd,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                start_new_session=True,  # no terminal signals: the proxy decides when it stops
-            )
-        except OSError as exc:
-            ours.close()
-            raise BackendConfigError(f"cannot start the fork template: {exc}") from exc
-        finally:
-            theirs.close()
-        ours.setblocking(False)
-        tpl = _Template(proc, ours)
+    async def _start_template(self) -> TemplateHandle:
+        tpl = await _template_client.spawn(self.config, self.ctx)
         self.template_starts += 1
-        try:
-            first = await asyncio.wait_for(self._recv(tpl), self.ctx.start_timeout)
-        except (TimeoutError, asyncio.CancelledError):
-            await self._kill_template(tpl)
-            raise
-        if first is None or first.get("op") != "ready":
-            await self._kill_template(tpl)
-            if first is None:
-                code = proc.returncode
-                raise BackendConfigError(
-                    f"fork template for {cfg.app!r} exited before it was ready (exit code {code})"
-                )
-            log.error("fork template failed:\n%s", first.get("traceback", ""))
-            raise BackendConfigError(f"fork template cannot build {cfg.app!r}: {first['error']}")
-        tpl.kind = str(first.get("kind", ""))
-        log.info("fork template ready: pid %d, %s app %s", proc.pid, tpl.kind, cfg.app)
-        self._tasks.spawn(self._read_loop(tpl), f"process-template-{proc.pid}")
+        self._tasks.spawn(self._read_loop(tpl), f"process-template-{tpl.pid}")
         return tpl
 
-    async def _recv(self, tpl: _Template) -> dict[str, Any] | None:
-        loop = asyncio.get_running_loop()
-        try:
-            data = await loop.sock_recv(tpl.sock, _MAX_MSG)
-        except OSError:
-            return None
-        if not data:
-            return None
-        msg: dict[str, Any] = json.loads(data)
-        return msg
-
-    async def _read_loop(self, tpl: _Template) -> None:
+    async def _read_loop(self, tpl: TemplateHandle) -> None:
         # Cancelled (aclose): aclose stops the template itself.
-        while (msg := await self._recv(tpl)) is not None:
+        while (msg := await _template_client.recv(tpl)) is not None:
             self._dispatch(tpl, msg)
         self._template_died(tpl)
         await self._kill_template(tpl)
 
-    def _dispatch(self, tpl: _Template, msg: dict[str, Any]) -> None:
+    def _dispatch(self, tpl: TemplateHandle, msg: dict[str, Any]) -> None:
         op, iid = msg.get("op"), str(msg.get("id", ""))
         child = self._children.get(iid)
         if op == "started":
@@ -210,10 +114,10 @@ class ForkBackend(_common.ProcessBackendBase):
             except Exception:
                 log.exception("on_death callback failed for %s", iid)
 
-    def _template_died(self, tpl: _Template) -> None:
-        if tpl.dead:
+    def _template_died(self, tpl: TemplateHandle) -> None:
+        if tpl.reported:
             return
-        tpl.dead = True
+        tpl.dead = tpl.reported = True
         for child in self._children.values():
             if child.template is tpl and not child.started.done():
                 child.started.set_exception(StartError("fork template died during start"))
@@ -222,25 +126,11 @@ class ForkBackend(_common.ProcessBackendBase):
         for child in [c for c in self._children.values() if c.template is tpl]:
             self._child_exited(child.id, "template_died")
 
-    async def _kill_template(self, tpl: _Template) -> None:
-        tpl.dead = True
-        if tpl.proc.returncode is None:
-            # SIGTERM: the template stops its children, then exits.
-            with contextlib.suppress(ProcessLookupError):
-                tpl.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(tpl.proc.wait(), self.config.stop_grace + 1.0)
-            except TimeoutError:
-                tpl.proc.kill()
-                await tpl.proc.wait()
-        tpl.sock.close()
+    async def _kill_template(self, tpl: TemplateHandle) -> None:
+        await _template_client.kill(tpl, self.config.stop_grace)
 
-    async def _send_signal(self, tpl: _Template, iid: str, sig: int) -> None:
-        if tpl.dead:
-            return
-        # OSError: the template is gone; its read loop reports the children.
-        with contextlib.suppress(OSError):
-            await _send(tpl.sock, {"op": "signal", "id": iid, "sig": int(sig)})
+    async def _send_signal(self, tpl: TemplateHandle, iid: str, sig: int) -> None:
+        await _template_client.send_signal(tpl, iid, sig)
 
     # -- instances -----------------------------------------------------------------
 
@@ -267,7 +157,7 @@ class ForkBackend(_common.ProcessBackendBase):
         msg = {"op": "start", "id": instance_id, "env": _common.instance_env(self.ctx, instance_id)}
         try:
             # The kernel duplicates the fd into the message; our copy can go right after.
-            await _send(tpl.sock, msg, [lsock.fileno()])
+            await _template_client.send(tpl, msg, [lsock.fileno()])
             pid = await asyncio.wait_for(asyncio.shield(child.started), self.ctx.start_timeout)
         except BaseException as exc:
             self._children.pop(instance_id, None)

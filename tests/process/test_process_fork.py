@@ -203,3 +203,20 @@ async def test_aclose_leaves_no_process_not_even_spares(
     assert kinds == ["fork", "spare", "spare", "template"]
     await backend.aclose()
     assert await asyncio.to_thread(scan, ctx.pool_name) == []
+
+
+async def test_stopping_the_listed_template_reports_its_children(
+    make_backend: MakeBackend, ctx: BackendContext
+) -> None:
+    backend = make_backend()
+    await backend.prepare()
+    kids = [await backend.start(f"kid-{i}") for i in range(2)]
+    template = next(i for i in await backend.list() if i.meta["kind"] == "template")
+    await backend.stop(template, "orphan")
+    for kid in kids:
+        assert await deaths(ctx).wait_for(kid.id, 5.0)
+        t0 = time.monotonic()
+        await backend.stop(kid, "test")  # already gone: returns at once
+        assert time.monotonic() - t0 < 1.0
+    again = await backend.start("after-template-stop")
+    assert await serves(again.endpoint.url + "/")

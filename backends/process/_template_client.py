@@ -1,0 +1,146 @@
+"""The proxy's side of the fork template: spawn it, wait for its "ready", exchange
+messages (with fds) on the control socket, and stop it. No instance bookkeeping here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backends.base import BackendContext
+from backends.errors import BackendConfigError
+from backends.process import _common, _linux
+from backends.process._tasks import log
+from backends.process.config import ProcessConfig
+
+_ROOT = str(Path(__file__).resolve().parents[2])  # so the template imports this package
+_BOOT = (
+    "import sys; sys.path.insert(1, {root!r}); from backends.process.template import main; main()"
+)
+_MAX_MSG = 64 * 1024
+
+
+@dataclass
+class TemplateHandle:
+    proc: asyncio.subprocess.Process
+    sock: socket.socket  # non-blocking, SOCK_SEQPACKET
+    kind: str = ""  # "aiohttp" | "asgi"
+    dead: bool = False  # gone or being stopped: send nothing more
+    reported: bool = False  # its children were reported dead
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+async def send(tpl: TemplateHandle, msg: dict[str, Any], fds: list[int] | None = None) -> None:
+    """One message (with fds) on the control socket, waiting while it is full."""
+    data = json.dumps(msg).encode()
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            socket.send_fds(tpl.sock, [data], fds or [])
+            return
+        except BlockingIOError:
+            writable = loop.create_future()
+            loop.add_writer(tpl.sock.fileno(), writable.set_result, None)
+            try:
+                await writable
+            finally:
+                loop.remove_writer(tpl.sock.fileno())
+
+
+async def recv(tpl: TemplateHandle) -> dict[str, Any] | None:
+    """The next message, or None once the template is gone."""
+    loop = asyncio.get_running_loop()
+    try:
+        data = await loop.sock_recv(tpl.sock, _MAX_MSG)
+    except OSError:
+        return None
+    if not data:
+        return None
+    msg: dict[str, Any] = json.loads(data)
+    return msg
+
+
+async def send_signal(tpl: TemplateHandle, iid: str, sig: int) -> None:
+    """Ask the template to signal instance `iid` (it knows whether it is still unreaped)."""
+    if tpl.dead:
+        return
+    # OSError: the template is gone; its read loop reports the children.
+    with contextlib.suppress(OSError):
+        await send(tpl, {"op": "signal", "id": iid, "sig": int(sig)})
+
+
+async def spawn(config: ProcessConfig, ctx: BackendContext) -> TemplateHandle:
+    """Start the template and wait until it has built the app (BackendConfigError if not)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    spec = {
+        "app": config.app,
+        "app_kind": config.app_kind,
+        "warmup": config.warmup,
+        "pythonpath": [os.path.join(config.abs_cwd, p) for p in config.pythonpath],
+        "prefork": config.prefork,
+        "stop_grace": config.stop_grace,
+        "parent_pid": os.getpid(),
+        "ctl_fd": theirs.fileno(),
+    }
+    env = _common.base_env(config, ctx)
+    env[_linux.ROLE_VAR] = _linux.padded_role(_linux.ROLE_TEMPLATE)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _BOOT.format(root=_ROOT),
+            json.dumps(spec),
+            pass_fds=[theirs.fileno()],
+            cwd=config.abs_cwd,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True,  # no terminal signals: the proxy decides when it stops
+        )
+    except OSError as exc:
+        ours.close()
+        raise BackendConfigError(f"cannot start the fork template: {exc}") from exc
+    finally:
+        theirs.close()
+    ours.setblocking(False)
+    tpl = TemplateHandle(proc, ours)
+    try:
+        first = await asyncio.wait_for(recv(tpl), ctx.start_timeout)
+    except (TimeoutError, asyncio.CancelledError):
+        await kill(tpl, config.stop_grace)
+        raise
+    if first is None or first.get("op") != "ready":
+        await kill(tpl, config.stop_grace)
+        if first is None:
+            raise BackendConfigError(
+                f"fork template for {config.app!r} exited before it was ready "
+                f"(exit code {proc.returncode})"
+            )
+        log.error("fork template failed:\n%s", first.get("traceback", ""))
+        raise BackendConfigError(f"fork template cannot build {config.app!r}: {first['error']}")
+    tpl.kind = str(first.get("kind", ""))
+    log.info("fork template ready: pid %d, %s app %s", proc.pid, tpl.kind, config.app)
+    return tpl
+
+
+async def kill(tpl: TemplateHandle, grace: float) -> None:
+    """SIGTERM (the template stops its children, then exits), SIGKILL after `grace`."""
+    tpl.dead = True
+    if tpl.proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            tpl.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(tpl.proc.wait(), grace + 1.0)
+        except TimeoutError:
+            tpl.proc.kill()
+            await tpl.proc.wait()
+    tpl.sock.close()
