@@ -108,6 +108,19 @@ async def test_oom_is_reported_as_oom(make_backend: MakeBackend) -> None:
     await h.backend.stop(inst, "died")
 
 
+async def test_oom_inside_a_request_is_not_a_death(make_backend: MakeBackend) -> None:
+    # The CGI's dd is the biggest process in the cgroup: the kernel kills it, not httpd.
+    h = await make_backend(memory="16m")
+    inst = await h.backend.start("r1")
+    await http_get(inst.endpoint.url + "/")
+    status, body = await http_get(inst.endpoint.url + "/cgi-bin/alloc?mb=64")
+    assert (status, "dd exited 137" in body) == (500, True)
+    assert (await http_get(inst.endpoint.url + "/"))[0] == 200
+    assert await h.backend.alive(inst)
+    assert h.deaths == []
+    await h.backend.stop(inst, "idle")
+
+
 async def test_exit_before_ready_carries_the_logs(make_backend: MakeBackend) -> None:
     h = await make_backend(
         prepare=False, paused_pool=1, command=["sh", "-c", "echo no-app-here; exit 3"]
