@@ -26,10 +26,9 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
 from typing import Any
 
-from backends.process import _linux
+from backends.process import _forked, _linux
 
 _MAX_MSG = 64 * 1024
 _REFILL_AFTER = 0.02  # seconds without messages before forking spares
@@ -179,7 +178,7 @@ class Template:
                 self.send({"op": "error", "id": iid, "error": f"fork failed: {exc}"})
                 return
             if pid == 0:
-                self._child(lambda: self._label(iid, env), fds[0], None)
+                _forked.run_instance(self._inherited(), iid, env, fds[0])
         os.close(fds[0])  # the child has it; keeping it would keep a dead child's port open
         self.children[pid] = iid
         self.send({"op": "started", "id": iid, "pid": pid, "spare": spare})
@@ -212,62 +211,20 @@ class Template:
                 return
             if pid == 0:
                 ours.close()
-                self._child(self._label_spare, None, theirs)
+                _forked.run_spare(self._inherited(), theirs)
             theirs.close()
             self.spares[pid] = ours
 
-    def _label_spare(self) -> None:
-        # Until this runs (microseconds after the fork) /proc shows the child as a
-        # "template"; _scan tells it apart by its parent.
-        if self.role_slot is not None:
-            _linux.write_role(self.role_slot, _linux.ROLE_SPARE)
-
-    def _label(self, iid: str, env: dict[str, str]) -> None:
-        """Become instance `iid`: its env for the app, its label for list()."""
-        os.environ.update(env)
-        os.environ[_linux.ROLE_VAR] = f"{_linux.ROLE_FORK_PREFIX}{iid}"
-        if self.role_slot is not None:
-            _linux.write_role(self.role_slot, f"{_linux.ROLE_FORK_PREFIX}{iid}")
-
-    def _child(
-        self, label: Callable[[], object], fd: int | None, assign: socket.socket | None
-    ) -> None:
-        """In a fresh fork: detach from the template's plumbing, then serve."""
-        code = 0
-        try:
-            _linux.set_pdeathsig()
-            if os.getppid() != self.pid:
-                os._exit(1)
-            self.ctl.close()
-            for conn in self.spares.values():
-                conn.close()
-            signal.set_wakeup_fd(-1)
-            os.close(self.wake_r)
-            os.close(self.wake_w)
-            for sig in (signal.SIGCHLD, signal.SIGTERM):
-                signal.signal(sig, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            label()
-            from backends.process import _serve
-
-            if assign is None:
-                assert fd is not None
-                acquire = _serve.socket_now(fd)
-            else:
-
-                def on_assign(data: bytes) -> None:
-                    msg = json.loads(data)
-                    self._label(msg["id"], msg.get("env", {}))
-
-                acquire = _serve.socket_from_template(assign, on_assign)
-            _serve.run_child(self.kind, self.app, acquire, self.grace, self.pid)
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+    def _inherited(self) -> _forked.Inherited:
+        return _forked.Inherited(
+            kind=self.kind,
+            app=self.app,
+            grace=self.grace,
+            template_pid=self.pid,
+            role_slot=self.role_slot,
+            close_sockets=(self.ctl, *self.spares.values()),
+            close_fds=(self.wake_r, self.wake_w),
+        )
 
     def signal(self, iid: str, sig: int) -> None:
         for pid, child in self.children.items():

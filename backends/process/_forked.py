@@ -1,0 +1,94 @@
+"""The first moments of a fork of the template: cut the template's plumbing, take
+a label (instance or spare), then serve. Never returns: the fork always _exits."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from backends.process import _linux, _serve
+
+
+@dataclass(frozen=True)
+class Inherited:
+    """What a fork gets from its template and must either use or close."""
+
+    kind: str  # "aiohttp" | "asgi"
+    app: Any  # aiohttp Application or loaded uvicorn Config
+    grace: float
+    template_pid: int
+    role_slot: int | None  # see _linux.role_slot
+    close_sockets: tuple[socket.socket, ...]  # the template's control/spare sockets
+    close_fds: tuple[int, ...]  # its signal wake-up pipe
+
+
+def label_instance(role_slot: int | None, iid: str, env: dict[str, str]) -> None:
+    """Become instance `iid`: its env for the app, its label for list()."""
+    os.environ.update(env)
+    os.environ[_linux.ROLE_VAR] = f"{_linux.ROLE_FORK_PREFIX}{iid}"
+    if role_slot is not None:
+        _linux.write_role(role_slot, f"{_linux.ROLE_FORK_PREFIX}{iid}")
+
+
+def _detach(inh: Inherited) -> None:
+    _linux.set_pdeathsig()
+    if os.getppid() != inh.template_pid:
+        os._exit(1)  # the template died before PDEATHSIG was armed
+    for sock in inh.close_sockets:
+        sock.close()
+    signal.set_wakeup_fd(-1)
+    for fd in inh.close_fds:
+        os.close(fd)
+    for sig in (signal.SIGCHLD, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _run(inh: Inherited, setup: Callable[[], _serve.Acquire]) -> NoReturn:
+    code = 0
+    try:
+        _detach(inh)
+        acquire = setup()
+        _serve.run_child(inh.kind, inh.app, acquire, inh.grace, inh.template_pid)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def run_instance(inh: Inherited, iid: str, env: dict[str, str], fd: int) -> NoReturn:
+    """A fork made for instance `iid`, serving on listening socket `fd`."""
+
+    def setup() -> _serve.Acquire:
+        label_instance(inh.role_slot, iid, env)
+        return _serve.socket_now(fd)
+
+    _run(inh, setup)
+
+
+def run_spare(inh: Inherited, assign: socket.socket) -> NoReturn:
+    """A fork made ahead of demand: it waits on `assign` for an id and a socket."""
+
+    def setup() -> _serve.Acquire:
+        # Until this runs (microseconds after the fork) /proc shows the child as a
+        # "template"; _scan tells it apart by its parent.
+        if inh.role_slot is not None:
+            _linux.write_role(inh.role_slot, _linux.ROLE_SPARE)
+
+        def on_assign(data: bytes) -> None:
+            msg = json.loads(data)
+            label_instance(inh.role_slot, msg["id"], msg.get("env", {}))
+
+        return _serve.socket_from_template(assign, on_assign)
+
+    _run(inh, setup)
