@@ -24,8 +24,9 @@ ROLE_FORK_PREFIX = "fork:"
 _libc: ctypes.CDLL | None = None
 
 
-def _prctl() -> ctypes.CDLL:
-    # Loaded once (in the template) so a fresh fork pays no dlopen on its hot path.
+def load_libc() -> ctypes.CDLL:
+    """libc, loaded once in the parent: a fork then pays no dlopen on its hot path, and
+    a preexec_fn (child of a threaded proxy) never takes the dynamic loader's lock."""
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
@@ -34,7 +35,7 @@ def _prctl() -> ctypes.CDLL:
 
 def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
     """Ask the kernel to send `sig` to this process when its parent (thread) dies."""
-    if _prctl().prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+    if load_libc().prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 

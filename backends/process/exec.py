@@ -63,6 +63,7 @@ class ExecBackend(_common.ProcessBackendBase):
         super().__init__(config, ctx)
         self._procs: dict[str, _Proc] = {}
         self._program: str | None = None  # the resolved command[0], found by prepare()
+        _linux.load_libc()  # here, not in _preexec (see load_libc)
         self._tasks = TaskSet()
         self._closing = False
 
