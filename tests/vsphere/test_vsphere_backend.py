@@ -4,6 +4,7 @@ serve HTTP from their own containers, the ownership guard, session expiry, crash
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from typing import Any
@@ -333,3 +334,16 @@ async def test_clone_tasks_in_flight_are_bounded(make_backend: MakeBackend, vcsi
     # vcsim batches updates every 250 ms, so the task's end may be seen that much late.
     assert all(i.phases["guest_ip"] >= 1.0 for i in started), [i.phases for i in started]
     await asyncio.gather(*(backend.stop(i, "test") for i in started))
+
+
+async def test_the_password_is_never_logged_and_insecure_is_warned(
+    make_backend: MakeBackend, vcsim: Vcsim, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    backend = make_backend(ca_file=None, insecure=True, watch_deaths=False)
+    await backend.prepare()
+    inst = await backend.start(new_id())
+    await backend.stop(inst, "test")
+    await backend.aclose()
+    assert "certificate of 127.0.0.1 is NOT verified" in caplog.text
+    assert vcsim.password not in caplog.text
