@@ -84,7 +84,10 @@ class DockerBackend(Backend):
         self._by_cid: dict[str, str] = {}  # container id -> live instance id
         self._parked: deque[_Parked] = deque()
         self._filling = 0  # paused-pool containers being started and probed
-        self._oomed: set[str] = set()  # container ids with an oom event
+        # Container id -> time of its last oom event. An OOM kill of a child process
+        # (a CGI, a worker) leaves the container running: only an oom just before a
+        # death makes that death an OOM.
+        self._oomed: dict[str, float] = {}
         self._streams: dict[str, Any] = {}  # engine url -> docker CancellableStream
         self._refill = asyncio.Event()
         self._closing = False
@@ -275,7 +278,7 @@ class DockerBackend(Backend):
         if iid is not None and (live := self._live.get(iid)) and live.container.id == c.id:
             del self._live[iid]
         c.engine.containers.discard(c.id)
-        self._oomed.discard(c.id)
+        self._oomed.pop(c.id, None)
 
     async def _remove(self, c: Container) -> None:
         try:
@@ -569,7 +572,7 @@ class DockerBackend(Backend):
     def _on_event(self, event: ContainerEvent) -> None:
         cid = event.container_id
         if event.action == "oom":
-            self._oomed.add(cid)
+            self._oomed[cid] = time.monotonic()
             return
         if event.action != "die":
             return
@@ -587,9 +590,12 @@ class DockerBackend(Backend):
         live.dead = True
         self._work.spawn(self._report_death(live, event.exit_code), f"death:{live.instance.id}")
 
+    def _recent_oom(self, cid: str) -> bool:
+        return time.monotonic() - self._oomed.get(cid, -1e9) < 2.0
+
     async def _report_death(self, live: _Live, code: str) -> None:
         c = live.container
-        oom = c.id in self._oomed
+        oom = self._recent_oom(c.id)
         logs = ""
         try:
             # A SIGKILL (137) may be the OOM killer's: the engine's oom event and the
@@ -599,7 +605,7 @@ class DockerBackend(Backend):
                     await asyncio.sleep(0.5)
                 attrs = await self._work.call(c.engine.client.api.inspect_container, c.id)
                 state = attrs.get("State") or {}
-                oom = oom or c.id in self._oomed or bool(state.get("OOMKilled"))
+                oom = oom or self._recent_oom(c.id) or bool(state.get("OOMKilled"))
                 if oom:
                     break
             logs = await self._work.call(c.engine.logs_tail, c.id, 10)
