@@ -50,14 +50,22 @@ async def docker_proxy(
         return p
 
     yield make
+    problems = []
     for p in made:
         if p.proc is not None and p.proc.poll() is None:
             p.signal(signal.SIGTERM)
-            assert await p.wait(20) == 0, p.log.read_text()
+            try:
+                if await p.wait(20) != 0:
+                    problems.append(f"proxy exited {p.proc.returncode}:\n{p.log.read_text()}")
+            except AssertionError:
+                p.kill()
+                problems.append(f"proxy did not stop within 20s:\n{p.log.read_text()}")
     left = pool_containers(docker_client, pool_name)
-    for c in left:
+    for c in left:  # clean up even when the proxy failed, so nothing leaks past the test
         c.remove(force=True)
-    assert not left, f"the proxy left containers behind: {[c.name for c in left]}"
+    if left:
+        problems.append(f"the proxy left containers behind: {[c.name for c in left]}")
+    assert not problems, "\n".join(problems)
 
 
 async def get(url: str, timeout: float = 30, method: str = "GET") -> tuple[int, str]:
