@@ -107,11 +107,13 @@ async def make_backend(
         return h
 
     yield make
-    for h in made:
-        await h.backend.aclose()
-    left = pool_containers(docker_client, pool_name)
-    for c in left:  # do not leak into the next test, but still fail this one
-        c.remove(force=True)
+    try:
+        for h in made:
+            await h.backend.aclose()
+    finally:
+        left = pool_containers(docker_client, pool_name)
+        for c in left:  # do not leak into the next test, but still fail this one
+            c.remove(force=True)
     assert not left, f"containers left behind: {[c.name for c in left]}"
 
 
