@@ -220,11 +220,12 @@ async def test_a_clone_without_an_ip_times_out_and_is_removed(
     make_vm(si, name, None)  # running, but no container: its guest never reports an IP
     backend = make_backend(parent_vm=name, guest_ip_timeout="2s")
     await backend.prepare()
+    failed = new_id()
     with pytest.raises(StartError) as err:
-        await backend.start(new_id())
+        await backend.start(failed)
     assert err.value.reason == "guest_ip_timeout"
 
-    await eventually(lambda: not [i for i in vm_names(si) if i.startswith("forkproxy-")], 30)
+    await eventually(lambda: f"forkproxy-{failed}" not in vm_names(si), 30, "clone removal")
     vm = find_vm(si, name)
     wait_task(vm.PowerOffVM_Task())
     wait_task(vm.Destroy_Task())
@@ -291,10 +292,11 @@ async def test_container_table_starts_the_app_through_a_docker_api(
         container={"image": "forkproxy-test/no-such-image:1", "engine_url": engine},
     )
     await broken.prepare()
+    failed = new_id()
     with pytest.raises(StartError) as err:
-        await broken.start(new_id())
+        await broken.start(failed)
     assert err.value.reason == "container_failed"
-    await eventually(lambda: not [n for n in vm_names(si) if n.startswith("forkproxy-")], 30)
+    await eventually(lambda: f"forkproxy-{failed}" not in vm_names(si), 30, "clone removal")
     client.close()
 
 
