@@ -33,10 +33,12 @@ class TestDockerContract(BackendContract):
         b = create_backend(cfg, ctx)
         await b.prepare()
         yield b
-        await b.aclose()
-        left = pool_containers(docker_client, ctx.pool_name)
-        for c in left:
-            c.remove(force=True)
+        try:
+            await b.aclose()  # a second aclose() (after the contract's own) must be fine
+        finally:
+            left = pool_containers(docker_client, ctx.pool_name)
+            for c in left:
+                c.remove(force=True)
         assert not left, f"containers left behind: {[c.name for c in left]}"
 
     async def kill_out_of_band(self, backend: Backend, instance: Instance) -> None:
