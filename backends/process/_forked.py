@@ -51,12 +51,12 @@ def _detach(inh: Inherited) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _run(inh: Inherited, setup: Callable[[], _serve.Acquire]) -> NoReturn:
+def _run(inh: Inherited, setup: Callable[[], _serve.Acquire], spare: bool) -> NoReturn:
     code = 0
     try:
         _detach(inh)
         acquire = setup()
-        _serve.run_child(inh.kind, inh.app, acquire, inh.grace, inh.template_pid)
+        _serve.run_child(inh.kind, inh.app, acquire, inh.grace, inh.template_pid, spare=spare)
     except BaseException:
         traceback.print_exc()
         code = 1
@@ -73,7 +73,7 @@ def run_instance(inh: Inherited, iid: str, env: dict[str, str], fd: int) -> NoRe
         label_instance(inh.role_slot, iid, env)
         return _serve.socket_now(fd)
 
-    _run(inh, setup)
+    _run(inh, setup, spare=False)
 
 
 def run_spare(inh: Inherited, assign: socket.socket) -> NoReturn:
@@ -91,4 +91,4 @@ def run_spare(inh: Inherited, assign: socket.socket) -> NoReturn:
 
         return _serve.socket_from_template(assign, on_assign)
 
-    _run(inh, setup)
+    _run(inh, setup, spare=True)

@@ -60,15 +60,25 @@ async def _setup(runner: web.AppRunner) -> bool:
     return True
 
 
-async def serve_aiohttp(app: web.Application, acquire: Acquire, grace: float, ppid: int) -> None:
-    life = Lifetime(ppid)
+async def serve_aiohttp(
+    app: web.Application, acquire: Acquire, grace: float, ppid: int, spare: bool
+) -> None:
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=grace)
+    life: Lifetime | None = None
     try:
-        # The app's on_startup runs here: in a spare, before it is assigned an instance.
-        # Raced against SIGTERM so an app stuck in startup can still be stopped gracefully.
-        if await life.until(_setup(runner)) is None:
-            return
-        sock = await life.until(acquire())
+        if spare:
+            # on_startup runs before the spare is assigned; raced against SIGTERM so a
+            # spare stuck in startup (or never assigned) still stops gracefully.
+            life = Lifetime(ppid)
+            if await life.until(_setup(runner)) is None:
+                return
+            sock = await life.until(acquire())
+        else:
+            # Straight through (no extra tasks on the cold path). A SIGTERM during
+            # startup meets the default disposition: the process just ends.
+            await runner.setup()
+            life = Lifetime(ppid)
+            sock = await acquire()
         if sock is None:
             return
         site = web.SockSite(runner, sock, shutdown_timeout=grace)
@@ -76,7 +86,8 @@ async def serve_aiohttp(app: web.Application, acquire: Acquire, grace: float, pp
         await life.stop.wait()
     finally:
         await runner.cleanup()
-        await life.close()
+        if life is not None:
+            await life.close()
 
 
 def asgi_config(app: Any, grace: float) -> Any:
@@ -95,12 +106,15 @@ def asgi_config(app: Any, grace: float) -> Any:
     return config
 
 
-async def serve_asgi(config: Any, acquire: Acquire, grace: float, ppid: int) -> None:
+async def serve_asgi(config: Any, acquire: Acquire, grace: float, ppid: int, spare: bool) -> None:
     import uvicorn
 
-    life = Lifetime(ppid)
-    sock = await life.until(acquire())
-    await life.close()  # uvicorn installs its own SIGTERM/SIGINT handling (graceful)
+    if spare:
+        life = Lifetime(ppid)
+        sock = await life.until(acquire())
+        await life.close()  # uvicorn installs its own SIGTERM/SIGINT handling (graceful)
+    else:
+        sock = await acquire()
     if sock is None:
         return
     server = uvicorn.Server(config)
@@ -119,13 +133,15 @@ async def serve_asgi(config: Any, acquire: Acquire, grace: float, ppid: int) -> 
         await asyncio.gather(watcher, return_exceptions=True)
 
 
-def run_child(kind: str, app: Any, acquire: Acquire, grace: float, ppid: int) -> None:
+def run_child(
+    kind: str, app: Any, acquire: Acquire, grace: float, ppid: int, *, spare: bool
+) -> None:
     import uvloop
 
     if kind == "aiohttp":
-        uvloop.run(serve_aiohttp(app, acquire, grace, ppid))
+        uvloop.run(serve_aiohttp(app, acquire, grace, ppid, spare))
     else:
-        uvloop.run(serve_asgi(app, acquire, grace, ppid))
+        uvloop.run(serve_asgi(app, acquire, grace, ppid, spare))
 
 
 def socket_now(fd: int) -> Acquire:
