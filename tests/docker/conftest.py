@@ -94,7 +94,7 @@ async def make_backend(
     made: list[Harness] = []
 
     async def make(*, prepare: bool = True, owner: str = "", **keys: Any) -> Harness:
-        cfg = parse_config(Table({"image": IMAGE, **keys}, "backend"))
+        cfg = parse_config(Table({"image": IMAGE, "engines": [ENGINE], **keys}, "backend"))
         ctx = BackendContext(
             pool_name=pool_name,
             owner_id=owner or f"owner-{len(made)}-{pool_name}",

@@ -12,7 +12,7 @@ from backends.base import LABEL_INSTANCE, LABEL_OWNER, LABEL_POOL
 from backends.docker import LABEL_PAUSED
 from backends.errors import BackendConfigError, BackendUnavailable, StartError
 from tests.conftest import eventually
-from tests.docker.conftest import IMAGE, MakeBackend, http_get, pool_containers
+from tests.docker.conftest import ENGINE, IMAGE, MakeBackend, http_get, pool_containers
 
 pytestmark = pytest.mark.docker
 
@@ -164,10 +164,10 @@ async def test_down_second_engine_is_skipped(
     make_backend: MakeBackend, docker_client: docker.DockerClient, pool_name: str
 ) -> None:
     down = closed_tcp_url()
-    h = await make_backend(engines=["unix:///var/run/docker.sock", down], engine_retry="30s")
+    h = await make_backend(engines=[ENGINE, down], engine_retry="30s")
     assert "1/2 engines up" in repr(h.backend)
     insts = [await h.backend.start(f"m{n}") for n in range(2)]
-    assert {i.meta["engine"] for i in insts} == {"unix:///var/run/docker.sock"}
+    assert {i.meta["engine"] for i in insts} == {ENGINE}
     for inst in insts:
         assert (await http_get(inst.endpoint.url + "/"))[0] == 200
         await h.backend.stop(inst, "idle")

@@ -13,7 +13,7 @@ from backends.base import Backend, BackendContext, Instance
 from backends.config import Table
 from backends.docker import create_backend, parse_config
 from tests.backend_contract import BackendContract, recording_context
-from tests.docker.conftest import IMAGE, pool_containers
+from tests.docker.conftest import ENGINE, IMAGE, pool_containers
 
 pytestmark = pytest.mark.docker
 
@@ -29,7 +29,8 @@ class TestDockerContract(BackendContract):
     async def backend(
         self, ctx: BackendContext, docker_client: docker.DockerClient
     ) -> AsyncIterator[Backend]:
-        cfg = parse_config(Table({"image": IMAGE, "paused_pool": self.paused_pool}, "backend"))
+        keys = {"image": IMAGE, "engines": [ENGINE], "paused_pool": self.paused_pool}
+        cfg = parse_config(Table(keys, "backend"))
         b = create_backend(cfg, ctx)
         await b.prepare()
         yield b
@@ -50,7 +51,7 @@ class TestDockerContract(BackendContract):
 
     async def leftovers(self, backend: Backend, ctx: BackendContext) -> list[Instance]:
         # Ask the engine itself: after aclose() the backend has no client left to ask.
-        client = docker.DockerClient()
+        client = docker.DockerClient(base_url=ENGINE)
         try:
             rows = pool_containers(client, ctx.pool_name)
         finally:

@@ -15,7 +15,12 @@ from backends.errors import StartError
 from tests.conftest import eventually
 from tests.docker.conftest import ENGINE, MakeBackend, http_get, pool_containers
 
-pytestmark = pytest.mark.docker
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.skipif(
+        not ENGINE.startswith("unix://"), reason="forwards to a local engine socket"
+    ),
+]
 SOCKET = ENGINE.removeprefix("unix://")
 
 

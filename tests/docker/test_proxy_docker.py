@@ -18,7 +18,7 @@ import pytest
 from backends.base import LABEL_OWNER
 from loadtest.tomlw import dumps, merge
 from tests.conftest import ROOT, ProxyProcess, eventually
-from tests.docker.conftest import IMAGE, pool_containers
+from tests.docker.conftest import ENGINE, IMAGE, pool_containers
 
 pytestmark = pytest.mark.docker
 
@@ -29,7 +29,7 @@ def config_text(pool_name: str, **tables: dict[str, Any]) -> str:
     base = {
         "server": {"name": pool_name, "shutdown_timeout": "10s"},
         "pool": {"idle_ttl": "60s", "start_timeout": "15s", "tick": "50ms"},
-        "backend": {"type": "docker", "image": IMAGE, "paused_pool": 0},
+        "backend": {"type": "docker", "image": IMAGE, "engines": [ENGINE], "paused_pool": 0},
     }
     return dumps(merge(base, tables))
 
