@@ -37,6 +37,7 @@ _REASONS = {
 }
 
 
+_LINGER = 2.0  # seconds to drain a client's input after an error answer
 _RATE_GRACE = 5.0  # seconds before body_min_rate applies (a slow start is not an attack)
 
 
@@ -504,8 +505,12 @@ class HttpConnection(asyncio.Protocol):
 
     def _finished(self, req: Request) -> None:
         self.active = None
-        if not req.keep_alive or self.closing or not req.body.complete:
-            # an unread body would be parsed as the next request: close instead
+        if not req.body.complete:
+            # an unread body would be parsed as the next request: close instead, but
+            # lingering, so the client still reads our answer (413, 408, ...)
+            self.linger()
+            return
+        if not req.keep_alive or self.closing:
             self.close()
             return
         if self.pipeline:
@@ -585,7 +590,7 @@ class HttpConnection(asyncio.Protocol):
             tmp = Request(self)
             tmp.keep_alive = False
             tmp.respond(status, text)
-            self.close()
+            self.linger()
         elif not active.body.complete:
             # the active request's own body broke: its handler answers the error
             active.body.fail(ClientError(status, text))
@@ -608,6 +613,21 @@ class HttpConnection(asyncio.Protocol):
                 # close() waits for the buffer to flush: a client that stops reading
                 # would hold the connection forever
                 self.loop.call_later(self.limits.send_timeout, t.abort)
+
+    def linger(self) -> None:
+        """Close after an error answer while the client may still be sending: closing at
+        once would reset the connection and the client could lose the answer unread
+        (nginx's lingering_close). Send FIN, discard input until the client closes or
+        _LINGER seconds pass."""
+        t = self.transport
+        if t is None or t.is_closing() or t.get_write_buffer_size() or not t.can_write_eof():
+            self.close()
+            return
+        self.closing = True
+        self._disarm()
+        t.write_eof()
+        self.resume_reading()  # data_received discards while closing
+        self._timer = self.loop.call_later(_LINGER, self.abort)
 
     def abort(self) -> None:
         self.closing = True

@@ -21,6 +21,7 @@ from backends.base import Endpoint
 _HIGH_WATER = 256 * 1024  # response bytes buffered before reading from the instance pauses
 _LOW_WATER = 64 * 1024
 _MAX_IDLE_PER_ENDPOINT = 64
+_MAX_HEAD = 64 * 1024  # response header bytes from an instance; more is a bad response
 
 
 class UpstreamError(Exception):
@@ -62,6 +63,7 @@ class Response:
         "complete",
         "error",
         "got_bytes",
+        "head_bytes",
         "head_only",
         "headers_done",
         "informational",
@@ -86,6 +88,7 @@ class Response:
         self.error: UpstreamError | None = None
         self.head_only = head_only
         self.got_bytes = False
+        self.head_bytes = 0
         self.informational = False
         self.until_close = False  # no Content-Length, not chunked: the body ends at EOF
 
@@ -234,6 +237,9 @@ class Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         resp = self.resp
         assert resp is not None
+        resp.head_bytes += len(name) + len(value)
+        if resp.head_bytes > _MAX_HEAD:
+            raise BadResponse("response head too large", sent=True)
         if not resp.headers_done.done():  # after the head: chunked trailers, dropped
             resp.raw_headers.append((name, value))
 

@@ -88,32 +88,43 @@ class Exchange:
 
 
 async def exchange(port: int, *parts: bytes, timeout: float = 5.0, pause: float = 0.0) -> Exchange:
-    """Send `parts` (with `pause` seconds between them), then read until the proxy closes
-    the connection or `timeout` passes."""
+    """Send `parts` (with `pause` seconds between them) while reading, until the proxy
+    closes the connection or `timeout` passes."""
     t0 = time.monotonic()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    data = b""
+    got = bytearray()
     closed = False
-    try:
+
+    async def read() -> None:
+        nonlocal closed
+        try:
+            while chunk := await reader.read(65536):
+                got.extend(chunk)
+        except ConnectionError:
+            pass
+        closed = True
+
+    async def send() -> None:
         for i, part in enumerate(parts):
             if i and pause:
                 await asyncio.sleep(pause)
+            if closed:
+                return
             try:
                 writer.write(part)
                 await writer.drain()
             except ConnectionError:
-                break
-        async with asyncio.timeout(timeout):
-            while chunk := await reader.read(65536):
-                data += chunk
-            closed = True
+                return
+
+    try:
+        async with asyncio.timeout(timeout), asyncio.TaskGroup() as tg:
+            tg.create_task(read())
+            tg.create_task(send())
     except TimeoutError:
         pass
-    except ConnectionError:
-        closed = True
     finally:
         writer.close()
-    return Exchange(data, closed, time.monotonic() - t0)
+    return Exchange(bytes(got), closed, time.monotonic() - t0)
 
 
 def seen(resp: Resp) -> dict[str, Any]:

@@ -224,3 +224,14 @@ async def test_slow_small_body_holds_no_instance_slot() -> None:
             async with asyncio.timeout(5):
                 assert (await r.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
             w.close()
+
+
+@pytest.mark.slow
+async def test_body_below_min_rate_is_408_after_the_grace() -> None:
+    """Bytes keep coming (body_timeout never fires) but too slowly: body_min_rate ends it
+    once the 5 s grace is over."""
+    async with recorder(server={"body_timeout": "2s", "body_min_rate": 1000}) as p:
+        head = b"POST /h HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n"
+        ex = await exchange(p.proxy.listen_port, head, *[b"x" * 10] * 40, pause=0.5, timeout=12)
+    assert ex.statuses == [408] and ex.closed
+    assert 5 <= ex.elapsed < 9, ex.elapsed

@@ -27,7 +27,7 @@ def lines(log: Path) -> list[bytes]:
 
 
 @pytest.mark.parametrize(
-    "path", ["/garbage", "/status-bad", "/clte", "/dupcl", "/badchunk", "/obsfold"]
+    "path", ["/garbage", "/status-bad", "/clte", "/dupcl", "/badchunk", "/obsfold", "/bighead"]
 )
 async def test_malformed_response_is_502_and_counted(tmp_path: Path, path: str) -> None:
     log = tmp_path / "requests.log"
