@@ -152,6 +152,15 @@ async def test_missing_image_is_a_config_error(make_backend: MakeBackend) -> Non
     assert "no pull was attempted" in str(err.value)
 
 
+async def test_failed_pull_is_a_config_error(make_backend: MakeBackend) -> None:
+    # No registry is assumed: whether it is unreachable or refuses, the pull fails.
+    h = await make_backend(prepare=False, image="forkproxy-test/does-not-exist:1", pull="missing")
+    with pytest.raises(BackendConfigError) as err:
+        await h.backend.prepare()
+    assert err.value.reason == "image_missing"
+    assert "pulling image 'forkproxy-test/does-not-exist:1'" in str(err.value)
+
+
 async def test_unreachable_engine_is_a_clear_error(make_backend: MakeBackend) -> None:
     url = closed_tcp_url()
     h = await make_backend(prepare=False, engines=[url])
