@@ -7,6 +7,7 @@ import asyncio
 import logging
 
 from proxy.forward import Forwarder
+from proxy.headers import downstream_raw
 from proxy.http1 import ClientError, HttpConnection, Request
 
 log = logging.getLogger("forkproxy.tunnel")
@@ -44,12 +45,14 @@ async def websocket(fwd: Forwarder, req: Request, rest: bytes) -> None:
             req.respond(504, "Gateway Timeout: instance did not answer in time")
             return
         status = head[9:12]
-        fwd.count(int(status) if status.isdigit() else 502)
+        if status != b"101" or not head.startswith(b"HTTP/1.1 "):
+            # refused: its answer is re-framed like any response, never copied raw
+            fwd.count(await _refusal(fwd, req, reader, head))
+            return
+        fwd.count(101)
         req.response_started = True
         conn = req.conn
         conn.write(head)
-        if status != b"101":
-            return  # the instance refused the upgrade; its answer went back as is
 
         up = writer
 
@@ -73,6 +76,45 @@ async def websocket(fwd: Forwarder, req: Request, rest: bytes) -> None:
         if writer is not None:
             writer.close()
         fwd.pool.release(lease)
+
+
+async def _refusal(fwd: Forwarder, req: Request, reader: asyncio.StreamReader, head: bytes) -> int:
+    """Answer the client with the instance's non-101 response: its status and end-to-end
+    headers, a body only if Content-Length framed it (small), else a 502."""
+    line, *lines = head[:-4].split(b"\r\n")
+    parts = line.split(b" ", 2)
+    raw: list[tuple[bytes, bytes]] = []
+    for h in lines:
+        name, sep, value = h.partition(b":")
+        if not sep or not name or name != name.strip():
+            break
+        raw.append((name, value.strip()))
+    else:
+        length = [v for n, v in raw if n.lower() == b"content-length"]
+        chunked = any(n.lower() == b"transfer-encoding" for n, _ in raw)
+        if (
+            len(parts) >= 2
+            and parts[0] in (b"HTTP/1.1", b"HTTP/1.0")
+            and parts[1].isdigit()
+            and 200 <= int(parts[1]) < 600
+            and not chunked
+            and len(length) <= 1
+            and (not length or (length[0].isdigit() and int(length[0]) <= _MAX_HEAD))
+        ):
+            status = int(parts[1])
+            try:
+                body = await reader.readexactly(int(length[0])) if length else b""
+            except asyncio.IncompleteReadError:
+                body = None
+            if body is not None:
+                req.keep_alive = False
+                reason = parts[2] if len(parts) > 2 else b""
+                req.start_response(status, reason, downstream_raw(raw), length=len(body))
+                req.conn.write(body)
+                return status
+    fwd.metrics.upstream_errors.labels("bad_response").inc()
+    req.respond(502, "Bad Gateway: instance failed")
+    return 502
 
 
 async def _resume_after_drain(up: asyncio.StreamWriter, conn: HttpConnection) -> None:

@@ -24,6 +24,10 @@ ANSWERS = {
     b"Upgrade: h2c\r\nX-Kept: yes\r\nTransfer-Encoding: chunked\r\n\r\n"
     b"3\r\nabc\r\n2\r\nde\r\n0\r\nX-T: t\r\n\r\n",
     b"/bighead": b"HTTP/1.1 200 OK\r\n" + b"X-Big: %b\r\n" % (b"b" * 8000) * 10 + b"\r\n",
+    b"/ws-refuse": b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\nConnection: close, X-A\r\n"
+    b"X-A: 1\r\nX-B: 2\r\n\r\nnope",
+    b"/ws-chunked": b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"4\r\nnope\r\n0\r\n\r\n",
     b"/gzip": b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Type: text/plain\r\n"
     b"Content-Length: %d\r\n\r\n%b" % (len(GZIP_BODY), GZIP_BODY),
 }

@@ -119,3 +119,22 @@ async def test_instance_killed_between_requests_is_invisible_to_idempotent_reque
             ex = await exchange(port, get(b"/"))
             assert ex.statuses == [200]
             assert ex.responses[0].header(b"X-Pid") != pid
+
+
+WS = (
+    b"GET %b HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+)
+
+
+async def test_refused_websocket_upgrade_is_reframed_not_copied(tmp_path: Path) -> None:
+    async with raw_instance(tmp_path / "log") as p:
+        ex = await exchange(p.proxy.listen_port, WS % b"/ws-refuse")
+        (resp,) = ex.responses
+        assert resp.status == 403 and resp.body == b"nope" and ex.closed
+        names = [n.lower() for n, _ in resp.headers]
+        assert b"x-b" in names and b"x-a" not in names  # named in the instance's Connection
+        assert resp.all(b"Connection") == [b"close"] and names.count(b"content-length") == 1
+        ex = await exchange(p.proxy.listen_port, WS % b"/ws-chunked")
+        assert ex.statuses == [502]
+        assert await metric(p, "forkproxy_upstream_errors_total", kind="bad_response") == 1
