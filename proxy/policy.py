@@ -55,10 +55,17 @@ def decide(snap: Snapshot, cfg: PoolConfig) -> Decision:
         reasons.append(f"queued:{snap.waiting}")
 
     # (b) ahead of saturation: average in-flight per instance above target. One start
-    # at a time, and only when none is in flight: bursts are (a)'s business, and a
-    # burst of N must not start more than ceil(N / max_concurrency) + max_starting.
+    # at a time, only when none is in flight, and never more than one instance beyond
+    # what max_concurrency needs: headroom, not a second burst response. (A burst of N
+    # must not start more than ceil(N / max_concurrency) + max_starting.)
     load = sum(i.in_flight for i in ready)
-    if live and not starting and load / live > cfg.target_concurrency and want == 0:
+    if (
+        live
+        and not starting
+        and want == 0
+        and load / live > cfg.target_concurrency
+        and live < math.ceil(load / cfg.max_concurrency) + 1
+    ):
         want = 1
         reasons.append("target_concurrency")
 

@@ -58,6 +58,10 @@ def test_ahead_of_saturation_on_target_concurrency() -> None:
     assert decide(snap(0, ready("a", in_flight=9), starting("b")), CFG).start == 0
     busy = [ready(str(i), in_flight=9) for i in range(5)]
     assert decide(snap(0, *busy), CFG).start == 1
+    # headroom of one instance at most: 100 in flight on 11 instances needs no 12th
+    # although 100 / 11 > 7
+    busy = [ready(str(i), in_flight=10) for i in range(9)] + [ready("x", 10), ready("y", 0, 1.0)]
+    assert decide(snap(0, *busy), CFG).start == 0
 
 
 def test_free_ready_slots_absorb_waiters() -> None:
