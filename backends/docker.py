@@ -169,6 +169,16 @@ class DockerBackend(Backend):
     async def start(self, instance_id: str) -> Instance:
         if self._closing:
             raise StartError("docker backend is closing", reason="closing")
+        # The pool wraps start() in a timeout: run the start as an owned task so a
+        # cancelled caller cannot leak a container that is made a moment later.
+        task = self._work.spawn(self._start(instance_id), f"start:{instance_id}")
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(self._stop_orphan)
+            raise
+
+    async def _start(self, instance_id: str) -> Instance:
         while self._parked:
             parked = self._parked.popleft()
             self._refill.set()
@@ -177,14 +187,7 @@ class DockerBackend(Backend):
             except BackendError as exc:
                 log.warning("paused container %s unusable: %s", parked.container.name, exc)
                 self._work.spawn(self._remove(parked.container), "remove")
-        # The pool wraps start() in a timeout: run the cold start as an owned task so a
-        # cancelled caller cannot leak a container that is created a moment later.
-        task = self._work.spawn(self._cold_start(instance_id), f"start:{instance_id}")
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            task.add_done_callback(self._stop_orphan)
-            raise
+        return await self._cold_start(instance_id)
 
     def _stop_orphan(self, task: asyncio.Task[Instance]) -> None:
         if task.cancelled() or task.exception() is not None or self._closing:

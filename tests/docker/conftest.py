@@ -69,7 +69,14 @@ def pool_name() -> str:
 
 
 def pool_containers(client: docker.DockerClient, pool: str) -> list[Any]:
-    return list(client.containers.list(all=True, filters={"label": f"io.forkproxy.pool={pool}"}))
+    """The pool's containers, inspected. One removed between list and inspect: ask again."""
+    while True:
+        try:
+            return list(
+                client.containers.list(all=True, filters={"label": f"io.forkproxy.pool={pool}"})
+            )
+        except docker.errors.NotFound:
+            continue
 
 
 class Harness:

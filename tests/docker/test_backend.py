@@ -3,6 +3,7 @@ deaths are reported with their reason, bad worlds fail clearly, nothing leaks.""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import docker
@@ -82,6 +83,25 @@ async def test_paused_pool_start_unpauses_and_refills(
     assert "p1" in listed
     assert all(i.owner_id == h.ctx.owner_id for i in listed.values())
     await h.backend.stop(inst, "idle")
+
+
+async def test_a_start_cancelled_by_the_caller_leaks_nothing(
+    make_backend: MakeBackend, docker_client: docker.DockerClient, pool_name: str
+) -> None:
+    # The pool puts start() under a timeout; create+start outlives a 10 ms one.
+    h = await make_backend()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(h.backend.start("late"), 0.01)
+    seen: set[str] = set()
+
+    def created_then_removed() -> bool:
+        now = {c.name for c in pool_containers(docker_client, pool_name)}
+        seen.update(now)
+        return bool(seen) and not now
+
+    await eventually(created_then_removed, 15, "the abandoned container made, then removed")
+    assert seen == {f"forkproxy-{pool_name}-late"}
+    assert await h.backend.list() == []
 
 
 async def test_killed_container_is_reported_dead(
