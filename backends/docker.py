@@ -135,6 +135,13 @@ class DockerBackend(Backend):
     # -- Backend API -------------------------------------------------------------------
 
     async def prepare(self) -> None:
+        try:
+            await self._prepare()
+        except BaseException:
+            await self.aclose()  # a proxy that exits on this error leaks no container
+            raise
+
+    async def _prepare(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0))
         results = await asyncio.gather(
             *(self._work.call(e.connect) for e in self._engines), return_exceptions=True
