@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import math
 import os
 import shlex
@@ -27,15 +28,22 @@ class LocustRun:
     stats: dict[str, dict[str, str]]  # Name -> row of <prefix>_stats.csv ("Aggregated" included)
     history: list[dict[str, str]] = field(default_factory=list)  # aggregated rows, ~1 per second
     output: str = ""
+    # Final totals from --json-file, written at shutdown; the stats CSV is rewritten only once a
+    # second, so it can miss the last requests. Name -> (requests, failures, p99 ms).
+    final: dict[str, tuple[int, int, float]] = field(default_factory=dict)
 
     @property
     def total(self) -> dict[str, str]:
         return self.stats.get("Aggregated", {})
 
     def count(self, key: str = "Request Count", name: str = "Aggregated") -> int:
+        if name in self.final and key in ("Request Count", "Failure Count"):
+            return self.final[name][0 if key == "Request Count" else 1]
         return int(self.stats.get(name, {}).get(key, "0") or 0)
 
     def p99_ms(self, name: str = "Aggregated") -> float:
+        if name in self.final:
+            return self.final[name][2]
         return _float(self.stats.get(name, {}).get("99%", ""))
 
     def series(self) -> list[dict[str, Any]]:
@@ -92,11 +100,46 @@ def read_stats(prefix: Path) -> tuple[dict[str, dict[str, str]], list[dict[str, 
     return stats, history
 
 
+def _p99(times: dict[float, int]) -> float:
+    total = sum(times.values())
+    if not total:
+        return math.nan
+    seen = 0
+    for ms in sorted(times):
+        seen += times[ms]
+        if seen >= 0.99 * total:
+            return ms
+    return max(times)
+
+
+def read_final(path: Path) -> dict[str, tuple[int, int, float]]:
+    """Per-name and "Aggregated" (requests, failures, p99 ms) from locust's --json-file."""
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    out: dict[str, tuple[int, int, float]] = {}
+    merged: dict[float, int] = {}
+    reqs = fails = 0
+    for e in entries:
+        times = {float(k): int(v) for k, v in (e.get("response_times") or {}).items()}
+        for k, v in times.items():
+            merged[k] = merged.get(k, 0) + v
+        n, f = int(e.get("num_requests", 0)), int(e.get("num_failures", 0))
+        reqs, fails = reqs + n, fails + f
+        name = str(e.get("name", ""))
+        prev = out.get(name)  # the same name under two methods: add them up
+        out[name] = (n + (prev[0] if prev else 0), f + (prev[1] if prev else 0), _p99(times))
+    out["Aggregated"] = (reqs, fails, _p99(merged))
+    return out
+
+
 def locust_argv(
     host: str, csv_prefix: Path, run_time: float | None, users: int | None
 ) -> list[str]:
     argv = [PYTHON, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host]
     argv += ["--csv", str(csv_prefix), "--csv-full-history", "--only-summary"]
+    argv += ["--json-file", str(csv_prefix)]  # locust appends ".json"
     argv += ["--loglevel", "WARNING", "--exit-code-on-error", "0"]
     if users is not None:
         argv += ["-u", str(users), "-r", str(max(1, users))]
@@ -135,6 +178,7 @@ async def run_locust(
         proc.kill()
         out, _ = await proc.communicate()
     stats, history = await asyncio.to_thread(read_stats, csv_prefix)
+    final = await asyncio.to_thread(read_final, Path(f"{csv_prefix}.json"))
     shown_env = " ".join(
         f"{k}={shlex.quote(v)}"
         for k, v in sorted({**(env or {}), "FORKPROXY_SHAPE": shape or "none"}.items())
@@ -146,4 +190,5 @@ async def run_locust(
         stats=stats,
         history=history,
         output=out.decode(errors="replace"),
+        final=final,
     )

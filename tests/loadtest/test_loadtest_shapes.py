@@ -60,7 +60,8 @@ def test_shape_classes_tick_as_configured() -> None:
 
 @pytest.mark.slow
 async def test_locustfile_serves_requests_without_shape(app_url: str, tmp_path: Path) -> None:
-    run = await run_locust(app_url, tmp_path / "plain", users=5, run_time=3)
+    fast = {"FORKPROXY_WAIT_MIN": "0.05", "FORKPROXY_WAIT_MAX": "0.2"}
+    run = await run_locust(app_url, tmp_path / "plain", users=5, run_time=3, env=fast)
     assert run.returncode == 0, run.output
     assert run.count() > 0, run.output
     assert run.count("Failure Count") == 0, run.output

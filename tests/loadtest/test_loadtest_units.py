@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
 import tomllib
+from pathlib import Path
 
 import pytest
 
 from loadtest import tomlw
 from loadtest.httpload import parse_wrk
-from loadtest.locustrun import LocustRun
+from loadtest.locustrun import LocustRun, read_final
 from loadtest.report import table_md
 from loadtest.sampler import parse_instances
 from loadtest.section import Table
@@ -191,3 +193,30 @@ def test_tune_budget_plan() -> None:
     load_s, runnable = plan(30, 10)  # 3 s each would be too short to say anything
     assert load_s == MIN_RUN_S and runnable == int(30 // (MIN_RUN_S + OVERHEAD_S))
     assert plan(1, 3) == (MIN_RUN_S, 1)  # always try at least one point
+
+
+def test_final_totals_from_locust_json(tmp_path: Path) -> None:
+    entries = [
+        {
+            "name": "/",
+            "method": "GET",
+            "num_requests": 98,
+            "num_failures": 1,
+            "response_times": {str(ms): 1 for ms in range(1, 99)},
+        },
+        {
+            "name": "/io",
+            "method": "GET",
+            "num_requests": 2,
+            "num_failures": 0,
+            "response_times": {"500": 2},
+        },
+    ]
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps(entries))
+    final = read_final(path)
+    assert final["/"] == (98, 1, 98.0)
+    assert final["Aggregated"] == (100, 1, 500.0)  # the slowest 2 % sit at 500 ms
+    run = LocustRun("cmd", 0, {"Aggregated": {"Request Count": "7", "99%": "80"}}, final=final)
+    assert run.count() == 100 and run.count("Failure Count") == 1 and run.p99_ms() == 500
+    assert read_final(tmp_path / "missing.json") == {}
