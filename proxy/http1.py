@@ -524,6 +524,10 @@ class HttpConnection(asyncio.Protocol):
         self.resume_reading()
         if self.parsing is None:
             self._arm(self.limits.keepalive_timeout, idle=True)
+        elif self._timer is None:
+            # the next head's deadline passed while this request ran (_expired skips an
+            # active connection): it gets a fresh one now rather than none
+            self._arm(self.limits.header_timeout, idle=False)
         self.server.idle_changed()
 
     def _upgrade(self, rest: bytes) -> None:

@@ -235,3 +235,17 @@ async def test_body_below_min_rate_is_408_after_the_grace() -> None:
         ex = await exchange(p.proxy.listen_port, head, *[b"x" * 10] * 40, pause=0.5, timeout=12)
     assert ex.statuses == [408] and ex.closed
     assert 5 <= ex.elapsed < 9, ex.elapsed
+
+
+async def test_partial_head_behind_a_slow_request_still_times_out(tmp_path: Path) -> None:
+    """The header deadline of a pipelined request that is still arriving must survive
+    the request in front of it outliving that deadline."""
+    server = {"upstream_header_timeout": "1s", "header_timeout": "500ms"}
+    async with raw_instance(tmp_path / "log", server=server) as p:
+        ex = await exchange(
+            p.proxy.listen_port,
+            b"GET /hang HTTP/1.1\r\nHost: t\r\n\r\nGET /x HTTP/1.1\r\nHo",
+            timeout=6,
+        )
+    assert ex.statuses == [504, 408] and ex.closed
+    assert ex.elapsed < 3, ex.elapsed
