@@ -62,6 +62,8 @@ class Forwarder:
             await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         finally:
             self._writers -= {writer, up_writer}
+            for w in (writer, up_writer):
+                w.close()
 
 
 @pytest.fixture
@@ -75,8 +77,9 @@ async def forwarders() -> AsyncIterator[list[Forwarder]]:
             await f.cut()
 
 
+# `forwarders` before `make_backend`: the backends close before the engines are cut.
 async def test_new_containers_go_to_the_least_loaded_engine(
-    make_backend: MakeBackend, forwarders: list[Forwarder]
+    forwarders: list[Forwarder], make_backend: MakeBackend
 ) -> None:
     urls = [f.url for f in forwarders]
     h = await make_backend(engines=urls)
@@ -89,8 +92,8 @@ async def test_new_containers_go_to_the_least_loaded_engine(
 
 
 async def test_engine_lost_at_run_time_reports_deaths_then_recovers(
-    make_backend: MakeBackend,
     forwarders: list[Forwarder],
+    make_backend: MakeBackend,
     docker_client: docker.DockerClient,
     pool_name: str,
 ) -> None:
