@@ -21,6 +21,7 @@ from proxy.upstream import (
     Connection,
     ConnectTimeout,
     Response,
+    SendTimeout,
     UpstreamClient,
     UpstreamError,
 )
@@ -45,7 +46,11 @@ class Forwarder:
         self.cfg = cfg
         self.pool = pool
         self.metrics = metrics
-        self.client = UpstreamClient(cfg.server.upstream_connect_timeout)
+        # an instance that stops reading a request body for upstream_header_timeout is
+        # as stuck as one that never answers (nginx: proxy_send_timeout)
+        self.client = UpstreamClient(
+            cfg.server.upstream_connect_timeout, cfg.server.upstream_header_timeout
+        )
         self.trusted = cfg.server.trusted_proxies
         pool.gone_hooks.append(lambda inst: self.client.forget(inst.endpoint))
         self._by_status: dict[int, Counter] = {}
@@ -170,6 +175,9 @@ class Forwarder:
                 req.keep_alive = req.keep_alive and req.body.complete
                 if isinstance(exc, ConnectTimeout):  # nginx: proxy_connect_timeout -> 504
                     req.respond(504, "Gateway Timeout: instance did not accept in time")
+                    return 504
+                if isinstance(exc, SendTimeout):  # nginx: proxy_send_timeout -> 504
+                    req.respond(504, "Gateway Timeout: instance stopped reading")
                     return 504
                 if isinstance(exc, ConnectFailed):
                     req.respond(502, "Bad Gateway: instance unreachable")

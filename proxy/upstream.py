@@ -44,6 +44,10 @@ class ConnectTimeout(ConnectFailed):
     kind = "connect_timeout"
 
 
+class SendTimeout(UpstreamError):
+    kind = "send_timeout"
+
+
 class Disconnected(UpstreamError):
     kind = "disconnected"
 
@@ -165,6 +169,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self.sent = False
+        self.body_cut = False  # the response came before the whole request body was sent
         self._reading_paused = False
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
@@ -290,13 +295,16 @@ class Connection(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
 
-    async def drain(self) -> None:
+    async def drain(self, stall: float) -> None:
         if self.closed:
             raise Disconnected("closed while sending", sent=True)
         if self._write_paused:
             self._drain = self.loop.create_future()
             try:
-                await self._drain
+                async with asyncio.timeout(stall):
+                    await self._drain
+            except TimeoutError:
+                raise SendTimeout("instance stopped reading the request", sent=True) from None
             finally:
                 self._drain = None
             if self.closed:
@@ -305,7 +313,8 @@ class Connection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         assert self.transport is not None
         self.sent = True
-        self.transport.write(data)
+        if not self.closed:
+            self.transport.write(data)
 
     def close(self) -> None:
         self.closed = True
@@ -316,8 +325,9 @@ class Connection(asyncio.Protocol):
 class UpstreamClient:
     """Keep-alive connections per instance endpoint."""
 
-    def __init__(self, connect_timeout: float) -> None:
+    def __init__(self, connect_timeout: float, send_timeout: float = 60.0) -> None:
         self.connect_timeout = connect_timeout
+        self.send_timeout = send_timeout  # the instance reads nothing of the request body
         self._idle: dict[Endpoint, list[Connection]] = {}
 
     async def _connect(self, ep: Endpoint) -> Connection:
@@ -355,22 +365,39 @@ class UpstreamClient:
         Await `resp.headers_done` for the response head."""
         conn = await self._get(ep)
         conn.sent = False
+        conn.body_cut = False
         resp = conn.resp = Response(conn, head_only)
         try:
             conn.write(head)
             if body is not None:
                 async for chunk in body:
+                    if resp.error is not None:
+                        raise resp.error
+                    if resp.headers_done.done() or conn.closed:
+                        break
                     if not chunk:
                         continue
                     if chunked:
                         conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
                     else:
                         conn.write(chunk)
-                    await conn.drain()
-                    if resp.error is not None:
-                        raise resp.error
-                if chunked:
-                    conn.write(b"0\r\n\r\n")
+                    try:
+                        await conn.drain(self.send_timeout)
+                    except Disconnected:
+                        if resp.headers_done.done() and resp.error is None:
+                            break  # it answered, then closed: the answer stands
+                        raise
+                else:
+                    if chunked:
+                        conn.write(b"0\r\n\r\n")
+                    return conn, resp
+                # it answered early (401, 413, ...) without waiting for the rest of the
+                # body: relay that answer, stop sending, never reuse this connection
+                if resp.error is not None:
+                    raise resp.error
+                if not resp.headers_done.done():
+                    raise Disconnected("closed while sending", sent=True)
+                conn.body_cut = True
         except UpstreamError:
             conn.close()
             raise
@@ -388,6 +415,7 @@ class UpstreamClient:
             and resp.keep_alive
             and not resp._chunks
             and not conn.closed
+            and not conn.body_cut
         )
         conn.resp = None
         if not reusable:

@@ -42,11 +42,21 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             target = line.split(b" ")[1]
             with open(sys.argv[2], "ab") as log:
                 log.write(line + b"\n")
+            path = target.split(b"?")[0]
+            if path == b"/noread":  # never reads the body, never answers
+                await asyncio.sleep(3600)
+            if path == b"/early":  # answers before reading the body, then closes
+                writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 5\r\n\r\nearly")
+                writer.write_eof()
+                # lingering close, as real servers do: closing with unread input would
+                # reset the connection and could destroy the answer in flight
+                while await reader.read(1 << 20):
+                    pass
+                break
             for h in head.split(b"\r\n")[1:]:
                 name, _, value = h.partition(b":")
                 if name.lower() == b"content-length":
                     await reader.readexactly(int(value))
-            path = target.split(b"?")[0]
             if path == b"/hang":
                 await asyncio.sleep(3600)
             if path == b"/close" or (path == b"/stale" and served):

@@ -138,3 +138,25 @@ async def test_refused_websocket_upgrade_is_reframed_not_copied(tmp_path: Path) 
         ex = await exchange(p.proxy.listen_port, WS % b"/ws-chunked")
         assert ex.statuses == [502]
         assert await metric(p, "forkproxy_upstream_errors_total", kind="bad_response") == 1
+
+
+async def test_early_answer_from_the_instance_is_relayed(tmp_path: Path) -> None:
+    """The instance answers (403) before reading a large body and closes: the client gets
+    that answer, not a 502, and the proxy stops sending the body."""
+    async with raw_instance(tmp_path / "log") as p:
+        head = b"POST /early HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (8 << 20)
+        parts = [b"z" * (1 << 20)] * 8
+        ex = await exchange(p.proxy.listen_port, head, *parts, pause=1.0, timeout=15)
+        (resp,) = ex.responses
+        assert resp.status == 403 and resp.body == b"early" and ex.closed
+        assert ex.elapsed < 5, ex.elapsed  # not after the client's whole 8 s upload
+
+
+async def test_instance_that_stops_reading_the_body_is_504(tmp_path: Path) -> None:
+    server = {"upstream_header_timeout": "1s", "body_timeout": "10s"}
+    async with raw_instance(tmp_path / "log", server=server) as p:
+        head = b"POST /noread HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (64 << 20)
+        ex = await exchange(p.proxy.listen_port, head, *[b"z" * (1 << 20)] * 64, timeout=15)
+        assert ex.statuses == [504] and ex.closed
+        assert ex.elapsed < 10
+        assert await metric(p, "forkproxy_upstream_errors_total", kind="send_timeout") == 1
