@@ -20,6 +20,7 @@ from proxy.upstream import (
     ConnectFailed,
     Connection,
     ConnectTimeout,
+    ReadTimeout,
     Response,
     SendTimeout,
     UpstreamClient,
@@ -246,7 +247,8 @@ class Forwarder:
         except UpstreamError as exc:
             # The instance died mid-response: abort the client connection so it cannot
             # mistake a truncated body for a complete one.
-            self.metrics.upstream_errors.labels("truncated").inc()
+            kind = exc.kind if isinstance(exc, ReadTimeout) else "truncated"
+            self.metrics.upstream_errors.labels(kind).inc()
             log.warning("instance %s failed mid-response: %s", lease.slot.id, exc)
             self.pool.release(lease, broken=True)
             req.conn.abort()

@@ -48,6 +48,10 @@ class SendTimeout(UpstreamError):
     kind = "send_timeout"
 
 
+class ReadTimeout(UpstreamError):
+    kind = "read_timeout"
+
+
 class Disconnected(UpstreamError):
     kind = "disconnected"
 
@@ -149,7 +153,10 @@ class Response:
                 return b""
             self._waiter = self._conn.loop.create_future()
             try:
-                await self._waiter
+                async with asyncio.timeout(self._conn.stall):
+                    await self._waiter
+            except TimeoutError:
+                raise ReadTimeout("instance stopped sending the response", sent=True) from None
             finally:
                 self._waiter = None
         data = self._chunks.popleft()
@@ -160,9 +167,10 @@ class Response:
 
 
 class Connection(asyncio.Protocol):
-    def __init__(self, loop: asyncio.AbstractEventLoop, key: Endpoint) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, key: Endpoint, stall: float) -> None:
         self.loop = loop
         self.key = key
+        self.stall = stall  # seconds the instance may go silent mid-body (either way)
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.resp: Response | None = None
@@ -325,9 +333,11 @@ class Connection(asyncio.Protocol):
 class UpstreamClient:
     """Keep-alive connections per instance endpoint."""
 
-    def __init__(self, connect_timeout: float, send_timeout: float = 60.0) -> None:
+    def __init__(self, connect_timeout: float, stall_timeout: float = 60.0) -> None:
         self.connect_timeout = connect_timeout
-        self.send_timeout = send_timeout  # the instance reads nothing of the request body
+        # the instance reads nothing of the request body / sends nothing of the response
+        # body for this long: it is stuck (nginx proxy_send_timeout, proxy_read_timeout)
+        self.stall_timeout = stall_timeout
         self._idle: dict[Endpoint, list[Connection]] = {}
 
     async def _connect(self, ep: Endpoint) -> Connection:
@@ -335,7 +345,7 @@ class UpstreamClient:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, proto = await loop.create_connection(
-                    lambda: Connection(loop, ep), ep.host, ep.port
+                    lambda: Connection(loop, ep, self.stall_timeout), ep.host, ep.port
                 )
         except TimeoutError as exc:
             raise ConnectTimeout(f"connect to {ep.url} timed out") from exc
@@ -382,7 +392,7 @@ class UpstreamClient:
                     else:
                         conn.write(chunk)
                     try:
-                        await conn.drain(self.send_timeout)
+                        await conn.drain(self.stall_timeout)
                     except Disconnected:
                         if resp.headers_done.done() and resp.error is None:
                             break  # it answered, then closed: the answer stands

@@ -59,6 +59,10 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                     await reader.readexactly(int(value))
             if path == b"/hang":
                 await asyncio.sleep(3600)
+            if path == b"/stall":  # a head and part of the body, then silence
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+                await writer.drain()
+                await asyncio.sleep(3600)
             if path == b"/close" or (path == b"/stale" and served):
                 break  # read the request, answer nothing
             writer.write(ANSWERS.get(path, OK))

@@ -160,3 +160,13 @@ async def test_instance_that_stops_reading_the_body_is_504(tmp_path: Path) -> No
         assert ex.statuses == [504] and ex.closed
         assert ex.elapsed < 10
         assert await metric(p, "forkproxy_upstream_errors_total", kind="send_timeout") == 1
+
+
+async def test_instance_that_stalls_mid_body_is_cut(tmp_path: Path) -> None:
+    """Head and 3 of 100 body bytes, then silence: after upstream_header_timeout the
+    client connection is aborted (the response is visibly incomplete)."""
+    async with raw_instance(tmp_path / "log", server={"upstream_header_timeout": "1s"}) as p:
+        ex = await exchange(p.proxy.listen_port, get(b"/stall"), timeout=10)
+        assert ex.closed and ex.elapsed < 5, ex
+        assert ex.data.startswith(b"HTTP/1.1 200") and ex.responses == []  # not complete
+        assert await metric(p, "forkproxy_upstream_errors_total", kind="read_timeout") == 1
