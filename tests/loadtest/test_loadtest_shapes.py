@@ -64,6 +64,7 @@ async def test_locustfile_serves_requests_without_shape(app_url: str, tmp_path: 
     run = await run_locust(app_url, tmp_path / "plain", users=5, run_time=3, env=fast)
     assert run.returncode == 0, run.output
     assert run.count() > 0, run.output
+    assert int(run.stats["Aggregated"]["Request Count"]) > 0, run.stats  # the CSV stats too
     assert run.count("Failure Count") == 0, run.output
     for name in ("/", "/io", "/cpu"):
         assert run.count(name=name) > 0, f"{name} never requested:\n{run.output}"
@@ -87,6 +88,7 @@ async def test_each_shape_runs_headless(app_url: str, tmp_path: Path, shape: str
     run = await run_locust(app_url, tmp_path / shape, shape=shape, env=env, kill_after=60)
     assert run.returncode == 0, run.output
     assert run.count() > 0, run.output
+    assert int(run.stats["Aggregated"]["Request Count"]) > 0, run.stats  # the CSV stats too
     assert run.count("Failure Count") == 0, run.output
     peak = max((row["users"] for row in run.series()), default=0)
     assert peak >= 2, f"the {shape} shape never spawned users: {run.history}"
