@@ -93,6 +93,7 @@ async def run(args: argparse.Namespace, out: Path) -> int:
         print(f"unknown sections: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
     started = time.monotonic()
+    load_at_start = os.getloadavg()[0]
     failed = 0
     with tempfile.TemporaryDirectory(prefix="forkproxy-bench-") as work:
         ctx = BenchContext(
@@ -120,6 +121,7 @@ async def run(args: argparse.Namespace, out: Path) -> int:
         "work": work,
         "command": "python -m loadtest bench" + (" --quick" if args.quick else ""),
         "quick": args.quick,
+        "loadavg_1m_at_start": load_at_start,
         "finished": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "seconds": time.monotonic() - started,
         "machine": report.machine(),

@@ -71,6 +71,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {
+        "loadavg_1m_at_end": os.getloadavg()[0],
         "cpus": os.cpu_count(),
         "cpu": cpu,
         "python": platform.python_version(),
@@ -88,7 +89,9 @@ def document(sections: Sequence[Section], meta: dict[str, Any], image_dir: str) 
         "Do not edit by hand: rerun the command.",
         "",
         f"Machine: {m['cpus']} CPUs ({m['cpu'] or 'unknown'}), Python {m['python']}, "
-        f"Linux {m['kernel']}. Load generator, proxy and app share these CPUs. "
+        f"Linux {m['kernel']}. Load generator, proxy and app share these CPUs "
+        f"(1-minute load average {meta['loadavg_1m_at_start']:.1f} at the start, "
+        f"{m['loadavg_1m_at_end']:.1f} at the end: other work on the box skews the numbers). "
         "`$WORK` below is the run's temporary directory (configs, logs, CSVs).",
         "",
         HOW_TO,
