@@ -177,6 +177,8 @@ class Request:
         "method",
         "path",
         "response_started",
+        "started",
+        "status",
         "upgrade",
         "version",
     )
@@ -194,6 +196,8 @@ class Request:
         self.upgrade = False
         self.expect_continue = False
         self.response_started = False
+        self.status = 0  # the status this proxy answered (0: none yet)
+        self.started = time.monotonic()
         self.body: Body = Body(conn, None)
         self._chunked_out = False
 
@@ -222,6 +226,7 @@ class Request:
         """Write the response head. `length` None with a body: chunked (or close-delimited
         for HTTP/1.0). `body=False` (HEAD, 204, 304): framing headers kept as given."""
         self.response_started = True
+        self.status = status
         conn = self.conn
         keep = self.keep_alive and not conn.closing
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason or _REASONS.get(status, b"Unknown"))]

@@ -8,6 +8,7 @@ import logging
 import secrets
 import signal
 import socket
+import time
 
 from aiohttp import web
 
@@ -23,6 +24,7 @@ from proxy.safety import check_parsers
 from proxy.tunnel import websocket
 
 log = logging.getLogger("forkproxy")
+access_log = logging.getLogger("forkproxy.access")
 
 
 class Proxy:
@@ -43,7 +45,7 @@ class Proxy:
         self.forwarder = Forwarder(cfg, self.pool, self.metrics)
         self.ready = False
         self.http = HttpServer(
-            self.forwarder.handle,
+            self._access_logged if cfg.server.access_log else self.forwarder.handle,
             cfg.server.limits,
             upgrade=self._upgrade,
             on_reject=lambda reason: self.metrics.rejected.labels(reason).inc(),
@@ -85,6 +87,20 @@ class Proxy:
         if self._admin is not None:
             await self._admin.cleanup()
         log.info("forkproxy stopped")
+
+    async def _access_logged(self, req: Request) -> None:
+        try:
+            await self.forwarder.handle(req)
+        finally:
+            access_log.info(
+                '%s "%s %s HTTP/%s" %d %.1fms',
+                req.peer,
+                req.method,
+                req.path.decode("latin-1"),
+                req.version,
+                req.status or 499,
+                (time.monotonic() - req.started) * 1000,
+            )
 
     async def _upgrade(self, req: Request, rest: bytes) -> None:
         await websocket(self.forwarder, req, rest)

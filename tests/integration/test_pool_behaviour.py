@@ -4,9 +4,11 @@ queueing, 503/504, failing apps, deaths, reaping, per-request instances."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 
 import aiohttp
+import pytest
 
 from tests.conftest import eventually, run_proxy
 
@@ -209,3 +211,15 @@ async def test_many_concurrent_requests_start_a_bounded_number_of_instances() ->
         line = next(x for x in text.splitlines() if x.startswith("forkproxy_instance_starts_total"))
         started = float(line.split()[-1])
         assert 1 <= started <= 100 / 10 + 4
+
+
+async def test_access_log_line_per_request(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="forkproxy.access")
+    async with (
+        run_proxy(server={"access_log": True}) as p,
+        p.session.get(p.url + "/io?ms=1") as r,
+    ):
+        assert r.status == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "forkproxy.access"]
+    assert len(lines) == 1
+    assert lines[0].startswith('127.0.0.1 "GET /io?ms=1 HTTP/1.1" 200 ')
