@@ -291,6 +291,11 @@ class Pool:
         try:
             async with asyncio.timeout(5.0):
                 ok = await self.backend.alive(slot.instance)
+                if ok:
+                    # a dying instance can look alive for a few ms before the backend
+                    # notices its death; look twice before trusting it again
+                    await asyncio.sleep(0.05)
+                    ok = slot.state is State.READY and await self.backend.alive(slot.instance)
         except Exception as exc:  # cannot tell: treat as dead, a new one is cheap
             log.warning("liveness check of %s failed: %r", slot.id, exc)
             ok = False
