@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -65,14 +66,20 @@ def bars(
     unit: str,
     log: bool = False,
 ) -> None:
-    fig, ax = plt.subplots(figsize=(7, 1.0 + 0.4 * len(labels)), dpi=80)
-    ax.barh(list(labels), _finite(values), color="tab:blue")
+    wrapped = [textwrap.fill(label, 42) for label in labels]
+    lines = sum(w.count("\n") + 1 for w in wrapped)
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.28 * lines + 0.15 * len(labels)), dpi=80)
+    ax.barh(wrapped, _finite(values), color="tab:blue")
+    ax.tick_params(axis="y", labelsize=8)
     for i, v in enumerate(values):
         if v == v:
             ax.text(v, i, f" {v:,.1f}", va="center", fontsize=8)
     ax.invert_yaxis()
     if log:
         ax.set_xscale("log")
+    finite = [v for v in values if v == v and not math.isinf(v)]
+    if finite:  # room for the value printed after the longest bar
+        ax.set_xlim(right=max(finite) * (2.0 if log else 1.15))
     ax.set_xlabel(unit)
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)

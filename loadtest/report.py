@@ -18,7 +18,7 @@ from loadtest.section import Section, Table, fmt
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 HOW_TO = """\
-Reproduce: `python -m loadtest bench` (about 6 minutes; `--quick` takes about one; `--out DIR`,
+Reproduce: `python -m loadtest bench` (about 5 minutes; `--quick` takes about one; `--out DIR`,
 default `results/latest`; `--only datapath,coldstart,burst,elasticity,memory`). wrk and nginx come
 from Debian (`apt-get install wrk nginx`; the bench installs them itself when run as root, and
 falls back to an aiohttp client / skips nginx otherwise). Docker and vSphere rows need their
