@@ -38,7 +38,8 @@ class LocustRun:
 
     def count(self, key: str = "Request Count", name: str = "Aggregated") -> int:
         if name in self.final and key in ("Request Count", "Failure Count"):
-            return self.final[name][0 if key == "Request Count" else 1]
+            requests, failures, _ = self.final[name]
+            return requests if key == "Request Count" else failures
         return int(self.stats.get(name, {}).get(key, "0") or 0)
 
     def p99_ms(self, name: str = "Aggregated") -> float:

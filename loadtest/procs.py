@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -116,6 +116,40 @@ async def running(
         yield proc
     finally:
         await proc.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_on_free_port(
+    name: str,
+    make_argv: Callable[[int], Sequence[str]],
+    log_dir: Path,
+    ready_path: str = "/healthz",
+    attempts: int = 3,
+) -> AsyncIterator[tuple[Proc, int]]:
+    """Like running(), on a fresh free port; another process on the box may take the port
+    between free_port() and the child's bind, so that failure is retried on a new port."""
+    for attempt in range(attempts):
+        port = free_port()
+        proc = await spawn(name, make_argv(port), log_dir)
+        try:
+            await wait_http(f"http://127.0.0.1:{port}{ready_path}", 30, proc)
+        except RuntimeError as e:
+            await proc.stop()
+            if port_taken(e) and attempt < attempts - 1:
+                continue
+            raise
+        except BaseException:
+            await proc.stop()
+            raise
+        break
+    try:
+        yield proc, port
+    finally:
+        await proc.stop()
+
+
+def port_taken(e: BaseException) -> bool:
+    return "address already in use" in str(e).lower()
 
 
 async def wait_http(url: str, within: float, proc: Proc | None = None) -> None:

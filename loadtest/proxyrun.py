@@ -18,7 +18,16 @@ from typing import Any
 import aiohttp
 
 from loadtest import tomlw
-from loadtest.procs import PYTHON, REPO, Proc, forkproxy_cmd, free_port, spawn, wait_http
+from loadtest.procs import (
+    PYTHON,
+    REPO,
+    Proc,
+    forkproxy_cmd,
+    free_port,
+    port_taken,
+    spawn,
+    wait_http,
+)
 from loadtest.sampler import fetch_instances
 from loadtest.stats import state_of
 
@@ -113,7 +122,7 @@ async def _start(
             await wait_http(f"http://127.0.0.1:{admin_port}/healthz", 60, proc)
         except RuntimeError as e:
             await proc.stop()
-            if "address already in use" in str(e) and attempt < 2:
+            if port_taken(e) and attempt < 2:
                 continue
             raise
         except BaseException:

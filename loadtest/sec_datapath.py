@@ -11,7 +11,7 @@ import aiohttp
 
 from loadtest import nginx
 from loadtest.httpload import LoadResult, run_load, wrk_path
-from loadtest.procs import PYTHON, free_port, running
+from loadtest.procs import PYTHON, running_on_free_port
 from loadtest.proxyrun import FORK_BACKEND, app_config, forkproxy
 from loadtest.section import BenchContext, Section, Table, say
 from loadtest.stats import ratio
@@ -46,28 +46,31 @@ async def run(ctx: BenchContext, require_tools: bool = False) -> Section:
         "idle_ttl": "10m",
     }
     async with contextlib.AsyncExitStack() as stack:
-        app_port = free_port()
-        app_url = f"http://127.0.0.1:{app_port}"
-        app_argv = [PYTHON, "-m", "examples.app", "--port", str(app_port)]
-        sec.commands.append("app: " + shlex.join(["python", *app_argv[1:]]))
-        await stack.enter_async_context(
-            running("app", app_argv, ctx.work / "logs", ready_url=f"{app_url}/healthz")
+
+        def app_argv(port: int) -> list[str]:
+            return [PYTHON, "-m", "examples.app", "--port", str(port)]
+
+        _, app_port = await stack.enter_async_context(
+            running_on_free_port("app", app_argv, ctx.work / "logs")
         )
-        targets["direct"] = app_url + PATH
+        sec.commands.append("app: " + shlex.join(["python", *app_argv(app_port)[1:]]))
+        targets["direct"] = f"http://127.0.0.1:{app_port}{PATH}"
         if no_nginx:
             sec.skip("nginx", no_nginx)
         else:
             binary = nginx.nginx_path()
             assert binary is not None
-            port = free_port()
-            conf = nginx.write_conf(ctx.work / "nginx", port, app_port)
-            argv = nginx.nginx_argv(binary, conf)
-            sec.commands.append(f"nginx: {shlex.join(argv)} (1 worker, upstream keepalive 128)")
-            nginx_url = f"http://127.0.0.1:{port}"
-            await stack.enter_async_context(
-                running("nginx", argv, ctx.work / "logs", ready_url=f"{nginx_url}/healthz")
+
+            def nginx_argv(port: int) -> list[str]:
+                conf = nginx.write_conf(ctx.work / "nginx", port, app_port)
+                return nginx.nginx_argv(binary, conf)
+
+            _, port = await stack.enter_async_context(
+                running_on_free_port("nginx", nginx_argv, ctx.work / "logs")
             )
-            targets["nginx"] = nginx_url + PATH
+            argv = nginx.nginx_argv(binary, ctx.work / "nginx" / "nginx.conf")
+            sec.commands.append(f"nginx: {shlex.join(argv)} (1 worker, upstream keepalive 128)")
+            targets["nginx"] = f"http://127.0.0.1:{port}{PATH}"
         try:
             fp = await stack.enter_async_context(
                 forkproxy(ctx.work, "datapath", app_config(FORK_BACKEND), pool)
@@ -111,16 +114,16 @@ async def run(ctx: BenchContext, require_tools: bool = False) -> Section:
         "from the app: ratios are what matters, absolute numbers are this box's."
     )
     if "forkproxy" in results and "direct" in results:
-        fp, d = results["forkproxy"], results["direct"]
+        via, d = results["forkproxy"], results["direct"]
         sec.headline = (
-            f"Data path: forkproxy forwards {fp.rps:,.0f} req/s, "
-            f"{ratio(fp.rps, d.rps):.0%} of the app served directly ({d.rps:,.0f} req/s)"
+            f"Data path: forkproxy forwards {via.rps:,.0f} req/s, "
+            f"{ratio(via.rps, d.rps):.0%} of the app served directly ({d.rps:,.0f} req/s)"
             + (
-                f", {ratio(fp.rps, results['nginx'].rps):.0%} of nginx"
+                f", {ratio(via.rps, results['nginx'].rps):.0%} of nginx"
                 if "nginx" in results
                 else ""
             )
-            + f"; p50 {fp.p50_ms:.1f} ms vs {d.p50_ms:.1f} ms direct, at {CONNECTIONS} connections."
+            + f"; p50 {via.p50_ms:.1f} ms vs {d.p50_ms:.1f} ms direct, {CONNECTIONS} connections."
         )
     sec.data = {
         "connections": CONNECTIONS,

@@ -152,12 +152,12 @@ async def run(ctx: BenchContext) -> Section:
         "imported code and heap copy-on-write."
     )
     if "fork" in results and "exec" in results:
-        f, e = results["fork"], results["exec"]
+        fork, exe = results["fork"], results["exec"]
         sec.headline = (
             f"Memory: with {N_INSTANCES} instances a fork-mode instance costs "
-            f"{f['mean_with_template_mib']:.1f} MiB PSS (template share included) vs "
-            f"{e['mean_pss_mib']:.1f} MiB in exec mode "
-            f"({ratio(f['mean_with_template_mib'], e['mean_pss_mib']):.0%})."
+            f"{fork['mean_with_template_mib']:.1f} MiB PSS (template share included) vs "
+            f"{exe['mean_pss_mib']:.1f} MiB in exec mode "
+            f"({ratio(fork['mean_with_template_mib'], exe['mean_pss_mib']):.0%})."
         )
     sec.data = {"pool": pool, "results": results}
     return sec
