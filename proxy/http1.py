@@ -18,7 +18,7 @@ from typing import cast
 
 import httptools
 
-from proxy.tasks import TaskSet
+from backends.tasks import TaskSet
 
 log = logging.getLogger("forkproxy.http")
 

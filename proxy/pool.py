@@ -18,10 +18,10 @@ import aiohttp
 
 from backends.base import Backend, BackendContext, Instance
 from backends.errors import BackendError
+from backends.tasks import TaskSet
 from proxy.config import PoolConfig
 from proxy.metrics import Metrics
 from proxy.policy import InstanceView, Snapshot, decide
-from proxy.tasks import TaskSet
 
 log = logging.getLogger("forkproxy.pool")
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from backends.base import BackendContext, Endpoint, Instance
 from backends.errors import BackendConfigError, StartError
 from backends.process import _common, _linux
-from backends.process._tasks import TaskSet, log
+from backends.process._tasks import log
 from backends.process.config import ProcessConfig
+from backends.tasks import TaskSet
 
 _TAIL_LINES = 20
 _LINE_MAX = 1000
@@ -64,7 +65,7 @@ class ExecBackend(_common.ProcessBackendBase):
         self._procs: dict[str, _Proc] = {}
         self._program: str | None = None  # the resolved command[0], found by prepare()
         _linux.load_libc()  # here, not in _preexec (see load_libc)
-        self._tasks = TaskSet()
+        self._tasks = TaskSet("backends.process", log)
         self._closing = False
 
     def __repr__(self) -> str:

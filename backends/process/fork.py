@@ -14,9 +14,10 @@ from typing import Any
 from backends.base import BackendContext, Endpoint, Instance
 from backends.errors import BackendConfigError, BackendUnavailable, StartError
 from backends.process import _common, _linux, _scan, _template_client
-from backends.process._tasks import TaskSet, log
+from backends.process._tasks import log
 from backends.process._template_client import TemplateHandle
 from backends.process.config import ProcessConfig
+from backends.tasks import TaskSet
 
 _BACKLOG = 1024
 _KILL_WAIT = 5.0
@@ -42,7 +43,7 @@ class ForkBackend(_common.ProcessBackendBase):
         self._template: TemplateHandle | None = None
         self._template_lock = asyncio.Lock()
         self._children: dict[str, _Child] = {}
-        self._tasks = TaskSet()
+        self._tasks = TaskSet("backends.process", log)
         self._closing = False
         self.template_starts = 0  # > 1 means the template died and was restarted
 

@@ -1,5 +1,5 @@
-"""Owned background tasks: every task the proxy spawns lives in a TaskSet that
-cancels and awaits it on shutdown, and logs an exception nobody awaited."""
+"""Owned background tasks: every task the proxy or a backend spawns lives in a TaskSet
+that cancels and awaits it on shutdown, and logs an exception nobody awaited."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-log = logging.getLogger("forkproxy.tasks")
-
 
 class TaskSet:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str = "tasks", logger: logging.Logger | None = None) -> None:
         self._name = name
+        self._log = logger or logging.getLogger(f"forkproxy.{name}")
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
 
@@ -33,7 +32,7 @@ class TaskSet:
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("task %s failed: %r", task.get_name(), exc, exc_info=exc)
+            self._log.error("task %s failed: %r", task.get_name(), exc, exc_info=exc)
 
     async def aclose(self) -> None:
         self._closed = True
