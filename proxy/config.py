@@ -47,6 +47,9 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
 
 
+ROUTINGS = ("least_loaded", "pack")
+
+
 @dataclass(frozen=True)
 class PoolConfig:
     max_concurrency: int = 10
@@ -63,6 +66,7 @@ class PoolConfig:
     start_retries: int = 3
     readiness_path: str = "/"
     tick: float = 0.25
+    routing: str = "least_loaded"
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,7 @@ def _pool(t: Table) -> PoolConfig:
         start_retries=t.int("start_retries", d.start_retries, min=1),
         readiness_path=t.str("readiness_path", d.readiness_path),
         tick=t.duration("tick", d.tick, min=0.01),
+        routing=t.choice("routing", ROUTINGS, d.routing),
     )
     if cfg.target_concurrency > cfg.max_concurrency:
         t.error(

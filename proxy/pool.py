@@ -128,6 +128,7 @@ class Pool:
         self._slots: dict[str, Slot] = {}
         self._waiters: deque[_Waiter] = deque()
         self._tasks = TaskSet("pool")
+        self._pack = cfg.routing == "pack"
         self._failures = 0
         self._blocked_until = 0.0
         self._closing = False
@@ -190,8 +191,13 @@ class Pool:
     # -- data path ---------------------------------------------------------------------
 
     def _pick(self) -> Slot | None:
+        """least_loaded: fewest in flight (ties: most recently used, so idle ones age out).
+        pack: the busiest instance still below target_concurrency (ties: most recently
+        used), so surplus instances go idle and are reaped; least-loaded above target."""
         best: Slot | None = None
+        packed: Slot | None = None
         limit = self.cfg.max_concurrency
+        target = self.cfg.target_concurrency if self._pack else 0.0
         for s in self._slots.values():
             if s.state is not State.READY or s.retiring or s.suspect or s.in_flight >= limit:
                 continue
@@ -201,7 +207,13 @@ class Pool:
                 or (s.in_flight == best.in_flight and s.last_used > best.last_used)
             ):
                 best = s
-        return best
+            if s.in_flight < target and (
+                packed is None
+                or s.in_flight > packed.in_flight
+                or (s.in_flight == packed.in_flight and s.last_used > packed.last_used)
+            ):
+                packed = s
+        return packed or best
 
     def _assign(self, slot: Slot) -> None:
         slot.in_flight += 1

@@ -10,7 +10,7 @@ import sys
 import aiohttp
 import pytest
 
-from tests.conftest import eventually, run_proxy
+from tests.conftest import Running, eventually, run_proxy
 
 
 async def test_cold_start_then_reuse() -> None:
@@ -223,3 +223,22 @@ async def test_access_log_line_per_request(caplog: pytest.LogCaptureFixture) -> 
     lines = [r.getMessage() for r in caplog.records if r.name == "forkproxy.access"]
     assert len(lines) == 1
     assert lines[0].startswith('127.0.0.1 "GET /io?ms=1 HTTP/1.1" 200 ')
+
+
+async def test_pack_routing_fills_one_instance_so_the_other_can_age_out() -> None:
+    for routing, want_distinct in (("least_loaded", 2), ("pack", 1)):
+        pool = {"min_instances": 2, "routing": routing, "target_concurrency": 5}
+        async with run_proxy(pool=pool) as p:
+
+            async def two_ready(p: Running = p) -> bool:
+                return len([i for i in await p.instances() if i["state"] == "ready"]) == 2
+
+            await eventually(two_ready, 10, "two instances")
+
+            async def one(p: Running = p) -> str:
+                async with p.session.get(p.url + "/io?ms=300") as r:
+                    await r.read()
+                    return r.headers["X-Instance-Id"]
+
+            ids = await asyncio.gather(*(one() for _ in range(4)))
+            assert len(set(ids)) == want_distinct, (routing, ids)

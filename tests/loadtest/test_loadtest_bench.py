@@ -66,13 +66,16 @@ def test_quick_bench_writes_every_section(quick_bench: tuple[Path, dict[str, Any
     assert burst["ok"] == burst["n"] == 50, burst
     assert 1 <= burst["instances_started"] <= burst["bound"], burst
 
-    el = secs["elasticity"]["data"]
-    summary = {k: v for k, v in el.items() if k != "samples"}
-    assert el["requests"] > 0 and el["failures"] == 0, summary
-    assert el["peak_instances"] >= 1 and el["instance_seconds"] > 0, summary
-    assert el["instance_seconds_lower_bound"] > 0  # sampled: no ordering guarantee vs used
-    png = out / "elasticity.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 200_000
+    runs = secs["elasticity"]["data"]["runs"]
+    assert [r["routing"] for r in runs] == ["least_loaded", "pack"]
+    for el in runs:
+        summary = {k: v for k, v in el.items() if k != "samples"}
+        assert el["requests"] > 0 and el["failures"] == 0, summary
+        assert el["peak_instances"] >= 1 and el["instance_seconds"] > 0, summary
+        assert el["instance_seconds_lower_bound"] > 0  # sampled: no ordering guarantee vs used
+    for name in ("elasticity.png", "elasticity-pack.png"):
+        png = out / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 200_000
 
     mem = secs["memory"]["data"]["results"]
     assert mem["fork"]["instances"] == mem["exec"]["instances"] == 20, mem
