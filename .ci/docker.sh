@@ -36,17 +36,31 @@ start_dockerd() { # $@ = extra flags
     echo $!
 }
 
+clear_stale_pidfile() {
+    # A dockerd killed without cleanup (a stopped session, a crash) leaves its pid file,
+    # and a new dockerd refuses to start while that file names any live process.
+    local f=/var/run/docker.pid old
+    [[ -f $f ]] || return 0
+    old="$(cat "$f" 2>/dev/null || true)"
+    if [[ -z $old || "$(cat "/proc/$old/comm" 2>/dev/null || true)" != dockerd ]]; then
+        echo "docker.sh: removing stale $f (pid ${old:-?} is not a dockerd)"
+        rm -f "$f"
+    fi
+}
+
 if docker info >/dev/null 2>&1; then
     echo "docker.sh: engine already running"
 else
     echo "docker.sh: starting dockerd (log: $log)"
     : >"$log"
+    clear_stale_pidfile
     pid="$(start_dockerd)"
     if ! wait_for_engine "$pid"; then
         # overlay2 can fail on nested/odd filesystems; vfs is slow but works anywhere.
         kill "$pid" 2>/dev/null || true
         sleep 2
         echo "docker.sh: dockerd did not come up; retrying with --storage-driver=vfs" | tee -a "$log"
+        clear_stale_pidfile
         pid="$(start_dockerd --storage-driver=vfs)"
         if ! wait_for_engine "$pid"; then
             echo "docker.sh: dockerd failed to start within 60s; last lines of $log:" >&2

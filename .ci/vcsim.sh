@@ -43,7 +43,9 @@ chmod 700 "$state"
 # Stop a harness left by an earlier run (its pid is in the env file we wrote).
 if [[ -f "$env_file" ]]; then
     old_pid="$(sed -n 's/^FORKPROXY_VCSIM_PID=//p' "$env_file")"
-    if [[ -n "$old_pid" ]] && kill -0 "$old_pid" 2>/dev/null; then
+    # only if that pid is still the harness: after a reboot or a stopped session it may
+    # belong to anything else by now
+    if [[ -n "$old_pid" ]] && [[ "$(cat "/proc/$old_pid/comm" 2>/dev/null || true)" == vcsim ]]; then
         echo "vcsim.sh: stopping the previous harness (pid $old_pid)"
         kill -TERM "$old_pid" || true
         for _ in $(seq 1 50); do kill -0 "$old_pid" 2>/dev/null || break; sleep 0.2; done
