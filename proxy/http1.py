@@ -19,6 +19,7 @@ from typing import cast
 import httptools
 
 from backends.tasks import TaskSet
+from proxy.chunks import ChunkQueue
 
 log = logging.getLogger("forkproxy.http")
 
@@ -67,25 +68,14 @@ class ClientError(Exception):
 class Body:
     """A request body as the client sends it, read in pieces with backpressure."""
 
-    _HIGH = 256 * 1024
-    _LOW = 64 * 1024
-
-    def __init__(self, conn: HttpConnection, expected: int | None) -> None:
+    def __init__(self, conn: HttpConnection) -> None:
         self._conn = conn
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._buffered = 0
-        self._waiter: asyncio.Future[None] | None = None
+        self._chunks = ChunkQueue(conn.pause_reading, conn.resume_reading)
         self.received = 0
-        self.expected = expected
         self.complete = False
         self.error: Exception | None = None
         self.on_first_read: Callable[[], None] | None = None  # sends 100 Continue
         self.started = time.monotonic()
-
-    def _wake(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
 
     def feed(self, data: bytes) -> None:
         self.received += len(data)
@@ -93,20 +83,16 @@ class Body:
         if limit and self.received > limit:
             self.fail(ClientError(413, "Content Too Large: the body exceeds the limit"))
             return
-        self._chunks.append(data)
-        self._buffered += len(data)
-        if self._buffered > self._HIGH:
-            self._conn.pause_reading()
-        self._wake()
+        self._chunks.push(data)
 
     def finish(self) -> None:
         self.complete = True
-        self._wake()
+        self._chunks.wake()
 
     def fail(self, exc: Exception) -> None:
         if self.error is None and not self.complete:
             self.error = exc
-            self._wake()
+            self._chunks.wake()
 
     async def read(self) -> bytes:
         if self.on_first_read is not None:
@@ -118,10 +104,7 @@ class Body:
             if self.complete:
                 return b""
             await self._wait()
-        data = self._chunks.popleft()
-        self._buffered -= len(data)
-        if self._buffered < self._LOW:
-            self._conn.resume_reading()
+        data = self._chunks.pop()
         self._check_rate()
         return data
 
@@ -129,21 +112,18 @@ class Body:
         """Wait until the body is complete or `limit` bytes are buffered, so a slow
         client holds no instance slot while it dribbles a small body (nginx buffers
         request bodies for the same reason). Same deadlines as read()."""
-        while not self.complete and self._buffered < limit:
+        while not self.complete and self._chunks.buffered < limit:
             if self.error is not None:
                 raise self.error
             await self._wait()
 
     async def _wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
         self._conn.resume_reading()
         try:
             async with asyncio.timeout(self._conn.limits.body_timeout):
-                await self._waiter
+                await self._chunks.wait()
         except TimeoutError:
             raise ClientError(408, "Request Timeout: the body stalled") from None
-        finally:
-            self._waiter = None
         self._check_rate()
 
     def _check_rate(self) -> None:
@@ -198,7 +178,7 @@ class Request:
         self.response_started = False
         self.status = 0  # the status this proxy answered (0: none yet)
         self.started = time.monotonic()
-        self.body: Body = Body(conn, None)
+        self.body: Body = Body(conn)
         self._chunked_out = False
 
     @property
@@ -456,7 +436,7 @@ class HttpConnection(asyncio.Protocol):
         limit = self.limits.max_body
         if req.content_length is not None and limit and req.content_length > limit:
             raise ClientError(413, "Content Too Large: the body exceeds the limit")
-        req.body = Body(self, req.content_length)
+        req.body = Body(self)
         if not req.chunked and not req.content_length:
             req.body.complete = True
         if req.upgrade:

@@ -8,7 +8,6 @@ request head is written as bytes the data path already filtered, nothing is adde
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import socket
 from collections.abc import AsyncIterator
@@ -17,9 +16,8 @@ from typing import cast
 import httptools
 
 from backends.base import Endpoint
+from proxy.chunks import ChunkQueue
 
-_HIGH_WATER = 256 * 1024  # response bytes buffered before reading from the instance pauses
-_LOW_WATER = 64 * 1024
 _MAX_IDLE_PER_ENDPOINT = 64
 _MAX_HEAD = 64 * 1024  # response header bytes from an instance; more is a bad response
 
@@ -64,10 +62,8 @@ class Response:
     """One response being received. Read the body with `read()` until b""."""
 
     __slots__ = (
-        "_buffered",
         "_chunks",
         "_conn",
-        "_waiter",
         "complete",
         "error",
         "got_bytes",
@@ -84,9 +80,7 @@ class Response:
 
     def __init__(self, conn: Connection, head_only: bool) -> None:
         self._conn = conn
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._buffered = 0
-        self._waiter: asyncio.Future[None] | None = None
+        self._chunks = ChunkQueue(conn.pause_reading, conn.resume_reading)
         self.status = 0
         self.reason = b""
         self.raw_headers: list[tuple[bytes, bytes]] = []
@@ -109,21 +103,12 @@ class Response:
                     return None
         return None
 
-    def _wake(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
     def _feed(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._buffered += len(data)
-        if self._buffered > _HIGH_WATER:
-            self._conn.pause_reading()
-        self._wake()
+        self._chunks.push(data)
 
     def _finish(self) -> None:
         self.complete = True
-        self._wake()
+        self._chunks.wake()
 
     def _fail(self, err: UpstreamError) -> None:
         if self.complete:
@@ -134,15 +119,12 @@ class Response:
             # whoever reads the response sees self.error; a future nobody awaited (the
             # send itself failed) must not log "exception was never retrieved"
             self.headers_done.exception()
-        self._wake()
+        self._chunks.wake()
 
     def body_buffered(self) -> bytes | None:
         """The whole body if it already arrived with the headers (the common small case)."""
         if self.complete and self.error is None:
-            data = b"".join(self._chunks)
-            self._chunks.clear()
-            self._buffered = 0
-            return data
+            return self._chunks.take_all()
         return None
 
     async def read(self) -> bytes:
@@ -151,19 +133,12 @@ class Response:
                 raise self.error
             if self.complete:
                 return b""
-            self._waiter = self._conn.loop.create_future()
             try:
                 async with asyncio.timeout(self._conn.stall):
-                    await self._waiter
+                    await self._chunks.wait()
             except TimeoutError:
                 raise ReadTimeout("instance stopped sending the response", sent=True) from None
-            finally:
-                self._waiter = None
-        data = self._chunks.popleft()
-        self._buffered -= len(data)
-        if self._buffered < _LOW_WATER:
-            self._conn.resume_reading()
-        return data
+        return self._chunks.pop()
 
 
 class Connection(asyncio.Protocol):

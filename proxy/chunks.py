@@ -1,0 +1,60 @@
+"""Body bytes waiting for their reader, with backpressure on the socket they came from:
+reading pauses above the high-water mark and resumes below the low one. Shared by the
+request bodies clients send (http1.py) and the response bodies instances send (upstream.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable
+
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+
+
+class ChunkQueue:
+    __slots__ = ("_chunks", "_pause", "_resume", "_waiter", "buffered")
+
+    def __init__(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._pause = pause
+        self._resume = resume
+        self._waiter: asyncio.Future[None] | None = None
+        self.buffered = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._chunks)
+
+    def push(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self.buffered += len(data)
+        if self.buffered > HIGH_WATER:
+            self._pause()
+        self.wake()
+
+    def pop(self) -> bytes:
+        data = self._chunks.popleft()
+        self.buffered -= len(data)
+        if self.buffered < LOW_WATER:
+            self._resume()
+        return data
+
+    def take_all(self) -> bytes:
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self.buffered = 0
+        return data
+
+    def wake(self) -> None:
+        """Let a waiting reader look again (data, end or error)."""
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def wait(self) -> None:
+        """Until wake() (callers bound it with their own deadline)."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
