@@ -436,7 +436,8 @@ class HttpConnection(asyncio.Protocol):
         limit = self.limits.max_body
         if req.content_length is not None and limit and req.content_length > limit:
             raise ClientError(413, "Content Too Large: the body exceeds the limit")
-        req.body = Body(self)
+        # the Body made with the Request has seen nothing yet; its clock (min-rate) starts now
+        req.body.started = time.monotonic()
         if not req.chunked and not req.content_length:
             req.body.complete = True
         if req.upgrade:
