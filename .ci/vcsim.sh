@@ -11,7 +11,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 state="${FORKPROXY_VCSIM_STATE:-/tmp/forkproxy-vcsim}"
 env_file="${FORKPROXY_VCSIM_ENV:-/tmp/forkproxy-vcsim.env}"
 port="${FORKPROXY_VCSIM_PORT:-18443}"
-bin="$repo/tests/vsphere/vcsim/vcsim"
+bin="$repo/tests/backends/vsphere/vcsim/vcsim"
 log="$state/vcsim.log"
 
 bash "$repo/.ci/docker.sh"
@@ -35,7 +35,7 @@ echo "vcsim.sh: building $bin ($(go version))"
 # directory path, so it need not live inside GOPATH.
 (cd "$repo" && GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS= \
     GOCACHE="${GOCACHE:-/tmp/forkproxy-gocache}" \
-    go build -o "$bin" ./tests/vsphere/vcsim)
+    go build -o "$bin" ./tests/backends/vsphere/vcsim)
 
 mkdir -p "$state"
 chmod 700 "$state"

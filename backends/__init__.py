@@ -2,7 +2,7 @@
 (docker, pyvmomi) are only needed when configured.
 
 Each backend module defines:
-    parse_config(table: backends.config.Table) -> <its frozen config dataclass>
+    parse_config(table: backends.support.table.Table) -> <its frozen config dataclass>
     create_backend(config, ctx: backends.base.BackendContext) -> backends.base.Backend
 """
 

@@ -23,8 +23,9 @@ import aiohttp
 import docker
 
 from backends.base import LABEL_POOL, BackendContext
-from backends.config import Table
-from backends.docker import DockerBackend, create_backend, parse_config
+from backends.docker import create_backend, parse_config
+from backends.docker.backend import DockerBackend
+from backends.support.table import Table
 from loadtest.procs import REPO
 from loadtest.proxyrun import forkproxy
 from loadtest.stats import percentile

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import Backend, BackendContext, Instance
-from backends.config import Table
 from backends.process import create_backend, parse_config
+from backends.support.table import Table
 from loadtest.stats import percentile
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,10 +23,11 @@ from typing import Any
 import aiohttp
 
 from backends.base import BackendContext
-from backends.config import Table
-from backends.vsphere import VsphereBackend, create_backend, parse_config
+from backends.support.table import Table
+from backends.vsphere import create_backend, parse_config
+from backends.vsphere.backend import VsphereBackend
 from loadtest.stats import percentile
-from tests.vsphere import harness
+from tests.backends.vsphere import harness
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD_ENV = "FORKPROXY_BENCH_VCSIM_PASSWORD"

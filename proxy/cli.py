@@ -9,11 +9,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from backends.config import ConfigError
 from backends.errors import BackendError
+from backends.support.table import ConfigError
 from proxy import __version__, logs
 from proxy.config import Config, load, parse, with_overrides
-from proxy.safety import UnsafeParser
+from proxy.http.safety import UnsafeParser
 
 log = logging.getLogger("forkproxy")
 

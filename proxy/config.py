@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import backends
-from backends.config import ConfigError, Problem, Table
-from proxy.http1 import Limits
+from backends.support.table import ConfigError, Problem, Table
+from proxy.http.server import Limits
 
 
 @dataclass(frozen=True)

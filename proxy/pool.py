@@ -18,7 +18,7 @@ import aiohttp
 
 from backends.base import Backend, BackendContext, Instance
 from backends.errors import BackendError
-from backends.tasks import TaskSet
+from backends.support.tasks import TaskSet
 from proxy.config import PoolConfig
 from proxy.metrics import Metrics
 from proxy.policy import InstanceView, Snapshot, decide

@@ -16,12 +16,12 @@ import backends
 from backends.base import Backend, BackendContext
 from proxy.admin import admin_app
 from proxy.config import Config
-from proxy.forward import Forwarder
-from proxy.http1 import HttpServer, Request
+from proxy.http.forward import Forwarder
+from proxy.http.safety import check_parsers
+from proxy.http.server import HttpServer, Request
+from proxy.http.tunnel import websocket
 from proxy.metrics import Metrics
 from proxy.pool import Pool
-from proxy.safety import check_parsers
-from proxy.tunnel import websocket
 
 log = logging.getLogger("forkproxy")
 access_log = logging.getLogger("forkproxy.access")

@@ -10,8 +10,8 @@ import time
 
 from backends.base import Backend, BackendContext, Endpoint, Instance
 from backends.process import _linux, _scan
-from backends.process._tasks import log
 from backends.process.config import ProcessConfig
+from backends.process.log import log
 
 _KILL_WAIT = 5.0
 _POLL = 0.02

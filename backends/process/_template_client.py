@@ -17,8 +17,8 @@ from typing import Any
 from backends.base import BackendContext
 from backends.errors import BackendConfigError
 from backends.process import _common, _linux
-from backends.process._tasks import log
 from backends.process.config import ProcessConfig
+from backends.process.log import log
 
 _ROOT = str(Path(__file__).resolve().parents[2])  # so the template imports this package
 _BOOT = (

@@ -25,7 +25,7 @@ import os
 import shlex
 from dataclasses import dataclass, field
 
-from backends.config import Table
+from backends.support.table import Table
 
 MODES = ("fork", "exec")
 APP_KINDS = ("auto", "aiohttp", "asgi")

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from backends.base import BackendContext, Endpoint, Instance
 from backends.errors import BackendConfigError, StartError
 from backends.process import _common, _linux
-from backends.process._tasks import log
 from backends.process.config import ProcessConfig
-from backends.tasks import TaskSet
+from backends.process.log import log
+from backends.support.tasks import TaskSet
 
 _TAIL_LINES = 20
 _LINE_MAX = 1000

@@ -14,10 +14,10 @@ from typing import Any
 from backends.base import BackendContext, Endpoint, Instance
 from backends.errors import BackendConfigError, BackendUnavailable, StartError
 from backends.process import _common, _linux, _scan, _template_client
-from backends.process._tasks import log
 from backends.process._template_client import TemplateHandle
 from backends.process.config import ProcessConfig
-from backends.tasks import TaskSet
+from backends.process.log import log
+from backends.support.tasks import TaskSet
 
 _BACKLOG = 1024
 _KILL_WAIT = 5.0

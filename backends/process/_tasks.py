@@ -1,7 +1,0 @@
-"""The process backend's logger (its tasks use the shared backends.tasks.TaskSet)."""
-
-from __future__ import annotations
-
-import logging
-
-log = logging.getLogger("forkproxy.backends.process")

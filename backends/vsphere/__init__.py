@@ -1,0 +1,15 @@
+"""The `vsphere` backend: an instance is an Instant Clone (or linked clone) of a running
+parent VM. pyVmomi is imported only when used."""
+
+from __future__ import annotations
+
+from backends.base import Backend, BackendContext
+from backends.vsphere.config import VsphereConfig, parse_config
+
+__all__ = ["VsphereConfig", "create_backend", "parse_config"]
+
+
+def create_backend(config: VsphereConfig, ctx: BackendContext) -> Backend:
+    from backends.vsphere.backend import VsphereBackend
+
+    return VsphereBackend(config, ctx)

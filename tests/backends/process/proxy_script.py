@@ -1,0 +1,32 @@
+"""A stand-in for a proxy process: creates a process backend (fork or exec mode),
+starts two instances, prints {"pids": [...]} (template included) and waits to be killed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+from backends.base import BackendContext
+from backends.process import create_backend, parse_config
+from backends.support.table import Table
+
+
+async def main(pool: str, cwd: str, mode: str) -> None:
+    keys = {"mode": mode, "cwd": cwd, "prefork": 1}
+    if mode == "exec":
+        keys = {
+            "mode": mode,
+            "cwd": cwd,
+            "command": [sys.executable, "-m", "examples.app", "--port", "{port}"],
+        }
+    backend = create_backend(parse_config(Table(keys, "backend")), BackendContext(pool, "script"))
+    await backend.prepare()
+    started = [await backend.start(f"script-{i}") for i in range(2)]
+    listed = [i.handle for i in await backend.list() if i.meta.get("kind") == "template"]
+    print(json.dumps({"pids": listed + [i.handle for i in started]}), flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))

@@ -1,0 +1,225 @@
+"""Fork mode beyond the contract: ASGI apps, the warmup hook, who dies with whom,
+leftovers after a crash, and apps that fail in the template."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from backends.base import BackendContext
+from backends.errors import BackendConfigError
+from backends.process._linux import is_running
+from backends.process._scan import scan
+from tests.backends.contract import deaths, get, recording_context, serves
+from tests.backends.process.helpers import REPO, MakeBackend, alive_pids
+
+
+async def wait_all_gone(pids: list[int], within: float = 5.0) -> list[int]:
+    deadline = time.monotonic() + within
+    while alive_pids(pids) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return alive_pids(pids)
+
+
+async def test_asgi_app_is_served(make_backend: MakeBackend) -> None:
+    backend = make_backend(app="examples.asgi_app:app")
+    await backend.prepare()
+    inst = await backend.start("asgi-1")
+    status, body = await get(inst.endpoint.url + "/")
+    assert status == 200
+    assert body == b"hello from asgi instance asgi-1\n"
+    status, _ = await get(inst.endpoint.url + "/healthz")
+    assert status == 200
+
+
+async def test_aiohttp_app_object_and_labels(make_backend: MakeBackend) -> None:
+    backend = make_backend(app="examples.app:create_app", app_kind="aiohttp")
+    await backend.prepare()
+    inst = await backend.start("obj-1")
+    status, body = await get(inst.endpoint.url + "/")
+    assert (status, body) == (200, b"hello from instance obj-1\n")
+
+
+async def test_warmup_runs_once_in_the_template(make_backend: MakeBackend, tmp_path: Path) -> None:
+    record = tmp_path / "warmups"
+    backend = make_backend(
+        app="tests.backends.process.apps:create_app",
+        warmup="tests.backends.process.apps:warmup",
+        env={"FORKPROXY_TEST_WARMUP_LOG": str(record)},
+    )
+    await backend.prepare()
+    a = await backend.start("warm-a")
+    b = await backend.start("warm-b")
+    seen = [json.loads((await get(i.endpoint.url + "/"))[1]) for i in (a, b)]
+    template_pid = int(a.meta["template_pid"])
+    assert record.read_text().split() == [str(template_pid)]  # once, in the template
+    assert [s["warmed_in"] for s in seen] == [template_pid, template_pid]  # inherited
+    assert seen[0]["pid"] != seen[1]["pid"]
+
+
+async def test_children_die_with_the_template_and_it_restarts(
+    make_backend: MakeBackend, ctx: BackendContext
+) -> None:
+    backend = make_backend()
+    await backend.prepare()
+    started = [await backend.start(f"tpl-{i}") for i in range(2)]
+    os.kill(int(started[0].meta["template_pid"]), signal.SIGKILL)
+    assert await wait_all_gone([i.handle for i in started]) == []
+    for inst in started:
+        assert await deaths(ctx).wait_for(inst.id, 5.0) == "template_died"
+    again = await backend.start("tpl-after")  # a new template is started on demand
+    assert again.meta["template_pid"] != started[0].meta["template_pid"]
+    assert await serves(again.endpoint.url + "/")
+    assert backend.template_starts == 2  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("mode", ["fork", "exec"])
+async def test_sigkilled_proxy_leaves_no_instance(ctx: BackendContext, mode: str) -> None:
+    script = Path(__file__).with_name("proxy_script.py")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        ctx.pool_name,
+        str(REPO),
+        mode,
+        stdout=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=str(REPO),
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        pids = json.loads(line)["pids"]
+        assert len(pids) == (3 if mode == "fork" else 2)
+        assert alive_pids(pids) == pids
+    finally:
+        proc.kill()
+        await proc.wait()
+    assert await wait_all_gone(pids) == []
+    assert await asyncio.to_thread(scan, ctx.pool_name) == []  # spares included
+
+
+async def test_leftovers_are_listed_by_pool_and_stopped(
+    make_backend: MakeBackend, ctx: BackendContext
+) -> None:
+    crashed = make_backend()  # the "earlier run": we forget it without closing it
+    await crashed.prepare()
+    old = [await crashed.start(f"old-{i}") for i in range(2)]
+    for inst in old:  # serving: long past the fork, labelled with their ids
+        assert await serves(inst.endpoint.url + "/")
+    successor_ctx = recording_context(ctx.pool_name)  # same pool, new owner
+    successor = make_backend(context=successor_ctx)
+    found = await successor.list()
+    by_id = {i.id: i for i in found}
+    template = f"template-{old[0].meta['template_pid']}"
+    # (A spare the old template forks right now may show up as "fork-<pid>": reaped too.)
+    assert {"old-0", "old-1", template} <= set(by_id)
+    assert all(i.owner_id == ctx.owner_id for i in found)
+    assert [by_id[i].meta["kind"] for i in ("old-0", "old-1", template)] == [
+        "fork",
+        "fork",
+        "template",
+    ]
+    for inst in found:
+        await successor.stop(inst, "orphan")
+    assert await wait_all_gone([i.handle for i in found]) == []
+    assert await successor.list() == []
+    for inst in old:
+        assert not await serves(inst.endpoint.url + "/", timeout=1.0)
+
+
+async def test_stop_works_on_an_instance_stuck_in_startup(make_backend: MakeBackend) -> None:
+    backend = make_backend(app="examples.failing_app:never_ready", stop_grace="1s")
+    await backend.prepare()
+    inst = await backend.start("stuck")
+    # Ready means "listening": the connection is accepted by the kernel, the app never answers.
+    assert not await serves(inst.endpoint.url + "/", timeout=0.5)
+    await backend.stop(inst, "test")
+    assert not is_running(inst.handle)
+
+
+@pytest.mark.parametrize(
+    ("app", "expected"),
+    [
+        ("examples.failing_app:create_app", "RuntimeError: example failure"),
+        ("examples.no_such_module:create_app", "ModuleNotFoundError"),
+        ("examples.app:no_such_factory", "AttributeError"),
+        (
+            "tests.backends.process.apps:threaded_app",
+            r"started threads in the template \(.*app-poller",
+        ),
+    ],
+)
+async def test_app_that_cannot_be_built_fails_prepare(
+    make_backend: MakeBackend, app: str, expected: str
+) -> None:
+    backend = make_backend(app=app)
+    with pytest.raises(BackendConfigError, match=expected):
+        await backend.prepare()
+
+
+async def test_start_after_aclose_is_refused(make_backend: MakeBackend) -> None:
+    backend = make_backend()
+    await backend.prepare()
+    await backend.aclose()
+    with pytest.raises(Exception, match="closing"):
+        await backend.start(f"late-{uuid.uuid4().hex[:6]}")
+
+
+async def test_spare_fork_becomes_the_instance(make_backend: MakeBackend) -> None:
+    backend = make_backend(prefork=1)
+    await backend.prepare()
+    await asyncio.sleep(0.3)  # the template forks its spare after a quiet spell
+    inst = await backend.start("from-spare")
+    assert inst.meta["prefork"] == "spare"
+    status, body = await get(inst.endpoint.url + "/")
+    assert (status, body) == (200, b"hello from instance from-spare\n")  # env set on assignment
+    assert [i.id for i in await backend.list() if i.meta["kind"] == "fork"] == ["from-spare"]
+
+
+async def test_prefork_zero_forks_on_start(make_backend: MakeBackend) -> None:
+    backend = make_backend(prefork=0)
+    await backend.prepare()
+    await asyncio.sleep(0.1)
+    inst = await backend.start("direct")
+    assert inst.meta["prefork"] == "forked on start"
+    assert await serves(inst.endpoint.url + "/")
+
+
+async def test_aclose_leaves_no_process_not_even_spares(
+    make_backend: MakeBackend, ctx: BackendContext
+) -> None:
+    backend = make_backend(prefork=2)
+    await backend.prepare()
+    await backend.start("one")
+    await asyncio.sleep(0.3)
+    kinds = sorted(f.kind for f in await asyncio.to_thread(scan, ctx.pool_name))
+    assert kinds == ["fork", "spare", "spare", "template"]
+    await backend.aclose()
+    assert await asyncio.to_thread(scan, ctx.pool_name) == []
+
+
+async def test_stopping_the_listed_template_reports_its_children(
+    make_backend: MakeBackend, ctx: BackendContext
+) -> None:
+    backend = make_backend()
+    await backend.prepare()
+    kids = [await backend.start(f"kid-{i}") for i in range(2)]
+    template = next(i for i in await backend.list() if i.meta["kind"] == "template")
+    await backend.stop(template, "orphan")
+    for kid in kids:
+        assert await deaths(ctx).wait_for(kid.id, 5.0)
+        t0 = time.monotonic()
+        await backend.stop(kid, "test")  # already gone: returns at once
+        assert time.monotonic() - t0 < 1.0
+    again = await backend.start("after-template-stop")
+    assert await serves(again.endpoint.url + "/")

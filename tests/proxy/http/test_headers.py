@@ -1,0 +1,110 @@
+"""Hop-by-hop stripping and forwarding headers, on raw header bytes."""
+
+from __future__ import annotations
+
+from proxy.http.headers import downstream_raw, server_timing, upstream_head
+
+
+def _parse(head: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    lines = head.split(b"\r\n")
+    assert head.endswith(b"\r\n\r\n")
+    out = []
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(b": ")
+            out.append((name.lower(), value))
+    return lines[0], out
+
+
+RAW = [
+    (b"Host", b"example.com"),
+    (b"Connection", b"keep-alive, X-Secret, X-Forwarded-For"),
+    (b"Keep-Alive", b"timeout=5"),
+    (b"X-Secret", b"1"),
+    (b"TE", b"trailers"),
+    (b"Transfer-Encoding", b"chunked"),
+    (b"Content-Length", b"5"),
+    (b"Proxy-Authorization", b"Basic x"),
+    (b"Expect", b"100-continue"),
+    (b"X-Forwarded-For", b"6.6.6.6"),
+    (b"X-Forwarded-Proto", b"https"),
+    (b"Forwarded", b"for=6.6.6.6"),
+    (b"Cookie", b"a=1"),
+    (b"Cookie", b"b=2"),
+]
+
+
+def test_hop_by_hop_and_connection_named_headers_are_stripped() -> None:
+    head = upstream_head(
+        "POST",
+        b"/a/../b?x=%2F",
+        RAW,
+        peer="127.0.0.1",
+        host=b"example.com",
+        framing=b"Content-Length: 5\r\n",
+    )
+    line, hdrs = _parse(head)
+    assert line == b"POST /a/../b?x=%2F HTTP/1.1"
+    names = [n for n, _ in hdrs]
+    for gone in (
+        b"connection",
+        b"keep-alive",
+        b"x-secret",
+        b"te",
+        b"proxy-authorization",
+        b"expect",
+        b"transfer-encoding",
+    ):
+        assert gone not in names
+    d = dict(hdrs)
+    assert d[b"x-forwarded-for"] == b"127.0.0.1"  # client value replaced, not dropped
+    assert d[b"x-forwarded-proto"] == b"http"
+    assert d[b"x-forwarded-host"] == b"example.com"
+    assert d[b"forwarded"] == b"for=127.0.0.1;proto=http"
+    assert d[b"host"] == b"example.com"
+    assert names.count(b"content-length") == 1 and d[b"content-length"] == b"5"
+    assert [v for n, v in hdrs if n == b"cookie"] == [b"a=1", b"b=2"]
+
+
+def test_trusted_proxy_values_are_extended() -> None:
+    head = upstream_head(
+        "GET", b"/", RAW, peer="10.0.0.2", trusted=True, host=b"example.com", framing=b""
+    )
+    d = dict(_parse(head)[1])
+    assert d[b"x-forwarded-for"] == b"6.6.6.6, 10.0.0.2"
+    assert d[b"x-forwarded-proto"] == b"https"
+    assert d[b"forwarded"] == b"for=6.6.6.6, for=10.0.0.2"
+
+
+def test_websocket_head_keeps_the_upgrade() -> None:
+    raw = [
+        (b"Host", b"h"),
+        (b"Connection", b"Upgrade"),
+        (b"Upgrade", b"websocket"),
+        (b"Sec-WebSocket-Key", b"k"),
+    ]
+    d = dict(
+        _parse(
+            upstream_head("GET", b"/ws", raw, peer="::1", host=b"h", framing=b"", websocket=True)
+        )[1]
+    )
+    assert d[b"connection"] == b"Upgrade" and d[b"upgrade"] == b"websocket"
+    assert d[b"sec-websocket-key"] == b"k"
+    assert d[b"forwarded"] == b'for="[::1]";proto=http'
+
+
+def test_response_headers_are_reframed() -> None:
+    raw = [
+        (b"Content-Length", b"10"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Connection", b"close, X-Internal"),
+        (b"X-Internal", b"1"),
+        (b"Set-Cookie", b"a=1"),
+        (b"Set-Cookie", b"b=2"),
+    ]
+    assert downstream_raw(raw) == [(b"Set-Cookie", b"a=1"), (b"Set-Cookie", b"b=2")]
+
+
+def test_server_timing() -> None:
+    assert server_timing(0.0, False, 0.002) == "queue;dur=0.0, upstream;dur=2.0"
+    assert "cold;dur=5.0" in server_timing(0.005, True, 0.001)

@@ -1,0 +1,103 @@
+"""Config validation: every problem reported with its key path and allowed values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backends.support.table import ConfigError, parse_duration, parse_size
+from proxy.cli import main
+from proxy.config import load, parse, parse_address, with_overrides
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (5, 5.0),
+        (0.25, 0.25),
+        ("250ms", 0.25),
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("1h", 3600.0),
+        ("2", 2.0),
+    ],
+)
+def test_durations(value: object, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["5 minutes", "-1s", True, "", [1]])
+def test_bad_durations(value: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(value)
+
+
+def test_sizes() -> None:
+    assert parse_size("64k") == 65536
+    assert parse_size("10MiB") == 10 * 1024**2
+    assert parse_size(12) == 12
+
+
+def test_defaults_are_valid() -> None:
+    cfg = parse({})
+    assert str(cfg.server.listen) == "127.0.0.1:8080"
+    assert cfg.server.admin is not None and cfg.server.admin.port == 9090
+    assert cfg.backend_type == "process"
+    assert cfg.pool.target_concurrency == 7
+
+
+def test_every_problem_is_reported_with_its_path() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(
+            {
+                "server": {"listen": "nohost", "shutdown_timeout": "soon", "bogus": 1},
+                "pool": {"max_concurrency": 0, "idle_ttl": "5 minutes", "max_queue": "lots"},
+                "backend": {"type": "kubernetes"},
+                "extra": {},
+            }
+        )
+    text = str(info.value)
+    paths = [p.path for p in info.value.problems]
+    assert "server.listen" in paths
+    assert "server.shutdown_timeout" in paths
+    assert "server.bogus" in paths and "unknown key (allowed:" in text
+    assert "pool.max_concurrency" in paths and "below the minimum 1" in text
+    assert "pool.idle_ttl" in paths
+    assert "pool.max_queue" in paths
+    assert "backend.type" in paths and "docker, process, vsphere" in text
+    assert "extra" in paths
+
+
+def test_cross_field_rules() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse({"pool": {"max_concurrency": 4, "target_concurrency": 9, "min_instances": 30}})
+    paths = [p.path for p in info.value.problems]
+    assert "pool.target_concurrency" in paths and "pool.min_instances" in paths
+
+
+def test_address_parsing_and_overrides() -> None:
+    assert parse_address("[::1]:80").host == "::1"
+    with pytest.raises(ValueError):
+        parse_address("host:99999")
+    cfg = with_overrides(parse({}), listen="127.0.0.1:0", admin="off")
+    assert cfg.server.listen.port == 0 and cfg.server.admin is None
+
+
+def test_check_config_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[pool]\nmax_concurrency = "ten"\nwarm = 1\n')
+    assert main(["check-config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "pool.max_concurrency" in err and "pool.warm: unknown key" in err
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[pool\n")
+    assert main(["check-config", str(broken)]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+    assert main(["check-config", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_example_configs_are_valid() -> None:
+    root = Path(__file__).resolve().parents[2] / "examples"
+    for path in sorted(root.glob("*.toml")):
+        load(path)
