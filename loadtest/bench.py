@@ -16,8 +16,8 @@ import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from loadtest import plots, report
-from loadtest.section import BenchContext, Section, fmt, say
+from loadtest.report import markdown, plots
+from loadtest.sections.model import BenchContext, Section, fmt, say
 
 SECTIONS = ("datapath", "coldstart", "burst", "elasticity", "memory")
 
@@ -41,24 +41,24 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def _runner(name: str, ctx: BenchContext) -> Callable[[], Awaitable[Section]]:
     require = os.environ.get("FORKPROXY_REQUIRE_BENCH_TOOLS") == "1"
     if name == "datapath":
-        from loadtest import sec_datapath
+        from loadtest.sections import datapath
 
-        return lambda: sec_datapath.run(ctx, require_tools=require)
+        return lambda: datapath.run(ctx, require_tools=require)
     if name == "coldstart":
-        from loadtest import sec_coldstart
+        from loadtest.sections import coldstart
 
-        return lambda: sec_coldstart.run(ctx)
+        return lambda: coldstart.run(ctx)
     if name == "burst":
-        from loadtest import sec_burst
+        from loadtest.sections import burst
 
-        return lambda: sec_burst.run(ctx)
+        return lambda: burst.run(ctx)
     if name == "elasticity":
-        from loadtest import sec_elastic
+        from loadtest.sections import elasticity
 
-        return lambda: sec_elastic.run(ctx)
-    from loadtest import sec_memory
+        return lambda: elasticity.run(ctx)
+    from loadtest.sections import memory
 
-    return lambda: sec_memory.run(ctx)
+    return lambda: memory.run(ctx)
 
 
 def _print(sec: Section) -> None:
@@ -124,10 +124,10 @@ async def run(args: argparse.Namespace, out: Path) -> int:
         "loadavg_1m_at_start": load_at_start,
         "finished": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "seconds": time.monotonic() - started,
-        "machine": report.machine(),
+        "machine": markdown.machine(),
         "failed_sections": failed,
     }
-    written = await asyncio.to_thread(report.write, out, sections, meta, not args.no_docs)
+    written = await asyncio.to_thread(markdown.write, out, sections, meta, not args.no_docs)
     for p in written:
         say(f"wrote {p}")
     return 1 if failed else 0

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadtest.proxyrun import FORK_BACKEND, forkproxy
+from loadtest.run.proxy import FORK_BACKEND, forkproxy
 
 # the proxy's deadlines under test ([server] keys) and the body rate grace in http1.py
 DEADLINES: dict[str, Any] = {
@@ -183,7 +183,9 @@ async def _probe_once(host: str, port: int) -> tuple[bool, float]:
         return False, time.monotonic() - t0
 
 
-async def probe_loop(host: str, port: int, stop: asyncio.Event, out: list[tuple[bool, float]]):
+async def probe_loop(
+    host: str, port: int, stop: asyncio.Event, out: list[tuple[bool, float]]
+) -> None:
     while not stop.is_set():
         out.append(await _probe_once(host, port))
         try:

@@ -4,7 +4,7 @@ forkproxy; recommends the cheapest setting (instance-seconds) that meets a p99 t
   forkproxy tune --config app.toml --shape spike --p99 250 --budget 300 --out pool.toml
 
 Grid values are comma lists; target_concurrency may be a fraction of max_concurrency ("70%").
-The shape reads its FORKPROXY_* variables (loadtest/profiles.py) from the environment, except
+The shape reads its FORKPROXY_* variables (loadtest/load/profiles.py) from the environment, except
 FORKPROXY_SHAPE_SECONDS, which tune sets so each run fits its share of the budget.
 Exit status: 0 when a setting meets the target, 1 when none does (the snippet then holds the
 best p99 seen), 2 on bad arguments.
@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from loadtest import tomlw
-from loadtest.locustrun import run_locust
-from loadtest.procs import REPO, forkproxy_cmd
-from loadtest.profiles import PROFILES
-from loadtest.proxyrun import FORK_BACKEND, app_config, forkproxy, write_config
-from loadtest.sampler import InstanceSampler
-from loadtest.section import fmt
-from loadtest.stats import instance_seconds, live
+from loadtest.load.locustrun import run_locust
+from loadtest.load.profiles import PROFILES
+from loadtest.report.stats import instance_seconds, live
+from loadtest.run.procs import REPO, forkproxy_cmd
+from loadtest.run.proxy import FORK_BACKEND, app_config, forkproxy, write_config
+from loadtest.run.sampler import InstanceSampler
+from loadtest.sections.model import fmt
 
 OVERHEAD_S = 6.0  # per grid point: proxy start, locust start-up, shutdown
 MIN_RUN_S = 4.0  # a shorter load test says nothing

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from loadtest.procs import REPO
+from loadtest.run.procs import REPO
 
 pytestmark = pytest.mark.slow
 REQUIRE_TOOLS = os.environ.get("FORKPROXY_REQUIRE_BENCH_TOOLS") == "1"

@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 
 from loadtest import tomlw
-from loadtest.httpload import parse_wrk
-from loadtest.locustrun import LocustRun, read_final
-from loadtest.report import table_md
-from loadtest.sampler import parse_instances
-from loadtest.section import Table
-from loadtest.stats import (
+from loadtest.load.httpload import parse_wrk
+from loadtest.load.locustrun import LocustRun, read_final
+from loadtest.report.markdown import table_md
+from loadtest.report.stats import (
     instance_seconds,
     instance_seconds_lower_bound,
     percentile,
     time_to_scale_in,
 )
+from loadtest.run.sampler import parse_instances
+from loadtest.sections.model import Table
 from loadtest.tune import (
     MIN_RUN_S,
     OVERHEAD_S,

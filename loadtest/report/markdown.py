@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from loadtest.section import Section, Table, fmt
+from loadtest.sections.model import Section, Table, fmt
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 HOW_TO = """\
 Reproduce: `python -m loadtest bench` (about 5 minutes; `--quick` takes about one; `--out DIR`,
@@ -26,12 +26,12 @@ engines (`.ci/docker.sh`, `.ci/vcsim.sh`) and are skipped with the reason otherw
 
 Load-test your own deployment with the bundled locustfile and shapes:
 
-    locust -f loadtest/locustfile.py --headless --host http://127.0.0.1:8080 -u 20 -t 30s
-    FORKPROXY_SHAPE=spike FORKPROXY_SHAPE_SECONDS=60 locust -f loadtest/locustfile.py --headless \\
-        --host http://127.0.0.1:8080 --csv out/spike
+    locust -f loadtest/load/locustfile.py --headless --host http://127.0.0.1:8080 -u 20 -t 30s
+    FORKPROXY_SHAPE=spike FORKPROXY_SHAPE_SECONDS=60 locust -f loadtest/load/locustfile.py \\
+        --headless --host http://127.0.0.1:8080 --csv out/spike
 
 `FORKPROXY_SHAPE` is `step`, `spike` or `sine`; their `FORKPROXY_*` knobs are listed in
-`loadtest/profiles.py`. `forkproxy tune --config app.toml --shape spike --p99 250 --budget 300
+`loadtest/load/profiles.py`. `forkproxy tune --config app.toml --shape spike --p99 250 --budget 300
 --out pool.toml` searches `[pool]` settings the same way and recommends the cheapest that
 meets the p99 target.
 """

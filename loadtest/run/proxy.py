@@ -18,7 +18,8 @@ from typing import Any
 import aiohttp
 
 from loadtest import tomlw
-from loadtest.procs import (
+from loadtest.report.stats import state_of
+from loadtest.run.procs import (
     PYTHON,
     REPO,
     Proc,
@@ -28,8 +29,7 @@ from loadtest.procs import (
     spawn,
     wait_http,
 )
-from loadtest.sampler import fetch_instances
-from loadtest.stats import state_of
+from loadtest.run.sampler import fetch_instances
 
 FORK_BACKEND: dict[str, Any] = {
     "type": "process",

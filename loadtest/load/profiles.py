@@ -1,7 +1,7 @@
 """Load profiles as pure functions of time: how many users at second t, and how fast to get there.
 
 No locust import here (locust monkey-patches the process with gevent), so tests and the
-bench can reason about the shapes; `loadtest/shapes.py` wraps these as LoadTestShape classes.
+bench can reason about the shapes; `loadtest/load/shapes.py` wraps these as LoadTestShape classes.
 
 Every profile fits itself into FORKPROXY_SHAPE_SECONDS (default 60) unless its own
 phase variables are set:

@@ -2,7 +2,7 @@
 paused pool (unpause) vs create+start of the same image, directly and through forkproxy,
 and a burst of 100 concurrent requests at an idle docker pool (starts stay bounded).
 
-    python -m loadtest.bench_docker --n 30      # writes results/docker_bench.json
+    python -m loadtest.coldstart.docker --n 30      # writes results/docker_bench.json
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import aiohttp
 import docker
 
 from backends.base import LABEL_POOL, BackendContext
-from backends.docker import create_backend, parse_config
+from backends.docker import parse_config
 from backends.docker.backend import DockerBackend
 from backends.support.table import Table
-from loadtest.procs import REPO
-from loadtest.proxyrun import forkproxy
-from loadtest.stats import percentile
+from loadtest.report.stats import percentile
+from loadtest.run.procs import REPO
+from loadtest.run.proxy import forkproxy
 
 IMAGE = "forkproxy-test/httpd:latest"
 ENGINE = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
@@ -67,7 +67,7 @@ async def first_byte(session: aiohttp.ClientSession, url: str, deadline: float) 
 
 def _backend(pool: str, paused_pool: int) -> DockerBackend:
     cfg = parse_config(Table({"image": IMAGE, "engines": [ENGINE], "paused_pool": paused_pool}, ""))
-    return create_backend(cfg, BackendContext(pool_name=pool, owner_id=f"{pool}-run"))
+    return DockerBackend(cfg, BackendContext(pool_name=pool, owner_id=f"{pool}-run"))
 
 
 async def parked(client: docker.DockerClient, pool: str) -> int:
@@ -211,7 +211,7 @@ async def burst(work: Path) -> dict[str, Any]:
 
 
 async def coldstart(n: int, work: Path | None = None) -> dict[str, Any]:
-    """The cold-start rows (shape of loadtest.sec_coldstart) for the shared benchmark."""
+    """The cold-start rows (shape of loadtest.sections.coldstart) for the shared benchmark."""
     client = docker.DockerClient(base_url=ENGINE, timeout=30)
     try:
         client.ping()
@@ -307,7 +307,7 @@ async def main_async(n: int, out: Path, do_burst: bool) -> int:
         n=n,
         image=IMAGE,
         engine=ENGINE,
-        command=f"python -m loadtest.bench_docker --n {n}",
+        command=f"python -m loadtest.coldstart.docker --n {n}",
         cpus=os.cpu_count(),
         loadavg_at_end=os.getloadavg(),  # the machine is shared: numbers move with it
         at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -322,7 +322,7 @@ async def main_async(n: int, out: Path, do_burst: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m loadtest.bench_docker", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m loadtest.coldstart.docker", description=__doc__)
     ap.add_argument("--n", type=int, default=30, help="cold starts per series (default 30)")
     ap.add_argument("--out", type=Path, default=REPO / "results" / "docker_bench.json")
     ap.add_argument("--no-burst", action="store_true", help="skip the 100-request burst")

@@ -6,7 +6,7 @@ import asyncio
 import os
 import shutil
 
-from loadtest.section import say
+from loadtest.sections.model import say
 
 
 def have(binary: str) -> bool:

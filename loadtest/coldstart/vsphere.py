@@ -3,7 +3,7 @@ per Instant Clone start, the SOAP calls on the start path by method and the time
 (clone task, guest IP wait, readiness), p50 over N clones; then the same with the guest IP
 reported late, to show the waits cost the same calls however long they last (no polling).
 
-    python -m loadtest.bench_vsphere --n 10            # writes results/vsphere_bench.json
+    python -m loadtest.coldstart.vsphere --n 10            # writes results/vsphere_bench.json
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ import aiohttp
 
 from backends.base import BackendContext
 from backends.support.table import Table
-from backends.vsphere import create_backend, parse_config
+from backends.vsphere import parse_config
 from backends.vsphere.backend import VsphereBackend
-from loadtest.stats import percentile
+from loadtest.report.stats import percentile
 from tests.backends.vsphere import harness
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PASSWORD_ENV = "FORKPROXY_BENCH_VCSIM_PASSWORD"
 
 
@@ -54,7 +54,7 @@ def make_backend(sim: harness.Vcsim, parent: str) -> VsphereBackend:
     if table.problems:
         raise SystemExit("\n".join(map(str, table.problems)))
     ctx = BackendContext(pool_name=f"bench-{uuid.uuid4().hex[:6]}", owner_id="bench")
-    return create_backend(cfg, ctx)
+    return VsphereBackend(cfg, ctx)
 
 
 async def ready(url: str, deadline: float) -> None:

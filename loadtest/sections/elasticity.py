@@ -8,18 +8,18 @@ import math
 import time
 from typing import Any
 
-from loadtest import plots
-from loadtest.locustrun import run_locust
-from loadtest.proxyrun import FORK_BACKEND, app_config, forkproxy
-from loadtest.sampler import InstanceSampler
-from loadtest.section import BenchContext, Section, Table, say
-from loadtest.stats import (
+from loadtest.load.locustrun import run_locust
+from loadtest.report import plots
+from loadtest.report.stats import (
     in_flight,
     instance_seconds,
     instance_seconds_lower_bound,
     live,
     time_to_scale_in,
 )
+from loadtest.run.proxy import FORK_BACKEND, app_config, forkproxy
+from loadtest.run.sampler import InstanceSampler
+from loadtest.sections.model import BenchContext, Section, Table, say
 
 
 def burst_end(series: list[dict[str, Any]]) -> float | None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from loadtest.stats import percentile
+from loadtest.report.stats import percentile
 
 # wrk calls done() once at the end; latency values are in microseconds.
 _WRK_LUA = """
@@ -90,7 +90,9 @@ async def run_wrk(url: str, connections: int, seconds: float) -> LoadResult:
         )
         out, _ = await proc.communicate()
         # The temp script path is noise in reports: name the script by what it does.
-        command = " ".join([*argv[:5], "summary.lua", url]) + " (summary.lua: loadtest/httpload.py)"
+        command = (
+            " ".join([*argv[:5], "summary.lua", url]) + " (summary.lua: loadtest/load/httpload.py)"
+        )
         return parse_wrk(out.decode(errors="replace"), command)
     finally:
         os.unlink(script)

@@ -10,13 +10,13 @@ import inspect
 import math
 from typing import Any
 
-from loadtest.section import BenchContext, Section
-from loadtest.stats import percentile
+from loadtest.report.stats import percentile
+from loadtest.sections.model import BenchContext, Section
 
 MODULES = {
-    "process": "loadtest.bench_process_coldstart",
-    "docker": "loadtest.bench_docker",
-    "vsphere": "loadtest.bench_vsphere",
+    "process": "loadtest.coldstart.process",
+    "docker": "loadtest.coldstart.docker",
+    "vsphere": "loadtest.coldstart.vsphere",
 }
 
 
@@ -37,7 +37,9 @@ def _vsphere_adapter(mod: Any) -> Any:
             "min_ms": min(samples, default=math.nan),
             "max_ms": max(samples, default=math.nan),
         }
-        command = f"python -m loadtest.bench_vsphere --n {n} (run(n, delays=[0])), vcsim harness"
+        command = (
+            f"python -m loadtest.coldstart.vsphere --n {n} (run(n, delays=[0])), vcsim harness"
+        )
         return {"rows": [row], "commands": [command], "skipped": []}
 
     return coldstart

@@ -1,4 +1,4 @@
-"""Run loadtest/locustfile.py headless in a subprocess and read back its CSV statistics.
+"""Run loadtest/load/locustfile.py headless in a subprocess and read back its CSV statistics.
 
 Locust monkey-patches with gevent on import, so the bench and tests only ever exec it.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadtest.procs import PYTHON, REPO
+from loadtest.run.procs import PYTHON, REPO
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from loadtest.proxyrun import EXEC_BACKEND, FORK_BACKEND, app_config, forkproxy
-from loadtest.section import BenchContext, Section, Table, say
-from loadtest.stats import live, ratio
+from loadtest.report.stats import live, ratio
+from loadtest.run.proxy import EXEC_BACKEND, FORK_BACKEND, app_config, forkproxy
+from loadtest.sections.model import BenchContext, Section, Table, say
 
 N_INSTANCES = 20
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 
-from loadtest.stats import Sample
+from loadtest.report.stats import Sample
 
 
 def parse_instances(doc: Any) -> list[Mapping[str, Any]]:

@@ -9,12 +9,12 @@ from typing import Any
 
 import aiohttp
 
-from loadtest import plots
-from loadtest.proxyrun import EXEC_BACKEND, FORK_BACKEND, app_config, forkproxy
-from loadtest.section import BenchContext, Section, Table, say
-from loadtest.stats import percentile
+from loadtest.report import plots
+from loadtest.report.stats import percentile
+from loadtest.run.proxy import EXEC_BACKEND, FORK_BACKEND, app_config, forkproxy
+from loadtest.sections.model import BenchContext, Section, Table, say
 
-# The row contract shared with loadtest/bench_docker.py etc. (extra keys stay in results.json).
+# The row contract shared with loadtest/coldstart/docker.py etc. (extra keys stay in results.json).
 ROW_KEYS = ("path", "n", "failures", "distinct_instances", "p50_ms", "p99_ms", "min_ms", "max_ms")
 
 
@@ -90,11 +90,13 @@ async def through_proxy(ctx: BenchContext, sec: Section, n: int) -> list[dict[st
 
 
 async def run(ctx: BenchContext) -> Section:
-    from loadtest import coldstart_backends  # the per-backend benches other engineers own
+    from loadtest import (
+        coldstart as backends_coldstart,  # the per-backend benches other engineers own
+    )
 
     sec = Section("coldstart", "Cold start: time to first byte for a request on a new instance")
     n = ctx.pick(30, 5)
-    rows = await coldstart_backends.run_all(ctx, sec, n)
+    rows = await backends_coldstart.run_all(ctx, sec, n)
     rows += await through_proxy(ctx, sec, n)
     sec.tables.append(
         Table(

@@ -9,13 +9,13 @@ from math import nan
 
 import aiohttp
 
-from loadtest import nginx
-from loadtest.httpload import LoadResult, run_load, wrk_path
-from loadtest.procs import PYTHON, running_on_free_port
-from loadtest.proxyrun import FORK_BACKEND, app_config, forkproxy
-from loadtest.section import BenchContext, Section, Table, say
-from loadtest.stats import ratio
-from loadtest.tools import ensure_debian_package
+from loadtest.load.httpload import LoadResult, run_load, wrk_path
+from loadtest.report.stats import ratio
+from loadtest.run import nginx
+from loadtest.run.procs import PYTHON, running_on_free_port
+from loadtest.run.proxy import FORK_BACKEND, app_config, forkproxy
+from loadtest.run.tools import ensure_debian_package
+from loadtest.sections.model import BenchContext, Section, Table, say
 
 CONNECTIONS = 32
 PATH = "/"

@@ -1,7 +1,7 @@
 """Cold start of the process backend, fork vs exec of examples.app: time from
 `backend.start()` to the first response byte of `GET /` on the new instance.
 
-    .venv/bin/python -m loadtest.bench_process_coldstart --n 30
+    .venv/bin/python -m loadtest.coldstart.process --n 30
 
 Exec includes the readiness wait (connect every 5 ms until the app answers). Prints a
 table, writes results/process_coldstart.json; `coldstart(n)` feeds the shared bench.
@@ -23,9 +23,9 @@ from typing import Any
 from backends.base import Backend, BackendContext, Instance
 from backends.process import create_backend, parse_config
 from backends.support.table import Table
-from loadtest.stats import percentile
+from loadtest.report.stats import percentile
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 POLL = 0.005
 DEADLINE = 30.0
 GAP = 0.1  # idle time between cold starts, as between real ones (lets spares refill)
@@ -121,9 +121,9 @@ async def series(mode: str, n: int) -> dict[str, Any]:
 
 
 async def coldstart(n: int) -> dict[str, Any]:
-    """Rows in the shape of loadtest.sec_coldstart, for the shared benchmark."""
+    """Rows in the shape of loadtest.sections.coldstart, for the shared benchmark."""
     rows = [await series(mode, n) for mode in MODES]
-    command = f"{sys.executable} -m loadtest.bench_process_coldstart --n {n}"
+    command = f"{sys.executable} -m loadtest.coldstart.process --n {n}"
     return {"rows": rows, "commands": [command], "skipped": []}
 
 

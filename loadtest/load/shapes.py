@@ -1,6 +1,6 @@
 """Locust LoadTestShape classes (step, spike, sine) driven by the pure profiles in profiles.py.
 
-Parameters come from FORKPROXY_* environment variables (see loadtest/profiles.py); importing
+Parameters come from FORKPROXY_* environment variables (see loadtest/load/profiles.py); importing
 this module imports locust, which monkey-patches the process with gevent: subprocesses only.
 """
 
@@ -10,7 +10,7 @@ import os
 
 from locust import LoadTestShape
 
-from loadtest.profiles import Profile, SineProfile, SpikeProfile, StepProfile, Tick
+from loadtest.load.profiles import Profile, SineProfile, SpikeProfile, StepProfile, Tick
 
 
 class _ProfileShape(LoadTestShape):
@@ -18,12 +18,12 @@ class _ProfileShape(LoadTestShape):
     profile_cls: type[StepProfile] | type[SpikeProfile] | type[SineProfile]
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # locust ships no annotations here
         # Read the environment when locust instantiates the shape, so each run sees its own env.
         self.profile: Profile = self.profile_cls.from_env(os.environ)
 
     def tick(self) -> Tick:
-        return self.profile.at(self.get_run_time())
+        return self.profile.at(self.get_run_time())  # type: ignore[no-untyped-call]
 
 
 class StepShape(_ProfileShape):
