@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loadtest import tomlw
 from loadtest.load.locustrun import run_locust
 from loadtest.load.profiles import PROFILES
 from loadtest.report.stats import instance_seconds, live
+from loadtest.run import configs
 from loadtest.run.procs import REPO, forkproxy_cmd
 from loadtest.run.proxy import FORK_BACKEND, app_config, forkproxy, write_config
 from loadtest.run.sampler import InstanceSampler
@@ -121,7 +121,7 @@ def snippet(best: Measured, met: bool, args: argparse.Namespace) -> str:
         f"# measured: p99 {best.p99_ms:.0f} ms, {best.instance_seconds:.1f} instance-seconds, "
         f"{best.failures}/{best.requests} failed, over {best.seconds:.0f} s\n"
     )
-    return head + tomlw.dumps({"pool": best.point.pool()})
+    return head + configs.dumps({"pool": best.point.pool()})
 
 
 def progress(done: int, total: int, spent: float, budget: float, label: str) -> None:

@@ -17,8 +17,8 @@ from typing import Any
 
 import aiohttp
 
-from loadtest import tomlw
 from loadtest.report.stats import state_of
+from loadtest.run import configs
 from loadtest.run.procs import (
     PYTHON,
     REPO,
@@ -58,7 +58,7 @@ class RunningProxy:
         parts = []
         for table in ("pool", "backend"):
             values = self.config.get(table, {})
-            inner = ", ".join(f"{k} = {tomlw.value(v)}" for k, v in values.items())
+            inner = ", ".join(f"{k} = {configs.inline(v)}" for k, v in values.items())
             parts.append(f"[{table}] {inner}")
         return "; ".join(parts)
 
@@ -88,9 +88,9 @@ class RunningProxy:
 
 
 def write_config(path: Path, base: Mapping[str, Any], pool: Mapping[str, Any]) -> dict[str, Any]:
-    doc = tomlw.merge(base, {"pool": dict(pool)})
+    doc = configs.merge(base, {"pool": dict(pool)})
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(tomlw.dumps(doc))
+    path.write_text(configs.dumps(doc))
     return doc
 
 

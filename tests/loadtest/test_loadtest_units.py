@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from loadtest import tomlw
 from loadtest.load.httpload import parse_wrk
 from loadtest.load.locustrun import LocustRun, read_final
 from loadtest.report.markdown import table_md
@@ -19,6 +18,7 @@ from loadtest.report.stats import (
     percentile,
     time_to_scale_in,
 )
+from loadtest.run import configs
 from loadtest.run.sampler import parse_instances
 from loadtest.sections.model import Table
 from loadtest.tune import (
@@ -85,12 +85,12 @@ def test_toml_writer_round_trips_through_tomllib() -> None:
             "env": {"A B": "1"},
         },
     }
-    assert tomllib.loads(tomlw.dumps(doc)) == doc
-    merged = tomlw.merge(doc, {"pool": {"idle_ttl": "1s"}, "extra": {"k": 1}})
+    assert tomllib.loads(configs.dumps(doc)) == doc
+    merged = configs.merge(doc, {"pool": {"idle_ttl": "1s"}, "extra": {"k": 1}})
     assert merged["pool"] == {"max_concurrency": 10, "target_concurrency": 7.5, "idle_ttl": "1s"}
     assert merged["extra"] == {"k": 1} and doc["pool"]["idle_ttl"] == "3s"
     with pytest.raises(ValueError):
-        tomlw.dumps({"x": math.nan})
+        configs.dumps({"x": math.nan})
 
 
 def test_parse_wrk_summary() -> None:
