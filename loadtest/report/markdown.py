@@ -62,6 +62,8 @@ def section_md(s: Section, image_dir: str) -> str:
 
 
 def machine() -> dict[str, Any]:
+    # The CPU model name: neither psutil nor platform reports it on Linux (platform.processor()
+    # is empty there), so it is read from /proc/cpuinfo.
     cpu = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

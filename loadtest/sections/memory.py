@@ -1,12 +1,13 @@
-"""Section 5, memory: PSS per instance (from /proc/PID/smaps_rollup) with 20 instances of the
-example app, process backend in fork mode (copy-on-write from a template) vs exec mode."""
+"""Section 5, memory: PSS per instance (psutil: /proc/PID/smaps_rollup) with 20 instances of
+the example app, process backend in fork mode (copy-on-write from a template) vs exec mode."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
+
+import psutil
 
 from loadtest.report.stats import live, ratio
 from loadtest.run.proxy import EXEC_BACKEND, FORK_BACKEND, app_config, forkproxy
@@ -16,40 +17,20 @@ N_INSTANCES = 20
 
 
 def pss_kib(pid: int) -> int | None:
-    """Proportional set size: shared pages split between the processes sharing them."""
+    """Proportional set size: shared pages split between the processes sharing them
+    (psutil reads /proc/PID/smaps_rollup). None once the process is gone."""
     try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
+        return int(psutil.Process(pid).memory_full_info().pss) // 1024
+    except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
         return None
-    return None
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of pid (Linux: /proc/PID/task/*/children)."""
-    out: list[int] = []
-    task_dir = Path(f"/proc/{pid}/task")
-    try:
-        for task in task_dir.iterdir():
-            try:
-                out += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-    except OSError:
-        return []
-    return out
 
 
 def descendants(pid: int) -> list[int]:
-    seen: list[int] = []
-    stack = children(pid)
-    while stack:
-        p = stack.pop()
-        seen.append(p)
-        stack += children(p)
-    return seen
+    """Every process below pid (children, their children, ...); [] once pid is gone."""
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def instance_pids(insts: list[Mapping[str, Any]]) -> list[int]:
