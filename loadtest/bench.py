@@ -16,8 +16,8 @@ import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from loadtest.report import markdown, plots
-from loadtest.sections.model import BenchContext, Section, fmt, say
+from loadtest.report import markdown, plots, table
+from loadtest.sections.model import BenchContext, Section, say
 
 SECTIONS = ("datapath", "coldstart", "burst", "elasticity", "memory")
 
@@ -64,13 +64,7 @@ def _runner(name: str, ctx: BenchContext) -> Callable[[], Awaitable[Section]]:
 def _print(sec: Section) -> None:
     for t in sec.tables:
         say(f"  {t.title}" if t.title else "")
-        widths = [
-            max(len(str(h)), *(len(fmt(r[i])) for r in t.rows)) if t.rows else len(str(h))
-            for i, h in enumerate(t.headers)
-        ]
-        say("  " + "  ".join(str(h).ljust(w) for h, w in zip(t.headers, widths, strict=True)))
-        for r in t.rows:
-            say("  " + "  ".join(fmt(v).ljust(w) for v, w in zip(r, widths, strict=True)))
+        say(table.render(t.headers, t.rows, indent="  "))
     for c in sec.commands:
         say(f"  $ {c}")
 

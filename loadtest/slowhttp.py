@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loadtest.report import table
 from loadtest.run.proxy import FORK_BACKEND, forkproxy
 
 # the proxy's deadlines under test ([server] keys) and the body rate grace in http1.py
@@ -306,19 +307,30 @@ async def run(
 
 
 def render(results: list[Result]) -> str:
-    lines = [
-        "| mode | governed by | deadline | kept by the proxy | peak open | "
-        "slowhttptest saw closed | probes ok | probe p99 |",
-        "|---|---|---|---|---|---|---|---|",
+    headers = [
+        "mode",
+        "governed by",
+        "deadline",
+        "kept by the proxy",
+        "peak open",
+        "slowhttptest saw closed",
+        "probes ok",
+        "probe p99",
     ]
-    for r in results:
-        life = "-" if r.lifetime is None else f"~{r.lifetime:.1f} s"
-        lines.append(
-            f"| {r.name} | `{r.governs}` | {r.deadline:.0f} s | {life} | {r.max_open} "
-            f"| {r.tool_closed}/{r.connections} | {r.probes - r.probe_failures}/{r.probes} "
-            f"| {r.probe_p99_ms:.0f} ms |"
-        )
-    return "\n".join(lines)
+    rows = [
+        [
+            r.name,
+            f"`{r.governs}`",
+            f"{r.deadline:.0f} s",
+            "-" if r.lifetime is None else f"~{r.lifetime:.1f} s",
+            r.max_open,
+            f"{r.tool_closed}/{r.connections}",
+            f"{r.probes - r.probe_failures}/{r.probes}",
+            f"{r.probe_p99_ms:.0f} ms",
+        ]
+        for r in results
+    ]
+    return table.render(headers, rows, markdown=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,11 +28,11 @@ from typing import Any
 from loadtest.load.locustrun import run_locust
 from loadtest.load.profiles import PROFILES
 from loadtest.report.stats import instance_seconds, live
+from loadtest.report.table import render
 from loadtest.run import configs
 from loadtest.run.procs import REPO, forkproxy_cmd
 from loadtest.run.proxy import FORK_BACKEND, app_config, forkproxy, write_config
 from loadtest.run.sampler import InstanceSampler
-from loadtest.sections.model import fmt
 
 OVERHEAD_S = 6.0  # per grid point: proxy start, locust start-up, shutdown
 MIN_RUN_S = 4.0  # a shorter load test says nothing
@@ -167,11 +167,7 @@ def table(results: Sequence[Measured], best: Measured | None) -> str:
                 mark,
             ]
         )
-    cells = [headers, *[[fmt(v) for v in row] for row in rows]]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(headers))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells
-    )
+    return render(headers, rows)
 
 
 async def check_config(base: dict[str, Any], point: Point, work: Path, i: int) -> str:

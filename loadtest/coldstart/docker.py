@@ -27,6 +27,7 @@ from backends.docker import parse_config
 from backends.docker.backend import DockerBackend
 from backends.support.table import Table
 from loadtest.report.stats import percentile
+from loadtest.report.table import render
 from loadtest.run.procs import REPO
 from loadtest.run.proxy import forkproxy
 
@@ -262,12 +263,9 @@ def write_json(out: Path, result: dict[str, Any]) -> None:
 
 
 def print_table(result: dict[str, Any]) -> None:
-    print(f"\n{'path':58} {'n':>3} {'fail':>4} {'p50 ms':>8} {'p99 ms':>8} {'min':>7} {'max':>7}")
-    for r in result["rows"]:
-        print(
-            f"{r['path']:58} {r['n']:>3} {r['failures']:>4} {r['p50_ms']:>8.1f} "
-            f"{r['p99_ms']:>8.1f} {r['min_ms']:>7.1f} {r['max_ms']:>7.1f}"
-        )
+    keys = ["path", "n", "failures", "p50_ms", "p99_ms", "min_ms", "max_ms"]
+    headers = ["path", "n", "fail", "p50 ms", "p99 ms", "min", "max"]
+    print("\n" + render(headers, [[r[k] for k in keys] for r in result["rows"]]))
     for key, value in result["ratios"].items():
         if value is not None:
             print(f"p50 ratio {key}: {value:.1f}x")

@@ -24,6 +24,7 @@ from backends.base import Backend, BackendContext, Instance
 from backends.process import create_backend, parse_config
 from backends.support.table import Table
 from loadtest.report.stats import percentile
+from loadtest.report.table import render
 
 REPO = Path(__file__).resolve().parents[2]
 POLL = 0.005
@@ -128,15 +129,10 @@ async def coldstart(n: int) -> dict[str, Any]:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'mode':<14} {'n':>4} {'fail':>4} {'p50 ms':>8} {'p99 ms':>8} {'min ms':>8} "
-    lines = [head + f"{'max ms':>8} {'start() p50':>11} {'spare':>5}"]
-    for r in rows:
-        lines.append(
-            f"{r['mode']:<14} {r['n']:>4} {r['failures']:>4} {r['p50_ms']:>8.2f} "
-            f"{r['p99_ms']:>8.2f} {r['min_ms']:>8.2f} {r['max_ms']:>8.2f} "
-            f"{r['start_call_p50_ms']:>11.2f} {r['served_by_spare']:>5}"
-        )
-    return "\n".join(lines)
+    keys = ["mode", "n", "failures", "p50_ms", "p99_ms", "min_ms", "max_ms"]
+    keys += ["start_call_p50_ms", "served_by_spare"]
+    headers = ["mode", "n", "fail", "p50 ms", "p99 ms", "min ms", "max ms", "start() p50", "spare"]
+    return render(headers, [[r[k] for k in keys] for r in rows])
 
 
 async def main_async(n: int) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from backends.support.table import Table
 from backends.vsphere import parse_config
 from backends.vsphere.backend import VsphereBackend
 from loadtest.report.stats import percentile
+from loadtest.report.table import render
 from tests.backends.vsphere import harness
 
 REPO = Path(__file__).resolve().parents[2]
@@ -145,14 +146,21 @@ async def run(n: int, delays: list[int]) -> dict[str, Any]:
 
 def print_table(report: dict[str, Any]) -> None:
     print(report["what"])
-    head = ("guest IP delay", "n", "clone task", "guest IP", "readiness", "total", "SOAP calls")
-    print("{:>15} {:>3} {:>11} {:>9} {:>10} {:>9} {:>11}".format(*head))
-    for r in report["runs"]:
-        print(
-            f"{r['guest_ip_delay_ms']:>12} ms {r['n']:>3} {r['p50_clone_task_ms']:>8.1f} ms"
-            f" {r['p50_guest_ip_ms']:>6.1f} ms {r['p50_readiness_ms']:>7.1f} ms"
-            f" {r['p50_total_ms']:>6.1f} ms {'/'.join(map(str, r['soap_calls_per_start'])):>11}"
-        )
+    headers = ["guest IP delay ms", "n", "clone task ms", "guest IP ms", "readiness ms"]
+    headers += ["total ms", "SOAP calls"]
+    rows = [
+        [
+            r["guest_ip_delay_ms"],
+            r["n"],
+            r["p50_clone_task_ms"],
+            r["p50_guest_ip_ms"],
+            r["p50_readiness_ms"],
+            r["p50_total_ms"],
+            "/".join(map(str, r["soap_calls_per_start"])),
+        ]
+        for r in report["runs"]
+    ]
+    print(render(headers, rows))
     print("(p50 per start; SOAP calls: distinct per-start totals on the start path)")
     for r in report["runs"]:
         by = ", ".join(f"{m} {c:g}" for m, c in r["calls_per_start_by_method"].items())

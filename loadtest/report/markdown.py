@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from loadtest.sections.model import Section, Table, fmt
+from loadtest.report import table
+from loadtest.sections.model import Section, Table
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -38,11 +39,8 @@ meets the p99 target.
 
 
 def table_md(t: Table) -> str:
-    lines = [f"*{t.title}*", ""] if t.title else []
-    lines.append("| " + " | ".join(t.headers) + " |")
-    lines.append("|" + "|".join("---" for _ in t.headers) + "|")
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in t.rows]
-    return "\n".join(lines)
+    head = f"*{t.title}*\n\n" if t.title else ""
+    return head + table.render(t.headers, t.rows, markdown=True)
 
 
 def section_md(s: Section, image_dir: str) -> str:

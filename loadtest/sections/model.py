@@ -64,20 +64,3 @@ def say(msg: str) -> None:
 
 def warn(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def fmt(v: Any) -> str:
-    """Numbers the way a results table wants them: 3 significant-ish digits, no NaN noise."""
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        if v != v:  # NaN
-            return "n/a"
-        if abs(v) >= 100:
-            return f"{v:,.0f}"
-        if abs(v) >= 10:
-            return f"{v:.1f}"
-        return f"{v:.2f}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return "n/a" if v is None else str(v)

@@ -18,6 +18,7 @@ from loadtest.report.stats import (
     percentile,
     time_to_scale_in,
 )
+from loadtest.report.table import render
 from loadtest.run import configs
 from loadtest.run.sampler import parse_instances
 from loadtest.sections.model import Table
@@ -143,6 +144,16 @@ def test_markdown_table() -> None:
         "| 1,234 | 0.50 |",
         "| n/a | n/a |",
     ]
+
+
+def test_text_table_aligns_columns_the_same_renderer_writes_markdown() -> None:
+    text = render(["mode", "p50 ms", ""], [["fork", 1.234, "<- best"], ["exec", 123.4, ""]])
+    assert text.splitlines() == [
+        "mode  p50 ms",
+        "fork  1.23    <- best",
+        "exec  123",
+    ]
+    assert render(["x"], [[True]], indent="  ") == "  x\n  yes"
 
 
 def test_tune_grid_resolves_percent_targets_and_dedups() -> None:
