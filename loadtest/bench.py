@@ -13,17 +13,25 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from loadtest.report import markdown, plots, table
+from loadtest.report import markdown, table
+from loadtest.report.progress import Progress
 from loadtest.sections.model import BenchContext, Section, say
 
 SECTIONS = ("datapath", "coldstart", "burst", "elasticity", "memory")
+# Seconds each section usually takes (full, quick) on the 2-CPU reference box: the ETA's basis.
+EXPECTED_S = {
+    "datapath": (100.0, 15.0),
+    "coldstart": (60.0, 25.0),
+    "burst": (15.0, 8.0),
+    "elasticity": (100.0, 50.0),
+    "memory": (25.0, 20.0),
+}
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m loadtest bench", description=__doc__)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="short runs (about a minute in all)")
     p.add_argument("--out", default="results/latest", help="output directory (results/latest)")
     p.add_argument(
@@ -35,7 +43,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument(
         "--no-install", action="store_true", help="never apt-get install missing wrk/nginx"
     )
-    return p.parse_args(list(argv))
 
 
 def _runner(name: str, ctx: BenchContext) -> Callable[[], Awaitable[Section]]:
@@ -70,6 +77,8 @@ def _print(sec: Section) -> None:
 
 
 def _datapath_plot(ctx: BenchContext, sec: Section) -> None:
+    from loadtest.report import plots  # matplotlib loads in ~0.5 s: only when a plot is drawn
+
     res = sec.data.get("results", {})
     if not res:
         return
@@ -80,6 +89,23 @@ def _datapath_plot(ctx: BenchContext, sec: Section) -> None:
     sec.plots.append(path.name)
 
 
+async def _section(name: str, ctx: BenchContext) -> Section:
+    say(f"== {name}")
+    t0 = time.monotonic()
+    try:
+        sec = await _runner(name, ctx)()
+    except Exception as e:
+        # A broken section is reported as such; the others still run.
+        sec = Section(name, f"{name}: FAILED")
+        sec.fail(name, e)
+        traceback.print_exc()
+    if name == "datapath":
+        await asyncio.to_thread(_datapath_plot, ctx, sec)
+    sec.data["section_seconds"] = round(time.monotonic() - t0, 1)
+    _print(sec)
+    return sec
+
+
 async def run(args: argparse.Namespace, out: Path) -> int:
     wanted = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(wanted) - set(SECTIONS)
@@ -88,29 +114,17 @@ async def run(args: argparse.Namespace, out: Path) -> int:
         return 2
     started = time.monotonic()
     load_at_start = os.getloadavg()[0]
-    failed = 0
     with tempfile.TemporaryDirectory(prefix="forkproxy-bench-") as work:
         ctx = BenchContext(
             out=out, work=Path(work), quick=args.quick, install_tools=not args.no_install
         )
         sections: list[Section] = []
-        for name in wanted:
-            say(f"== {name}")
-            t0 = time.monotonic()
-            try:
-                sec = await _runner(name, ctx)()
-            except Exception as e:
-                failed += 1
-                # A broken section is reported as such; the others still run.
-                sec = Section(name, f"{name}: FAILED")
-                sec.fail(name, e)
-                traceback.print_exc()
-            if name == "datapath":
-                await asyncio.to_thread(_datapath_plot, ctx, sec)
-            failed += bool(sec.failures) and not sec.title.endswith("FAILED")
-            sec.data["section_seconds"] = round(time.monotonic() - t0, 1)
-            sections.append(sec)
-            _print(sec)
+        expected = [EXPECTED_S[name][1 if args.quick else 0] for name in wanted]
+        with Progress("bench", expected, unit="sections") as progress:
+            for i, name in enumerate(wanted):
+                progress.start(i, name)
+                sections.append(await _section(name, ctx))
+        failed = sum(bool(s.failures) for s in sections)
     meta = {
         "work": work,
         "command": "python -m loadtest bench" + (" --quick" if args.quick else ""),
@@ -127,8 +141,7 @@ async def run(args: argparse.Namespace, out: Path) -> int:
     return 1 if failed else 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def main(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     return asyncio.run(run(args, out))

@@ -2,7 +2,7 @@
 bounded, with tight deadlines in the proxy's config and a probe loop that must keep
 getting 200s. Slow connections must be closed near the configured deadlines.
 
-    python -m loadtest.slowhttp [--length 15] [--connections 200] [--rate 50] [--out DIR]
+    python -m loadtest slowhttp [--length 15] [--connections 200] [--rate 50] [--out DIR]
 
 How long the proxy kept a slow connection is measured on the proxy's side: its
 ESTABLISHED sockets on the listen port, sampled from /proc/net/tcp every 0.25 s. With
@@ -333,14 +333,15 @@ def render(results: list[Result]) -> str:
     return table.render(headers, rows, markdown=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--modes", default="HBX", help="any of H, B, X")
     ap.add_argument("--length", type=int, default=15, help="seconds per mode (slowhttptest -l)")
     ap.add_argument("--connections", type=int, default=200, help="slowhttptest -c")
     ap.add_argument("--rate", type=int, default=50, help="connections per second (-r)")
     ap.add_argument("--out", type=Path, default=None, help="where CSV/HTML/JSON go")
-    args = ap.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="slowhttp-"))
     results = asyncio.run(
         run(
@@ -357,7 +358,3 @@ def main(argv: list[str] | None = None) -> int:
     for p in bad:
         print("FAIL", p, file=sys.stderr)
     return 1 if bad else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from backends.errors import BackendError
 from backends.support.table import ConfigError
+from loadtest import tune  # bench tooling: only its options load here, locust runs as a child
 from proxy import __version__, logs
 from proxy.config import Config, load, parse, with_overrides
 from proxy.http.safety import UnsafeParser
@@ -36,7 +37,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file")
-    sub.add_parser("tune", help="search pool settings under load (see --help)", add_help=False)
+    tune_cmd = sub.add_parser(
+        "tune",
+        help="search pool settings under load (see --help)",
+        description=tune.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tune.add_arguments(tune_cmd)
     return p
 
 
@@ -52,13 +59,9 @@ def _report(exc: ConfigError, source: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] == ["tune"]:
-        import importlib
-
-        tune = importlib.import_module("loadtest.tune")  # bench tooling, not on the data path
-        return int(tune.main(args_list[1:]))
-    args = _parser().parse_args(args_list)
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.command == "tune":
+        return tune.main(args)
     if args.command == "check-config":
         try:
             cfg = load(args.file)

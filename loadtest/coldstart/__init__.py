@@ -38,7 +38,7 @@ def _vsphere_adapter(mod: Any) -> Any:
             "max_ms": max(samples, default=math.nan),
         }
         command = (
-            f"python -m loadtest.coldstart.vsphere --n {n} (run(n, delays=[0])), vcsim harness"
+            f"python -m loadtest coldstart vsphere --n {n} (run(n, delays=[0])), vcsim harness"
         )
         return {"rows": [row], "commands": [command], "skipped": []}
 

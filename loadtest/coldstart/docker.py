@@ -2,7 +2,7 @@
 paused pool (unpause) vs create+start of the same image, directly and through forkproxy,
 and a burst of 100 concurrent requests at an idle docker pool (starts stay bounded).
 
-    python -m loadtest.coldstart.docker --n 30      # writes results/docker_bench.json
+    python -m loadtest coldstart docker --n 30      # writes results/docker_bench.json
 """
 
 from __future__ import annotations
@@ -17,19 +17,22 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import docker
 
 from backends.base import LABEL_POOL, BackendContext
 from backends.docker import parse_config
-from backends.docker.backend import DockerBackend
 from backends.support.table import Table
 from loadtest.report.stats import percentile
 from loadtest.report.table import render
 from loadtest.run.procs import REPO
 from loadtest.run.proxy import forkproxy
+
+if TYPE_CHECKING:
+    import docker
+
+    from backends.docker.backend import DockerBackend
 
 IMAGE = "forkproxy-test/httpd:latest"
 ENGINE = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
@@ -67,6 +70,8 @@ async def first_byte(session: aiohttp.ClientSession, url: str, deadline: float) 
 
 
 def _backend(pool: str, paused_pool: int) -> DockerBackend:
+    from backends.docker.backend import DockerBackend
+
     cfg = parse_config(Table({"image": IMAGE, "engines": [ENGINE], "paused_pool": paused_pool}, ""))
     return DockerBackend(cfg, BackendContext(pool_name=pool, owner_id=f"{pool}-run"))
 
@@ -213,6 +218,8 @@ async def burst(work: Path) -> dict[str, Any]:
 
 async def coldstart(n: int, work: Path | None = None) -> dict[str, Any]:
     """The cold-start rows (shape of loadtest.sections.coldstart) for the shared benchmark."""
+    import docker  # the docker extra: imported only when this bench runs
+
     client = docker.DockerClient(base_url=ENGINE, timeout=30)
     try:
         client.ping()
@@ -305,7 +312,7 @@ async def main_async(n: int, out: Path, do_burst: bool) -> int:
         n=n,
         image=IMAGE,
         engine=ENGINE,
-        command=f"python -m loadtest.coldstart.docker --n {n}",
+        command=f"python -m loadtest coldstart docker --n {n}",
         cpus=os.cpu_count(),
         loadavg_at_end=os.getloadavg(),  # the machine is shared: numbers move with it
         at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -319,14 +326,11 @@ async def main_async(n: int, out: Path, do_burst: bool) -> int:
     return 0 if burst_ok else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m loadtest.coldstart.docker", description=__doc__)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--n", type=int, default=30, help="cold starts per series (default 30)")
     ap.add_argument("--out", type=Path, default=REPO / "results" / "docker_bench.json")
     ap.add_argument("--no-burst", action="store_true", help="skip the 100-request burst")
-    args = ap.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> int:
     return asyncio.run(main_async(args.n, args.out, not args.no_burst))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

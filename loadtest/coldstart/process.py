@@ -1,7 +1,7 @@
 """Cold start of the process backend, fork vs exec of examples.app: time from
 `backend.start()` to the first response byte of `GET /` on the new instance.
 
-    .venv/bin/python -m loadtest.coldstart.process --n 30
+    .venv/bin/python -m loadtest coldstart process --n 30
 
 Exec includes the readiness wait (connect every 5 ms until the app answers). Prints a
 table, writes results/process_coldstart.json; `coldstart(n)` feeds the shared bench.
@@ -124,7 +124,7 @@ async def series(mode: str, n: int) -> dict[str, Any]:
 async def coldstart(n: int) -> dict[str, Any]:
     """Rows in the shape of loadtest.sections.coldstart, for the shared benchmark."""
     rows = [await series(mode, n) for mode in MODES]
-    command = f"{sys.executable} -m loadtest.coldstart.process --n {n}"
+    command = f"{sys.executable} -m loadtest coldstart process --n {n}"
     return {"rows": rows, "commands": [command], "skipped": []}
 
 
@@ -164,18 +164,16 @@ async def main_async(n: int) -> dict[str, Any]:
     return report
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=30, help="cold starts per mode")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "process_coldstart.json")
-    args = parser.parse_args()
+
+
+def main(args: argparse.Namespace) -> int:
     import uvloop
 
     report = uvloop.run(main_async(args.n))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -2,8 +2,9 @@
 per Instant Clone start, the SOAP calls on the start path by method and the time split
 (clone task, guest IP wait, readiness), p50 over N clones; then the same with the guest IP
 reported late, to show the waits cost the same calls however long they last (no polling).
+Runs against the simulator `.ci/vcsim.sh` started (see loadtest/coldstart/vcsim.py).
 
-    python -m loadtest.coldstart.vsphere --n 10            # writes results/vsphere_bench.json
+    python -m loadtest coldstart vsphere --n 10        # writes results/vsphere_bench.json
 """
 
 from __future__ import annotations
@@ -13,28 +14,31 @@ import asyncio
 import json
 import os
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from backends.base import BackendContext
 from backends.support.table import Table
 from backends.vsphere import parse_config
-from backends.vsphere.backend import VsphereBackend
+from loadtest.coldstart import vcsim
 from loadtest.report.stats import percentile
 from loadtest.report.table import render
-from tests.backends.vsphere import harness
+
+if TYPE_CHECKING:
+    from backends.vsphere.backend import VsphereBackend
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD_ENV = "FORKPROXY_BENCH_VCSIM_PASSWORD"
 
 
-def make_backend(sim: harness.Vcsim, parent: str) -> VsphereBackend:
+def make_backend(sim: vcsim.Simulator, parent: str) -> VsphereBackend:
+    from backends.vsphere.backend import VsphereBackend  # imports pyVmomi: only when used
+
     os.environ[PASSWORD_ENV] = sim.password
     table = Table.root(
         {
@@ -74,7 +78,7 @@ async def ready(url: str, deadline: float) -> None:
             await asyncio.sleep(0.01)
 
 
-async def one_start(sim: harness.Vcsim, backend: VsphereBackend) -> dict[str, Any]:
+async def one_start(sim: vcsim.Simulator, backend: VsphereBackend) -> dict[str, Any]:
     sim.calls(reset=True)
     t0 = time.monotonic()
     inst = await backend.start(uuid.uuid4().hex[:10])
@@ -117,11 +121,13 @@ def summarize(delay_ms: int, samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def run(n: int, delays: list[int]) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="bench-vcsim-") as tmp:
-        sim = harness.start(Path(tmp))
-        si = sim.connect()
+    """Raises vcsim.Unavailable (with the reason) when no simulator is running."""
+    sim = vcsim.find()
+    vcsim.ensure_network()
+    si = sim.connect()
+    try:
+        parent = vcsim.make_parent(si)
         try:
-            parent = harness.make_parent(si)
             backend = make_backend(sim, parent)
             await backend.prepare()
             try:
@@ -133,9 +139,12 @@ async def run(n: int, delays: list[int]) -> dict[str, Any]:
                     results.append(summarize(delay, samples))
             finally:
                 await backend.aclose()
-            harness.remove_vm(si, parent)
         finally:
-            sim.stop()
+            # The simulator is shared (started by .ci/vcsim.sh): leave it as it was found.
+            sim.set_guest_ip_delay(0)
+            vcsim.remove_vm(si, parent)
+    finally:
+        sim.disconnect(si)
     return {
         "what": "vsphere backend start path on govmomi 0.24.2 vcsim + forkproxy harness "
         "(simulator figures: container-backed VMs, not a real vCenter)",
@@ -167,18 +176,19 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"  delay {r['guest_ip_delay_ms']} ms: {by}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--n", type=int, default=10, help="clones per run (default 10)")
     ap.add_argument(
         "--delays", default="0,2000", help="guest IP delays in ms, comma-separated (0,2000)"
     )
     ap.add_argument("--out", default=str(REPO / "results/vsphere_bench.json"))
-    args = ap.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> int:
     try:
         report = asyncio.run(run(args.n, [int(d) for d in args.delays.split(",")]))
-    except harness.Unavailable as exc:
-        print(f"bench_vsphere: vcsim not available: {exc} (run .ci/vcsim.sh)", file=sys.stderr)
+    except vcsim.Unavailable as exc:
+        print(f"coldstart vsphere: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -186,7 +196,3 @@ def main(argv: list[str] | None = None) -> int:
     print_table(report)
     print(f"wrote {out}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
