@@ -30,7 +30,8 @@ NETWORK = "forkproxy-vcsim"
 
 
 class Unavailable(Exception):
-    """No simulator to run against (no env file or variables, or it does not answer)."""
+    """No simulator to use here: none named by the env file or variables, or it does not
+    answer (for the tests' harness: it cannot be built or has no Docker engine)."""
 
 
 @dataclass
