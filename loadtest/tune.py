@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import itertools
 import math
 import sys
@@ -37,6 +38,7 @@ from loadtest.run.proxy import FORK_BACKEND, app_config, forkproxy
 from loadtest.run.sampler import InstanceSampler
 from proxy.config import parse
 
+BENCH_EXTRA = ("locust", "tomli_w", "rich")  # what tune runs on, beyond forkproxy's own deps
 OVERHEAD_S = 6.0  # per grid point: proxy start, locust start-up, shutdown
 MIN_RUN_S = 4.0  # a shorter load test says nothing
 
@@ -312,6 +314,13 @@ async def run(args: argparse.Namespace, base: dict[str, Any], points: list[Point
 
 
 def main(args: argparse.Namespace) -> int:
+    missing = [m for m in BENCH_EXTRA if importlib.util.find_spec(m) is None]
+    if missing:
+        print(
+            f"forkproxy tune: needs {', '.join(missing)}: pip install 'forkproxy[bench]'",
+            file=sys.stderr,
+        )
+        return 2
     try:
         points = grid(args)
         base = load_base(args.config)

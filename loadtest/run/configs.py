@@ -10,8 +10,6 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import tomli_w
-
 
 def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Deep-merge tables: `overrides` wins key by key, nested tables merge."""
@@ -27,6 +25,8 @@ def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, An
 def dumps(doc: Mapping[str, Any]) -> str:
     """TOML text for `doc`. TOML can spell nan and inf, but no forkproxy setting means them:
     one here is a failed measurement upstream, so it is refused where the config is made."""
+    import tomli_w  # the bench extra; `forkproxy` itself imports this module for tune's options
+
     _require_finite(doc, "")
     return tomli_w.dumps(doc)
 
