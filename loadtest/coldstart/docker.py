@@ -24,7 +24,7 @@ import aiohttp
 from backends.base import LABEL_POOL, BackendContext
 from backends.docker import parse_config
 from backends.support.table import Table
-from loadtest.report.stats import percentile
+from loadtest.coldstart import start_row
 from loadtest.report.table import render
 from loadtest.run.procs import REPO
 from loadtest.run.proxy import forkproxy
@@ -39,19 +39,6 @@ ENGINE = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 BURST = 100
 MAX_CONCURRENCY = 10
 MAX_STARTING = 4
-
-
-def summary(name: str, ttfb: list[float], failures: int) -> dict[str, Any]:
-    return {
-        "path": name,
-        "n": len(ttfb),
-        "failures": failures,
-        "distinct_instances": len(ttfb),  # every sample is a new container by construction
-        "p50_ms": percentile(ttfb, 50) * 1000,
-        "p99_ms": percentile(ttfb, 99) * 1000,
-        "min_ms": min(ttfb, default=math.nan) * 1000,
-        "max_ms": max(ttfb, default=math.nan) * 1000,
-    }
 
 
 async def first_byte(session: aiohttp.ClientSession, url: str, deadline: float) -> None:
@@ -235,8 +222,11 @@ async def coldstart(n: int, work: Path | None = None) -> dict[str, Any]:
         create = await backend_series(client, n, paused=False)
         unpause = await backend_series(client, n, paused=True)
         rows = [
-            summary("docker backend: create+start -> first byte", create, 0),
-            summary("docker backend: paused pool (unpause) -> first byte", unpause, 0),
+            # every sample is a new container by construction
+            start_row("docker backend: create+start -> first byte", create, 0, len(create)),
+            start_row(
+                "docker backend: paused pool (unpause) -> first byte", unpause, 0, len(unpause)
+            ),
         ]
         commands = [
             f"docker backend direct: {n} x (start(), GET / until 200, stop()), image {IMAGE}"
@@ -246,7 +236,8 @@ async def coldstart(n: int, work: Path | None = None) -> dict[str, Any]:
             for paused in (False, True):
                 ttfb, failures, command = await proxy_series(client, work, n, paused)
                 label = "paused pool (unpause)" if paused else "create+start"
-                rows.append(summary(f"client -> forkproxy -> docker {label}", ttfb, failures))
+                path = f"client -> forkproxy -> docker {label}"
+                rows.append(start_row(path, ttfb, failures, len(ttfb)))
                 commands.append(command)
         except (RuntimeError, TimeoutError, OSError) as exc:
             skipped.append(("through forkproxy, docker", str(exc).splitlines()[0]))

@@ -23,6 +23,7 @@ from typing import Any
 from backends.base import Backend, BackendContext, Instance
 from backends.process import create_backend, parse_config
 from backends.support.table import Table
+from loadtest.coldstart import start_row
 from loadtest.report.stats import percentile
 from loadtest.report.table import render
 
@@ -105,16 +106,10 @@ async def series(mode: str, n: int) -> dict[str, Any]:
             await backend.stop(inst, "bench")
     finally:
         await backend.aclose()
+    path = f"process backend, {LABELS[mode]}: start() -> first byte of GET /"
     return {
-        "path": f"process backend, {LABELS[mode]}: start() -> first byte of GET /",
+        **start_row(path, ttfb, failures, len(ids)),
         "mode": mode,
-        "n": len(ttfb),
-        "failures": failures,
-        "distinct_instances": len(ids),
-        "p50_ms": percentile(ttfb, 50) * 1000,
-        "p99_ms": percentile(ttfb, 99) * 1000,
-        "min_ms": min(ttfb, default=math.nan) * 1000,
-        "max_ms": max(ttfb, default=math.nan) * 1000,
         "start_call_p50_ms": percentile(start_call, 50) * 1000,
         "prepare_ms": prepare_s * 1000,
         "served_by_spare": spares,

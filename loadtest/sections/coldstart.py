@@ -9,13 +9,10 @@ from typing import Any
 
 import aiohttp
 
+from loadtest.coldstart import ROW_KEYS, run_all, start_row
 from loadtest.report import plots
-from loadtest.report.stats import percentile
 from loadtest.run.proxy import EXEC_BACKEND, FORK_BACKEND, app_config, forkproxy
 from loadtest.sections.model import BenchContext, Section, Table, say
-
-# The row contract shared with loadtest/coldstart/docker.py etc. (extra keys stay in results.json).
-ROW_KEYS = ("path", "n", "failures", "distinct_instances", "p50_ms", "p99_ms", "min_ms", "max_ms")
 
 
 async def ttfb_series(url: str, n: int, pause: float) -> tuple[list[float], set[str], int]:
@@ -45,19 +42,6 @@ async def ttfb_series(url: str, n: int, pause: float) -> tuple[list[float], set[
     return ttfb, ids, failures
 
 
-def summary(name: str, ttfb: list[float], ids: set[str], failures: int) -> dict[str, Any]:
-    return {
-        "path": name,
-        "n": len(ttfb),
-        "failures": failures,
-        "distinct_instances": len(ids),
-        "p50_ms": percentile(ttfb, 50) * 1000,
-        "p99_ms": percentile(ttfb, 99) * 1000,
-        "min_ms": min(ttfb, default=float("nan")) * 1000,
-        "max_ms": max(ttfb, default=float("nan")) * 1000,
-    }
-
-
 async def through_proxy(ctx: BenchContext, sec: Section, n: int) -> list[dict[str, Any]]:
     pool = {
         "min_instances": 0,
@@ -85,18 +69,15 @@ async def through_proxy(ctx: BenchContext, sec: Section, n: int) -> list[dict[st
         except (RuntimeError, TimeoutError) as e:
             sec.fail(f"through forkproxy, process {label}", e)
             continue
-        rows.append(summary(f"client -> forkproxy -> new process ({label})", ttfb, ids, failures))
+        path = f"client -> forkproxy -> new process ({label})"
+        rows.append(start_row(path, ttfb, failures, len(ids)))
     return rows
 
 
 async def run(ctx: BenchContext) -> Section:
-    from loadtest import (
-        coldstart as backends_coldstart,  # the per-backend benches other engineers own
-    )
-
     sec = Section("coldstart", "Cold start: time to first byte for a request on a new instance")
     n = ctx.pick(30, 5)
-    rows = await backends_coldstart.run_all(ctx, sec, n)
+    rows = await run_all(ctx, sec, n)  # the per-backend benches, each optional
     rows += await through_proxy(ctx, sec, n)
     sec.tables.append(
         Table(
