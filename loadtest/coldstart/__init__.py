@@ -1,14 +1,21 @@
-"""Call the per-backend cold-start benchmarks (owned by the backend engineers) when present.
+"""Per-backend cold-start benchmarks (process, docker, vsphere) and what they share: the row
+every series reports, a TTFB series through a proxy, the wait for a first 200.
 
-Each is optional: a missing module or an unavailable engine becomes a "skipped: reason" line.
+run_all() calls each bench when it can run: a missing module or an unavailable engine becomes
+a "skipped: reason" line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import math
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+import aiohttp
 
 from loadtest.report.stats import percentile
 from loadtest.sections.model import BenchContext, Section
@@ -29,6 +36,54 @@ def start_row(path: str, ttfb: list[float], failures: int, distinct: int) -> dic
         "min_ms": min(ttfb, default=math.nan) * 1000,
         "max_ms": max(ttfb, default=math.nan) * 1000,
     }
+
+
+async def ttfb_series(
+    url: str, n: int, pause: float, before: Callable[[], Awaitable[None]] | None = None
+) -> tuple[list[float], set[str], int]:
+    """n sequential requests on fresh connections: TTFB seconds, instance ids seen, failures.
+    `before` runs ahead of each request (e.g. wait until a paused spare is parked)."""
+    ttfb: list[float] = []
+    ids: set[str] = set()
+    failures = 0
+    for _ in range(n):
+        if before is not None:
+            await before()
+        # A new connection each time: a cold client meeting a cold proxy path.
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True),
+            timeout=aiohttp.ClientTimeout(total=60),
+        ) as s:
+            t0 = time.perf_counter()
+            try:
+                async with s.get(url) as resp:
+                    t1 = time.perf_counter()  # headers are in: the first byte arrived
+                    await resp.read()
+                    if resp.status != 200:
+                        failures += 1
+                        continue
+                    ttfb.append(t1 - t0)
+                    ids.add(resp.headers.get("X-Instance-Id", ""))
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                failures += 1
+        await asyncio.sleep(pause)  # let the retired instance stop: measure starts, not reaping
+    return ttfb, ids, failures
+
+
+async def until_200(session: aiohttp.ClientSession, url: str, deadline: float, poll: float) -> None:
+    """GET until a 200 (a cold instance may refuse or fail at first); TimeoutError after
+    `deadline` (time.monotonic()). `poll` sets the resolution of the measured readiness."""
+    while True:
+        try:
+            async with session.get(url) as resp:
+                await resp.read()
+                if resp.status == 200:
+                    return
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer 200")
+        await asyncio.sleep(poll)
 
 
 MODULES = {

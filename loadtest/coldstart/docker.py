@@ -24,7 +24,7 @@ import aiohttp
 from backends.base import LABEL_POOL, BackendContext
 from backends.docker import parse_config
 from backends.support.table import Table
-from loadtest.coldstart import start_row
+from loadtest.coldstart import start_row, ttfb_series, until_200
 from loadtest.report.table import render
 from loadtest.run.procs import REPO
 from loadtest.run.proxy import forkproxy
@@ -39,21 +39,6 @@ ENGINE = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 BURST = 100
 MAX_CONCURRENCY = 10
 MAX_STARTING = 4
-
-
-async def first_byte(session: aiohttp.ClientSession, url: str, deadline: float) -> None:
-    """GET until the response headers arrive (a cold container may refuse at first)."""
-    while True:
-        try:
-            async with session.get(url) as resp:
-                await resp.read()
-                if resp.status == 200:
-                    return
-        except (aiohttp.ClientError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not answer")
-        await asyncio.sleep(0.005)
 
 
 def _backend(pool: str, paused_pool: int) -> DockerBackend:
@@ -100,7 +85,7 @@ async def backend_series(client: docker.DockerClient, n: int, paused: bool) -> l
                 inst = await backend.start(f"b{i}")
                 if paused and inst.meta.get("from") != "paused_pool":
                     raise RuntimeError("a paused sample was served by a cold start")
-                await first_byte(s, inst.endpoint.url + "/", time.monotonic() + 30)
+                await until_200(s, inst.endpoint.url + "/", time.monotonic() + 30, 0.005)
                 ttfb.append(time.perf_counter() - t0)
                 await backend.stop(inst, "bench")
     finally:
@@ -118,29 +103,15 @@ async def proxy_series(
         "backend": {"type": "docker", "image": IMAGE, "paused_pool": 2 if paused else 0},
     }
     pool = {"max_requests_per_instance": 1, "idle_ttl": "1s", "max_instances": 4}
-    ttfb: list[float] = []
-    failures = 0
+
+    async def spare_parked() -> None:
+        await wait_parked(client, name, 1)
+        await asyncio.sleep(0.1)  # paused in docker a moment before the proxy knows
+
     async with forkproxy(work, name, base, pool) as fp:
-        for _ in range(n):
-            if paused:
-                await wait_parked(client, name, 1)
-                await asyncio.sleep(0.1)  # paused in docker a moment before the proxy knows
-            async with aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(force_close=True),
-                timeout=aiohttp.ClientTimeout(total=60),
-            ) as s:
-                t0 = time.perf_counter()
-                try:
-                    async with s.get(fp.url + "/") as resp:
-                        t1 = time.perf_counter()
-                        await resp.read()
-                        if resp.status == 200:
-                            ttfb.append(t1 - t0)
-                        else:
-                            failures += 1
-                except (aiohttp.ClientError, OSError, TimeoutError):
-                    failures += 1
-            await asyncio.sleep(0.2)  # let the retired container go: measure starts only
+        before = spare_parked if paused else None
+        # 0.2 s apart: let the retired container go, measure starts only
+        ttfb, _, failures = await ttfb_series(fp.url + "/", n, 0.2, before)
         command = f"{fp.command} with [pool] {pool}, [backend] {base['backend']}"
     return ttfb, failures, command
 

@@ -25,7 +25,7 @@ import aiohttp
 from backends.base import BackendContext
 from backends.support.table import Table
 from backends.vsphere import parse_config
-from loadtest.coldstart import vcsim
+from loadtest.coldstart import until_200, vcsim
 from loadtest.report.stats import percentile
 from loadtest.report.table import render
 
@@ -62,29 +62,14 @@ def make_backend(sim: vcsim.Simulator, parent: str) -> VsphereBackend:
     return VsphereBackend(cfg, ctx)
 
 
-async def ready(url: str, deadline: float) -> None:
-    timeout = aiohttp.ClientTimeout(total=2)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
-        while True:
-            try:
-                async with http.get(url) as resp:
-                    await resp.read()
-                    if resp.status == 200:
-                        return
-            except (aiohttp.ClientError, OSError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} not ready")
-            await asyncio.sleep(0.01)
-
-
 async def one_start(sim: vcsim.Simulator, backend: VsphereBackend) -> dict[str, Any]:
     sim.calls(reset=True)
     t0 = time.monotonic()
     inst = await backend.start(uuid.uuid4().hex[:10])
     t1 = time.monotonic()
     calls = sim.calls()  # the start path only: readiness is plain HTTP, stop comes later
-    await ready(inst.endpoint.url + "/", t1 + 30)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        await until_200(http, inst.endpoint.url + "/", t1 + 30, 0.01)
     t2 = time.monotonic()
     await backend.stop(inst, "bench")
     return {

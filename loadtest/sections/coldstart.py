@@ -4,42 +4,12 @@ through an idle forkproxy (max_requests_per_instance = 1: every request gets a n
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
-import aiohttp
-
-from loadtest.coldstart import ROW_KEYS, run_all, start_row
+from loadtest.coldstart import ROW_KEYS, run_all, start_row, ttfb_series
 from loadtest.report import plots
 from loadtest.run.proxy import EXEC_BACKEND, FORK_BACKEND, app_config, forkproxy
 from loadtest.sections.model import BenchContext, Section, Table, say
-
-
-async def ttfb_series(url: str, n: int, pause: float) -> tuple[list[float], set[str], int]:
-    """n sequential requests on fresh connections: TTFB seconds, instance ids seen, failures."""
-    ttfb: list[float] = []
-    ids: set[str] = set()
-    failures = 0
-    for _ in range(n):
-        # A new connection each time: a cold client meeting a cold proxy path.
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(force_close=True),
-            timeout=aiohttp.ClientTimeout(total=60),
-        ) as s:
-            t0 = time.perf_counter()
-            try:
-                async with s.get(url) as resp:
-                    t1 = time.perf_counter()  # headers are in: the first byte arrived
-                    await resp.read()
-                    if resp.status != 200:
-                        failures += 1
-                        continue
-                    ttfb.append(t1 - t0)
-                    ids.add(resp.headers.get("X-Instance-Id", ""))
-            except (aiohttp.ClientError, OSError, TimeoutError):
-                failures += 1
-        await asyncio.sleep(pause)  # let the retired instance stop: measure starts, not reaping
-    return ttfb, ids, failures
 
 
 async def through_proxy(ctx: BenchContext, sec: Section, n: int) -> list[dict[str, Any]]:
