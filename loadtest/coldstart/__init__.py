@@ -94,7 +94,7 @@ MODULES = {
 
 
 def _vsphere_adapter(mod: Any) -> Any:
-    """bench_vsphere exposes run(n, delays) (SOAP calls and time split per Instant Clone on
+    """coldstart.vsphere exposes run(n, delays) (SOAP calls and time split per Instant Clone on
     vcsim); turn its samples into a cold-start row."""
 
     async def coldstart(n: int) -> dict[str, Any]:
