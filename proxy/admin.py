@@ -158,9 +158,9 @@ def admin_app(proxy: Proxy) -> web.Application:
         )
         await resp.prepare(request)
         history = json.dumps(list(sampler.history))
-        await resp.write(f"event: history\ndata: {history}\n\n".encode())
         seq = 0
         try:
+            await resp.write(f"event: history\ndata: {history}\n\n".encode())
             while (sample := await sampler.next(seq)) is not None:
                 seq = sample["seq"]
                 await resp.write(f"event: sample\ndata: {json.dumps(sample)}\n\n".encode())
