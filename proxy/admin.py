@@ -95,7 +95,7 @@ def _auth_middleware(token: str) -> Middleware:
         if request.path == "/" and ok(request.query.get("token", "")):
             # a browser cannot send a header when opening a page: /?token=... sets a
             # cookie (the page's EventSource sends it too) and drops the token from the URL
-            resp = web.HTTPSeeOther("/")
+            resp = web.Response(status=303, headers={"Location": "/"})
             resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/")
             return resp
         return web.Response(
