@@ -33,12 +33,16 @@ function frame(canvas, maxY) {
     ctx.fillText(String(+(maxY * i / 4).toFixed(2)), 2, y + 4);
   }
   const now = history.length ? history[history.length - 1].t : 0;
-  for (let s = 0; s <= WINDOW_S; s += 60) {
-    ctx.fillText(s ? `-${s / 60}m` : "now", w - (w - left) * s / WINDOW_S - (s ? 12 : 22), h - 3);
+  // the axis spans what the proxy has seen, from one minute up to WINDOW_S
+  const span = history.length ? Math.min(WINDOW_S, Math.max(60, now - history[0].t)) : 60;
+  const step = span > 120 ? 60 : 15;
+  for (let s = 0; s <= span; s += step) {
+    const label = s ? (s % 60 ? `-${s}s` : `-${s / 60}m`) : "now";
+    ctx.fillText(label, w - (w - left) * s / span - (s ? 14 : 22), h - 3);
   }
   return {
     ctx,
-    x: (t) => left + (w - left) * (1 - (now - t) / WINDOW_S),
+    x: (t) => left + (w - left) * (1 - (now - t) / span),
     y: (v) => top + (h - top - bottom) * (1 - v / maxY),
   };
 }
