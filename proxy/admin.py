@@ -163,7 +163,8 @@ def admin_app(proxy: Proxy) -> web.Application:
             await resp.write(f"event: history\ndata: {history}\n\n".encode())
             while (sample := await sampler.next(seq)) is not None:
                 seq = sample["seq"]
-                await resp.write(f"event: sample\ndata: {json.dumps(sample, default=str)}\n\n".encode())
+                data = json.dumps(sample, default=str)  # a resolved setting may not be JSON
+                await resp.write(f"event: sample\ndata: {data}\n\n".encode())
         except ConnectionResetError:  # the page or top went away
             pass
         return resp

@@ -35,7 +35,7 @@ FLAGS = (
 )
 
 if not (CHROMIUM and DRIVER):
-    reason = "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+    reason = "needs Debian's chromium and chromium-driver (apt-get install the two)"
     if os.environ.get("FORKPROXY_REQUIRE_BROWSER") == "1":
         raise RuntimeError(f"FORKPROXY_REQUIRE_BROWSER=1 but no browser: {reason}")
     pytest.skip(reason, allow_module_level=True)
