@@ -4,10 +4,13 @@ and /instances agree; the chart's series follow the pool; failures keep their re
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import math
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 
@@ -18,11 +21,9 @@ from tests.proxy.admin.helpers import POOL, bounded_load, samples, table_key
 
 async def test_stream_follows_the_pool_under_load() -> None:
     async with run_proxy(pool=POOL) as p:
-        load = asyncio.ensure_future(bounded_load(p.url, workers=6, seconds=4))  # noqa: TID251
-        try:
-            seen = await samples(p.admin, 5)
-        finally:
-            ok = await load
+        ok, seen = await asyncio.gather(
+            bounded_load(p.url, workers=6, seconds=4), samples(p.admin, 5)
+        )
         assert ok > 0
         peak = max(s["instances_live"] for s in seen)
         assert peak > 1, [s["states"] for s in seen]
@@ -129,3 +130,16 @@ async def test_open_stream_does_not_hold_shutdown() -> None:
         finally:
             await session.close()
         p.proxy.ready = True  # stopped above; run_proxy stops it again
+
+
+async def test_settings_are_what_the_pool_runs() -> None:
+    async with run_proxy(pool=POOL) as p:
+        sample = (await samples(p.admin, 1))[0]
+        pool: Any = p.proxy.pool
+        if hasattr(pool, "effective_settings"):  # `auto` values resolved by the pool
+            assert sample["settings_source"] == "pool"
+            expected = json.loads(json.dumps(pool.effective_settings(), default=str))
+        else:
+            assert sample["settings_source"] == "config"
+            expected = json.loads(json.dumps(dataclasses.asdict(p.proxy.cfg.pool), default=str))
+        assert sample["settings"] == expected
