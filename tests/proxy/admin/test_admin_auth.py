@@ -3,6 +3,7 @@ without a token, and a bearer token (from an env var or a file) on every route."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
@@ -14,6 +15,7 @@ import aiohttp
 import pytest
 
 from backends.support.table import ConfigError
+from proxy import top
 from proxy.admin import COOKIE, admin_app
 from proxy.config import parse
 from proxy.server import Proxy
@@ -152,3 +154,32 @@ def test_non_loopback_admin_warns_without_token(
         admin_app(Proxy(parse(proxy_config(server={"admin": "127.0.0.1:0"}))))
         admin_app(Proxy(parse(proxy_config(server={"admin": "[::1]:0"}))))
     assert not caplog.records
+
+
+async def test_top_sends_the_token(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FORKPROXY_TEST_ADMIN_TOKEN", TOKEN)
+    async with run_proxy(server={"admin_token_env": "FORKPROXY_TEST_ADMIN_TOKEN"}) as p:
+        with pytest.raises(RuntimeError, match="401"):
+            await top.first_sample(p.admin)
+        assert (await top.first_sample(p.admin, TOKEN))["owner"] == p.proxy.owner_id
+        token_file = tmp_path / "token"
+        token_file.write_text(TOKEN)
+        env = {k: v for k, v in os.environ.items() if k != top.TOKEN_ENV}
+        cmd = [sys.executable, "-m", "proxy", "top", "--once", p.admin]
+        for extra, extra_env, code in (
+            ([], {}, 1),
+            ([], {top.TOKEN_ENV: TOKEN}, 0),
+            (["--token-file", str(token_file)], {}, 0),
+        ):
+            out = await asyncio.to_thread(
+                subprocess.run,
+                cmd + extra,
+                cwd=ROOT,
+                env={**env, **extra_env},
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert out.returncode == code, out.stderr
+            assert ("401" in out.stderr) == (code == 1)
+            assert (p.proxy.owner_id in out.stdout) == (code == 0)
