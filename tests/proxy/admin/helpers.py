@@ -56,3 +56,12 @@ def table_key(row: dict[str, Any]) -> tuple[str, str, str, int, int, str]:
         int(row.get("requests_served", row.get("served", -1))),
         str(row["endpoint"] or ""),
     )
+
+
+async def sample_after(admin: str, t: float, token: str | None = None) -> dict[str, Any]:
+    """The first sample taken at or after wall-clock time `t`."""
+    async with aiohttp.ClientSession() as session:
+        async for event, data in top.events(session, admin, token):
+            if event == "sample" and data["t"] >= t:
+                return dict(data)
+    raise AssertionError("the stream ended")

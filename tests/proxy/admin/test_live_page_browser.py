@@ -16,7 +16,7 @@ import pytest
 
 from proxy import top
 from tests.conftest import ROOT, eventually, run_proxy
-from tests.proxy.admin.helpers import POOL, bounded_load, table_key
+from tests.proxy.admin.helpers import POOL, bounded_load, sample_after, table_key
 
 CHROMIUM = shutil.which("chromium")
 DRIVER = shutil.which("chromedriver")
@@ -115,9 +115,7 @@ async def test_live_page_under_load(monkeypatch: pytest.MonkeyPatch, tmp_path: P
                 "load to drain",
             )
             settled = time.time()
-            sample = await top.first_sample(p.admin, TOKEN)
-            while sample["t"] < settled:
-                sample = await top.first_sample(p.admin, TOKEN)
+            sample = await sample_after(p.admin, settled, TOKEN)
             await asyncio.to_thread(
                 WebDriverWait(driver, 10, poll_frequency=0.2).until,
                 lambda d: d.execute_script(_TABLE_JS)["seq"] >= sample["seq"],

@@ -16,7 +16,7 @@ import pytest
 
 from proxy import top
 from tests.conftest import ROOT, eventually, run_proxy
-from tests.proxy.admin.helpers import POOL, bounded_load, samples, table_key
+from tests.proxy.admin.helpers import POOL, bounded_load, sample_after, samples, table_key
 
 
 async def test_stream_follows_the_pool_under_load() -> None:
@@ -65,9 +65,7 @@ async def test_stream_top_and_instances_agree() -> None:
             "load to drain",
         )
         settled = time.time()
-        sample = await top.first_sample(p.admin)
-        while sample["t"] < settled:  # a sample taken after the pool settled
-            sample = await top.first_sample(p.admin)
+        sample = await sample_after(p.admin, settled)  # taken after the pool settled
         listed = await p.instances()
         assert len(listed) > 1
         by_id = {r["id"]: r for r in listed}
