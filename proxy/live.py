@@ -56,7 +56,9 @@ def effective_settings(proxy: Proxy) -> tuple[dict[str, Any], str]:
     pool: Any = proxy.pool
     if hasattr(pool, "effective_settings"):
         return dict(pool.effective_settings()), "pool"
-    return dataclasses.asdict(proxy.cfg.pool), "config"
+    # an unset (None) value is one the pool resolves itself ("auto")
+    cfg = dataclasses.asdict(proxy.cfg.pool)
+    return {k: "auto" if v is None else v for k, v in cfg.items()}, "config"
 
 
 def _by_label(samples: Any, label: str) -> dict[str, float]:

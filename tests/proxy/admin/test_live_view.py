@@ -139,5 +139,6 @@ async def test_settings_are_what_the_pool_runs() -> None:
             expected = json.loads(json.dumps(pool.effective_settings(), default=str))
         else:
             assert sample["settings_source"] == "config"
-            expected = json.loads(json.dumps(dataclasses.asdict(p.proxy.cfg.pool), default=str))
+            cfg = dataclasses.asdict(p.proxy.cfg.pool)
+            expected = {k: "auto" if v is None else v for k, v in cfg.items()}
         assert sample["settings"] == expected
