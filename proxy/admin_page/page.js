@@ -165,7 +165,12 @@ function renderSample(s) {
     cell(tr, k);
     cell(tr, String(v), "num");
   });
-  fillTable("failures", s.failures.slice().reverse(), (tr, f) => {
+  const failures = s.failures.length ? s.failures.slice().reverse() : [null];
+  fillTable("failures", failures, (tr, f) => {
+    if (!f) {
+      cell(tr, "none since the admin listener started").colSpan = 4;
+      return;
+    }
     cell(tr, new Date(f.t * 1000).toLocaleTimeString());
     cell(tr, f.instance);
     cell(tr, f.reason);

@@ -59,6 +59,7 @@ def _browser(profile: Path) -> Any:
     for flag in FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console
     # the Debian driver, never one Selenium Manager would try to download
     return webdriver.Chrome(options=options, service=Service(executable_path=str(DRIVER)))
 
@@ -131,5 +132,7 @@ async def test_live_page_under_load(monkeypatch: pytest.MonkeyPatch, tmp_path: P
             assert sorted(map(table_key, sample["instances"])) == expected
             assert sorted(map(table_key, top.rows(sample))) == expected
             assert {r[8] for r in page["rows"]} == {p.proxy.owner_id}
+            errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+            assert errors == []
         finally:
             await asyncio.to_thread(driver.quit)
