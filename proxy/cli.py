@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     tune.add_arguments(tune_cmd)
+    sub.add_parser("top", help="watch a running proxy: forkproxy top [ADMIN_URL]", add_help=False)
     return p
 
 
@@ -59,7 +60,12 @@ def _report(exc: ConfigError, source: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["top"]:
+        from proxy import top
+
+        return top.main(args_list[1:])
+    args = _parser().parse_args(args_list)
     if args.command == "tune":
         return tune.main(args)
     if args.command == "check-config":
@@ -94,4 +100,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 3
+    except ConfigError as exc:  # e.g. the admin token's env var or file is missing
+        return _report(exc, args.config or "<defaults>")
     return 0
