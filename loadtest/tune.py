@@ -50,6 +50,13 @@ class Point:
     warm_pool: int
     idle_ttl: str
 
+    def label(self) -> str:
+        """Short enough for a progress line; the names match the results table's headers."""
+        return (
+            f"max_conc {self.max_concurrency} target {self.target_concurrency:g} "
+            f"warm_pool {self.warm_pool} idle_ttl {self.idle_ttl}"
+        )
+
     def pool(self) -> dict[str, Any]:
         return {
             "max_concurrency": self.max_concurrency,
@@ -286,7 +293,7 @@ async def run(args: argparse.Namespace, base: dict[str, Any], points: list[Point
             if i >= runnable or spent + load_s + OVERHEAD_S > args.budget * 1.1:
                 skipped = valid[i:]
                 break
-            progress.start(i, f"running {point.pool()}")
+            progress.start(i, point.label())
             results.append(await measure(base, point, load_s, args, Path(work), i))
     if skipped:
         print(

@@ -25,7 +25,7 @@ class LiveBar(RichProgress):
         self.task_id: TaskID | None = None  # add_task() below already renders once
         super().__init__(
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=24),
             TextColumn("{task.fields[step]}"),
             TimeElapsedColumn(),
             TextColumn("ETA {task.fields[eta]}"),
