@@ -11,7 +11,7 @@ import aiohttp
 
 from backends.base import Endpoint
 from backends.docker.ops import Container
-from backends.docker.worker import Worker
+from backends.docker.threads import Threads
 from backends.errors import StartError
 
 log = logging.getLogger("forkproxy.backend.docker")
@@ -19,7 +19,7 @@ log = logging.getLogger("forkproxy.backend.docker")
 
 async def probe(
     session: aiohttp.ClientSession,
-    worker: Worker,
+    worker: Threads,
     c: Container,
     endpoint: Endpoint,
     path: str,

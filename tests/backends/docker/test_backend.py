@@ -231,7 +231,7 @@ async def test_adopt_moves_leftovers_into_the_paused_pool(
     first = await make_backend(paused_pool=1, owner="first-run")
     (leftover,) = pool_containers(docker_client, pool_name)
     # Simulate a crash: forget the first backend's state without cleaning up.
-    first.backend._parked.clear()
+    first.backend._paused._parked.clear()
 
     second = await make_backend(paused_pool=1, adopt=True, owner="second-run")
     (still,) = pool_containers(docker_client, pool_name)
