@@ -34,7 +34,6 @@ from backends.docker.live import LiveSet
 from backends.docker.ops import Container, endpoint_of
 from backends.docker.paused import LABEL_PAUSED, PausedPool
 from backends.docker.placement import Engines
-from backends.docker.probe import probe
 from backends.docker.threads import Threads
 from backends.docker.watch import EngineWatch
 from backends.errors import BackendConfigError, BackendError, BackendUnavailable, StartError
@@ -275,7 +274,7 @@ class DockerBackend(Backend):
     async def _probe(self, c: Container, endpoint: Endpoint) -> None:
         assert self._session is not None, "prepare() first"
         deadline = time.monotonic() + self.ctx.start_timeout
-        await probe(self._session, self._threads, c, endpoint, self.ctx.readiness_path, deadline)
+        await self._containers.wait_ready(self._session, c, endpoint, deadline)
 
     def _engine_failed(self, engine: Engine, error: BaseException | str) -> None:
         """Mark an engine down: its instances are reported dead, its parked ones dropped."""

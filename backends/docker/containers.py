@@ -10,15 +10,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import docker.errors
 from docker.utils import parse_repository_tag
 
-from backends.base import BackendContext
+from backends.base import BackendContext, Endpoint
 from backends.docker.config import DockerConfig
 from backends.docker.engine import Engine, translate
 from backends.docker.ops import Container, create_started, remove_quietly, stop_and_remove
 from backends.docker.threads import Threads
-from backends.errors import BackendConfigError, BackendUnavailable
+from backends.errors import BackendConfigError, BackendUnavailable, StartError
+from backends.support.probe import NotReady, wait_ready
 
 log = logging.getLogger("forkproxy.backend.docker")
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]+")
@@ -121,6 +123,39 @@ class Containers:
             c.name = name
         except Exception as exc:
             log.debug("rename %s -> %s failed: %s", c.name, name, exc)
+
+    async def wait_ready(
+        self, session: aiohttp.ClientSession, c: Container, endpoint: Endpoint, deadline: float
+    ) -> None:
+        """The readiness probe for a container the backend warms itself (the paused pool,
+        adopted leftovers) on [pool] readiness_path; a container that exits fails it."""
+        next_check = time.monotonic() + 0.5
+
+        async def exited() -> None:  # an HTTP error alone cannot tell "slow" from "gone"
+            nonlocal next_check
+            now = time.monotonic()
+            if now < next_check:
+                return
+            next_check = now + 0.5
+            state = (await self.inspect(c)).get("State") or {}
+            if not state.get("Running"):
+                logs = await self.logs(c, 20)
+                err = StartError(
+                    f"container {c.name} exited before ready (exit {state.get('ExitCode')});"
+                    f" last log lines:\n{logs}",
+                    reason="oom" if state.get("OOMKilled") else "exited_before_ready",
+                )
+                log.warning("%s", err)
+                raise err
+
+        url = endpoint.url + self._ctx.readiness_path
+        try:
+            # A local engine: polling every 20 ms costs nothing and parks containers sooner.
+            await wait_ready(
+                session, url, deadline=deadline, check=exited, first_delay=0.02, max_delay=0.02
+            )
+        except NotReady as exc:
+            raise StartError(str(exc), reason="ready_timeout") from exc
 
     # -- the image ---------------------------------------------------------------------
 
