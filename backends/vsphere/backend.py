@@ -18,6 +18,7 @@ from typing import Any
 
 from backends.base import Backend, BackendContext, Endpoint, Instance
 from backends.errors import BackendError, BackendUnavailable, StartError, StopError
+from backends.support.tasks import TaskSet
 from backends.vsphere.config import VsphereConfig
 from backends.vsphere.guest import probe, start_container
 from backends.vsphere.inventory import (
@@ -83,7 +84,7 @@ class VsphereBackend(Backend):
         self._ips_free = config.ip_pool()
         self._live: dict[str, Instance] = {}
         self._stopping: set[str] = set()
-        self._cleanups: set[asyncio.Task[None]] = set()
+        self._cleanups = TaskSet("vsphere-cleanup", log)  # a failed start's leftovers
         self._watch: DeathWatch | None = None
 
     def __repr__(self) -> str:
@@ -132,9 +133,7 @@ class VsphereBackend(Backend):
                         log.warning("vsphere: shutdown could not destroy %s: %s", instance.id, exc)
 
             await asyncio.gather(*(stop_one(i) for i in live))
-        for task in list(self._cleanups):
-            with contextlib.suppress(Exception):
-                await task
+        await self._cleanups.join()  # each removes what a failed start made: let it finish
         if self._watch is not None:
             await self._watch.aclose()
             self._watch = None
@@ -304,9 +303,7 @@ class VsphereBackend(Backend):
                 if ip:
                     self._ips_free.append(ip)
 
-        task = asyncio.get_running_loop().create_task(cleanup(), name=f"vsphere-cleanup-{name}")
-        self._cleanups.add(task)
-        task.add_done_callback(self._cleanups.discard)
+        self._cleanups.spawn(cleanup(), f"vsphere-cleanup-{name}")
 
     def _cleanup_sync(self, content: Any, pending: _Pending, name: str) -> None:
         if pending.clone is None:
