@@ -265,10 +265,7 @@ class VsphereBackend(Backend):
         for row in rows:
             if not row.name.startswith(self.cfg.name_prefix):
                 continue
-            if (
-                row.extra.get(KEY_MANAGED) != "true"
-                or row.extra.get(KEY_POOL) != self.ctx.pool_name
-            ):
+            if not self._marked(row):
                 continue
             if row.vm._moId == world.parent._moId:
                 continue
