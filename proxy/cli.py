@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file")
     sub.add_parser("tune", help="search pool settings under load (see --help)", add_help=False)
+    sub.add_parser("top", help="watch a running proxy: forkproxy top [ADMIN_URL]", add_help=False)
     return p
 
 
@@ -58,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         tune = importlib.import_module("loadtest.tune")  # bench tooling, not on the data path
         return int(tune.main(args_list[1:]))
+    if args_list[:1] == ["top"]:
+        from proxy import top
+
+        return top.main(args_list[1:])
     args = _parser().parse_args(args_list)
     if args.command == "check-config":
         try:
@@ -91,4 +96,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 3
+    except ConfigError as exc:  # e.g. the admin token's env var or file is missing
+        return _report(exc, args.config or "<defaults>")
     return 0
