@@ -15,6 +15,7 @@ BACKENDS: dict[str, str] = {
     "process": "backends.process",
     "docker": "backends.docker",
     "vsphere": "backends.vsphere",
+    "swarm": "backends.swarm",
 }
 
 

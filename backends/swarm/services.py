@@ -1,0 +1,185 @@
+"""Blocking Swarm operations of the swarm backend (run them in the backend's threads): a
+service per instance (one replica, restart none, labels, limits, placement, a host-mode
+port), the wait for its task to run, where it is reachable, and its drained removal."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import docker.errors
+from docker.types import (
+    ContainerSpec,
+    Placement,
+    RestartPolicy,
+    ServiceMode,
+    TaskTemplate,
+)
+
+from backends.docker.engine import Engine
+from backends.errors import StartError
+from backends.swarm.config import SwarmConfig
+
+log = logging.getLogger("forkproxy.backend.swarm")
+
+# A task in one of these states will never run (again): Swarm does not restart it
+# (restart-condition none) and the service keeps it only as history.
+TERMINAL = frozenset({"complete", "shutdown", "failed", "rejected", "orphaned", "remove"})
+_NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9-]+")
+_NAME_MAX = 63  # service names are DNS labels
+
+
+@dataclass(eq=False)
+class Service:
+    """Instance.handle: the service and the one task that runs it."""
+
+    id: str
+    name: str
+    task_id: str = ""
+    node_id: str = ""
+
+
+def service_name(pool: str, instance_id: str) -> str:
+    """forkproxy-<pool>-<instance>, as a DNS label; long ones keep a hash for uniqueness."""
+    name = _NAME_UNSAFE.sub("-", f"forkproxy-{pool}-{instance_id}").strip("-")
+    if len(name) <= _NAME_MAX:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    return f"{name[: _NAME_MAX - 11].rstrip('-')}-{digest}"
+
+
+def _spec(cfg: SwarmConfig, labels: dict[str, str], env: dict[str, str]) -> dict[str, Any]:
+    container = ContainerSpec(
+        cfg.image,
+        args=list(cfg.command) if cfg.command else None,
+        env={**env, **cfg.env},
+        labels=labels,  # on the container too: `docker ps` on any node shows whose it is
+        stop_grace_period=int(cfg.stop_grace * 1e9),
+    )
+    limits: dict[str, int] = {}
+    if cfg.memory:
+        limits["MemoryBytes"] = cfg.memory
+    if cfg.cpus:
+        limits["NanoCPUs"] = int(cfg.cpus * 1e9)
+    placement = Placement(
+        constraints=list(cfg.constraints) or None,
+        preferences=[("spread", p) for p in cfg.preferences] or None,
+    )
+    template = TaskTemplate(
+        container,
+        resources={"Limits": limits} if limits else None,
+        restart_policy=RestartPolicy(condition="none"),
+        placement=placement,
+    )
+    return {
+        "task_template": template,
+        "labels": labels,
+        "mode": ServiceMode("replicated", replicas=1),
+        # Host mode, no published port: the node's engine picks a free one, which the
+        # task reports in Status.PortStatus. No routing mesh: the proxy is the balancer.
+        "endpoint_spec": {
+            "Ports": [{"Protocol": "tcp", "TargetPort": cfg.port, "PublishMode": "host"}]
+        },
+    }
+
+
+def create(
+    engine: Engine, cfg: SwarmConfig, name: str, labels: dict[str, str], env: dict[str, str]
+) -> Service:
+    """docker service create; a taken name (a leftover) gets a suffix."""
+    api = engine.client.api
+    spec = _spec(cfg, labels, env)
+    try:
+        made = api.create_service(name=name, **spec)
+    except docker.errors.APIError as exc:
+        if exc.status_code != 409:
+            raise
+        name = f"{name[: _NAME_MAX - 7]}-{uuid.uuid4().hex[:6]}"
+        made = api.create_service(name=name, **spec)
+    return Service(made["ID"], name)
+
+
+def wait_running(engine: Engine, svc: Service, deadline: float, poll: float) -> dict[str, Any]:
+    """Poll the service's task until it runs with its port published; return the task.
+    A task that ends first, or no task running by `deadline`, is a StartError."""
+    api = engine.client.api
+    last = "no task yet"
+    while True:
+        for task in api.tasks(filters={"service": svc.id}):
+            status = task.get("Status") or {}
+            state = status.get("State", "")
+            if state == "running":
+                ports = (status.get("PortStatus") or {}).get("Ports") or []
+                if ports:
+                    svc.task_id, svc.node_id = task["ID"], task.get("NodeID", "")
+                    return dict(task)
+            if state in TERMINAL:
+                raise StartError(
+                    f"service {svc.name}: task {state} before running: "
+                    f"{status.get('Err') or status.get('Message')}",
+                    reason="exited_before_ready",
+                )
+            last = f"{state}: {status.get('Err') or status.get('Message') or ''}".strip()
+        if time.monotonic() > deadline:
+            reason = "no_suitable_node" if "no suitable node" in last else "task_timeout"
+            raise StartError(f"service {svc.name}: no running task in time ({last})", reason=reason)
+        time.sleep(poll)
+
+
+def published_port(task: dict[str, Any], target: int) -> int:
+    ports = ((task.get("Status") or {}).get("PortStatus") or {}).get("Ports") or []
+    for p in ports:
+        if p.get("TargetPort") == target and p.get("PublishedPort"):
+            return int(p["PublishedPort"])
+    raise StartError(f"task {task.get('ID')} published no port for {target}", reason="no_endpoint")
+
+
+def node_address(engine: Engine, node_id: str) -> str:
+    """The address a node's host-mode ports are reached on: its Status.Addr (what it
+    advertised to the swarm); 0.0.0.0 means the manager's own host."""
+    node = engine.client.api.inspect_node(node_id)
+    addr = str((node.get("Status") or {}).get("Addr") or "")
+    if addr in ("", "0.0.0.0"):
+        return engine.publish_default_host
+    return addr
+
+
+def drain_and_remove(engine: Engine, svc: Service, grace: float) -> None:
+    """Scale to 0 (Swarm stops the task: SIGTERM, stop_grace, SIGKILL), wait until no task
+    of the service runs, then remove it. Removing at once would return before the container
+    stopped; a caller (and `aclose`) could not tell when the instance stops answering."""
+    api = engine.client.api
+    try:
+        api.update_service(
+            svc.id,
+            version=api.inspect_service(svc.id)["Version"]["Index"],
+            mode=ServiceMode("replicated", replicas=0),
+            fetch_current_spec=True,
+        )
+    except docker.errors.NotFound:
+        return
+    except docker.errors.APIError as exc:  # e.g. a version race: removal still stops it
+        log.debug("scale %s to 0: %s (removing)", svc.name, exc)
+    deadline = time.monotonic() + grace + 10
+    while time.monotonic() < deadline:
+        try:
+            tasks = api.tasks(filters={"service": svc.id})
+        except docker.errors.NotFound:
+            break
+        if all((t.get("Status") or {}).get("State") in TERMINAL for t in tasks):
+            break
+        time.sleep(0.05)
+    else:
+        log.warning("service %s: task still running %.0fs after scale to 0", svc.name, grace + 10)
+    remove_quietly(engine, svc)
+
+
+def remove_quietly(engine: Engine, svc: Service) -> None:
+    with contextlib.suppress(docker.errors.NotFound):
+        engine.client.api.remove_service(svc.id)
