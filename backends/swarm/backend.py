@@ -54,7 +54,7 @@ class SwarmBackend(Backend):
             self._threads,
             config.poll,
             f"{LABEL_OWNER}={ctx.owner_id}",
-            on_death=ctx.on_death,
+            on_death=self._died,
         )
         self._lease = Lease(self._engine, self._threads, ctx)
 
@@ -249,6 +249,10 @@ class SwarmBackend(Backend):
         await self._threads.drain(within=60)
         self._engine.close()
         self._threads.shutdown()
+
+    def _died(self, instance_id: str, reason: str) -> None:
+        # Looked up on each death: the pool sets ctx.on_death after the backend is made.
+        self.ctx.on_death(instance_id, reason)
 
     def _error(self, exc: Exception, what: str) -> BackendError:
         return translate(exc, self._engine.url, what)

@@ -1,0 +1,156 @@
+"""forkproxy end to end with the swarm backend: a real `forkproxy run` subprocess in front of
+Swarm services. Serving through swarm-placed tasks, a task killed behind the proxy's back,
+and a SIGKILLed proxy's services reaped by the next run."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import docker
+import pytest
+
+from backends.base import LABEL_OWNER
+from loadtest.run.configs import dumps, merge
+from tests.backends.swarm.conftest import ENGINE, IMAGE, pool_services, remove_pool, task_container
+from tests.conftest import ProxyProcess, eventually
+
+pytestmark = pytest.mark.swarm
+
+MakeProxy = Callable[..., ProxyProcess]
+
+
+def config_text(pool_name: str, **tables: dict[str, Any]) -> str:
+    base = {
+        "server": {"name": pool_name, "shutdown_timeout": "10s"},
+        "pool": {"idle_ttl": "60s", "start_timeout": "30s", "tick": "50ms"},
+        "backend": {"type": "swarm", "image": IMAGE, "manager": ENGINE, "stop_grace": "2s"},
+    }
+    return dumps(merge(base, tables))
+
+
+@pytest.fixture
+async def swarm_proxy(
+    proxy_process: Callable[[str], ProxyProcess], swarm: docker.DockerClient, pool_name: str
+) -> AsyncIterator[MakeProxy]:
+    """swarm_proxy(**tables) -> a started-later ProxyProcess on this test's pool. At teardown
+    every proxy gets SIGTERM and the pool must have no service left."""
+    made: list[ProxyProcess] = []
+
+    def make(**tables: dict[str, Any]) -> ProxyProcess:
+        p = proxy_process(config_text(pool_name, **tables))
+        made.append(p)
+        return p
+
+    yield make
+    problems = []
+    for p in made:
+        if p.proc is not None and p.proc.poll() is None:
+            p.signal(signal.SIGTERM)
+            try:
+                if await p.wait(30) != 0:
+                    problems.append(f"proxy exited {p.proc.returncode}:\n{p.log.read_text()}")
+            except AssertionError:
+                p.kill()
+                problems.append(f"proxy did not stop within 30s:\n{p.log.read_text()}")
+    left = remove_pool(swarm, pool_name)
+    if left:
+        problems.append(f"the proxy left services behind: {left}")
+    assert not problems, "\n".join(problems)
+
+
+async def get(url: str, timeout: float = 40, method: str = "GET") -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s,
+        s.request(method, url, data=b"x" if method == "POST" else None) as r,
+    ):
+        return r.status, await r.text()
+
+
+async def instances(p: ProxyProcess) -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession() as s, s.get(p.admin + "/instances") as r:
+        return list((await r.json())["instances"])
+
+
+async def test_serves_through_swarm_tasks_and_survives_a_killed_task(
+    swarm_proxy: MakeProxy, swarm: docker.DockerClient, pool_name: str
+) -> None:
+    p = swarm_proxy()
+    await p.start()
+    assert await instances(p) == []
+    status, body = await get(p.url + "/cgi-bin/env")
+    assert status == 200
+    assert f"FORKPROXY_POOL={pool_name}" in body
+    (inst,) = await instances(p)
+    assert inst["backend"] == "swarm"
+    (svc,) = pool_services(swarm, pool_name)
+    assert svc["Spec"]["Name"] == inst["meta"]["service"]
+    # what the swarm was asked to run: one replica, never restarted, limited, host port
+    spec = svc["Spec"]
+    assert spec["Mode"]["Replicated"]["Replicas"] == 1
+    assert spec["TaskTemplate"]["RestartPolicy"]["Condition"] == "none"
+    assert spec["TaskTemplate"]["Resources"]["Limits"]["MemoryBytes"] == 256 * 1024**2
+    assert spec["EndpointSpec"]["Ports"][0]["PublishMode"] == "host"
+
+    # The task's container is killed on its node, behind the proxy's back: the instance is
+    # reported dead from the task state and a new service takes the next request.
+    (task,) = swarm.api.tasks(filters={"service": svc["ID"]})
+    swarm.api.kill(task_container(swarm, task["ID"]))
+
+    async def replaced() -> bool:
+        return [i["id"] for i in await instances(p)] != [inst["id"]]
+
+    await eventually(replaced, 10, "the dead instance to leave the pool")
+    status, _ = await get(p.url + "/")
+    assert status == 200
+    (new,) = await instances(p)
+    assert new["id"] != inst["id"]
+    names = [s["Spec"]["Name"] for s in pool_services(swarm, pool_name)]
+    assert inst["meta"]["service"] not in names, "the dead instance's service was not removed"
+
+
+async def test_killed_task_mid_request_gives_502_then_recovers(
+    swarm_proxy: MakeProxy, swarm: docker.DockerClient, pool_name: str
+) -> None:
+    p = swarm_proxy()
+    await p.start()
+    assert (await get(p.url + "/"))[0] == 200
+    async with asyncio.TaskGroup() as tg:
+        # POST: the proxy may not replay it on another instance.
+        slow = tg.create_task(get(p.url + "/cgi-bin/slow?ms=8000", method="POST"))
+
+        async def in_flight() -> bool:
+            return any(i["in_flight"] for i in await instances(p))
+
+        await eventually(in_flight, 10, "the slow request to reach the instance")
+        (svc,) = pool_services(swarm, pool_name)
+        (task,) = swarm.api.tasks(filters={"service": svc["ID"]})
+        swarm.api.kill(task_container(swarm, task["ID"]))
+    assert slow.result()[0] == 502
+    assert (await get(p.url + "/"))[0] == 200
+
+
+async def test_proxy_sigkill_then_next_run_reaps_its_services(
+    swarm_proxy: MakeProxy, swarm: docker.DockerClient, pool_name: str
+) -> None:
+    first = swarm_proxy(pool={"min_instances": 2})
+    await first.start()
+    await eventually(
+        lambda: len(pool_services(swarm, pool_name)) == 2, 40, "two services of the first run"
+    )
+    old_owner = pool_services(swarm, pool_name)[0]["Spec"]["Labels"][LABEL_OWNER]
+    first.kill()  # SIGKILL: no cleanup at all
+    assert len(pool_services(swarm, pool_name)) == 2
+
+    second = swarm_proxy()
+    await second.start()
+
+    def reaped() -> bool:
+        owners = {s["Spec"]["Labels"][LABEL_OWNER] for s in pool_services(swarm, pool_name)}
+        return old_owner not in owners
+
+    await eventually(reaped, 30, "the killed proxy's services to be reaped")
+    assert (await get(second.url + "/"))[0] == 200
