@@ -27,7 +27,6 @@ from loadtest.coldstart.vcsim import (  # noqa: F401 - re-exported for the fixtu
     vms,
     wait_task,
 )
-
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
