@@ -9,6 +9,7 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -18,7 +19,15 @@ import pytest
 from backends.base import LABEL_POOL
 from tests.backends.docker.conftest import ENGINE, IMAGE, docker_client, test_image
 
-__all__ = ["ENGINE", "IMAGE", "docker_client", "pool_services", "remove_pool", "test_image"]
+__all__ = [
+    "ENGINE",
+    "IMAGE",
+    "docker_client",
+    "kill_task",
+    "pool_services",
+    "remove_pool",
+    "test_image",
+]
 
 
 def _unavailable(msg: str) -> None:
@@ -72,6 +81,61 @@ def remove_pool(client: docker.DockerClient, pool: str) -> list[str]:
     return [str(r["Spec"]["Name"]) for r in left]
 
 
-def task_container(client: docker.DockerClient, task_id: str) -> str:
-    task = client.api.inspect_task(task_id)
-    return str(task["Status"]["ContainerStatus"]["ContainerID"])
+ENV_FILE = Path("/tmp/forkproxy-swarm.env")  # written by .ci/swarm.sh
+
+
+def worker_engine() -> str | None:
+    """The second dockerd joined as a worker (.ci/swarm.sh), if there is one."""
+    if url := os.environ.get("FORKPROXY_SWARM_WORKER"):
+        return url
+    if ENV_FILE.exists():
+        for line in ENV_FILE.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key == "FORKPROXY_SWARM_WORKER" and value:
+                return value
+    return None
+
+
+@pytest.fixture(scope="session")
+def worker(swarm: docker.DockerClient, test_image: str) -> Iterator[docker.DockerClient]:
+    """The worker node's engine, holding the manager's test image (no registry here)."""
+    url = worker_engine()
+    if url is None:
+        _unavailable("no second swarm node (run: sudo bash .ci/swarm.sh)")
+    client = docker.DockerClient(base_url=url, timeout=60)
+    try:
+        info = client.info()
+    except Exception as exc:
+        client.close()
+        _unavailable(f"the worker engine at {url} does not answer: {exc}")
+    if (info.get("Swarm") or {}).get("LocalNodeState") != "active":
+        client.close()
+        _unavailable(f"the engine at {url} is not in the swarm (run: sudo bash .ci/swarm.sh)")
+    want = swarm.images.get(test_image).id
+    try:
+        have = client.images.get(test_image).id
+    except docker.errors.ImageNotFound:
+        have = None
+    if have != want:  # rebuilt on the manager since: copy it over
+        client.images.load(b"".join(swarm.api.get_image(test_image)))
+    yield client
+    client.close()
+
+
+def engine_of(swarm: docker.DockerClient, node_id: str) -> str:
+    """The engine URL of a swarm node: the manager's, or the worker's."""
+    if node_id == (swarm.info().get("Swarm") or {}).get("NodeID"):
+        return ENGINE
+    url = worker_engine()
+    assert url is not None, f"node {node_id} is not the manager and no worker engine is known"
+    return url
+
+
+def kill_task(swarm: docker.DockerClient, task_id: str) -> None:
+    """Kill a task's container through its node's engine: the swarm only sees it exit."""
+    task = swarm.api.inspect_task(task_id)
+    client = docker.DockerClient(base_url=engine_of(swarm, task["NodeID"]))
+    try:
+        client.api.kill(task["Status"]["ContainerStatus"]["ContainerID"])
+    finally:
+        client.close()

@@ -15,7 +15,7 @@ import pytest
 
 from backends.base import LABEL_OWNER
 from loadtest.run.configs import dumps, merge
-from tests.backends.swarm.conftest import ENGINE, IMAGE, pool_services, remove_pool, task_container
+from tests.backends.swarm.conftest import ENGINE, IMAGE, kill_task, pool_services, remove_pool
 from tests.conftest import ProxyProcess, eventually
 
 pytestmark = pytest.mark.swarm
@@ -98,7 +98,7 @@ async def test_serves_through_swarm_tasks_and_survives_a_killed_task(
     # The task's container is killed on its node, behind the proxy's back: the instance is
     # reported dead from the task state and a new service takes the next request.
     (task,) = swarm.api.tasks(filters={"service": svc["ID"]})
-    swarm.api.kill(task_container(swarm, task["ID"]))
+    kill_task(swarm, task["ID"])
 
     async def replaced() -> bool:
         return [i["id"] for i in await instances(p)] != [inst["id"]]
@@ -128,7 +128,7 @@ async def test_killed_task_mid_request_gives_502_then_recovers(
         await eventually(in_flight, 10, "the slow request to reach the instance")
         (svc,) = pool_services(swarm, pool_name)
         (task,) = swarm.api.tasks(filters={"service": svc["ID"]})
-        swarm.api.kill(task_container(swarm, task["ID"]))
+        kill_task(swarm, task["ID"])
     assert slow.result()[0] == 502
     assert (await get(p.url + "/"))[0] == 200
 

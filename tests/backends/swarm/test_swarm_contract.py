@@ -13,7 +13,7 @@ from backends.base import Backend, BackendContext, Instance
 from backends.support.table import Table
 from backends.swarm import create_backend, parse_config
 from tests.backends.contract import BackendContract, recording_context
-from tests.backends.swarm.conftest import ENGINE, IMAGE, pool_services, remove_pool, task_container
+from tests.backends.swarm.conftest import ENGINE, IMAGE, kill_task, pool_services, remove_pool
 
 pytestmark = pytest.mark.swarm
 
@@ -40,10 +40,9 @@ class TestSwarmContract(BackendContract):
         assert not left, f"services left behind: {left}"
 
     async def kill_out_of_band(self, backend: Backend, instance: Instance) -> None:
-        # The node's engine kills the task's container; the swarm only sees it exit.
         client = docker.DockerClient(base_url=ENGINE)
         try:
-            client.api.kill(task_container(client, instance.handle.task_id))
+            kill_task(client, instance.handle.task_id)
         finally:
             client.close()
 

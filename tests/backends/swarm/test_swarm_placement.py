@@ -1,0 +1,92 @@
+"""Placement by the swarm over two real nodes: the manager's engine (zone=a) and a second
+dockerd on this machine joined as a worker (zone=b, .ci/swarm.sh). Constraints, limits and
+the scheduler's own balancing reach the tasks; an unsatisfiable constraint fails the start."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import docker
+import pytest
+
+from backends.base import BackendContext
+from backends.errors import StartError
+from backends.support.table import Table
+from backends.swarm import parse_config
+from backends.swarm.backend import SwarmBackend
+from tests.backends.contract import get
+from tests.backends.swarm.conftest import ENGINE, IMAGE, engine_of, pool_services, remove_pool
+
+pytestmark = pytest.mark.swarm
+
+Make = Callable[..., Awaitable[SwarmBackend]]
+
+
+@pytest.fixture
+async def make(
+    swarm: docker.DockerClient, worker: docker.DockerClient, pool_name: str
+) -> AsyncIterator[Make]:
+    made: list[SwarmBackend] = []
+
+    async def make(start_timeout: float = 30.0, **keys: Any) -> SwarmBackend:
+        cfg = parse_config(Table({"image": IMAGE, "manager": ENGINE, "stop_grace": 2, **keys}, ""))
+        ctx = BackendContext(
+            pool_name, f"owner-{uuid.uuid4().hex[:8]}", start_timeout=start_timeout
+        )
+        b = SwarmBackend(cfg, ctx)
+        made.append(b)
+        await b.prepare()
+        return b
+
+    yield make
+    try:
+        for b in made:
+            await b.aclose()
+    finally:
+        left = remove_pool(swarm, pool_name)
+    assert not left, f"services left behind: {left}"
+
+
+def node_id(client: docker.DockerClient) -> str:
+    return str(client.info()["Swarm"]["NodeID"])
+
+
+async def test_constraint_places_the_task_on_the_worker(
+    make: Make, swarm: docker.DockerClient, worker: docker.DockerClient
+) -> None:
+    b = await make(constraints=["node.labels.zone == b"], memory="64m", cpus=0.25)
+    inst = await b.start("on-b")
+    assert inst.handle.node_id == node_id(worker)
+    status, body = await get(inst.endpoint.url + "/")
+    assert status == 200 and "forkproxy-test/httpd" in body.decode()
+    # The limits reach the container the worker's engine runs.
+    task = swarm.api.inspect_task(inst.handle.task_id)
+    container = worker.api.inspect_container(task["Status"]["ContainerStatus"]["ContainerID"])
+    assert container["HostConfig"]["Memory"] == 64 * 1024**2
+    assert container["HostConfig"]["NanoCpus"] == 250_000_000
+    assert container["Config"]["Labels"]["io.forkproxy.instance"] == "on-b"
+
+
+async def test_the_scheduler_spreads_instances_over_both_nodes(
+    make: Make, swarm: docker.DockerClient, worker: docker.DockerClient
+) -> None:
+    b = await make(preferences=["node.labels.zone"])
+    a, c = await asyncio.gather(b.start("one"), b.start("two"))
+    assert {a.handle.node_id, c.handle.node_id} == {node_id(swarm), node_id(worker)}
+    for inst in (a, c):
+        assert (await get(inst.endpoint.url + "/"))[0] == 200
+        assert engine_of(swarm, inst.handle.node_id)
+
+
+async def test_an_unsatisfiable_constraint_fails_the_start_and_leaves_nothing(
+    make: Make, swarm: docker.DockerClient, pool_name: str
+) -> None:
+    b = await make(start_timeout=3.0, constraints=["node.labels.zone == nowhere"])
+    with pytest.raises(StartError) as err:
+        await b.start("nowhere")
+    assert err.value.reason == "no_suitable_node"
+    assert "no suitable node" in str(err.value)
+    assert pool_services(swarm, pool_name) == []
