@@ -3,8 +3,10 @@ swarm's scheduler (constraints, spread preferences, resources), reached on its t
 address and host-mode published port. Config keys: backends/swarm/config.py.
 
 The parts it composes: services.py (the blocking Swarm calls), watch.py (deaths from task
-states), lease.py (this run's lease for replicas on other hosts); from the docker backend
-it reuses the engine client (backends/docker/engine.py) and its threads (threads.py)."""
+states), parked.py (spares paused on their node: the warm path), nodes.py (node addresses
+and engines), lease.py (this run's lease for replicas on other hosts); from the docker
+backend it reuses the engine client (backends/docker/engine.py) and its threads (threads.py);
+readiness is the shared probe (backends/support/probe.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import asyncio
 import logging
 import time
 from typing import Any
+
+import aiohttp
 
 from backends.base import (
     LABEL_INSTANCE,
@@ -25,10 +29,13 @@ from backends.base import (
 from backends.docker.engine import Engine, translate
 from backends.docker.threads import Threads
 from backends.errors import BackendConfigError, BackendError, BackendUnavailable, StartError
+from backends.support.probe import NotReady, wait_ready
 from backends.support.tasks import TaskSet
 from backends.swarm import services
 from backends.swarm.config import SwarmConfig
 from backends.swarm.lease import Lease
+from backends.swarm.nodes import Nodes
+from backends.swarm.parked import ParkedPool
 from backends.swarm.services import Service
 from backends.swarm.watch import TaskWatch
 
@@ -48,7 +55,8 @@ class SwarmBackend(Backend):
         self._threads = Threads("swarm", threads=16)
         self._tasks = TaskSet("swarm", log)  # background work: cancelled on close
         self._starts = TaskSet("swarm-starts", log)  # finish on close: what they made is swept
-        self._nodes: dict[str, str] = {}  # node id -> address its host-mode ports are on
+        self._session: aiohttp.ClientSession | None = None  # the spares' readiness probe
+        self._nodes = Nodes(self._engine, self._threads, config.node_engines, config.engine_retry)
         self._watch = TaskWatch(
             self._engine,
             self._threads,
@@ -57,9 +65,28 @@ class SwarmBackend(Backend):
             on_death=self._died,
         )
         self._lease = Lease(self._engine, self._threads, ctx)
+        self._parked = ParkedPool(
+            config.paused_pool,
+            ctx,
+            make=self._make,
+            probe=self._probe,
+            remove=self._remove,
+            nodes=self._nodes,
+            threads=self._threads,
+            tasks=self._tasks,
+            watch=self._watch,
+        )
 
     def __repr__(self) -> str:
-        return f"<SwarmBackend {len(self._watch)} live on {self._engine.url}>"
+        return (
+            f"<SwarmBackend {len(self._watch)} watched, {len(self._parked)} parked"
+            f" on {self._engine.url}>"
+        )
+
+    @property
+    def paused_ready(self) -> int:
+        """Spares parked right now (a start takes one)."""
+        return len(self._parked)
 
     # -- Backend API -------------------------------------------------------------------
 
@@ -79,8 +106,19 @@ class SwarmBackend(Backend):
                 " point manager at a manager node's engine",
                 reason="config",
             )
+        self._nodes.manager_node = str(swarm.get("NodeID") or "")
         await self._lease.beat()
         self._tasks.spawn(self._watch.run(), "swarm-tasks")
+        if self._parked.size:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0))
+            try:
+                await self._parked.fill(deadline=time.monotonic() + self.ctx.start_timeout * 2)
+            except BackendError as exc:
+                await self.aclose()
+                raise BackendConfigError(
+                    f"the paused pool could not be filled from image {self.cfg.image!r}: {exc}"
+                ) from exc
+            self._tasks.spawn(self._parked.refiller(), "refill")
 
     async def start(self, instance_id: str) -> Instance:
         if self._closing:
@@ -103,28 +141,40 @@ class SwarmBackend(Backend):
         self._tasks.spawn(self.stop(inst, "abandoned"), f"stop:{inst.id}")
 
     async def _start(self, instance_id: str) -> Instance:
+        taken = await self._parked.take()
+        if taken is not None:
+            svc, endpoint, unpause = taken
+            inst = self._register(instance_id, svc, endpoint, ready=True)
+            inst.phases = {"unpause": unpause}
+            inst.meta["from"] = "paused_pool"
+            return inst
+        t0 = time.monotonic()
+        svc, endpoint = await self._make(instance_id, self.ctx.labels(instance_id))
+        inst = self._register(instance_id, svc, endpoint, ready=False)
+        inst.phases = {"create+schedule": time.monotonic() - t0}
+        inst.meta["from"] = "create"
+        return inst
+
+    async def _make(self, instance_id: str, labels: dict[str, str]) -> tuple[Service, Endpoint]:
+        """Create a service and wait for its task to run: (it, where it listens)."""
         name = services.service_name(self.ctx.pool_name, instance_id)
         env = {"FORKPROXY_INSTANCE_ID": instance_id, "FORKPROXY_POOL": self.ctx.pool_name}
-        labels = self.ctx.labels(instance_id)
-        t0 = time.monotonic()
         try:
             svc = await self._threads.call(
                 services.create, self._engine, self.cfg, name, labels, env
             )
         except Exception as exc:
             raise self._error(exc, f"create service {name}") from exc
-        t1 = time.monotonic()
         try:
             task = await self._threads.call(
                 services.wait_running,
                 self._engine,
                 svc,
-                t1 + self.ctx.start_timeout,
+                time.monotonic() + self.ctx.start_timeout,
                 min(self.cfg.poll, 0.02),
             )
-            endpoint = Endpoint(
-                await self._node_address(svc.node_id), services.published_port(task, self.cfg.port)
-            )
+            port = services.published_port(task, self.cfg.port)
+            return svc, Endpoint(await self._nodes.address(svc.node_id), port)
         except BaseException as exc:
             await asyncio.shield(self._remove(svc, "failed start"))
             if isinstance(exc, Exception):
@@ -132,30 +182,33 @@ class SwarmBackend(Backend):
                 log.warning("%s", err)
                 raise err from exc
             raise
+
+    def _register(self, instance_id: str, svc: Service, ep: Endpoint, *, ready: bool) -> Instance:
         inst = Instance(
             id=instance_id,
             backend=self.name,
-            endpoint=endpoint,
+            endpoint=ep,
+            ready=ready,
             owner_id=self.ctx.owner_id,
             meta={
                 "service": svc.name,
                 "node": svc.node_id[:12],
                 "task": svc.task_id[:12],
                 "image": self.cfg.image,
-                "from": "create",
             },
             handle=svc,
-            phases={"create": t1 - t0, "schedule": time.monotonic() - t1},
         )
         self._watch.add(inst, svc)
         return inst
 
-    async def _node_address(self, node_id: str) -> str:
-        if node_id not in self._nodes:
-            self._nodes[node_id] = await self._threads.call(
-                services.node_address, self._engine, node_id
-            )
-        return self._nodes[node_id]
+    async def _probe(self, endpoint: Endpoint) -> None:
+        """The shared readiness probe, for spares the backend warms itself."""
+        assert self._session is not None, "prepare() first"
+        url = endpoint.url + self.ctx.readiness_path
+        try:
+            await wait_ready(self._session, url, deadline=time.monotonic() + self.ctx.start_timeout)
+        except NotReady as exc:
+            raise StartError(str(exc), reason="ready_timeout") from exc
 
     async def stop(self, instance: Instance, reason: str) -> None:
         svc = instance.handle
@@ -231,6 +284,7 @@ class SwarmBackend(Backend):
         if self._closing:
             return
         self._closing = True
+        self._parked.stop_filling()
         # Starts in flight finish (their services are swept below); the rest stop.
         await self._starts.join()
         await self._tasks.aclose()
@@ -247,10 +301,15 @@ class SwarmBackend(Backend):
                 return_exceptions=True,
             )
         await self._threads.drain(within=60)
+        if self._session is not None:
+            await self._session.close()
+        self._nodes.close()
         self._engine.close()
         self._threads.shutdown()
 
     def _died(self, instance_id: str, reason: str) -> None:
+        if self._parked.died(instance_id):
+            return
         # Looked up on each death: the pool sets ctx.on_death after the backend is made.
         self.ctx.on_death(instance_id, reason)
 

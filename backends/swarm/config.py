@@ -26,6 +26,8 @@ class SwarmConfig:
     cpus: float = 0.5  # 0 = no limit
     constraints: tuple[str, ...] = ()  # e.g. "node.labels.zone == a"
     preferences: tuple[str, ...] = ()  # spread descriptors, e.g. "node.labels.zone"
+    paused_pool: int = 0  # services started, probed, then paused on their node, kept ready
+    node_engines: dict[str, str] = field(default_factory=dict)  # node hostname/id -> engine URL
     stop_grace: float = 5.0  # SIGTERM -> SIGKILL on removal (the service's stop grace period)
     poll: float = 0.25  # seconds between task-state polls (deaths; Swarm has no task events)
     engine_retry: float = 10.0  # seconds before an unreachable manager is tried again
@@ -57,6 +59,13 @@ def parse_config(table: Table) -> SwarmConfig:
                 " 'spread=node.labels.zone'; Swarm knows only spread)",
             )
         preferences.append(descriptor)
+    node_engines = table.str_map("node_engines")
+    for node, url in node_engines.items():
+        if not url.startswith(ENGINE_SCHEMES):
+            table.error(
+                f"node_engines.{node}",
+                f"{url!r} must start with one of: {', '.join(ENGINE_SCHEMES)}",
+            )
     cfg = SwarmConfig(
         image=image,
         command=command,
@@ -67,6 +76,8 @@ def parse_config(table: Table) -> SwarmConfig:
         cpus=table.float("cpus", 0.5, min=0.0),
         constraints=constraints,
         preferences=tuple(preferences),
+        paused_pool=table.int("paused_pool", 0, min=0, max=1000),
+        node_engines=node_engines,
         stop_grace=table.duration("stop_grace", 5.0),
         poll=table.duration("poll", 0.25, min=0.02),
         engine_retry=table.duration("engine_retry", 10.0, min=0.1),

@@ -43,6 +43,7 @@ class Service:
     name: str
     task_id: str = ""
     node_id: str = ""
+    container_id: str = ""  # on the node's engine: what a parked spare pauses
 
 
 def service_name(pool: str, instance_id: str) -> str:
@@ -118,6 +119,7 @@ def wait_running(engine: Engine, svc: Service, deadline: float, poll: float) -> 
                 ports = (status.get("PortStatus") or {}).get("Ports") or []
                 if ports:
                     svc.task_id, svc.node_id = task["ID"], task.get("NodeID", "")
+                    svc.container_id = (status.get("ContainerStatus") or {}).get("ContainerID", "")
                     return dict(task)
             if state in TERMINAL:
                 raise StartError(
@@ -140,14 +142,14 @@ def published_port(task: dict[str, Any], target: int) -> int:
     raise StartError(f"task {task.get('ID')} published no port for {target}", reason="no_endpoint")
 
 
-def node_address(engine: Engine, node_id: str) -> str:
-    """The address a node's host-mode ports are reached on: its Status.Addr (what it
-    advertised to the swarm); 0.0.0.0 means the manager's own host."""
+def node_address(engine: Engine, node_id: str) -> tuple[str, str]:
+    """(the address a node's host-mode ports are reached on, its hostname). The address is
+    its Status.Addr (what it advertised to the swarm); 0.0.0.0 means the manager's host."""
     node = engine.client.api.inspect_node(node_id)
     addr = str((node.get("Status") or {}).get("Addr") or "")
     if addr in ("", "0.0.0.0"):
-        return engine.publish_default_host
-    return addr
+        addr = engine.publish_default_host
+    return addr, str((node.get("Description") or {}).get("Hostname") or "")
 
 
 def drain_and_remove(engine: Engine, svc: Service, grace: float) -> None:

@@ -96,6 +96,14 @@ def worker_engine() -> str | None:
     return None
 
 
+def worker_node_id(url: str) -> str:
+    client = docker.DockerClient(base_url=url)
+    try:
+        return str(client.info()["Swarm"]["NodeID"])
+    finally:
+        client.close()
+
+
 @pytest.fixture(scope="session")
 def worker(swarm: docker.DockerClient, test_image: str) -> Iterator[docker.DockerClient]:
     """The worker node's engine, holding the manager's test image (no registry here)."""

@@ -13,13 +13,22 @@ from backends.base import Backend, BackendContext, Instance
 from backends.support.table import Table
 from backends.swarm import create_backend, parse_config
 from tests.backends.contract import BackendContract, recording_context
-from tests.backends.swarm.conftest import ENGINE, IMAGE, kill_task, pool_services, remove_pool
+from tests.backends.swarm.conftest import (
+    ENGINE,
+    IMAGE,
+    kill_task,
+    pool_services,
+    remove_pool,
+    worker_engine,
+    worker_node_id,
+)
 
 pytestmark = pytest.mark.swarm
 
 
 class TestSwarmContract(BackendContract):
     ready_within = 30.0
+    paused_pool = 0
 
     @pytest.fixture
     def ctx(self) -> BackendContext:
@@ -29,7 +38,10 @@ class TestSwarmContract(BackendContract):
     async def backend(
         self, ctx: BackendContext, swarm: docker.DockerClient
     ) -> AsyncIterator[Backend]:
-        cfg = parse_config(Table({"image": IMAGE, "manager": ENGINE, "stop_grace": 2}, "backend"))
+        keys = {"image": IMAGE, "manager": ENGINE, "stop_grace": 2, "paused_pool": self.paused_pool}
+        if worker := worker_engine():  # spares on the worker are paused through its engine
+            keys["node_engines"] = {worker_node_id(worker): worker}
+        cfg = parse_config(Table(keys, "backend"))
         b = create_backend(cfg, ctx)
         await b.prepare()
         yield b
@@ -54,3 +66,7 @@ class TestSwarmContract(BackendContract):
         finally:
             client.close()
         return [Instance(r["Spec"]["Name"], "swarm", None) for r in rows]  # type: ignore[arg-type]
+
+
+class TestSwarmPausedPoolContract(TestSwarmContract):
+    paused_pool = 2
