@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 
 from loadtest import bench, slowhttp, tune
-from loadtest.coldstart import docker, process, vsphere
+from loadtest.coldstart import docker, process, swarm, vsphere
 
 COMMANDS: dict[str, tuple[ModuleType, str]] = {
     "bench": (bench, "every benchmark in one go; results, plots and docs/BENCHMARKS.md"),
@@ -23,6 +23,7 @@ COLDSTART: dict[str, tuple[ModuleType, str]] = {
     "process": (process, "process backend, fork vs exec: start() to first byte"),
     "docker": (docker, "docker backend: paused pool (unpause) vs create+start, and a burst"),
     "vsphere": (vsphere, "vsphere backend on the vcsim simulator: SOAP calls and time split"),
+    "swarm": (swarm, "swarm backend: service create vs scale 0->1 vs paused pool vs warm_pool"),
 }
 
 

@@ -152,22 +152,40 @@ def node_address(engine: Engine, node_id: str) -> tuple[str, str]:
     return addr, str((node.get("Description") or {}).get("Hostname") or "")
 
 
+def scale(engine: Engine, service_id: str, replicas: int) -> None:
+    """Set the replica count. An update races the swarm's own updates of the service (its
+    allocator bumps the version right after a create): "out of sequence" is retried with
+    the new version."""
+    api = engine.client.api
+    for attempt in range(5):
+        version = api.inspect_service(service_id)["Version"]["Index"]
+        try:
+            api.update_service(
+                service_id,
+                version=version,
+                mode=ServiceMode("replicated", replicas=replicas),
+                fetch_current_spec=True,
+            )
+            return
+        except docker.errors.APIError as exc:
+            if "out of sequence" not in str(exc) or attempt == 4:
+                raise
+            time.sleep(0.05)
+
+
 def drain_and_remove(engine: Engine, svc: Service, grace: float) -> None:
     """Scale to 0 (Swarm stops the task: SIGTERM, stop_grace, SIGKILL), wait until no task
     of the service runs, then remove it. Removing at once would return before the container
     stopped; a caller (and `aclose`) could not tell when the instance stops answering."""
-    api = engine.client.api
     try:
-        api.update_service(
-            svc.id,
-            version=api.inspect_service(svc.id)["Version"]["Index"],
-            mode=ServiceMode("replicated", replicas=0),
-            fetch_current_spec=True,
-        )
+        scale(engine, svc.id, 0)
     except docker.errors.NotFound:
         return
-    except docker.errors.APIError as exc:  # e.g. a version race: removal still stops it
-        log.debug("scale %s to 0: %s (removing)", svc.name, exc)
+    except docker.errors.APIError as exc:  # removal still stops it, only without the wait
+        log.warning("scale %s to 0: %s (removing at once)", svc.name, exc)
+        remove_quietly(engine, svc)
+        return
+    api = engine.client.api
     deadline = time.monotonic() + grace + 10
     while time.monotonic() < deadline:
         try:

@@ -1,4 +1,4 @@
-"""Per-backend cold-start benchmarks (process, docker, vsphere) and what they share: the row
+"""Per-backend cold-start benchmarks (process, docker, vsphere, swarm) and what they share: the row
 every series reports, a TTFB series through a proxy, the wait for a first 200.
 
 run_all() calls each bench when it can run: a missing module or an unavailable engine becomes
@@ -90,6 +90,7 @@ MODULES = {
     "process": "loadtest.coldstart.process",
     "docker": "loadtest.coldstart.docker",
     "vsphere": "loadtest.coldstart.vsphere",
+    "swarm": "loadtest.coldstart.swarm",
 }
 
 
