@@ -65,7 +65,7 @@ def test_every_problem_is_reported_with_its_path() -> None:
     assert "pool.max_concurrency" in paths and "below the minimum 1" in text
     assert "pool.idle_ttl" in paths
     assert "pool.max_queue" in paths
-    assert "backend.type" in paths and "docker, process, vsphere" in text
+    assert "backend.type" in paths and "docker, process, swarm, vsphere" in text
     assert "extra" in paths
 
 
