@@ -1,5 +1,5 @@
 """Which WSGI server a fork-mode instance embeds: waitress vs a2wsgi under uvicorn,
-both serving examples.flask_app from a warm parent exactly as the fork template does
+both serving a one-route Flask app from a warm parent exactly as the fork template does
 (app imported and server loaded before the fork, the child handed a listening socket).
 
     .venv/bin/python -m loadtest.bench_wsgi_servers --n 40 --seconds 5
@@ -65,6 +65,14 @@ def _a2wsgi_uvicorn(app: Any) -> Callable[[socket.socket], None]:
 
     del asyncio
     return serve
+
+
+def _flask_app() -> Any:
+    from flask import Flask
+
+    app = Flask(__name__)
+    app.add_url_rule("/", "index", lambda: "hello\n")
+    return app
 
 
 CANDIDATES = {"waitress": _waitress, "a2wsgi+uvicorn": _a2wsgi_uvicorn}
@@ -139,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--seconds", type=int, default=5)
     args = ap.parse_args(argv)
-    sys.path.insert(0, os.getcwd())
-    from examples.flask_app import app
+    app = _flask_app()
 
     results: dict[str, dict[str, float]] = {}
     for name, make in CANDIDATES.items():

@@ -56,7 +56,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list[:1] == ["tune"]:
         import importlib
 
-        tune = importlib.import_module("loadtest.tune")  # bench tooling, not on the data path
+        from backends.support.extras import MissingExtra, extra_needed
+
+        try:
+            with extra_needed("forkproxy tune"):  # bench tooling, not on the data path
+                tune = importlib.import_module("loadtest.tune")
+        except MissingExtra as exc:
+            print(f"forkproxy: {exc}", file=sys.stderr)
+            return 2
         return int(tune.main(args_list[1:]))
     args = _parser().parse_args(args_list)
     if args.command == "check-config":

@@ -110,7 +110,9 @@ def load(target: str, kind: str) -> tuple[str, Any]:
             )
         return seen, obj
     if seen is not None and seen != kind:
-        raise AppLoadError(f'{target} is a {seen.upper()} app, but app_kind = "{kind}"')
+        raise AppLoadError(
+            f'{target} is {seen.upper()} by its type or signature, but app_kind = "{kind}"'
+        )
     return kind, obj
 
 

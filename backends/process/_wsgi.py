@@ -11,6 +11,7 @@ in the template (fork copies only the forking thread)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -58,6 +59,9 @@ def serve(wsgi: WsgiApp, sock: socket.socket, grace: float, ppid: int) -> None:
         clear_untrusted_proxy_headers=False,
         asyncore_use_poll=True,  # no FD_SETSIZE ceiling on connections
     )
+    # "Task queue depth is N" whenever a request waits a moment for a thread: the
+    # proxy's queue and instance metrics already say when instances are saturated.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     channels: dict[int, Any] = server._map
     stopping = False
 

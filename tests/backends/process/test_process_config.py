@@ -15,10 +15,16 @@ def parse(**keys: Any) -> tuple[ProcessConfig, list[str]]:
     return config, [str(p) for p in table.problems]
 
 
-def test_defaults_are_fork_of_the_example_app() -> None:
+def test_defaults_are_fork_of_the_bundled_demo_app() -> None:
+    # The demo ships inside the package (examples.app re-exports it), so a plain
+    # `pip install forkproxy` + `forkproxy run` has an app to serve.
     config, problems = parse()
     assert problems == []
-    assert (config.mode, config.app, config.app_kind) == ("fork", "examples.app:create_app", "auto")
+    assert (config.mode, config.app, config.app_kind) == (
+        "fork",
+        "backends.process.demo:create_app",
+        "auto",
+    )
     assert config.command == DEFAULT_COMMAND
     assert config.stop_grace == 5.0
     assert config.prefork == 0
@@ -27,7 +33,8 @@ def test_defaults_are_fork_of_the_example_app() -> None:
 def test_fork_app_must_be_module_colon_attr() -> None:
     _, problems = parse(app="examples.app")
     assert problems == [
-        'backend.app: \'examples.app\': expected "module:attribute", e.g. "examples.app:create_app"'
+        "backend.app: 'examples.app': expected \"module:attribute\", "
+        'e.g. "backends.process.demo:create_app"'
     ]
 
 
