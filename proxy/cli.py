@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from backends.errors import BackendError
+from backends.support.extras import MissingExtra
 from backends.support.table import ConfigError
 from proxy import __version__, logs
 from proxy.config import Config, load, parse, with_overrides
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list[:1] == ["tune"]:
         import importlib
 
-        from backends.support.extras import MissingExtra, extra_needed
+        from backends.support.extras import extra_needed
 
         try:
             with extra_needed("forkproxy tune"):  # bench tooling, not on the data path
@@ -89,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with runner:
             runner.run(serve(cfg))
-    except BackendError as exc:
+    except (BackendError, MissingExtra) as exc:
         log.error("backend %s cannot start: %s", cfg.backend_type, exc)
         return 3
     except UnsafeParser as exc:

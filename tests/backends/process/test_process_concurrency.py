@@ -39,7 +39,7 @@ def test_explicit_values_win_over_the_hint() -> None:
 def test_a_bad_value_names_the_choices() -> None:
     with pytest.raises(ConfigError) as info:
         parse({"pool": {"max_concurrency": "lots"}})
-    assert 'pool.max_concurrency: expected an integer or "auto", got \'lots\'' in str(info.value)
+    assert "pool.max_concurrency: expected an integer or \"auto\", got 'lots'" in str(info.value)
 
 
 @pytest.mark.parametrize(
