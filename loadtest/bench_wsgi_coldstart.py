@@ -129,9 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--n", type=int, default=30)
     ap.add_argument("--gap", type=float, default=0.2)
+    ap.add_argument("--only", default="", help="run only setups whose name contains this")
     args = ap.parse_args(argv)
     table = {}
     for name, backend in SETUPS.items():
+        if args.only not in name:
+            continue
         samples = sorted(measure(backend, args.n, args.gap))
         table[name] = {
             "p50_ms": round(statistics.median(samples) * 1000, 1),
