@@ -63,3 +63,16 @@ def test_durations_and_env() -> None:
     assert config.stop_grace == 0.25
     assert config.env == {"A": "1", "N": "2"}
     assert config.pythonpath == ("src",)
+
+
+def test_wsgi_keys_are_validated() -> None:
+    config, problems = parse(app="app:app", app_kind="wsgi", threads=8, post_fork="app:reinit")
+    assert problems == []
+    assert (config.app_kind, config.threads, config.post_fork) == ("wsgi", 8, "app:reinit")
+    assert parse()[0].threads == 4
+    _, problems = parse(threads=0, post_fork="reinit", app_kind="flask")
+    assert problems == [
+        "backend.app_kind: 'flask' is not one of: auto, aiohttp, asgi, wsgi",
+        "backend.threads: 0 is below the minimum 1",
+        "backend.post_fork: 'reinit': expected \"module:function\"",
+    ]
