@@ -3,7 +3,7 @@ in fork mode (waitress), the aiohttp demo in fork mode, and the same Flask app i
 mode under gunicorn (-w 1). Every request gets a fresh instance
 (max_requests_per_instance = 1), so each sample is a whole cold start seen by a client.
 
-    .venv/bin/python -m loadtest.bench_wsgi_coldstart --n 30
+    .venv/bin/python -m loadtest.coldstart.wsgi --n 30
 
 Prints a JSON table (p50/p90 ms per setup). Self-contained: runs `python -m proxy` on a
 free port with a config written to a temporary directory; needs flask and gunicorn.
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FLASK = "examples.flask_app:app"
 SETUPS: dict[str, dict[str, Any]] = {
     "aiohttp fork": {"mode": "fork", "app": "examples.app:create_app", "prefork": 0},
