@@ -37,6 +37,7 @@ from backends.docker.placement import Engines
 from backends.docker.threads import Threads
 from backends.docker.watch import EngineWatch
 from backends.errors import BackendConfigError, BackendError, BackendUnavailable, StartError
+from backends.support.starts import Starts
 from backends.support.tasks import TaskSet
 
 __all__ = ["LABEL_PAUSED", "DockerBackend"]
@@ -54,7 +55,7 @@ class DockerBackend(Backend):
         self._session: aiohttp.ClientSession | None = None
         self._threads = Threads("docker", threads=16)
         self._tasks = TaskSet("docker", log)  # background work: cancelled on close
-        self._starts = TaskSet("docker-starts", log)  # finish on close: what they made is swept
+        self._starts = Starts("docker", log, self.stop, self._tasks)
         self._engines = Engines(config.engines, config.engine_retry)
         self._containers = Containers(config, ctx, self._threads, self._engine_failed)
         self._live = LiveSet(ctx, self._containers, self._tasks, self._engine_failed)
@@ -115,18 +116,7 @@ class DockerBackend(Backend):
             self._tasks.spawn(self._paused.refiller(), "refill")
 
     async def start(self, instance_id: str) -> Instance:
-        if self._closing:
-            raise StartError("docker backend is closing", reason="closing")
-        # The pool wraps start() in a timeout: run the start as an owned task so a
-        # cancelled caller cannot leak a container that is made a moment later.
-        task = self._starts.spawn(self._start(instance_id), f"start:{instance_id}")
-        if task is None:
-            raise StartError("docker backend is closing", reason="closing")
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            task.add_done_callback(self._stop_orphan)
-            raise
+        return await self._starts.run(instance_id, self._start(instance_id))
 
     async def _start(self, instance_id: str) -> Instance:
         taken = await self._paused.take(instance_id)
@@ -137,12 +127,6 @@ class DockerBackend(Backend):
             inst.meta["from"] = "paused_pool"
             return inst
         return await self._cold_start(instance_id)
-
-    def _stop_orphan(self, task: asyncio.Task[Instance]) -> None:
-        if task.cancelled() or task.exception() is not None or self._closing:
-            return
-        inst = task.result()
-        self._tasks.spawn(self.stop(inst, "abandoned"), f"stop:{inst.id}")
 
     async def _cold_start(self, instance_id: str) -> Instance:
         tried: set[str] = set()

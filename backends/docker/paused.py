@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -20,7 +19,8 @@ from backends.docker.engine import Engine, translate
 from backends.docker.events import ContainerEvent
 from backends.docker.ops import Container, endpoint_of
 from backends.docker.placement import Engines
-from backends.errors import BackendError, StartError
+from backends.errors import BackendError
+from backends.support.refill import Refill
 from backends.support.tasks import TaskSet
 
 # Set at creation on paused-pool containers. Docker labels are immutable, so it stays
@@ -60,9 +60,7 @@ class PausedPool:
         self._probe = probe
         self._remove = remove
         self._parked: deque[Parked] = deque()
-        self._filling = 0  # containers being started and probed for the pool
-        self._refill = asyncio.Event()
-        self._closing = False
+        self._refill = Refill(cfg.paused_pool, lambda: len(self._parked), self._park_one, log)
 
     def __len__(self) -> int:
         return len(self._parked)
@@ -75,8 +73,7 @@ class PausedPool:
 
     def stop_filling(self) -> None:
         """Closing: the refiller returns, a container being parked is removed instead."""
-        self._closing = True
-        self._refill.set()
+        self._refill.stop()
 
     def empty(self) -> list[Container]:
         """Hand back the parked containers (for the caller to remove)."""
@@ -110,55 +107,26 @@ class PausedPool:
     # -- filling -----------------------------------------------------------------------
 
     async def refiller(self) -> None:
-        backoff = 0.5
-        while not self._closing:
-            await self._refill.wait()
-            self._refill.clear()
-            try:
-                await self.fill(deadline=None)
-                backoff = 0.5
-            except BackendError as exc:
-                log.warning("paused pool refill failed (retry in %.1fs): %s", backoff, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-                self._refill.set()
+        await self._refill.run()
 
     async def fill(self, deadline: float | None) -> None:
-        """Top the pool up, two containers at a time (the machine is small)."""
-        while not self._closing:
-            need = self.size - len(self._parked) - self._filling
-            if need <= 0:
-                return
-            if deadline is not None and time.monotonic() > deadline:
-                raise StartError("timed out filling the paused pool", reason="timeout")
-            results = await asyncio.gather(
-                *(self._park_one() for _ in range(min(need, 2))), return_exceptions=True
-            )
-            for r in results:
-                if isinstance(r, BackendError):
-                    raise r
-                if isinstance(r, BaseException):
-                    raise StartError(f"paused pool: {r!r}") from r
+        await self._refill.fill(deadline)
 
     async def _park_one(self) -> None:
         pid = f"paused-{uuid.uuid4().hex[:8]}"
         engine = self._engines.pick()
-        self._filling += 1
+        labels = {**self._ctx.labels(pid), LABEL_PAUSED: "true"}
+        c, attrs, _ = await self._containers.create(engine, pid, labels)
         try:
-            labels = {**self._ctx.labels(pid), LABEL_PAUSED: "true"}
-            c, attrs, _ = await self._containers.create(engine, pid, labels)
-            try:
-                endpoint = endpoint_of(self._cfg, engine, attrs)
-                await self._probe(c, endpoint)
-                await self._containers.pause(c)
-            except BaseException as exc:
-                await asyncio.shield(self._remove(c))
-                if isinstance(exc, Exception) and not isinstance(exc, BackendError):
-                    raise translate(exc, engine.url, f"park {c.name}") from exc
-                raise
-        finally:
-            self._filling -= 1
-        if self._closing:
+            endpoint = endpoint_of(self._cfg, engine, attrs)
+            await self._probe(c, endpoint)
+            await self._containers.pause(c)
+        except BaseException as exc:
+            await asyncio.shield(self._remove(c))
+            if isinstance(exc, Exception) and not isinstance(exc, BackendError):
+                raise translate(exc, engine.url, f"park {c.name}") from exc
+            raise
+        if self._refill.closing:
             await self._remove(c)
             return
         self._parked.append(Parked(c, endpoint))

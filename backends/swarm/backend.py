@@ -30,6 +30,7 @@ from backends.docker.engine import Engine, translate
 from backends.docker.threads import Threads
 from backends.errors import BackendConfigError, BackendError, BackendUnavailable, StartError
 from backends.support.probe import NotReady, wait_ready
+from backends.support.starts import Starts
 from backends.support.tasks import TaskSet
 from backends.swarm import services
 from backends.swarm.config import SwarmConfig
@@ -54,7 +55,7 @@ class SwarmBackend(Backend):
         self._engine = Engine(config.manager, config.engine_retry)
         self._threads = Threads("swarm", threads=16)
         self._tasks = TaskSet("swarm", log)  # background work: cancelled on close
-        self._starts = TaskSet("swarm-starts", log)  # finish on close: what they made is swept
+        self._starts = Starts("swarm", log, self.stop, self._tasks)
         self._session: aiohttp.ClientSession | None = None  # the spares' readiness probe
         self._nodes = Nodes(self._engine, self._threads, config.node_engines, config.engine_retry)
         self._watch = TaskWatch(
@@ -107,6 +108,13 @@ class SwarmBackend(Backend):
                 reason="config",
             )
         self._nodes.manager_node = str(swarm.get("NodeID") or "")
+        if self.cfg.preferences:
+            log.warning(
+                "preferences %s: Swarm spreads the tasks of one service, and each instance is"
+                " a service of its own, so they do not spread instances (they may gather them"
+                " under one label value); constraints do apply (docs/swarm.md)",
+                list(self.cfg.preferences),
+            )
         await self._lease.beat()
         self._tasks.spawn(self._watch.run(), "swarm-tasks")
         if self._parked.size:
@@ -121,24 +129,7 @@ class SwarmBackend(Backend):
             self._tasks.spawn(self._parked.refiller(), "refill")
 
     async def start(self, instance_id: str) -> Instance:
-        if self._closing:
-            raise StartError("swarm backend is closing", reason="closing")
-        # The pool wraps start() in a timeout: run the start as an owned task so a
-        # cancelled caller cannot leak a service that is made a moment later.
-        task = self._starts.spawn(self._start(instance_id), f"start:{instance_id}")
-        if task is None:
-            raise StartError("swarm backend is closing", reason="closing")
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            task.add_done_callback(self._stop_orphan)
-            raise
-
-    def _stop_orphan(self, task: asyncio.Task[Instance]) -> None:
-        if task.cancelled() or task.exception() is not None or self._closing:
-            return
-        inst = task.result()
-        self._tasks.spawn(self.stop(inst, "abandoned"), f"stop:{inst.id}")
+        return await self._starts.run(instance_id, self._start(instance_id))
 
     async def _start(self, instance_id: str) -> Instance:
         taken = await self._parked.take()

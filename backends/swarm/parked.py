@@ -19,7 +19,8 @@ from backends.base import BackendContext, Endpoint, Instance
 from backends.docker.engine import Engine, translate
 from backends.docker.paused import LABEL_PAUSED
 from backends.docker.threads import Threads
-from backends.errors import BackendError, StartError
+from backends.errors import BackendError
+from backends.support.refill import Refill
 from backends.support.tasks import TaskSet
 from backends.swarm.nodes import Nodes
 from backends.swarm.services import Service
@@ -68,16 +69,19 @@ class ParkedPool:
         self._tasks = tasks
         self._watch = watch
         self._spares: deque[Spare] = deque()
-        self._filling = 0
-        self._refill = asyncio.Event()
-        self._closing = False
+        self._refill = Refill(size, lambda: len(self._spares), self._park_one, log)
 
     def __len__(self) -> int:
         return len(self._spares)
 
     def stop_filling(self) -> None:
-        self._closing = True
-        self._refill.set()
+        self._refill.stop()
+
+    async def refiller(self) -> None:
+        await self._refill.run()
+
+    async def fill(self, deadline: float | None) -> None:
+        await self._refill.fill(deadline)
 
     async def take(self) -> tuple[Service, Endpoint, float] | None:
         """Unpause a spare: (its service, endpoint, unpause seconds); None when empty."""
@@ -108,55 +112,20 @@ class ParkedPool:
                 return True
         return False
 
-    async def refiller(self) -> None:
-        backoff = 0.5
-        while not self._closing:
-            await self._refill.wait()
-            self._refill.clear()
-            try:
-                await self.fill(deadline=None)
-                backoff = 0.5
-            except BackendError as exc:
-                log.warning("spare refill failed (retry in %.1fs): %s", backoff, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-                self._refill.set()
-
-    async def fill(self, deadline: float | None) -> None:
-        """Top the pool up, two spares at a time."""
-        while not self._closing:
-            need = self.size - len(self._spares) - self._filling
-            if need <= 0:
-                return
-            if deadline is not None and time.monotonic() > deadline:
-                raise StartError("timed out filling the paused pool", reason="timeout")
-            results = await asyncio.gather(
-                *(self._park_one() for _ in range(min(need, 2))), return_exceptions=True
-            )
-            for r in results:
-                if isinstance(r, BackendError):
-                    raise r
-                if isinstance(r, BaseException):
-                    raise StartError(f"paused pool: {r!r}") from r
-
     async def _park_one(self) -> None:
         pid = f"paused-{uuid.uuid4().hex[:8]}"
-        self._filling += 1
+        svc, endpoint = await self._make(pid, {**self._ctx.labels(pid), LABEL_PAUSED: "true"})
         try:
-            svc, endpoint = await self._make(pid, {**self._ctx.labels(pid), LABEL_PAUSED: "true"})
-            try:
-                await self._probe(endpoint)
-                engine = await self._nodes.engine(svc.node_id)
-                if engine is not None:
-                    await self._threads.call(engine.client.api.pause, svc.container_id)
-            except BaseException as exc:
-                await asyncio.shield(self._remove(svc, "failed to park"))
-                if isinstance(exc, Exception) and not isinstance(exc, BackendError):
-                    raise translate(exc, svc.name, "park") from exc
-                raise
-        finally:
-            self._filling -= 1
-        if self._closing:
+            await self._probe(endpoint)
+            engine = await self._nodes.engine(svc.node_id)
+            if engine is not None:
+                await self._threads.call(engine.client.api.pause, svc.container_id)
+        except BaseException as exc:
+            await asyncio.shield(self._remove(svc, "failed to park"))
+            if isinstance(exc, Exception) and not isinstance(exc, BackendError):
+                raise translate(exc, svc.name, "park") from exc
+            raise
+        if self._refill.closing:
             await self._remove(svc, "closing")
             return
         placeholder = Instance(

@@ -1,0 +1,49 @@
+"""Starts as owned tasks. The pool wraps Backend.start() in a timeout; a start run as its
+own task finishes even when its caller is cancelled, and what it made a moment later is
+stopped as "abandoned" instead of leaking. On close, join() lets the starts in flight
+finish (the backend then sweeps what they made) and takes no new ones."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from backends.base import Instance
+from backends.errors import StartError
+from backends.support.tasks import TaskSet
+
+Stop = Callable[[Instance, str], Coroutine[Any, Any, None]]
+
+
+class Starts:
+    def __init__(self, name: str, log: logging.Logger, stop: Stop, background: TaskSet) -> None:
+        self._name = name
+        self._set = TaskSet(f"{name}-starts", log)
+        self._stop = stop
+        self._background = background  # where an abandoned instance's stop runs
+        self._closing = False
+
+    async def run(self, instance_id: str, start: Coroutine[Any, Any, Instance]) -> Instance:
+        if self._closing:
+            start.close()
+            raise StartError(f"{self._name} backend is closing", reason="closing")
+        task = self._set.spawn(start, f"start:{instance_id}")
+        if task is None:
+            raise StartError(f"{self._name} backend is closing", reason="closing")
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(self._abandoned)
+            raise
+
+    def _abandoned(self, task: asyncio.Task[Instance]) -> None:
+        if task.cancelled() or task.exception() is not None or self._closing:
+            return  # closing: the backend's sweep removes it
+        inst = task.result()
+        self._background.spawn(self._stop(inst, "abandoned"), f"stop:{inst.id}")
+
+    async def join(self) -> None:
+        self._closing = True
+        await self._set.join()
