@@ -36,7 +36,7 @@ from backends.docker.paused import LABEL_PAUSED, PausedPool
 from backends.docker.placement import Engines
 from backends.docker.threads import Threads
 from backends.docker.watch import EngineWatch
-from backends.errors import BackendConfigError, BackendError, BackendUnavailable, StartError
+from backends.errors import BackendError, BackendUnavailable, StartError
 from backends.support.starts import Starts
 from backends.support.tasks import TaskSet
 
@@ -107,12 +107,7 @@ class DockerBackend(Backend):
         for engine in self._engines:
             self._tasks.spawn(self._watch.run(engine), f"events:{engine.url}")
         if self._paused.size:
-            try:
-                await self._paused.fill(deadline=time.monotonic() + self.ctx.start_timeout * 2)
-            except BackendError as exc:
-                raise BackendConfigError(
-                    f"the paused pool could not be filled from image {self.cfg.image!r}: {exc}"
-                ) from exc
+            await self._paused.prime(time.monotonic() + self.ctx.start_timeout * 2)
             self._tasks.spawn(self._paused.refiller(), "refill")
 
     async def start(self, instance_id: str) -> Instance:

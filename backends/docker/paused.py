@@ -109,8 +109,8 @@ class PausedPool:
     async def refiller(self) -> None:
         await self._refill.run()
 
-    async def fill(self, deadline: float | None) -> None:
-        await self._refill.fill(deadline)
+    async def prime(self, deadline: float) -> None:
+        await self._refill.prime(deadline, self._cfg.image)
 
     async def _park_one(self) -> None:
         pid = f"paused-{uuid.uuid4().hex[:8]}"

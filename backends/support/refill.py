@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from backends.errors import BackendError, StartError
+from backends.errors import BackendConfigError, BackendError, StartError
 
 
 class Refill:
@@ -51,6 +51,15 @@ class Refill:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
                 self._wanted.set()
+
+    async def prime(self, deadline: float, image: str) -> None:
+        """The fill at startup: a pool that cannot be filled is a config problem."""
+        try:
+            await self.fill(deadline)
+        except BackendError as exc:
+            raise BackendConfigError(
+                f"the paused pool could not be filled from image {image!r}: {exc}"
+            ) from exc
 
     async def fill(self, deadline: float | None) -> None:
         """Top the pool up, two spares at a time (the machine is small)."""

@@ -68,6 +68,7 @@ class SwarmBackend(Backend):
         self._lease = Lease(self._engine, self._threads, ctx)
         self._parked = ParkedPool(
             config.paused_pool,
+            config.image,
             ctx,
             make=self._make,
             probe=self._probe,
@@ -120,12 +121,10 @@ class SwarmBackend(Backend):
         if self._parked.size:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0))
             try:
-                await self._parked.fill(deadline=time.monotonic() + self.ctx.start_timeout * 2)
-            except BackendError as exc:
-                await self.aclose()
-                raise BackendConfigError(
-                    f"the paused pool could not be filled from image {self.cfg.image!r}: {exc}"
-                ) from exc
+                await self._parked.prime(time.monotonic() + self.ctx.start_timeout * 2)
+            except BackendError:
+                await self.aclose()  # a proxy that exits on this error leaks no service
+                raise
             self._tasks.spawn(self._parked.refiller(), "refill")
 
     async def start(self, instance_id: str) -> Instance:

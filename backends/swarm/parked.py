@@ -49,6 +49,7 @@ class ParkedPool:
     def __init__(
         self,
         size: int,
+        image: str,
         ctx: BackendContext,
         *,
         make: Make,
@@ -60,6 +61,7 @@ class ParkedPool:
         watch: TaskWatch,
     ) -> None:
         self.size = size
+        self._image = image
         self._ctx = ctx
         self._make = make
         self._probe = probe
@@ -80,8 +82,8 @@ class ParkedPool:
     async def refiller(self) -> None:
         await self._refill.run()
 
-    async def fill(self, deadline: float | None) -> None:
-        await self._refill.fill(deadline)
+    async def prime(self, deadline: float) -> None:
+        await self._refill.prime(deadline, self._image)
 
     async def take(self) -> tuple[Service, Endpoint, float] | None:
         """Unpause a spare: (its service, endpoint, unpause seconds); None when empty."""

@@ -86,6 +86,31 @@ async def until_200(session: aiohttp.ClientSession, url: str, deadline: float, p
         await asyncio.sleep(poll)
 
 
+async def start_series(backend: Any, n: int, paused: bool) -> list[float]:
+    """start() -> first byte of GET /, straight against a prepared backend (no proxy), n
+    times; each instance is stopped before the next. `paused`: every sample must take a
+    spare from the backend's paused pool (its `paused_ready`), waited for untimed."""
+    ttfb: list[float] = []
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(force_close=True),
+        timeout=aiohttp.ClientTimeout(total=5),
+    ) as s:
+        for i in range(n):
+            deadline = time.monotonic() + 60
+            while paused and not backend.paused_ready:  # untimed: let the refill land
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the paused pool did not refill within 60 s")
+                await asyncio.sleep(0.01)
+            t0 = time.perf_counter()
+            inst = await backend.start(f"b{i}")
+            if paused and inst.meta.get("from") != "paused_pool":
+                raise RuntimeError("a paused sample was served by a cold start")
+            await until_200(s, inst.endpoint.url + "/", time.monotonic() + 60, 0.005)
+            ttfb.append(time.perf_counter() - t0)
+            await backend.stop(inst, "bench")
+    return ttfb
+
+
 MODULES = {
     "process": "loadtest.coldstart.process",
     "docker": "loadtest.coldstart.docker",

@@ -24,7 +24,7 @@ import aiohttp
 from backends.base import LABEL_POOL, BackendContext
 from backends.docker import parse_config
 from backends.support.table import Table
-from loadtest.coldstart import start_row, ttfb_series, until_200
+from loadtest.coldstart import start_row, start_series, ttfb_series
 from loadtest.report.table import render
 from loadtest.run.procs import REPO
 from loadtest.run.proxy import forkproxy
@@ -69,28 +69,10 @@ async def backend_series(client: docker.DockerClient, n: int, paused: bool) -> l
     pool = f"bench-{'paused' if paused else 'create'}-{os.getpid()}"
     backend = _backend(pool, 1 if paused else 0)
     await backend.prepare()
-    ttfb: list[float] = []
     try:
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(force_close=True),
-            timeout=aiohttp.ClientTimeout(total=5),
-        ) as s:
-            for i in range(n):
-                deadline = time.monotonic() + 30
-                while paused and not backend.paused_ready:  # untimed: let the refill land
-                    if time.monotonic() > deadline:
-                        raise TimeoutError("the paused pool did not refill within 30 s")
-                    await asyncio.sleep(0.01)
-                t0 = time.perf_counter()
-                inst = await backend.start(f"b{i}")
-                if paused and inst.meta.get("from") != "paused_pool":
-                    raise RuntimeError("a paused sample was served by a cold start")
-                await until_200(s, inst.endpoint.url + "/", time.monotonic() + 30, 0.005)
-                ttfb.append(time.perf_counter() - t0)
-                await backend.stop(inst, "bench")
+        return await start_series(backend, n, paused)
     finally:
         await backend.aclose()
-    return ttfb
 
 
 async def proxy_series(

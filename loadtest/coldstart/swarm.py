@@ -21,12 +21,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
 from backends.base import LABEL_POOL, BackendContext
 from backends.support.table import Table
 from backends.swarm import parse_config
-from loadtest.coldstart import start_row, ttfb_series, until_200
+from loadtest.coldstart import start_row, start_series, ttfb_series
 from loadtest.coldstart.docker import write_json
 from loadtest.report.table import render
 from loadtest.run.procs import REPO
@@ -57,28 +55,10 @@ async def backend_series(n: int, paused: bool, constraints: list[str]) -> list[f
     pool = f"bench-swarm-{'paused' if paused else 'create'}-{os.getpid()}"
     backend = _backend(pool, 1 if paused else 0, constraints)
     await backend.prepare()
-    ttfb: list[float] = []
     try:
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(force_close=True),
-            timeout=aiohttp.ClientTimeout(total=5),
-        ) as s:
-            for i in range(n):
-                deadline = time.monotonic() + 60
-                while paused and not backend.paused_ready:  # untimed: let the refill land
-                    if time.monotonic() > deadline:
-                        raise TimeoutError("the paused pool did not refill within 60 s")
-                    await asyncio.sleep(0.01)
-                t0 = time.perf_counter()
-                inst = await backend.start(f"b{i}")
-                if paused and inst.meta.get("from") != "paused_pool":
-                    raise RuntimeError("a paused sample was served by a cold start")
-                await until_200(s, inst.endpoint.url + "/", time.monotonic() + 60, 0.005)
-                ttfb.append(time.perf_counter() - t0)
-                await backend.stop(inst, "bench")
+        return await start_series(backend, n, paused)
     finally:
         await backend.aclose()
-    return ttfb
 
 
 def scale_series(client: docker.DockerClient, n: int, constraints: list[str]) -> list[float]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,10 @@ import docker.errors
 import pytest
 
 from backends.base import LABEL_POOL
+from backends.support.table import Table
+from backends.swarm import parse_config
+from backends.swarm.backend import SwarmBackend
+from tests.backends.contract import recording_context
 from tests.backends.docker.conftest import ENGINE, IMAGE, docker_client, test_image
 
 __all__ = [
@@ -65,6 +69,32 @@ def _needs_swarm(request: pytest.FixtureRequest) -> None:
 @pytest.fixture
 def pool_name() -> str:
     return f"sw{os.getpid()}-{time.monotonic_ns() % 10**9}"
+
+
+MakeBackend = Callable[..., Awaitable[SwarmBackend]]
+
+
+@pytest.fixture
+async def make_backend(swarm: docker.DockerClient, pool_name: str) -> AsyncIterator[MakeBackend]:
+    """make_backend(start_timeout=30, **backend_keys): a prepared SwarmBackend on this test's
+    pool whose deaths go to a DeathLog (tests.backends.contract.deaths(b.ctx)); closed at
+    teardown, after which the pool must have no service left."""
+    made: list[SwarmBackend] = []
+
+    async def make(start_timeout: float = 30.0, **keys: Any) -> SwarmBackend:
+        cfg = parse_config(Table({"image": IMAGE, "manager": ENGINE, "stop_grace": 2, **keys}, ""))
+        b = SwarmBackend(cfg, recording_context(pool_name, start_timeout=start_timeout))
+        made.append(b)
+        await b.prepare()
+        return b
+
+    yield make
+    try:
+        for b in made:
+            await b.aclose()
+    finally:
+        left = remove_pool(swarm, pool_name)
+    assert not left, f"services left behind: {left}"
 
 
 def pool_services(client: docker.DockerClient, pool: str) -> list[dict[str, Any]]:

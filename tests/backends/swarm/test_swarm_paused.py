@@ -4,58 +4,14 @@ a spare that dies is replaced, not reported as an instance's death."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
-
 import docker
 import pytest
 
-from backends.base import BackendContext
-from backends.support.table import Table
-from backends.swarm import parse_config
-from backends.swarm.backend import SwarmBackend
-from tests.backends.contract import get
-from tests.backends.swarm.conftest import (
-    ENGINE,
-    IMAGE,
-    engine_of,
-    kill_task,
-    pool_services,
-    remove_pool,
-)
+from tests.backends.contract import deaths, get
+from tests.backends.swarm.conftest import MakeBackend, engine_of, kill_task, pool_services
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.swarm
-
-Make = Callable[..., Awaitable[tuple[SwarmBackend, list[tuple[str, str]]]]]
-
-
-@pytest.fixture
-async def make(swarm: docker.DockerClient, pool_name: str) -> AsyncIterator[Make]:
-    made: list[SwarmBackend] = []
-
-    async def make(**keys: Any) -> tuple[SwarmBackend, list[tuple[str, str]]]:
-        cfg = parse_config(Table({"image": IMAGE, "manager": ENGINE, "stop_grace": 2, **keys}, ""))
-        deaths: list[tuple[str, str]] = []
-        ctx = BackendContext(
-            pool_name,
-            f"owner-{uuid.uuid4().hex[:8]}",
-            start_timeout=30.0,
-            on_death=lambda iid, why: deaths.append((iid, why)),
-        )
-        b = SwarmBackend(cfg, ctx)
-        made.append(b)
-        await b.prepare()
-        return b, deaths
-
-    yield make
-    try:
-        for b in made:
-            await b.aclose()
-    finally:
-        left = remove_pool(swarm, pool_name)
-    assert not left, f"services left behind: {left}"
 
 
 def container_state(swarm: docker.DockerClient, task_id: str) -> str:
@@ -79,10 +35,10 @@ def spare_tasks(swarm: docker.DockerClient, pool: str) -> list[str]:
 
 
 async def test_a_start_unpauses_a_parked_spare_and_the_pool_refills(
-    make: Make, swarm: docker.DockerClient, pool_name: str
+    make_backend: MakeBackend, swarm: docker.DockerClient, pool_name: str
 ) -> None:
     # On the manager's node: its engine is the one the backend already has.
-    b, deaths = await make(paused_pool=1, constraints=["node.labels.zone == a"])
+    b = await make_backend(paused_pool=1, constraints=["node.labels.zone == a"])
     assert b.paused_ready == 1
     (spare,) = spare_tasks(swarm, pool_name)
     assert container_state(swarm, spare) == "paused"
@@ -92,13 +48,16 @@ async def test_a_start_unpauses_a_parked_spare_and_the_pool_refills(
     assert inst.handle.task_id == spare
     assert (await get(inst.endpoint.url + "/"))[0] == 200  # at once: it was probed
     await eventually(lambda: b.paused_ready == 1, 30, "the paused pool to refill")
-    assert deaths == []
+    assert deaths(b.ctx).events == []
 
 
 async def test_a_spare_on_a_node_without_a_known_engine_stays_running(
-    make: Make, swarm: docker.DockerClient, worker: docker.DockerClient, pool_name: str
+    make_backend: MakeBackend,
+    swarm: docker.DockerClient,
+    worker: docker.DockerClient,
+    pool_name: str,
 ) -> None:
-    b, _ = await make(paused_pool=1, constraints=["node.labels.zone == b"])
+    b = await make_backend(paused_pool=1, constraints=["node.labels.zone == b"])
     (spare,) = spare_tasks(swarm, pool_name)
     assert container_state(swarm, spare) == "running"
     inst = await b.start("warm-2")
@@ -107,9 +66,9 @@ async def test_a_spare_on_a_node_without_a_known_engine_stays_running(
 
 
 async def test_a_dead_spare_is_replaced_not_reported(
-    make: Make, swarm: docker.DockerClient, pool_name: str
+    make_backend: MakeBackend, swarm: docker.DockerClient, pool_name: str
 ) -> None:
-    b, deaths = await make(paused_pool=1, constraints=["node.labels.zone == a"])
+    b = await make_backend(paused_pool=1, constraints=["node.labels.zone == a"])
     (spare,) = spare_tasks(swarm, pool_name)
     kill_task(swarm, spare)
 
@@ -117,7 +76,7 @@ async def test_a_dead_spare_is_replaced_not_reported(
         return b.paused_ready == 1 and spare_tasks(swarm, pool_name) not in ([], [spare])
 
     await eventually(replaced, 30, "a new spare")
-    assert deaths == []
+    assert deaths(b.ctx).events == []
     inst = await b.start("warm-3")
     assert inst.meta["from"] == "paused_pool"
     assert (await get(inst.endpoint.url + "/"))[0] == 200

@@ -5,49 +5,15 @@ the scheduler's own balancing reach the tasks; an unsatisfiable constraint fails
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import docker
 import pytest
 
-from backends.base import BackendContext
 from backends.errors import StartError
-from backends.support.table import Table
-from backends.swarm import parse_config
-from backends.swarm.backend import SwarmBackend
 from tests.backends.contract import get
-from tests.backends.swarm.conftest import ENGINE, IMAGE, engine_of, pool_services, remove_pool
+from tests.backends.swarm.conftest import MakeBackend, engine_of, pool_services
 
 pytestmark = pytest.mark.swarm
-
-Make = Callable[..., Awaitable[SwarmBackend]]
-
-
-@pytest.fixture
-async def make(
-    swarm: docker.DockerClient, worker: docker.DockerClient, pool_name: str
-) -> AsyncIterator[Make]:
-    made: list[SwarmBackend] = []
-
-    async def make(start_timeout: float = 30.0, **keys: Any) -> SwarmBackend:
-        cfg = parse_config(Table({"image": IMAGE, "manager": ENGINE, "stop_grace": 2, **keys}, ""))
-        ctx = BackendContext(
-            pool_name, f"owner-{uuid.uuid4().hex[:8]}", start_timeout=start_timeout
-        )
-        b = SwarmBackend(cfg, ctx)
-        made.append(b)
-        await b.prepare()
-        return b
-
-    yield make
-    try:
-        for b in made:
-            await b.aclose()
-    finally:
-        left = remove_pool(swarm, pool_name)
-    assert not left, f"services left behind: {left}"
 
 
 def node_id(client: docker.DockerClient) -> str:
@@ -55,9 +21,9 @@ def node_id(client: docker.DockerClient) -> str:
 
 
 async def test_constraint_places_the_task_on_the_worker(
-    make: Make, swarm: docker.DockerClient, worker: docker.DockerClient
+    make_backend: MakeBackend, swarm: docker.DockerClient, worker: docker.DockerClient
 ) -> None:
-    b = await make(constraints=["node.labels.zone == b"], memory="64m", cpus=0.25)
+    b = await make_backend(constraints=["node.labels.zone == b"], memory="64m", cpus=0.25)
     inst = await b.start("on-b")
     assert inst.handle.node_id == node_id(worker)
     status, body = await get(inst.endpoint.url + "/")
@@ -71,12 +37,12 @@ async def test_constraint_places_the_task_on_the_worker(
 
 
 async def test_the_scheduler_spreads_instances_over_both_nodes(
-    make: Make, swarm: docker.DockerClient, worker: docker.DockerClient
+    make_backend: MakeBackend, swarm: docker.DockerClient, worker: docker.DockerClient
 ) -> None:
     # No preference: Swarm's default ranks nodes by their active task count. (A spread
     # preference would not help: Swarm spreads the tasks of one service, and every instance
     # is a service of its own; measured, it put both instances in zone a, docs/swarm.md.)
-    b = await make()
+    b = await make_backend()
     a, c = await asyncio.gather(b.start("one"), b.start("two"))
     assert {a.handle.node_id, c.handle.node_id} == {node_id(swarm), node_id(worker)}
     for inst in (a, c):
@@ -85,9 +51,9 @@ async def test_the_scheduler_spreads_instances_over_both_nodes(
 
 
 async def test_an_unsatisfiable_constraint_fails_the_start_and_leaves_nothing(
-    make: Make, swarm: docker.DockerClient, pool_name: str
+    make_backend: MakeBackend, swarm: docker.DockerClient, pool_name: str
 ) -> None:
-    b = await make(start_timeout=3.0, constraints=["node.labels.zone == nowhere"])
+    b = await make_backend(start_timeout=3.0, constraints=["node.labels.zone == nowhere"])
     with pytest.raises(StartError) as err:
         await b.start("nowhere")
     assert err.value.reason == "no_suitable_node"
