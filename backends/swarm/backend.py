@@ -34,7 +34,7 @@ from backends.support.starts import Starts
 from backends.support.tasks import TaskSet
 from backends.swarm import services
 from backends.swarm.config import SwarmConfig
-from backends.swarm.lease import Lease
+from backends.swarm.lease import Lease, LeaseConfig
 from backends.swarm.nodes import Nodes
 from backends.swarm.parked import ParkedPool
 from backends.swarm.services import Service
@@ -202,6 +202,9 @@ class SwarmBackend(Backend):
 
     async def stop(self, instance: Instance, reason: str) -> None:
         svc = instance.handle
+        if isinstance(svc, LeaseConfig):  # a stopped run's lease, reaped with its services
+            await self._lease.remove(svc)
+            return
         if not isinstance(svc, Service):
             raise BackendError(f"instance {instance.id} has no swarm handle")
         self._watch.stopping(svc.id)
@@ -225,7 +228,25 @@ class SwarmBackend(Backend):
 
     async def list(self) -> list[Instance]:
         rows = await self._services(f"{LABEL_POOL}={self.ctx.pool_name}")
-        return [self._row_instance(row) for row in rows]
+        found = [self._row_instance(row) for row in rows]
+        try:
+            leases = await self._lease.others()
+        except Exception as exc:
+            raise self._error(exc, "list leases") from exc
+        # Another run's lease is listed like an instance of that run: whoever reaps the run's
+        # services (only once it provably stopped) removes its lease too.
+        found.extend(
+            Instance(
+                id=lease.name,
+                backend=self.name,
+                endpoint=Endpoint("", 0),
+                owner_id=lease.owner,
+                meta={"lease": lease.name},
+                handle=lease,
+            )
+            for lease in leases
+        )
+        return found
 
     def _row_instance(self, row: dict[str, Any]) -> Instance:
         live = self._watch.instance(row["ID"])

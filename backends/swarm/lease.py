@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 import docker.errors
 
@@ -17,6 +19,16 @@ from backends.docker.threads import Threads
 log = logging.getLogger("forkproxy.backend.swarm")
 
 LABEL_LEASE = "io.forkproxy.lease"  # the heartbeat counter
+
+
+@dataclass(frozen=True)
+class LeaseConfig:
+    """Instance.handle of another run's lease, listed so that the run that reaps a stopped
+    owner's services removes its lease with them."""
+
+    id: str
+    name: str
+    owner: str
 
 
 def _h(text: str) -> str:
@@ -51,23 +63,40 @@ class Lease:
 
     async def all(self) -> dict[str, str]:
         """Owner id -> its latest counter, for every owner with a lease in this pool."""
-        rows = await self._threads.call(
-            self._engine.client.api.configs,
-            filters={"label": f"{LABEL_POOL}={self._ctx.pool_name}"},
-        )
         latest: dict[str, int] = {}
-        for row in rows:
+        for row in await self._rows():
             labels = (row.get("Spec") or {}).get("Labels") or {}
             owner, seq = labels.get(LABEL_OWNER), labels.get(LABEL_LEASE, "")
             if owner and seq.isdigit():
                 latest[owner] = max(latest.get(owner, 0), int(seq))
         return {owner: str(seq) for owner, seq in latest.items()}
 
+    async def others(self) -> list[LeaseConfig]:
+        """The lease configs of every other run in this pool."""
+        out = []
+        for row in await self._rows():
+            spec = row.get("Spec") or {}
+            owner = (spec.get("Labels") or {}).get(LABEL_OWNER, "")
+            if owner != self._ctx.owner_id:
+                out.append(LeaseConfig(row["ID"], str(spec.get("Name", "")), owner))
+        return out
+
+    async def _rows(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = await self._threads.call(
+            self._engine.client.api.configs,
+            filters={"label": f"{LABEL_POOL}={self._ctx.pool_name}"},
+        )
+        return rows
+
     async def drop(self) -> None:
         """A clean stop: this run holds no lease any more."""
         if self._current is not None and self._engine.client is not None:
             await self._remove(self._current)
             self._current = None
+
+    async def remove(self, lease: LeaseConfig) -> None:
+        """Another run's lease, once that run is judged stopped."""
+        await self._remove(lease.id)
 
     async def _remove(self, config_id: str) -> None:
         try:

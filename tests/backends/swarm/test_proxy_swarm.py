@@ -153,4 +153,10 @@ async def test_proxy_sigkill_then_next_run_reaps_its_services(
         return old_owner not in owners
 
     await eventually(reaped, 30, "the killed proxy's services to be reaped")
+
+    def lease_gone() -> bool:
+        rows = swarm.api.configs(filters={"label": f"{LABEL_OWNER}={old_owner}"})
+        return rows == []
+
+    await eventually(lease_gone, 10, "the killed proxy's lease to be removed with them")
     assert (await get(second.url + "/"))[0] == 200

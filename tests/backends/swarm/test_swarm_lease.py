@@ -46,3 +46,23 @@ async def test_heartbeats_advance_the_lease_and_a_clean_stop_drops_it(
         await a.aclose()
         await b.aclose()
     assert lease_configs(swarm, pool_name) == []
+
+
+async def test_a_stopped_runs_lease_is_listed_and_reaped_like_its_services(
+    swarm: docker.DockerClient, pool_name: str
+) -> None:
+    cfg = parse_config(Table({"image": IMAGE, "manager": ENGINE}, ""))
+    gone = SwarmBackend(cfg, BackendContext(pool_name, f"gone-{uuid.uuid4().hex[:6]}"))
+    survivor = SwarmBackend(cfg, BackendContext(pool_name, f"live-{uuid.uuid4().hex[:6]}"))
+    try:
+        await gone.prepare()
+        await survivor.prepare()
+        (listed,) = await survivor.list()  # its own lease is not listed
+        assert listed.owner_id == gone.ctx.owner_id and "lease" in listed.meta
+        await survivor.stop(listed, "orphan")  # what the pool does once `gone` stopped
+        leases = await survivor.leases()
+        assert leases is not None and set(leases) == {survivor.ctx.owner_id}
+    finally:
+        await gone.aclose()  # its lease is gone already: not an error
+        await survivor.aclose()
+    assert lease_configs(swarm, pool_name) == []
