@@ -220,7 +220,7 @@ class Request:
             parts.append(b"Connection: close\r\n")
             self.keep_alive = False
         parts.append(b"\r\n")
-        if payload:
+        if payload and self.method != "HEAD":  # an answer to HEAD never has a body
             parts.append(payload)  # head and a small body in one write
         conn.write(b"".join(parts))
 

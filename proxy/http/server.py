@@ -451,6 +451,9 @@ class HttpConnection(asyncio.Protocol):
             self.server.rejected(f"http_{status}")
             tmp = Request(self)
             tmp.keep_alive = False
+            if self.parsing is not None:
+                # an answer to HEAD has no body, even an error answer
+                tmp.method = self.parsing.method or self.parser.get_method().decode("latin-1")
             tmp.respond(status, text)
             self.linger()
         elif not active.body.complete:
