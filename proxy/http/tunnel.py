@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
-from proxy.http.flow import PEER
+from proxy.http.flow import PEER, Flow
 from proxy.http.forward import Forwarder
 from proxy.http.request import Request
 from proxy.http.upstream import Connection, ConnectTimeout, UpstreamError
@@ -84,25 +85,22 @@ async def _pump(fwd: Forwarder, req: Request, up: Connection) -> None:
         if not done.done():
             done.set_result(None)
 
-    def to_instance(data: bytes) -> None:
-        nonlocal last
-        last = loop.time()
-        up.write(data)
-        if up.flow.write_paused:
-            conn.flow.pause(PEER)
+    def pipe(write: Callable[[bytes], None], dst: Flow, src: Flow) -> Callable[[bytes], None]:
+        """Bytes from src's socket to dst's; src stops reading while dst is full."""
+        dst.on_writable = lambda: src.resume(PEER)
 
-    def to_client(data: bytes) -> None:
-        nonlocal last
-        last = loop.time()
-        conn.write(data)
-        if conn.flow.write_paused:
-            up.flow.pause(PEER)
+        def send(data: bytes) -> None:
+            nonlocal last
+            last = loop.time()
+            write(data)
+            if dst.write_paused:
+                src.pause(PEER)
 
-    up.flow.on_writable = lambda: conn.flow.resume(PEER)
-    conn.flow.on_writable = lambda: up.flow.resume(PEER)
-    up.sink = to_client
+        return send
+
+    up.sink = pipe(conn.write, conn.flow, up.flow)
     up.on_eof = end
-    conn.tunnel = to_instance
+    to_instance = conn.tunnel = pipe(up.write, up.flow, conn.flow)
     conn.tunnel_eof = up.write_eof
     held = conn.take_held()
     if held:

@@ -104,11 +104,7 @@ async def answer(writer: asyncio.StreamWriter, script: dict[str, Any]) -> None:
         writer.close()
 
 
-async def main() -> None:
-    server = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]))
-    async with server:
-        await server.serve_forever()
-
-
 if __name__ == "__main__":
-    asyncio.run(main())
+    from raw_instance import serve  # run as a script: its folder is on sys.path
+
+    serve(handle)

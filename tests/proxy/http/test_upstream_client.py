@@ -11,7 +11,11 @@ from proxy.http.upstream import UpstreamClient
 BIG = 400_000  # more than the body buffer's high-water mark
 
 
+_writers: list[asyncio.StreamWriter] = []
+
+
 async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    _writers.append(writer)
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -50,4 +54,7 @@ async def test_connection_emptied_at_once_is_pooled_reading() -> None:
     finally:
         client.close()
         server.close()
+        for w in _writers:  # the server's side of each connection, before the loop ends
+            w.close()
+            await w.wait_closed()
         await server.wait_closed()
