@@ -8,8 +8,6 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import httptools
-
 from proxy.http.chunks import ChunkQueue
 from proxy.http.errors import BadResponse, ReadTimeout, UpstreamError
 
@@ -42,7 +40,6 @@ class Response:
         "headers_done",
         "keep_alive",
         "on_info",
-        "parser",
         "raw_head",
         "raw_headers",
         "reason",
@@ -58,7 +55,6 @@ class Response:
     ) -> None:
         self._conn = conn
         self._chunks = ChunkQueue(conn.flow)
-        self.parser = httptools.HttpResponseParser(self)
         self.status = 0
         self.reason = b""
         self.raw_headers: RawHeaders = []
@@ -137,7 +133,8 @@ class Response:
             self.raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        code = self.parser.get_status_code()
+        parser = self._conn.parser
+        code = parser.get_status_code()
         if code == 101 and self.upgrade:
             self.status = code
             self.upgraded = True  # llhttp pauses after this message: HttpParserUpgrade
@@ -155,7 +152,7 @@ class Response:
             self.reason = b""
             return
         self.status = code
-        self.keep_alive = bool(self.parser.should_keep_alive())
+        self.keep_alive = bool(parser.should_keep_alive())
         if self.content_length() is None and code not in (204, 304) and not self.head_only:
             self.until_close = not any(
                 n.lower() == b"transfer-encoding" and b"chunked" in v.lower()

@@ -57,6 +57,9 @@ class Connection(asyncio.Protocol):
         self.stall = stall  # seconds the instance may go silent mid-body (either way)
         self.flow = Flow()
         self.resp: Response | None = None
+        # a fresh parser per response, held here and not by the Response: parser and
+        # response would form a cycle, garbage only the cyclic GC can free, per request
+        self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.reused = False
         self.sent = False
@@ -91,7 +94,7 @@ class Connection(asyncio.Protocol):
             return
         resp.got_bytes = True
         try:
-            resp.parser.feed_data(data)
+            self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             if resp.upgraded:
                 # the 101 head ended; what follows is the new protocol's, handed over raw
@@ -247,6 +250,7 @@ class UpstreamClient:
         conn.sent = False
         conn.no_reuse = upgrade
         resp = conn.resp = Response(conn, head_only, upgrade, on_info)
+        conn.parser = httptools.HttpResponseParser(resp)
         try:
             conn.write(head)
             if body is not None:
