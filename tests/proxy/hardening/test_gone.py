@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
+import struct
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -103,3 +105,25 @@ command = {cmd}
     (rec,) = Scripted(tmp_path).requests()
     assert len(rec["body"]) == len(body)
     assert await p.wait(15) == 0
+
+
+async def test_client_reset_in_flight_releases_the_slot(tmp_path: Path) -> None:
+    """Case 3, in flight: a client that resets its connection while its request is at
+    the instance has it dropped; the slot goes at once to the request waiting for it."""
+    s = Scripted(tmp_path)
+    slow = s.script("slow", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", b"ok", pause=3.0)
+    async with scripted(tmp_path, pool={"max_concurrency": 1}) as p:
+        _, w = await asyncio.open_connection("127.0.0.1", p.proxy.listen_port)
+        w.write(b"GET " + slow.encode() + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+        await w.drain()
+        await eventually(lambda: s.targets() == [slow] or None, 2, "the request to arrive")
+        sock = w.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        w.close()  # RST
+        ex = await exchange(
+            p.proxy.listen_port,
+            b"GET /b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            timeout=4,
+        )
+        assert [a.body for a in judge(ex.data, ["GET"]).answers] == [b"/b"]
+        assert ex.elapsed < 1.5  # not after the slow answer (3 s)
