@@ -48,6 +48,8 @@ class ServerConfig:
     tunnel_idle_timeout: float = 60.0
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     limits: Limits = field(default_factory=Limits)
+    admin_token_env: str = ""  # env var holding the admin bearer token (never the token itself)
+    admin_token_file: str = ""  # or a file holding it
 
 
 ROUTINGS = ("least_loaded", "pack")
@@ -142,7 +144,11 @@ def _server(t: Table) -> ServerConfig:
         tunnel_idle_timeout=t.duration("tunnel_idle_timeout", d.tunnel_idle_timeout, min=0.001),
         trusted_proxies=_networks(t, "trusted_proxies"),
         limits=_limits(t),
+        admin_token_env=t.str("admin_token_env", ""),
+        admin_token_file=t.str("admin_token_file", ""),
     )
+    if cfg.admin_token_env and cfg.admin_token_file:
+        t.error("admin_token_file", "set admin_token_env or admin_token_file, not both")
     if not cfg.name.replace("-", "").replace("_", "").isalnum():
         t.error("name", f"{cfg.name!r}: use letters, digits, '-' and '_' (it becomes a label)")
     t.done()
