@@ -73,8 +73,9 @@ def judge(data: bytes, methods: list[str], *, version: str = "1.1") -> Judged:
                 return Judged(out, None, bool(conn.trailing_data[0]))
             conn.start_next_cycle()
         except h11.ProtocolError as exc:
-            if cur is None and not info and "ConnectionClosed" in str(exc):
-                return Judged(out, None, False)  # closed with no byte of this answer
+            if cur is None and "ConnectionClosed" in str(exc):
+                # closed with no byte of this answer (a 1xx at most): no answer, no desync
+                return Judged(out, None, False)
             return Judged(out, str(exc), True)
     left = conn.next_event()
     return Judged(
