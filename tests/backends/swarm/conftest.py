@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import docker
 import docker.errors
@@ -34,36 +34,42 @@ __all__ = [
 ]
 
 
-def _unavailable(msg: str) -> None:
+def _unavailable(msg: str) -> NoReturn:
     if os.environ.get("FORKPROXY_REQUIRE_SWARM") == "1":
         pytest.fail(msg, pytrace=False)
     pytest.skip(msg)
 
 
 @pytest.fixture(scope="session")
-def swarm(docker_client: docker.DockerClient) -> Iterator[docker.DockerClient]:
+def swarm() -> Iterator[docker.DockerClient]:
     """The engine, a swarm manager for the whole session."""
-    state = (docker_client.info().get("Swarm") or {}).get("LocalNodeState")
+    try:
+        client = docker.DockerClient(base_url=ENGINE, timeout=60)
+        info = client.info()
+    except Exception as exc:
+        _unavailable(f"no Docker engine at {ENGINE}: {exc} (run: sudo bash .ci/docker.sh)")
+    state = (info.get("Swarm") or {}).get("LocalNodeState")
     initialised = False
     if state != "active":
         try:
-            docker_client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
+            client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
             initialised = True
         except docker.errors.APIError as exc:
             _unavailable(f"the engine at {ENGINE} is not in a swarm and `swarm init` failed: {exc}")
-    if not (docker_client.info().get("Swarm") or {}).get("ControlAvailable"):
+    if not (client.info().get("Swarm") or {}).get("ControlAvailable"):
         _unavailable(f"the engine at {ENGINE} is in a swarm but not a manager")
-    yield docker_client
+    yield client
     if initialised:
-        docker_client.swarm.leave(force=True)
+        client.swarm.leave(force=True)
+    client.close()
 
 
 @pytest.fixture(autouse=True)
 def _needs_swarm(request: pytest.FixtureRequest) -> None:
     """Tests marked `swarm` need the swarm and the test image (pure ones do not)."""
     if request.node.get_closest_marker("swarm") is not None:
+        request.getfixturevalue("swarm")  # first: no engine is "no swarm" (fails if required)
         request.getfixturevalue("test_image")
-        request.getfixturevalue("swarm")
 
 
 @pytest.fixture
