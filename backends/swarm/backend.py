@@ -241,7 +241,7 @@ class SwarmBackend(Backend):
                 backend=self.name,
                 endpoint=Endpoint("", 0),
                 owner_id=lease.owner,
-                meta={"lease": lease.name},
+                meta={"marker": "lease", "config": lease.name},  # reaped, not counted
                 handle=lease,
             )
             for lease in leases

@@ -82,14 +82,16 @@ MakeBackend = Callable[..., Awaitable[SwarmBackend]]
 
 @pytest.fixture
 async def make_backend(swarm: docker.DockerClient, pool_name: str) -> AsyncIterator[MakeBackend]:
-    """make_backend(start_timeout=30, **backend_keys): a prepared SwarmBackend on this test's
-    pool whose deaths go to a DeathLog (tests.backends.contract.deaths(b.ctx)); closed at
-    teardown, after which the pool must have no service left."""
+    """make_backend(start_timeout=30, owner="", **backend_keys): a prepared SwarmBackend on
+    this test's pool whose deaths go to a DeathLog (tests.backends.contract.deaths(b.ctx));
+    closed at teardown, after which the pool must have no service left."""
     made: list[SwarmBackend] = []
 
-    async def make(start_timeout: float = 30.0, **keys: Any) -> SwarmBackend:
+    async def make(start_timeout: float = 30.0, owner: str = "", **keys: Any) -> SwarmBackend:
         cfg = parse_config(Table({"image": IMAGE, "manager": ENGINE, "stop_grace": 2, **keys}, ""))
-        b = SwarmBackend(cfg, recording_context(pool_name, start_timeout=start_timeout))
+        ctx = recording_context(pool_name, start_timeout=start_timeout)
+        ctx.owner_id = owner or ctx.owner_id
+        b = SwarmBackend(cfg, ctx)
         made.append(b)
         await b.prepare()
         return b

@@ -58,7 +58,7 @@ async def test_a_stopped_runs_lease_is_listed_and_reaped_like_its_services(
         await gone.prepare()
         await survivor.prepare()
         (listed,) = await survivor.list()  # its own lease is not listed
-        assert listed.owner_id == gone.ctx.owner_id and "lease" in listed.meta
+        assert listed.owner_id == gone.ctx.owner_id and listed.meta["marker"] == "lease"
         await survivor.stop(listed, "orphan")  # what the pool does once `gone` stopped
         leases = await survivor.leases()
         assert leases is not None and set(leases) == {survivor.ctx.owner_id}
