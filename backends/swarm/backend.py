@@ -38,7 +38,7 @@ from backends.swarm.lease import Lease, LeaseConfig
 from backends.swarm.nodes import Nodes
 from backends.swarm.parked import ParkedPool
 from backends.swarm.services import Service
-from backends.swarm.watch import TaskWatch
+from backends.swarm.watch import TaskWatch, Watched
 
 log = logging.getLogger("forkproxy.backend.swarm")
 
@@ -318,11 +318,28 @@ class SwarmBackend(Backend):
         self._engine.close()
         self._threads.shutdown()
 
-    def _died(self, instance_id: str, reason: str) -> None:
-        if self._parked.died(instance_id):
+    def _died(self, dead: Watched, reason: str) -> None:
+        if self._parked.died(dead.instance.id):
+            return
+        if reason == "exited:137":  # a SIGKILL: the OOM killer's, if the node's engine says so
+            self._tasks.spawn(self._killed(dead), f"death:{dead.instance.id}")
             return
         # Looked up on each death: the pool sets ctx.on_death after the backend is made.
-        self.ctx.on_death(instance_id, reason)
+        self.ctx.on_death(dead.instance.id, reason)
+
+    async def _killed(self, dead: Watched) -> None:
+        reason = "exited:137"
+        try:
+            engine = await self._nodes.engine(dead.service.node_id)
+            if engine is not None:
+                attrs = await self._threads.call(
+                    engine.client.api.inspect_container, dead.service.container_id
+                )
+                if (attrs.get("State") or {}).get("OOMKilled"):
+                    reason = "oom"
+        except Exception as exc:  # gone already, node unreachable: the exit code stands
+            log.debug("OOM check of %s: %r", dead.service.name, exc)
+        self.ctx.on_death(dead.instance.id, reason)
 
     def _error(self, exc: Exception, what: str) -> BackendError:
         return translate(exc, self._engine.url, what)

@@ -54,7 +54,7 @@ class TaskWatch:
         threads: Threads,
         poll: float,
         owner_label: str,
-        on_death: Callable[[str, str], None],
+        on_death: Callable[[Watched, str], None],
     ) -> None:
         self._engine = engine
         self._threads = threads
@@ -123,7 +123,7 @@ class TaskWatch:
             w.dead = True
             reason = death_reason(task)
             log.warning("service %s (instance %s) died: %s", w.service.name, w.instance.id, reason)
-            self._on_death(w.instance.id, reason)
+            self._on_death(w, reason)
 
     async def _tasks(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         tasks: dict[str, dict[str, Any]] = {}

@@ -157,6 +157,10 @@ def worker(swarm: docker.DockerClient, test_image: str) -> Iterator[docker.Docke
     if (info.get("Swarm") or {}).get("LocalNodeState") != "active":
         client.close()
         _unavailable(f"the engine at {url} is not in the swarm (run: sudo bash .ci/swarm.sh)")
+    node = swarm.api.inspect_node(info["Swarm"]["NodeID"])
+    if (node["Spec"].get("Labels") or {}).get("zone") != "b":
+        client.close()
+        _unavailable("the worker node is not labelled zone=b (run: sudo bash .ci/swarm.sh)")
     want = swarm.images.get(test_image).id
     try:
         have = client.images.get(test_image).id
@@ -166,6 +170,18 @@ def worker(swarm: docker.DockerClient, test_image: str) -> Iterator[docker.Docke
         client.images.load(b"".join(swarm.api.get_image(test_image)))
     yield client
     client.close()
+
+
+@pytest.fixture
+def on_manager(swarm: docker.DockerClient) -> str:
+    """A constraint that keeps tasks on the manager's node (whose engine the backend has)."""
+    return f"node.id == {swarm.info()['Swarm']['NodeID']}"
+
+
+@pytest.fixture
+def on_worker(worker: docker.DockerClient) -> str:
+    """A constraint that puts tasks on the worker node."""
+    return f"node.id == {worker.info()['Swarm']['NodeID']}"
 
 
 def engine_of(swarm: docker.DockerClient, node_id: str) -> str:

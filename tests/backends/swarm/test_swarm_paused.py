@@ -35,10 +35,10 @@ def spare_tasks(swarm: docker.DockerClient, pool: str) -> list[str]:
 
 
 async def test_a_start_unpauses_a_parked_spare_and_the_pool_refills(
-    make_backend: MakeBackend, swarm: docker.DockerClient, pool_name: str
+    make_backend: MakeBackend, swarm: docker.DockerClient, pool_name: str, on_manager: str
 ) -> None:
     # On the manager's node: its engine is the one the backend already has.
-    b = await make_backend(paused_pool=1, constraints=["node.labels.zone == a"])
+    b = await make_backend(paused_pool=1, constraints=[on_manager])
     assert b.paused_ready == 1
     (spare,) = spare_tasks(swarm, pool_name)
     assert container_state(swarm, spare) == "paused"
@@ -54,10 +54,10 @@ async def test_a_start_unpauses_a_parked_spare_and_the_pool_refills(
 async def test_a_spare_on_a_node_without_a_known_engine_stays_running(
     make_backend: MakeBackend,
     swarm: docker.DockerClient,
-    worker: docker.DockerClient,
+    on_worker: str,
     pool_name: str,
 ) -> None:
-    b = await make_backend(paused_pool=1, constraints=["node.labels.zone == b"])
+    b = await make_backend(paused_pool=1, constraints=[on_worker])
     (spare,) = spare_tasks(swarm, pool_name)
     assert container_state(swarm, spare) == "running"
     inst = await b.start("warm-2")
@@ -66,9 +66,9 @@ async def test_a_spare_on_a_node_without_a_known_engine_stays_running(
 
 
 async def test_a_dead_spare_is_replaced_not_reported(
-    make_backend: MakeBackend, swarm: docker.DockerClient, pool_name: str
+    make_backend: MakeBackend, swarm: docker.DockerClient, pool_name: str, on_manager: str
 ) -> None:
-    b = await make_backend(paused_pool=1, constraints=["node.labels.zone == a"])
+    b = await make_backend(paused_pool=1, constraints=[on_manager])
     (spare,) = spare_tasks(swarm, pool_name)
     kill_task(swarm, spare)
 

@@ -23,6 +23,7 @@ def node_id(client: docker.DockerClient) -> str:
 async def test_constraint_places_the_task_on_the_worker(
     make_backend: MakeBackend, swarm: docker.DockerClient, worker: docker.DockerClient
 ) -> None:
+    # .ci/swarm.sh labels the worker zone=b (and the manager zone=a)
     b = await make_backend(constraints=["node.labels.zone == b"], memory="64m", cpus=0.25)
     inst = await b.start("on-b")
     assert inst.handle.node_id == node_id(worker)
