@@ -68,7 +68,6 @@ class SwarmBackend(Backend):
         self._lease = Lease(self._engine, self._threads, ctx)
         self._parked = ParkedPool(
             config.paused_pool,
-            config.image,
             ctx,
             make=self._make,
             probe=self._probe,
@@ -121,11 +120,13 @@ class SwarmBackend(Backend):
         if self._parked.size:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0))
             try:
-                await self._parked.prime(time.monotonic() + self.ctx.start_timeout * 2)
+                await self._parked.refill.prime(
+                    time.monotonic() + self.ctx.start_timeout * 2, self.cfg.image
+                )
             except BackendError:
                 await self.aclose()  # a proxy that exits on this error leaks no service
                 raise
-            self._tasks.spawn(self._parked.refiller(), "refill")
+            self._tasks.spawn(self._parked.refill.run(), "refill")
 
     async def start(self, instance_id: str) -> Instance:
         return await self._starts.run(instance_id, self._start(instance_id))
@@ -295,7 +296,7 @@ class SwarmBackend(Backend):
         if self._closing:
             return
         self._closing = True
-        self._parked.stop_filling()
+        self._parked.refill.stop()
         # Starts in flight finish (their services are swept below); the rest stop.
         await self._starts.join()
         await self._tasks.aclose()

@@ -49,7 +49,6 @@ class ParkedPool:
     def __init__(
         self,
         size: int,
-        image: str,
         ctx: BackendContext,
         *,
         make: Make,
@@ -61,7 +60,6 @@ class ParkedPool:
         watch: TaskWatch,
     ) -> None:
         self.size = size
-        self._image = image
         self._ctx = ctx
         self._make = make
         self._probe = probe
@@ -71,25 +69,18 @@ class ParkedPool:
         self._tasks = tasks
         self._watch = watch
         self._spares: deque[Spare] = deque()
-        self._refill = Refill(size, lambda: len(self._spares), self._park_one, log)
+        # The backend drives it: refill.run() in the background, refill.prime() at startup,
+        # refill.stop() on close (backends/support/refill.py, shared with docker's pool).
+        self.refill = Refill(size, lambda: len(self._spares), self._park_one, log)
 
     def __len__(self) -> int:
         return len(self._spares)
-
-    def stop_filling(self) -> None:
-        self._refill.stop()
-
-    async def refiller(self) -> None:
-        await self._refill.run()
-
-    async def prime(self, deadline: float) -> None:
-        await self._refill.prime(deadline, self._image)
 
     async def take(self) -> tuple[Service, Endpoint, float] | None:
         """Unpause a spare: (its service, endpoint, unpause seconds); None when empty."""
         while self._spares:
             spare = self._spares.popleft()
-            self._refill.set()
+            self.refill.set()
             svc = spare.service
             self._watch.forget(svc.id)  # the caller registers it as the new instance
             t0 = time.monotonic()
@@ -110,7 +101,7 @@ class ParkedPool:
                 self._spares.remove(spare)
                 log.warning("spare %s died", spare.service.name)
                 self._tasks.spawn(self._remove(spare.service, "spare died"), "remove")
-                self._refill.set()
+                self.refill.set()
                 return True
         return False
 
@@ -127,7 +118,7 @@ class ParkedPool:
             if isinstance(exc, Exception) and not isinstance(exc, BackendError):
                 raise translate(exc, svc.name, "park") from exc
             raise
-        if self._refill.closing:
+        if self.refill.closing:
             await self._remove(svc, "closing")
             return
         placeholder = Instance(

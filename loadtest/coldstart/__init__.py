@@ -11,6 +11,7 @@ import asyncio
 import importlib
 import inspect
 import math
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -109,6 +110,19 @@ async def start_series(backend: Any, n: int, paused: bool) -> list[float]:
             ttfb.append(time.perf_counter() - t0)
             await backend.stop(inst, "bench")
     return ttfb
+
+
+def provenance(n: int, command: str, **where: str) -> dict[str, Any]:
+    """What a cold-start result was measured with and when (the machine is shared: its
+    load at the end says how noisy the numbers are)."""
+    return {
+        "n": n,
+        **where,
+        "command": command,
+        "cpus": os.cpu_count(),
+        "loadavg_at_end": os.getloadavg(),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 MODULES = {

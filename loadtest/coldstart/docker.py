@@ -24,7 +24,7 @@ import aiohttp
 from backends.base import LABEL_POOL, BackendContext
 from backends.docker import parse_config
 from backends.support.table import Table
-from loadtest.coldstart import start_row, start_series, ttfb_series
+from loadtest.coldstart import provenance, start_row, start_series, ttfb_series
 from loadtest.report.table import render
 from loadtest.run.procs import REPO
 from loadtest.run.proxy import forkproxy
@@ -252,15 +252,8 @@ async def main_async(n: int, out: Path, do_burst: bool) -> int:
                 result["burst"] = await burst(work)
             except (RuntimeError, TimeoutError, OSError) as exc:
                 result["skipped"].append(("burst", str(exc).splitlines()[0]))
-    result.update(
-        n=n,
-        image=IMAGE,
-        engine=ENGINE,
-        command=f"python -m loadtest coldstart docker --n {n}",
-        cpus=os.cpu_count(),
-        loadavg_at_end=os.getloadavg(),  # the machine is shared: numbers move with it
-        at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    )
+    command = f"python -m loadtest coldstart docker --n {n}"
+    result.update(provenance(n, command, image=IMAGE, engine=ENGINE))
     await asyncio.to_thread(write_json, out, result)
     print_table(result)
     print(f"\nwrote {out}")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from backends.base import LABEL_POOL, BackendContext
 from backends.support.table import Table
 from backends.swarm import parse_config
-from loadtest.coldstart import start_row, start_series, ttfb_series
+from loadtest.coldstart import provenance, start_row, start_series, ttfb_series
 from loadtest.coldstart.docker import write_json
 from loadtest.report.table import render
 from loadtest.run.procs import REPO
@@ -224,15 +224,8 @@ async def main_async(n: int, out: Path) -> int:
     if not result["rows"]:
         print(result["skipped"][0][1], file=sys.stderr)
         return 2
-    result.update(
-        n=n,
-        image=IMAGE,
-        manager=ENGINE,
-        command=f"python -m loadtest coldstart swarm --n {n}",
-        cpus=os.cpu_count(),
-        loadavg_at_end=os.getloadavg(),  # the machine is shared: numbers move with it
-        at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    )
+    command = f"python -m loadtest coldstart swarm --n {n}"
+    result.update(provenance(n, command, image=IMAGE, manager=ENGINE))
     await asyncio.to_thread(write_json, out, result)
     print_table(result)
     print(f"\nwrote {out}")
