@@ -4,8 +4,8 @@ that reports every problem with its key path and allowed values."""
 from __future__ import annotations
 
 import ipaddress
-import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
@@ -53,10 +53,10 @@ ROUTINGS = ("least_loaded", "pack")
 @dataclass(frozen=True)
 class PoolConfig:
     max_concurrency: int = 10
-    target_concurrency: float = 7.0
+    target_concurrency: float | None = None  # None: "auto" (see proxy.policy.target)
     max_queue: int = 1000
     hold_timeout: float = 30.0
-    idle_ttl: float = 60.0
+    idle_ttl: float | None = None  # None: "auto", priced by the measured start cost
     min_instances: int = 0
     max_instances: int = 20
     max_starting: int = 4
@@ -66,7 +66,7 @@ class PoolConfig:
     start_retries: int = 3
     readiness_path: str = "/"
     tick: float = 0.25
-    routing: str = "least_loaded"
+    routing: str = "pack"
 
 
 @dataclass(frozen=True)
@@ -143,16 +143,31 @@ def _server(t: Table) -> ServerConfig:
     return cfg
 
 
+def _auto(t: Table, key: str, read: Callable[[], float]) -> float | None:
+    """`key = "auto"` (or absent) gives None: the pool prices it from what it measures.
+    Otherwise `read()` parses the number; its error also names "auto" as allowed."""
+    if t.data.get(key, "auto") == "auto":
+        t.str(key)  # mark as seen
+        return None
+    before = len(t.problems)
+    value = read()
+    if len(t.problems) > before:
+        p = t.problems[-1]
+        t.problems[-1] = replace(p, message=f'{p.message} (or "auto")')
+        return None
+    return value
+
+
 def _pool(t: Table) -> PoolConfig:
     d = PoolConfig()
-    max_c = t.int("max_concurrency", d.max_concurrency, min=1)
-    default_target = max(1.0, math.floor(max_c * 0.7))
     cfg = PoolConfig(
-        max_concurrency=max_c,
-        target_concurrency=t.float("target_concurrency", default_target, min=0.1),
+        max_concurrency=t.int("max_concurrency", d.max_concurrency, min=1),
+        target_concurrency=_auto(
+            t, "target_concurrency", lambda: t.float("target_concurrency", 1.0, min=0.1)
+        ),
         max_queue=t.int("max_queue", d.max_queue, min=0),
         hold_timeout=t.duration("hold_timeout", d.hold_timeout, min=0.001),
-        idle_ttl=t.duration("idle_ttl", d.idle_ttl),
+        idle_ttl=_auto(t, "idle_ttl", lambda: t.duration("idle_ttl", 0.0)),
         min_instances=t.int("min_instances", d.min_instances, min=0),
         max_instances=t.int("max_instances", d.max_instances, min=1),
         max_starting=t.int("max_starting", d.max_starting, min=1),
@@ -166,7 +181,7 @@ def _pool(t: Table) -> PoolConfig:
         tick=t.duration("tick", d.tick, min=0.01),
         routing=t.choice("routing", ROUTINGS, d.routing),
     )
-    if cfg.target_concurrency > cfg.max_concurrency:
+    if cfg.target_concurrency is not None and cfg.target_concurrency > cfg.max_concurrency:
         t.error(
             "target_concurrency",
             f"{cfg.target_concurrency} exceeds max_concurrency {cfg.max_concurrency}",

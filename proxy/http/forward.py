@@ -15,6 +15,7 @@ from proxy.config import Config
 from proxy.http.headers import downstream_raw, server_timing, upstream_head
 from proxy.http.server import ClientError, Request
 from proxy.http.upstream import (
+    BadResponse,
     ConnectFailed,
     Connection,
     ConnectTimeout,
@@ -154,7 +155,10 @@ class Forwarder:
                     conn_up.close()
                 # the instance is suspect unless a pooled keep-alive connection merely
                 # went stale under us
-                self.pool.release(lease, broken=not exc.stale)
+                # the instance is suspect only on a transport failure: a malformed
+                # response is the app's answer to this request, not a sign it is dead
+                broken = not exc.stale and not isinstance(exc, BadResponse)
+                self.pool.release(lease, broken=broken)
                 self.metrics.upstream_errors.labels("stale" if exc.stale else exc.kind).inc()
                 # Nothing reached the instance: any method. Else only an idempotent request
                 # without a body (a streamed body cannot be replayed) whose instance closed
@@ -226,7 +230,7 @@ class Forwarder:
             # sent to the client yet, so it gets a clean 502
             self.metrics.upstream_errors.labels(upstream.error.kind).inc()
             log.warning("instance %s: %s", lease.slot.id, upstream.error)
-            self.pool.release(lease, broken=True)
+            self.pool.release(lease)  # the app's answer, not a transport failure
             req.respond(502, "Bad Gateway: instance failed")
             return 502
         no_body = upstream.head_only or status in _NO_BODY_STATUS
