@@ -27,7 +27,8 @@ from proxy.config import PoolConfig
 KEEP_ALIVE_STARTS = 20.0
 KEEP_ALIVE_MIN = 0.5  # below this, scheduling noise (ticks, think times) dominates
 KEEP_ALIVE_MAX = 600.0
-START_COST_PRIOR = 1.0  # seconds, until the pool has timed a start of its own
+START_COST_PRIOR = 0.05  # seconds until the first start is timed; a start running longer
+# than the estimate raises it (StartCost.estimate), so a low prior only errs briefly
 _EPS = 1e-9
 
 Phase = Literal["starting", "ready", "draining"]
@@ -151,8 +152,8 @@ def _scale_in(
     )
     stops: list[tuple[str, str]] = []
     surplus = len(serving) - instances_for(max(snap.recent_peak, load), cfg)
-    for inst in order[: max(0, surplus)]:
-        stops.append((inst.id, "surplus"))
+    for inst in order[: max(0, surplus)]:  # "surplus" if it still has requests to finish
+        stops.append((inst.id, "surplus" if inst.in_flight else "idle"))
     room = len(serving) - len(stops) - instances_for(load, cfg)
     for inst in order[len(stops) :]:
         if room <= 0 or inst.in_flight or inst.idle_since is None:

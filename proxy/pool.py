@@ -262,6 +262,7 @@ class Pool:
             # refused, but still demand: with max_queue = 0 this is the only way a start
             # is ever asked for
             self._demand.refuse(arrived)
+            self._demand.record(arrived, self._in_flight + len(self._waiters) + 1)
             self._rebalance()
             raise QueueFull("queue full")
         w = _Waiter(asyncio.get_running_loop().create_future(), arrived)
