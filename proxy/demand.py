@@ -31,19 +31,19 @@ class StartCost:
 
 
 class DemandTrace:
-    """Peak demand (requests in flight + held) and refusals per bucket of `width` seconds,
-    for the last `span` seconds."""
+    """Per bucket of `width` seconds, for the last `span` seconds: peak requests in flight,
+    requests refused for a full queue, requests finished."""
 
     def __init__(self, width: float, span: float) -> None:
         self.width = width
         self.span = span
-        self._buckets: deque[list[float]] = deque()  # [start, peak demand, refused]
+        self._buckets: deque[list[float]] = deque()  # [start, peak, refused, finished]
 
     def _current(self, now: float) -> list[float]:
         start = now - now % self.width
         if self._buckets and self._buckets[-1][0] == start:
             return self._buckets[-1]
-        bucket = [start, 0.0, 0.0]
+        bucket = [start, 0.0, 0.0, 0.0]
         self._buckets.append(bucket)
         while self._buckets[0][0] < now - self.span:
             self._buckets.popleft()
@@ -55,6 +55,19 @@ class DemandTrace:
 
     def refuse(self, now: float) -> None:
         self._current(now)[2] += 1
+
+    def finish(self, now: float) -> None:
+        self._current(now)[3] += 1
+
+    def finishing(self, now: float, horizon: float = 1.0) -> float:
+        """Requests finished per second over the last `horizon` seconds."""
+        since = now - horizon
+        n = 0.0
+        for b in reversed(self._buckets):
+            if b[0] < since:
+                break
+            n += b[3]
+        return n / horizon
 
     def refused(self, now: float) -> int:
         """Refusals in the current and the previous bucket (the start they ask for is

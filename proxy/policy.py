@@ -57,8 +57,9 @@ class Snapshot:
     starts_blocked_until: float = 0.0  # start backoff after failures
     refused: int = 0  # refused for a full queue just now: demand, though not held
     start_cost: float = START_COST_PRIOR  # measured seconds from start to READY
-    growth: float = 0.0  # how fast demand (in flight + waiting) rises, requests/s
-    recent_peak: float = 0.0  # peak demand over the last keep_alive() seconds
+    growth: float = 0.0  # how fast requests in flight rise, requests/s
+    recent_peak: float = 0.0  # peak requests in flight over the last keep_alive() seconds
+    finishing: float = 0.0  # requests finishing per second (slots freed), recent
 
 
 @dataclass(frozen=True)
@@ -106,18 +107,21 @@ def decide(snap: Snapshot, cfg: PoolConfig) -> Decision:
     reasons: list[str] = []
     demand_in = snap.waiting + snap.refused
 
-    # (a) held (or refused) requests that neither free slots nor starts in flight absorb
+    # (a) held (or refused) requests that neither free slots, nor starts in flight, nor
+    # the slots that free up while a start would run (requests finishing x start cost:
+    # waiting 5 ms for a slot beats starting an instance for 5 ms) absorb
     free = sum(max(0, cfg.max_concurrency - i.in_flight) for i in serving)
-    unabsorbed = demand_in - free - len(starting) * cap
+    freeing = math.floor(snap.finishing * snap.start_cost) if snap.waiting else 0
+    unabsorbed = demand_in - free - len(starting) * cap - freeing
     want = math.ceil(unabsorbed / cap) if unabsorbed > 0 else 0
     if want:
         reasons.append(f"queued:{demand_in}")
 
-    # (b) ahead of the load: what it needs now at target, plus the whole requests that
-    # arrive while a start is under way (Little's law; under one, a request may wait for
-    # a start rather than every instance keeping a spare). Starts in flight count as
-    # capacity: no thundering herd.
-    load = sum(i.in_flight for i in serving) + demand_in
+    # (b) ahead of the load: what the requests in flight need at target, plus the whole
+    # requests that arrive while a start is under way (Little's law; under one, a request
+    # may wait for a start rather than every instance keeping a spare). Held requests are
+    # (a)'s. Starts in flight count as capacity: no thundering herd.
+    load = sum(i.in_flight for i in serving)
     ahead = math.floor(snap.growth * snap.start_cost)
     need = instances_for(load + ahead, cfg) - len(serving) - len(starting)
     if need > want:

@@ -96,6 +96,7 @@ class Slot:
     died: asyncio.Event = field(default_factory=asyncio.Event)
     death_reason: str = ""
     stop_reason: str = ""  # DRAINING: why; cleared once its stop is under way
+    solo: bool = False  # no other start was under way when it began
 
     def view(self) -> InstanceView:
         return InstanceView(
@@ -262,7 +263,7 @@ class Pool:
             # refused, but still demand: with max_queue = 0 this is the only way a start
             # is ever asked for
             self._demand.refuse(arrived)
-            self._demand.record(arrived, self._in_flight + len(self._waiters) + 1)
+            self._demand.record(arrived, self._in_flight + 1)
             self._rebalance()
             raise QueueFull("queue full")
         w = _Waiter(asyncio.get_running_loop().create_future(), arrived)
@@ -302,6 +303,7 @@ class Pool:
         slot.in_flight -= 1
         self._in_flight -= 1
         now = self.clock()
+        self._demand.finish(now)
         slot.last_used = now
         if broken:
             self._suspect(slot)
@@ -377,7 +379,7 @@ class Pool:
     # -- control path ------------------------------------------------------------------
 
     def _record(self, now: float) -> None:
-        self._demand.record(now, self._in_flight + len(self._waiters))
+        self._demand.record(now, self._in_flight)
 
     def snapshot(self) -> Snapshot:
         now = self.clock()
@@ -401,6 +403,7 @@ class Pool:
             start_cost=cost,
             growth=growth,
             recent_peak=self._demand.peak(now, window),
+            finishing=self._demand.finishing(now),
         )
 
     def tick(self) -> None:
@@ -422,7 +425,8 @@ class Pool:
 
     def _launch_start(self, reasons: tuple[str, ...]) -> None:
         sid = "i-" + secrets.token_hex(4)
-        slot = Slot(id=sid, created=self.clock())
+        solo = not any(s.state is State.STARTING for s in self._slots.values())
+        slot = Slot(id=sid, created=self.clock(), solo=solo)
         self._slots[sid] = slot
         log.info("starting instance %s (%s)", sid, ",".join(reasons) or "demand")
         self._tasks.spawn(self._start(slot), f"start:{sid}")
@@ -472,7 +476,10 @@ class Pool:
             await self._safe_stop(inst, "shutdown" if self._closing else "failed")
             return
         now = self.clock()
-        self._start_cost.observe(now - t0)
+        if slot.solo:
+            # what one start costs when the next request comes: the price the policy
+            # needs. Starts queued behind others in a burst would overstate it.
+            self._start_cost.observe(now - t0)
         slot.state = State.READY
         slot.ready_at = now
         slot.idle_since = now

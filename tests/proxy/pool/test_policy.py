@@ -44,6 +44,7 @@ def snap(
     cost: float = 0.01,
     growth: float = 0.0,
     peak: float = 0.0,
+    finishing: float = 0.0,
 ) -> Snapshot:
     return Snapshot(
         now=now,
@@ -54,6 +55,7 @@ def snap(
         start_cost=cost,
         growth=growth,
         recent_peak=peak,
+        finishing=finishing,
     )
 
 
@@ -76,8 +78,6 @@ def test_starts_in_flight_count_as_capacity() -> None:
     assert decide(snap(5, starting("a")), cfg).start == 0
     # 25 waiting, one start absorbs 10: two more
     assert decide(snap(25, starting("a")), cfg).start == 2
-    # with an explicit target of 7 per instance, 25 ask for 4 instances: three more
-    assert decide(snap(25, starting("a")), CFG).start == 3
 
 
 def test_burst_is_bounded_by_max_starting_and_max_instances() -> None:
@@ -112,6 +112,17 @@ def test_auto_target_is_max_concurrency_and_headroom_is_priced_by_start_cost() -
     assert decide(snap(0, *full, cost=0.7, growth=20), AUTO).start == 4
     # ... bounded by max_starting, and the starts in flight count
     assert decide(snap(0, *full, starting("s"), cost=0.7, growth=20), AUTO).start == 3
+
+
+def test_slots_freeing_during_a_start_absorb_waiters() -> None:
+    full = [ready(str(i), in_flight=4) for i in range(6)]
+    # 240 requests/s finish: during a 10 ms start two slots free up, so two waiters
+    # would rather wait for those than for a start; a third needs one
+    assert decide(snap(2, *full, cost=0.01, finishing=240), AUTO).start == 0
+    assert decide(snap(3, *full, cost=0.01, finishing=240), AUTO).start == 1
+    # nothing finishing (long requests, websockets): every waiter counts
+    assert decide(snap(3, *full, cost=0.01), AUTO).start == 1
+    assert decide(snap(9, *full, cost=0.01), AUTO).start == 3
 
 
 def test_per_request_instances_capacity_is_one() -> None:
