@@ -149,7 +149,11 @@ async def run(ctx: BenchContext) -> Section:
         say(f"  {target.label}: {', '.join(t.name for t in traces)}")
         name = "elastic-" + target.label.split()[0].replace("+", "-")
         try:
-            async with forkproxy(ctx.work, name, app_config(target.backend), target.pool) as fp:
+            base = app_config(target.backend)
+            # a pool name of its own: a proxy reaps what carries its name and is not its
+            # own, so two benches on one machine must not share one
+            base["server"] = {**base.get("server", {}), "name": f"{name}-{os.getpid()}"}
+            async with forkproxy(ctx.work, name, base, target.pool) as fp:
                 sec.commands.append(f"proxy ({target.label}): {fp.command} with {fp.settings}")
                 for trace in traces:
                     r = await _one(fp, target, trace, settle)
