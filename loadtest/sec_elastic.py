@@ -7,6 +7,7 @@ time back to min_instances once the load has ended."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import os
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loadtest.closedloop import LoadRun, run_trace
+from loadtest.elastic_vsphere import vsphere_backend
 from loadtest.plot_traces import trace_plot
 from loadtest.proxyrun import EXEC_BACKEND, FORK_BACKEND, RunningProxy, app_config, forkproxy
 from loadtest.sampler import InstanceSampler
@@ -24,6 +26,7 @@ from loadtest.stats import Sample, in_flight, live
 from loadtest.traces import Trace, all_traces
 
 MAX_CONCURRENCY = 4
+VSPHERE = "vsphere (vcsim)"
 TICK = 0.25  # sampling interval: the lower bound is taken per tick
 TAIL = 2.0  # instance-seconds are integrated over the load plus this long
 DOCKER_IMAGE = "forkproxy-test/httpd:latest"
@@ -60,6 +63,8 @@ def targets(peak_users: int, docker: bool) -> list[Target]:
         Target("exec", EXEC_BACKEND, base),
     ]
     if docker:
+        # backend filled in at run time (vcsim harness + parent VM: elastic_vsphere)
+        out.append(Target(VSPHERE, {}, base, DOCKER_PATH))
         paused = {"type": "docker", "image": DOCKER_IMAGE, "paused_pool": 8}
         out.append(Target("docker paused", paused, base, DOCKER_PATH))
         out.append(
@@ -139,7 +144,6 @@ async def run(ctx: BenchContext) -> Section:
     why_not = await docker_available() if not ctx.quick else "quick run: fork and static only"
     if why_not:
         sec.skip("docker backends", why_not)
-    sec.skip("vsphere backend", "not wired into this section yet (vcsim parent VM setup)")
     tgts = targets(peak, docker=why_not is None)
     if ctx.quick:
         tgts = [tgts[0], tgts[-1]]
@@ -149,11 +153,21 @@ async def run(ctx: BenchContext) -> Section:
         say(f"  {target.label}: {', '.join(t.name for t in traces)}")
         name = "elastic-" + target.label.split()[0].replace("+", "-")
         try:
-            base = app_config(target.backend)
-            # a pool name of its own: a proxy reaps what carries its name and is not its
-            # own, so two benches on one machine must not share one
-            base["server"] = {**base.get("server", {}), "name": f"{name}-{os.getpid()}"}
-            async with forkproxy(ctx.work, name, base, target.pool) as fp:
+            async with contextlib.AsyncExitStack() as stack:
+                backend = dict(target.backend)
+                if target.label == VSPHERE:
+                    try:
+                        backend = await stack.enter_async_context(
+                            vsphere_backend(ctx.work, f"{name}-{os.getpid()}-")
+                        )
+                    except Exception as exc:  # no simulator here: say so, go on
+                        sec.skip("vsphere backend", f"{type(exc).__name__}: {exc}")
+                        continue
+                base = app_config(backend)
+                # a pool name of its own: a proxy reaps what carries its name and is not
+                # its own, so two benches on one machine must not share one
+                base["server"] = {**base.get("server", {}), "name": f"{name}-{os.getpid()}"}
+                fp = await stack.enter_async_context(forkproxy(ctx.work, name, base, target.pool))
                 sec.commands.append(f"proxy ({target.label}): {fp.command} with {fp.settings}")
                 for trace in traces:
                     r = await _one(fp, target, trace, settle)
