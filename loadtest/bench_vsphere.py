@@ -33,23 +33,24 @@ REPO = Path(__file__).resolve().parents[1]
 PASSWORD_ENV = "FORKPROXY_BENCH_VCSIM_PASSWORD"
 
 
-def make_backend(sim: harness.Vcsim, parent: str) -> VsphereBackend:
+def backend_keys(sim: harness.Vcsim, parent: str, prefix: str) -> dict[str, Any]:
+    """The [backend] keys that clone `parent` on this harness (sets the password env)."""
     os.environ[PASSWORD_ENV] = sim.password
-    table = Table.root(
-        {
-            "backend": {
-                "host": sim.host,
-                "port": sim.port,
-                "user": sim.user,
-                "password_env": PASSWORD_ENV,
-                "ca_file": sim.ca_file,
-                "parent_vm": parent,
-                "name_prefix": "bench-",
-                # The death watch's own calls would be counted with the start path's.
-                "watch_deaths": False,
-            }
-        }
-    ).sub("backend")
+    return {
+        "host": sim.host,
+        "port": sim.port,
+        "user": sim.user,
+        "password_env": PASSWORD_ENV,
+        "ca_file": sim.ca_file,
+        "parent_vm": parent,
+        "name_prefix": prefix,
+    }
+
+
+def make_backend(sim: harness.Vcsim, parent: str) -> VsphereBackend:
+    # The death watch's own calls would be counted with the start path's.
+    keys = {**backend_keys(sim, parent, "bench-"), "watch_deaths": False}
+    table = Table.root({"backend": keys}).sub("backend")
     cfg = parse_config(table)
     if table.problems:
         raise SystemExit("\n".join(map(str, table.problems)))
