@@ -391,7 +391,9 @@ class Pool:
         )
         cost = self._start_cost.estimate(now - oldest)
         window = keep_alive(self.cfg, cost)
-        growth = self._demand.growth(now)
+        # rising over the last second and still rising over the last half: a step is
+        # growth once, not for the whole second the step stays in the window
+        growth = min(self._demand.growth(now, 1.0), self._demand.growth(now, 0.5))
         self.metrics.start_cost.set(cost)
         self.metrics.keep_alive.set(window)
         self.metrics.demand_growth.set(growth)
