@@ -122,7 +122,9 @@ def decide(snap: Snapshot, cfg: PoolConfig) -> Decision:
     # may wait for a start rather than every instance keeping a spare). Held requests are
     # (a)'s. Starts in flight count as capacity: no thundering herd.
     load = sum(i.in_flight for i in serving)
-    ahead = math.floor(snap.growth * snap.start_cost)
+    # ... at most the load itself: a step shows as steep growth for a moment, and
+    # extrapolating it beyond doubling within one start time only overshoots
+    ahead = min(load, math.floor(snap.growth * snap.start_cost))
     need = instances_for(load + ahead, cfg) - len(serving) - len(starting)
     if need > want:
         want = need

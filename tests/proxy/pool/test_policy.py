@@ -106,12 +106,14 @@ def test_auto_target_is_max_concurrency_and_headroom_is_priced_by_start_cost() -
     # flat load at exactly max_concurrency: no spare, however cheap or dear a start is
     assert decide(snap(0, *full, cost=0.005), AUTO).start == 0
     assert decide(snap(0, *full, cost=0.7), AUTO).start == 0
-    # load growing at 20 requests/s: a 5 ms start lets 0.1 more arrive (no spare); a 700 ms
-    # start lets 14 more arrive while it runs: 4 instances ahead (Little's law)
-    assert decide(snap(0, *full, cost=0.005, growth=20), AUTO).start == 0
-    assert decide(snap(0, *full, cost=0.7, growth=20), AUTO).start == 4
-    # ... bounded by max_starting, and the starts in flight count
-    assert decide(snap(0, *full, starting("s"), cost=0.7, growth=20), AUTO).start == 3
+    # load growing at 10 requests/s: a 5 ms start lets 0.05 more arrive (no spare); a 700 ms
+    # start lets 7 more arrive while it runs: two instances ahead (Little's law)
+    assert decide(snap(0, *full, cost=0.005, growth=10), AUTO).start == 0
+    assert decide(snap(0, *full, cost=0.7, growth=10), AUTO).start == 2
+    # ... and the starts in flight count
+    assert decide(snap(0, *full, starting("s"), cost=0.7, growth=10), AUTO).start == 1
+    # a step (200 requests/s for a moment) is not extrapolated past doubling the load
+    assert decide(snap(0, *full, cost=0.7, growth=200), AUTO).start == 3
 
 
 def test_slots_freeing_during_a_start_absorb_waiters() -> None:
