@@ -69,6 +69,21 @@ class PoolConfig:
     readiness_path: str = "/"
     tick: float = 0.25
     routing: str = "pack"
+    # max_concurrency = "auto" (the file's default): the backend's concurrency_hint()
+    # replaces it once prepared (a WSGI app's threads); target "auto" (None) follows it,
+    # an explicit target is kept but never above it.
+    concurrency_auto: bool = False
+
+    def with_concurrency_hint(self, hint: int | None) -> PoolConfig:
+        if not self.concurrency_auto:
+            return self
+        max_c = hint or self.max_concurrency
+        target = self.target_concurrency
+        return replace(
+            self,
+            max_concurrency=max_c,
+            target_concurrency=None if target is None else min(target, max_c),
+        )
 
 
 @dataclass(frozen=True)
@@ -166,8 +181,18 @@ def _auto(t: Table, key: str, read: Callable[[], float]) -> float | None:
 
 def _pool(t: Table) -> PoolConfig:
     d = PoolConfig()
+    raw_max = t.data.get("max_concurrency", "auto")
+    auto = raw_max == "auto"
+    if isinstance(raw_max, str):
+        t.str("max_concurrency")  # seen
+        if not auto:
+            t.error("max_concurrency", f'expected an integer or "auto", got {raw_max!r}')
+        max_c = d.max_concurrency
+    else:
+        max_c = t.int("max_concurrency", d.max_concurrency, min=1)
     cfg = PoolConfig(
-        max_concurrency=t.int("max_concurrency", d.max_concurrency, min=1),
+        max_concurrency=max_c,
+        concurrency_auto=auto,
         target_concurrency=_auto(
             t, "target_concurrency", lambda: t.float("target_concurrency", 1.0, min=0.1)
         ),
@@ -187,7 +212,8 @@ def _pool(t: Table) -> PoolConfig:
         tick=t.duration("tick", d.tick, min=0.01),
         routing=t.choice("routing", ROUTINGS, d.routing),
     )
-    if cfg.target_concurrency is not None and cfg.target_concurrency > cfg.max_concurrency:
+    target = cfg.target_concurrency
+    if target is not None and target > cfg.max_concurrency and not auto:
         t.error(
             "target_concurrency",
             f"{cfg.target_concurrency} exceeds max_concurrency {cfg.max_concurrency}",

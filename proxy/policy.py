@@ -122,9 +122,14 @@ def decide(snap: Snapshot, cfg: PoolConfig) -> Decision:
     # may wait for a start rather than every instance keeping a spare). Held requests are
     # (a)'s. Starts in flight count as capacity: no thundering herd.
     load = sum(i.in_flight for i in serving)
-    # ... at most the load itself: a step shows as steep growth for a moment, and
-    # extrapolating it beyond doubling within one start time only overshoots
-    ahead = min(load, math.floor(snap.growth * snap.start_cost))
+    # ... at most the load itself (a step shows as steep growth for a moment: extrapolating
+    # it past doubling within one start only overshoots) and one round of starts; none
+    # while requests wait (they are the growth, and (a) starts for them): a burst of N
+    # starts at most ceil(N / max_concurrency) + max_starting instances
+    ahead = 0
+    if not snap.waiting:
+        growth = math.floor(snap.growth * snap.start_cost)
+        ahead = min(load, growth, math.floor(cfg.max_starting * target(cfg)))
     need = instances_for(load + ahead, cfg) - len(serving) - len(starting)
     if need > want:
         want = need

@@ -112,8 +112,13 @@ def test_auto_target_is_max_concurrency_and_headroom_is_priced_by_start_cost() -
     assert decide(snap(0, *full, cost=0.7, growth=10), AUTO).start == 2
     # ... and the starts in flight count
     assert decide(snap(0, *full, starting("s"), cost=0.7, growth=10), AUTO).start == 1
-    # a step (200 requests/s for a moment) is not extrapolated past doubling the load
+    # a step (200 requests/s for a moment) is not extrapolated past doubling the load,
+    # nor past one round of starts (max_starting = 4 instances of 4)
     assert decide(snap(0, *full, cost=0.7, growth=200), AUTO).start == 3
+    big = [ready(str(i), in_flight=4) for i in range(10)]
+    assert decide(snap(0, *big, cost=0.7, growth=500), AUTO).start == 4
+    # requests waiting are the growth already: only the queue rule starts for them
+    assert decide(snap(1, *full, cost=0.7, growth=200), AUTO).start == 1
 
 
 def test_slots_freeing_during_a_start_absorb_waiters() -> None:
