@@ -60,6 +60,7 @@ class Snapshot:
     growth: float = 0.0  # how fast requests in flight rise, requests/s
     recent_peak: float = 0.0  # peak requests in flight over the last keep_alive() seconds
     finishing: float = 0.0  # requests finishing per second (slots freed), recent
+    backlog_age: float = 0.0  # how long requests have been waiting without a break
 
 
 @dataclass(frozen=True)
@@ -109,9 +110,12 @@ def decide(snap: Snapshot, cfg: PoolConfig) -> Decision:
 
     # (a) held (or refused) requests that neither free slots, nor starts in flight, nor
     # the slots that free up while a start would run (requests finishing x start cost:
-    # waiting 5 ms for a slot beats starting an instance for 5 ms) absorb
+    # waiting 5 ms for a slot beats starting an instance for 5 ms) absorb. The last only
+    # for a young queue: one that outlives a start is a shortage, not a passing peak
+    # (closed-loop clients keep a saturated pool's queue at a constant length).
     free = sum(max(0, cfg.max_concurrency - i.in_flight) for i in serving)
-    freeing = math.floor(snap.finishing * snap.start_cost) if snap.waiting else 0
+    young = snap.waiting and snap.backlog_age < snap.start_cost
+    freeing = math.floor(snap.finishing * snap.start_cost) if young else 0
     unabsorbed = demand_in - free - len(starting) * cap - freeing
     want = math.ceil(unabsorbed / cap) if unabsorbed > 0 else 0
     if want:

@@ -150,6 +150,7 @@ class Pool:
         self._pack = cfg.routing == "pack"
         self._target = target(cfg)
         self._in_flight = 0  # requests assigned to instances and not released
+        self._queued_since = 0.0  # when the queue last went from empty to non-empty
         self._start_cost = StartCost()
         self._demand = DemandTrace(cfg.tick, max(cfg.idle_ttl or 0.0, KEEP_ALIVE_MAX) + 1.0)
         self._failures = 0
@@ -270,6 +271,8 @@ class Pool:
             self._rebalance()
             raise QueueFull("queue full")
         w = _Waiter(asyncio.get_running_loop().create_future(), arrived)
+        if not self._waiters:
+            self._queued_since = arrived
         self._waiters.append(w)
         self.metrics.queue_depth.set(len(self._waiters))
         self._rebalance()
@@ -409,6 +412,7 @@ class Pool:
             growth=growth,
             recent_peak=self._demand.peak(now, window),
             finishing=self._demand.finishing(now),
+            backlog_age=now - self._queued_since if self._waiters else 0.0,
         )
 
     def tick(self) -> None:

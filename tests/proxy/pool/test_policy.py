@@ -45,6 +45,7 @@ def snap(
     growth: float = 0.0,
     peak: float = 0.0,
     finishing: float = 0.0,
+    backlog: float = 0.0,
 ) -> Snapshot:
     return Snapshot(
         now=now,
@@ -56,6 +57,7 @@ def snap(
         growth=growth,
         recent_peak=peak,
         finishing=finishing,
+        backlog_age=backlog,
     )
 
 
@@ -127,6 +129,8 @@ def test_slots_freeing_during_a_start_absorb_waiters() -> None:
     # would rather wait for those than for a start; a third needs one
     assert decide(snap(2, *full, cost=0.01, finishing=240), AUTO).start == 0
     assert decide(snap(3, *full, cost=0.01, finishing=240), AUTO).start == 1
+    # a queue that has lasted longer than a start is a shortage: no more waiting it out
+    assert decide(snap(2, *full, cost=0.01, finishing=240, backlog=0.02), AUTO).start == 1
     # nothing finishing (long requests, websockets): every waiter counts
     assert decide(snap(3, *full, cost=0.01), AUTO).start == 1
     assert decide(snap(9, *full, cost=0.01), AUTO).start == 3
