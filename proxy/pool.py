@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import secrets
@@ -387,14 +388,31 @@ class Pool:
     def _record(self, now: float) -> None:
         self._demand.record(now, self._in_flight)
 
+    def _cost(self, now: float) -> float:
+        oldest = min(
+            (s.created for s in self._slots.values() if s.state is State.STARTING), default=now
+        )
+        return self._start_cost.estimate(now - oldest)
+
+    def effective_settings(self) -> dict[str, Any]:
+        """The pool's settings as it runs them now: each `auto` value with what it resolves
+        to (the live page shows these), beside the measured start cost they are priced by."""
+        cost = self._cost(self.clock())
+        settings: dict[str, Any] = dataclasses.asdict(self.cfg)
+        if settings.pop("concurrency_auto"):
+            settings["max_concurrency"] = f"auto → {self.cfg.max_concurrency}"
+        if self.cfg.target_concurrency is None:
+            settings["target_concurrency"] = f"auto → {self._target:g}"
+        if self.cfg.idle_ttl is None:
+            settings["idle_ttl"] = f"auto → {keep_alive(self.cfg, cost):.3g}s"
+        settings["measured_start_cost"] = f"{cost * 1000:.3g} ms"
+        return settings
+
     def snapshot(self) -> Snapshot:
         now = self.clock()
         self._record(now)
         views = tuple(s.view() for s in self._slots.values() if s.state in _LIVE)
-        oldest = min(
-            (s.created for s in self._slots.values() if s.state is State.STARTING), default=now
-        )
-        cost = self._start_cost.estimate(now - oldest)
+        cost = self._cost(now)
         window = keep_alive(self.cfg, cost)
         # rising over the last second and still rising over the last half: a step is
         # growth once, not for the whole second the step stays in the window
