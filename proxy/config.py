@@ -67,6 +67,7 @@ class PoolConfig:
     readiness_path: str = "/"
     tick: float = 0.25
     routing: str = "least_loaded"
+    orphan_timeout: float = 60.0  # a stopped replica's instances are reaped within this
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,7 @@ def _pool(t: Table) -> PoolConfig:
         readiness_path=t.str("readiness_path", d.readiness_path),
         tick=t.duration("tick", d.tick, min=0.01),
         routing=t.choice("routing", ROUTINGS, d.routing),
+        orphan_timeout=t.duration("orphan_timeout", d.orphan_timeout, min=1.0),
     )
     if cfg.target_concurrency > cfg.max_concurrency:
         t.error(

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import signal
-import socket
 import time
 
 from aiohttp import web
 
 import backends
 from backends.base import Backend, BackendContext
+from backends.support import owner
 from proxy.admin import admin_app
 from proxy.config import Config
 from proxy.http.forward import Forwarder
@@ -30,7 +29,7 @@ access_log = logging.getLogger("forkproxy.access")
 class Proxy:
     def __init__(self, cfg: Config, backend: Backend | None = None) -> None:
         self.cfg = cfg
-        self.owner_id = f"{socket.gethostname()[:20]}-{secrets.token_hex(4)}"
+        self.owner_id = owner.new_owner_id()  # provably dead once this process is gone
         self.metrics = Metrics()
         self.ctx = BackendContext(
             pool_name=cfg.server.name,

@@ -1,0 +1,126 @@
+"""The replica scenario every backend passes: two `forkproxy run` subprocesses with the
+same pool name serve side by side; neither loses an instance or an in-flight request when
+the other starts, restarts or stops; after one is SIGKILLed, whatever it left is gone
+within pool.orphan_timeout while the survivor's own instances stay."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from tests.conftest import ProxyProcess, eventually
+
+# What the killed owner still has where its backend lives (processes, containers, VMs).
+LeftOf = Callable[[str], Awaitable[int]]
+
+
+async def instances(p: ProxyProcess) -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession() as s, s.get(p.admin + "/instances") as r:
+        data = await r.json()
+    return list(data["instances"])
+
+
+async def owner_of(p: ProxyProcess) -> str:
+    async with aiohttp.ClientSession() as s, s.get(p.admin + "/instances") as r:
+        return str((await r.json())["owner"])
+
+
+async def ready_ids(p: ProxyProcess) -> set[str]:
+    return {i["id"] for i in await instances(p) if i["state"] == "ready"}
+
+
+async def get(url: str, timeout: float = 60) -> int:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s,
+        s.get(url) as r,
+    ):
+        await r.read()
+        return r.status
+
+
+async def _warm(p: ProxyProcess) -> set[str]:
+    assert await get(p.url + "/") == 200
+    await eventually(lambda: _has_ready(p), 30, "a ready instance")
+    ids = await ready_ids(p)
+    for inst in await instances(p):
+        assert inst["owner"] == await owner_of(p)  # /instances shows the owner
+    return ids
+
+
+async def _has_ready(p: ProxyProcess) -> bool:
+    return bool(await ready_ids(p))
+
+
+class _Slow:
+    """A slow request in flight on `p` while something happens to the other replica."""
+
+    def __init__(self, p: ProxyProcess, path: str) -> None:
+        self.p = p
+        self.path = path
+        self.task: asyncio.Future[int] | None = None
+
+    async def __aenter__(self) -> _Slow:
+        self.task = asyncio.ensure_future(get(self.p.url + self.path))  # noqa: TID251
+        await asyncio.sleep(0.5)  # it reaches an instance
+        assert not self.task.done(), "the slow request ended too early"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.task is not None
+        assert await self.task == 200, f"in-flight request on {self.p.url} failed"
+
+
+async def _kept(p: ProxyProcess, before: set[str]) -> None:
+    now = await ready_ids(p)
+    assert before <= now, f"{p.url} lost instances {before - now}:\n{p.log.read_text()}"
+
+
+async def run_scenario(
+    make: Callable[[], ProxyProcess],
+    slow_path: str,
+    left_of: LeftOf,
+    bound: float,
+    start_timeout: float = 30.0,
+) -> None:
+    a = make()
+    await a.start(start_timeout)
+    a_ids = await _warm(a)
+
+    b = make()
+    async with _Slow(a, slow_path):  # B starts (and sweeps the pool) while A serves
+        await b.start(start_timeout)
+        b_ids = await _warm(b)
+    await _kept(a, a_ids)
+
+    async with _Slow(a, slow_path):  # B restarts
+        b.signal(signal.SIGTERM)
+        assert await b.wait(60) == 0
+        await b.start(start_timeout)
+        b_ids = await _warm(b)
+    await _kept(a, a_ids)
+
+    async with _Slow(b, slow_path):  # A stops and starts again
+        a.signal(signal.SIGTERM)
+        assert await a.wait(60) == 0
+        await a.start(start_timeout)
+        a_ids = await _warm(a)
+    await _kept(b, b_ids)
+
+    b_owner = await owner_of(b)
+    assert await left_of(b_owner) > 0
+    b.kill()  # SIGKILL: B cleans up nothing
+    t0 = time.monotonic()
+
+    async def b_gone() -> bool:
+        return await left_of(b_owner) == 0
+
+    await eventually(b_gone, bound + 5, f"what {b_owner} left to be reaped")
+    took = time.monotonic() - t0
+    assert took <= bound + 5
+    await _kept(a, a_ids)
+    assert await get(a.url + "/") == 200
