@@ -9,11 +9,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from backends.errors import BackendError
 from backends.support.table import ConfigError
-from proxy import __version__, logs
+from proxy import __version__, logs, preflight
 from proxy.config import Config, load, parse, with_overrides
-from proxy.http.safety import UnsafeParser
 
 log = logging.getLogger("forkproxy")
 
@@ -36,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file")
+    check.add_argument(
+        "--no-import",
+        action="store_true",
+        help="do not build the fork-mode app in a throw-away interpreter",
+    )
     sub.add_parser("tune", help="search pool settings under load (see --help)", add_help=False)
     return p
 
@@ -62,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         try:
             cfg = load(args.file)
+            problems = preflight.check(cfg, imports=not args.no_import)
+            if problems:
+                raise ConfigError(problems)
         except ConfigError as exc:
             return _report(exc, args.file)
         print(f"{args.file}: ok (backend {cfg.backend_type}, listen {cfg.server.listen})")
@@ -71,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = with_overrides(_load(args.config), listen=args.listen, admin=args.admin)
     except ConfigError as exc:
         return _report(exc, args.config or "<defaults>")
-    from proxy.server import serve
+    from proxy.server import StartupFailed, serve
 
     try:
         import uvloop
@@ -82,13 +88,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with runner:
             runner.run(serve(cfg))
-    except BackendError as exc:
-        log.error("backend %s cannot start: %s", cfg.backend_type, exc)
-        return 3
-    except UnsafeParser as exc:
-        log.error("refusing to run: %s", exc)
-        return 3
-    except OSError as exc:
-        log.error("cannot start: %s", exc)
+    except StartupFailed:  # serve() logged why, before "forkproxy stopped"
         return 3
     return 0

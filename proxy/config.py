@@ -106,12 +106,13 @@ def _networks(t: Table, key: str) -> tuple[IPv4Network | IPv6Network, ...]:
 def _limits(t: Table) -> Limits:
     d = Limits()
     return Limits(
-        max_url=t.size("max_url_size", d.max_url),
-        max_header_bytes=t.size("max_header_size", d.max_header_bytes),
+        # Below these no ordinary request gets through (every one would be a 414/431).
+        max_url=t.size("max_url_size", d.max_url, min=256),
+        max_header_bytes=t.size("max_header_size", d.max_header_bytes, min=1024),
         max_headers=t.int("max_headers", d.max_headers, min=1),
         max_body=t.size("max_body_size", d.max_body),
         header_timeout=t.duration("header_timeout", d.header_timeout, min=0.001),
-        keepalive_timeout=t.duration("keepalive_timeout", d.keepalive_timeout),
+        keepalive_timeout=t.duration("keepalive_timeout", d.keepalive_timeout),  # 0: off
         body_timeout=t.duration("body_timeout", d.body_timeout, min=0.001),
         body_min_rate=t.size("body_min_rate", d.body_min_rate),
         send_timeout=t.duration("send_timeout", d.send_timeout, min=0.001),

@@ -4,19 +4,23 @@ graceful drain on SIGTERM/SIGINT, everything stopped on the way out."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import time
+from collections.abc import Iterator
 
 from aiohttp import web
 
 import backends
 from backends.base import Backend, BackendContext
+from backends.errors import BackendError
 from backends.support import owner
 from proxy.admin import admin_app
-from proxy.config import Config
+from proxy.config import Address, Config
 from proxy.http.forward import Forwarder
-from proxy.http.safety import check_parsers
+from proxy.http.safety import UnsafeParser, check_parsers
 from proxy.http.server import HttpServer, Request
 from proxy.http.tunnel import websocket
 from proxy.metrics import Metrics
@@ -24,6 +28,37 @@ from proxy.pool import Pool
 
 log = logging.getLogger("forkproxy")
 access_log = logging.getLogger("forkproxy.access")
+
+
+class ListenError(OSError):
+    """A listener could not be opened; says which key's address."""
+
+    @staticmethod
+    @contextlib.contextmanager
+    def naming(key: str, address: Address) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            # asyncio's message repeats the address; the errno's text is the reason
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            raise ListenError(exc.errno, f"{key} ({address}): {reason}") from exc
+
+
+class StartupFailed(Exception):
+    """The proxy could not start; the reason is logged already (exit code 3)."""
+
+
+def failure_message(exc: BaseException, cfg: Config) -> str | None:
+    """One line a person can act on, for the errors that stop a proxy from starting."""
+    if isinstance(exc, BackendError):
+        return f"backend {cfg.backend_type} cannot start: {exc}"
+    if isinstance(exc, UnsafeParser):
+        return f"refusing to run: {exc}"
+    if isinstance(exc, ListenError):
+        return f"cannot listen: {exc.strerror}"
+    if isinstance(exc, OSError):
+        return f"cannot start: {exc}"
+    return None
 
 
 class Proxy:
@@ -58,13 +93,15 @@ class Proxy:
         check_parsers()
         await self.pool.start()
         listen = self.cfg.server.listen
-        await self.http.listen(listen.host, listen.port)
+        with ListenError.naming("server.listen", listen):
+            await self.http.listen(listen.host, listen.port)
         self.listen_port = self.http.port
-        if self.cfg.server.admin is not None:
+        if (admin_at := self.cfg.server.admin) is not None:
             self._admin = web.AppRunner(admin_app(self), access_log=None)
             await self._admin.setup()
-            site = web.TCPSite(self._admin, self.cfg.server.admin.host, self.cfg.server.admin.port)
-            await site.start()
+            site = web.TCPSite(self._admin, admin_at.host, admin_at.port)
+            with ListenError.naming("server.admin", admin_at):
+                await site.start()
             self.admin_port = int(self._admin.addresses[0][1])
         self.ready = True
         admin = self.cfg.server.admin
@@ -85,7 +122,6 @@ class Proxy:
         await self.pool.aclose()
         if self._admin is not None:
             await self._admin.cleanup()
-        log.info("forkproxy stopped")
 
     async def _access_logged(self, req: Request) -> None:
         try:
@@ -115,5 +151,13 @@ async def serve(cfg: Config) -> None:
         await proxy.start()
         await stop.wait()
         log.info("signal received: draining")
+    except Exception as exc:
+        # Why it stops comes first, then the shutdown it causes.
+        if (why := failure_message(exc, cfg)) is not None:
+            log.error("%s", why)
+            log.debug("details", exc_info=exc)
+            raise StartupFailed(why) from exc
+        raise
     finally:
         await proxy.stop()
+        log.info("forkproxy stopped")

@@ -49,7 +49,7 @@ class Limits:
     max_headers: int = 100  # header lines (HAProxy tune.http.maxhdr 101) -> 431
     max_body: int = 1 << 30  # bytes, 0 = unlimited (nginx client_max_body_size) -> 413
     header_timeout: float = 10.0  # first byte to end of head (HAProxy timeout http-request) -> 408
-    keepalive_timeout: float = 75.0  # idle between requests (nginx keepalive_timeout 75s)
+    keepalive_timeout: float = 75.0  # idle between requests (nginx keepalive_timeout 75s); 0 = off
     body_timeout: float = 60.0  # no body byte for this long (nginx client_body_timeout) -> 408
     body_min_rate: int = 0  # bytes/s averaged after the first 5 s (_RATE_GRACE), 0 = off -> 408
     send_timeout: float = 60.0  # client not reading the response (nginx send_timeout)
@@ -428,7 +428,8 @@ class HttpConnection(asyncio.Protocol):
         self._disarm()
         req.method = self.parser.get_method().decode("ascii")
         req.version = self.parser.get_http_version()
-        req.keep_alive = bool(self.parser.should_keep_alive())
+        # keepalive_timeout = 0 disables keep-alive, as in nginx
+        req.keep_alive = bool(self.parser.should_keep_alive()) and self.limits.keepalive_timeout > 0
         _validate(req)
         # only websocket upgrades are tunnelled; any other (h2c, ...) is ignored, which
         # RFC 9110 7.8 allows: the request is answered as plain HTTP/1.1
