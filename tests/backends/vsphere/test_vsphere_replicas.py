@@ -1,0 +1,71 @@
+"""Two vsphere proxies with one pool name on the vcsim harness (tests/replicas.py): neither
+destroys the other's clones; a SIGKILLed one's clones are destroyed by the survivor (its
+owner id proves it dead on this host; vSphere keeps no lease, see README)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from backends.vsphere.inventory import KEY_OWNER
+from tests.backends.vsphere.conftest import PASSWORD_ENV, Vcsim
+from tests.backends.vsphere.test_vsphere_e2e import config_text
+from tests.conftest import ProxyProcess
+from tests.replicas import run_scenario
+
+pytestmark = [pytest.mark.vsphere, pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def owned_clones(si: Any, prefix: str, owner: str) -> int:
+    from pyVmomi import vim, vmodl
+
+    view = si.content.viewManager.CreateContainerView(
+        si.content.rootFolder, [vim.VirtualMachine], True
+    )
+    try:
+        n = 0
+        for vm in view.view:
+            try:
+                if not vm.name.startswith(prefix) or vm.config is None:
+                    continue
+                extra = {o.key: str(o.value) for o in vm.config.extraConfig}
+            except vmodl.fault.ManagedObjectNotFound:
+                continue  # destroyed while we looked
+            n += extra.get(KEY_OWNER) == owner
+        return n
+    finally:
+        view.DestroyView()
+
+
+async def test_vsphere_replicas_share_a_pool_name(
+    vcsim: Vcsim,
+    parent: str,
+    si: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    proxy_process: Callable[[str], ProxyProcess],
+) -> None:
+    monkeypatch.setenv(PASSWORD_ENV, vcsim.password)
+    prefix = f"fprep-{id(si) % 10**6}-"
+    text = config_text(vcsim, parent, f"rep-{id(si) % 10**6}", prefix, "120s")
+    text = text.replace("[pool]\n", '[pool]\nmin_instances = 1\norphan_timeout = "12s"\n')
+
+    async def left_of(owner: str) -> int:
+        return await asyncio.to_thread(owned_clones, si, prefix, owner)
+
+    made: list[ProxyProcess] = []
+
+    def make() -> ProxyProcess:
+        made.append(proxy_process(text))
+        return made[-1]
+
+    try:
+        await run_scenario(make, "/cgi-bin/slow?ms=3000", left_of, 12, start_timeout=90)
+    finally:
+        for p in made:
+            if p.proc is not None and p.proc.poll() is None:
+                p.signal(signal.SIGTERM)
+                await p.wait(60)
