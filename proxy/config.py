@@ -38,6 +38,7 @@ class ServerConfig:
     admin: Address | None = Address("127.0.0.1", 9090)
     name: str = "forkproxy"
     shutdown_timeout: float = 30.0
+    drain_delay: float = 0.0  # SIGTERM: /readyz is 503 this long before the listener closes
     server_timing: bool = True
     access_log: bool = False
     upstream_connect_timeout: float = 5.0
@@ -127,6 +128,7 @@ def _server(t: Table) -> ServerConfig:
         admin=_address(t, "admin", d.admin, optional=True),
         name=t.str("name", d.name),
         shutdown_timeout=t.duration("shutdown_timeout", d.shutdown_timeout),
+        drain_delay=t.duration("drain_delay", d.drain_delay),
         server_timing=t.bool("server_timing", d.server_timing),
         access_log=t.bool("access_log", d.access_log),
         upstream_connect_timeout=t.duration(

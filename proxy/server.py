@@ -117,6 +117,13 @@ class Proxy:
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (shutdown_timeout), stop instances."""
         self.ready = False
+        if self.cfg.server.drain_delay and self.listen_port:
+            # /readyz says 503 while we still accept: a load balancer stops sending
+            # before the listener closes, so no client sees a refused connection
+            log.info(
+                "not ready; accepting for %.1fs more (drain_delay)", self.cfg.server.drain_delay
+            )
+            await asyncio.sleep(self.cfg.server.drain_delay)
         await self.http.shutdown(self.cfg.server.shutdown_timeout)
         self.forwarder.aclose()
         await self.pool.aclose()
