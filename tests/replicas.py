@@ -13,6 +13,10 @@ from typing import Any
 
 import aiohttp
 
+from backends.base import Backend
+from backends.support.owner import Owner
+from proxy.metrics import Metrics
+from proxy.orphans import OrphanReaper
 from tests.conftest import ProxyProcess, eventually
 
 # What the killed owner still has where its backend lives (processes, containers, VMs).
@@ -124,3 +128,41 @@ async def run_scenario(
     assert took <= bound + 5
     await _kept(a, a_ids)
     assert await get(a.url + "/") == 200
+
+
+def remote_owner(tag: str) -> str:
+    """An owner id from another host: /proc cannot judge it, only its lease can."""
+    return str(Owner(f"remote-{tag}", "otherhost", 1, 1))
+
+
+async def lease_decides(
+    survivor: Backend, survivor_owner: str, remote: Backend, remote_instance: str, within: float
+) -> float:
+    """`remote` (an owner on another host) heartbeats while the survivor's reaper sweeps
+    for twice the grace: its instance stays. It stops beating: the instance is reaped
+    within `within`, not before the grace. Returns the seconds that took."""
+    metrics = Metrics()
+    reaper = OrphanReaper(survivor, survivor_owner, metrics, within, time.monotonic)
+    grace = reaper.judge.grace
+
+    async def listed() -> bool:
+        return remote_instance in {i.id for i in await survivor.list()}
+
+    end = time.monotonic() + 2 * grace
+    while time.monotonic() < end:
+        await remote.heartbeat()
+        await reaper.sweep()
+        assert await listed(), "an instance of a live (heartbeating) owner was reaped"
+        await asyncio.sleep(reaper.interval)
+    stopped = time.monotonic()  # the remote owner "dies": no more heartbeats
+    while await listed():
+        assert time.monotonic() - stopped < within + 2, "not reaped within orphan_timeout"
+        await reaper.sweep()
+        await asyncio.sleep(reaper.interval)
+    took = time.monotonic() - stopped
+    assert took >= grace - reaper.interval, f"reaped {took:.1f}s after the last beat"
+    orphan = metrics.registry.get_sample_value(
+        "forkproxy_instance_stops_total", {"reason": "orphan"}
+    )
+    assert orphan == 1
+    return took

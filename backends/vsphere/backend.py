@@ -18,6 +18,7 @@ from typing import Any
 
 from backends.base import Backend, BackendContext, Endpoint, Instance
 from backends.errors import BackendError, BackendUnavailable, StartError, StopError
+from backends.vsphere import lease
 from backends.vsphere.config import VsphereConfig
 from backends.vsphere.guest import probe, start_container
 from backends.vsphere.inventory import (
@@ -85,6 +86,7 @@ class VsphereBackend(Backend):
         self._stopping: set[str] = set()
         self._cleanups: set[asyncio.Task[None]] = set()
         self._watch: DeathWatch | None = None
+        self._beats = itertools.count()
 
     def __repr__(self) -> str:
         return (
@@ -103,6 +105,7 @@ class VsphereBackend(Backend):
                 raise BackendError(
                     "backend.container needs the docker SDK (pip install docker)"
                 ) from exc
+        await self.heartbeat()  # the lease exists before the first clone does
         if self.cfg.watch_deaths and self._watch is None:
             self._watch = DeathWatch(self.session, self._on_watch_event)
             self._watch.start()
@@ -138,6 +141,12 @@ class VsphereBackend(Backend):
         if self._watch is not None:
             await self._watch.aclose()
             self._watch = None
+        if self.world is not None:
+            pool, owner = self.ctx.pool_name, self.ctx.owner_id
+            try:
+                await self.session.run(lambda content: lease.drop(content, pool, owner))
+            except (vmodl.MethodFault, OSError, BackendError) as exc:
+                log.warning("vsphere: could not drop this run's lease: %s", fault_text(exc))
         await asyncio.to_thread(self.session.close)
 
     # -- identity --------------------------------------------------------------------
@@ -416,6 +425,27 @@ class VsphereBackend(Backend):
                 )
             )
         return out
+
+    async def heartbeat(self) -> None:
+        world = await self._world()
+        value = str(next(self._beats))
+        pool, owner = self.ctx.pool_name, self.ctx.owner_id
+        try:
+            await self.session.run(
+                lambda content: lease.beat(content, world.parent, pool, owner, value)
+            )
+        except (vmodl.MethodFault, OSError) as exc:
+            raise BackendError(f"vsphere lease: {fault_text(exc)}") from exc
+
+    async def leases(self) -> dict[str, str] | None:
+        world = await self._world()
+        pool = self.ctx.pool_name
+        try:
+            return await self.session.run(
+                lambda content: lease.leases(content, world.parent, pool)
+            )
+        except (vmodl.MethodFault, OSError) as exc:
+            raise BackendError(f"vsphere leases: {fault_text(exc)}") from exc
 
     async def alive(self, instance: Instance) -> bool:
         clone = instance.handle
