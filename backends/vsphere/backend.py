@@ -441,9 +441,7 @@ class VsphereBackend(Backend):
         world = await self._world()
         pool = self.ctx.pool_name
         try:
-            return await self.session.run(
-                lambda content: lease.leases(content, world.parent, pool)
-            )
+            return await self.session.run(lambda content: lease.leases(content, world.parent, pool))
         except (vmodl.MethodFault, OSError) as exc:
             raise BackendError(f"vsphere leases: {fault_text(exc)}") from exc
 

@@ -42,9 +42,7 @@ def leases(content: Any, parent: Any, pool: str) -> dict[str, str]:
         if f.name.startswith(prefix)
     }
     return {
-        names[int(v.key)]: str(v.value)
-        for v in parent.customValue or []
-        if int(v.key) in names
+        names[int(v.key)]: str(v.value) for v in parent.customValue or [] if int(v.key) in names
     }
 
 
