@@ -41,15 +41,21 @@ def this_space() -> str:
     return hashlib.sha256(f"{boot}/{ns}".encode()).hexdigest()[:10]
 
 
-def start_time(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat, or None when there is no such process."""
+def proc_stat(pid: int) -> list[bytes] | None:
+    """The fields of /proc/<pid>/stat after the command name (the first is the state,
+    field 3), or None when there is no such process."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
         return None
-    fields = stat.rsplit(b")", 1)[1].split()
-    if fields[0] in (b"Z", b"X"):
+    return stat.rsplit(b")", 1)[1].split()
+
+
+def start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat, or None when there is no such process."""
+    fields = proc_stat(pid)
+    if fields is None or fields[0] in (b"Z", b"X"):
         return None  # a zombie has stopped: it only waits for its parent
     return int(fields[19])
 

@@ -7,20 +7,12 @@ from collections.abc import Callable
 
 from backends.process import _linux, _scan
 from tests.conftest import ProxyProcess
+from tests.proxy import test_lifecycle
 from tests.replicas import run_scenario
 
-CONFIG = """
-[server]
-name = "{name}"
-shutdown_timeout = "20s"
-[pool]
-idle_ttl = "60s"
-min_instances = 1
-orphan_timeout = "6s"
-[backend]
-type = "process"
-mode = "fork"
-"""
+CONFIG = test_lifecycle.CONFIG.replace(
+    "[pool]\n", '[pool]\nmin_instances = 1\norphan_timeout = "6s"\n'
+)
 
 
 async def test_fork_replicas_share_a_pool_name(
@@ -37,4 +29,9 @@ async def test_fork_replicas_share_a_pool_name(
             and _linux.is_running(pid)
         )
 
-    await run_scenario(lambda: proxy_process(CONFIG.format(name=name)), "/io?ms=3000", left_of, 6)
+    await run_scenario(
+        lambda: proxy_process(CONFIG.format(name=name, max_c=10, mode="fork")),
+        "/io?ms=3000",
+        left_of,
+        6,
+    )
