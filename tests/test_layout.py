@@ -1,0 +1,42 @@
+"""The layout's import rules, checked on the source: backends never import the proxy, and
+the data path reaches the pool only through its public acquire/release surface."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+# What proxy/http/ may take from proxy.pool: the lease it gets and the errors it translates.
+POOL_SURFACE = {"Lease", "Pool", "PoolError"}
+
+
+def imports(path: Path) -> list[tuple[str, tuple[str, ...]]]:
+    found: list[tuple[str, tuple[str, ...]]] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.module, tuple(a.name for a in node.names)))
+        elif isinstance(node, ast.Import):
+            found.extend((a.name, ()) for a in node.names)
+    return found
+
+
+def test_backends_never_import_the_proxy() -> None:
+    bad = [
+        f"{p.relative_to(ROOT)}: {mod}"
+        for p in sorted((ROOT / "backends").rglob("*.py"))
+        for mod, _ in imports(p)
+        if mod == "proxy" or mod.startswith("proxy.")
+    ]
+    assert bad == []
+
+
+def test_data_path_uses_only_the_pools_public_surface() -> None:
+    bad = [
+        f"{p.relative_to(ROOT)}: {mod} {names}"
+        for p in sorted((ROOT / "proxy" / "http").rglob("*.py"))
+        for mod, names in imports(p)
+        if mod in {"proxy.pool", "proxy.policy"} and not set(names) <= POOL_SURFACE
+    ]
+    assert bad == []
