@@ -13,17 +13,26 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from loadtest import plots, report
-from loadtest.section import BenchContext, Section, fmt, say
+from loadtest.report import markdown, table
+from loadtest.report.progress import Progress
+from loadtest.sections.model import BenchContext, Section, say
 
 SECTIONS = ("datapath", "coldstart", "burst", "elasticity", "memory")
+# Seconds each section takes (full, quick) on the 2-CPU reference box (section_seconds in
+# results.json, docker and vcsim up): what the ETA is computed from.
+EXPECTED_S = {
+    "datapath": (100.0, 12.0),
+    "coldstart": (80.0, 36.0),
+    "burst": (5.0, 2.0),
+    "elasticity": (105.0, 45.0),
+    "memory": (12.0, 10.0),
+}
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m loadtest bench", description=__doc__)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="short runs (about a minute in all)")
     p.add_argument("--out", default="results/latest", help="output directory (results/latest)")
     p.add_argument(
@@ -35,47 +44,42 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument(
         "--no-install", action="store_true", help="never apt-get install missing wrk/nginx"
     )
-    return p.parse_args(list(argv))
 
 
 def _runner(name: str, ctx: BenchContext) -> Callable[[], Awaitable[Section]]:
     require = os.environ.get("FORKPROXY_REQUIRE_BENCH_TOOLS") == "1"
     if name == "datapath":
-        from loadtest import sec_datapath
+        from loadtest.sections import datapath
 
-        return lambda: sec_datapath.run(ctx, require_tools=require)
+        return lambda: datapath.run(ctx, require_tools=require)
     if name == "coldstart":
-        from loadtest import sec_coldstart
+        from loadtest.sections import coldstart
 
-        return lambda: sec_coldstart.run(ctx)
+        return lambda: coldstart.run(ctx)
     if name == "burst":
-        from loadtest import sec_burst
+        from loadtest.sections import burst
 
-        return lambda: sec_burst.run(ctx)
+        return lambda: burst.run(ctx)
     if name == "elasticity":
-        from loadtest import sec_elastic
+        from loadtest.sections import elasticity
 
-        return lambda: sec_elastic.run(ctx)
-    from loadtest import sec_memory
+        return lambda: elasticity.run(ctx)
+    from loadtest.sections import memory
 
-    return lambda: sec_memory.run(ctx)
+    return lambda: memory.run(ctx)
 
 
 def _print(sec: Section) -> None:
     for t in sec.tables:
         say(f"  {t.title}" if t.title else "")
-        widths = [
-            max(len(str(h)), *(len(fmt(r[i])) for r in t.rows)) if t.rows else len(str(h))
-            for i, h in enumerate(t.headers)
-        ]
-        say("  " + "  ".join(str(h).ljust(w) for h, w in zip(t.headers, widths, strict=True)))
-        for r in t.rows:
-            say("  " + "  ".join(fmt(v).ljust(w) for v, w in zip(r, widths, strict=True)))
+        say(table.render(t.headers, t.rows, indent="  "))
     for c in sec.commands:
         say(f"  $ {c}")
 
 
 def _datapath_plot(ctx: BenchContext, sec: Section) -> None:
+    from loadtest.report import plots  # matplotlib loads in ~0.5 s: only when a plot is drawn
+
     res = sec.data.get("results", {})
     if not res:
         return
@@ -86,6 +90,23 @@ def _datapath_plot(ctx: BenchContext, sec: Section) -> None:
     sec.plots.append(path.name)
 
 
+async def _section(name: str, ctx: BenchContext) -> Section:
+    say(f"== {name}")
+    t0 = time.monotonic()
+    try:
+        sec = await _runner(name, ctx)()
+    except Exception as e:
+        # A broken section is reported as such; the others still run.
+        sec = Section(name, f"{name}: FAILED")
+        sec.fail(name, e)
+        traceback.print_exc()
+    if name == "datapath":
+        await asyncio.to_thread(_datapath_plot, ctx, sec)
+    sec.data["section_seconds"] = round(time.monotonic() - t0, 1)
+    _print(sec)
+    return sec
+
+
 async def run(args: argparse.Namespace, out: Path) -> int:
     wanted = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(wanted) - set(SECTIONS)
@@ -94,29 +115,17 @@ async def run(args: argparse.Namespace, out: Path) -> int:
         return 2
     started = time.monotonic()
     load_at_start = os.getloadavg()[0]
-    failed = 0
     with tempfile.TemporaryDirectory(prefix="forkproxy-bench-") as work:
         ctx = BenchContext(
             out=out, work=Path(work), quick=args.quick, install_tools=not args.no_install
         )
         sections: list[Section] = []
-        for name in wanted:
-            say(f"== {name}")
-            t0 = time.monotonic()
-            try:
-                sec = await _runner(name, ctx)()
-            except Exception as e:
-                failed += 1
-                # A broken section is reported as such; the others still run.
-                sec = Section(name, f"{name}: FAILED")
-                sec.fail(name, e)
-                traceback.print_exc()
-            if name == "datapath":
-                await asyncio.to_thread(_datapath_plot, ctx, sec)
-            failed += bool(sec.failures) and not sec.title.endswith("FAILED")
-            sec.data["section_seconds"] = round(time.monotonic() - t0, 1)
-            sections.append(sec)
-            _print(sec)
+        expected = [EXPECTED_S[name][1 if args.quick else 0] for name in wanted]
+        with Progress("bench", expected, unit="sections") as progress:
+            for i, name in enumerate(wanted):
+                progress.start(i, name)
+                sections.append(await _section(name, ctx))
+        failed = sum(bool(s.failures) for s in sections)
     meta = {
         "work": work,
         "command": "python -m loadtest bench" + (" --quick" if args.quick else ""),
@@ -124,17 +133,16 @@ async def run(args: argparse.Namespace, out: Path) -> int:
         "loadavg_1m_at_start": load_at_start,
         "finished": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "seconds": time.monotonic() - started,
-        "machine": report.machine(),
+        "machine": markdown.machine(),
         "failed_sections": failed,
     }
-    written = await asyncio.to_thread(report.write, out, sections, meta, not args.no_docs)
+    written = await asyncio.to_thread(markdown.write, out, sections, meta, not args.no_docs)
     for p in written:
         say(f"wrote {p}")
     return 1 if failed else 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def main(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     return asyncio.run(run(args, out))

@@ -2,7 +2,7 @@
 bounded, with tight deadlines in the proxy's config and a probe loop that must keep
 getting 200s. Slow connections must be closed near the configured deadlines.
 
-    python -m loadtest.slowhttp [--length 15] [--connections 200] [--rate 50] [--out DIR]
+    python -m loadtest slowhttp [--length 15] [--connections 200] [--rate 50] [--out DIR]
 
 How long the proxy kept a slow connection is measured on the proxy's side: its
 ESTABLISHED sockets on the listen port, sampled from /proc/net/tcp every 0.25 s. With
@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadtest.proxyrun import FORK_BACKEND, forkproxy
+from loadtest.report import table
+from loadtest.run.proxy import FORK_BACKEND, forkproxy
 
 # the proxy's deadlines under test ([server] keys) and the body rate grace in http1.py
 DEADLINES: dict[str, Any] = {
@@ -125,7 +126,10 @@ def read_csv(path: Path) -> list[Row]:
 
 
 def established(port: int) -> int:
-    """Sockets in ESTABLISHED state whose local port is `port` (the proxy's side)."""
+    """Sockets in ESTABLISHED state whose local port is `port` (the proxy's side).
+
+    Read from /proc/net/tcp by hand: psutil.net_connections() would also map every socket to
+    its process by walking all processes' fds, four times a second, on a shared box."""
     want = f":{port:04X}"
     n = 0
     with open("/proc/net/tcp") as f:
@@ -183,7 +187,9 @@ async def _probe_once(host: str, port: int) -> tuple[bool, float]:
         return False, time.monotonic() - t0
 
 
-async def probe_loop(host: str, port: int, stop: asyncio.Event, out: list[tuple[bool, float]]):
+async def probe_loop(
+    host: str, port: int, stop: asyncio.Event, out: list[tuple[bool, float]]
+) -> None:
     while not stop.is_set():
         out.append(await _probe_once(host, port))
         try:
@@ -301,29 +307,41 @@ async def run(
 
 
 def render(results: list[Result]) -> str:
-    lines = [
-        "| mode | governed by | deadline | kept by the proxy | peak open | "
-        "slowhttptest saw closed | probes ok | probe p99 |",
-        "|---|---|---|---|---|---|---|---|",
+    headers = [
+        "mode",
+        "governed by",
+        "deadline",
+        "kept by the proxy",
+        "peak open",
+        "slowhttptest saw closed",
+        "probes ok",
+        "probe p99",
     ]
-    for r in results:
-        life = "-" if r.lifetime is None else f"~{r.lifetime:.1f} s"
-        lines.append(
-            f"| {r.name} | `{r.governs}` | {r.deadline:.0f} s | {life} | {r.max_open} "
-            f"| {r.tool_closed}/{r.connections} | {r.probes - r.probe_failures}/{r.probes} "
-            f"| {r.probe_p99_ms:.0f} ms |"
-        )
-    return "\n".join(lines)
+    rows = [
+        [
+            r.name,
+            f"`{r.governs}`",
+            f"{r.deadline:.0f} s",
+            "-" if r.lifetime is None else f"~{r.lifetime:.1f} s",
+            r.max_open,
+            f"{r.tool_closed}/{r.connections}",
+            f"{r.probes - r.probe_failures}/{r.probes}",
+            f"{r.probe_p99_ms:.0f} ms",
+        ]
+        for r in results
+    ]
+    return table.render(headers, rows, markdown=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--modes", default="HBX", help="any of H, B, X")
     ap.add_argument("--length", type=int, default=15, help="seconds per mode (slowhttptest -l)")
     ap.add_argument("--connections", type=int, default=200, help="slowhttptest -c")
     ap.add_argument("--rate", type=int, default=50, help="connections per second (-r)")
     ap.add_argument("--out", type=Path, default=None, help="where CSV/HTML/JSON go")
-    args = ap.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="slowhttp-"))
     results = asyncio.run(
         run(
@@ -340,7 +358,3 @@ def main(argv: list[str] | None = None) -> int:
     for p in bad:
         print("FAIL", p, file=sys.stderr)
     return 1 if bad else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

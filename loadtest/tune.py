@@ -4,7 +4,7 @@ forkproxy; recommends the cheapest setting (instance-seconds) that meets a p99 t
   forkproxy tune --config app.toml --shape spike --p99 250 --budget 300 --out pool.toml
 
 Grid values are comma lists; target_concurrency may be a fraction of max_concurrency ("70%").
-The shape reads its FORKPROXY_* variables (loadtest/profiles.py) from the environment, except
+The shape reads its FORKPROXY_* variables (loadtest/load/profiles.py) from the environment, except
 FORKPROXY_SHAPE_SECONDS, which tune sets so each run fits its share of the budget.
 Exit status: 0 when a setting meets the target, 1 when none does (the snippet then holds the
 best p99 seen), 2 on bad arguments.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import itertools
 import math
 import sys
@@ -25,15 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loadtest import tomlw
-from loadtest.locustrun import run_locust
-from loadtest.procs import REPO, forkproxy_cmd
-from loadtest.profiles import PROFILES
-from loadtest.proxyrun import FORK_BACKEND, app_config, forkproxy, write_config
-from loadtest.sampler import InstanceSampler
-from loadtest.section import fmt
-from loadtest.stats import instance_seconds, live
+from backends.support.table import ConfigError
+from loadtest.load.locustrun import run_locust
+from loadtest.load.profiles import PROFILES
+from loadtest.report.progress import Progress
+from loadtest.report.stats import instance_seconds, live
+from loadtest.report.table import render
+from loadtest.run import configs
+from loadtest.run.procs import REPO
+from loadtest.run.proxy import FORK_BACKEND, app_config, forkproxy
+from loadtest.run.sampler import InstanceSampler
+from proxy.config import parse
 
+BENCH_EXTRA = ("locust", "tomli_w", "rich")  # what tune runs on, beyond forkproxy's own deps
 OVERHEAD_S = 6.0  # per grid point: proxy start, locust start-up, shutdown
 MIN_RUN_S = 4.0  # a shorter load test says nothing
 
@@ -44,6 +49,13 @@ class Point:
     target_concurrency: float
     warm_pool: int
     idle_ttl: str
+
+    def label(self) -> str:
+        """Short enough for a progress line; the names match the results table's headers."""
+        return (
+            f"max_conc {self.max_concurrency} target {self.target_concurrency:g} "
+            f"warm_pool {self.warm_pool} idle_ttl {self.idle_ttl}"
+        )
 
     def pool(self) -> dict[str, Any]:
         return {
@@ -121,19 +133,7 @@ def snippet(best: Measured, met: bool, args: argparse.Namespace) -> str:
         f"# measured: p99 {best.p99_ms:.0f} ms, {best.instance_seconds:.1f} instance-seconds, "
         f"{best.failures}/{best.requests} failed, over {best.seconds:.0f} s\n"
     )
-    return head + tomlw.dumps({"pool": best.point.pool()})
-
-
-def progress(done: int, total: int, spent: float, budget: float, label: str) -> None:
-    width = 20
-    filled = width * done // max(total, 1)
-    bar = "#" * filled + "-" * (width - filled)
-    print(
-        f"\r[{bar}] {done}/{total} points, {spent:.0f}/{budget:.0f} s budget  {label:<40}",
-        end="" if done < total else "\n",
-        file=sys.stderr,
-        flush=True,
-    )
+    return head + configs.dumps({"pool": best.point.pool()})
 
 
 def table(results: Sequence[Measured], best: Measured | None) -> str:
@@ -167,31 +167,17 @@ def table(results: Sequence[Measured], best: Measured | None) -> str:
                 mark,
             ]
         )
-    cells = [headers, *[[fmt(v) for v in row] for row in rows]]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(headers))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells
-    )
+    return render(headers, rows)
 
 
-async def check_config(base: dict[str, Any], point: Point, work: Path, i: int) -> str:
-    """`forkproxy check-config` on the merged config: "" if valid, else the problems."""
-    path = work / f"check-{i}.toml"
-    pool = {**base.get("pool", {}), **point.pool()}
-    await asyncio.to_thread(write_config, path, base, pool)
-    proc = await asyncio.create_subprocess_exec(
-        *forkproxy_cmd(),
-        "check-config",
-        str(path),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        cwd=str(REPO),
-    )
-    out, _ = await proc.communicate()
-    if proc.returncode == 0:
-        return ""
-    lines = [x.strip() for x in out.decode(errors="replace").splitlines()[1:] if x.strip()]
-    return "invalid: " + ("; ".join(lines) or f"check-config exit {proc.returncode}")
+def config_problems(base: dict[str, Any], point: Point) -> str:
+    """The proxy's own config parser on the merged config: "" if valid, else the problems."""
+    doc = configs.merge(base, {"pool": point.pool()})
+    try:
+        parse(doc, "<tune>")
+    except ConfigError as exc:
+        return "invalid: " + "; ".join(str(p) for p in exc.problems)
+    return ""
 
 
 async def measure(
@@ -240,12 +226,7 @@ async def measure(
     )
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="forkproxy tune",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config", "-c", help="app config TOML (default: the bundled example app, fork mode)"
     )
@@ -262,6 +243,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--warm-pool", default="0,1", help="grid values (0,1)")
     p.add_argument("--idle-ttl", default="2s,10s", help="grid values (2s,10s)")
     p.add_argument("--out", help="write the recommended [pool] snippet here (TOML)")
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The tune options alone (tests and callers holding an argv)."""
+    p = argparse.ArgumentParser(prog="forkproxy tune", description=__doc__)
+    add_arguments(p)
     return p.parse_args(list(argv))
 
 
@@ -287,24 +274,27 @@ async def run(args: argparse.Namespace, base: dict[str, Any], points: list[Point
     results: list[Measured] = []
     t_start = time.monotonic()
     skipped: list[Point] = []
-    with tempfile.TemporaryDirectory(prefix="forkproxy-tune-") as work:
-        # Invalid points cost no load-test time: the proxy would refuse to start anyway.
-        valid: list[Point] = []
-        for i, point in enumerate(points):
-            problem = await check_config(base, point, Path(work), i)
-            if problem:
-                results.append(Measured(point, 0.0, 0, 0, math.nan, math.nan, 0, problem))
-            else:
-                valid.append(point)
-        load_s, runnable = plan(args.budget - (time.monotonic() - t_start), max(1, len(valid)))
+    # Invalid points cost no load-test time: the proxy would refuse to start anyway.
+    valid: list[Point] = []
+    for point in points:
+        problem = config_problems(base, point)
+        if problem:
+            results.append(Measured(point, 0.0, 0, 0, math.nan, math.nan, 0, problem))
+        else:
+            valid.append(point)
+    load_s, runnable = plan(args.budget - (time.monotonic() - t_start), max(1, len(valid)))
+    expected = [load_s + OVERHEAD_S] * min(runnable, len(valid))
+    with (
+        tempfile.TemporaryDirectory(prefix="forkproxy-tune-") as work,
+        Progress("tune", expected, unit="points") as progress,
+    ):
         for i, point in enumerate(valid):
             spent = time.monotonic() - t_start
             if i >= runnable or spent + load_s + OVERHEAD_S > args.budget * 1.1:
                 skipped = valid[i:]
                 break
-            progress(i, len(valid), spent, args.budget, f"running {point.pool()}")
+            progress.start(i, point.label())
             results.append(await measure(base, point, load_s, args, Path(work), i))
-        progress(len(valid), len(valid), time.monotonic() - t_start, args.budget, "done")
     if skipped:
         print(
             f"budget of {args.budget:g} s exhausted: skipped {len(skipped)} of {len(valid)} "
@@ -330,8 +320,14 @@ async def run(args: argparse.Namespace, base: dict[str, Any], points: list[Point
     return 0 if met else 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def main(args: argparse.Namespace) -> int:
+    missing = [m for m in BENCH_EXTRA if importlib.util.find_spec(m) is None]
+    if missing:
+        print(
+            f"forkproxy tune: needs {', '.join(missing)}: pip install 'forkproxy[bench]'",
+            file=sys.stderr,
+        )
+        return 2
     try:
         points = grid(args)
         base = load_base(args.config)

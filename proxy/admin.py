@@ -1,17 +1,117 @@
-"""The admin listener (loopback by default): /metrics, /healthz, /readyz, /instances."""
+"""The admin listener (loopback by default): the live page at /, its Server-Sent Events
+at /events, /metrics, /healthz, /readyz, /instances; an optional bearer token guards
+every route."""
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from importlib import resources
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from backends.support.table import ConfigError, Problem
+from proxy.config import ServerConfig
+from proxy.live import Sampler
 
 if TYPE_CHECKING:
     from proxy.server import Proxy
 
+log = logging.getLogger("forkproxy.admin")
+
+COOKIE = "forkproxy_admin"
+_PAGE = resources.files("proxy") / "admin_page"
+_STATIC = {"page.js": "text/javascript", "page.css": "text/css"}
+
+
+def admin_token(server: ServerConfig) -> str | None:
+    """The bearer token from the environment variable or file the config names."""
+    if server.admin_token_env:
+        token = os.environ.get(server.admin_token_env, "").strip()
+        if not token:
+            raise ConfigError(
+                [
+                    Problem(
+                        "server.admin_token_env",
+                        f"environment variable {server.admin_token_env} is not set or empty",
+                    )
+                ]
+            )
+        return token
+    if server.admin_token_file:
+        try:
+            with open(server.admin_token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as exc:
+            raise ConfigError(
+                [Problem("server.admin_token_file", f"cannot read: {exc.strerror}")]
+            ) from exc
+        if not token:
+            raise ConfigError([Problem("server.admin_token_file", "the file is empty")])
+        return token
+    return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _warn_if_exposed(server: ServerConfig, token: str | None) -> None:
+    if server.admin is None or _is_loopback(server.admin.host) or token:
+        return
+    log.warning(
+        "admin listener on %s is not loopback and has no authentication: anyone who reaches "
+        "it sees the live page, /instances and /metrics; set server.admin_token_env or "
+        "server.admin_token_file",
+        server.admin,
+    )
+
+
+def _auth_middleware(token: str) -> Middleware:
+    expected = token.encode()
+
+    def ok(presented: str) -> bool:
+        return hmac.compare_digest(presented.encode(), expected)
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and ok(presented.strip()):
+            return await handler(request)
+        if ok(request.cookies.get(COOKIE, "")):
+            return await handler(request)
+        if request.path == "/" and ok(request.query.get("token", "")):
+            # a browser cannot send a header when opening a page: /?token=... sets a
+            # cookie (the page's EventSource sends it too) and drops the token from the URL
+            resp = web.Response(status=303, headers={"Location": "/"})
+            resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/")
+            return resp
+        return web.Response(
+            status=401,
+            text="unauthorized: send Authorization: Bearer <token>\n",
+            headers={"WWW-Authenticate": 'Bearer realm="forkproxy admin"'},
+        )
+
+    return check
+
 
 def admin_app(proxy: Proxy) -> web.Application:
+    token = admin_token(proxy.cfg.server)
+    _warn_if_exposed(proxy.cfg.server, token)
+    sampler = Sampler(proxy)
+
     async def metrics(_: web.Request) -> web.Response:
         body = generate_latest(proxy.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -35,7 +135,54 @@ def admin_app(proxy: Proxy) -> web.Application:
             }
         )
 
-    app = web.Application()
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(
+            text=(_PAGE / "index.html").read_text(encoding="utf-8"), content_type="text/html"
+        )
+
+    async def static(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in _STATIC:
+            raise web.HTTPNotFound()
+        return web.Response(
+            text=(_PAGE / name).read_text(encoding="utf-8"), content_type=_STATIC[name]
+        )
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-store",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await resp.prepare(request)
+        history = json.dumps(list(sampler.history))
+        seq = 0
+        try:
+            await resp.write(f"event: history\ndata: {history}\n\n".encode())
+            while (sample := await sampler.next(seq)) is not None:
+                seq = sample["seq"]
+                data = json.dumps(sample, default=str)  # a resolved setting may not be JSON
+                await resp.write(f"event: sample\ndata: {data}\n\n".encode())
+        except ConnectionResetError:  # the page or top went away
+            pass
+        return resp
+
+    async def run_sampler(_: web.Application) -> AsyncIterator[None]:
+        await sampler.start()
+        yield
+        await sampler.aclose()
+
+    async def end_streams(_: web.Application) -> None:
+        sampler.close()  # open pages must not hold the shutdown for aiohttp's grace period
+
+    app = web.Application(middlewares=[_auth_middleware(token)] if token else [])
+    app.cleanup_ctx.append(run_sampler)
+    app.on_shutdown.append(end_streams)
+    app.router.add_get("/", page)
+    app.router.add_get("/static/{name}", static)
+    app.router.add_get("/events", events)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from backends.support.table import ConfigError
+from loadtest import tune  # bench tooling: only its options load here, locust runs as a child
 from proxy import __version__, logs, preflight
 from proxy.config import Config, load, parse, with_overrides
 
@@ -39,7 +40,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not build the fork-mode app in a throw-away interpreter",
     )
-    sub.add_parser("tune", help="search pool settings under load (see --help)", add_help=False)
+    tune_cmd = sub.add_parser(
+        "tune",
+        help="search pool settings under load (see --help)",
+        description=tune.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tune.add_arguments(tune_cmd)
+    sub.add_parser("top", help="watch a running proxy: forkproxy top [ADMIN_URL]", add_help=False)
     return p
 
 
@@ -56,12 +64,13 @@ def _report(exc: ConfigError, source: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] == ["tune"]:
-        import importlib
+    if args_list[:1] == ["top"]:
+        from proxy import top
 
-        tune = importlib.import_module("loadtest.tune")  # bench tooling, not on the data path
-        return int(tune.main(args_list[1:]))
+        return top.main(args_list[1:])
     args = _parser().parse_args(args_list)
+    if args.command == "tune":
+        return tune.main(args)
     if args.command == "check-config":
         try:
             cfg = load(args.file)
@@ -90,4 +99,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             runner.run(serve(cfg))
     except StartupFailed:  # serve() logged why, before "forkproxy stopped"
         return 3
+    except ConfigError as exc:  # e.g. the admin token's env var or file is missing
+        return _report(exc, args.config or "<defaults>")
     return 0

@@ -46,6 +46,8 @@ class ServerConfig:
     retry_attempts: int = 2  # extra tries on another instance when nothing was sent yet
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     limits: Limits = field(default_factory=Limits)
+    admin_token_env: str = ""  # env var holding the admin bearer token (never the token itself)
+    admin_token_file: str = ""  # or a file holding it
 
 
 ROUTINGS = ("least_loaded", "pack")
@@ -140,7 +142,11 @@ def _server(t: Table) -> ServerConfig:
         retry_attempts=t.int("retry_attempts", d.retry_attempts, min=0, max=10),
         trusted_proxies=_networks(t, "trusted_proxies"),
         limits=_limits(t),
+        admin_token_env=t.str("admin_token_env", ""),
+        admin_token_file=t.str("admin_token_file", ""),
     )
+    if cfg.admin_token_env and cfg.admin_token_file:
+        t.error("admin_token_file", "set admin_token_env or admin_token_file, not both")
     if not cfg.name.replace("-", "").replace("_", "").isalnum():
         t.error("name", f"{cfg.name!r}: use letters, digits, '-' and '_' (it becomes a label)")
     t.done()

@@ -40,3 +40,14 @@ def test_data_path_uses_only_the_pools_public_surface() -> None:
         if mod in {"proxy.pool", "proxy.policy"} and not set(names) <= POOL_SURFACE
     ]
     assert bad == []
+
+
+def test_shipped_packages_never_import_tests_or_examples() -> None:
+    bad = [
+        f"{p.relative_to(ROOT)}: {mod}"
+        for top in ("proxy", "backends", "loadtest")
+        for p in sorted((ROOT / top).rglob("*.py"))
+        for mod, _ in imports(p)
+        if mod.split(".")[0] in {"tests", "examples"}
+    ]
+    assert bad == []

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from loadtest.procs import REPO
+from loadtest.run.procs import REPO
 
 pytestmark = pytest.mark.slow
 REQUIRE_TOOLS = os.environ.get("FORKPROXY_REQUIRE_BENCH_TOOLS") == "1"
@@ -137,7 +137,7 @@ def test_tune_tiny_grid_writes_a_pool_snippet(tmp_path: Path) -> None:
     pool = tomllib.loads(out.read_text())["pool"]
     assert pool["max_concurrency"] in (2, 8) and pool["idle_ttl"] == "1s"
     assert "<- recommended" in proc.stdout
-    # warm_pool 99 > max_instances 8: refused by check-config, reported, not load-tested.
+    # warm_pool 99 > max_instances 8: refused by the config parser, reported, not load-tested.
     assert proc.stdout.count("invalid: pool.warm_pool") == 2, proc.stdout
     assert "points," in proc.stderr  # the progress bar
 

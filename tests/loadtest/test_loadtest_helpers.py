@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from loadtest import nginx
-from loadtest.procs import REPO
-from loadtest.sec_memory import descendants, instance_pids, pss_kib
+from loadtest.run import nginx
+from loadtest.run.procs import REPO
+from loadtest.sections.memory import descendants, instance_pids, pss_kib
 
 
 def test_generated_nginx_config_is_valid(tmp_path: Path) -> None:
@@ -52,7 +52,7 @@ def test_unknown_shape_is_refused_by_the_locustfile() -> None:
         "-m",
         "locust",
         "-f",
-        "loadtest/locustfile.py",
+        "loadtest/load/locustfile.py",
         "--headless",
         "--host",
         "http://127.0.0.1:9",

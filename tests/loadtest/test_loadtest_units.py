@@ -9,18 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from loadtest import tomlw
-from loadtest.httpload import parse_wrk
-from loadtest.locustrun import LocustRun, read_final
-from loadtest.report import table_md
-from loadtest.sampler import parse_instances
-from loadtest.section import Table
-from loadtest.stats import (
+from loadtest.load.httpload import parse_wrk
+from loadtest.load.locustrun import LocustRun, read_final
+from loadtest.report.markdown import table_md
+from loadtest.report.stats import (
     instance_seconds,
     instance_seconds_lower_bound,
     percentile,
     time_to_scale_in,
 )
+from loadtest.report.table import render
+from loadtest.run import configs
+from loadtest.run.sampler import parse_instances
+from loadtest.sections.model import Table
 from loadtest.tune import (
     MIN_RUN_S,
     OVERHEAD_S,
@@ -85,12 +86,12 @@ def test_toml_writer_round_trips_through_tomllib() -> None:
             "env": {"A B": "1"},
         },
     }
-    assert tomllib.loads(tomlw.dumps(doc)) == doc
-    merged = tomlw.merge(doc, {"pool": {"idle_ttl": "1s"}, "extra": {"k": 1}})
+    assert tomllib.loads(configs.dumps(doc)) == doc
+    merged = configs.merge(doc, {"pool": {"idle_ttl": "1s"}, "extra": {"k": 1}})
     assert merged["pool"] == {"max_concurrency": 10, "target_concurrency": 7.5, "idle_ttl": "1s"}
     assert merged["extra"] == {"k": 1} and doc["pool"]["idle_ttl"] == "3s"
     with pytest.raises(ValueError):
-        tomlw.dumps({"x": math.nan})
+        configs.dumps({"x": math.nan})
 
 
 def test_parse_wrk_summary() -> None:
@@ -143,6 +144,16 @@ def test_markdown_table() -> None:
         "| 1,234 | 0.50 |",
         "| n/a | n/a |",
     ]
+
+
+def test_text_table_aligns_columns_the_same_renderer_writes_markdown() -> None:
+    text = render(["mode", "p50 ms", ""], [["fork", 1.234, "<- best"], ["exec", 123.4, ""]])
+    assert text.splitlines() == [
+        "mode  p50 ms",
+        "fork  1.23    <- best",
+        "exec  123",
+    ]
+    assert render(["x"], [[True]], indent="  ") == "  x\n  yes"
 
 
 def test_tune_grid_resolves_percent_targets_and_dedups() -> None:

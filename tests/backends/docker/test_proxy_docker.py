@@ -16,7 +16,7 @@ import docker
 import pytest
 
 from backends.base import LABEL_OWNER
-from loadtest.tomlw import dumps, merge
+from loadtest.run.configs import dumps, merge
 from tests.backends.docker.conftest import ENGINE, IMAGE, pool_containers
 from tests.conftest import ROOT, ProxyProcess, eventually
 

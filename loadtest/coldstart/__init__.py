@@ -1,0 +1,143 @@
+"""Per-backend cold-start benchmarks (process, docker, vsphere) and what they share: the row
+every series reports, a TTFB series through a proxy, the wait for a first 200.
+
+run_all() calls each bench when it can run: a missing module or an unavailable engine becomes
+a "skipped: reason" line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from loadtest.report.stats import percentile
+from loadtest.sections.model import BenchContext, Section
+
+# The row every cold-start series reports (extra keys stay in results.json).
+ROW_KEYS = ("path", "n", "failures", "distinct_instances", "p50_ms", "p99_ms", "min_ms", "max_ms")
+
+
+def start_row(path: str, ttfb: list[float], failures: int, distinct: int) -> dict[str, Any]:
+    """One cold-start row from time-to-first-byte samples in seconds."""
+    return {
+        "path": path,
+        "n": len(ttfb),
+        "failures": failures,
+        "distinct_instances": distinct,
+        "p50_ms": percentile(ttfb, 50) * 1000,
+        "p99_ms": percentile(ttfb, 99) * 1000,
+        "min_ms": min(ttfb, default=math.nan) * 1000,
+        "max_ms": max(ttfb, default=math.nan) * 1000,
+    }
+
+
+async def ttfb_series(
+    url: str, n: int, pause: float, before: Callable[[], Awaitable[None]] | None = None
+) -> tuple[list[float], set[str], int]:
+    """n sequential requests on fresh connections: TTFB seconds, instance ids seen, failures.
+    `before` runs ahead of each request (e.g. wait until a paused spare is parked)."""
+    ttfb: list[float] = []
+    ids: set[str] = set()
+    failures = 0
+    for _ in range(n):
+        if before is not None:
+            await before()
+        # A new connection each time: a cold client meeting a cold proxy path.
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True),
+            timeout=aiohttp.ClientTimeout(total=60),
+        ) as s:
+            t0 = time.perf_counter()
+            try:
+                async with s.get(url) as resp:
+                    t1 = time.perf_counter()  # headers are in: the first byte arrived
+                    await resp.read()
+                    if resp.status != 200:
+                        failures += 1
+                        continue
+                    ttfb.append(t1 - t0)
+                    ids.add(resp.headers.get("X-Instance-Id", ""))
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                failures += 1
+        await asyncio.sleep(pause)  # let the retired instance stop: measure starts, not reaping
+    return ttfb, ids, failures
+
+
+async def until_200(session: aiohttp.ClientSession, url: str, deadline: float, poll: float) -> None:
+    """GET until a 200 (a cold instance may refuse or fail at first); TimeoutError after
+    `deadline` (time.monotonic()). `poll` sets the resolution of the measured readiness."""
+    while True:
+        try:
+            async with session.get(url) as resp:
+                await resp.read()
+                if resp.status == 200:
+                    return
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer 200")
+        await asyncio.sleep(poll)
+
+
+MODULES = {
+    "process": "loadtest.coldstart.process",
+    "docker": "loadtest.coldstart.docker",
+    "vsphere": "loadtest.coldstart.vsphere",
+}
+
+
+def _vsphere_adapter(mod: Any) -> Any:
+    """coldstart.vsphere exposes run(n, delays) (SOAP calls and time split per Instant Clone on
+    vcsim); turn its samples into a cold-start row."""
+
+    async def coldstart(n: int) -> dict[str, Any]:
+        report = await mod.run(n, [0])
+        samples = [s["total_ms"] / 1000 for r in report["runs"] for s in r["samples"]]
+        path = "vsphere backend (vcsim simulator): Instant Clone start() -> first byte"
+        row = start_row(path, samples, 0, len(samples))  # one clone per sample
+        command = (
+            f"python -m loadtest coldstart vsphere --n {n} (run(n, delays=[0])), vcsim harness"
+        )
+        return {"rows": [row], "commands": [command], "skipped": []}
+
+    return coldstart
+
+
+async def run_all(ctx: BenchContext, sec: Section, n: int) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for backend, modname in MODULES.items():
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name != modname:
+                sec.skip(f"{backend} backend", f"{modname} needs {e.name}")
+            else:
+                sec.skip(f"{backend} backend", f"{modname.replace('.', '/')}.py not present")
+            continue
+        fn = getattr(mod, "coldstart", None)
+        if fn is None and backend == "vsphere" and hasattr(mod, "run"):
+            fn = _vsphere_adapter(mod)
+        if fn is None:
+            sec.skip(f"{backend} backend", f"{modname} has no coldstart(n) function")
+            continue
+        try:
+            # Backends that accept a work dir keep configs/logs under the bench's temp dir.
+            wants_work = "work" in inspect.signature(fn).parameters
+            result = fn(n, work=ctx.work / backend) if wants_work else fn(n)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as e:  # an unavailable engine must not sink the whole benchmark
+            sec.skip(f"{backend} backend", f"{type(e).__name__}: {e}")
+            continue
+        rows.extend(result.get("rows", []))
+        sec.commands.extend(result.get("commands", []))
+        for what, why in result.get("skipped", []):
+            sec.skip(what, why)
+    return rows

@@ -1,0 +1,298 @@
+"""Docker backend benchmark: time to first response byte of a new instance from the
+paused pool (unpause) vs create+start of the same image, directly and through forkproxy,
+and a burst of 100 concurrent requests at an idle docker pool (starts stay bounded).
+
+    python -m loadtest coldstart docker --n 30      # writes results/docker_bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from backends.base import LABEL_POOL, BackendContext
+from backends.docker import parse_config
+from backends.support.table import Table
+from loadtest.coldstart import start_row, ttfb_series, until_200
+from loadtest.report.table import render
+from loadtest.run.procs import REPO
+from loadtest.run.proxy import forkproxy
+
+if TYPE_CHECKING:
+    import docker
+
+    from backends.docker.backend import DockerBackend
+
+IMAGE = "forkproxy-test/httpd:latest"
+ENGINE = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+BURST = 100
+MAX_CONCURRENCY = 10
+MAX_STARTING = 4
+
+
+def _backend(pool: str, paused_pool: int) -> DockerBackend:
+    from backends.docker.backend import DockerBackend
+
+    cfg = parse_config(Table({"image": IMAGE, "engines": [ENGINE], "paused_pool": paused_pool}, ""))
+    return DockerBackend(cfg, BackendContext(pool_name=pool, owner_id=f"{pool}-run"))
+
+
+async def parked(client: docker.DockerClient, pool: str) -> int:
+    rows = await asyncio.to_thread(
+        client.api.containers, filters={"label": f"{LABEL_POOL}={pool}", "status": "paused"}
+    )
+    return len(rows)
+
+
+async def wait_parked(client: docker.DockerClient, pool: str, n: int) -> None:
+    """Untimed: let the refill land so each sample really takes a parked container."""
+    deadline = time.monotonic() + 30
+    while await parked(client, pool) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the paused pool did not refill within 30 s")
+        await asyncio.sleep(0.02)
+
+
+async def backend_series(client: docker.DockerClient, n: int, paused: bool) -> list[float]:
+    """start() -> first byte of GET /, straight against the backend (no proxy)."""
+    pool = f"bench-{'paused' if paused else 'create'}-{os.getpid()}"
+    backend = _backend(pool, 1 if paused else 0)
+    await backend.prepare()
+    ttfb: list[float] = []
+    try:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True),
+            timeout=aiohttp.ClientTimeout(total=5),
+        ) as s:
+            for i in range(n):
+                deadline = time.monotonic() + 30
+                while paused and not backend.paused_ready:  # untimed: let the refill land
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("the paused pool did not refill within 30 s")
+                    await asyncio.sleep(0.01)
+                t0 = time.perf_counter()
+                inst = await backend.start(f"b{i}")
+                if paused and inst.meta.get("from") != "paused_pool":
+                    raise RuntimeError("a paused sample was served by a cold start")
+                await until_200(s, inst.endpoint.url + "/", time.monotonic() + 30, 0.005)
+                ttfb.append(time.perf_counter() - t0)
+                await backend.stop(inst, "bench")
+    finally:
+        await backend.aclose()
+    return ttfb
+
+
+async def proxy_series(
+    client: docker.DockerClient, work: Path, n: int, paused: bool
+) -> tuple[list[float], int, str]:
+    """A client's first byte through forkproxy; every request gets a new container."""
+    name = f"bench-proxy-{'paused' if paused else 'create'}-{os.getpid()}"
+    base = {
+        "server": {"name": name},
+        "backend": {"type": "docker", "image": IMAGE, "paused_pool": 2 if paused else 0},
+    }
+    pool = {"max_requests_per_instance": 1, "idle_ttl": "1s", "max_instances": 4}
+
+    async def spare_parked() -> None:
+        await wait_parked(client, name, 1)
+        await asyncio.sleep(0.1)  # paused in docker a moment before the proxy knows
+
+    async with forkproxy(work, name, base, pool) as fp:
+        before = spare_parked if paused else None
+        # 0.2 s apart: let the retired container go, measure starts only
+        ttfb, _, failures = await ttfb_series(fp.url + "/", n, 0.2, before)
+        command = f"{fp.command} with [pool] {pool}, [backend] {base['backend']}"
+    return ttfb, failures, command
+
+
+def _starts(metrics: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for m in re.finditer(
+        r'^forkproxy_instance_starts_total\{result="([^"]+)"\} (\S+)$', metrics, re.M
+    ):
+        out[m.group(1)] = float(m.group(2))
+    return out
+
+
+async def burst(work: Path) -> dict[str, Any]:
+    """100 concurrent requests at an idle docker pool with max_concurrency = 10."""
+    name = f"bench-burst-{os.getpid()}"
+    base = {"server": {"name": name}, "backend": {"type": "docker", "image": IMAGE}}
+    pool = {
+        "max_concurrency": MAX_CONCURRENCY,
+        "target_concurrency": 7,
+        "max_starting": MAX_STARTING,
+        "max_instances": 20,
+        "hold_timeout": "60s",
+        "idle_ttl": "30s",
+    }
+    url_path = "/cgi-bin/slow?ms=500"  # long enough that the requests really overlap
+    async with forkproxy(work, name, base, pool) as fp:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            timeout=aiohttp.ClientTimeout(total=90),
+        ) as s:
+
+            async def one() -> int:
+                try:
+                    async with s.get(fp.url + url_path) as resp:
+                        await resp.read()
+                        return resp.status
+                except (aiohttp.ClientError, OSError, TimeoutError):
+                    return 0
+
+            t0 = time.perf_counter()
+            statuses = await asyncio.gather(*(one() for _ in range(BURST)))
+            elapsed = time.perf_counter() - t0
+        starts = _starts(await fp.metrics())
+        command = f"{fp.command} with [pool] {pool}; {BURST} concurrent GET {url_path}"
+    started = int(sum(starts.values()))
+    bound = math.ceil(BURST / MAX_CONCURRENCY) + MAX_STARTING
+    ok = sum(1 for st in statuses if st == 200)
+    return {
+        "requests": BURST,
+        "ok": ok,
+        "statuses": {str(k): statuses.count(k) for k in sorted(set(statuses))},
+        "containers_started": started,
+        "start_results": starts,
+        "bound": bound,
+        "within_bound": started <= bound,
+        "all_ok": ok == BURST,
+        "seconds": elapsed,
+        "command": command,
+    }
+
+
+async def coldstart(n: int, work: Path | None = None) -> dict[str, Any]:
+    """The cold-start rows (shape of loadtest.sections.coldstart) for the shared benchmark."""
+    import docker  # the docker extra: imported only when this bench runs
+
+    client = docker.DockerClient(base_url=ENGINE, timeout=30)
+    try:
+        client.ping()
+        client.images.get(IMAGE)
+    except Exception as exc:
+        client.close()
+        why = f"no Docker engine or image {IMAGE} at {ENGINE}: {exc} (run: bash .ci/docker.sh)"
+        return {"rows": [], "commands": [], "skipped": [("docker backend", why)]}
+    tmp = tempfile.TemporaryDirectory(prefix="bench-docker-") if work is None else None
+    work = Path(tmp.name) if tmp is not None else work
+    assert work is not None
+    try:
+        create = await backend_series(client, n, paused=False)
+        unpause = await backend_series(client, n, paused=True)
+        rows = [
+            # every sample is a new container by construction
+            start_row("docker backend: create+start -> first byte", create, 0, len(create)),
+            start_row(
+                "docker backend: paused pool (unpause) -> first byte", unpause, 0, len(unpause)
+            ),
+        ]
+        commands = [
+            f"docker backend direct: {n} x (start(), GET / until 200, stop()), image {IMAGE}"
+        ]
+        skipped: list[tuple[str, str]] = []
+        try:
+            for paused in (False, True):
+                ttfb, failures, command = await proxy_series(client, work, n, paused)
+                label = "paused pool (unpause)" if paused else "create+start"
+                path = f"client -> forkproxy -> docker {label}"
+                rows.append(start_row(path, ttfb, failures, len(ttfb)))
+                commands.append(command)
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            skipped.append(("through forkproxy, docker", str(exc).splitlines()[0]))
+        return {"rows": rows, "commands": commands, "skipped": skipped}
+    finally:
+        client.close()
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def ratio(rows: list[dict[str, Any]], slow: str, fast: str) -> float | None:
+    by = {r["path"]: r for r in rows}
+    if slow in by and fast in by and by[fast]["p50_ms"] > 0:
+        return float(by[slow]["p50_ms"] / by[fast]["p50_ms"])
+    return None
+
+
+def write_json(out: Path, result: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=list) + "\n")
+
+
+def print_table(result: dict[str, Any]) -> None:
+    keys = ["path", "n", "failures", "p50_ms", "p99_ms", "min_ms", "max_ms"]
+    headers = ["path", "n", "fail", "p50 ms", "p99 ms", "min", "max"]
+    print("\n" + render(headers, [[r[k] for k in keys] for r in result["rows"]]))
+    for key, value in result["ratios"].items():
+        if value is not None:
+            print(f"p50 ratio {key}: {value:.1f}x")
+    for what, why in result["skipped"]:
+        print(f"skipped {what}: {why}")
+    b = result.get("burst")
+    if b:
+        print(
+            f"\nburst: {b['ok']}/{b['requests']} OK in {b['seconds']:.1f}s, "
+            f"{b['containers_started']} containers started (bound {b['bound']}: "
+            f"{'within' if b['within_bound'] else 'EXCEEDED'}), statuses {b['statuses']}"
+        )
+
+
+async def main_async(n: int, out: Path, do_burst: bool) -> int:
+    with tempfile.TemporaryDirectory(prefix="bench-docker-") as tmp:
+        work = Path(tmp)
+        result = await coldstart(n, work)
+        if not result["rows"]:
+            print(result["skipped"][0][1], file=sys.stderr)
+            return 2
+        rows = result["rows"]
+        result["ratios"] = {
+            "create+start / unpause (backend)": ratio(rows, rows[0]["path"], rows[1]["path"]),
+            "create+start / unpause (through forkproxy)": ratio(
+                rows,
+                "client -> forkproxy -> docker create+start",
+                "client -> forkproxy -> docker paused pool (unpause)",
+            ),
+        }
+        if do_burst:
+            try:
+                result["burst"] = await burst(work)
+            except (RuntimeError, TimeoutError, OSError) as exc:
+                result["skipped"].append(("burst", str(exc).splitlines()[0]))
+    result.update(
+        n=n,
+        image=IMAGE,
+        engine=ENGINE,
+        command=f"python -m loadtest coldstart docker --n {n}",
+        cpus=os.cpu_count(),
+        loadavg_at_end=os.getloadavg(),  # the machine is shared: numbers move with it
+        at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    await asyncio.to_thread(write_json, out, result)
+    print_table(result)
+    print(f"\nwrote {out}")
+    burst_ok = "burst" not in result or (
+        result["burst"]["all_ok"] and result["burst"]["within_bound"]
+    )
+    return 0 if burst_ok else 1
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--n", type=int, default=30, help="cold starts per series (default 30)")
+    ap.add_argument("--out", type=Path, default=REPO / "results" / "docker_bench.json")
+    ap.add_argument("--no-burst", action="store_true", help="skip the 100-request burst")
+
+
+def main(args: argparse.Namespace) -> int:
+    return asyncio.run(main_async(args.n, args.out, not args.no_burst))

@@ -1,0 +1,183 @@
+"""vsphere backend benchmark on the vcsim harness (simulator figures, not a real vCenter):
+per Instant Clone start, the SOAP calls on the start path by method and the time split
+(clone task, guest IP wait, readiness), p50 over N clones; then the same with the guest IP
+reported late, to show the waits cost the same calls however long they last (no polling).
+Runs against the simulator `.ci/vcsim.sh` started (see loadtest/coldstart/vcsim.py).
+
+    python -m loadtest coldstart vsphere --n 10        # writes results/vsphere_bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from backends.base import BackendContext
+from backends.support.table import Table
+from backends.vsphere import parse_config
+from loadtest.coldstart import until_200, vcsim
+from loadtest.report.stats import percentile
+from loadtest.report.table import render
+
+if TYPE_CHECKING:
+    from backends.vsphere.backend import VsphereBackend
+
+REPO = Path(__file__).resolve().parents[2]
+PASSWORD_ENV = "FORKPROXY_BENCH_VCSIM_PASSWORD"
+
+
+def make_backend(sim: vcsim.Simulator, parent: str) -> VsphereBackend:
+    from backends.vsphere.backend import VsphereBackend  # imports pyVmomi: only when used
+
+    os.environ[PASSWORD_ENV] = sim.password
+    table = Table.root(
+        {
+            "backend": {
+                "host": sim.host,
+                "port": sim.port,
+                "user": sim.user,
+                "password_env": PASSWORD_ENV,
+                "ca_file": sim.ca_file,
+                "parent_vm": parent,
+                "name_prefix": "bench-",
+                # The death watch's own calls would be counted with the start path's.
+                "watch_deaths": False,
+            }
+        }
+    ).sub("backend")
+    cfg = parse_config(table)
+    if table.problems:
+        raise SystemExit("\n".join(map(str, table.problems)))
+    ctx = BackendContext(pool_name=f"bench-{uuid.uuid4().hex[:6]}", owner_id="bench")
+    return VsphereBackend(cfg, ctx)
+
+
+async def one_start(sim: vcsim.Simulator, backend: VsphereBackend) -> dict[str, Any]:
+    sim.calls(reset=True)
+    t0 = time.monotonic()
+    inst = await backend.start(uuid.uuid4().hex[:10])
+    t1 = time.monotonic()
+    calls = sim.calls()  # the start path only: readiness is plain HTTP, stop comes later
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        await until_200(http, inst.endpoint.url + "/", t1 + 30, 0.01)
+    t2 = time.monotonic()
+    await backend.stop(inst, "bench")
+    return {
+        "clone_task_ms": inst.phases["clone_task"] * 1000,
+        "guest_ip_ms": inst.phases["guest_ip"] * 1000,
+        "readiness_ms": (t2 - t1) * 1000,
+        "total_ms": (t2 - t0) * 1000,
+        "soap_calls": sum(calls.values()),
+        "calls": calls,
+    }
+
+
+def summarize(delay_ms: int, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    def p50(key: str) -> float:
+        return round(percentile([s[key] for s in samples], 50), 1)
+
+    methods: Counter[str] = Counter()
+    for s in samples:
+        methods.update(s["calls"])
+    totals = sorted({s["soap_calls"] for s in samples})
+    return {
+        "guest_ip_delay_ms": delay_ms,
+        "n": len(samples),
+        "p50_clone_task_ms": p50("clone_task_ms"),
+        "p50_guest_ip_ms": p50("guest_ip_ms"),
+        "p50_readiness_ms": p50("readiness_ms"),
+        "p50_total_ms": p50("total_ms"),
+        "soap_calls_per_start": totals,  # distinct per-start totals seen
+        "calls_per_start_by_method": {
+            m: round(c / len(samples), 2) for m, c in sorted(methods.items())
+        },
+        "samples": samples,
+    }
+
+
+async def run(n: int, delays: list[int]) -> dict[str, Any]:
+    """Raises vcsim.Unavailable (with the reason) when no simulator is running."""
+    sim = vcsim.find()
+    vcsim.ensure_network()
+    si = sim.connect()
+    try:
+        parent = vcsim.make_parent(si)
+        try:
+            backend = make_backend(sim, parent)
+            await backend.prepare()
+            try:
+                await one_start(sim, backend)  # warm-up: first docker run, TLS, caches
+                results = []
+                for delay in delays:
+                    sim.set_guest_ip_delay(delay)
+                    samples = [await one_start(sim, backend) for _ in range(n)]
+                    results.append(summarize(delay, samples))
+            finally:
+                await backend.aclose()
+        finally:
+            # The simulator is shared (started by .ci/vcsim.sh): leave it as it was found.
+            sim.set_guest_ip_delay(0)
+            vcsim.remove_vm(si, parent)
+    finally:
+        sim.disconnect(si)
+    return {
+        "what": "vsphere backend start path on govmomi 0.24.2 vcsim + forkproxy harness "
+        "(simulator figures: container-backed VMs, not a real vCenter)",
+        "machine": f"{os.cpu_count()} cores",
+        "runs": results,
+    }
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print(report["what"])
+    headers = ["guest IP delay ms", "n", "clone task ms", "guest IP ms", "readiness ms"]
+    headers += ["total ms", "SOAP calls"]
+    rows = [
+        [
+            r["guest_ip_delay_ms"],
+            r["n"],
+            r["p50_clone_task_ms"],
+            r["p50_guest_ip_ms"],
+            r["p50_readiness_ms"],
+            r["p50_total_ms"],
+            "/".join(map(str, r["soap_calls_per_start"])),
+        ]
+        for r in report["runs"]
+    ]
+    print(render(headers, rows))
+    print("(p50 per start; SOAP calls: distinct per-start totals on the start path)")
+    for r in report["runs"]:
+        by = ", ".join(f"{m} {c:g}" for m, c in r["calls_per_start_by_method"].items())
+        print(f"  delay {r['guest_ip_delay_ms']} ms: {by}")
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--n", type=int, default=10, help="clones per run (default 10)")
+    ap.add_argument(
+        "--delays", default="0,2000", help="guest IP delays in ms, comma-separated (0,2000)"
+    )
+    ap.add_argument("--out", default=str(REPO / "results/vsphere_bench.json"))
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        report = asyncio.run(run(args.n, [int(d) for d in args.delays.split(",")]))
+    except vcsim.Unavailable as exc:
+        print(f"coldstart vsphere: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report)
+    print(f"wrote {out}")
+    return 0

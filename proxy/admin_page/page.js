@@ -1,0 +1,214 @@
+// forkproxy live page: Server-Sent Events from /events, drawn on plain canvases.
+// No build step and no library: this page must work on a machine without internet.
+"use strict";
+
+const WINDOW_S = 300; // what the charts show; the proxy keeps the same history
+const history = [];   // slim samples: {t, queued, in_flight, states, lower_bound, starts_per_s}
+const css = getComputedStyle(document.documentElement);
+const color = (name) => css.getPropertyValue("--" + name).trim();
+
+function live(s) {
+  return (s.states.ready || 0) + (s.states.starting || 0);
+}
+
+function scaleMax(v) {
+  // a round upper bound so the axis does not jump every second
+  if (v <= 4) return 4;
+  const p = Math.pow(10, Math.floor(Math.log10(v)));
+  for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
+  return 10 * p;
+}
+
+function frame(canvas, maxY) {
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width, h = canvas.height, left = 36, top = 6, bottom = 16;
+  ctx.clearRect(0, 0, w, h);
+  ctx.font = "11px system-ui, sans-serif";
+  ctx.strokeStyle = color("grid");
+  ctx.fillStyle = "#868e96";
+  ctx.lineWidth = 1;
+  for (let i = 0; i <= 4; i++) {
+    const y = top + (h - top - bottom) * (1 - i / 4);
+    ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(w, y); ctx.stroke();
+    ctx.fillText(String(+(maxY * i / 4).toFixed(2)), 2, y + 4);
+  }
+  const now = history.length ? history[history.length - 1].t : 0;
+  // the axis spans what the proxy has seen, from one minute up to WINDOW_S
+  const span = history.length ? Math.min(WINDOW_S, Math.max(60, now - history[0].t)) : 60;
+  const step = span > 120 ? 60 : 15;
+  for (let s = 0; s <= span; s += step) {
+    const label = s ? (s % 60 ? `-${s}s` : `-${s / 60}m`) : "now";
+    ctx.fillText(label, w - (w - left) * s / span - (s ? 14 : 22), h - 3);
+  }
+  return {
+    ctx,
+    x: (t) => left + (w - left) * (1 - (now - t) / span),
+    y: (v) => top + (h - top - bottom) * (1 - v / maxY),
+  };
+}
+
+function line(f, get, stroke, dash) {
+  const { ctx } = f;
+  ctx.beginPath();
+  ctx.setLineDash(dash || []);
+  ctx.strokeStyle = stroke;
+  ctx.lineWidth = 2;
+  history.forEach((s, i) => {
+    const x = f.x(s.t), y = f.y(get(s));
+    if (i) ctx.lineTo(x, y); else ctx.moveTo(x, y);
+  });
+  ctx.stroke();
+  ctx.setLineDash([]);
+}
+
+function band(f, lo, hi, fill) {
+  if (!history.length) return;
+  const { ctx } = f;
+  ctx.beginPath();
+  history.forEach((s, i) => {
+    const x = f.x(s.t), y = f.y(hi(s));
+    if (i) ctx.lineTo(x, y); else ctx.moveTo(x, y);
+  });
+  for (let i = history.length - 1; i >= 0; i--) ctx.lineTo(f.x(history[i].t), f.y(lo(history[i])));
+  ctx.closePath();
+  ctx.fillStyle = fill;
+  ctx.globalAlpha = 0.75;
+  ctx.fill();
+  ctx.globalAlpha = 1;
+}
+
+function drawInstances() {
+  const canvas = document.getElementById("chart-instances");
+  const st = (s, k) => s.states[k] || 0;
+  let peak = 0;
+  for (const s of history) peak = Math.max(peak, live(s) + st(s, "draining"), s.lower_bound);
+  const f = frame(canvas, scaleMax(peak));
+  const ready = (s) => st(s, "ready");
+  const starting = (s) => ready(s) + st(s, "starting");
+  band(f, () => 0, ready, color("ready"));
+  band(f, ready, starting, color("starting"));
+  band(f, starting, (s) => starting(s) + st(s, "draining"), color("draining"));
+  line(f, (s) => s.lower_bound, color("bound"), [6, 3]);
+  // what the chart shows, for people and for the browser test
+  canvas.dataset.peak = String(Math.max(0, ...history.map(live)));
+}
+
+function drawRequests() {
+  let peak = 0;
+  for (const s of history) peak = Math.max(peak, s.in_flight, s.queued);
+  const f = frame(document.getElementById("chart-requests"), scaleMax(peak));
+  line(f, (s) => s.in_flight, color("inflight"));
+  line(f, (s) => s.queued, color("queued"));
+}
+
+function drawStarts() {
+  let peak = 0;
+  for (const s of history) peak = Math.max(peak, s.starts_per_s);
+  const f = frame(document.getElementById("chart-starts"), scaleMax(peak));
+  f.ctx.fillStyle = color("starts");
+  for (const s of history) {
+    if (s.starts_per_s > 0) f.ctx.fillRect(f.x(s.t) - 2, f.y(s.starts_per_s), 4, f.y(0) - f.y(s.starts_per_s));
+  }
+}
+
+function cell(tr, text, cls) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (cls) td.className = cls;
+  tr.appendChild(td);
+  return td;
+}
+
+function secs(v) {
+  return v >= 60 ? `${(v / 60).toFixed(1)}m` : `${v.toFixed(1)}s`;
+}
+
+function fillTable(id, rows, render) {
+  const tbody = document.querySelector(`#${id} tbody`);
+  const fresh = document.createElement("tbody");
+  for (const r of rows) {
+    const tr = document.createElement("tr");
+    render(tr, r);
+    fresh.appendChild(tr);
+  }
+  tbody.replaceWith(fresh);
+}
+
+function renderSample(s) {
+  document.getElementById("pool").textContent = `${s.pool} · ${s.backend} · owner ${s.owner}`;
+  document.getElementById("now-instances").textContent =
+    `now ${live(s)} live (${s.states.ready || 0} ready), lower bound ${s.lower_bound}`;
+  document.getElementById("now-requests").textContent =
+    `now ${s.in_flight} in flight, ${s.queued} queued`;
+  document.getElementById("now-starts").textContent = `now ${s.starts_per_s.toFixed(1)}/s`;
+  const table = document.getElementById("instances");
+  table.dataset.seq = String(s.seq);
+  fillTable("instances", s.instances, (tr, r) => {
+    tr.dataset.id = r.id;
+    cell(tr, r.id);
+    cell(tr, r.backend);
+    cell(tr, r.state, `state-${r.state}`);
+    cell(tr, String(r.in_flight), "num");
+    cell(tr, String(r.requests_served), "num");
+    cell(tr, secs(r.age), "num");
+    cell(tr, r.in_flight ? "–" : secs(r.idle), "num");
+    cell(tr, r.endpoint || "");
+    cell(tr, r.owner || "");
+  });
+  document.getElementById("settings-source").textContent =
+    s.settings_source === "pool" ? "(as the pool runs them, auto resolved)" : "(from the config)";
+  fillTable("settings", Object.entries(s.settings), (tr, [k, v]) => {
+    cell(tr, k);
+    cell(tr, typeof v === "object" ? JSON.stringify(v) : String(v));
+  });
+  fillTable("results", Object.entries(s.start_results), (tr, [k, v]) => {
+    cell(tr, k);
+    cell(tr, String(v), "num");
+  });
+  const failures = s.failures.length ? s.failures.slice().reverse() : [null];
+  fillTable("failures", failures, (tr, f) => {
+    if (!f) {
+      cell(tr, "none since the admin listener started").colSpan = 4;
+      return;
+    }
+    cell(tr, new Date(f.t * 1000).toLocaleTimeString());
+    cell(tr, f.instance);
+    cell(tr, f.reason);
+    cell(tr, f.error);
+  });
+}
+
+function push(s) {
+  history.push(s);
+  while (history.length && history[0].t < s.t - WINDOW_S) history.shift();
+}
+
+function redraw() {
+  drawInstances();
+  drawRequests();
+  drawStarts();
+}
+
+function connect() {
+  const status = document.getElementById("status");
+  const es = new EventSource("events");
+  es.addEventListener("history", (ev) => {
+    history.length = 0;
+    for (const s of JSON.parse(ev.data)) push(s);
+    redraw();
+  });
+  es.addEventListener("sample", (ev) => {
+    const s = JSON.parse(ev.data);
+    if (!history.length || history[history.length - 1].seq < s.seq) push(s);
+    renderSample(s);
+    redraw();
+    status.textContent = `live · ${new Date(s.t * 1000).toLocaleTimeString()}`;
+    status.className = "status live";
+  });
+  es.onerror = () => {
+    status.textContent = "connection lost, retrying…";
+    status.className = "status lost";
+  };
+}
+
+connect();

@@ -1,0 +1,165 @@
+"""The live view's data: once a second, a sample of what the pool already holds
+(instances, queue, counters), kept for a few minutes and handed to subscribers
+(the page's Server-Sent Events, `forkproxy top`). Nothing here runs per request."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from backends.support.tasks import TaskSet
+
+if TYPE_CHECKING:
+    from proxy.server import Proxy
+
+HISTORY_SECONDS = 300
+FAILURES_KEPT = 20
+# the pool's own warning for a failed start; the ring below is fed from it because the
+# pool keeps no history of failures (see StartFailures)
+_FAILED_START = "instance %s failed to start"
+
+
+class StartFailures(logging.Handler):
+    """The last start failures with their reasons, read from the pool's log records
+    (the only place a failure's message lives). Records below the logger's level never
+    arrive: at --log-level error the list stays empty; the per-result counts in every
+    sample come from the metrics and are always there."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(logging.WARNING)
+        self.clock = clock
+        self.recent: deque[dict[str, Any]] = deque(maxlen=FAILURES_KEPT)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not isinstance(record.msg, str) or not record.msg.startswith(_FAILED_START):
+            return
+        args = record.args if isinstance(record.args, tuple) else ()
+        self.recent.append(
+            {
+                "t": record.created,
+                "instance": str(args[0]) if len(args) > 0 else "",
+                "reason": str(args[1]) if len(args) > 1 else "",
+                "error": str(args[2]) if len(args) > 2 else record.getMessage(),
+            }
+        )
+
+
+def effective_settings(proxy: Proxy) -> tuple[dict[str, Any], str]:
+    """The pool's settings as it runs them. A pool that resolves `auto` values exposes
+    effective_settings(); otherwise the config is what runs."""
+    pool: Any = proxy.pool
+    if hasattr(pool, "effective_settings"):
+        return dict(pool.effective_settings()), "pool"
+    # an unset (None) value is one the pool resolves itself ("auto")
+    cfg = dataclasses.asdict(proxy.cfg.pool)
+    return {k: "auto" if v is None else v for k, v in cfg.items()}, "config"
+
+
+def _by_label(samples: Any, label: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for metric in samples.collect():
+        for s in metric.samples:
+            if s.name.endswith("_total"):
+                out[s.labels[label]] = s.value
+    return out
+
+
+class Sampler:
+    """Samples the pool every `interval` seconds into a ring of HISTORY_SECONDS."""
+
+    def __init__(self, proxy: Proxy, interval: float = 1.0) -> None:
+        self.proxy = proxy
+        self.interval = interval
+        self.history: deque[dict[str, Any]] = deque(maxlen=max(1, int(HISTORY_SECONDS / interval)))
+        self.latest: dict[str, Any] | None = None
+        self.failures = StartFailures()
+        self._tasks = TaskSet("live")
+        self._new = asyncio.Event()
+        self._closed = False
+        self._seq = 0
+        self._prev_starts: tuple[float, float] | None = None  # (monotonic, ok starts)
+
+    async def start(self) -> None:
+        logging.getLogger("forkproxy.pool").addHandler(self.failures)
+        self.sample()
+        self._tasks.spawn(self._loop(), "live-sampler")
+
+    async def aclose(self) -> None:
+        self.close()
+        logging.getLogger("forkproxy.pool").removeHandler(self.failures)
+        await self._tasks.aclose()
+
+    def close(self) -> None:
+        """End every subscriber's stream (the admin listener is shutting down)."""
+        self._closed = True
+        self._new.set()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.sample()
+
+    def sample(self) -> dict[str, Any]:
+        proxy, pool = self.proxy, self.proxy.pool
+        rows = pool.describe()
+        for row in rows:  # the pool holds only instances this run started
+            row.setdefault("owner", row.get("meta", {}).get("owner") or proxy.owner_id)
+        states: dict[str, int] = {}
+        for row in rows:
+            states[row["state"]] = states.get(row["state"], 0) + 1
+        in_flight = sum(int(r["in_flight"]) for r in rows)
+        results = _by_label(proxy.metrics.starts, "result")
+        now = time.monotonic()
+        ok = results.get("ok", 0.0)
+        rate = 0.0
+        if self._prev_starts is not None and now > self._prev_starts[0]:
+            rate = (ok - self._prev_starts[1]) / (now - self._prev_starts[0])
+        self._prev_starts = (now, ok)
+        settings, source = effective_settings(proxy)
+        max_c = int(settings.get("max_concurrency") or proxy.cfg.pool.max_concurrency)
+        self._seq += 1
+        sample = {
+            "seq": self._seq,
+            "t": time.time(),
+            "pool": proxy.cfg.server.name,
+            "backend": proxy.cfg.backend_type,
+            "owner": proxy.owner_id,
+            "queued": pool.queued,
+            "in_flight": in_flight,
+            "states": states,
+            "instances_live": states.get("starting", 0) + states.get("ready", 0),
+            "lower_bound": math.ceil(in_flight / max_c),
+            "starts_per_s": round(rate, 3),
+            "start_results": results,
+            "failures": list(self.failures.recent),
+            "settings": settings,
+            "settings_source": source,
+            "instances": rows,
+        }
+        self.latest = sample
+        self.history.append(slim(sample))
+        self._new.set()
+        self._new = asyncio.Event()
+        return sample
+
+    async def next(self, after: int) -> dict[str, Any] | None:
+        """The first sample newer than `after`, or None once closed."""
+        while not self._closed:
+            if self.latest is not None and self.latest["seq"] > after:
+                return self.latest
+            await self._new.wait()
+        return None
+
+
+CHART_KEYS = ("seq", "t", "queued", "in_flight", "states", "lower_bound", "starts_per_s")
+
+
+def slim(sample: dict[str, Any]) -> dict[str, Any]:
+    """What the chart needs of a sample (the history sent on connect)."""
+    return {k: sample[k] for k in CHART_KEYS}

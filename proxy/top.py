@@ -1,0 +1,191 @@
+"""`forkproxy top ADMIN_URL`: the live page in a terminal (for a proxy on a server over
+ssh). It reads the same Server-Sent Events the page reads, so both show the same samples."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+TOKEN_ENV = "FORKPROXY_ADMIN_TOKEN"
+_BARS = " ▁▂▃▄▅▆▇█"
+_WIDTH = 60  # seconds of history in the sparklines
+
+
+async def events(
+    session: aiohttp.ClientSession, url: str, token: str | None = None
+) -> AsyncIterator[tuple[str, Any]]:
+    """(event, data) pairs from the admin listener's /events stream."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with session.get(url.rstrip("/") + "/events", headers=headers) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"{url}/events answered {resp.status}: {(await resp.text())[:200]}")
+        event, data = "message", list[str]()
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\r\n")
+            if not line:
+                if data:
+                    yield event, json.loads("\n".join(data))
+                event, data = "message", []
+            elif line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].lstrip())
+
+
+async def first_sample(url: str, token: str | None = None) -> dict[str, Any]:
+    """The sample the admin listener is showing now (what `top --once` prints)."""
+    async with aiohttp.ClientSession() as session:
+        async for event, data in events(session, url, token):
+            if event == "sample":
+                return dict(data)
+    raise RuntimeError(f"{url}/events ended before a sample")
+
+
+def rows(sample: dict[str, Any]) -> list[dict[str, Any]]:
+    """The instance table as top shows it."""
+    return [
+        {
+            "id": r["id"],
+            "backend": r["backend"],
+            "state": r["state"],
+            "in_flight": r["in_flight"],
+            "served": r["requests_served"],
+            "age": r["age"],
+            "idle": r["idle"],
+            "endpoint": r["endpoint"] or "",
+            "owner": r.get("owner", ""),
+        }
+        for r in sample["instances"]
+    ]
+
+
+def spark(values: Sequence[float]) -> str:
+    top = max(values, default=0) or 1
+    return "".join(_BARS[round(v / top * (len(_BARS) - 1))] for v in values[-_WIDTH:])
+
+
+def render(sample: dict[str, Any], history: Sequence[dict[str, Any]]) -> RenderableType:
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    states = sample["states"]
+    head = Text.assemble(
+        ("forkproxy ", "bold"),
+        f"{sample['pool']} · {sample['backend']} · owner {sample['owner']} · seq {sample['seq']}",
+    )
+    live = [h["states"].get("ready", 0) + h["states"].get("starting", 0) for h in history]
+    summary = Table.grid(padding=(0, 2))
+    summary.add_row(
+        "instances",
+        f"{sample['instances_live']} live ({states.get('ready', 0)} ready, "
+        f"{states.get('starting', 0)} starting, {states.get('draining', 0)} draining)",
+        Text(spark(live), style="green"),
+    )
+    summary.add_row(
+        "lower bound",
+        f"{sample['lower_bound']} = ⌈in flight / max_concurrency⌉",
+        Text(spark([h["lower_bound"] for h in history]), style="blue"),
+    )
+    summary.add_row(
+        "requests",
+        f"{sample['in_flight']} in flight, {sample['queued']} queued",
+        Text(spark([h["in_flight"] for h in history]), style="magenta"),
+    )
+    summary.add_row(
+        "cold starts",
+        f"{sample['starts_per_s']:.1f}/s  results {sample['start_results']}",
+        Text(spark([h["starts_per_s"] for h in history]), style="yellow"),
+    )
+    table = Table(title="instances", title_justify="left", expand=False)
+    for col in ("id", "backend", "state", "in flight", "served", "age", "idle", "endpoint"):
+        table.add_column(col, justify="right" if col in ("in flight", "served") else "left")
+    for r in rows(sample):
+        idle = "-" if r["in_flight"] else f"{r['idle']:.1f}s"
+        table.add_row(
+            r["id"],
+            r["backend"],
+            r["state"],
+            str(r["in_flight"]),
+            str(r["served"]),
+            f"{r['age']:.1f}s",
+            idle,
+            r["endpoint"],
+        )
+    settings = " ".join(f"{k}={v}" for k, v in sample["settings"].items())
+    parts: list[RenderableType] = [
+        head,
+        summary,
+        table,
+        Text(f"settings ({sample['settings_source']}): {settings}", style="dim"),
+    ]
+    for f in sample["failures"][-5:]:
+        parts.append(Text(f"start failed: {f['instance']} {f['reason']}: {f['error']}", "red"))
+    return Group(*parts)
+
+
+async def run(url: str, token: str | None, once: bool) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    history: deque[dict[str, Any]] = deque(maxlen=_WIDTH)
+    timeout = aiohttp.ClientTimeout(sock_connect=5, sock_read=15)  # samples come every second
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        stream = events(session, url, token)
+        if once:
+            async for event, data in stream:
+                if event == "history":
+                    history.extend(data)
+                elif event == "sample":
+                    console.print(render(data, history))
+                    return 0
+            return 1
+        with Live(console=console, auto_refresh=False, screen=False) as view:
+            async for event, data in stream:
+                if event == "history":
+                    history.extend(data)
+                elif event == "sample":
+                    history.append(data)
+                    view.update(render(data, history), refresh=True)
+    return 0
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file:
+        with open(args.token_file, encoding="utf-8") as f:
+            return f.read().strip()
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="forkproxy top", description="Watch a running forkproxy from its admin listener."
+    )
+    p.add_argument("url", nargs="?", default="http://127.0.0.1:9090", help="admin listener URL")
+    p.add_argument("--once", action="store_true", help="print the current view and exit")
+    p.add_argument("--token-file", help=f"file holding the admin bearer token (or ${TOKEN_ENV})")
+    args = p.parse_args(list(argv))
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        print("forkproxy top needs rich: pip install 'forkproxy[top]'", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(run(args.url, _token(args), args.once))
+    except KeyboardInterrupt:
+        return 0
+    except (OSError, aiohttp.ClientError, RuntimeError) as exc:
+        print(f"forkproxy top: {exc}", file=sys.stderr)
+        return 1

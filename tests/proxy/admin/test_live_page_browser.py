@@ -1,0 +1,138 @@
+"""The live page in headless Chromium against a proxy under load: the chart shows the
+pool scaling out, and the page's table agrees with the stream, `top` and /instances.
+Skipped (with the reason) without Debian's chromium + chromium-driver unless
+FORKPROXY_REQUIRE_BROWSER=1; FORKPROXY_UPDATE_SCREENSHOT=1 refreshes docs/live-page.png."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy import top
+from tests.conftest import ROOT, eventually, run_proxy
+from tests.proxy.admin.helpers import POOL, bounded_load, sample_after, table_key
+
+CHROMIUM = shutil.which("chromium")
+DRIVER = shutil.which("chromedriver")
+SCREENSHOT = ROOT / "docs" / "live-page.png"
+TOKEN = "browser-test-token"
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,1500",
+)
+
+if not (CHROMIUM and DRIVER):
+    reason = "needs Debian's chromium and chromium-driver (apt-get install the two)"
+    if os.environ.get("FORKPROXY_REQUIRE_BROWSER") == "1":
+        raise RuntimeError(f"FORKPROXY_REQUIRE_BROWSER=1 but no browser: {reason}")
+    pytest.skip(reason, allow_module_level=True)
+
+from selenium import webdriver  # noqa: E402 - only importable where the browser test runs
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+_TABLE_JS = """
+const t = document.getElementById('instances');
+return {seq: Number(t.dataset.seq || 0),
+        rows: [...t.tBodies[0].rows].map(tr => [...tr.cells].map(c => c.textContent))};
+"""
+
+
+def _browser(profile: Path) -> Any:
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console
+    # the Debian driver, never one Selenium Manager would try to download
+    return webdriver.Chrome(options=options, service=Service(executable_path=str(DRIVER)))
+
+
+def _page_rows(rows: list[list[str]]) -> list[tuple[str, str, str, int, int, str]]:
+    # id, backend, state, in flight, served, age, idle, endpoint, owner
+    return sorted((r[0], r[1], r[2], int(r[3]), int(r[4]), r[7]) for r in rows)
+
+
+async def test_live_page_under_load(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FORKPROXY_TEST_ADMIN_TOKEN", TOKEN)
+    server = {"admin_token_env": "FORKPROXY_TEST_ADMIN_TOKEN"}
+    async with run_proxy(server=server, pool=POOL) as p:
+        driver = await asyncio.to_thread(_browser, tmp_path / "profile")
+        try:
+            # a browser cannot send the bearer header: the login URL sets the cookie
+            await asyncio.to_thread(driver.get, f"{p.admin}/?token={TOKEN}")
+            assert driver.current_url.rstrip("/") == p.admin
+            base = asyncio.gather(bounded_load(p.url, workers=3, seconds=12))
+
+            async def burst() -> int:
+                await asyncio.sleep(3)
+                return await bounded_load(p.url, workers=6, seconds=5)
+
+            spike = asyncio.gather(burst())
+            try:
+
+                def chart_peak() -> int:
+                    canvas = driver.find_element("id", "chart-instances")
+                    return int(canvas.get_attribute("data-peak") or 0)
+
+                wait = WebDriverWait(driver, 30, poll_frequency=0.2)
+                await asyncio.to_thread(wait.until, lambda _: chart_peak() > 1)
+                await asyncio.sleep(6)  # let the chart draw the ramp, then photograph it
+                shot = tmp_path / "live-page.png"
+                assert await asyncio.to_thread(driver.save_screenshot, str(shot))
+                png = shot.read_bytes()
+                assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+                if os.environ.get("FORKPROXY_UPDATE_SCREENSHOT") == "1":
+                    shutil.copyfile(shot, SCREENSHOT)
+            finally:
+                served = sum(await base) + sum(await spike)
+            assert served > 0
+            assert chart_peak() > 1
+            # the effective settings and the load's start counts are on the page too
+            text = driver.find_element("tag name", "body").text
+            assert "max_concurrency" in text and "lower bound" in text
+
+            # same moment: once the pool is quiet, page, stream, top and /instances agree
+            pool = p.proxy.pool
+            await eventually(
+                lambda: pool.queued == 0 and all(r["in_flight"] == 0 for r in pool.describe()),
+                10,
+                "load to drain",
+            )
+            settled = time.time()
+            sample = await sample_after(p.admin, settled, TOKEN)
+            await asyncio.to_thread(
+                WebDriverWait(driver, 10, poll_frequency=0.2).until,
+                lambda d: d.execute_script(_TABLE_JS)["seq"] >= sample["seq"],
+            )
+            page = await asyncio.to_thread(driver.execute_script, _TABLE_JS)
+            async with p.session.get(
+                p.admin + "/instances", headers={"Authorization": f"Bearer {TOKEN}"}
+            ) as r:
+                listed = (await r.json())["instances"]
+            assert len(listed) > 1
+            expected = sorted(map(table_key, listed))
+            assert _page_rows(page["rows"]) == expected
+            assert sorted(map(table_key, sample["instances"])) == expected
+            assert sorted(map(table_key, top.rows(sample))) == expected
+            assert {r[8] for r in page["rows"]} == {p.proxy.owner_id}
+            errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+            assert errors == []
+        finally:
+            await asyncio.to_thread(driver.quit)
