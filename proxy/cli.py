@@ -94,11 +94,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:  # pragma: no cover - uvloop is a dependency
         runner = asyncio.Runner()
+    code = 0
     try:
         with runner:
             runner.run(serve(cfg))
-    except StartupFailed:  # serve() logged why, before "forkproxy stopped"
-        return 3
+    except StartupFailed:  # serve() logged why
+        code = 3
     except ConfigError as exc:  # e.g. the admin token's env var or file is missing
-        return _report(exc, args.config or "<defaults>")
-    return 0
+        code = _report(exc, args.config or "<defaults>")
+    log.info("forkproxy stopped")  # after the reason it stopped, never before
+    return code

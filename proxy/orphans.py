@@ -116,12 +116,14 @@ class OrphanReaper:
             await self._reap(inst)
 
     async def _reap(self, inst: Instance) -> None:
-        log.warning(
-            "reaping instance %s of stopped owner %s", inst.id, inst.owner_id or "(unlabelled)"
-        )
+        # meta["marker"]: a backend's lease or claim record of that owner, not an instance
+        marker = inst.meta.get("marker")
+        what = f"{marker} marker" if marker else "instance"
+        log.warning("reaping %s %s of stopped owner %s", what, inst.id, inst.owner_id or "?")
         try:
             await self.backend.stop(inst, "orphan")
-            self.metrics.stops.labels("orphan").inc()
+            if not marker:
+                self.metrics.stops.labels("orphan").inc()
         except BackendError as exc:
             log.warning("could not reap leftover %s: %s", inst.id, exc)
 

@@ -167,4 +167,3 @@ async def serve(cfg: Config) -> None:
         raise
     finally:
         await proxy.stop()
-        log.info("forkproxy stopped")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import aiohttp
 
 from backends.base import Backend
-from backends.support.owner import Owner
+from backends.support.owner import Owner, this_space
 from proxy.metrics import Metrics
 from proxy.orphans import OrphanReaper
 from tests.conftest import ProxyProcess, eventually
@@ -85,12 +86,36 @@ async def _kept(p: ProxyProcess, before: set[str]) -> None:
 
 
 async def run_scenario(
-    make: Callable[[], ProxyProcess],
+    new: Callable[[str], ProxyProcess],
+    config_text: str,
     slow_path: str,
     left_of: LeftOf,
     bound: float,
     start_timeout: float = 30.0,
-) -> None:
+) -> ProxyProcess:
+    """Returns the survivor (stopped by then: every proxy gets SIGTERM at the end)."""
+    made: list[ProxyProcess] = []
+
+    def make() -> ProxyProcess:
+        made.append(new(config_text))
+        return made[-1]
+
+    try:
+        return await _scenario(make, slow_path, left_of, bound, start_timeout)
+    finally:
+        for p in made:
+            if p.proc is not None and p.proc.poll() is None:
+                p.signal(signal.SIGTERM)
+                await p.wait(60)
+
+
+async def _scenario(
+    make: Callable[[], ProxyProcess],
+    slow_path: str,
+    left_of: LeftOf,
+    bound: float,
+    start_timeout: float,
+) -> ProxyProcess:
     a = make()
     await a.start(start_timeout)
     a_ids = await _warm(a)
@@ -128,6 +153,14 @@ async def run_scenario(
     assert took <= bound + 5
     await _kept(a, a_ids)
     assert await get(a.url + "/") == 200
+    return a
+
+
+def dead_owner(tag: str) -> str:
+    """An owner id on this host whose process has exited: provably stopped."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return str(Owner(f"dead-{tag}", this_space(), proc.pid, 1))
 
 
 def remote_owner(tag: str) -> str:

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 from backends.base import Backend, BackendContext
 from backends.docker.config import DockerConfig, parse_config
+from backends.support.table import Problem
 
-__all__ = ["DockerConfig", "create_backend", "parse_config"]
+__all__ = ["DockerConfig", "check_config", "create_backend", "parse_config"]
 
 
 def create_backend(config: DockerConfig, ctx: BackendContext) -> Backend:
     from backends.docker.backend import DockerBackend
 
     return DockerBackend(config, ctx)
+
+
+def check_config(config: DockerConfig, *, imports: bool = True) -> list[Problem]:
+    from backends.docker.check import check_config as check
+
+    return check(config, imports=imports)

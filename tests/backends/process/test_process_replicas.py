@@ -29,9 +29,5 @@ async def test_fork_replicas_share_a_pool_name(
             and _linux.is_running(pid)
         )
 
-    await run_scenario(
-        lambda: proxy_process(CONFIG.format(name=name, max_c=10, mode="fork")),
-        "/io?ms=3000",
-        left_of,
-        6,
-    )
+    text = CONFIG.format(name=name, max_c=10, mode="fork")
+    await run_scenario(proxy_process, text, "/io?ms=3000", left_of, 6)

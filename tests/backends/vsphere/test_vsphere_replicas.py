@@ -5,7 +5,6 @@ owner id proves it dead on this host), and an owner on another host is judged by
 from __future__ import annotations
 
 import asyncio
-import signal
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -58,19 +57,10 @@ async def test_vsphere_replicas_share_a_pool_name(
     async def left_of(owner: str) -> int:
         return await asyncio.to_thread(owned_clones, si, prefix, owner)
 
-    made: list[ProxyProcess] = []
-
-    def make() -> ProxyProcess:
-        made.append(proxy_process(text))
-        return made[-1]
-
-    try:
-        await run_scenario(make, "/cgi-bin/slow?ms=3000", left_of, 12, start_timeout=90)
-    finally:
-        for p in made:
-            if p.proc is not None and p.proc.poll() is None:
-                p.signal(signal.SIGTERM)
-                await p.wait(60)
+    survivor = await run_scenario(
+        proxy_process, text, "/cgi-bin/slow?ms=3000", left_of, 12, start_timeout=90
+    )
+    assert "reaping instance" in survivor.log.read_text()
 
 
 async def test_an_owner_on_another_host_is_judged_by_its_lease(
