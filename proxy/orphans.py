@@ -112,8 +112,8 @@ class OrphanReaper:
                     inst.owner_id,
                 )
         self.judge.forget_unused()
-        for inst in dead:
-            await self._reap(inst)
+        # at once: a stop may wait out its grace, and the next heartbeat waits for us
+        await asyncio.gather(*(self._reap(inst) for inst in dead))
 
     async def _reap(self, inst: Instance) -> None:
         # meta["marker"]: a backend's lease or claim record of that owner, not an instance

@@ -150,6 +150,7 @@ async def _scenario(
 
     await eventually(b_gone, bound + 5, f"what {b_owner} left to be reaped")
     took = time.monotonic() - t0
+    print(f"what {b_owner} left was gone {took:.1f}s after its SIGKILL (bound {bound}s)")
     assert took <= bound + 5
     await _kept(a, a_ids)
     assert await get(a.url + "/") == 200
