@@ -80,6 +80,14 @@ def gone_here(owner_id: str) -> bool | None:
     owner = parse(owner_id)
     if owner is None or owner.space != this_space() or owner.space == "unknown":
         return None
+    if proc_stat(owner.pid) is None:
+        try:
+            os.kill(owner.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return None  # it exists but /proc hides it from us (hidepid): cannot tell
     return start_time(owner.pid) != owner.start
 
 
