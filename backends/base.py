@@ -98,6 +98,12 @@ class Backend(abc.ABC):
         backends.support.owner.gone_here alone: an owner on another host is never reaped)."""
         return None
 
+    def concurrency_hint(self) -> int | None:
+        """Requests one instance serves at once, if the backend knows its app (asked after
+        prepare(): a fork template knows a WSGI app's threads). It becomes
+        pool.max_concurrency when that is "auto"; None leaves the pool's default."""
+        return None
+
     async def alive(self, instance: Instance) -> bool:
         """Cheap liveness check used after a failed request; default: assume alive."""
         return True

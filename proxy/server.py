@@ -17,6 +17,7 @@ import backends
 from backends.base import Backend, BackendContext
 from backends.errors import BackendError
 from backends.support import owner
+from backends.support.extras import MissingExtra
 from proxy.admin import admin_app
 from proxy.config import Address, Config
 from proxy.http.forward import Forwarder
@@ -50,7 +51,7 @@ class StartupFailed(Exception):
 
 def failure_message(exc: BaseException, cfg: Config) -> str | None:
     """One line a person can act on, for the errors that stop a proxy from starting."""
-    if isinstance(exc, BackendError):
+    if isinstance(exc, BackendError | MissingExtra):
         return f"backend {cfg.backend_type} cannot start: {exc}"
     if isinstance(exc, UnsafeParser):
         return f"refusing to run: {exc}"
@@ -149,12 +150,13 @@ class Proxy:
 
 
 async def serve(cfg: Config) -> None:
-    proxy = Proxy(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    proxy: Proxy | None = None
     try:
+        proxy = Proxy(cfg)  # a backend's missing extra shows here
         await proxy.start()
         await stop.wait()
         log.info("signal received: draining")
@@ -166,4 +168,5 @@ async def serve(cfg: Config) -> None:
             raise StartupFailed(why) from exc
         raise
     finally:
-        await proxy.stop()
+        if proxy is not None:
+            await proxy.stop()
