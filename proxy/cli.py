@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not build the fork-mode app in a throw-away interpreter",
     )
+    check.add_argument(
+        "--no-ports",
+        action="store_true",
+        help="do not check that server.listen / server.admin are free (e.g. the proxy "
+        "being replaced still holds them)",
+    )
     tune_cmd = sub.add_parser(
         "tune",
         help="search pool settings under load (see --help)",
@@ -74,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         try:
             cfg = load(args.file)
-            problems = preflight.check(cfg, imports=not args.no_import)
+            problems = preflight.check(cfg, imports=not args.no_import, ports=not args.no_ports)
             if problems:
                 raise ConfigError(problems)
         except ConfigError as exc:

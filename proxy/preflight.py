@@ -25,9 +25,9 @@ def port_problem(key: str, address: Address) -> Problem | None:
     return None
 
 
-def check(cfg: Config, *, imports: bool = True) -> list[Problem]:
-    found = [port_problem("server.listen", cfg.server.listen)]
-    if cfg.server.admin is not None:
+def check(cfg: Config, *, imports: bool = True, ports: bool = True) -> list[Problem]:
+    found = [port_problem("server.listen", cfg.server.listen)] if ports else []
+    if cfg.server.admin is not None and ports:
         found.append(port_problem("server.admin", cfg.server.admin))
     problems = [p for p in found if p is not None]
     module = backends.load(cfg.backend_type)

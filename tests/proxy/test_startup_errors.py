@@ -96,6 +96,8 @@ def test_check_config_finds_a_taken_port(tmp_path: Path, taken_port: int, key: s
     res = forkproxy("check-config", "--no-import", write(tmp_path, text))
     assert res.returncode == 2
     assert problems(res.stderr) == [f"server.{key}: 127.0.0.1:{taken_port}: address already in use"]
+    skipped = forkproxy("check-config", "--no-import", "--no-ports", write(tmp_path, text))
+    assert skipped.returncode == 0, skipped.stderr
 
 
 def test_run_with_a_missing_app_prints_one_line_then_stopped(tmp_path: Path) -> None:
