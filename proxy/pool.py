@@ -36,6 +36,8 @@ from proxy.policy import (
 )
 
 log = logging.getLogger("forkproxy.pool")
+# the last start failures with their reasons, for the admin's live page
+FAILURES_KEPT = 20
 
 
 class State(enum.Enum):
@@ -157,6 +159,7 @@ class Pool:
         self._demand = DemandTrace(cfg.tick, max(cfg.idle_ttl or 0.0, KEEP_ALIVE_MAX) + 1.0)
         self._failures = 0
         self._blocked_until = 0.0
+        self.recent_failures: deque[dict[str, Any]] = deque(maxlen=FAILURES_KEPT)
         self._closing = False
         self._wake = asyncio.Event()
         self._probe_session: aiohttp.ClientSession | None = None
@@ -527,6 +530,9 @@ class Pool:
         backoff = min(5.0, 0.05 * 2 ** (self._failures - 1))
         self._blocked_until = self.clock() + backoff
         self.metrics.starts.labels(reason).inc()
+        self.recent_failures.append(
+            {"t": time.time(), "instance": slot.id, "reason": reason, "error": str(exc)}
+        )
         log.warning(
             "instance %s failed to start (%s): %s; attempt %d, next in %.2fs",
             slot.id,
