@@ -18,6 +18,7 @@ import aiohttp
 
 from backends.base import Backend, BackendContext, Instance
 from backends.errors import BackendError
+from backends.support.probe import wait_ready
 from backends.support.tasks import TaskSet
 from proxy.config import PoolConfig
 from proxy.metrics import Metrics
@@ -431,24 +432,8 @@ class Pool:
     async def _probe(self, slot: Slot, inst: Instance) -> None:
         assert self._probe_session is not None
         url = inst.endpoint.url + self.cfg.readiness_path
-        delay = 0.002
-        while True:
-            if slot.died.is_set():
-                raise BackendError(
-                    f"instance died while starting: {slot.death_reason}", reason="died"
-                )
-            try:
-                async with self._probe_session.get(url, allow_redirects=False) as resp:
-                    if resp.status < 500:
-                        return
-            except (aiohttp.ClientError, OSError, TimeoutError):
-                pass
-            try:
-                async with asyncio.timeout(delay):
-                    await slot.died.wait()
-            except TimeoutError:
-                pass
-            delay = min(delay * 1.5, 0.1)
+        if not await wait_ready(self._probe_session, url, stop=slot.died):
+            raise BackendError(f"instance died while starting: {slot.death_reason}", reason="died")
 
     def _start_failed(self, slot: Slot, reason: str, exc: BaseException) -> None:
         self._slots.pop(slot.id, None)

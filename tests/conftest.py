@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
+    """A loopback TCP port free a moment ago: the tests' one helper for it (the vcsim
+    harness and the docker tests use it too)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -15,6 +15,11 @@ import requests.exceptions
 
 from backends.errors import BackendError, BackendUnavailable, StartError
 
+# Seconds any one engine API call may take (the SDK's read timeout): create, start, stop
+# and inspect answer in well under a second; an image pull or a `docker stop` with its
+# grace can take longer. One value for every call; a config key may replace it.
+ENGINE_CALL_TIMEOUT = 30  # the SDK takes whole seconds
+
 # Daemon messages that mean the published host port was taken under us.
 _PORT_CONFLICT = ("port is already allocated", "address already in use")
 
@@ -88,7 +93,7 @@ class Engine:
             if self.client is None:
                 self.client = docker.DockerClient(
                     base_url=self.url,
-                    timeout=30,
+                    timeout=ENGINE_CALL_TIMEOUT,
                     use_ssh_client=self.url.startswith("ssh://"),
                 )
             self.client.ping()

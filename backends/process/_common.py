@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import time
 
 from backends.base import Backend, BackendContext, Endpoint, Instance
 from backends.process import _linux, _scan
 from backends.process.config import ProcessConfig
 from backends.process.log import log
+from backends.support.kill import terminate
 
-_KILL_WAIT = 5.0
 _POLL = 0.02
 
 
@@ -95,12 +94,13 @@ class ProcessBackendBase(Backend):
         pid: int = instance.handle
         group = instance.meta.get("kind") == "exec"  # exec'd commands lead their own group
         log.info("stopping leftover %s (pid %d)", instance.id, pid)
-        _signal(pid, signal.SIGTERM, group)
-        if await wait_gone(pid, self.config.stop_grace):
-            return
-        _signal(pid, signal.SIGKILL, group)
-        if not await wait_gone(pid, _KILL_WAIT):
-            log.warning("leftover %s (pid %d) survived SIGKILL", instance.id, pid)
+        await terminate(
+            f"leftover {instance.id} (pid {pid})",
+            lambda sig: _signal(pid, sig, group),
+            lambda secs: wait_gone(pid, secs),
+            self.config.stop_grace,
+            log,
+        )
 
     async def _alive_foreign(self, instance: Instance) -> bool:
         return isinstance(instance.handle, int) and _linux.is_running(instance.handle)

@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from backends.support.tasks import TaskSet
+
 _PARENT_POLL = 0.5
 T = TypeVar("T")
 Acquire = Callable[[], Awaitable[socket.socket | None]]
@@ -31,7 +33,8 @@ class Lifetime:
         self._loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self.stop.set)
-        self._watch = self._loop.create_task(self._parent_gone(ppid))
+        self._tasks = TaskSet("child")
+        self._tasks.spawn(self._parent_gone(ppid), "parent-watch")
 
     async def _parent_gone(self, ppid: int) -> None:
         while os.getppid() == ppid:  # noqa: ASYNC110 - no event exists for this
@@ -40,8 +43,11 @@ class Lifetime:
 
     async def until(self, aw: Awaitable[T]) -> T | None:
         """`aw`'s result, or None if we were told to stop first."""
+        # A race whose two tasks live only inside this call (both awaited below), like a
+        # TaskGroup's; but a TaskGroup would wrap aw's exception in an ExceptionGroup and a
+        # TaskSet would log it as unhandled, where the caller wants it as it is.
         work = asyncio.ensure_future(aw)  # noqa: TID251 - awaited or cancelled right here
-        stop = self._loop.create_task(self.stop.wait())
+        stop = asyncio.ensure_future(self.stop.wait())  # noqa: TID251 - likewise
         await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
         for task in (work, stop):
             task.cancel()
@@ -51,8 +57,7 @@ class Lifetime:
     async def close(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.remove_signal_handler(sig)
-        self._watch.cancel()
-        await asyncio.gather(self._watch, return_exceptions=True)
+        await self._tasks.aclose()
 
 
 async def _setup(runner: web.AppRunner) -> bool:
@@ -118,19 +123,18 @@ async def serve_asgi(config: Any, acquire: Acquire, grace: float, ppid: int, spa
     if sock is None:
         return
     server = uvicorn.Server(config)
-    loop = asyncio.get_running_loop()
+    tasks = TaskSet("child")
 
     async def watch() -> None:
         while os.getppid() == ppid:  # noqa: ASYNC110 - no event exists for this
             await asyncio.sleep(_PARENT_POLL)
         server.should_exit = True
 
-    watcher = loop.create_task(watch())
+    tasks.spawn(watch(), "parent-watch")
     try:
         await server.serve(sockets=[sock])
     finally:
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
+        await tasks.aclose()
 
 
 def run_child(

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import socket
 import sys
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from backends.errors import BackendConfigError
 from backends.process import _common, _linux
 from backends.process.config import ProcessConfig
 from backends.process.log import log
+from backends.support.kill import terminate, within
 
 _ROOT = str(Path(__file__).resolve().parents[2])  # so the template imports this package
 _BOOT = (
@@ -133,14 +133,20 @@ async def spawn(config: ProcessConfig, ctx: BackendContext) -> TemplateHandle:
 
 
 async def kill(tpl: TemplateHandle, grace: float) -> None:
-    """SIGTERM (the template stops its children, then exits), SIGKILL after `grace`."""
+    """SIGTERM (the template stops its children within `grace`, then exits), SIGKILL a
+    second after that."""
     tpl.dead = True
     if tpl.proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            tpl.proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(tpl.proc.wait(), grace + 1.0)
-        except TimeoutError:
-            tpl.proc.kill()
-            await tpl.proc.wait()
+
+        def send(sig: int) -> None:
+            with contextlib.suppress(ProcessLookupError):
+                tpl.proc.send_signal(sig)
+
+        await terminate(
+            f"fork template (pid {tpl.proc.pid})",
+            send,
+            lambda secs: within(secs, tpl.proc.wait()),
+            grace + 1.0,
+            log,
+        )
     tpl.sock.close()

@@ -19,12 +19,12 @@ from backends.errors import BackendConfigError, StartError
 from backends.process import _common, _linux
 from backends.process.config import ProcessConfig
 from backends.process.log import log
+from backends.support.kill import terminate, within
 from backends.support.tasks import TaskSet
 
 _TAIL_LINES = 20
 _LINE_MAX = 1000
 _CHUNK = 64 * 1024
-_KILL_WAIT = 5.0
 _REASON_MAX = 300
 
 
@@ -178,16 +178,13 @@ class ExecBackend(_common.ProcessBackendBase):
     async def _stop_proc(self, entry: _Proc) -> None:
         entry.stopping = True
         pgid = entry.proc.pid
-        _signal_group(pgid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(entry.exited.wait(), self.config.stop_grace)
-        except TimeoutError:
-            log.warning("instance %s ignored SIGTERM: SIGKILL", entry.id)
-            _signal_group(pgid, signal.SIGKILL)
-            try:
-                await asyncio.wait_for(entry.exited.wait(), _KILL_WAIT)
-            except TimeoutError:
-                log.error("instance %s (pid %d) did not exit after SIGKILL", entry.id, pgid)
+        await terminate(
+            f"instance {entry.id} (pid {pgid})",
+            lambda sig: _signal_group(pgid, sig),
+            lambda secs: within(secs, entry.exited.wait()),
+            self.config.stop_grace,
+            log,
+        )
         _signal_group(pgid, signal.SIGKILL)  # whatever the command left in its group
 
     async def list(self) -> list[Instance]:

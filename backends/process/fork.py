@@ -17,10 +17,10 @@ from backends.process import _common, _linux, _scan, _template_client
 from backends.process._template_client import TemplateHandle
 from backends.process.config import ProcessConfig
 from backends.process.log import log
+from backends.support.kill import terminate, within
 from backends.support.tasks import TaskSet
 
 _BACKLOG = 1024
-_KILL_WAIT = 5.0
 _MAX_ID = _linux.ROLE_WIDTH - len(_linux.ROLE_FORK_PREFIX)
 
 
@@ -209,15 +209,13 @@ class ForkBackend(_common.ProcessBackendBase):
         child.stopping = True
         if child.exited.done():
             return
-        await self._send_signal(child.template, child.id, signal.SIGTERM)
-        done, _ = await asyncio.wait({child.exited}, timeout=self.config.stop_grace)
-        if done:
-            return
-        log.warning("instance %s ignored SIGTERM for %.1fs", child.id, self.config.stop_grace)
-        await self._send_signal(child.template, child.id, signal.SIGKILL)
-        done, _ = await asyncio.wait({child.exited}, timeout=_KILL_WAIT)
-        if not done:
-            log.error("instance %s (pid %d) did not exit after SIGKILL", child.id, child.pid)
+        await terminate(
+            f"instance {child.id} (pid {child.pid})",
+            lambda sig: self._send_signal(child.template, child.id, sig),
+            lambda secs: within(secs, child.exited),
+            self.config.stop_grace,
+            log,
+        )
 
     async def list(self) -> list[Instance]:
         # By pid, not by label: a fresh child may not have relabelled itself yet.

@@ -253,6 +253,8 @@ class Template:
                 )
 
     def shutdown(self) -> None:
+        # backends.support.kill's sequence for all children at once, written out: the
+        # template has no event loop, and waits for its children with waitpid.
         self.stopping = True
         for pid, conn in self.spares.items():
             conn.close()  # an unassigned spare sees EOF and exits

@@ -34,6 +34,13 @@ class TaskSet:
         if not task.cancelled() and (exc := task.exception()) is not None:
             self._log.error("task %s failed: %r", task.get_name(), exc, exc_info=exc)
 
+    async def join(self) -> None:
+        """Take no new tasks; wait for the running ones to end by themselves. For work that
+        must finish so what it made can be cleaned up (a start in flight); aclose() cancels."""
+        self._closed = True
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
     async def aclose(self) -> None:
         self._closed = True
         while self._tasks:

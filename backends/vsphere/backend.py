@@ -2,7 +2,8 @@
 parent VM, named and marked as this pool's, identified through guestinfo.* extraConfig keys.
 
 Every pyVmomi call runs in a thread through one shared Session; waits use a private
-PropertyCollector (WaitForUpdatesEx), never sleep loops. Helpers live beside it.
+PropertyCollector (WaitForUpdatesEx), never sleep loops. Helpers live beside it: clone.py
+makes and unmakes one clone (blocking), guest.py works inside one, watch.py sees deaths.
 """
 
 from __future__ import annotations
@@ -11,17 +12,22 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import re
-import time
-from dataclasses import dataclass, field
-from typing import Any
 
 from backends.base import Backend, BackendContext, Endpoint, Instance
 from backends.errors import BackendError, BackendUnavailable, StartError, StopError
+from backends.support.tasks import TaskSet
+from backends.vsphere.clone import (
+    Clone,
+    Pending,
+    destroy,
+    extra_config,
+    fault_text,
+    make,
+    remove_failed,
+)
 from backends.vsphere.config import VsphereConfig
 from backends.vsphere.guest import probe, start_container
 from backends.vsphere.inventory import (
-    KEY_HOSTNAME,
     KEY_INSTANCE,
     KEY_IP,
     KEY_MANAGED,
@@ -30,44 +36,16 @@ from backends.vsphere.inventory import (
     VmRow,
     World,
     resolve,
-    usable_ip,
     vm_row,
     vm_rows,
 )
 from backends.vsphere.sdk import vim, vmodl
 from backends.vsphere.session import Session
-from backends.vsphere.wait import WaitTimeout, Watcher, wait_task
 from backends.vsphere.watch import DeathWatch
 
 __all__ = ["Clone", "VsphereBackend"]
 
 log = logging.getLogger("forkproxy.backend.vsphere")
-_HOSTNAME_UNSAFE = re.compile(r"[^a-z0-9-]+")
-
-
-@dataclass(eq=False)
-class Clone:
-    """Instance.handle: the clone VM (bound to the shared session) and its facts."""
-
-    vm: Any
-    name: str
-    ip: str | None = None  # the static address from ip_range, if any
-
-
-@dataclass(eq=False)
-class _Pending:
-    """A start in flight, filled in by its thread so a cancelled start can be cleaned up."""
-
-    task: Any = None
-    clone: Any = None
-    phases: dict[str, float] = field(default_factory=dict)
-
-
-def fault_text(exc: BaseException) -> str:
-    if isinstance(exc, vmodl.MethodFault):
-        msg = exc.msg or ", ".join(m.message for m in exc.faultMessage or [] if m.message)
-        return f"{type(exc).__name__}{': ' + msg if msg else ''}"
-    return f"{type(exc).__name__}: {exc}"
 
 
 class VsphereBackend(Backend):
@@ -83,7 +61,7 @@ class VsphereBackend(Backend):
         self._ips_free = config.ip_pool()
         self._live: dict[str, Instance] = {}
         self._stopping: set[str] = set()
-        self._cleanups: set[asyncio.Task[None]] = set()
+        self._cleanups = TaskSet("vsphere-cleanup", log)  # a failed start's leftovers
         self._watch: DeathWatch | None = None
 
     def __repr__(self) -> str:
@@ -132,96 +110,13 @@ class VsphereBackend(Backend):
                         log.warning("vsphere: shutdown could not destroy %s: %s", instance.id, exc)
 
             await asyncio.gather(*(stop_one(i) for i in live))
-        for task in list(self._cleanups):
-            with contextlib.suppress(Exception):
-                await task
+        await self._cleanups.join()  # each removes what a failed start made: let it finish
         if self._watch is not None:
             await self._watch.aclose()
             self._watch = None
         await asyncio.to_thread(self.session.close)
 
-    # -- identity --------------------------------------------------------------------
-
-    def _hostname(self, instance_id: str) -> str:
-        return _HOSTNAME_UNSAFE.sub("-", f"{self.cfg.name_prefix}{instance_id}".lower())[:63]
-
-    def _extra_config(self, instance_id: str, name: str, ip: str | None) -> dict[str, str]:
-        hostname = self._hostname(instance_id)
-        fields = {
-            "instance_id": instance_id,
-            "hostname": hostname,
-            "name": name,
-            "index": str(next(self._index)),
-            "pool": self.ctx.pool_name,
-            "ip": ip or "",
-        }
-        extra = {
-            KEY_MANAGED: "true",
-            KEY_POOL: self.ctx.pool_name,
-            KEY_OWNER: self.ctx.owner_id,
-            KEY_INSTANCE: instance_id,
-            KEY_HOSTNAME: hostname,
-        }
-        if ip:
-            extra[KEY_IP] = ip
-        for key, template in self.cfg.guestinfo.items():
-            full = key if key.startswith("guestinfo.") else f"guestinfo.{key}"
-            extra[full] = template.format(**fields)
-        return extra
-
     # -- start -------------------------------------------------------------------------
-
-    def _submit(self, content: Any, world: World, name: str, extra: dict[str, str]) -> Any:
-        options = [vim.option.OptionValue(key=k, value=v) for k, v in extra.items()]
-        location = vim.vm.RelocateSpec(
-            folder=world.folder, pool=world.pool, host=world.host, datastore=world.datastore
-        )
-        if self.cfg.mode == "instant":
-            spec = vim.vm.InstantCloneSpec(name=name, location=location, config=options)
-            return world.parent.InstantClone_Task(spec=spec)
-        location.diskMoveType = "createNewChildDiskBacking"
-        clone_spec = vim.vm.CloneSpec(
-            location=location,
-            powerOn=True,
-            template=False,
-            snapshot=world.snapshot,
-            config=vim.vm.ConfigSpec(extraConfig=options),
-        )
-        return world.parent.CloneVM_Task(folder=world.folder, name=name, spec=clone_spec)
-
-    def _clone_sync(
-        self, content: Any, world: World, name: str, extra: dict[str, str], p: _Pending
-    ) -> str:
-        """Submit (once), wait for the task, then for the guest IP. Safe to repeat after a
-        re-login: a submitted task is not submitted again."""
-        t0 = time.monotonic()
-        if p.task is None:
-            p.task = self._submit(content, world, name, extra)
-        with Watcher(content) as w:
-            try:
-                p.clone = wait_task(w, p.task, self.cfg.clone_timeout)
-            except WaitTimeout as exc:
-                raise StartError(
-                    f"clone task for {name} did not finish in {self.cfg.clone_timeout:g}s",
-                    reason="clone_fault",
-                ) from exc
-            t1 = time.monotonic()
-            p.phases["clone_task"] = t1 - t0
-            w.watch(p.clone, ["guest.ipAddress", "runtime.powerState"])
-            try:
-                w.until(
-                    lambda w: usable_ip(w.get(p.clone, "guest.ipAddress"), world.parent_ip),
-                    self.cfg.guest_ip_timeout,
-                )
-            except WaitTimeout as exc:
-                power = exc.values.get(f"{p.clone._moId}.runtime.powerState", "unknown")
-                raise StartError(
-                    f"clone {name} reported no guest IP within {self.cfg.guest_ip_timeout:g}s "
-                    f"(power state {power})",
-                    reason="guest_ip_timeout",
-                ) from exc
-            p.phases["guest_ip"] = time.monotonic() - t1
-            return str(w.get(p.clone, "guest.ipAddress"))
 
     async def start(self, instance_id: str) -> Instance:
         world = await self._world()
@@ -229,8 +124,8 @@ class VsphereBackend(Backend):
         ip = self._ips_free.pop(0) if self._ips_free else None
         if self.cfg.ip_range and ip is None:
             raise StartError("ip_range exhausted: every address is in use", reason="ip_exhausted")
-        extra = self._extra_config(instance_id, name, ip)
-        pending = _Pending()
+        extra = extra_config(self.cfg, self.ctx, instance_id, name, ip, next(self._index))
+        pending = Pending()
         loop = asyncio.get_running_loop()
         work: asyncio.Future[str] | None = None
         try:
@@ -238,7 +133,7 @@ class VsphereBackend(Backend):
                 work = loop.run_in_executor(
                     None,
                     self.session.call,
-                    lambda content: self._clone_sync(content, world, name, extra, pending),
+                    lambda content: make(content, self.cfg, world, name, extra, pending),
                 )
                 # shield: a cancelled start leaves the thread running; cleanup awaits it.
                 guest_ip = await asyncio.shield(work)
@@ -285,7 +180,7 @@ class VsphereBackend(Backend):
         return instance
 
     def _abandon(
-        self, pending: _Pending, name: str, ip: str | None, work: asyncio.Future[str] | None
+        self, pending: Pending, name: str, ip: str | None, work: asyncio.Future[str] | None
     ) -> None:
         """A failed or cancelled start: destroy whatever it created, in an owned task."""
 
@@ -296,7 +191,9 @@ class VsphereBackend(Backend):
                         await work  # the clone thread may still be submitting
                 if pending.task is not None:
                     await self.session.run(
-                        lambda content: self._cleanup_sync(content, pending, name)
+                        lambda content: remove_failed(
+                            content, self.cfg, pending, name, self._check_owned
+                        )
                     )
             except Exception as exc:
                 log.warning("vsphere: could not remove the failed clone %s: %s", name, exc)
@@ -304,17 +201,7 @@ class VsphereBackend(Backend):
                 if ip:
                     self._ips_free.append(ip)
 
-        task = asyncio.get_running_loop().create_task(cleanup(), name=f"vsphere-cleanup-{name}")
-        self._cleanups.add(task)
-        task.add_done_callback(self._cleanups.discard)
-
-    def _cleanup_sync(self, content: Any, pending: _Pending, name: str) -> None:
-        if pending.clone is None:
-            with Watcher(content) as w, contextlib.suppress(vmodl.MethodFault):
-                pending.clone = wait_task(w, pending.task, self.cfg.clone_timeout)
-        if pending.clone is not None:
-            self._destroy_sync(content, pending.clone)
-            log.info("vsphere: removed the clone %s of a failed start", name)
+        self._cleanups.spawn(cleanup(), f"vsphere-cleanup-{name}")
 
     # -- stop ----------------------------------------------------------------------------
 
@@ -344,22 +231,6 @@ class VsphereBackend(Backend):
                 reason="not_owned",
             )
 
-    def _destroy_sync(self, content: Any, vm: Any) -> bool:
-        """Guard, power off (if on), destroy. False when the VM was already gone."""
-        row = vm_row(content, vm)
-        if row is None:
-            return False
-        self._check_owned(row)
-        try:
-            with Watcher(content) as w:
-                if row.power != "poweredOff":
-                    with contextlib.suppress(vim.fault.InvalidPowerState):
-                        wait_task(w, vm.PowerOffVM_Task(), 120)
-                wait_task(w, vm.Destroy_Task(), 120)
-        except vmodl.fault.ManagedObjectNotFound:
-            return False
-        return True
-
     async def stop(self, instance: Instance, reason: str) -> None:
         clone = instance.handle
         if not isinstance(clone, Clone):
@@ -368,7 +239,7 @@ class VsphereBackend(Backend):
         if self._watch is not None:
             self._watch.remove(instance.id)
         try:
-            await self.session.run(lambda content: self._destroy_sync(content, clone.vm))
+            await self.session.run(lambda content: destroy(content, clone.vm, self._check_owned))
         except BackendError:
             raise
         except vmodl.MethodFault as exc:
@@ -394,10 +265,7 @@ class VsphereBackend(Backend):
         for row in rows:
             if not row.name.startswith(self.cfg.name_prefix):
                 continue
-            if (
-                row.extra.get(KEY_MANAGED) != "true"
-                or row.extra.get(KEY_POOL) != self.ctx.pool_name
-            ):
+            if not self._marked(row):
                 continue
             if row.vm._moId == world.parent._moId:
                 continue

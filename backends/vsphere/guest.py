@@ -5,13 +5,13 @@ through the clone's Docker API (backend.container) and its own readiness probe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import aiohttp
 
 from backends.base import Instance
 from backends.errors import StartError
+from backends.support.probe import NotReady, wait_ready
 from backends.vsphere.config import ContainerSpec
 
 
@@ -52,18 +52,17 @@ async def start_container(
 
 
 async def probe(instance: Instance, path: str, within: float) -> None:
-    """GET path until it answers below 500, then mark the instance ready for the pool."""
+    """The readiness probe (backends.support.probe) on path, then mark the instance ready
+    for the pool."""
     t0 = time.monotonic()
-    deadline = t0 + within
     url = instance.endpoint.url + path
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
-        while True:
-            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-                async with http.get(url) as resp:
-                    if resp.status < 500:
-                        break
-            if time.monotonic() > deadline:
-                raise StartError(f"{url} did not answer within {within:g}s", reason="not_ready")
-            await asyncio.sleep(0.05)  # a guest app coming up: nothing to subscribe to
+        try:
+            # A guest app coming up: nothing to subscribe to, so poll every 50 ms.
+            await wait_ready(http, url, deadline=t0 + within, first_delay=0.05, max_delay=0.05)
+        except NotReady as exc:
+            raise StartError(
+                f"{url} did not answer within {within:g}s ({exc.last})", reason="not_ready"
+            ) from exc
     instance.ready = True
     instance.phases["readiness"] = time.monotonic() - t0

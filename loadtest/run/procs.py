@@ -17,6 +17,8 @@ from pathlib import Path
 
 import aiohttp
 
+from backends.support.probe import NotReady, wait_ready
+
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 
@@ -154,24 +156,27 @@ def port_taken(e: BaseException) -> bool:
 
 
 async def wait_http(url: str, within: float, proc: Proc | None = None) -> None:
-    """Poll `url` until it answers 2xx; fail early with the log tail if the child died."""
-    deadline = time.monotonic() + within
-    last = "no attempt"
+    """Poll `url` until it answers 2xx (the shared probe, stricter than the pool's < 500: a
+    bench target must serve its page); fail early with the log tail if the child died."""
+
+    async def child_alive() -> None:
+        if proc is not None and proc.proc.returncode is not None:
+            raise RuntimeError(
+                f"{proc.name} exited with {proc.proc.returncode} before {url} answered:\n"
+                f"{proc.tail()}"
+            )
+
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-        while time.monotonic() < deadline:
-            if proc is not None and proc.proc.returncode is not None:
-                raise RuntimeError(
-                    f"{proc.name} exited with {proc.proc.returncode} before {url} answered:\n"
-                    f"{proc.tail()}"
-                )
-            try:
-                async with session.get(url) as resp:
-                    await resp.read()
-                    if resp.status < 300:
-                        return
-                    last = f"HTTP {resp.status}"
-            except (aiohttp.ClientError, OSError, TimeoutError) as e:
-                last = repr(e)
-            await asyncio.sleep(0.05)
-    tail = f"\n{proc.tail()}" if proc else ""
-    raise TimeoutError(f"{url} not ready after {within:.0f}s ({last}){tail}")
+        try:
+            await wait_ready(
+                session,
+                url,
+                ready_below=300,
+                deadline=time.monotonic() + within,
+                check=child_alive,
+                first_delay=0.05,
+                max_delay=0.05,
+            )
+        except NotReady as e:
+            tail = f"\n{proc.tail()}" if proc else ""
+            raise TimeoutError(f"{url} not ready after {within:.0f}s ({e.last}){tail}") from None

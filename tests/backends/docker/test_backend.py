@@ -4,7 +4,6 @@ deaths are reported with their reason, bad worlds fail clearly, nothing leaks.""
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import docker
 import pytest
@@ -13,15 +12,13 @@ from backends.base import LABEL_INSTANCE, LABEL_OWNER, LABEL_POOL
 from backends.docker.backend import LABEL_PAUSED
 from backends.errors import BackendConfigError, BackendUnavailable, StartError
 from tests.backends.docker.conftest import ENGINE, IMAGE, MakeBackend, http_get, pool_containers
-from tests.conftest import eventually
+from tests.conftest import eventually, free_port
 
 pytestmark = pytest.mark.docker
 
 
 def closed_tcp_url() -> str:
-    with socket.socket() as s:  # a port nobody listens on once this socket closes
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    return f"tcp://127.0.0.1:{free_port()}"  # nobody listens there once it is handed out
 
 
 async def test_cold_start_serves_http(
@@ -231,7 +228,7 @@ async def test_adopt_moves_leftovers_into_the_paused_pool(
     first = await make_backend(paused_pool=1, owner="first-run")
     (leftover,) = pool_containers(docker_client, pool_name)
     # Simulate a crash: forget the first backend's state without cleaning up.
-    first.backend._parked.clear()
+    first.backend._paused._parked.clear()
 
     second = await make_backend(paused_pool=1, adopt=True, owner="second-run")
     (still,) = pool_containers(docker_client, pool_name)

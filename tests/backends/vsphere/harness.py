@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -28,6 +27,7 @@ from loadtest.coldstart.vcsim import (  # noqa: F401 - re-exported for the fixtu
     vms,
     wait_task,
 )
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 HARNESS = ROOT / "tests/backends/vsphere/vcsim"
@@ -51,12 +51,6 @@ class Vcsim(Simulator):
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def check_docker() -> None:
