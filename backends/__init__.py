@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from backends.support.extras import extra_needed
+
 BACKENDS: dict[str, str] = {
     "process": "backends.process",
     "docker": "backends.docker",
@@ -19,4 +21,6 @@ BACKENDS: dict[str, str] = {
 
 
 def load(name: str) -> ModuleType:
-    return importlib.import_module(BACKENDS[name])
+    """The backend's module; MissingExtra (an ImportError) names the extra it needs."""
+    with extra_needed(f"the {name} backend"):
+        return importlib.import_module(BACKENDS[name])

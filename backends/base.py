@@ -87,6 +87,12 @@ class Backend(abc.ABC):
     async def list(self) -> list[Instance]:
         """Every instance labelled with this pool's name, from this run or an earlier one."""
 
+    def concurrency_hint(self) -> int | None:
+        """Requests one instance serves at once, if the backend knows its app (asked after
+        prepare(): a fork template knows a WSGI app's threads). It becomes
+        pool.max_concurrency when that is "auto"; None leaves the pool's default."""
+        return None
+
     async def alive(self, instance: Instance) -> bool:
         """Cheap liveness check used after a failed request; default: assume alive."""
         return True

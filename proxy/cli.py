@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from backends.errors import BackendError
+from backends.support.extras import MissingExtra
 from backends.support.table import ConfigError
 from loadtest import tune  # bench tooling: only its options load here, locust runs as a child
 from proxy import __version__, logs
@@ -91,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with runner:
             runner.run(serve(cfg))
-    except BackendError as exc:
+    except (BackendError, MissingExtra) as exc:
         log.error("backend %s cannot start: %s", cfg.backend_type, exc)
         return 3
     except UnsafeParser as exc:

@@ -52,6 +52,10 @@ class ServerConfig:
 ROUTINGS = ("least_loaded", "pack")
 
 
+def default_target(max_concurrency: int) -> float:
+    return max(1.0, math.floor(max_concurrency * 0.7))
+
+
 @dataclass(frozen=True)
 class PoolConfig:
     max_concurrency: int = 10
@@ -69,6 +73,17 @@ class PoolConfig:
     readiness_path: str = "/"
     tick: float = 0.25
     routing: str = "least_loaded"
+    # max_concurrency = "auto" (the file's default): the backend's concurrency_hint()
+    # replaces it once prepared (a WSGI app's threads); target follows unless it was set.
+    concurrency_auto: bool = False
+    target_auto: bool = False
+
+    def with_concurrency_hint(self, hint: int | None) -> PoolConfig:
+        if not self.concurrency_auto:
+            return self
+        max_c = hint or self.max_concurrency
+        target = default_target(max_c) if self.target_auto else self.target_concurrency
+        return replace(self, max_concurrency=max_c, target_concurrency=min(target, max_c))
 
 
 @dataclass(frozen=True)
@@ -151,11 +166,20 @@ def _server(t: Table) -> ServerConfig:
 
 def _pool(t: Table) -> PoolConfig:
     d = PoolConfig()
-    max_c = t.int("max_concurrency", d.max_concurrency, min=1)
-    default_target = max(1.0, math.floor(max_c * 0.7))
+    raw_max = t.data.get("max_concurrency", "auto")
+    auto = raw_max == "auto"
+    if isinstance(raw_max, str):
+        t.str("max_concurrency")  # seen
+        if not auto:
+            t.error("max_concurrency", f'expected an integer or "auto", got {raw_max!r}')
+        max_c = d.max_concurrency
+    else:
+        max_c = t.int("max_concurrency", d.max_concurrency, min=1)
     cfg = PoolConfig(
         max_concurrency=max_c,
-        target_concurrency=t.float("target_concurrency", default_target, min=0.1),
+        concurrency_auto=auto,
+        target_auto=not t.has("target_concurrency"),
+        target_concurrency=t.float("target_concurrency", default_target(max_c), min=0.1),
         max_queue=t.int("max_queue", d.max_queue, min=0),
         hold_timeout=t.duration("hold_timeout", d.hold_timeout, min=0.001),
         idle_ttl=t.duration("idle_ttl", d.idle_ttl),
@@ -172,7 +196,7 @@ def _pool(t: Table) -> PoolConfig:
         tick=t.duration("tick", d.tick, min=0.01),
         routing=t.choice("routing", ROUTINGS, d.routing),
     )
-    if cfg.target_concurrency > cfg.max_concurrency:
+    if cfg.target_concurrency > cfg.max_concurrency and not auto:
         t.error(
             "target_concurrency",
             f"{cfg.target_concurrency} exceeds max_concurrency {cfg.max_concurrency}",

@@ -57,7 +57,7 @@ def effective_settings(proxy: Proxy) -> tuple[dict[str, Any], str]:
     if hasattr(pool, "effective_settings"):
         return dict(pool.effective_settings()), "pool"
     # an unset (None) value is one the pool resolves itself ("auto")
-    cfg = dataclasses.asdict(proxy.cfg.pool)
+    cfg = dataclasses.asdict(proxy.pool.cfg)  # max_concurrency "auto" resolved
     return {k: "auto" if v is None else v for k, v in cfg.items()}, "config"
 
 
@@ -122,7 +122,7 @@ class Sampler:
             rate = (ok - self._prev_starts[1]) / (now - self._prev_starts[0])
         self._prev_starts = (now, ok)
         settings, source = effective_settings(proxy)
-        max_c = int(settings.get("max_concurrency") or proxy.cfg.pool.max_concurrency)
+        max_c = int(settings.get("max_concurrency") or proxy.pool.cfg.max_concurrency)
         self._seq += 1
         sample = {
             "seq": self._seq,

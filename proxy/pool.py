@@ -155,6 +155,7 @@ class Pool:
             connector=aiohttp.TCPConnector(force_close=True, limit=0),
         )
         await self.backend.prepare()
+        self.cfg = self.cfg.with_concurrency_hint(self.backend.concurrency_hint())
         await self._reap_orphans()
         self._tasks.spawn(self._control_loop(), "control")
         self._rebalance()

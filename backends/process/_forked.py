@@ -13,15 +13,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from backends.process import _linux, _serve
+from backends.process import _forksafe, _linux, _serve
 
 
 @dataclass(frozen=True)
 class Inherited:
     """What a fork gets from its template and must either use or close."""
 
-    kind: str  # "aiohttp" | "asgi"
-    app: Any  # aiohttp Application or loaded uvicorn Config
+    kind: str  # "aiohttp" | "asgi" | "wsgi"
+    app: Any  # aiohttp Application, loaded uvicorn Config or _wsgi.WsgiApp
+    user_app: Any  # the app as the user's module gave it (for the post_fork hook)
+    post_fork: str | None
     grace: float
     template_pid: int
     role_slot: int | None  # see _linux.role_slot
@@ -55,6 +57,7 @@ def _run(inh: Inherited, setup: Callable[[], _serve.Acquire], spare: bool) -> No
     code = 0
     try:
         _detach(inh)
+        _forksafe.after_fork(inh.post_fork, inh.user_app)
         acquire = setup()
         _serve.run_child(inh.kind, inh.app, acquire, inh.grace, inh.template_pid, spare=spare)
     except BaseException:

@@ -4,7 +4,8 @@ handed, on uvloop, until SIGTERM (graceful) or until its template goes away.
 A child is either forked for an instance (its socket is known at once) or forked ahead
 as a spare: it builds its loop (aiohttp: and runs the app's on_startup), then waits for
 the template to assign it an instance (id + socket). `acquire` hides the difference.
-ASGI apps are served by uvicorn, configured and loaded once in the template."""
+ASGI apps are served by uvicorn, configured and loaded once in the template; WSGI apps
+by waitress (_wsgi.py), whose threads start in the fork."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from backends.support.extras import extra_needed
 from backends.support.tasks import TaskSet
 
 _PARENT_POLL = 0.5
@@ -97,7 +99,8 @@ async def serve_aiohttp(
 
 def asgi_config(app: Any, grace: float) -> Any:
     """uvicorn's config, loaded (protocol classes imported) in the template, once."""
-    import uvicorn
+    with extra_needed("an ASGI app in fork mode"):
+        import uvicorn
 
     config = uvicorn.Config(
         app,
@@ -111,15 +114,22 @@ def asgi_config(app: Any, grace: float) -> Any:
     return config
 
 
+async def _acquire(acquire: Acquire, ppid: int, spare: bool) -> socket.socket | None:
+    """The socket to serve on; a spare waits for it, stopping on SIGTERM or orphaning.
+    Its handlers are gone again on return: the server installs its own."""
+    if not spare:
+        return await acquire()
+    life = Lifetime(ppid)
+    try:
+        return await life.until(acquire())
+    finally:
+        await life.close()
+
+
 async def serve_asgi(config: Any, acquire: Acquire, grace: float, ppid: int, spare: bool) -> None:
     import uvicorn
 
-    if spare:
-        life = Lifetime(ppid)
-        sock = await life.until(acquire())
-        await life.close()  # uvicorn installs its own SIGTERM/SIGINT handling (graceful)
-    else:
-        sock = await acquire()
+    sock = await _acquire(acquire, ppid, spare)
     if sock is None:
         return
     server = uvicorn.Server(config)
@@ -144,6 +154,12 @@ def run_child(
 
     if kind == "aiohttp":
         uvloop.run(serve_aiohttp(app, acquire, grace, ppid, spare))
+    elif kind == "wsgi":
+        from backends.process import _wsgi
+
+        sock = uvloop.run(_acquire(acquire, ppid, spare))
+        if sock is not None:
+            _wsgi.serve(app, sock, grace, ppid)
     else:
         uvloop.run(serve_asgi(app, acquire, grace, ppid, spare))
 

@@ -31,7 +31,7 @@ _MAX_MSG = 64 * 1024
 class TemplateHandle:
     proc: asyncio.subprocess.Process
     sock: socket.socket  # non-blocking, SOCK_SEQPACKET
-    kind: str = ""  # "aiohttp" | "asgi"
+    kind: str = ""  # "aiohttp" | "asgi" | "wsgi"
     dead: bool = False  # gone or being stopped: send nothing more
     reported: bool = False  # its children were reported dead
 
@@ -86,6 +86,8 @@ async def spawn(config: ProcessConfig, ctx: BackendContext) -> TemplateHandle:
         "app": config.app,
         "app_kind": config.app_kind,
         "warmup": config.warmup,
+        "post_fork": config.post_fork,
+        "threads": config.threads,
         "pythonpath": [os.path.join(config.abs_cwd, p) for p in config.pythonpath],
         "prefork": config.prefork,
         "stop_grace": config.stop_grace,

@@ -3,9 +3,16 @@ mode (any command with a `{port}` placeholder), parsed and validated in one pass
 
     mode = "fork"                      # or "exec"
     # fork
-    app = "examples.app:create_app"    # module:factory (aiohttp) or module:app (ASGI, uvicorn)
-    app_kind = "auto"                  # "aiohttp" | "asgi"; auto: Application -> aiohttp
+    app = "backends.process.demo:create_app"   # the bundled demo; yours: "mysite.wsgi:application",
+                                       # "app:app" (Flask), "myapp:create_app", "myapp:asgi_app"
+    app_kind = "auto"                  # "aiohttp" | "asgi" | "wsgi"; auto tells them apart
+                                       # (aiohttp Application; async __call__ -> ASGI;
+                                       # (environ, start_response) -> WSGI) and errs if unsure
+    threads = 4                        # WSGI only: worker threads per instance (waitress);
+                                       # pool.max_concurrency = "auto" (default) follows it
     warmup = "mypkg.warm:run"          # optional, runs once in the template: f() or f(app)
+    post_fork = "mypkg.forks:reinit"   # optional, runs in every fork before it serves: f() or
+                                       # f(app) - reopen what must not be shared (see README)
     pythonpath = ["src"]               # extra sys.path entries, relative to cwd
     prefork = 0                        # spare forks kept ready: ~2x faster cold start, but
                                        # on_startup then runs before FORKPROXY_INSTANCE is set
@@ -28,9 +35,11 @@ from dataclasses import dataclass, field
 from backends.support.table import Table
 
 MODES = ("fork", "exec")
-APP_KINDS = ("auto", "aiohttp", "asgi")
-DEFAULT_APP = "examples.app:create_app"
-DEFAULT_COMMAND = ("python", "-m", "examples.app", "--port", "{port}")
+APP_KINDS = ("auto", "aiohttp", "asgi", "wsgi")
+# The bundled demo ships in the package: `forkproxy run` with no config works after pip install.
+DEFAULT_APP = "backends.process.demo:create_app"
+DEFAULT_COMMAND = ("python", "-m", "backends.process.demo", "--port", "{port}")
+DEFAULT_THREADS = 4  # waitress's own default; an instance is cheap, so more forks beat more threads
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,8 @@ class ProcessConfig:
     app: str = DEFAULT_APP
     app_kind: str = "auto"
     warmup: str | None = None
+    post_fork: str | None = None  # "module:function" run in each fork before it serves
+    threads: int = DEFAULT_THREADS  # WSGI: requests one instance serves at once
     pythonpath: tuple[str, ...] = ()
     # forks kept ready ahead of demand (loop running, app started, no id yet); 0: fork on start
     prefork: int = 0
@@ -67,6 +78,8 @@ def parse_config(table: Table) -> ProcessConfig:
     app = table.str("app", DEFAULT_APP)
     app_kind = table.choice("app_kind", APP_KINDS, "auto")
     warmup = table.opt_str("warmup")
+    post_fork = table.opt_str("post_fork")
+    threads = table.int("threads", DEFAULT_THREADS, min=1, max=256)
     pythonpath = tuple(table.str_list("pythonpath"))
     prefork = table.int("prefork", 0, min=0, max=16)
     command: tuple[str, ...] = DEFAULT_COMMAND
@@ -90,6 +103,8 @@ def parse_config(table: Table) -> ProcessConfig:
             table.error("app", f'{app!r}: expected "module:attribute", e.g. "{DEFAULT_APP}"')
         if warmup is not None and not _is_target(warmup):
             table.error("warmup", f'{warmup!r}: expected "module:function"')
+        if post_fork is not None and not _is_target(post_fork):
+            table.error("post_fork", f'{post_fork!r}: expected "module:function"')
     if mode == "exec":
         if not command:
             table.error("command", "must not be empty")
@@ -107,6 +122,8 @@ def parse_config(table: Table) -> ProcessConfig:
         app=app,
         app_kind=app_kind,
         warmup=warmup,
+        post_fork=post_fork,
+        threads=threads,
         pythonpath=pythonpath,
         prefork=prefork,
         command=command,

@@ -60,6 +60,12 @@ class ForkBackend(_common.ProcessBackendBase):
             if self._template is None:
                 self._template = await self._start_template()
 
+    def concurrency_hint(self) -> int | None:
+        # A WSGI instance serves exactly `threads` requests at once; async apps have no
+        # such ceiling, so the pool's documented default stands for them.
+        tpl = self._template
+        return self.config.threads if tpl is not None and tpl.kind == "wsgi" else None
+
     async def _ensure_template(self) -> TemplateHandle:
         async with self._template_lock:
             if self._template is None or self._template.dead:

@@ -52,6 +52,7 @@ class Template:
         self.spare_failures = 0
         self.kind = ""
         self.app: Any = None
+        self.user_app: Any = None
         self.stopping = False
         self.wake_r, self.wake_w = os.pipe()
         self.pid = os.getpid()
@@ -66,22 +67,28 @@ class Template:
     # -- setup -------------------------------------------------------------------
 
     def build(self) -> None:
-        from backends.process import _apps
+        from backends.process import _apps, _forksafe
 
         for entry in reversed(self.spec.get("pythonpath", [])):
             sys.path.insert(1, os.path.abspath(entry))
         self.kind, self.app = _apps.load(self.spec["app"], self.spec["app_kind"])
+        self.user_app = self.app
         if self.spec.get("warmup"):
             _apps.call_hook(self.spec["warmup"], self.app)
+        if self.spec.get("post_fork"):
+            _apps.resolve(self.spec["post_fork"])  # a typo fails now, not in every fork
         # Everything a child needs is loaded here, once: a fork then imports nothing.
         import uvloop  # noqa: F401
 
-        from backends.process import _serve
+        from backends.process import _serve, _wsgi
 
         if self.kind == "asgi":
             self.app = _serve.asgi_config(self.app, self.grace)  # needs uvicorn: fail now
+        elif self.kind == "wsgi":
+            self.app = _wsgi.prepare(self.app, int(self.spec.get("threads", 1)))
         else:
             self.app.freeze()  # routes and middleware chains built once, not per child
+        _forksafe.before_fork()
         if threading.active_count() != 1:
             names = ", ".join(t.name for t in threading.enumerate())
             raise RuntimeError(
@@ -219,6 +226,8 @@ class Template:
         return _forked.Inherited(
             kind=self.kind,
             app=self.app,
+            user_app=self.user_app,
+            post_fork=self.spec.get("post_fork"),
             grace=self.grace,
             template_pid=self.pid,
             role_slot=self.role_slot,

@@ -4,12 +4,14 @@ parent VM. pyVmomi is imported only when used."""
 from __future__ import annotations
 
 from backends.base import Backend, BackendContext
+from backends.support.extras import extra_needed
 from backends.vsphere.config import VsphereConfig, parse_config
 
 __all__ = ["VsphereConfig", "create_backend", "parse_config"]
 
 
 def create_backend(config: VsphereConfig, ctx: BackendContext) -> Backend:
-    from backends.vsphere.backend import VsphereBackend
+    with extra_needed("the vsphere backend"):  # names the extra if the SDK is missing
+        from backends.vsphere.backend import VsphereBackend
 
     return VsphereBackend(config, ctx)

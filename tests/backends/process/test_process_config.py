@@ -15,10 +15,16 @@ def parse(**keys: Any) -> tuple[ProcessConfig, list[str]]:
     return config, [str(p) for p in table.problems]
 
 
-def test_defaults_are_fork_of_the_example_app() -> None:
+def test_defaults_are_fork_of_the_bundled_demo_app() -> None:
+    # The demo ships inside the package (examples.app re-exports it), so a plain
+    # `pip install forkproxy` + `forkproxy run` has an app to serve.
     config, problems = parse()
     assert problems == []
-    assert (config.mode, config.app, config.app_kind) == ("fork", "examples.app:create_app", "auto")
+    assert (config.mode, config.app, config.app_kind) == (
+        "fork",
+        "backends.process.demo:create_app",
+        "auto",
+    )
     assert config.command == DEFAULT_COMMAND
     assert config.stop_grace == 5.0
     assert config.prefork == 0
@@ -27,7 +33,8 @@ def test_defaults_are_fork_of_the_example_app() -> None:
 def test_fork_app_must_be_module_colon_attr() -> None:
     _, problems = parse(app="examples.app")
     assert problems == [
-        'backend.app: \'examples.app\': expected "module:attribute", e.g. "examples.app:create_app"'
+        "backend.app: 'examples.app': expected \"module:attribute\", "
+        'e.g. "backends.process.demo:create_app"'
     ]
 
 
@@ -56,3 +63,16 @@ def test_durations_and_env() -> None:
     assert config.stop_grace == 0.25
     assert config.env == {"A": "1", "N": "2"}
     assert config.pythonpath == ("src",)
+
+
+def test_wsgi_keys_are_validated() -> None:
+    config, problems = parse(app="app:app", app_kind="wsgi", threads=8, post_fork="app:reinit")
+    assert problems == []
+    assert (config.app_kind, config.threads, config.post_fork) == ("wsgi", 8, "app:reinit")
+    assert parse()[0].threads == 4
+    _, problems = parse(threads=0, post_fork="reinit", app_kind="flask")
+    assert problems == [
+        "backend.app_kind: 'flask' is not one of: auto, aiohttp, asgi, wsgi",
+        "backend.threads: 0 is below the minimum 1",
+        "backend.post_fork: 'reinit': expected \"module:function\"",
+    ]

@@ -1,0 +1,150 @@
+"""Cold start to first byte through forkproxy for WSGI vs async apps: the Flask example
+in fork mode (waitress), the aiohttp demo in fork mode, and the same Flask app in exec
+mode under gunicorn (-w 1). Every request gets a fresh instance
+(max_requests_per_instance = 1), so each sample is a whole cold start seen by a client.
+
+    .venv/bin/python -m loadtest.coldstart.wsgi --n 30
+
+Prints a JSON table (p50/p90 ms per setup). Self-contained: runs `python -m proxy` on a
+free port with a config written to a temporary directory; needs flask and gunicorn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+FLASK = "examples.flask_app:app"
+SETUPS: dict[str, dict[str, Any]] = {
+    "aiohttp fork": {"mode": "fork", "app": "examples.app:create_app", "prefork": 0},
+    "aiohttp fork, prefork=1": {"mode": "fork", "app": "examples.app:create_app", "prefork": 1},
+    "flask fork (waitress)": {"mode": "fork", "app": FLASK, "prefork": 0},
+    "flask fork (waitress), prefork=1": {"mode": "fork", "app": FLASK, "prefork": 1},
+    "flask exec (gunicorn -w 1)": {
+        "mode": "exec",
+        "command": [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            FLASK,
+            "-w",
+            "1",
+            "-b",
+            "127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+        ],
+    },
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)
+
+
+def _config(port: int, backend: dict[str, Any]) -> str:
+    lines = [
+        "[server]",
+        f'listen = "127.0.0.1:{port}"',
+        'admin = "off"',
+        f'name = "bench-wsgi-{os.getpid()}"',
+        "[pool]",
+        "max_requests_per_instance = 1",
+        'readiness_path = "/healthz"',
+        'start_timeout = "20s"',
+        "[backend]",
+        'type = "process"',
+        f'cwd = "{REPO}"',
+        *(f"{k} = {_toml(v)}" for k, v in backend.items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _first_byte(port: int) -> float:
+    t0 = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        first = sock.recv(1)
+        elapsed = time.perf_counter() - t0
+        rest = b""
+        while chunk := sock.recv(65536):
+            rest += chunk
+    response = first + rest
+    if not response.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"bad response: {response[:200]!r}")
+    return elapsed
+
+
+def measure(backend: dict[str, Any], n: int, gap: float) -> list[float]:
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "bench.toml"
+        cfg.write_text(_config(port, backend))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "run", "--config", str(cfg), "--log-level", "warning"],
+            cwd=REPO,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    _first_byte(port)  # also the first (template) start: not counted
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            samples = []
+            for _ in range(n):
+                time.sleep(gap)  # the used-up instance is stopped, spares refill
+                samples.append(_first_byte(port))
+            return samples
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--n", type=int, default=30)
+    ap.add_argument("--gap", type=float, default=0.2)
+    ap.add_argument("--only", default="", help="run only setups whose name contains this")
+    args = ap.parse_args(argv)
+    table = {}
+    for name, backend in SETUPS.items():
+        if args.only not in name:
+            continue
+        samples = sorted(measure(backend, args.n, args.gap))
+        table[name] = {
+            "p50_ms": round(statistics.median(samples) * 1000, 1),
+            "p90_ms": round(samples[int(0.9 * (len(samples) - 1))] * 1000, 1),
+            "n": len(samples),
+        }
+        print(name, table[name], file=sys.stderr)
+    print(json.dumps(table, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The wheel stands alone: built from this checkout, installed into a fresh venv outside
+the repository, `forkproxy run` with no config serves the bundled demo app, every
+example passes check-config (a missing extra is named, then installed), `forkproxy
+tune --help` works, and nothing installed imports `tests` or `examples`."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.backends.process.helpers import REPO
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+_FORBIDDEN = re.compile(r"^\s*(from|import)\s+(tests|examples)\b", re.MULTILINE)
+
+
+def _run(*cmd: str | Path, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _source_copy(dest: Path) -> Path:
+    """Tracked and new files only: the build must not see .venv, results or caches,
+    and must not write build/ or *.egg-info into the checkout."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, (f.decode() for f in files)):
+        src = REPO / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = _source_copy(tmp / "src")
+    built = _run(
+        sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", tmp / "dist", src, cwd=tmp
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = (tmp / "dist").glob("forkproxy-*.whl")
+    made = _run(sys.executable, "-m", "venv", tmp / "venv", cwd=tmp)
+    assert made.returncode == 0, made.stderr
+    pip = _run(tmp / "venv/bin/pip", "install", "-q", wheel, cwd=tmp)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    (tmp / "venv/wheel").write_text(str(wheel))
+    return tmp / "venv"
+
+
+def _work(tmp_path: Path) -> Path:
+    """A directory with nothing of the repository in it."""
+    work = tmp_path / "work"
+    work.mkdir()
+    return work
+
+
+def test_nothing_installed_imports_tests_or_examples(venv: Path) -> None:
+    (site,) = venv.glob("lib/python*/site-packages")
+    offenders = [
+        str(path.relative_to(site))
+        for top in ("proxy", "backends", "loadtest")
+        for path in (site / top).rglob("*.py")
+        if _FORBIDDEN.search(path.read_text())
+    ]
+    assert offenders == []
+    assert not (site / "tests").exists() and not (site / "examples").exists()
+
+
+def test_run_without_config_serves_the_bundled_demo(venv: Path, tmp_path: Path) -> None:
+    port = free_port()
+    work = _work(tmp_path)
+    proc = subprocess.Popen(
+        [venv / "bin/forkproxy", "run", "--listen", f"127.0.0.1:{port}", "--admin", "off"],
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")},
+    )
+    try:
+        body = b""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
+                    body = resp.read()
+                    break
+            except OSError:
+                time.sleep(0.2)
+        assert body.startswith(b"hello from instance "), body
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=40)
+    assert proc.returncode == 0, out
+    assert "No module named" not in out
+
+
+def test_examples_pass_check_config_and_missing_extras_are_named(
+    venv: Path, tmp_path: Path
+) -> None:
+    work = _work(tmp_path)
+    examples = sorted((REPO / "examples").glob("*.toml"))
+    for example in examples:
+        shutil.copy(example, work)
+    forkproxy = venv / "bin/forkproxy"
+    for example in examples:  # validating needs no SDK
+        result = _run(forkproxy, "check-config", example.name, cwd=work)
+        assert result.returncode == 0, (example.name, result.stderr)
+    for extra in ("docker", "vsphere"):  # running does: the error names the extra
+        result = _run(
+            forkproxy,
+            "run",
+            "-c",
+            f"{extra}.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            cwd=work,
+            timeout=60,
+        )
+        assert result.returncode == 3, result.stderr
+        assert f"pip install 'forkproxy[{extra}]'" in result.stderr
+        assert "No module named" not in result.stderr and "Traceback" not in result.stderr
+    # The extras bring everything those backends import (requests included).
+    wheel = (venv / "wheel").read_text()
+    pip = _run(venv / "bin/pip", "install", "-q", f"{wheel}[docker,vsphere,asgi]", cwd=work)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    code = "import backends.docker.backend, backends.vsphere.backend, uvicorn"
+    imported = _run(venv / "bin/python", "-c", code, cwd=work)
+    assert imported.returncode == 0, imported.stderr
+
+
+def test_tune_help(venv: Path, tmp_path: Path) -> None:
+    result = _run(venv / "bin/forkproxy", "tune", "--help", cwd=_work(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "usage" in result.stdout
