@@ -145,25 +145,22 @@ def _added_p50_us(at_one: dict[str, LoadResult]) -> dict[str, float]:
 def _report(
     sec: Section, by_level: dict[int, dict[str, LoadResult]], seconds: dict[int, float], rounds: int
 ) -> None:
-    rows: list[list[Any]] = []
     for c, results in by_level.items():
         direct = results.get("direct")
+        rows: list[list[Any]] = []
         for name, r in results.items():
             rel = ratio(r.rps, direct.rps) if direct else nan
-            rows.append([name, c, r.rps, rel, r.p50_ms, r.p99_ms, r.requests, r.errors, r.load1])
+            rows.append([name, r.tool, r.rps, rel, r.p50_ms, r.p99_ms, r.errors, r.load1])
             if c == CONNECTIONS:
                 sec.commands.append(f"load: {r.command}")
-    tools = sorted({r.tool for res in by_level.values() for r in res.values()})
-    headers = ["target", "conns", "req/s", "÷ direct", "p50 ms", "p99 ms", "requests", "errors"]
-    sec.tables.append(
-        Table(
-            [*headers, "load 1m"],
-            rows,
-            f"GET {PATH}; {', '.join(f'{s:g} s at c={c}' for c, s in seconds.items())} per run; "
-            f"median of {rounds} interleaved round(s) (by req/s; by p50 at c=1); "
-            f"tool: {', '.join(tools) or '-'}",
+        sec.tables.append(
+            Table(
+                ["target", "tool", "req/s", "÷ direct", "p50 ms", "p99 ms", "errors", "load 1m"],
+                rows,
+                f"GET {PATH}, {c} connection(s), {seconds[c]:g} s per run, median of {rounds} "
+                f"interleaved round(s) ({'by p50' if c == 1 else 'by req/s'})",
+            )
         )
-    )
     added = _added_p50_us(by_level[1])
     one = by_level[1]
     sec.tables.append(
