@@ -43,6 +43,9 @@ class ServerConfig:
     upstream_connect_timeout: float = 5.0
     upstream_header_timeout: float = 60.0
     retry_attempts: int = 2  # extra tries on another instance when nothing was sent yet
+    # a websocket tunnel with no byte either way for this long is closed (nginx's
+    # proxy_read_timeout applies to upgraded connections, 60s)
+    tunnel_idle_timeout: float = 60.0
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     limits: Limits = field(default_factory=Limits)
     admin_token_env: str = ""  # env var holding the admin bearer token (never the token itself)
@@ -132,6 +135,8 @@ def _limits(t: Table) -> Limits:
         body_min_rate=t.size("body_min_rate", d.body_min_rate),
         send_timeout=t.duration("send_timeout", d.send_timeout, min=0.001),
         max_connections=t.int("max_connections", d.max_connections, min=1),
+        max_pipelined=t.int("max_pipelined_requests", d.max_pipelined, min=1, max=1024),
+        max_chunk_ext=t.size("max_chunk_extensions_size", d.max_chunk_ext),
     )
 
 
@@ -151,6 +156,7 @@ def _server(t: Table) -> ServerConfig:
             "upstream_header_timeout", d.upstream_header_timeout, min=0.001
         ),
         retry_attempts=t.int("retry_attempts", d.retry_attempts, min=0, max=10),
+        tunnel_idle_timeout=t.duration("tunnel_idle_timeout", d.tunnel_idle_timeout, min=0.001),
         trusted_proxies=_networks(t, "trusted_proxies"),
         limits=_limits(t),
         admin_token_env=t.str("admin_token_env", ""),

@@ -102,8 +102,8 @@ class Proxy:
                 (time.monotonic() - req.started) * 1000,
             )
 
-    async def _upgrade(self, req: Request, rest: bytes) -> None:
-        await websocket(self.forwarder, req, rest)
+    async def _upgrade(self, req: Request) -> None:
+        await websocket(self.forwarder, req)
 
 
 async def serve(cfg: Config) -> None:

@@ -1,24 +1,25 @@
 """Body bytes waiting for their reader, with backpressure on the socket they came from:
-reading pauses above the high-water mark and resumes below the low one. Shared by the
-request bodies clients send (http1.py) and the response bodies instances send (upstream.py)."""
+reading pauses above the high-water mark and resumes below the low one (or when the
+queue is emptied at once). Shared by the request bodies clients send (server.py) and the
+response bodies instances send (upstream.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable
+
+from proxy.http.flow import BODY, Flow
 
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 
 
 class ChunkQueue:
-    __slots__ = ("_chunks", "_pause", "_resume", "_waiter", "buffered")
+    __slots__ = ("_chunks", "_flow", "_waiter", "buffered")
 
-    def __init__(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
+    def __init__(self, flow: Flow) -> None:
         self._chunks: collections.deque[bytes] = collections.deque()
-        self._pause = pause
-        self._resume = resume
+        self._flow = flow
         self._waiter: asyncio.Future[None] | None = None
         self.buffered = 0
 
@@ -29,20 +30,23 @@ class ChunkQueue:
         self._chunks.append(data)
         self.buffered += len(data)
         if self.buffered > HIGH_WATER:
-            self._pause()
+            self._flow.pause(BODY)
         self.wake()
 
     def pop(self) -> bytes:
         data = self._chunks.popleft()
         self.buffered -= len(data)
         if self.buffered < LOW_WATER:
-            self._resume()
+            self._flow.resume(BODY)
         return data
 
     def take_all(self) -> bytes:
         data = b"".join(self._chunks)
         self._chunks.clear()
         self.buffered = 0
+        # the read that completed a response may have crossed the high-water mark: a
+        # connection left paused would be pooled deaf (issue 10, case 10)
+        self._flow.resume(BODY)
         return data
 
     def wake(self) -> None:

@@ -89,6 +89,7 @@ class Forwarder:
     async def acquire(self, req: Request) -> Lease | int:
         """A lease, or the status (503/504) it answered itself."""
         deadline = self.pool.clock() + self.pool.cfg.hold_timeout
+        req.waiting = True  # a client that leaves now cancels this wait (server.py)
         try:
             return await self.pool.acquire(deadline)
         except PoolError as exc:
@@ -100,6 +101,8 @@ class Forwarder:
                 return 504
             req.respond(503, _POOL_TEXT.get(exc.reason, "Service Unavailable"), _RETRY_AFTER)
             return 503
+        finally:
+            req.waiting = False
 
     def head_for(self, req: Request, framing: bytes, *, websocket: bool = False) -> bytes:
         return upstream_head(
@@ -145,7 +148,12 @@ class Forwarder:
             conn_up: Connection | None = None
             try:
                 conn_up, upstream = await self.client.send(
-                    ep, head, body, chunked=req.chunked, head_only=head_only
+                    ep,
+                    head,
+                    body,
+                    chunked=req.chunked,
+                    head_only=head_only,
+                    on_info=req.informational,
                 )
                 async with asyncio.timeout(self.cfg.server.upstream_header_timeout):
                     await upstream.headers_done
@@ -153,8 +161,9 @@ class Forwarder:
                 if conn_up is not None:
                     conn_up.close()
                 # the instance is suspect unless a pooled keep-alive connection merely
-                # went stale under us
-                self.pool.release(lease, broken=not exc.stale)
+                # went stale under us, or it answered (badly): a malformed answer is the
+                # app's answer to one request, not a sign the instance is gone
+                self.pool.release(lease, broken=exc.strike and not exc.stale)
                 self.metrics.upstream_errors.labels("stale" if exc.stale else exc.kind).inc()
                 # Nothing reached the instance: any method. Else only an idempotent request
                 # without a body (a streamed body cannot be replayed) whose instance closed
@@ -200,12 +209,12 @@ class Forwarder:
                 raise
             break
         try:
-            return await self._relay(req, conn_up, upstream, lease, t_arrive, t_send)
+            return await self.relay(req, conn_up, upstream, lease, t_arrive, t_send)
         finally:
             self.client.release(conn_up)
             self.pool.release(lease)
 
-    async def _relay(
+    async def relay(
         self,
         req: Request,
         conn_up: Connection,
@@ -226,7 +235,7 @@ class Forwarder:
             # sent to the client yet, so it gets a clean 502
             self.metrics.upstream_errors.labels(upstream.error.kind).inc()
             log.warning("instance %s: %s", lease.slot.id, upstream.error)
-            self.pool.release(lease, broken=True)
+            self.pool.release(lease, broken=upstream.error.strike)
             req.respond(502, "Bad Gateway: instance failed")
             return 502
         no_body = upstream.head_only or status in _NO_BODY_STATUS
@@ -250,7 +259,7 @@ class Forwarder:
             kind = exc.kind if isinstance(exc, ReadTimeout) else "truncated"
             self.metrics.upstream_errors.labels(kind).inc()
             log.warning("instance %s failed mid-response: %s", lease.slot.id, exc)
-            self.pool.release(lease, broken=True)
+            self.pool.release(lease, broken=exc.strike)
             req.conn.abort()
             return 502
         except ConnectionError:

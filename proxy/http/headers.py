@@ -14,10 +14,10 @@ HOP_BY_HOP = frozenset(
         b"trailer",
         b"transfer-encoding",
         b"upgrade",
-        b"proxy-authorization",
-        b"proxy-authenticate",
     }
 )
+# Proxy-Authorization / Proxy-Authenticate are not in the set: forkproxy authenticates
+# nobody, so they are for the app (nginx and HAProxy pass them on; RFC 9110 11.7).
 FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
 # named in Connection or not, the proxy sets these itself: a client cannot make it drop them

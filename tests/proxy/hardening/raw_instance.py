@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import sys
+from collections.abc import Awaitable, Callable
 
 GZIP_BODY = gzip.compress(b"hello world", mtime=0)
 
@@ -75,11 +76,19 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     writer.close()
 
 
-async def main() -> None:
-    server = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]))
-    async with server:
-        await server.serve_forever()
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def serve(handler: Handler) -> None:
+    """Serve `handler` on 127.0.0.1:PORT (argv[1]) until killed (scripted_instance.py too)."""
+
+    async def main() -> None:
+        server = await asyncio.start_server(handler, "127.0.0.1", int(sys.argv[1]))
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    serve(handle)

@@ -1,0 +1,269 @@
+"""A client's request as the server hands it to the data path: its head, its body read
+in pieces with backpressure and deadlines, and the writing of its response (framed by
+us: Content-Length, chunked, or close-delimited for HTTP/1.0)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import TYPE_CHECKING
+
+from proxy.http.chunks import ChunkQueue
+
+if TYPE_CHECKING:
+    from proxy.http.server import HttpConnection
+
+REASONS = {
+    100: b"Continue",
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    417: b"Expectation Failed",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+_RATE_GRACE = 5.0  # seconds before body_min_rate applies (a slow start is not an attack)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_url: int = 8192  # request target bytes (nginx large_client_header_buffers 8k) -> 414
+    max_header_bytes: int = 32768  # all header lines together -> 431
+    max_headers: int = 100  # header lines (HAProxy tune.http.maxhdr 101) -> 431
+    max_body: int = 1 << 30  # bytes, 0 = unlimited (nginx client_max_body_size) -> 413
+    header_timeout: float = 10.0  # first byte to end of head (HAProxy timeout http-request) -> 408
+    keepalive_timeout: float = 75.0  # idle between requests (nginx keepalive_timeout 75s)
+    body_timeout: float = 60.0  # no body byte for this long (nginx client_body_timeout) -> 408
+    body_min_rate: int = 0  # bytes/s averaged after the first 5 s (_RATE_GRACE), 0 = off -> 408
+    send_timeout: float = 60.0  # client not reading the response (nginx send_timeout)
+    max_connections: int = 10000
+    # requests parsed and queued behind the running one; more in one read and the
+    # connection closes after the queued ones (their last answer says Connection: close)
+    max_pipelined: int = 8
+    # chunk-extension bytes in one request body -> 400 (Node's llhttp binding caps 16 KiB)
+    max_chunk_ext: int = 16384
+
+
+class ClientError(Exception):
+    """The client broke a rule; answer `status` (if nothing was sent yet) and close."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+class Body:
+    """A request body as the client sends it, read in pieces with backpressure."""
+
+    def __init__(self, conn: HttpConnection) -> None:
+        self._conn = conn
+        self._chunks = ChunkQueue(conn.flow)
+        self.received = 0
+        self.complete = False
+        self.error: Exception | None = None
+        self.on_first_read: Callable[[], None] | None = None  # sends 100 Continue
+        self.started = time.monotonic()
+
+    def feed(self, data: bytes) -> None:
+        self.received += len(data)
+        limit = self._conn.limits.max_body
+        if limit and self.received > limit:
+            self.fail(ClientError(413, "Content Too Large: the body exceeds the limit"))
+            return
+        self._chunks.push(data)
+
+    def finish(self) -> None:
+        self.complete = True
+        self._chunks.wake()
+
+    def fail(self, exc: Exception) -> None:
+        if self.error is None and not self.complete:
+            self.error = exc
+            self._chunks.wake()
+
+    async def read(self) -> bytes:
+        if self.on_first_read is not None:
+            self.on_first_read()
+            self.on_first_read = None
+        while not self._chunks:
+            if self.error is not None:
+                raise self.error
+            if self.complete:
+                return b""
+            await self._wait()
+        data = self._chunks.pop()
+        self._check_rate()
+        return data
+
+    async def prefetch(self, limit: int) -> None:
+        """Wait until the body is complete or `limit` bytes are buffered, so a slow
+        client holds no instance slot while it dribbles a small body (nginx buffers
+        request bodies for the same reason). Same deadlines as read()."""
+        while not self.complete and self._chunks.buffered < limit:
+            if self.error is not None:
+                raise self.error
+            await self._wait()
+
+    async def _wait(self) -> None:
+        try:
+            async with asyncio.timeout(self._conn.limits.body_timeout):
+                await self._chunks.wait()
+        except TimeoutError:
+            raise ClientError(408, "Request Timeout: the body stalled") from None
+        self._check_rate()
+
+    def _check_rate(self) -> None:
+        rate = self._conn.limits.body_min_rate
+        if rate and not self.complete:
+            elapsed = time.monotonic() - self.started
+            if elapsed > _RATE_GRACE and self.received < rate * elapsed:
+                raise ClientError(408, "Request Timeout: the body is arriving too slowly")
+
+    def __aiter__(self) -> Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        data = await self.read()
+        if not data:
+            raise StopAsyncIteration
+        return data
+
+
+class Request:
+    __slots__ = (
+        "_chunked_out",
+        "body",
+        "chunked",
+        "conn",
+        "content_length",
+        "expect_continue",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "path",
+        "response_started",
+        "started",
+        "status",
+        "upgrade",
+        "version",
+        "waiting",
+    )
+
+    def __init__(self, conn: HttpConnection) -> None:
+        self.conn = conn
+        self.method = ""
+        self.path = b""  # origin-form, byte for byte as sent
+        self.version = "1.1"
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.host: bytes | None = None
+        self.content_length: int | None = None
+        self.chunked = False
+        self.keep_alive = True
+        self.upgrade = False  # a websocket handshake the proxy tunnels
+        self.expect_continue = False
+        self.waiting = False  # held for an instance slot (the data path sets it)
+        self.response_started = False
+        self.status = 0  # the status this proxy answered (0: none yet)
+        self.started = time.monotonic()
+        self.body: Body = Body(conn)
+        self._chunked_out = False
+
+    @property
+    def peer(self) -> str:
+        return self.conn.peer
+
+    def header(self, name: bytes) -> bytes | None:
+        for n, v in self.headers:
+            if n.lower() == name:
+                return v
+        return None
+
+    # -- responding ----------------------------------------------------------------------
+
+    def start_response(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        length: int | None,
+        body: bool = True,
+        payload: bytes = b"",
+    ) -> None:
+        """Write the response head. `length` None with a body: chunked (or close-delimited
+        for HTTP/1.0). `body=False` (HEAD, 204, 304): framing headers kept as given."""
+        self.response_started = True
+        self.status = status
+        conn = self.conn
+        keep = self.keep_alive and not conn.closing and not conn.draining
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason or REASONS.get(status, b"Unknown"))]
+        parts.extend(n + b": " + v + b"\r\n" for n, v in headers)
+        if body:
+            if length is not None:
+                parts.append(b"Content-Length: %d\r\n" % length)
+            elif self.version == "1.1":
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+                self._chunked_out = True
+            else:
+                keep = False
+        if not keep:
+            parts.append(b"Connection: close\r\n")
+            self.keep_alive = False
+        parts.append(b"\r\n")
+        if payload and self.method != "HEAD":  # an answer to HEAD never has a body
+            parts.append(payload)  # head and a small body in one write
+        conn.write(b"".join(parts))
+
+    def informational(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """A 1xx (103 Early Hints) ahead of the response: HTTP/1.1 clients only, since
+        an HTTP/1.0 client cannot tell it from the response (RFC 9110 15.2)."""
+        if self.version != "1.1" or self.response_started:
+            return
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason or b"Informational")]
+        parts.extend(n + b": " + v + b"\r\n" for n, v in headers)
+        parts.append(b"\r\n")
+        self.conn.write(b"".join(parts))
+
+    async def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._chunked_out:
+            self.conn.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.conn.write(data)
+        await self.conn.drain()
+
+    def end(self) -> None:
+        if self._chunked_out:
+            self.conn.write(b"0\r\n\r\n")
+
+    def respond(
+        self, status: int, text: str, extra: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        """A short fixed response in one write (errors, never echoing the request)."""
+        body = text.encode() + b"\n"
+        headers = [(b"Content-Type", b"text/plain; charset=utf-8"), (b"Date", date())]
+        if extra:
+            headers.extend(extra)
+        self.start_response(status, b"", headers, length=len(body), payload=body)
+
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def date() -> bytes:
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True).encode())
+    return _date_cache[1]

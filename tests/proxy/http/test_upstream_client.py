@@ -1,0 +1,60 @@
+"""The upstream client over real sockets: a connection goes back to the pool only at a
+message boundary, with nothing buffered and reading not paused."""
+
+from __future__ import annotations
+
+import asyncio
+
+from backends.base import Endpoint
+from proxy.http.upstream import UpstreamClient
+
+BIG = 400_000  # more than the body buffer's high-water mark
+
+
+_writers: list[asyncio.StreamWriter] = []
+
+
+async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    _writers.append(writer)
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            size = BIG if b" /big " in head else 2
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"x" * size)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+
+async def test_connection_emptied_at_once_is_pooled_reading() -> None:
+    """Issue 10, case 10: a response that crossed the high-water mark and was then taken
+    whole (take_all) left reading paused, and the next request on that pooled connection
+    waited for the header timeout."""
+    server = await asyncio.start_server(_serve, "127.0.0.1", 0)
+    ep = Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
+    client = UpstreamClient(connect_timeout=1.0, stall_timeout=5.0)
+    try:
+        conn, resp = await client.send(
+            ep, b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n", None, chunked=False, head_only=False
+        )
+        async with asyncio.timeout(5):
+            while not resp.complete:  # nobody reads: the body piles up and reading pauses
+                await asyncio.sleep(0.01)
+        body = resp.body_buffered()
+        assert body is not None and len(body) == BIG
+        client.release(conn)
+        conn2, resp2 = await client.send(
+            ep, b"GET /small HTTP/1.1\r\nHost: t\r\n\r\n", None, chunked=False, head_only=False
+        )
+        assert conn2 is conn  # the same, pooled connection
+        async with asyncio.timeout(2):
+            await resp2.headers_done
+            assert await resp2.read() == b"xx"
+        client.release(conn2)
+    finally:
+        client.close()
+        server.close()
+        for w in _writers:  # the server's side of each connection, before the loop ends
+            w.close()
+            await w.wait_closed()
+        await server.wait_closed()
