@@ -32,6 +32,14 @@ PEERS = (
     Peer("go", "go", "golang-go", "httputil.ReverseProxy, GOMAXPROCS=1, 1024 idle upstream"),
 )
 PACKAGES = " ".join(p.package for p in PEERS)
+# Peers run from a generated config file: (find the binary, write the config, argv).
+_Find = Callable[[], str | None]
+_WriteConf = Callable[[Path, int, int], Path]
+_Argv = Callable[[str, Path], list[str]]
+_CONFIGURED: dict[str, tuple[_Find, _WriteConf, _Argv]] = {
+    "nginx": (nginx.nginx_path, nginx.write_conf, nginx.nginx_argv),
+    "haproxy": (haproxy.haproxy_path, haproxy.write_conf, haproxy.haproxy_argv),
+}
 
 
 async def available(peer: Peer, install: bool) -> str | None:
@@ -46,21 +54,14 @@ async def start(
     RuntimeError/TimeoutError/OSError when it cannot be built or does not serve."""
     make_argv: Callable[[int], Sequence[str]]
     env: dict[str, str] | None = None
-    if peer.name == "nginx":
-        ng = nginx.nginx_path()
-        if ng is None:
-            raise RuntimeError("nginx not found")
+    if peer.name in _CONFIGURED:
+        find, write_conf, argv = _CONFIGURED[peer.name]
+        binary = find()
+        if binary is None:
+            raise RuntimeError(f"{peer.name} not found")
 
         def make_argv(port: int) -> Sequence[str]:
-            return nginx.nginx_argv(ng, nginx.write_conf(work / "nginx", port, app_port))
-
-    elif peer.name == "haproxy":
-        hp = haproxy.haproxy_path()
-        if hp is None:
-            raise RuntimeError("haproxy not found")
-
-        def make_argv(port: int) -> Sequence[str]:
-            return haproxy.haproxy_argv(hp, haproxy.write_conf(work / "haproxy", port, app_port))
+            return argv(binary, write_conf(work / peer.name, port, app_port))
 
     else:
         built = await goproxy.build()
