@@ -27,7 +27,7 @@ EXPECTED_S = {
     "datapath": (210.0, 25.0),
     "coldstart": (80.0, 36.0),
     "burst": (5.0, 2.0),
-    "elasticity": (105.0, 45.0),
+    "elasticity": (360.0, 36.0),
     "memory": (12.0, 10.0),
 }
 

@@ -4,8 +4,8 @@ that reports every problem with its key path and allowed values."""
 from __future__ import annotations
 
 import ipaddress
-import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
@@ -55,17 +55,13 @@ class ServerConfig:
 ROUTINGS = ("least_loaded", "pack")
 
 
-def default_target(max_concurrency: int) -> float:
-    return max(1.0, math.floor(max_concurrency * 0.7))
-
-
 @dataclass(frozen=True)
 class PoolConfig:
     max_concurrency: int = 10
-    target_concurrency: float = 7.0
+    target_concurrency: float | None = None  # None: "auto" (see proxy.policy.target)
     max_queue: int = 1000
     hold_timeout: float = 30.0
-    idle_ttl: float = 60.0
+    idle_ttl: float | None = None  # None: "auto", priced by the measured start cost
     min_instances: int = 0
     max_instances: int = 20
     max_starting: int = 4
@@ -75,18 +71,22 @@ class PoolConfig:
     start_retries: int = 3
     readiness_path: str = "/"
     tick: float = 0.25
-    routing: str = "least_loaded"
+    routing: str = "pack"
     # max_concurrency = "auto" (the file's default): the backend's concurrency_hint()
-    # replaces it once prepared (a WSGI app's threads); target follows unless it was set.
+    # replaces it once prepared (a WSGI app's threads); target "auto" (None) follows it,
+    # an explicit target is kept but never above it.
     concurrency_auto: bool = False
-    target_auto: bool = False
 
     def with_concurrency_hint(self, hint: int | None) -> PoolConfig:
         if not self.concurrency_auto:
             return self
         max_c = hint or self.max_concurrency
-        target = default_target(max_c) if self.target_auto else self.target_concurrency
-        return replace(self, max_concurrency=max_c, target_concurrency=min(target, max_c))
+        target = self.target_concurrency
+        return replace(
+            self,
+            max_concurrency=max_c,
+            target_concurrency=None if target is None else min(target, max_c),
+        )
 
 
 @dataclass(frozen=True)
@@ -170,6 +170,21 @@ def _server(t: Table) -> ServerConfig:
     return cfg
 
 
+def _auto(t: Table, key: str, read: Callable[[], float]) -> float | None:
+    """`key = "auto"` (or absent) gives None: the pool prices it from what it measures.
+    Otherwise `read()` parses the number; its error also names "auto" as allowed."""
+    if t.data.get(key, "auto") == "auto":
+        t.str(key)  # mark as seen
+        return None
+    before = len(t.problems)
+    value = read()
+    if len(t.problems) > before:
+        p = t.problems[-1]
+        t.problems[-1] = replace(p, message=f'{p.message} (or "auto")')
+        return None
+    return value
+
+
 def _pool(t: Table) -> PoolConfig:
     d = PoolConfig()
     raw_max = t.data.get("max_concurrency", "auto")
@@ -184,11 +199,12 @@ def _pool(t: Table) -> PoolConfig:
     cfg = PoolConfig(
         max_concurrency=max_c,
         concurrency_auto=auto,
-        target_auto=not t.has("target_concurrency"),
-        target_concurrency=t.float("target_concurrency", default_target(max_c), min=0.1),
+        target_concurrency=_auto(
+            t, "target_concurrency", lambda: t.float("target_concurrency", 1.0, min=0.1)
+        ),
         max_queue=t.int("max_queue", d.max_queue, min=0),
         hold_timeout=t.duration("hold_timeout", d.hold_timeout, min=0.001),
-        idle_ttl=t.duration("idle_ttl", d.idle_ttl),
+        idle_ttl=_auto(t, "idle_ttl", lambda: t.duration("idle_ttl", 0.0)),
         min_instances=t.int("min_instances", d.min_instances, min=0),
         max_instances=t.int("max_instances", d.max_instances, min=1),
         max_starting=t.int("max_starting", d.max_starting, min=1),
@@ -202,7 +218,8 @@ def _pool(t: Table) -> PoolConfig:
         tick=t.duration("tick", d.tick, min=0.01),
         routing=t.choice("routing", ROUTINGS, d.routing),
     )
-    if cfg.target_concurrency > cfg.max_concurrency and not auto:
+    target = cfg.target_concurrency
+    if target is not None and target > cfg.max_concurrency and not auto:
         t.error(
             "target_concurrency",
             f"{cfg.target_concurrency} exceeds max_concurrency {cfg.max_concurrency}",

@@ -122,7 +122,7 @@ class Sampler:
             rate = (ok - self._prev_starts[1]) / (now - self._prev_starts[0])
         self._prev_starts = (now, ok)
         settings, source = effective_settings(proxy)
-        max_c = int(settings.get("max_concurrency") or proxy.pool.cfg.max_concurrency)
+        max_c = proxy.pool.cfg.max_concurrency  # "auto" already resolved into the config
         self._seq += 1
         sample = {
             "seq": self._seq,

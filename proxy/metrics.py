@@ -43,6 +43,21 @@ class Metrics:
             buckets=_LATENCY,
             registry=r,
         )
+        self.start_cost = Gauge(
+            f"{p}_start_cost_seconds",
+            "Measured start-to-ready time the policy prices headroom and keep-alive by (EWMA)",
+            registry=r,
+        )
+        self.keep_alive = Gauge(
+            f"{p}_keep_alive_seconds",
+            "How long idle capacity is kept (idle_ttl, or priced by the start cost)",
+            registry=r,
+        )
+        self.demand_growth = Gauge(
+            f"{p}_demand_growth",
+            "How fast requests in flight + held rise, per second (0 when flat or falling)",
+            registry=r,
+        )
         self.stops = Counter(
             f"{p}_instance_stops", "Instance stops by reason", ["reason"], registry=r
         )

@@ -1,36 +1,77 @@
 """The scale decision, pure: a snapshot of the pool in, actions out. No I/O, no clock
-reads, no event loop, so every rule is unit-tested directly."""
+reads, no event loop, so every rule is unit-tested directly.
+
+Everything is priced by what a start costs, measured by the pool (`Snapshot.start_cost`):
+- headroom: the demand that arrives while a start is under way (Little's law: growth of
+  demand x start latency), on top of what the current load needs at `target`;
+- keep-alive: an idle instance is worth keeping only while that is cheaper than a start
+  when the next request comes (ski rental), so a 5 ms fork is kept for well under a
+  second and a multi-second VM clone for much longer;
+- scale-in: instances beyond what the peak demand of the last keep-alive window needs
+  are drained (they finish what they have, take nothing new), idle ones first.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 from proxy.config import PoolConfig
+
+# Keep-alive under idle_ttl = "auto": KEEP_ALIVE_STARTS x the measured start cost. A start
+# costs its own instance-seconds plus the latency it adds to the request that waits for
+# it; weighing a second of a waiting request at ~20 instance-seconds puts the ski-rental
+# break-even at ~20 start times (fork ~10 ms -> 0.5 s floor, docker create ~250 ms -> 5 s,
+# a 3 s VM clone -> 1 min).
+KEEP_ALIVE_STARTS = 20.0
+KEEP_ALIVE_MIN = 0.5  # below this, scheduling noise (ticks, think times) dominates
+KEEP_ALIVE_MAX = 600.0
+START_COST_PRIOR = 0.05  # seconds until the first start is timed; a start running longer
+# than the estimate raises it (StartCost.estimate), so a low prior only errs briefly
+_EPS = 1e-9
+
+Phase = Literal["starting", "ready", "draining"]
 
 
 @dataclass(frozen=True)
 class InstanceView:
     id: str
-    ready: bool  # READY (serving); False means STARTING
+    phase: Phase
     in_flight: int
     idle_since: float | None  # clock time it last became idle; None while busy
     retiring: bool = False  # reached max_requests_per_instance: takes no new requests
+    suspect: bool = False  # a request to it failed: no new ones until it proves alive
+
+    @property
+    def serving(self) -> bool:
+        """Takes new requests: the only instances that count as free capacity."""
+        return self.phase == "ready" and not self.retiring and not self.suspect
 
 
 @dataclass(frozen=True)
 class Snapshot:
     now: float
-    waiting: int  # requests held in the queue
-    instances: tuple[InstanceView, ...]
+    waiting: int  # requests held in the queue whose clients are still there
+    instances: tuple[InstanceView, ...]  # starting, ready and draining ones
     starts_blocked_until: float = 0.0  # start backoff after failures
+    refused: int = 0  # refused for a full queue just now: demand, though not held
+    start_cost: float = START_COST_PRIOR  # measured seconds from start to READY
+    growth: float = 0.0  # how fast requests in flight rise, requests/s
+    recent_peak: float = 0.0  # peak requests in flight over the last keep_alive() seconds
+    finishing: float = 0.0  # requests finishing per second (slots freed), recent
+    backlog_age: float = 0.0  # how long requests have been waiting without a break
 
 
 @dataclass(frozen=True)
 class Decision:
     start: int = 0
-    stop: tuple[str, ...] = ()
+    stops: tuple[tuple[str, str], ...] = ()  # (instance id, reason): drain, then stop
     reasons: tuple[str, ...] = field(default=())
+
+    @property
+    def stop(self) -> tuple[str, ...]:
+        return tuple(i for i, _ in self.stops)
 
 
 def per_instance_capacity(cfg: PoolConfig) -> int:
@@ -40,66 +81,99 @@ def per_instance_capacity(cfg: PoolConfig) -> int:
     return cfg.max_concurrency
 
 
+def target(cfg: PoolConfig) -> float:
+    """In-flight requests per instance the pool plans for. "auto" is max_concurrency:
+    headroom comes from the start cost and the load's growth, not from a fixed fraction."""
+    t = cfg.max_concurrency if cfg.target_concurrency is None else cfg.target_concurrency
+    return min(float(t), float(per_instance_capacity(cfg)))
+
+
+def keep_alive(cfg: PoolConfig, start_cost: float) -> float:
+    """How long idle capacity is kept: idle_ttl, or priced by the start cost ("auto")."""
+    if cfg.idle_ttl is not None:
+        return cfg.idle_ttl
+    return min(KEEP_ALIVE_MAX, max(KEEP_ALIVE_MIN, KEEP_ALIVE_STARTS * start_cost))
+
+
+def instances_for(demand: float, cfg: PoolConfig) -> int:
+    """Serving instances that carry `demand` in-flight requests at target, plus floors."""
+    need = math.ceil(demand / target(cfg) - _EPS) if demand > 0 else 0
+    return max(cfg.min_instances, need + cfg.warm_pool)
+
+
 def decide(snap: Snapshot, cfg: PoolConfig) -> Decision:
-    ready = [i for i in snap.instances if i.ready and not i.retiring]
-    starting = [i for i in snap.instances if not i.ready]
-    live = len(ready) + len(starting)
+    serving = [i for i in snap.instances if i.serving]
+    starting = [i for i in snap.instances if i.phase == "starting"]
     cap = per_instance_capacity(cfg)
     reasons: list[str] = []
+    demand_in = snap.waiting + snap.refused
 
-    # (a) queued requests that neither free slots nor starts in flight will absorb
-    free = sum(max(0, cfg.max_concurrency - i.in_flight) for i in ready)
-    unabsorbed = snap.waiting - free - len(starting) * cap
+    # (a) held (or refused) requests that neither free slots, nor starts in flight, nor
+    # the slots that free up while a start would run (requests finishing x start cost:
+    # waiting 5 ms for a slot beats starting an instance for 5 ms) absorb. The last only
+    # for a young queue: one that outlives a start is a shortage, not a passing peak
+    # (closed-loop clients keep a saturated pool's queue at a constant length).
+    free = sum(max(0, cfg.max_concurrency - i.in_flight) for i in serving)
+    young = snap.waiting and snap.backlog_age < snap.start_cost
+    freeing = math.floor(snap.finishing * snap.start_cost) if young else 0
+    unabsorbed = demand_in - free - len(starting) * cap - freeing
     want = math.ceil(unabsorbed / cap) if unabsorbed > 0 else 0
     if want:
-        reasons.append(f"queued:{snap.waiting}")
+        reasons.append(f"queued:{demand_in}")
 
-    # (b) ahead of saturation: average in-flight per instance above target. One start
-    # at a time, only when none is in flight, and never more than one instance beyond
-    # what max_concurrency needs: headroom, not a second burst response. (A burst of N
-    # must not start more than ceil(N / max_concurrency) + max_starting.)
-    load = sum(i.in_flight for i in ready)
-    if (
-        live
-        and not starting
-        and want == 0
-        and load / live > cfg.target_concurrency
-        and live < math.ceil(load / cfg.max_concurrency) + 1
-    ):
-        want = 1
-        reasons.append("target_concurrency")
+    # (b) ahead of the load: what the requests in flight need at target, plus the whole
+    # requests that arrive while a start is under way (Little's law; under one, a request
+    # may wait for a start rather than every instance keeping a spare). Held requests are
+    # (a)'s. Starts in flight count as capacity: no thundering herd.
+    load = sum(i.in_flight for i in serving)
+    # ... at most the load itself (a step shows as steep growth for a moment: extrapolating
+    # it past doubling within one start only overshoots) and one round of starts; none
+    # while requests wait (they are the growth, and (a) starts for them): a burst of N
+    # starts at most ceil(N / max_concurrency) + max_starting instances
+    ahead = 0
+    if not snap.waiting:
+        growth = math.floor(snap.growth * snap.start_cost)
+        ahead = min(load, growth, math.floor(cfg.max_starting * target(cfg)))
+    need = instances_for(load + ahead, cfg) - len(serving) - len(starting)
+    if need > want:
+        want = need
+        reasons.append(f"load:{load}+{ahead}")
 
-    # floors: min_instances and idle spares
-    if live < cfg.min_instances and cfg.min_instances - live > want:
-        want = cfg.min_instances - live
-        reasons.append("min_instances")
-    spares = sum(1 for i in ready if i.in_flight == 0) + len(starting)
-    if spares < cfg.warm_pool and cfg.warm_pool - spares > want:
-        want = cfg.warm_pool - spares
-        reasons.append("warm_pool")
-
-    # ceilings: concurrent starts, total instances (retiring ones still hold a slot)
-    total = len(snap.instances)
-    want = min(want, cfg.max_starting - len(starting), cfg.max_instances - total)
+    # ceilings: concurrent starts, total instances (draining and retiring ones still
+    # hold a slot until they are gone: max_instances is a hard cap)
+    want = min(want, cfg.max_starting - len(starting), cfg.max_instances - len(snap.instances))
     if snap.now < snap.starts_blocked_until:
         want = 0
     want = max(0, want)
+    return Decision(
+        start=want, stops=_scale_in(snap, cfg, serving, starting), reasons=tuple(reasons)
+    )
 
-    # reaping: idle past the TTL, keeping min_instances and warm spares, never while
-    # requests wait (a queued request would rather take the idle one)
-    stop: list[str] = []
-    if snap.waiting == 0:
-        keep = max(cfg.min_instances, cfg.warm_pool)
-        idle = sorted(
-            (i for i in ready if i.in_flight == 0 and i.idle_since is not None),
-            key=lambda i: i.idle_since or 0.0,
-        )
-        removable = len(ready) - keep
-        for inst in idle:
-            if removable <= 0:
-                break
-            assert inst.idle_since is not None
-            if snap.now - inst.idle_since >= cfg.idle_ttl:
-                stop.append(inst.id)
-                removable -= 1
-    return Decision(start=want, stop=tuple(stop), reasons=tuple(reasons))
+
+def _scale_in(
+    snap: Snapshot, cfg: PoolConfig, serving: list[InstanceView], starting: list[InstanceView]
+) -> tuple[tuple[str, str], ...]:
+    """Never while requests wait or starts are under way (they'd rather take the one we
+    stop). Two rules, both keeping min_instances and warm_pool spares on top of the load:
+    surplus beyond what the window's peak needs is drained (least busy first); and an
+    instance idle past the keep-alive is stopped even if the peak still counts it."""
+    if snap.waiting or snap.refused or starting:
+        return ()
+    ttl = keep_alive(cfg, snap.start_cost)
+    load = sum(i.in_flight for i in serving)
+    order = sorted(
+        serving,
+        key=lambda i: (i.in_flight, i.idle_since if i.idle_since is not None else math.inf),
+    )
+    stops: list[tuple[str, str]] = []
+    surplus = len(serving) - instances_for(max(snap.recent_peak, load), cfg)
+    for inst in order[: max(0, surplus)]:  # "surplus" if it still has requests to finish
+        stops.append((inst.id, "surplus" if inst.in_flight else "idle"))
+    room = len(serving) - len(stops) - instances_for(load, cfg)
+    for inst in order[len(stops) :]:
+        if room <= 0 or inst.in_flight or inst.idle_since is None:
+            break
+        if snap.now - inst.idle_since >= ttl:
+            stops.append((inst.id, "idle"))
+            room -= 1
+    return tuple(stops)

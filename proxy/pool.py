@@ -1,10 +1,11 @@
-"""The pool: instances and their states, the bounded FIFO hold queue, least-loaded
-assignment, and the control loop that turns policy decisions into backend calls."""
+"""The pool: instances and their states, the bounded FIFO hold queue, assignment (pack or
+least-loaded), and the control loop that turns policy decisions into backend calls."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import secrets
@@ -21,8 +22,17 @@ from backends.errors import BackendError
 from backends.support.probe import wait_ready
 from backends.support.tasks import TaskSet
 from proxy.config import PoolConfig
+from proxy.demand import DemandTrace, StartCost
 from proxy.metrics import Metrics
-from proxy.policy import InstanceView, Snapshot, decide
+from proxy.policy import (
+    KEEP_ALIVE_MAX,
+    InstanceView,
+    Phase,
+    Snapshot,
+    decide,
+    keep_alive,
+    target,
+)
 
 log = logging.getLogger("forkproxy.pool")
 
@@ -36,6 +46,12 @@ class State(enum.Enum):
 
 
 _STATES = tuple(State)
+_PHASES: dict[State, Phase] = {
+    State.STARTING: "starting",
+    State.READY: "ready",
+    State.DRAINING: "draining",
+}
+_LIVE = tuple(_PHASES)  # states that hold an instance slot (max_instances counts them)
 
 
 class PoolError(Exception):
@@ -81,14 +97,17 @@ class Slot:
     strikes: int = 0  # failures without a success in between
     died: asyncio.Event = field(default_factory=asyncio.Event)
     death_reason: str = ""
+    stop_reason: str = ""  # DRAINING: why; cleared once its stop is under way
+    solo: bool = False  # no other start was under way when it began
 
     def view(self) -> InstanceView:
         return InstanceView(
             id=self.id,
-            ready=self.state is State.READY,
+            phase=_PHASES[self.state],
             in_flight=self.in_flight,
             idle_since=self.idle_since,
             retiring=self.retiring,
+            suspect=self.suspect,
         )
 
 
@@ -130,6 +149,11 @@ class Pool:
         self._waiters: deque[_Waiter] = deque()
         self._tasks = TaskSet("pool")
         self._pack = cfg.routing == "pack"
+        self._target = target(cfg)
+        self._in_flight = 0  # requests assigned to instances and not released
+        self._queued_since = 0.0  # when the queue last went from empty to non-empty
+        self._start_cost = StartCost()
+        self._demand = DemandTrace(cfg.tick, max(cfg.idle_ttl or 0.0, KEEP_ALIVE_MAX) + 1.0)
         self._failures = 0
         self._blocked_until = 0.0
         self._closing = False
@@ -156,6 +180,7 @@ class Pool:
         )
         await self.backend.prepare()
         self.cfg = self.cfg.with_concurrency_hint(self.backend.concurrency_hint())
+        self._target = target(self.cfg)
         await self._reap_orphans()
         self._tasks.spawn(self._control_loop(), "control")
         self._rebalance()
@@ -194,12 +219,13 @@ class Pool:
 
     def _pick(self) -> Slot | None:
         """least_loaded: fewest in flight (ties: most recently used, so idle ones age out).
-        pack: the busiest instance still below target_concurrency (ties: most recently
-        used), so surplus instances go idle and are reaped; least-loaded above target."""
+        pack (the default): the busiest instance still below the target (ties: most
+        recently used), so surplus instances go idle and are drained; least-loaded above.
+        DRAINING, retiring and suspect instances take nothing new."""
         best: Slot | None = None
         packed: Slot | None = None
         limit = self.cfg.max_concurrency
-        target = self.cfg.target_concurrency if self._pack else 0.0
+        target = self._target if self._pack else 0.0
         for s in self._slots.values():
             if s.state is not State.READY or s.retiring or s.suspect or s.in_flight >= limit:
                 continue
@@ -218,6 +244,7 @@ class Pool:
         return packed or best
 
     def _assign(self, slot: Slot) -> None:
+        self._in_flight += 1
         slot.in_flight += 1
         slot.served += 1
         slot.idle_since = None
@@ -233,12 +260,20 @@ class Pool:
         arrived = self.clock()
         if not self._waiters and (slot := self._pick()) is not None:
             self._assign(slot)
-            if slot.in_flight > self.cfg.target_concurrency:
+            self._record(arrived)
+            if slot.in_flight >= self._target:
                 self._rebalance()  # maybe start one ahead of saturation
             return Lease(slot, 0.0, False)
         if len(self._waiters) >= self.cfg.max_queue:
+            # refused, but still demand: with max_queue = 0 this is the only way a start
+            # is ever asked for
+            self._demand.refuse(arrived)
+            self._demand.record(arrived, self._in_flight + 1)
+            self._rebalance()
             raise QueueFull("queue full")
         w = _Waiter(asyncio.get_running_loop().create_future(), arrived)
+        if not self._waiters:
+            self._queued_since = arrived
         self._waiters.append(w)
         self.metrics.queue_depth.set(len(self._waiters))
         self._rebalance()
@@ -256,6 +291,8 @@ class Pool:
         return Lease(slot, queued, cold)
 
     def _drop_waiter(self, w: _Waiter) -> None:
+        """A waiter whose deadline passed or whose client left (the data path cancels
+        its acquire): out of the queue at once, so it is no longer demand."""
         with contextlib.suppress(ValueError):
             self._waiters.remove(w)
         self.metrics.queue_depth.set(len(self._waiters))
@@ -271,7 +308,9 @@ class Pool:
         lease.released = True
         slot = lease.slot
         slot.in_flight -= 1
+        self._in_flight -= 1
         now = self.clock()
+        self._demand.finish(now)
         slot.last_used = now
         if broken:
             self._suspect(slot)
@@ -281,6 +320,8 @@ class Pool:
             slot.idle_since = now
             if slot.retiring and slot.state is State.READY:
                 self._begin_stop(slot, "max_requests")
+            elif slot.state is State.DRAINING and slot.stop_reason:
+                self._spawn_stop(slot)  # drained: its last request is done
         if self._waiters:
             self._dispatch()
             self._after_change()
@@ -288,13 +329,16 @@ class Pool:
             self._rebalance()
 
     def _suspect(self, slot: Slot) -> None:
-        """A request to the instance failed. Ask the backend whether it is alive before
-        sending it more; three failures in a row and it is replaced regardless."""
+        """A request to the instance failed in transport (refused, reset, timed out; the
+        data path passes broken=True for nothing else: a malformed response is the app's
+        answer to one request, not evidence the instance is dead). Ask the backend
+        whether it is alive before sending it more; three failures in a row and it is
+        taken out of rotation regardless, draining what it still serves."""
         if slot.state is not State.READY:
             return
         slot.strikes += 1
         if slot.strikes >= 3:
-            self._fail(slot, "unreachable")
+            self._begin_stop(slot, "unreachable")
             self._rebalance()
         elif not slot.suspect:
             slot.suspect = True
@@ -341,16 +385,58 @@ class Pool:
 
     # -- control path ------------------------------------------------------------------
 
-    def snapshot(self) -> Snapshot:
-        views = tuple(
-            s.view() for s in self._slots.values() if s.state in (State.STARTING, State.READY)
+    def _record(self, now: float) -> None:
+        self._demand.record(now, self._in_flight)
+
+    def _cost(self, now: float) -> float:
+        oldest = min(
+            (s.created for s in self._slots.values() if s.state is State.STARTING), default=now
         )
+        return self._start_cost.estimate(now - oldest)
+
+    def effective_settings(self) -> dict[str, Any]:
+        """The pool's settings as it runs them now: each `auto` value with what it resolves
+        to (the live page shows these), beside the measured start cost they are priced by."""
+        cost = self._cost(self.clock())
+        settings: dict[str, Any] = dataclasses.asdict(self.cfg)
+        if settings.pop("concurrency_auto"):
+            settings["max_concurrency"] = f"auto → {self.cfg.max_concurrency}"
+        if self.cfg.target_concurrency is None:
+            settings["target_concurrency"] = f"auto → {self._target:g}"
+        if self.cfg.idle_ttl is None:
+            settings["idle_ttl"] = f"auto → {keep_alive(self.cfg, cost):.3g}s"
+        settings["measured_start_cost"] = f"{cost * 1000:.3g} ms"
+        return settings
+
+    def snapshot(self) -> Snapshot:
+        now = self.clock()
+        self._record(now)
+        views = tuple(s.view() for s in self._slots.values() if s.state in _LIVE)
+        cost = self._cost(now)
+        window = keep_alive(self.cfg, cost)
+        # rising over the last second and still rising over the last half: a step is
+        # growth once, not for the whole second the step stays in the window
+        growth = min(self._demand.growth(now, 1.0), self._demand.growth(now, 0.5))
+        self.metrics.start_cost.set(cost)
+        self.metrics.keep_alive.set(window)
+        self.metrics.demand_growth.set(growth)
         return Snapshot(
-            now=self.clock(),
+            now=now,
             waiting=len(self._waiters),
             instances=views,
             starts_blocked_until=self._blocked_until,
+            refused=self._demand.refused(now),
+            start_cost=cost,
+            growth=growth,
+            recent_peak=self._demand.peak(now, window),
+            finishing=self._demand.finishing(now),
+            backlog_age=now - self._queued_since if self._waiters else 0.0,
         )
+
+    def tick(self) -> None:
+        """One control-path step: what the periodic loop runs (tests call it directly
+        after advancing the clock)."""
+        self._rebalance()
 
     def _rebalance(self) -> None:
         if self._closing:
@@ -358,15 +444,16 @@ class Pool:
         d = decide(self.snapshot(), self.cfg)
         for _ in range(d.start):
             self._launch_start(d.reasons)
-        for sid in d.stop:
+        for sid, reason in d.stops:
             slot = self._slots.get(sid)
             if slot is not None:
-                self._begin_stop(slot, "idle")
+                self._begin_stop(slot, reason)
         self._update_gauges()
 
     def _launch_start(self, reasons: tuple[str, ...]) -> None:
         sid = "i-" + secrets.token_hex(4)
-        slot = Slot(id=sid, created=self.clock())
+        solo = not any(s.state is State.STARTING for s in self._slots.values())
+        slot = Slot(id=sid, created=self.clock(), solo=solo)
         self._slots[sid] = slot
         log.info("starting instance %s (%s)", sid, ",".join(reasons) or "demand")
         self._tasks.spawn(self._start(slot), f"start:{sid}")
@@ -380,7 +467,7 @@ class Pool:
             except TimeoutError:
                 pass
             self._wake.clear()
-            self._rebalance()
+            self.tick()
 
     async def _start(self, slot: Slot) -> None:
         t0 = self.clock()
@@ -416,6 +503,10 @@ class Pool:
             await self._safe_stop(inst, "shutdown" if self._closing else "failed")
             return
         now = self.clock()
+        if slot.solo:
+            # what one start costs when the next request comes: the price the policy
+            # needs. Starts queued behind others in a burst would overstate it.
+            self._start_cost.observe(now - t0)
         slot.state = State.READY
         slot.ready_at = now
         slot.idle_since = now
@@ -482,9 +573,19 @@ class Pool:
         self._update_gauges()
 
     def _begin_stop(self, slot: Slot, reason: str) -> None:
+        """Out of rotation at once; stopped once its last request (a long stream, a
+        websocket) is done. It keeps its max_instances slot until then."""
         if slot.state is not State.READY:
             return
         slot.state = State.DRAINING
+        slot.stop_reason = reason
+        log.info("draining instance %s (%s, %d in flight)", slot.id, reason, slot.in_flight)
+        if slot.in_flight == 0:
+            self._spawn_stop(slot)
+        self._update_gauges()
+
+    def _spawn_stop(self, slot: Slot) -> None:
+        reason, slot.stop_reason = slot.stop_reason, ""  # once
         self._tasks.spawn(self._stop(slot, reason), f"stop:{slot.id}")
 
     async def _stop(self, slot: Slot, reason: str) -> None:
@@ -534,6 +635,7 @@ class Pool:
                     "age": round(now - s.created, 3),
                     "idle": round(now - s.idle_since, 3) if s.idle_since is not None else 0.0,
                     "retiring": s.retiring,
+                    "suspect": s.suspect,
                     "meta": dict(inst.meta) if inst else {},
                 }
             )

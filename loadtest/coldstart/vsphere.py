@@ -36,25 +36,26 @@ REPO = Path(__file__).resolve().parents[2]
 PASSWORD_ENV = "FORKPROXY_BENCH_VCSIM_PASSWORD"
 
 
+def backend_keys(sim: vcsim.Simulator, parent: str, prefix: str) -> dict[str, Any]:
+    """The [backend] keys that clone `parent` on this simulator (sets the password env)."""
+    os.environ[PASSWORD_ENV] = sim.password
+    return {
+        "host": sim.host,
+        "port": sim.port,
+        "user": sim.user,
+        "password_env": PASSWORD_ENV,
+        "ca_file": sim.ca_file,
+        "parent_vm": parent,
+        "name_prefix": prefix,
+    }
+
+
 def make_backend(sim: vcsim.Simulator, parent: str) -> VsphereBackend:
     from backends.vsphere.backend import VsphereBackend  # imports pyVmomi: only when used
 
-    os.environ[PASSWORD_ENV] = sim.password
-    table = Table.root(
-        {
-            "backend": {
-                "host": sim.host,
-                "port": sim.port,
-                "user": sim.user,
-                "password_env": PASSWORD_ENV,
-                "ca_file": sim.ca_file,
-                "parent_vm": parent,
-                "name_prefix": "bench-",
-                # The death watch's own calls would be counted with the start path's.
-                "watch_deaths": False,
-            }
-        }
-    ).sub("backend")
+    # The death watch's own calls would be counted with the start path's.
+    keys = {**backend_keys(sim, parent, "bench-"), "watch_deaths": False}
+    table = Table.root({"backend": keys}).sub("backend")
     cfg = parse_config(table)
     if table.problems:
         raise SystemExit("\n".join(map(str, table.problems)))

@@ -1,194 +1,297 @@
-"""Section 4, elasticity: the spike shape through locust against forkproxy, /instances sampled
-every 0.5 s; instance-seconds vs their lower bound, errors, and time to scale back in."""
+"""Section 4, elasticity: the same traces (step, spike, sine, seeded bursty) of closed-loop
+users against every backend available with default pool settings (max_concurrency aside)
+and against a static pool sized for the peak. Per run: instance-seconds against their lower
+bound, p50/p99 against the static pool's, cold starts per 1,000 requests, errors, and the
+time back to min_instances once the load has ended."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import math
+import os
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from loadtest.load.locustrun import run_locust
-from loadtest.report import plots
-from loadtest.report.stats import (
-    in_flight,
-    instance_seconds,
-    instance_seconds_lower_bound,
-    live,
-    time_to_scale_in,
-)
-from loadtest.run.proxy import FORK_BACKEND, app_config, forkproxy
+from loadtest.load.closedloop import LoadRun, run_trace
+from loadtest.load.traces import Trace, all_traces
+from loadtest.report.stats import Sample, in_flight, live
+from loadtest.report.trace_plot import trace_plot
+from loadtest.run.proxy import EXEC_BACKEND, FORK_BACKEND, RunningProxy, app_config, forkproxy
 from loadtest.run.sampler import InstanceSampler
+from loadtest.run.vsphere import vsphere_backend
 from loadtest.sections.model import BenchContext, Section, Table, say
 
+MAX_CONCURRENCY = 4
+VSPHERE = "vsphere (vcsim)"
+SLOW_TRACES = ("step", "bursty")
+TICK = 0.25  # sampling interval: the lower bound is taken per tick
+TAIL = 2.0  # instance-seconds are integrated over the load plus this long
+DOCKER_IMAGE = "forkproxy-test/httpd:latest"
+IO_PATH = "/io?ms=100"  # the example app: 100 ms of waiting, like a database call
+DOCKER_PATH = "/cgi-bin/slow?ms=100"  # the test image's busybox CGI, the same 100 ms
 
-def burst_end(series: list[dict[str, Any]]) -> float | None:
-    """Wall-clock time of the last history row at peak user count (the spike's end)."""
-    peak = max((r["users"] for r in series if not math.isnan(r["users"])), default=0)
-    rows = [r for r in series if r["users"] == peak and peak > 0]
-    return rows[-1]["ts"] if rows else None
+
+@dataclass(frozen=True)
+class Target:
+    label: str
+    backend: Mapping[str, Any]
+    pool: Mapping[str, Any]
+    path: str = IO_PATH
+    slow: bool = False  # starts take 100s of ms: step and bursty only, to bound run time
+
+    @property
+    def slug(self) -> str:
+        return "".join(c if c.isalnum() else "-" for c in self.label.split(" (")[0])
 
 
-async def _spike(
-    ctx: BenchContext, sec: Section, pool: dict[str, Any], env: dict[str, str], label: str
-) -> dict[str, Any]:
-    """One spike through a fresh forkproxy with these pool settings."""
-    async with forkproxy(ctx.work, f"elastic-{label}", app_config(FORK_BACKEND), pool) as fp:
-        async with InstanceSampler(fp.admin, 0.5) as sampler:
-            wall0 = time.time() - sampler.now()
-            run = await run_locust(
-                fp.url,
-                ctx.work / "locust" / f"spike-{label}",
-                shape="spike",
-                env=env,
-                kill_after=300,
-            )
-            # Keep watching until the pool is back at min_instances (or give up).
-            settle_deadline = time.monotonic() + 30
-            while time.monotonic() < settle_deadline:
-                last = sampler.samples[-1][1] if sampler.samples else []
-                if len(live(last)) <= pool["min_instances"]:
-                    break
-                await asyncio.sleep(0.5)
-        sec.commands.append(f"proxy ({label}): {fp.command} with {fp.settings}")
-    sec.commands.append(f"load ({label}): {run.command}")
-    samples = sampler.samples
-    series = run.series()
-    end_ts = burst_end(series)
-    scale_in = time_to_scale_in(samples, end_ts - wall0, pool["min_instances"]) if end_ts else None
-    used = instance_seconds(samples)
-    bound = instance_seconds_lower_bound(samples, pool["max_concurrency"])
-    return {
-        "label": label,
-        "run": run,
-        "samples": samples,
-        "series": series,
-        "wall0": wall0,
-        "end_ts": end_ts,
-        "scale_in": scale_in,
-        "used": used,
-        "bound": bound,
-        "requests": run.count(),
-        "failures": run.count("Failure Count"),
-        "peak": max((len(live(i)) for _, i in samples), default=0),
-        "sampler_errors": sampler.errors,
-    }
+@dataclass
+class Result:
+    target: str
+    trace: str
+    run: LoadRun
+    samples: list[Sample]
+    used: float
+    bound: float
+    scale_in: float | None
+    min_instances: int
+
+
+def targets(peak_users: int, docker: bool) -> list[Target]:
+    base = {"max_concurrency": MAX_CONCURRENCY}
+    static = math.ceil(peak_users / MAX_CONCURRENCY)
+    out = [
+        Target("fork", FORK_BACKEND, base),
+        Target("fork+prefork", {**FORK_BACKEND, "prefork": 2}, base),
+        Target("exec", EXEC_BACKEND, base, slow=True),
+    ]
+    if docker:
+        paused = {"type": "docker", "image": DOCKER_IMAGE, "paused_pool": 8}
+        create = {"type": "docker", "image": DOCKER_IMAGE}
+        out.append(Target("docker paused", paused, base, DOCKER_PATH))
+        out.append(Target("docker create", create, base, DOCKER_PATH, slow=True))
+        # backend filled in at run time (vcsim harness + parent VM: elastic_vsphere)
+        out.append(Target(VSPHERE, {}, base, DOCKER_PATH, slow=True))
+    pinned = {**base, "min_instances": static, "max_instances": static, "idle_ttl": "10m"}
+    out.append(Target(f"static {static} (fork)", FORK_BACKEND, pinned))
+    return out
+
+
+async def docker_available() -> str | None:
+    """None if the engine answers and has the test image, else why not."""
+    proc = await asyncio.create_subprocess_exec(
+        "docker",
+        "image",
+        "inspect",
+        DOCKER_IMAGE,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        return f"no Docker engine or image {DOCKER_IMAGE}: {err.decode().strip()[:200]}"
+    return None
+
+
+def integrate(samples: Sequence[Sample], until: float) -> tuple[float, float]:
+    """Instance-seconds used and their lower bound (ceil(in-flight / max_concurrency) per
+    tick) over the samples up to `until` (seconds since the trace started)."""
+    used = bound = 0.0
+    for (t0, insts), (t1, _) in itertools.pairwise(samples):
+        if t0 >= until:
+            break
+        dt = min(t1, until) - t0
+        used += len(live(insts)) * dt
+        bound += math.ceil(in_flight(insts) / MAX_CONCURRENCY) * dt
+    return used, bound
+
+
+def back_to_min(samples: Sequence[Sample], since: float, floor: int) -> float | None:
+    for t, insts in samples:
+        if t >= since and len(live(insts)) <= floor:
+            return max(0.0, t - since)
+    return None
+
+
+async def _settle(sampler: InstanceSampler, floor: int, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        last = sampler.samples[-1][1] if sampler.samples else None
+        if last is not None and len(live(last)) <= floor:
+            return
+        await asyncio.sleep(TICK)
+
+
+async def _one(fp: RunningProxy, target: Target, trace: Trace, settle: float) -> Result:
+    """One trace, then up to `settle` seconds for the pool to get back to min_instances
+    (where the next trace starts, if it made it)."""
+    floor = int(target.pool.get("min_instances", 0))
+    async with InstanceSampler(fp.admin, TICK) as sampler:
+        run = await run_trace(fp.url, trace, path=target.path)
+        await _settle(sampler, floor, settle)
+        await asyncio.sleep(TICK)
+    end = run.end - sampler.t0
+    used, bound = integrate(sampler.samples, end + TAIL)
+    scale_in = back_to_min(sampler.samples, end, floor)
+    return Result(target.label, trace.name, run, sampler.samples, used, bound, scale_in, floor)
 
 
 async def run(ctx: BenchContext) -> Section:
-    sec = Section("elasticity", "Elasticity: a traffic spike through locust")
-    idle, burst, after = ctx.pick((5, 20, 20), (2, 8, 10))
-    users = ctx.pick(60, 30)
-    env = {
-        "FORKPROXY_SPIKE_USERS": str(users),
-        "FORKPROXY_SPIKE_IDLE": str(idle),
-        "FORKPROXY_SPIKE_BURST": str(burst),
-        "FORKPROXY_SPIKE_AFTER": str(after),
-        "FORKPROXY_SPAWN_RATE": str(users),
-        "FORKPROXY_WAIT_MIN": "0.1",
-        "FORKPROXY_WAIT_MAX": "0.5",
-        "FORKPROXY_IO_MS": "200",
-    }
-    pool: dict[str, Any] = {
-        "min_instances": 0,
-        "max_concurrency": 4,
-        "target_concurrency": 3.0,
-        "max_instances": 30,
-        "idle_ttl": "3s",
-    }
-    runs = []
-    for routing in ("least_loaded", "pack"):  # the default routing, then packing
-        say(f"  spike ({routing}): {idle}s idle, {users} users for {burst}s, {after}s idle")
-        runs.append(await _spike(ctx, sec, {**pool, "routing": routing}, env, routing))
-    rows = [
-        [
-            r["label"],
-            r["requests"],
-            r["failures"],
-            r["peak"],
-            r["used"],
-            r["bound"],
-            r["used"] / r["bound"] if r["bound"] else math.nan,
-            r["scale_in"],
-            r["run"].p99_ms(),
-        ]
-        for r in runs
+    sec = Section("elasticity", "Elasticity: step, spike, sine and bursty traces, per backend")
+    scale = float(os.environ.get("FORKPROXY_ELASTIC_SCALE", ctx.pick(0.5, 0.3)))
+    traces = all_traces(scale)
+    if ctx.quick:
+        traces = traces[:2]
+    peak = max(t.peak for t in traces)
+    why_not = await docker_available() if not ctx.quick else "quick run: fork and static only"
+    if why_not:
+        sec.skip("docker backends", why_not)
+    tgts = targets(peak, docker=why_not is None)
+    if ctx.quick:
+        tgts = [tgts[0], tgts[-1]]
+    settle = ctx.pick(4.0, 3.0)
+    results: list[Result] = []
+    for target in tgts:
+        mine = [t for t in traces if not target.slow or t.name in SLOW_TRACES]
+        say(f"  {target.label}: {', '.join(t.name for t in mine)}")
+        name = f"elastic-{target.slug}"
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                backend = dict(target.backend)
+                if target.label == VSPHERE:
+                    try:
+                        backend = await stack.enter_async_context(
+                            vsphere_backend(f"{name}-{os.getpid()}-")
+                        )
+                    except Exception as exc:  # no simulator here: say so, go on
+                        sec.skip("vsphere backend", f"{type(exc).__name__}: {exc}")
+                        continue
+                base = app_config(backend)
+                # a pool name of its own: a proxy reaps what carries its name and is not
+                # its own, so two benches on one machine must not share one
+                base["server"] = {**base.get("server", {}), "name": f"{name}-{os.getpid()}"}
+                fp = await stack.enter_async_context(forkproxy(ctx.work, name, base, target.pool))
+                sec.commands.append(f"proxy ({target.label}): {fp.command} with {fp.settings}")
+                for trace in mine:
+                    r = await _one(fp, target, trace, settle)
+                    results.append(r)
+                    say(f"    {trace.name}: {_row(r, None)}")
+        except Exception as exc:  # one backend failing must not sink the section
+            sec.fail(f"elasticity {target.label}", exc)
+    _report(ctx, sec, traces, results, scale)
+    return sec
+
+
+def _row(r: Result, static: Result | None) -> list[Any]:
+    ratio = r.used / r.bound if r.bound else math.nan
+    p50, p99 = r.run.p_ms(50), r.run.p_ms(99)
+    rel = p99 / static.run.p_ms(99) if static and static.run.latencies else math.nan
+    return [
+        r.target,
+        r.run.requests,
+        r.run.errors,
+        max((len(live(i)) for _, i in r.samples), default=0),
+        r.used,
+        r.bound,
+        ratio,
+        p50,
+        p99,
+        rel,
+        r.run.cold_per_1000(),
+        r.scale_in,
     ]
-    sec.tables.append(
-        Table(
-            [
-                "routing",
-                "requests",
-                "errors",
-                "peak instances",
-                "instance-s used",
-                "instance-s lower bound",
-                "used / bound",
-                "scale-in s",
-                "p99 ms",
-            ],
-            rows,
-            f"spike {idle}s/{burst}s/{after}s, {users} users, max_concurrency "
-            f"{pool['max_concurrency']}, target_concurrency {pool['target_concurrency']}, "
-            f"idle_ttl {pool['idle_ttl']}",
+
+
+HEADERS = [
+    "backend",
+    "requests",
+    "errors",
+    "peak instances",
+    "instance-s",
+    "lower bound",
+    "used / bound",
+    "p50 ms",
+    "p99 ms",
+    "p99 / static",
+    "cold per 1k",
+    "back to min s",
+]
+
+
+def _report(
+    ctx: BenchContext, sec: Section, traces: list[Trace], results: list[Result], scale: float
+) -> None:
+    by_trace: dict[str, list[Result]] = {}
+    for r in results:
+        by_trace.setdefault(r.trace, []).append(r)
+    for trace in traces:
+        rs = by_trace.get(trace.name, [])
+        static = next((r for r in rs if r.target.startswith("static")), None)
+        sec.tables.append(
+            Table(HEADERS, [_row(r, static) for r in rs], f"{trace.name}: {trace.describe}")
         )
-    )
-    sec.notes.append(
-        "Lower bound: for each second, ceil(mean in-flight / max_concurrency) instances, "
-        "in-flight sampled from /instances every 0.5 s. Scale-in: from the end of the spike "
-        "until the live instance count is back at min_instances "
-        f"({pool['min_instances']}); idle_ttl is {pool['idle_ttl']}, so that is its floor. "
-        "routing = least_loaded (the default) spreads requests, so under steady load every "
-        "instance stays a little busy and none reaches idle_ttl; pack fills the busiest "
-        "instance below target_concurrency, so surplus instances go idle and are reaped."
-    )
-    for r in runs:
-        if r["run"].returncode != 0:
-            sec.notes.append(
-                f"locust ({r['label']}) exited with {r['run'].returncode}: {r['run'].output[-300:]}"
+        png = ctx.out / f"elasticity-{trace.name}.png"
+        users = [(t, trace.users_at(t)) for t in _grid(trace.duration + 4)]
+        series = [
+            (
+                r.target,
+                [
+                    (t, len(live(i)), math.ceil(in_flight(i) / MAX_CONCURRENCY))
+                    for t, i in r.samples
+                ],
             )
-        name = "elasticity.png" if r["label"] == "least_loaded" else f"elasticity-{r['label']}.png"
-        png = ctx.out / name
-        wall0, end_ts = r["wall0"], r["end_ts"]
-        await asyncio.to_thread(
-            plots.elasticity,
-            png,
-            [(x["ts"] - wall0, x["rps"], x["p99_ms"], x["users"]) for x in r["series"]],
-            [
-                (t, len(live(i)), math.ceil(in_flight(i) / pool["max_concurrency"]))
-                for t, i in r["samples"]
-            ],
-            ((end_ts - wall0 - burst) if end_ts else None, (end_ts - wall0) if end_ts else None),
-        )
+            for r in rs
+        ]
+        trace_plot(png, f"{trace.name}: instances vs lower bound ({trace.describe})", users, series)
         sec.plots.append(png.name)
-    d, pk = runs
-    scale_txt = f"{d['scale_in']:.1f} s" if d["scale_in"] is not None else "not within the run"
-    ratio = d["used"] / d["bound"] if d["bound"] else math.nan
-    pk_ratio = pk["used"] / pk["bound"] if pk["bound"] else math.nan
-    sec.headline = (
-        f"Elasticity: under a {users}-user spike the pool grew to {d['peak']} instances and "
-        f"used {d['used']:.0f} instance-seconds, {ratio:.1f}x the lower bound of "
-        f"{d['bound']:.0f} ({pk_ratio:.1f}x with routing = pack); "
-        f"{d['failures'] + pk['failures']} errors of {d['requests'] + pk['requests']}; back to "
-        f"min_instances {scale_txt} after the spike (idle_ttl {pool['idle_ttl']})."
+    sec.notes.append(
+        f"Closed-loop users (GET {IO_PATH} on the example app, {DOCKER_PATH} on the docker "
+        "test image; 50-150 ms think time), in-process asyncio, traces time-scaled by "
+        f"{scale} (FORKPROXY_ELASTIC_SCALE). Every pool has defaults except max_concurrency = "
+        f"{MAX_CONCURRENCY} (the static pool: min = max = ceil(peak users / max_concurrency), "
+        "idle_ttl 10m). /instances sampled every 0.25 s; instance-seconds count starting, "
+        "ready and draining instances, integrated from the trace's start to 2 s after its "
+        "last request; the lower bound is ceil(in-flight / max_concurrency) per sample. "
+        "'cold per 1k': answers whose Server-Timing says they waited on a start. "
+        f"Backends whose starts take 100s of ms ({', '.join(SLOW_TRACES)} only, to bound "
+        "the run time): exec, docker create, vsphere. 'p99 / static' compares with the "
+        "static fork pool: for the docker and vsphere rows the app differs (busybox CGI), "
+        "so read their p99 against their own p50. "
+        "'back to min s': from the last request's end until live instances <= min_instances "
+        "(n/a: not within the settle limit)."
     )
     sec.data = {
-        "env": env,
-        "pool": pool,
+        "scale": scale,
         "runs": [
             {
-                "routing": r["label"],
-                "requests": r["requests"],
-                "failures": r["failures"],
-                "peak_instances": r["peak"],
-                "instance_seconds": r["used"],
-                "instance_seconds_lower_bound": r["bound"],
-                "scale_in_seconds": r["scale_in"],
-                "p99_ms": r["run"].p99_ms(),
-                "sampler_errors": r["sampler_errors"],
-                "samples": [[round(t, 2), len(live(i)), in_flight(i)] for t, i in r["samples"]],
+                "backend": r.target,
+                "trace": r.trace,
+                "requests": r.run.requests,
+                "errors": r.run.errors,
+                "instance_seconds": r.used,
+                "lower_bound": r.bound,
+                "p50_ms": r.run.p_ms(50),
+                "p99_ms": r.run.p_ms(99),
+                "cold_per_1000": r.run.cold_per_1000(),
+                "back_to_min_s": r.scale_in,
+                "samples": [[round(t, 2), len(live(i)), in_flight(i)] for t, i in r.samples],
             }
-            for r in runs
+            for r in results
         ],
     }
-    return sec
+    fork = [r for r in results if r.target == "fork"]
+    if fork:
+        worst = max((r.used / r.bound if r.bound else math.nan) for r in fork)
+        errors = sum(r.run.errors for r in results)
+        sec.headline = (
+            f"Elasticity: with default pool settings the fork pool used at most {worst:.2f}x "
+            f"the instance-seconds lower bound over {len(fork)} traces; {errors} errors in "
+            f"{sum(r.run.requests for r in results)} requests over every backend."
+        )
+
+
+def _grid(until: float) -> list[float]:
+    return [i * 0.1 for i in range(int(until / 0.1) + 1)]

@@ -44,7 +44,21 @@ def test_defaults_are_valid() -> None:
     assert str(cfg.server.listen) == "127.0.0.1:8080"
     assert cfg.server.admin is not None and cfg.server.admin.port == 9090
     assert cfg.backend_type == "process"
-    assert cfg.pool.target_concurrency == 7
+    # pool: priced by what the pool measures, packed so surplus goes idle
+    assert cfg.pool.target_concurrency is None and cfg.pool.idle_ttl is None
+    assert cfg.pool.routing == "pack"
+
+
+def test_pool_auto_keys_take_auto_or_a_value() -> None:
+    cfg = parse({"pool": {"idle_ttl": "auto", "target_concurrency": "auto"}}).pool
+    assert cfg.idle_ttl is None and cfg.target_concurrency is None
+    cfg = parse({"pool": {"idle_ttl": "90s", "target_concurrency": 7}}).pool
+    assert cfg.idle_ttl == 90.0 and cfg.target_concurrency == 7.0
+    with pytest.raises(ConfigError) as info:
+        parse({"pool": {"idle_ttl": "soon", "target_concurrency": "most"}})
+    by_path = {p.path: p.message for p in info.value.problems}
+    assert '(or "auto")' in by_path["pool.idle_ttl"]
+    assert '(or "auto")' in by_path["pool.target_concurrency"]
 
 
 def test_every_problem_is_reported_with_its_path() -> None:

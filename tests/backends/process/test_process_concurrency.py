@@ -18,12 +18,13 @@ FLASK = {"type": "process", "mode": "fork", "app": "examples.flask_app:app"}
 
 def test_auto_is_the_default_and_resolves_from_the_hint() -> None:
     pool = parse({}).pool
-    assert pool.concurrency_auto and (pool.max_concurrency, pool.target_concurrency) == (10, 7)
+    # target_concurrency "auto" (None) follows max_concurrency (proxy.policy.target)
+    assert pool.concurrency_auto and (pool.max_concurrency, pool.target_concurrency) == (10, None)
     assert pool.with_concurrency_hint(None) == pool
     one = pool.with_concurrency_hint(1)
-    assert (one.max_concurrency, one.target_concurrency) == (1, 1)
+    assert (one.max_concurrency, one.target_concurrency) == (1, None)
     eight = pool.with_concurrency_hint(8)
-    assert (eight.max_concurrency, eight.target_concurrency) == (8, 5)
+    assert (eight.max_concurrency, eight.target_concurrency) == (8, None)
 
 
 def test_explicit_values_win_over_the_hint() -> None:
@@ -45,13 +46,14 @@ def test_a_bad_value_names_the_choices() -> None:
 @pytest.mark.parametrize(
     ("backend", "pool", "expected"),
     [
-        ({**FLASK, "threads": 3}, {}, (3, 2)),
-        ({**FLASK, "threads": 3}, {"max_concurrency": 5}, (5, 3)),
-        ({"app": "examples.app:create_app"}, {}, (10, 7)),  # aiohttp: the default
+        ({**FLASK, "threads": 3}, {}, (3, None)),  # target "auto": follows max_concurrency
+        ({**FLASK, "threads": 3}, {"max_concurrency": 5}, (5, None)),
+        ({**FLASK, "threads": 3}, {"target_concurrency": 2}, (3, 2)),
+        ({"app": "examples.app:create_app"}, {}, (10, None)),  # aiohttp: the default
     ],
 )
 async def test_the_running_pool_uses_the_apps_concurrency(
-    backend: dict[str, Any], pool: dict[str, Any], expected: tuple[int, int]
+    backend: dict[str, Any], pool: dict[str, Any], expected: tuple[int, int | None]
 ) -> None:
     async with run_proxy(backend=backend, pool=pool) as proxy:
         cfg = proxy.proxy.pool.cfg

@@ -1,0 +1,99 @@
+"""What the pool measures for the policy: how long starts take (an EWMA of recent ones) and
+how demand moved (peak per time bucket). Plain bookkeeping on the pool's clock."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from proxy.policy import START_COST_PRIOR
+
+
+class StartCost:
+    """Seconds from asking for an instance to its READY, smoothed over recent starts.
+    The EWMA follows a backend that slows under load (a busy docker engine) within a few
+    starts while one outlier moves it by at most a third."""
+
+    ALPHA = 0.3
+
+    def __init__(self, prior: float = START_COST_PRIOR) -> None:
+        self.value = prior
+        self.samples = 0
+
+    def observe(self, seconds: float) -> None:
+        self.value = (
+            seconds if not self.samples else self.value + self.ALPHA * (seconds - self.value)
+        )
+        self.samples += 1
+
+    def estimate(self, oldest_start_age: float) -> float:
+        """A start running longer than the estimate already proves the estimate low."""
+        return max(self.value, oldest_start_age)
+
+
+class DemandTrace:
+    """Per bucket of `width` seconds, for the last `span` seconds: peak requests in flight,
+    requests refused for a full queue, requests finished."""
+
+    def __init__(self, width: float, span: float) -> None:
+        self.width = width
+        self.span = span
+        self._buckets: deque[list[float]] = deque()  # [start, peak, refused, finished]
+
+    def _current(self, now: float) -> list[float]:
+        start = now - now % self.width
+        if self._buckets and self._buckets[-1][0] == start:
+            return self._buckets[-1]
+        bucket = [start, 0.0, 0.0, 0.0]
+        self._buckets.append(bucket)
+        while self._buckets[0][0] < now - self.span:
+            self._buckets.popleft()
+        return bucket
+
+    def record(self, now: float, demand: int) -> None:
+        b = self._current(now)
+        b[1] = max(b[1], demand)
+
+    def refuse(self, now: float) -> None:
+        self._current(now)[2] += 1
+
+    def finish(self, now: float) -> None:
+        self._current(now)[3] += 1
+
+    def finishing(self, now: float, horizon: float = 1.0) -> float:
+        """Requests finished per second over the last `horizon` seconds."""
+        since = now - horizon
+        n = 0.0
+        for b in reversed(self._buckets):
+            if b[0] < since:
+                break
+            n += b[3]
+        return n / horizon
+
+    def refused(self, now: float) -> int:
+        """Refusals in the current and the previous bucket (the start they ask for is
+        decided within a tick)."""
+        since = now - now % self.width - self.width
+        return int(sum(b[2] for b in reversed(self._buckets) if b[0] >= since))
+
+    def peak(self, now: float, window: float) -> float:
+        since = now - window - self.width
+        out = 0.0
+        for b in reversed(self._buckets):
+            if b[0] < since:
+                break
+            out = max(out, b[1])
+        return out
+
+    def growth(self, now: float, horizon: float = 1.0) -> float:
+        """How fast the peak demand rose over the last `horizon` seconds (requests/s, >= 0):
+        the peak of its second half against the peak of its first half."""
+        half = horizon / 2
+        recent = self.peak(now, half - self.width)
+        before = 0.0
+        for b in reversed(self._buckets):
+            if b[0] >= now - half:
+                continue
+            if b[0] < now - horizon:
+                break
+            before = max(before, b[1])
+        return max(0.0, recent - before) / half

@@ -1,0 +1,53 @@
+"""What the pool measures for the policy, on explicit times: start cost, demand peaks,
+growth, refusals and the rate requests finish."""
+
+from __future__ import annotations
+
+from proxy.demand import DemandTrace, StartCost
+from proxy.policy import START_COST_PRIOR
+
+
+def test_start_cost_starts_at_the_prior_then_follows_starts() -> None:
+    c = StartCost()
+    assert c.value == START_COST_PRIOR
+    c.observe(0.010)
+    assert c.value == 0.010  # the first measurement replaces the prior
+    c.observe(0.110)
+    assert abs(c.value - 0.040) < 1e-9  # one outlier moves it by ALPHA of the gap
+    # a start already running longer than the estimate raises it
+    assert c.estimate(0.5) == 0.5 and c.estimate(0.001) == c.value
+
+
+def test_peak_covers_the_window_and_forgets_older_buckets() -> None:
+    d = DemandTrace(width=0.25, span=10.0)
+    d.record(100.0, 20)
+    d.record(100.1, 5)
+    d.record(101.0, 3)
+    assert d.peak(101.0, 0.5) == 3
+    assert d.peak(101.0, 1.0) == 20
+    d.record(120.0, 1)  # far later: the old buckets are dropped
+    assert d.peak(120.0, 600.0) == 1
+
+
+def test_growth_compares_the_halves_of_the_horizon() -> None:
+    d = DemandTrace(width=0.25, span=10.0)
+    for i in range(4):
+        d.record(100.0 + i * 0.25, 4)  # flat at 4 for a second
+    d.record(101.0, 4)
+    assert d.growth(101.0) == 0.0
+    d.record(101.3, 24)  # +20 within the last half second
+    d.record(101.5, 24)
+    assert d.growth(101.5) == 40.0  # (24 - 4) / 0.5 s
+    d.record(102.5, 2)
+    assert d.growth(102.5) == 0.0  # falling load never counts as growth
+
+
+def test_refusals_and_finishing_rate() -> None:
+    d = DemandTrace(width=0.25, span=10.0)
+    d.refuse(100.0)
+    d.refuse(100.3)
+    assert d.refused(100.3) == 2
+    assert d.refused(101.0) == 0  # older than the previous bucket
+    for i in range(30):
+        d.finish(101.0 + i * 0.03)
+    assert d.finishing(101.9) == 30.0
