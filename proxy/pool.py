@@ -24,6 +24,7 @@ from backends.support.tasks import TaskSet
 from proxy.config import PoolConfig
 from proxy.demand import DemandTrace, StartCost
 from proxy.metrics import Metrics
+from proxy.orphans import OrphanReaper
 from proxy.policy import (
     KEEP_ALIVE_MAX,
     InstanceView,
@@ -35,6 +36,8 @@ from proxy.policy import (
 )
 
 log = logging.getLogger("forkproxy.pool")
+# the last start failures with their reasons, for the admin's live page
+FAILURES_KEPT = 20
 
 
 class State(enum.Enum):
@@ -156,6 +159,7 @@ class Pool:
         self._demand = DemandTrace(cfg.tick, max(cfg.idle_ttl or 0.0, KEEP_ALIVE_MAX) + 1.0)
         self._failures = 0
         self._blocked_until = 0.0
+        self.recent_failures: deque[dict[str, Any]] = deque(maxlen=FAILURES_KEPT)
         self._closing = False
         self._wake = asyncio.Event()
         self._probe_session: aiohttp.ClientSession | None = None
@@ -186,20 +190,13 @@ class Pool:
         self._rebalance()
 
     async def _reap_orphans(self) -> None:
-        try:
-            found = await self.backend.list()
-        except BackendError as exc:
-            log.warning("could not list leftover instances: %s", exc)
-            return
-        for inst in found:
-            if inst.owner_id == self.ctx.owner_id:
-                continue
-            log.info("reaping leftover instance %s (owner %s)", inst.id, inst.owner_id or "?")
-            try:
-                await self.backend.stop(inst, "orphan")
-                self.metrics.stops.labels("orphan").inc()
-            except BackendError as exc:
-                log.warning("could not reap leftover %s: %s", inst.id, exc)
+        """Stop what stopped replicas of this pool name left; then keep doing it (and keep
+        this run's lease fresh) every orphan_timeout/6 while the pool runs."""
+        reaper = OrphanReaper(
+            self.backend, self.ctx.owner_id, self.metrics, self.cfg.orphan_timeout, self.clock
+        )
+        await reaper.sweep()
+        self._tasks.spawn(reaper.run(), "orphans")
 
     async def aclose(self) -> None:
         self._closing = True
@@ -533,6 +530,9 @@ class Pool:
         backoff = min(5.0, 0.05 * 2 ** (self._failures - 1))
         self._blocked_until = self.clock() + backoff
         self.metrics.starts.labels(reason).inc()
+        self.recent_failures.append(
+            {"t": time.time(), "instance": slot.id, "reason": reason, "error": str(exc)}
+        )
         log.warning(
             "instance %s failed to start (%s): %s; attempt %d, next in %.2fs",
             slot.id,
@@ -628,6 +628,7 @@ class Pool:
                 {
                     "id": s.id,
                     "backend": self.backend.name,
+                    "owner": inst.owner_id if inst else self.ctx.owner_id,
                     "state": s.state.value,
                     "endpoint": inst.endpoint.url if inst else None,
                     "in_flight": s.in_flight,
