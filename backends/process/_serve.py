@@ -22,6 +22,7 @@ from backends.support.extras import extra_needed
 from backends.support.tasks import TaskSet
 
 _PARENT_POLL = 0.5
+_PRIME_TIMEOUT = 2.0
 T = TypeVar("T")
 Acquire = Callable[[], Awaitable[socket.socket | None]]
 
@@ -67,6 +68,41 @@ async def _setup(runner: web.AppRunner) -> bool:
     return True
 
 
+async def _prime() -> None:
+    """One request through aiohttp's server machinery on a throwaway app (none of the user's
+    handlers, middleware or hooks run), by a spare while it waits to be assigned. The pages
+    that path writes (refcounts of aiohttp's code and module objects) are then copied from
+    the template now, off the start path, instead of during the first client's request."""
+
+    async def ok(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", ok)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: prime\r\nConnection: close\r\n\r\n")
+        await reader.read()
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await runner.cleanup()
+
+
+async def _try_prime() -> bool:
+    try:
+        async with asyncio.timeout(_PRIME_TIMEOUT):
+            await _prime()
+    except (OSError, TimeoutError):
+        pass  # best effort: a spare that could not prime still serves
+    return True
+
+
 async def serve_aiohttp(
     app: web.Application, acquire: Acquire, grace: float, ppid: int, spare: bool
 ) -> None:
@@ -78,6 +114,8 @@ async def serve_aiohttp(
             # spare stuck in startup (or never assigned) still stops gracefully.
             life = Lifetime(ppid)
             if await life.until(_setup(runner)) is None:
+                return
+            if await life.until(_try_prime()) is None:
                 return
             sock = await life.until(acquire())
         else:

@@ -75,6 +75,53 @@ async def backend_series(client: docker.DockerClient, n: int, paused: bool) -> l
         await backend.aclose()
 
 
+def _engine_once(client: docker.DockerClient, label: str) -> float:
+    """The engine's own figure: a started, answering, paused container; `unpause` -> the first
+    response byte of GET / (a raw socket, retried every millisecond). No backend code."""
+    import socket
+
+    api = client.api
+    created = api.create_container(
+        IMAGE,
+        labels={label: "1"},
+        ports=[8080],
+        detach=True,
+        host_config=api.create_host_config(port_bindings={8080: ("127.0.0.1", None)}),
+    )
+    cid = created["Id"]
+    try:
+        api.start(cid)
+        port = int(api.port(cid, 8080)[0]["HostPort"])
+
+        def first_byte(deadline: float) -> None:
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        if s.recv(1):
+                            return
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError("container never answered")
+                time.sleep(0.001)
+
+        first_byte(time.monotonic() + 30)  # up and answering before it is paused
+        api.pause(cid)
+        time.sleep(0.05)
+        t0 = time.perf_counter()
+        api.unpause(cid)
+        first_byte(time.monotonic() + 30)
+        return time.perf_counter() - t0
+    finally:
+        api.remove_container(cid, force=True)
+
+
+async def engine_series(client: docker.DockerClient, n: int) -> list[float]:
+    label = f"forkproxy-bench-engine-{os.getpid()}"
+    return [await asyncio.to_thread(_engine_once, client, label) for _ in range(n)]
+
+
 async def proxy_series(
     client: docker.DockerClient, work: Path, n: int, paused: bool
 ) -> tuple[list[float], int, str]:
@@ -174,7 +221,9 @@ async def coldstart(n: int, work: Path | None = None) -> dict[str, Any]:
     try:
         create = await backend_series(client, n, paused=False)
         unpause = await backend_series(client, n, paused=True)
+        engine = await engine_series(client, n)
         rows = [
+            start_row("docker engine alone: unpause -> first byte", engine, 0, len(engine)),
             # every sample is a new container by construction
             start_row("docker backend: create+start -> first byte", create, 0, len(create)),
             start_row(
@@ -182,7 +231,9 @@ async def coldstart(n: int, work: Path | None = None) -> dict[str, Any]:
             ),
         ]
         commands = [
-            f"docker backend direct: {n} x (start(), GET / until 200, stop()), image {IMAGE}"
+            f"docker engine alone: {n} x (create, start, GET / until it answers, pause; then "
+            "unpause -> first byte of GET / by a raw socket retried every 1 ms), image {IMAGE}",
+            f"docker backend direct: {n} x (start(), GET / until 200, stop()), image {IMAGE}",
         ]
         skipped: list[tuple[str, str]] = []
         try:
@@ -240,7 +291,11 @@ async def main_async(n: int, out: Path, do_burst: bool) -> int:
             return 2
         rows = result["rows"]
         result["ratios"] = {
-            "create+start / unpause (backend)": ratio(rows, rows[0]["path"], rows[1]["path"]),
+            "create+start / unpause (backend)": ratio(
+                rows,
+                "docker backend: create+start -> first byte",
+                "docker backend: paused pool (unpause) -> first byte",
+            ),
             "create+start / unpause (through forkproxy)": ratio(
                 rows,
                 "client -> forkproxy -> docker create+start",

@@ -40,6 +40,8 @@ class LoadResult:
     rps: float
     p50_ms: float
     p99_ms: float
+    # The box's 1-minute load average when the run ended: other work competes for the CPU.
+    load1: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,6 +74,7 @@ def parse_wrk(stdout: str, command: str) -> LoadResult:
         rps=(d["requests"] - errors) / secs if secs else 0.0,
         p50_ms=d["p50_us"] / 1000,
         p99_ms=d["p99_us"] / 1000,
+        load1=os.getloadavg()[0],
     )
 
 
@@ -136,6 +139,7 @@ async def run_aiohttp(url: str, connections: int, seconds: float) -> LoadResult:
         rps=len(latencies) / elapsed if elapsed else 0.0,
         p50_ms=percentile(latencies, 50) * 1000,
         p99_ms=percentile(latencies, 99) * 1000,
+        load1=os.getloadavg()[0],
     )
 
 

@@ -23,7 +23,7 @@ http {{
     scgi_temp_path {dir}/scgi;
     upstream app {{
         server 127.0.0.1:{upstream};
-        keepalive 128;
+        keepalive 1024;
     }}
     server {{
         listen 127.0.0.1:{port};

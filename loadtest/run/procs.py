@@ -127,12 +127,13 @@ async def running_on_free_port(
     log_dir: Path,
     ready_path: str = "/healthz",
     attempts: int = 3,
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[tuple[Proc, int]]:
     """Like running(), on a fresh free port; another process on the box may take the port
     between free_port() and the child's bind, so that failure is retried on a new port."""
     for attempt in range(attempts):
         port = free_port()
-        proc = await spawn(name, make_argv(port), log_dir)
+        proc = await spawn(name, make_argv(port), log_dir, env)
         try:
             await wait_http(f"http://127.0.0.1:{port}{ready_path}", 30, proc)
         except RuntimeError as e:

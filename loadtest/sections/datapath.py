@@ -1,39 +1,57 @@
 """Section 1, the data path: fixed-concurrency load direct to one warm app instance, through
-forkproxy (fork backend, one warm instance) and through nginx in front of the same app."""
+forkproxy (fork backend, one warm instance) and through its peers (nginx, HAProxy, Go's
+httputil.ReverseProxy) in front of the same app, in interleaved rounds at 1, 32 and 256
+connections."""
 
 from __future__ import annotations
 
 import contextlib
 import shlex
 from math import nan
+from typing import Any
 
 import aiohttp
 
 from loadtest.load.httpload import LoadResult, run_load, wrk_path
 from loadtest.report.stats import ratio
-from loadtest.run import nginx
+from loadtest.run import peers
 from loadtest.run.procs import PYTHON, running_on_free_port
 from loadtest.run.proxy import FORK_BACKEND, app_config, forkproxy
 from loadtest.run.tools import ensure_debian_package
 from loadtest.sections.model import BenchContext, Section, Table, say
 
-CONNECTIONS = 32
+CONNECTIONS = 32  # the headline figure
+LEVELS = (1, CONNECTIONS, 256)  # c=1: added latency; c=256: many connections on one loop
 PATH = "/"
 
 
-def median_run(runs: list[LoadResult]) -> LoadResult:
-    return sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
+def median_run(runs: list[LoadResult], by_latency: bool = False) -> LoadResult:
+    """The middle run: by req/s, or by p50 (at one connection the latency is the figure)."""
+    ordered = sorted(runs, key=(lambda r: r.p50_ms) if by_latency else (lambda r: r.rps))
+    return ordered[len(ordered) // 2]
+
+
+async def _tools(ctx: BenchContext, sec: Section, require: bool) -> list[peers.Peer]:
+    """The peers that can run here; a missing one is skipped with the reason (or, with
+    FORKPROXY_REQUIRE_BENCH_TOOLS=1, fails the section)."""
+    no_wrk = await ensure_debian_package("wrk", "wrk", ctx.install_tools)
+    missing = {p.name: await peers.available(p, ctx.install_tools) for p in peers.PEERS}
+    why = [w for w in (no_wrk, *missing.values()) if w]
+    if require and why:
+        raise RuntimeError(f"FORKPROXY_REQUIRE_BENCH_TOOLS=1 but {'; '.join(why)}")
+    if no_wrk:
+        sec.skip("wrk", f"{no_wrk}; measured with the aiohttp closed-loop client instead")
+    for name, reason in missing.items():
+        if reason:
+            sec.skip(name, reason)
+    return [p for p in peers.PEERS if not missing[p.name]]
 
 
 async def run(ctx: BenchContext, require_tools: bool = False) -> Section:
     sec = Section("datapath", "Data path: requests/s and latency at fixed concurrency")
-    seconds = ctx.pick(10.0, 3.0)
-    no_wrk = await ensure_debian_package("wrk", "wrk", ctx.install_tools)
-    no_nginx = await ensure_debian_package("nginx", "nginx", ctx.install_tools)
-    if require_tools and (no_wrk or no_nginx):
-        raise RuntimeError(f"FORKPROXY_REQUIRE_BENCH_TOOLS=1 but {no_wrk or no_nginx}")
-    if no_wrk:
-        sec.skip("wrk", f"{no_wrk}; measured with the aiohttp closed-loop client instead")
+    # Seconds per run by connection count: one connection needs fewer for a stable p50.
+    seconds = {1: ctx.pick(3.0, 1.0), CONNECTIONS: ctx.pick(5.0, 1.0), 256: ctx.pick(5.0, 1.0)}
+    usable = await _tools(ctx, sec, require_tools)
     use_wrk = wrk_path() is not None
     rounds = ctx.pick(3, 1)
     targets: dict[str, str] = {}
@@ -41,10 +59,11 @@ async def run(ctx: BenchContext, require_tools: bool = False) -> Section:
         # One instance with room for every connection: the same work as "direct", plus the hop.
         "min_instances": 1,
         "max_instances": 1,
-        "max_concurrency": CONNECTIONS * 2,
-        "target_concurrency": float(CONNECTIONS * 2),
+        "max_concurrency": max(LEVELS) * 2,
+        "target_concurrency": float(max(LEVELS) * 2),
         "idle_ttl": "10m",
     }
+    runs: dict[tuple[str, int], list[LoadResult]] = {}
     async with contextlib.AsyncExitStack() as stack:
 
         def app_argv(port: int) -> list[str]:
@@ -55,22 +74,16 @@ async def run(ctx: BenchContext, require_tools: bool = False) -> Section:
         )
         sec.commands.append("app: " + shlex.join(["python", *app_argv(app_port)[1:]]))
         targets["direct"] = f"http://127.0.0.1:{app_port}{PATH}"
-        if no_nginx:
-            sec.skip("nginx", no_nginx)
-        else:
-            binary = nginx.nginx_path()
-            assert binary is not None
-
-            def nginx_argv(port: int) -> list[str]:
-                conf = nginx.write_conf(ctx.work / "nginx", port, app_port)
-                return nginx.nginx_argv(binary, conf)
-
-            _, port = await stack.enter_async_context(
-                running_on_free_port("nginx", nginx_argv, ctx.work / "logs")
-            )
-            argv = nginx.nginx_argv(binary, ctx.work / "nginx" / "nginx.conf")
-            sec.commands.append(f"nginx: {shlex.join(argv)} (1 worker, upstream keepalive 128)")
-            targets["nginx"] = f"http://127.0.0.1:{port}{PATH}"
+        for peer in usable:
+            try:
+                url, command = await peers.start(peer, stack, ctx.work, app_port)
+            except (RuntimeError, TimeoutError, OSError) as e:
+                if require_tools:
+                    raise
+                sec.skip(peer.name, f"did not start: {e}")
+                continue
+            sec.commands.append(command)
+            targets[peer.name] = url + PATH
         try:
             fp = await stack.enter_async_context(
                 forkproxy(ctx.work, "datapath", app_config(FORK_BACKEND), pool)
@@ -80,58 +93,108 @@ async def run(ctx: BenchContext, require_tools: bool = False) -> Section:
         except (RuntimeError, TimeoutError, OSError, aiohttp.ClientError) as e:
             sec.fail("forkproxy", e)
 
-        # Rounds interleave the targets so a noisy neighbour on the box hits them all alike.
-        runs: dict[str, list[LoadResult]] = {k: [] for k in targets}
+        # Rounds interleave the targets so a noisy neighbour on the box hits them all alike;
+        # the order rotates each round so no target always runs right after the same one.
+        names = list(targets)
         for i in range(rounds):
-            for name, url in targets.items():
-                say(f"  round {i + 1}/{rounds}: {name}, {CONNECTIONS} connections, {seconds:g}s")
-                runs[name].append(await run_load(url, CONNECTIONS, seconds, use_wrk))
-    results = {k: median_run(v) for k, v in runs.items() if v}
+            order = names[i % len(names) :] + names[: i % len(names)]
+            for c in LEVELS:
+                for name in order:
+                    say(f"  round {i + 1}/{rounds}: {name}, {c} connections, {seconds[c]:g}s")
+                    result = await run_load(targets[name], c, seconds[c], use_wrk)
+                    runs.setdefault((name, c), []).append(result)
+    by_level = {
+        c: {n: median_run(runs[n, c], c == 1) for n in targets if runs.get((n, c))} for c in LEVELS
+    }
+    _report(sec, by_level, seconds, rounds)
+    sec.data = {
+        "connections": CONNECTIONS,
+        "levels": list(LEVELS),
+        "seconds": {str(c): s for c, s in seconds.items()},
+        "pool": pool,
+        "rounds": rounds,
+        "results": {k: v.as_dict() for k, v in by_level[CONNECTIONS].items()},
+        "by_connections": {
+            str(c): {k: v.as_dict() for k, v in res.items()} for c, res in by_level.items()
+        },
+        "all_runs": {f"{n}@{c}": [r.as_dict() for r in v] for (n, c), v in runs.items()},
+        "ratios": _ratios(by_level),
+        "added_p50_us": _added_p50_us(by_level[1]),
+    }
+    return sec
 
-    for r in results.values():
-        sec.commands.append(f"load: {r.command}")
-    rows = [
-        [name, r.tool, r.rps, r.p50_ms, r.p99_ms, r.requests, r.errors]
-        for name, r in results.items()
-    ]
+
+def _ratios(by_level: dict[int, dict[str, LoadResult]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for c in (CONNECTIONS, 256):
+        rps = {k: v.rps for k, v in by_level[c].items()}
+        for name in rps:
+            if name != "direct":
+                out[f"{name} / direct @{c}"] = ratio(rps[name], rps.get("direct", nan))
+        out[f"forkproxy / nginx @{c}"] = ratio(rps.get("forkproxy", nan), rps.get("nginx", nan))
+    return out
+
+
+def _added_p50_us(at_one: dict[str, LoadResult]) -> dict[str, float]:
+    direct = at_one.get("direct")
+    if direct is None:
+        return {}
+    return {k: (v.p50_ms - direct.p50_ms) * 1000 for k, v in at_one.items() if k != "direct"}
+
+
+def _report(
+    sec: Section, by_level: dict[int, dict[str, LoadResult]], seconds: dict[int, float], rounds: int
+) -> None:
+    for c, results in by_level.items():
+        direct = results.get("direct")
+        rows: list[list[Any]] = []
+        for name, r in results.items():
+            rel = ratio(r.rps, direct.rps) if direct else nan
+            rows.append([name, r.tool, r.rps, rel, r.p50_ms, r.p99_ms, r.errors, r.load1])
+            if c == CONNECTIONS:
+                sec.commands.append(f"load: {r.command}")
+        sec.tables.append(
+            Table(
+                ["target", "tool", "req/s", "÷ direct", "p50 ms", "p99 ms", "errors", "load 1m"],
+                rows,
+                f"GET {PATH}, {c} connection(s), {seconds[c]:g} s per run, median of {rounds} "
+                f"interleaved round(s) ({'by p50' if c == 1 else 'by req/s'})",
+            )
+        )
+    added = _added_p50_us(by_level[1])
+    one = by_level[1]
     sec.tables.append(
         Table(
-            ["target", "tool", "req/s", "p50 ms", "p99 ms", "requests", "errors"],
-            rows,
-            f"GET {PATH}, {CONNECTIONS} connections, {seconds:g} s per run, median of "
-            f"{rounds} interleaved round(s) by req/s",
+            ["target", "p50 µs at c=1", "added p50 µs over direct", "p99 µs at c=1", "load 1m"],
+            [
+                [k, v.p50_ms * 1000, added.get(k, 0.0), v.p99_ms * 1000, v.load1]
+                for k, v in one.items()
+            ],
+            "Latency one request at a time: what each hop adds",
         )
     )
-    rps = {k: v.rps for k, v in results.items()}
-    ratios = [
-        ["forkproxy / direct", ratio(rps.get("forkproxy", nan), rps.get("direct", nan))],
-        ["forkproxy / nginx", ratio(rps.get("forkproxy", nan), rps.get("nginx", nan))],
-        ["nginx / direct", ratio(rps.get("nginx", nan), rps.get("direct", nan))],
-    ]
-    sec.tables.append(Table(["throughput ratio", "value"], ratios, "Ratios of requests/s"))
+    ratios = _ratios(by_level)
+    sec.tables.append(
+        Table(["throughput ratio", "value"], [[k, v] for k, v in ratios.items()], "req/s ratios")
+    )
     sec.notes.append(
         "Client, proxy and app share the machine's 2 cores, so every hop also steals CPU "
-        "from the app: ratios are what matters, absolute numbers are this box's."
+        "from the app: ratios are what matters, absolute numbers are this box's. Each peer "
+        "runs on one core (1 nginx worker, 1 HAProxy thread, GOMAXPROCS=1), as forkproxy's "
+        "one event loop does. 'load 1m' is the box's load average when the run ended."
     )
-    if "forkproxy" in results and "direct" in results:
-        via, d = results["forkproxy"], results["direct"]
+    at = by_level[CONNECTIONS]
+    if "forkproxy" in at and "direct" in at:
+        via, d = at["forkproxy"], at["direct"]
         sec.headline = (
             f"Data path: forkproxy forwards {via.rps:,.0f} req/s, "
             f"{ratio(via.rps, d.rps):.0%} of the app served directly ({d.rps:,.0f} req/s)"
+            + (f", {ratio(via.rps, at['nginx'].rps):.0%} of nginx" if "nginx" in at else "")
+            + f"; p50 {via.p50_ms:.1f} ms vs {d.p50_ms:.1f} ms direct, {CONNECTIONS} connections"
             + (
-                f", {ratio(via.rps, results['nginx'].rps):.0%} of nginx"
-                if "nginx" in results
+                f"; {added['forkproxy']:.0f} µs added p50 at one connection"
+                if "forkproxy" in added
                 else ""
             )
-            + f"; p50 {via.p50_ms:.1f} ms vs {d.p50_ms:.1f} ms direct, {CONNECTIONS} connections."
+            + "."
         )
-    sec.data = {
-        "connections": CONNECTIONS,
-        "seconds": seconds,
-        "pool": pool,
-        "rounds": rounds,
-        "results": {k: v.as_dict() for k, v in results.items()},
-        "all_runs": {k: [r.as_dict() for r in v] for k, v in runs.items()},
-        "ratios": {r[0]: r[1] for r in ratios},
-    }
-    return sec

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from prometheus_client import Counter
 
 from proxy.config import Config
+from proxy.http.deadline import within
 from proxy.http.headers import downstream_raw, server_timing, upstream_head
 from proxy.http.server import ClientError, Request
 from proxy.http.upstream import (
@@ -50,7 +51,9 @@ class Forwarder:
         # an instance that stops reading a request body for upstream_header_timeout is
         # as stuck as one that never answers (nginx: proxy_send_timeout)
         self.client = UpstreamClient(
-            cfg.server.upstream_connect_timeout, cfg.server.upstream_header_timeout
+            cfg.server.upstream_connect_timeout,
+            cfg.server.upstream_header_timeout,
+            max_idle=lambda: max(64, pool.cfg.max_concurrency),
         )
         self.trusted = cfg.server.trusted_proxies
         pool.gone_hooks.append(lambda inst: self.client.forget(inst.endpoint))
@@ -155,8 +158,7 @@ class Forwarder:
                     head_only=head_only,
                     on_info=req.informational,
                 )
-                async with asyncio.timeout(self.cfg.server.upstream_header_timeout):
-                    await upstream.headers_done
+                await within(upstream.headers_done, self.cfg.server.upstream_header_timeout)
             except UpstreamError as exc:
                 if conn_up is not None:
                     conn_up.close()

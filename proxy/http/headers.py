@@ -3,6 +3,8 @@ every header named in Connection), framing left to the proxy, the X-Forwarded-* 
 
 from __future__ import annotations
 
+import functools
+
 RawHeaders = list[tuple[bytes, bytes]]
 
 HOP_BY_HOP = frozenset(
@@ -27,14 +29,30 @@ _DROP_DOWN = HOP_BY_HOP | FRAMING
 
 
 def connection_named(raw: RawHeaders) -> set[bytes]:
+    return _named(raw, [n.lower() for n, _ in raw])
+
+
+def _named(raw: RawHeaders, lowered: list[bytes]) -> set[bytes]:
+    """Header names listed in Connection; `lowered`: the names of `raw`, lowercased (each
+    name is lowercased once per message, not once per rule)."""
     named: set[bytes] = set()
-    for name, value in raw:
-        if name.lower() == b"connection":
+    if b"connection" not in lowered:
+        return named
+    for (_, value), low in zip(raw, lowered, strict=True):
+        if low == b"connection":
             for token in value.split(b","):
                 token = token.strip().lower()
                 if token:
                     named.add(token)
     return named
+
+
+@functools.lru_cache(maxsize=4096)
+def _peer(peer: str) -> tuple[bytes, bytes]:
+    """The peer address as bytes and as a Forwarded `for=` element: the same for every
+    request of a connection and of a client, so built once."""
+    peer_b = peer.encode("ascii", "replace")
+    return peer_b, b"for=" + (b'"[' + peer_b + b']"' if b":" in peer_b else peer_b)
 
 
 def _get(raw: RawHeaders, name: bytes) -> list[bytes]:
@@ -55,17 +73,17 @@ def upstream_head(
     """The request head for an instance: the client's headers minus hop-by-hop and
     framing, the forwarding set, and the framing of the body the proxy itself sends.
     `trusted`: the peer is a proxy we trust, so its X-Forwarded-* are kept and extended."""
-    named = connection_named(raw) - PROTECTED
+    lowered = [n.lower() for n, _ in raw]
+    named = _named(raw, lowered) - PROTECTED
     drop = _DROP_UP | named if named else _DROP_UP
     parts = [method.encode("ascii"), b" ", path, b" HTTP/1.1\r\n"]
-    for name, value in raw:
-        if name.lower() not in drop:
+    for (name, value), low in zip(raw, lowered, strict=True):
+        if low not in drop:
             parts += (name, b": ", value, b"\r\n")
-    peer_b = peer.encode("ascii", "replace")
+    peer_b, forwarded = _peer(peer)
     xff = peer_b
     proto = b"http"
     fhost = host
-    forwarded = b"for=" + (b'"[' + peer_b + b']"' if b":" in peer_b else peer_b)
     if trusted:
         prior = _get(raw, b"x-forwarded-for")
         if prior:
@@ -90,14 +108,16 @@ def upstream_head(
 
 def downstream_raw(raw: RawHeaders) -> RawHeaders:
     """Response headers for the client; the proxy frames the body itself."""
-    named = connection_named(raw)
+    lowered = [n.lower() for n, _ in raw]
+    named = _named(raw, lowered)
     drop = _DROP_DOWN | named if named else _DROP_DOWN
-    return [(n, v) for n, v in raw if n.lower() not in drop]
+    return [h for h, low in zip(raw, lowered, strict=True) if low not in drop]
 
 
 def server_timing(queued: float, cold: bool, upstream: float) -> str:
-    parts = [f"queue;dur={queued * 1000:.1f}"]
+    # one f-string: this runs on every response
+    q, u = queued * 1000, upstream * 1000
     if cold:
-        parts.append(f'cold;dur={queued * 1000:.1f};desc="waited on a cold start"')
-    parts.append(f"upstream;dur={upstream * 1000:.1f}")
-    return ", ".join(parts)
+        cold_part = f'cold;dur={q:.1f};desc="waited on a cold start"'
+        return f"queue;dur={q:.1f}, {cold_part}, upstream;dur={u:.1f}"
+    return f"queue;dur={q:.1f}, upstream;dur={u:.1f}"

@@ -207,7 +207,8 @@ class Request:
         conn = self.conn
         keep = self.keep_alive and not conn.closing and not conn.draining
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason or REASONS.get(status, b"Unknown"))]
-        parts.extend(n + b": " + v + b"\r\n" for n, v in headers)
+        for name, value in headers:  # joined once below: no bytes built per header
+            parts += (name, b": ", value, b"\r\n")
         if body:
             if length is not None:
                 parts.append(b"Content-Length: %d\r\n" % length)

@@ -75,7 +75,8 @@ class Response:
 
     def content_length(self) -> int | None:
         for name, value in self.raw_headers:
-            if name.lower() == b"content-length":
+            # the length test first: most names are not 14 bytes, and need no lower()
+            if len(name) == 14 and name.lower() == b"content-length":
                 try:
                     return int(value)
                 except ValueError:

@@ -54,7 +54,13 @@ class HttpConnection(RequestParsing, asyncio.Protocol):
         self.draining = False  # shutting down: finish what is in flight, no keep-alive
         # a request that broke the rules behind a pipelined one: answered after it
         self._broken: ClientError | None = None
+        # One deadline per connection (header read, keep-alive idle), on one timer moved
+        # lazily: see _arm.
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when the pending timer fires
+        self._due: float | None = None  # the deadline; None: no deadline
+        self._due_idle = False
+        self._linger: asyncio.TimerHandle | None = None
         self._got_bytes = False  # of the request head being read
         # after the 101: raw bytes go to the tunnel, not the parser
         self.tunnel: Callable[[bytes], None] | None = None
@@ -82,7 +88,7 @@ class HttpConnection(RequestParsing, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.server.connections.discard(self)
-        self._disarm()
+        self._cancel_timers()
         for req in (self.parsing, self.active, *self.pipeline):
             if req is not None:
                 req.body.fail(ConnectionResetError("client closed the connection"))
@@ -175,7 +181,7 @@ class HttpConnection(RequestParsing, asyncio.Protocol):
         self.flow.resume(PIPELINE)
         if self.parsing is None:
             self._arm(self.limits.keepalive_timeout, idle=True)
-        elif self._timer is None:
+        elif self._due is None:
             # the next head's deadline passed while this request ran (_expired skips an
             # active connection): it gets a fresh one now rather than none
             self._arm(self.limits.header_timeout, idle=False)
@@ -240,7 +246,7 @@ class HttpConnection(RequestParsing, asyncio.Protocol):
 
     def close(self) -> None:
         self.closing = True
-        self._disarm()
+        self._cancel_timers()
         t = self.transport
         if t is not None and not t.is_closing():
             t.close()
@@ -259,31 +265,62 @@ class HttpConnection(RequestParsing, asyncio.Protocol):
             self.close()
             return
         self.closing = True
-        self._disarm()
+        self._cancel_timers()
         t.write_eof()
         self.flow.resume(~0)  # data_received discards while closing
-        self._timer = self.loop.call_later(_LINGER, self.abort)
+        self._linger = self.loop.call_later(_LINGER, self.abort)
 
     def abort(self) -> None:
         self.closing = True
-        self._disarm()
+        self._cancel_timers()
         if self.transport is not None:
             self.transport.abort()
 
     # -- deadlines -----------------------------------------------------------------------
 
     def _arm(self, delay: float, *, idle: bool) -> None:
-        self._disarm()
-        if delay > 0:
-            self._timer = self.loop.call_later(delay, self._expired, idle)
+        """The deadline is `delay` from now. Every request moves it two or three times;
+        rescheduling a timer each time (a handle, a heap push, a cancel) was a measurable
+        share of a request. So the pending timer stays when it fires no later than the new
+        deadline, and re-arms itself for the rest when it fires early (_fire); only an
+        earlier deadline (the header timeout after a keep-alive wait) reschedules."""
+        if delay <= 0:
+            self._disarm()
+            return
+        due = self.loop.time() + delay
+        self._due = due
+        self._due_idle = idle
+        if self._timer is not None:
+            if self._timer_at <= due:
+                return
+            self._timer.cancel()
+        self._timer_at = due
+        self._timer = self.loop.call_at(due, self._fire)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._due = None  # a pending timer finds no deadline and lapses
+
+    def _cancel_timers(self) -> None:
+        """The connection is done: no timer may keep it alive until it fires."""
+        self._due = None
+        for timer in (self._timer, self._linger):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._linger = None
+
+    def _fire(self) -> None:
+        self._timer = None
+        due = self._due
+        if due is None:
+            return
+        if self.loop.time() < due:  # the deadline moved later since this timer was set
+            self._timer_at = due
+            self._timer = self.loop.call_at(due, self._fire)
+            return
+        self._due = None
+        self._expired(self._due_idle)
 
     def _expired(self, idle: bool) -> None:
-        self._timer = None
         if self.active is not None:
             return
         if idle and not self._got_bytes:

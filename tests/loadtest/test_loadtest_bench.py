@@ -90,16 +90,26 @@ def test_quick_bench_writes_every_section(quick_bench: tuple[Path, dict[str, Any
 
 
 @pytest.mark.timeout(300)
-def test_quick_bench_compares_with_wrk_and_nginx(
+def test_quick_bench_compares_with_wrk_and_the_peers(
     quick_bench: tuple[Path, dict[str, Any], str],
 ) -> None:
-    missing = [b for b in ("wrk", "nginx") if not _have(b)]
+    missing = [b for b in ("wrk", "nginx", "haproxy", "go") if not _have(b)]
     if missing and not REQUIRE_TOOLS:
-        pytest.skip(f"{', '.join(missing)} not installed (apt-get install wrk nginx)")
-    _, results, _ = quick_bench
-    dp = sections(results)["datapath"]["data"]["results"]
-    assert {r["tool"] for r in dp.values()} == {"wrk"}
-    assert dp["nginx"]["rps"] > 0 and dp["nginx"]["errors"] == 0
+        pytest.skip(
+            f"{', '.join(missing)} not installed (apt-get install wrk nginx haproxy golang-go)"
+        )
+    _, results, stdout = quick_bench
+    data = sections(results)["datapath"]["data"]
+    for level in ("1", "32", "256"):
+        dp = data["by_connections"][level]
+        assert list(dp) == ["direct", "nginx", "haproxy", "go", "forkproxy"], level
+        assert {r["tool"] for r in dp.values()} == {"wrk"}
+        for name, r in dp.items():
+            assert r["rps"] > 0 and r["errors"] == 0, (level, name, r)
+            assert r["load1"] > 0, r  # every figure carries the box's load beside it
+    assert set(data["added_p50_us"]) == {"nginx", "haproxy", "go", "forkproxy"}
+    assert "forkproxy / nginx @256" in data["ratios"]
+    assert "added p50 µs over direct" in stdout
 
 
 @pytest.mark.timeout(200)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 
-from loadtest.run import nginx
+from loadtest.run import goproxy, haproxy, nginx, peers
 from loadtest.run.procs import REPO
 from loadtest.sections.memory import descendants, instance_pids, pss_kib
 
@@ -22,10 +26,59 @@ def test_generated_nginx_config_is_valid(tmp_path: Path) -> None:
         pytest.skip("nginx not installed (apt-get install nginx)")
     conf = nginx.write_conf(tmp_path / "ng", 18080, 18081)
     text = conf.read_text()
-    assert "keepalive 128;" in text and 'proxy_set_header Connection "";' in text
+    assert "keepalive 1024;" in text and 'proxy_set_header Connection "";' in text
     argv = [*nginx.nginx_argv(binary, conf), "-t"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
+
+
+def _require(binary: str, package: str) -> None:
+    if shutil.which(binary) or os.path.exists(f"/usr/sbin/{binary}"):
+        return
+    if os.environ.get("FORKPROXY_REQUIRE_BENCH_TOOLS") == "1":
+        pytest.fail(f"{binary} not installed and FORKPROXY_REQUIRE_BENCH_TOOLS=1")
+    pytest.skip(f"{binary} not installed (apt-get install {package})")
+
+
+def test_generated_haproxy_config_is_valid(tmp_path: Path) -> None:
+    _require("haproxy", "haproxy")
+    binary = haproxy.haproxy_path()
+    assert binary is not None
+    conf = haproxy.write_conf(tmp_path / "hp", 18080, 18081)
+    text = conf.read_text()
+    assert "http-reuse always" in text and "nbthread 1" in text
+    proc = subprocess.run([binary, "-c", "-f", str(conf)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.timeout(330)
+async def test_go_reverse_proxy_builds_and_forwards(tmp_path: Path) -> None:
+    """The Go peer is a real httputil.ReverseProxy: built in GOPATH mode, it forwards to an
+    aiohttp app and back, headers and body intact."""
+    _require("go", "golang-go")
+    binary = await goproxy.build()
+    assert binary == await goproxy.build()  # cached: built once per source and Go version
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text=f"hi {request.headers.get('X-Forwarded-For')}")
+
+    app = web.Application()
+    app.router.add_get("/healthz", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    app_port = runner.addresses[0][1]
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            peer = next(p for p in peers.PEERS if p.name == "go")
+            url, command = await peers.start(peer, stack, tmp_path, app_port)
+            assert command.startswith("go: GOMAXPROCS=1 ")
+            async with aiohttp.ClientSession() as s, s.get(url + "/healthz") as resp:
+                assert resp.status == 200
+                assert await resp.text() == "hi 127.0.0.1"
+    finally:
+        await runner.cleanup()
 
 
 def test_pss_and_process_tree_of_a_real_child() -> None:

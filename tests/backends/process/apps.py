@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 WARMED_IN = 0  # pid of the process that ran warmup(); inherited by forks
 
@@ -34,3 +35,19 @@ def threaded_app() -> web.Application:
 
     threading.Thread(target=threading.Event().wait, name="app-poller", daemon=True).start()
     return create_app()
+
+
+@web.middleware
+async def _log_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    record = os.environ.get("FORKPROXY_TEST_REQUEST_LOG")
+    if record:
+        with open(record, "a") as f:
+            f.write(f"{os.getpid()} {request.path}\n")
+    return await handler(request)
+
+
+def logging_app() -> web.Application:
+    """Every request its handlers and middleware see is appended to a file."""
+    app = web.Application(middlewares=[_log_requests])
+    app.router.add_get("/", _warm)
+    return app

@@ -186,6 +186,27 @@ async def test_spare_fork_becomes_the_instance(make_backend: MakeBackend) -> Non
     assert [i.id for i in await backend.list() if i.meta["kind"] == "fork"] == ["from-spare"]
 
 
+async def test_a_spare_primes_without_running_the_apps_code(
+    make_backend: MakeBackend, tmp_path: Path
+) -> None:
+    """A spare sends one request through aiohttp on a throwaway app before it is assigned
+    (the pages it touches are copied off the start path); the user's app, its middleware
+    and handlers see only the client's request."""
+    record = tmp_path / "requests"
+    backend = make_backend(
+        prefork=1,
+        app="tests.backends.process.apps:logging_app",
+        env={"FORKPROXY_TEST_REQUEST_LOG": str(record)},
+    )
+    await backend.prepare()
+    await asyncio.sleep(0.5)  # the spare is forked, set up and primed
+    inst = await backend.start("primed")
+    assert inst.meta["prefork"] == "spare"
+    status, _ = await get(inst.endpoint.url + "/client")
+    assert status == 404  # the app has no /client: its middleware still saw it
+    assert record.read_text().split("\n") == [f"{inst.meta['pid']} /client", ""]
+
+
 async def test_prefork_zero_forks_on_start(make_backend: MakeBackend) -> None:
     backend = make_backend(prefork=0)
     await backend.prepare()

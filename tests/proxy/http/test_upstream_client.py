@@ -58,3 +58,43 @@ async def test_connection_emptied_at_once_is_pooled_reading() -> None:
             w.close()
             await w.wait_closed()
         await server.wait_closed()
+
+
+async def test_as_many_idle_connections_kept_as_an_instance_takes_requests() -> None:
+    """100 requests at once to one instance, twice: with max_idle at the pool's
+    max_concurrency the second burst reuses every connection of the first (a cap of 64
+    closed and reopened 36 connections per burst under load)."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        await _serve(reader, writer)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    ep = Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
+    client = UpstreamClient(connect_timeout=1.0, stall_timeout=5.0, max_idle=lambda: 128)
+
+    async def one() -> None:
+        conn, resp = await client.send(
+            ep, b"GET /small HTTP/1.1\r\nHost: t\r\n\r\n", None, chunked=False, head_only=False
+        )
+        async with asyncio.timeout(5):
+            await resp.headers_done
+            assert await resp.read() == b"xx"
+            while await resp.read():
+                pass
+        client.release(conn)
+
+    try:
+        await asyncio.gather(*(one() for _ in range(100)))
+        first = len(accepted)
+        assert first == 100
+        await asyncio.gather(*(one() for _ in range(100)))
+        assert len(accepted) == first  # every connection came from the pool
+    finally:
+        client.close()
+        server.close()
+        for w in accepted:
+            w.close()
+            await w.wait_closed()
+        await server.wait_closed()
