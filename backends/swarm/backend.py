@@ -300,6 +300,9 @@ class SwarmBackend(Backend):
         # Starts in flight finish (their services are swept below); the rest stop.
         await self._starts.join()
         await self._tasks.aclose()
+        # A cancelled refill's `service create` may still run in its thread: let it land,
+        # so the sweep below sees the service it makes.
+        await self._threads.drain(within=60)
         if self._engine.client is not None:
             try:
                 mine = await self._services(f"{LABEL_OWNER}={self.ctx.owner_id}")

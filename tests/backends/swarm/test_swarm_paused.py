@@ -4,6 +4,8 @@ a spare that dies is replaced, not reported as an instance's death."""
 
 from __future__ import annotations
 
+import asyncio
+
 import docker
 import pytest
 
@@ -80,3 +82,13 @@ async def test_a_dead_spare_is_replaced_not_reported(
     inst = await b.start("warm-3")
     assert inst.meta["from"] == "paused_pool"
     assert (await get(inst.endpoint.url + "/"))[0] == 200
+
+
+async def test_closing_while_a_spare_is_refilled_leaves_nothing(
+    make_backend: MakeBackend, swarm: docker.DockerClient, pool_name: str, on_manager: str
+) -> None:
+    b = await make_backend(paused_pool=1, constraints=[on_manager])
+    await b.start("warm-4")  # taking the spare starts its refill: a service create in flight
+    await asyncio.sleep(0.05)
+    await b.aclose()
+    assert pool_services(swarm, pool_name) == []
