@@ -4,6 +4,8 @@
 Each backend module defines:
     parse_config(table: backends.support.table.Table) -> <its frozen config dataclass>
     create_backend(config, ctx: backends.base.BackendContext) -> backends.base.Backend
+and may define, for `forkproxy check-config` (blocking, before any traffic):
+    check_config(config, *, imports: bool) -> list[backends.support.table.Problem]
 """
 
 from __future__ import annotations

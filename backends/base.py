@@ -85,7 +85,18 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def list(self) -> list[Instance]:
-        """Every instance labelled with this pool's name, from this run or an earlier one."""
+        """Every instance labelled with this pool's name, from this run, an earlier one or a
+        replica sharing the name (Instance.owner_id tells them apart)."""
+
+    async def heartbeat(self) -> None:  # noqa: B027 - optional hook
+        """Refresh this run's lease where its instances live, so replicas that share the
+        pool name see it is alive. Called every few seconds; cheap. Default: no lease."""
+
+    async def leases(self) -> dict[str, str] | None:
+        """Owner id -> a lease token that changes on every heartbeat, for each owner with a
+        lease here; None when this backend keeps no leases (its owners are then judged by
+        backends.support.owner.gone_here alone: an owner on another host is never reaped)."""
+        return None
 
     def concurrency_hint(self) -> int | None:
         """Requests one instance serves at once, if the backend knows its app (asked after

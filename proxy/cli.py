@@ -9,13 +9,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from backends.errors import BackendError
-from backends.support.extras import MissingExtra
 from backends.support.table import ConfigError
 from loadtest import tune  # bench tooling: only its options load here, locust runs as a child
-from proxy import __version__, logs
+from proxy import __version__, logs, preflight
 from proxy.config import Config, load, parse, with_overrides
-from proxy.http.safety import UnsafeParser
 
 log = logging.getLogger("forkproxy")
 
@@ -38,6 +35,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file")
+    check.add_argument(
+        "--no-import",
+        action="store_true",
+        help="do not build the fork-mode app in a throw-away interpreter",
+    )
+    check.add_argument(
+        "--no-ports",
+        action="store_true",
+        help="do not check that server.listen / server.admin are free (e.g. the proxy "
+        "being replaced still holds them)",
+    )
     tune_cmd = sub.add_parser(
         "tune",
         help="search pool settings under load (see --help)",
@@ -72,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         try:
             cfg = load(args.file)
+            problems = preflight.check(cfg, imports=not args.no_import, ports=not args.no_ports)
+            if problems:
+                raise ConfigError(problems)
         except ConfigError as exc:
             return _report(exc, args.file)
         print(f"{args.file}: ok (backend {cfg.backend_type}, listen {cfg.server.listen})")
@@ -81,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = with_overrides(_load(args.config), listen=args.listen, admin=args.admin)
     except ConfigError as exc:
         return _report(exc, args.config or "<defaults>")
-    from proxy.server import serve
+    from proxy.server import StartupFailed, serve
 
     try:
         import uvloop
@@ -89,18 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:  # pragma: no cover - uvloop is a dependency
         runner = asyncio.Runner()
+    code = 0
     try:
         with runner:
             runner.run(serve(cfg))
-    except (BackendError, MissingExtra) as exc:
-        log.error("backend %s cannot start: %s", cfg.backend_type, exc)
-        return 3
-    except UnsafeParser as exc:
-        log.error("refusing to run: %s", exc)
-        return 3
-    except OSError as exc:
-        log.error("cannot start: %s", exc)
-        return 3
+    except StartupFailed:  # serve() logged why
+        code = 3
     except ConfigError as exc:  # e.g. the admin token's env var or file is missing
-        return _report(exc, args.config or "<defaults>")
-    return 0
+        code = _report(exc, args.config or "<defaults>")
+    log.info("forkproxy stopped")  # after the reason it stopped, never before
+    return code

@@ -38,6 +38,7 @@ class ServerConfig:
     admin: Address | None = Address("127.0.0.1", 9090)
     name: str = "forkproxy"
     shutdown_timeout: float = 30.0
+    drain_delay: float = 0.0  # SIGTERM: /readyz is 503 this long before the listener closes
     server_timing: bool = True
     access_log: bool = False
     upstream_connect_timeout: float = 5.0
@@ -72,6 +73,7 @@ class PoolConfig:
     readiness_path: str = "/"
     tick: float = 0.25
     routing: str = "pack"
+    orphan_timeout: float = 60.0  # a stopped replica's instances are reaped within this
     # max_concurrency = "auto" (the file's default): the backend's concurrency_hint()
     # replaces it once prepared (a WSGI app's threads); target "auto" (None) follows it,
     # an explicit target is kept but never above it.
@@ -125,12 +127,13 @@ def _networks(t: Table, key: str) -> tuple[IPv4Network | IPv6Network, ...]:
 def _limits(t: Table) -> Limits:
     d = Limits()
     return Limits(
-        max_url=t.size("max_url_size", d.max_url),
-        max_header_bytes=t.size("max_header_size", d.max_header_bytes),
+        # Below these no ordinary request gets through (every one would be a 414/431).
+        max_url=t.size("max_url_size", d.max_url, min=256),
+        max_header_bytes=t.size("max_header_size", d.max_header_bytes, min=1024),
         max_headers=t.int("max_headers", d.max_headers, min=1),
         max_body=t.size("max_body_size", d.max_body),
         header_timeout=t.duration("header_timeout", d.header_timeout, min=0.001),
-        keepalive_timeout=t.duration("keepalive_timeout", d.keepalive_timeout),
+        keepalive_timeout=t.duration("keepalive_timeout", d.keepalive_timeout),  # 0: off
         body_timeout=t.duration("body_timeout", d.body_timeout, min=0.001),
         body_min_rate=t.size("body_min_rate", d.body_min_rate),
         send_timeout=t.duration("send_timeout", d.send_timeout, min=0.001),
@@ -147,6 +150,7 @@ def _server(t: Table) -> ServerConfig:
         admin=_address(t, "admin", d.admin, optional=True),
         name=t.str("name", d.name),
         shutdown_timeout=t.duration("shutdown_timeout", d.shutdown_timeout),
+        drain_delay=t.duration("drain_delay", d.drain_delay),
         server_timing=t.bool("server_timing", d.server_timing),
         access_log=t.bool("access_log", d.access_log),
         upstream_connect_timeout=t.duration(
@@ -217,6 +221,7 @@ def _pool(t: Table) -> PoolConfig:
         readiness_path=t.str("readiness_path", d.readiness_path),
         tick=t.duration("tick", d.tick, min=0.01),
         routing=t.choice("routing", ROUTINGS, d.routing),
+        orphan_timeout=t.duration("orphan_timeout", d.orphan_timeout, min=1.0),
     )
     target = cfg.target_concurrency
     if target is not None and target > cfg.max_concurrency and not auto:

@@ -24,6 +24,7 @@ from backends.support.tasks import TaskSet
 from proxy.config import PoolConfig
 from proxy.demand import DemandTrace, StartCost
 from proxy.metrics import Metrics
+from proxy.orphans import OrphanReaper
 from proxy.policy import (
     KEEP_ALIVE_MAX,
     InstanceView,
@@ -186,20 +187,13 @@ class Pool:
         self._rebalance()
 
     async def _reap_orphans(self) -> None:
-        try:
-            found = await self.backend.list()
-        except BackendError as exc:
-            log.warning("could not list leftover instances: %s", exc)
-            return
-        for inst in found:
-            if inst.owner_id == self.ctx.owner_id:
-                continue
-            log.info("reaping leftover instance %s (owner %s)", inst.id, inst.owner_id or "?")
-            try:
-                await self.backend.stop(inst, "orphan")
-                self.metrics.stops.labels("orphan").inc()
-            except BackendError as exc:
-                log.warning("could not reap leftover %s: %s", inst.id, exc)
+        """Stop what stopped replicas of this pool name left; then keep doing it (and keep
+        this run's lease fresh) every orphan_timeout/6 while the pool runs."""
+        reaper = OrphanReaper(
+            self.backend, self.ctx.owner_id, self.metrics, self.cfg.orphan_timeout, self.clock
+        )
+        await reaper.sweep()
+        self._tasks.spawn(reaper.run(), "orphans")
 
     async def aclose(self) -> None:
         self._closing = True
@@ -628,6 +622,7 @@ class Pool:
                 {
                     "id": s.id,
                     "backend": self.backend.name,
+                    "owner": inst.owner_id if inst else self.ctx.owner_id,
                     "state": s.state.value,
                     "endpoint": inst.endpoint.url if inst else None,
                     "in_flight": s.in_flight,

@@ -4,20 +4,24 @@ graceful drain on SIGTERM/SIGINT, everything stopped on the way out."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import secrets
+import os
 import signal
-import socket
 import time
+from collections.abc import Iterator
 
 from aiohttp import web
 
 import backends
 from backends.base import Backend, BackendContext
+from backends.errors import BackendError
+from backends.support import owner
+from backends.support.extras import MissingExtra
 from proxy.admin import admin_app
-from proxy.config import Config
+from proxy.config import Address, Config
 from proxy.http.forward import Forwarder
-from proxy.http.safety import check_parsers
+from proxy.http.safety import UnsafeParser, check_parsers
 from proxy.http.server import HttpServer, Request
 from proxy.http.tunnel import websocket
 from proxy.metrics import Metrics
@@ -27,10 +31,41 @@ log = logging.getLogger("forkproxy")
 access_log = logging.getLogger("forkproxy.access")
 
 
+class ListenError(OSError):
+    """A listener could not be opened; says which key's address."""
+
+    @staticmethod
+    @contextlib.contextmanager
+    def naming(key: str, address: Address) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            # asyncio's message repeats the address; the errno's text is the reason
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            raise ListenError(exc.errno, f"{key} ({address}): {reason}") from exc
+
+
+class StartupFailed(Exception):
+    """The proxy could not start; the reason is logged already (exit code 3)."""
+
+
+def failure_message(exc: BaseException, cfg: Config) -> str | None:
+    """One line a person can act on, for the errors that stop a proxy from starting."""
+    if isinstance(exc, BackendError | MissingExtra):
+        return f"backend {cfg.backend_type} cannot start: {exc}"
+    if isinstance(exc, UnsafeParser):
+        return f"refusing to run: {exc}"
+    if isinstance(exc, ListenError):
+        return f"cannot listen: {exc.strerror}"
+    if isinstance(exc, OSError):
+        return f"cannot start: {exc}"
+    return None
+
+
 class Proxy:
     def __init__(self, cfg: Config, backend: Backend | None = None) -> None:
         self.cfg = cfg
-        self.owner_id = f"{socket.gethostname()[:20]}-{secrets.token_hex(4)}"
+        self.owner_id = owner.new_owner_id()  # provably dead once this process is gone
         self.metrics = Metrics()
         self.ctx = BackendContext(
             pool_name=cfg.server.name,
@@ -59,13 +94,15 @@ class Proxy:
         check_parsers()
         await self.pool.start()
         listen = self.cfg.server.listen
-        await self.http.listen(listen.host, listen.port)
+        with ListenError.naming("server.listen", listen):
+            await self.http.listen(listen.host, listen.port)
         self.listen_port = self.http.port
-        if self.cfg.server.admin is not None:
+        if (admin_at := self.cfg.server.admin) is not None:
             self._admin = web.AppRunner(admin_app(self), access_log=None)
             await self._admin.setup()
-            site = web.TCPSite(self._admin, self.cfg.server.admin.host, self.cfg.server.admin.port)
-            await site.start()
+            site = web.TCPSite(self._admin, admin_at.host, admin_at.port)
+            with ListenError.naming("server.admin", admin_at):
+                await site.start()
             self.admin_port = int(self._admin.addresses[0][1])
         self.ready = True
         admin = self.cfg.server.admin
@@ -81,12 +118,18 @@ class Proxy:
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (shutdown_timeout), stop instances."""
         self.ready = False
+        if self.cfg.server.drain_delay and self.listen_port:
+            # /readyz says 503 while we still accept: a load balancer stops sending
+            # before the listener closes, so no client sees a refused connection
+            log.info(
+                "not ready; accepting for %.1fs more (drain_delay)", self.cfg.server.drain_delay
+            )
+            await asyncio.sleep(self.cfg.server.drain_delay)
         await self.http.shutdown(self.cfg.server.shutdown_timeout)
         self.forwarder.aclose()
         await self.pool.aclose()
         if self._admin is not None:
             await self._admin.cleanup()
-        log.info("forkproxy stopped")
 
     async def _access_logged(self, req: Request) -> None:
         try:
@@ -107,14 +150,23 @@ class Proxy:
 
 
 async def serve(cfg: Config) -> None:
-    proxy = Proxy(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    proxy: Proxy | None = None
     try:
+        proxy = Proxy(cfg)  # a backend's missing extra shows here
         await proxy.start()
         await stop.wait()
         log.info("signal received: draining")
+    except Exception as exc:
+        # Why it stops comes first, then the shutdown it causes.
+        if (why := failure_message(exc, cfg)) is not None:
+            log.error("%s", why)
+            log.debug("details", exc_info=exc)
+            raise StartupFailed(why) from exc
+        raise
     finally:
-        await proxy.stop()
+        if proxy is not None:
+            await proxy.stop()

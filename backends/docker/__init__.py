@@ -3,11 +3,14 @@ containers that unpause in milliseconds. The docker SDK is imported only when us
 
 from __future__ import annotations
 
+import logging
+
 from backends.base import Backend, BackendContext
 from backends.docker.config import DockerConfig, parse_config
-from backends.support.extras import extra_needed
+from backends.support.extras import MissingExtra, extra_needed
+from backends.support.table import Problem
 
-__all__ = ["DockerConfig", "create_backend", "parse_config"]
+__all__ = ["DockerConfig", "check_config", "create_backend", "parse_config"]
 
 
 def create_backend(config: DockerConfig, ctx: BackendContext) -> Backend:
@@ -15,3 +18,13 @@ def create_backend(config: DockerConfig, ctx: BackendContext) -> Backend:
         from backends.docker.backend import DockerBackend
 
     return DockerBackend(config, ctx)
+
+
+def check_config(config: DockerConfig, *, imports: bool = True) -> list[Problem]:
+    try:
+        with extra_needed("checking the image on the engines"):
+            from backends.docker.check import check_config as check
+    except MissingExtra as exc:  # the config itself is valid; `run` names the extra
+        logging.getLogger("forkproxy.backend.docker").warning("image not checked: %s", exc)
+        return []
+    return check(config, imports=imports)

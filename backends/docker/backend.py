@@ -18,13 +18,13 @@ import aiohttp
 
 from backends.base import (
     LABEL_INSTANCE,
-    LABEL_OWNER,
     LABEL_POOL,
     Backend,
     BackendContext,
     Endpoint,
     Instance,
 )
+from backends.docker import lease
 from backends.docker.config import DockerConfig
 from backends.docker.containers import Containers
 from backends.docker.engine import Engine, translate
@@ -55,7 +55,7 @@ class DockerBackend(Backend):
         self._threads = Threads("docker", threads=16)
         self._tasks = TaskSet("docker", log)  # background work: cancelled on close
         self._starts = TaskSet("docker-starts", log)  # finish on close: what they made is swept
-        self._engines = Engines(config.engines, config.engine_retry)
+        self._engines = Engines(config.engines, config.engine_retry, config.engine_timeout)
         self._containers = Containers(config, ctx, self._threads, self._engine_failed)
         self._live = LiveSet(ctx, self._containers, self._tasks, self._engine_failed)
         self._paused = PausedPool(
@@ -67,7 +67,9 @@ class DockerBackend(Backend):
             probe=self._probe,
             remove=self._remove,
         )
-        self._leftovers = Leftovers(config, ctx, self._containers, self._paused, self._remove)
+        self._leftovers = Leftovers(
+            config, ctx, self._containers, self._paused, self._remove, self._threads
+        )
         self._watch = EngineWatch(
             self._engines,
             self._threads,
@@ -102,7 +104,9 @@ class DockerBackend(Backend):
         for engine in healthy:
             await self._containers.ensure_image(engine)
         for engine in healthy:
-            await self._leftovers.reap_or_adopt(engine)
+            await self._leftovers.beat(engine)  # the lease exists before any instance
+        for engine in healthy:
+            await self._leftovers.adopt(engine)
         for engine in self._engines:
             self._tasks.spawn(self._watch.run(engine), f"events:{engine.url}")
         if self._paused.size:
@@ -189,12 +193,30 @@ class DockerBackend(Backend):
             await self._containers.stop(c, reason)
         finally:
             self._live.forget(c)
+        await self._leftovers.release(c, claimed=instance.meta.get("claimed") == "true")
 
     async def _remove(self, c: Container) -> None:
         try:
             await self._containers.remove(c)
         finally:
             self._live.forget(c)
+        await self._leftovers.release(c)
+
+    async def heartbeat(self) -> None:
+        for engine in self._engines.healthy():
+            await self._leftovers.beat(engine)
+
+    async def leases(self) -> dict[str, str] | None:
+        """Each owner's lease markers' names, over the healthy engines."""
+        tokens: dict[str, list[str]] = {}
+        for engine in self._engines.healthy():
+            try:
+                rows = await self._leftovers.pool_rows(engine)
+            except Exception as exc:
+                raise translate(exc, engine.url, "list leases") from exc
+            for who, name in lease.leases(rows).items():
+                tokens.setdefault(who, []).append(name)
+        return {who: " ".join(sorted(names)) for who, names in tokens.items()}
 
     async def list(self) -> list[Instance]:
         found: list[Instance] = []
@@ -208,10 +230,18 @@ class DockerBackend(Backend):
                     self._engine_failed(engine, err)
                     continue
                 raise err from exc
-            found.extend(self._row_instance(engine, row, parked) for row in rows)
+            claimed = lease.claims(rows)
+            for row in rows:
+                inst = self._row_instance(engine, row, parked, claimed)
+                # Markers are no instances; another run's are listed so that a survivor
+                # reaps them with the rest of a stopped run's containers.
+                if not lease.is_marker(row) or inst.owner_id != self.ctx.owner_id:
+                    found.append(inst)
         return found
 
-    def _row_instance(self, engine: Engine, row: dict[str, Any], parked: set[str]) -> Instance:
+    def _row_instance(
+        self, engine: Engine, row: dict[str, Any], parked: set[str], claimed: dict[str, str]
+    ) -> Instance:
         labels = row.get("Labels") or {}
         cid = row["Id"]
         name = (row.get("Names") or [cid])[0].lstrip("/")
@@ -226,12 +256,14 @@ class DockerBackend(Backend):
             backend=self.name,
             endpoint=Endpoint(self.cfg.publish_host, int(port or 0)),
             ready=row.get("State") == "running",
-            owner_id=self.ctx.owner_id if ours else labels.get(LABEL_OWNER, ""),
+            owner_id=self.ctx.owner_id if ours else lease.owner_of(row, claimed),
             meta={
                 "engine": engine.url,
                 "container": cid[:12],
                 "state": str(row.get("State", "")),
                 "paused_pool": "parked" if cid in parked else labels.get(LABEL_PAUSED, "false"),
+                "claimed": "true" if cid in claimed else "false",
+                **lease.marker_meta(row),
             },
             handle=Container(engine, cid, name),
         )
@@ -262,7 +294,7 @@ class DockerBackend(Backend):
         # Everything this run created carries its owner label; adopted parked ones do not.
         parked = self._paused.empty()
         keep = {c.id for c in parked}
-        sweeps = [self._leftovers.sweep(e, keep) for e in self._engines.healthy()]
+        sweeps = [self._leftovers.sweep(e, keep, closing=True) for e in self._engines.healthy()]
         await asyncio.gather(*(self._remove(c) for c in parked), *sweeps, return_exceptions=True)
         if self._session is not None:
             await self._session.close()

@@ -28,6 +28,7 @@ class DockerConfig:
     stop_timeout: float = 5.0
     adopt: bool = False  # leftovers of an earlier run: adopt into the paused pool vs reap
     engine_retry: float = 10.0  # seconds before an engine marked unhealthy is tried again
+    engine_timeout: float = 3.0  # connect + ping; an engine silent this long is skipped
 
 
 def parse_config(table: Table) -> DockerConfig:
@@ -57,6 +58,7 @@ def parse_config(table: Table) -> DockerConfig:
         stop_timeout=table.duration("stop_timeout", 5.0),
         adopt=table.bool("adopt", False),
         engine_retry=table.duration("engine_retry", 10.0, min=0.1),
+        engine_timeout=table.duration("engine_timeout", 3.0, min=0.1),
     )
     if 0 < cfg.memory < 6 * 1024**2:
         table.error("memory", "below Docker's minimum of 6m (use 0 for no limit)")

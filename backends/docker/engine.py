@@ -61,6 +61,7 @@ def translate(exc: Exception, url: str, what: str) -> BackendError:
 class Engine:
     url: str
     retry_after: float  # seconds an unhealthy engine is left alone
+    answer_within: float = 3.0  # connect + ping (engine_timeout): a silent engine is down
     client: Any = None  # docker.DockerClient once connected
     healthy: bool = False
     down_since: float = 0.0
@@ -88,15 +89,20 @@ class Engine:
     # -- blocking helpers (run them in a thread) ---------------------------------------
 
     def connect(self) -> None:
-        """Create the client (which asks the engine its API version) and ping it."""
+        """Create the client (which asks the engine its API version) and ping it, each
+        within `answer_within`: an engine that accepts and never answers is down like one
+        that refuses. Later calls get ENGINE_CALL_TIMEOUT (a stop or pull takes longer)."""
         try:
             if self.client is None:
-                self.client = docker.DockerClient(
+                client = docker.DockerClient(
                     base_url=self.url,
-                    timeout=ENGINE_CALL_TIMEOUT,
+                    timeout=self.answer_within,
                     use_ssh_client=self.url.startswith("ssh://"),
                 )
+                self.client = client
+            self.client.api.timeout = self.answer_within
             self.client.ping()
+            self.client.api.timeout = ENGINE_CALL_TIMEOUT
         except Exception as exc:
             self.mark_down(exc)
             raise BackendUnavailable(

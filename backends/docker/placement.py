@@ -15,8 +15,8 @@ log = logging.getLogger("forkproxy.backend.docker")
 
 
 class Engines:
-    def __init__(self, urls: Sequence[str], retry: float) -> None:
-        self._all = [Engine(url, retry) for url in urls]
+    def __init__(self, urls: Sequence[str], retry: float, answer_within: float) -> None:
+        self._all = [Engine(url, retry, answer_within) for url in urls]
 
     def __iter__(self) -> Iterator[Engine]:
         return iter(self._all)

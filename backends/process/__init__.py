@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from backends.base import Backend, BackendContext
 from backends.process.config import ProcessConfig, parse_config
+from backends.support.table import Problem
 
-__all__ = ["ProcessConfig", "create_backend", "parse_config"]
+__all__ = ["ProcessConfig", "check_config", "create_backend", "parse_config"]
 
 
 def create_backend(config: ProcessConfig, ctx: BackendContext) -> Backend:
@@ -17,3 +18,9 @@ def create_backend(config: ProcessConfig, ctx: BackendContext) -> Backend:
     from backends.process.exec import ExecBackend
 
     return ExecBackend(config, ctx)
+
+
+def check_config(config: ProcessConfig, *, imports: bool = True) -> list[Problem]:
+    from backends.process.check import check_config as check
+
+    return check(config, imports=imports)

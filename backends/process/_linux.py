@@ -7,6 +7,8 @@ import ctypes
 import os
 import signal
 
+from backends.support.owner import proc_stat
+
 _PR_SET_PDEATHSIG = 1
 
 # The template is exec'd with this variable padded to a fixed width; a forked child
@@ -101,12 +103,9 @@ def read_environ(pid: int) -> dict[str, str] | None:
 
 def proc_state(pid: int) -> tuple[str, int] | None:
     """(state letter, ppid) of `pid`, or None if it does not exist."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
+    fields = proc_stat(pid)
+    if fields is None:
         return None
-    fields = stat.rsplit(b")", 1)[1].split()
     return fields[0].decode(), int(fields[1])
 
 

@@ -127,8 +127,10 @@ async def spawn(config: ProcessConfig, ctx: BackendContext) -> TemplateHandle:
                 f"fork template for {config.app!r} exited before it was ready "
                 f"(exit code {proc.returncode})"
             )
-        log.error("fork template failed:\n%s", first.get("traceback", ""))
-        raise BackendConfigError(f"fork template cannot build {config.app!r}: {first['error']}")
+        # One line a person can act on; the template's traceback only at debug level.
+        log.debug("fork template failed:\n%s", first.get("traceback", ""))
+        keys = "backend.app" + (" or backend.warmup" if config.warmup else "")
+        raise BackendConfigError(f"{keys} {config.app!r} cannot be built: {first['error']}")
     tpl.kind = str(first.get("kind", ""))
     log.info("fork template ready: pid %d, %s app %s", proc.pid, tpl.kind, config.app)
     return tpl

@@ -41,6 +41,8 @@ def parse_duration(value: Any) -> float:
             raise ValueError("must not be negative")
         return float(value)
     if isinstance(value, str):
+        if value.strip().startswith("-"):
+            raise ValueError("must not be negative")
         m = _DURATION.match(value)
         if m:
             return float(m.group(1)) * _UNITS[m.group(2)]
@@ -56,6 +58,8 @@ def parse_size(value: Any) -> int:
             raise ValueError("must not be negative")
         return value
     if isinstance(value, str):
+        if value.strip().startswith("-"):
+            raise ValueError("must not be negative")
         m = _SIZE.match(value)
         if m:
             unit = (m.group(2) or "").lower()[:1]
@@ -195,15 +199,21 @@ class Table:
             return default
         return seconds
 
-    def size(self, key: builtins.str, default: builtins.int) -> builtins.int:
+    def size(
+        self, key: builtins.str, default: builtins.int, *, min: builtins.int = 0
+    ) -> builtins.int:
         value = self._get(key)
         if value is None:
             return default
         try:
-            return parse_size(value)
+            size = parse_size(value)
         except ValueError as exc:
             self.error(key, f"{value!r}: {exc}")
             return default
+        if size < min:
+            self.error(key, f"{value!r} is below the minimum {min} bytes")
+            return default
+        return size
 
     def str_list(
         self, key: builtins.str, default: list[builtins.str] | None = None

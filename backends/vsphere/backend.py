@@ -16,6 +16,7 @@ import logging
 from backends.base import Backend, BackendContext, Endpoint, Instance
 from backends.errors import BackendError, BackendUnavailable, StartError, StopError
 from backends.support.tasks import TaskSet
+from backends.vsphere import lease
 from backends.vsphere.clone import (
     Clone,
     Pending,
@@ -63,6 +64,7 @@ class VsphereBackend(Backend):
         self._stopping: set[str] = set()
         self._cleanups = TaskSet("vsphere-cleanup", log)  # a failed start's leftovers
         self._watch: DeathWatch | None = None
+        self._beats = itertools.count()
 
     def __repr__(self) -> str:
         return (
@@ -81,6 +83,7 @@ class VsphereBackend(Backend):
                 raise BackendError(
                     "backend.container needs the docker SDK (pip install docker)"
                 ) from exc
+        await self.heartbeat()  # the lease exists before the first clone does
         if self.cfg.watch_deaths and self._watch is None:
             self._watch = DeathWatch(self.session, self._on_watch_event)
             self._watch.start()
@@ -114,6 +117,12 @@ class VsphereBackend(Backend):
         if self._watch is not None:
             await self._watch.aclose()
             self._watch = None
+        if self.world is not None:
+            pool, owner = self.ctx.pool_name, self.ctx.owner_id
+            try:
+                await self.session.run(lambda content: lease.drop(content, pool, owner))
+            except (vmodl.MethodFault, OSError, BackendError) as exc:
+                log.warning("vsphere: could not drop this run's lease: %s", fault_text(exc))
         await asyncio.to_thread(self.session.close)
 
     # -- start -------------------------------------------------------------------------
@@ -284,6 +293,25 @@ class VsphereBackend(Backend):
                 )
             )
         return out
+
+    async def heartbeat(self) -> None:
+        world = await self._world()
+        value = str(next(self._beats))
+        pool, owner = self.ctx.pool_name, self.ctx.owner_id
+        try:
+            await self.session.run(
+                lambda content: lease.beat(content, world.parent, pool, owner, value)
+            )
+        except (vmodl.MethodFault, OSError) as exc:
+            raise BackendError(f"vsphere lease: {fault_text(exc)}") from exc
+
+    async def leases(self) -> dict[str, str] | None:
+        world = await self._world()
+        pool = self.ctx.pool_name
+        try:
+            return await self.session.run(lambda content: lease.leases(content, world.parent, pool))
+        except (vmodl.MethodFault, OSError) as exc:
+            raise BackendError(f"vsphere leases: {fault_text(exc)}") from exc
 
     async def alive(self, instance: Instance) -> bool:
         clone = instance.handle

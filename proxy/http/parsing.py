@@ -209,7 +209,8 @@ class RequestParsing:
         self._disarm()
         req.method = self.parser.get_method().decode("ascii")
         req.version = self.parser.get_http_version()
-        req.keep_alive = bool(self.parser.should_keep_alive())
+        # keepalive_timeout = 0 disables keep-alive, as in nginx
+        req.keep_alive = bool(self.parser.should_keep_alive()) and self.limits.keepalive_timeout > 0
         validate(req, self.server.authority)
         req.upgrade = (
             self.server.upgrade is not None

@@ -40,7 +40,7 @@ class Limits:
     max_headers: int = 100  # header lines (HAProxy tune.http.maxhdr 101) -> 431
     max_body: int = 1 << 30  # bytes, 0 = unlimited (nginx client_max_body_size) -> 413
     header_timeout: float = 10.0  # first byte to end of head (HAProxy timeout http-request) -> 408
-    keepalive_timeout: float = 75.0  # idle between requests (nginx keepalive_timeout 75s)
+    keepalive_timeout: float = 75.0  # idle between requests (nginx keepalive_timeout 75s); 0 = off
     body_timeout: float = 60.0  # no body byte for this long (nginx client_body_timeout) -> 408
     body_min_rate: int = 0  # bytes/s averaged after the first 5 s (_RATE_GRACE), 0 = off -> 408
     send_timeout: float = 60.0  # client not reading the response (nginx send_timeout)

@@ -191,6 +191,22 @@ class BackendContract:
         assert reason
         await backend.stop(inst, "test")  # stopping a dead instance is not an error
 
+    async def test_a_heartbeat_renews_this_runs_lease(
+        self, backend: Backend, ctx: BackendContext
+    ) -> None:
+        """Replicas judge each other by leases: this run's token changes on every beat
+        (or the backend keeps none and says so with None)."""
+        await backend.start(new_id())  # prepared, like the pool's first sweep
+        await backend.heartbeat()
+        before = await backend.leases()
+        await backend.heartbeat()
+        after = await backend.leases()
+        if before is None:
+            assert after is None
+            return
+        assert after is not None and ctx.owner_id in before and ctx.owner_id in after
+        assert before[ctx.owner_id] != after[ctx.owner_id]
+
     async def test_aclose_leaves_nothing(self, backend: Backend, ctx: BackendContext) -> None:
         started = [await backend.start(new_id()) for _ in range(2)]
         await asyncio.gather(*(self.wait_ready(i) for i in started))

@@ -93,3 +93,27 @@ def test_bad_config_exits_non_zero_with_key_path(tmp_path: object) -> None:
     assert out.returncode == 2
     assert "pool.max_concurrency" in out.stderr
     assert "backend.mode" in out.stderr and "fork, exec" in out.stderr
+
+
+async def test_drain_delay_keeps_serving_while_readyz_says_503(
+    proxy_process: Callable[[str], ProxyProcess],
+) -> None:
+    cfg = CONFIG.format(name="drain-delay-test", max_c=10, mode="fork")
+    p = proxy_process(cfg.replace('shutdown_timeout = "20s"', 'drain_delay = "3s"'))
+    await p.start()
+    async with aiohttp.ClientSession() as s:
+        async with s.get(p.url + "/") as r:
+            assert r.status == 200
+        p.signal(signal.SIGTERM)
+
+        async def not_ready() -> bool:
+            async with s.get(p.admin + "/readyz") as r:
+                return r.status == 503
+
+        await eventually(not_ready, 2, "/readyz to say 503")
+        # a load balancer that has not noticed yet still gets answers
+        async with s.get(p.url + "/", headers={"Connection": "close"}) as r:
+            assert r.status == 200
+    assert await p.wait(30) == 0
+    log = p.log.read_text()
+    assert "accepting for 3.0s more (drain_delay)" in log

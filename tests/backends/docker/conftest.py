@@ -19,6 +19,7 @@ import pytest
 from backends.base import BackendContext
 from backends.docker import create_backend, parse_config
 from backends.docker.backend import DockerBackend
+from backends.docker.lease import is_marker
 from backends.support.table import Table
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -69,15 +70,15 @@ def pool_name() -> str:
     return f"t{os.getpid()}-{time.monotonic_ns() % 10**9}"
 
 
-def pool_containers(client: docker.DockerClient, pool: str) -> list[Any]:
-    """The pool's containers, inspected. One removed between list and inspect: ask again."""
+def pool_containers(client: docker.DockerClient, pool: str, *, markers: bool = False) -> list[Any]:
+    """The pool's containers, inspected (lease and claim markers only with `markers`).
+    One removed between list and inspect: ask again."""
     while True:
         try:
-            return list(
-                client.containers.list(all=True, filters={"label": f"io.forkproxy.pool={pool}"})
-            )
+            found = client.containers.list(all=True, filters={"label": f"io.forkproxy.pool={pool}"})
         except docker.errors.NotFound:
             continue
+        return [c for c in found if markers or not is_marker({"Labels": c.labels})]
 
 
 class Harness:
@@ -119,7 +120,7 @@ async def make_backend(
         for h in made:
             await h.backend.aclose()
     finally:
-        left = pool_containers(docker_client, pool_name)
+        left = pool_containers(docker_client, pool_name, markers=True)
         for c in left:  # do not leak into the next test, but still fail this one
             c.remove(force=True)
     assert not left, f"containers left behind: {[c.name for c in left]}"

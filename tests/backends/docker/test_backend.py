@@ -4,6 +4,7 @@ deaths are reported with their reason, bad worlds fail clearly, nothing leaks.""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import docker
 import pytest
@@ -11,8 +12,11 @@ import pytest
 from backends.base import LABEL_INSTANCE, LABEL_OWNER, LABEL_POOL
 from backends.docker.backend import LABEL_PAUSED
 from backends.errors import BackendConfigError, BackendUnavailable, StartError
+from proxy.metrics import Metrics
+from proxy.orphans import OrphanReaper
 from tests.backends.docker.conftest import ENGINE, IMAGE, MakeBackend, http_get, pool_containers
 from tests.conftest import eventually, free_port
+from tests.replicas import dead_owner
 
 pytestmark = pytest.mark.docker
 
@@ -205,7 +209,7 @@ async def test_leftovers_of_a_crashed_run_are_reaped(
     labels = {
         "io.forkproxy.managed": "true",
         LABEL_POOL: pool_name,
-        LABEL_OWNER: "crashed-run",
+        LABEL_OWNER: dead_owner("crashed"),
         LABEL_INSTANCE: "old1",
     }
     old = docker_client.containers.run(IMAGE, detach=True, labels=labels)
@@ -213,7 +217,8 @@ async def test_leftovers_of_a_crashed_run_are_reaped(
         IMAGE, detach=True, labels={**labels, LABEL_POOL: pool_name + "-other"}
     )
     try:
-        await make_backend()
+        h = await make_backend()  # the pool's reaper removes it (prepare no longer does)
+        await OrphanReaper(h.backend, h.ctx.owner_id, Metrics(), 60, time.monotonic).sweep()
         assert pool_containers(docker_client, pool_name) == []
         other.reload()  # another pool's container is not ours to touch
         assert other.status == "running"
@@ -225,7 +230,7 @@ async def test_leftovers_of_a_crashed_run_are_reaped(
 async def test_adopt_moves_leftovers_into_the_paused_pool(
     make_backend: MakeBackend, docker_client: docker.DockerClient, pool_name: str
 ) -> None:
-    first = await make_backend(paused_pool=1, owner="first-run")
+    first = await make_backend(paused_pool=1, owner=dead_owner("first"))
     (leftover,) = pool_containers(docker_client, pool_name)
     # Simulate a crash: forget the first backend's state without cleaning up.
     first.backend._paused._parked.clear()
@@ -248,4 +253,4 @@ async def test_aclose_leaves_nothing(
     await h.backend.start("c3")  # cold (or a refilled one)
     assert len(pool_containers(docker_client, pool_name)) >= 3
     await h.backend.aclose()
-    assert pool_containers(docker_client, pool_name) == []
+    assert pool_containers(docker_client, pool_name, markers=True) == []

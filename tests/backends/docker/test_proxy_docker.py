@@ -60,7 +60,7 @@ async def docker_proxy(
             except AssertionError:
                 p.kill()
                 problems.append(f"proxy did not stop within 20s:\n{p.log.read_text()}")
-    left = pool_containers(docker_client, pool_name)
+    left = pool_containers(docker_client, pool_name, markers=True)
     for c in left:  # clean up even when the proxy failed, so nothing leaks past the test
         c.remove(force=True)
     if left:
