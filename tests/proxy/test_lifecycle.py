@@ -62,10 +62,12 @@ async def test_sigkill_leaves_no_orphan_once_next_proxy_started(
     async with aiohttp.ClientSession() as s:
 
         async def one() -> int:
-            async with s.get(first.url + "/io?ms=300") as r:
+            async with s.get(first.url + "/io?ms=1500") as r:
                 await r.read()
                 return int(r.headers["X-Pid"])
 
+        # long enough that the second request outwaits one start, so the pool starts a
+        # second instance instead of queueing it behind the first (max_concurrency 1)
         pids = list(set(await asyncio.gather(one(), one())))  # two instances
     assert len(pids) == 2
     first.kill()  # SIGKILL
