@@ -9,6 +9,7 @@ import abc
 import asyncio
 import logging
 import secrets
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +25,7 @@ from proxy.demand import StartCost
 from proxy.metrics import Metrics
 from proxy.slots import STATES, NoInstance, Slot, State, Waiter
 
-log = logging.getLogger("forkproxy.pool")  # one logger: the live page follows its failures
+log = logging.getLogger("forkproxy.pool")
 
 
 class Lifecycle(abc.ABC):
@@ -45,6 +46,7 @@ class Lifecycle(abc.ABC):
     _wake: asyncio.Event
     _probe_session: aiohttp.ClientSession | None
     _state_gauges: dict[State, Any]
+    recent_failures: deque[dict[str, Any]]
 
     # The data and control path's reactions (Pool).
     @abc.abstractmethod
@@ -128,6 +130,9 @@ class Lifecycle(abc.ABC):
         backoff = min(5.0, 0.05 * 2 ** (self._failures - 1))
         self._blocked_until = self.clock() + backoff
         self.metrics.starts.labels(reason).inc()
+        self.recent_failures.append(
+            {"t": time.time(), "instance": slot.id, "reason": reason, "error": str(exc)}
+        )
         log.warning(
             "instance %s failed to start (%s): %s; attempt %d, next in %.2fs",
             slot.id,

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from backends.support.tasks import TaskSet
@@ -19,35 +17,6 @@ if TYPE_CHECKING:
     from proxy.server import Proxy
 
 HISTORY_SECONDS = 300
-FAILURES_KEPT = 20
-# the pool's own warning for a failed start; the ring below is fed from it because the
-# pool keeps no history of failures (see StartFailures)
-_FAILED_START = "instance %s failed to start"
-
-
-class StartFailures(logging.Handler):
-    """The last start failures with their reasons, read from the pool's log records
-    (the only place a failure's message lives). Records below the logger's level never
-    arrive: at --log-level error the list stays empty; the per-result counts in every
-    sample come from the metrics and are always there."""
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        super().__init__(logging.WARNING)
-        self.clock = clock
-        self.recent: deque[dict[str, Any]] = deque(maxlen=FAILURES_KEPT)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if not isinstance(record.msg, str) or not record.msg.startswith(_FAILED_START):
-            return
-        args = record.args if isinstance(record.args, tuple) else ()
-        self.recent.append(
-            {
-                "t": record.created,
-                "instance": str(args[0]) if len(args) > 0 else "",
-                "reason": str(args[1]) if len(args) > 1 else "",
-                "error": str(args[2]) if len(args) > 2 else record.getMessage(),
-            }
-        )
 
 
 def effective_settings(proxy: Proxy) -> tuple[dict[str, Any], str]:
@@ -78,7 +47,6 @@ class Sampler:
         self.interval = interval
         self.history: deque[dict[str, Any]] = deque(maxlen=max(1, int(HISTORY_SECONDS / interval)))
         self.latest: dict[str, Any] | None = None
-        self.failures = StartFailures()
         self._tasks = TaskSet("live")
         self._new = asyncio.Event()
         self._closed = False
@@ -86,13 +54,11 @@ class Sampler:
         self._prev_starts: tuple[float, float] | None = None  # (monotonic, ok starts)
 
     async def start(self) -> None:
-        logging.getLogger("forkproxy.pool").addHandler(self.failures)
         self.sample()
         self._tasks.spawn(self._loop(), "live-sampler")
 
     async def aclose(self) -> None:
         self.close()
-        logging.getLogger("forkproxy.pool").removeHandler(self.failures)
         await self._tasks.aclose()
 
     def close(self) -> None:
@@ -137,7 +103,7 @@ class Sampler:
             "lower_bound": math.ceil(in_flight / max_c),
             "starts_per_s": round(rate, 3),
             "start_results": results,
-            "failures": list(self.failures.recent),
+            "failures": list(pool.recent_failures),
             "settings": settings,
             "settings_source": source,
             "instances": rows,

@@ -56,6 +56,8 @@ __all__ = [
     "Slot",
     "State",
 ]
+# the last start failures with their reasons, for the admin's live page
+FAILURES_KEPT = 20
 
 
 class Pool(Lifecycle):
@@ -84,6 +86,7 @@ class Pool(Lifecycle):
         self._demand = DemandTrace(cfg.tick, max(cfg.idle_ttl or 0.0, KEEP_ALIVE_MAX) + 1.0)
         self._failures = 0
         self._blocked_until = 0.0
+        self.recent_failures: deque[dict[str, Any]] = deque(maxlen=FAILURES_KEPT)
         self._closing = False
         self._wake = asyncio.Event()
         self._probe_session: aiohttp.ClientSession | None = None

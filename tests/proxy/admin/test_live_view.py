@@ -109,6 +109,11 @@ async def test_start_failures_keep_their_reason() -> None:
         assert all(f["reason"] and f["instance"].startswith("i-") for f in failures)
         assert any("3" in f["error"] for f in failures), failures  # the exit code
         assert sum(v for k, v in seen[-1]["start_results"].items() if k != "ok") >= len(failures)
+        # the pool keeps its own failures: a second proxy in this process sees none of them
+        async with run_proxy() as other:
+            async with other.session.get(other.url + "/") as r:
+                assert r.status == 200
+            assert (await samples(other.admin, 1))[0]["failures"] == []
 
 
 async def test_open_stream_does_not_hold_shutdown() -> None:
