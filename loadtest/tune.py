@@ -3,7 +3,11 @@ forkproxy; recommends the cheapest setting (instance-seconds) that meets a p99 t
 
   forkproxy tune --config app.toml --shape spike --p99 250 --budget 300 --out pool.toml
 
-Grid values are comma lists; target_concurrency may be a fraction of max_concurrency ("70%").
+Grid values are comma lists; target_concurrency may be a fraction of max_concurrency ("70%");
+target_concurrency and idle_ttl may be "auto" (the pool prices them from the measured start cost),
+routing is pack or least_loaded. The recommendation is compared with the pool's defaults at its
+max_concurrency (everything else left to the pool), measured in the same run: from the grid when
+the grid holds that point, else by one more run, which the budget sets aside.
 The shape reads its FORKPROXY_* variables (loadtest/load/profiles.py) from the environment, except
 FORKPROXY_SHAPE_SECONDS, which tune sets so each run fits its share of the budget.
 Exit status: 0 when a setting meets the target, 1 when none does (the snippet then holds the
@@ -43,26 +47,43 @@ OVERHEAD_S = 6.0  # per grid point: proxy start, locust start-up, shutdown
 MIN_RUN_S = 4.0  # a shorter load test says nothing
 
 
+AUTO = "auto"
+
+
 @dataclass(frozen=True)
 class Point:
     max_concurrency: int
-    target_concurrency: float
+    target_concurrency: float | None  # None: "auto"
     warm_pool: int
-    idle_ttl: str
+    idle_ttl: str  # a duration or "auto"
+    routing: str = "pack"
+
+    @classmethod
+    def defaults(cls, max_concurrency: int) -> Point:
+        """What the pool does with only max_concurrency set (proxy.config.PoolConfig's
+        defaults): the baseline a recommendation is compared with."""
+        return cls(max_concurrency, None, 0, AUTO, "pack")
+
+    def target(self) -> float | str:
+        return AUTO if self.target_concurrency is None else self.target_concurrency
 
     def label(self) -> str:
         """Short enough for a progress line; the names match the results table's headers."""
+        target = AUTO if self.target_concurrency is None else f"{self.target_concurrency:g}"
         return (
-            f"max_conc {self.max_concurrency} target {self.target_concurrency:g} "
-            f"warm_pool {self.warm_pool} idle_ttl {self.idle_ttl}"
+            f"max_conc {self.max_concurrency} target {target} warm_pool {self.warm_pool} "
+            f"idle_ttl {self.idle_ttl} routing {self.routing}"
         )
 
     def pool(self) -> dict[str, Any]:
+        # Every tuned key is written, "auto" and the defaults too: the base config's own
+        # [pool] values for them must not leak into a point (or into the baseline).
         return {
             "max_concurrency": self.max_concurrency,
-            "target_concurrency": self.target_concurrency,
+            "target_concurrency": self.target(),
             "warm_pool": self.warm_pool,
             "idle_ttl": self.idle_ttl,
+            "routing": self.routing,
         }
 
 
@@ -91,21 +112,24 @@ def _strs(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
 
-def _target(raw: str, max_c: int) -> float:
+def _target(raw: str, max_c: int) -> float | None:
     raw = raw.strip()
+    if raw == AUTO:
+        return None
     value = max_c * float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
     return round(min(value, float(max_c)), 2)
 
 
 def grid(args: argparse.Namespace) -> list[Point]:
     points = []
-    for mc, tc, wp, ttl in itertools.product(
+    for mc, tc, wp, ttl, routing in itertools.product(
         _ints(args.max_concurrency),
         _strs(args.target_concurrency),
         _ints(args.warm_pool),
         _strs(args.idle_ttl),
+        _strs(args.routing),
     ):
-        p = Point(mc, _target(tc, mc), wp, ttl)
+        p = Point(mc, _target(tc, mc), wp, ttl, routing)
         if p not in points:  # "70%" and an absolute value can collide
             points.append(p)
     return points
@@ -126,22 +150,57 @@ def _nan_last(x: float) -> float:
     return math.inf if math.isnan(x) else x
 
 
-def snippet(best: Measured, met: bool, args: argparse.Namespace) -> str:
+def baseline_of(results: Sequence[Measured], best: Measured) -> Measured | None:
+    """The defaults at the recommendation's max_concurrency, if the grid ran them (a failed
+    run included: versus() reports it rather than tune spending a second run on it)."""
+    want = Point.defaults(best.point.max_concurrency)
+    return next((r for r in results if r.point == want), None)
+
+
+def _pct(new: float, old: float) -> str:
+    if not old or math.isnan(old) or math.isnan(new):
+        return ""
+    return f" ({(new - old) / old * 100:+.0f} %)"
+
+
+def versus(best: Measured, base: Measured | None) -> str:
+    """One line: the recommendation against the pool's defaults at its max_concurrency."""
+    mc = best.point.max_concurrency
+    if base is None:
+        return f"vs defaults (max_concurrency {mc}): not measured"
+    if base.error or not base.requests:
+        return f"vs defaults (max_concurrency {mc}): failed: {base.error or 'no requests'}"
+    if base is best:
+        return f"vs defaults (max_concurrency {mc}): the recommendation is the defaults"
+    return (
+        f"vs defaults (max_concurrency {mc}): instance-seconds "
+        f"{base.instance_seconds:.1f} -> {best.instance_seconds:.1f}"
+        f"{_pct(best.instance_seconds, base.instance_seconds)}, "
+        f"p99 {base.p99_ms:.0f} -> {best.p99_ms:.0f} ms{_pct(best.p99_ms, base.p99_ms)}, "
+        f"failed {base.failures}/{base.requests} -> {best.failures}/{best.requests}"
+    )
+
+
+def snippet(
+    best: Measured, met: bool, args: argparse.Namespace, base: Measured | None = None
+) -> str:
     verdict = "meets" if met else "does NOT meet"
     head = (
         f"# forkproxy tune: shape {args.shape}, {verdict} the p99 target of {args.p99:g} ms\n"
         f"# measured: p99 {best.p99_ms:.0f} ms, {best.instance_seconds:.1f} instance-seconds, "
         f"{best.failures}/{best.requests} failed, over {best.seconds:.0f} s\n"
+        f"# {versus(best, base)}\n"
     )
     return head + configs.dumps({"pool": best.point.pool()})
 
 
-def table(results: Sequence[Measured], best: Measured | None) -> str:
+def table(results: Sequence[Measured], best: Measured | None, base: Measured | None = None) -> str:
     headers = [
         "max_conc",
         "target",
         "warm_pool",
         "idle_ttl",
+        "routing",
         "requests",
         "failed",
         "p99 ms",
@@ -151,14 +210,15 @@ def table(results: Sequence[Measured], best: Measured | None) -> str:
     ]
     rows = []
     for r in results:
-        mark = "<- recommended" if r is best else r.error[:90]
+        mark = "<- recommended" if r is best else "<- defaults" if r is base else r.error[:90]
         p = r.point
         rows.append(
             [
                 p.max_concurrency,
-                p.target_concurrency,
+                p.target(),
                 p.warm_pool,
                 p.idle_ttl,
+                p.routing,
                 r.requests,
                 r.failures,
                 r.p99_ms,
@@ -238,10 +298,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=float, default=300.0, help="total seconds for all runs (300)")
     p.add_argument("--max-concurrency", default="4,10", help="grid values (4,10)")
     p.add_argument(
-        "--target-concurrency", default="70%", help="grid values, absolute or %% of max (70%%)"
+        "--target-concurrency",
+        default="auto,70%",
+        help='grid values: "auto", absolute, or %% of max (auto,70%%)',
     )
-    p.add_argument("--warm-pool", default="0,1", help="grid values (0,1)")
-    p.add_argument("--idle-ttl", default="2s,10s", help="grid values (2s,10s)")
+    p.add_argument("--warm-pool", default="0", help="grid values (0)")
+    p.add_argument(
+        "--idle-ttl", default="auto,2s", help='grid values: "auto" or durations (auto,2s)'
+    )
+    p.add_argument("--routing", default="pack,least_loaded", help="grid values (pack,least_loaded)")
     p.add_argument("--out", help="write the recommended [pool] snippet here (TOML)")
 
 
@@ -270,6 +335,12 @@ def plan(budget: float, n: int) -> tuple[float, int]:
     return MIN_RUN_S, max(1, int(budget // (MIN_RUN_S + OVERHEAD_S)))
 
 
+def needs_baseline_run(valid: Sequence[Point]) -> bool:
+    """Whether the defaults at some max_concurrency are missing from the grid: then the
+    recommendation may need one more run to be compared, and the budget keeps a slot for it."""
+    return any(Point.defaults(p.max_concurrency) not in valid for p in valid)
+
+
 async def run(args: argparse.Namespace, base: dict[str, Any], points: list[Point]) -> int:
     results: list[Measured] = []
     t_start = time.monotonic()
@@ -282,34 +353,57 @@ async def run(args: argparse.Namespace, base: dict[str, Any], points: list[Point
             results.append(Measured(point, 0.0, 0, 0, math.nan, math.nan, 0, problem))
         else:
             valid.append(point)
-    load_s, runnable = plan(args.budget - (time.monotonic() - t_start), max(1, len(valid)))
-    expected = [load_s + OVERHEAD_S] * min(runnable, len(valid))
+    extra = int(needs_baseline_run(valid))
+    load_s, slots = plan(args.budget - (time.monotonic() - t_start), max(1, len(valid)) + extra)
+    runnable = max(1, slots - extra)
+    expected = [load_s + OVERHEAD_S] * (min(runnable, len(valid)) + extra)
+    best: Measured | None = None
+    baseline: Measured | None = None
+    met, error = False, ""
     with (
         tempfile.TemporaryDirectory(prefix="forkproxy-tune-") as work,
         Progress("tune", expected, unit="points") as progress,
     ):
+        # The grid's share of the budget leaves the baseline's slot; the first point always runs.
+        limit = (args.budget - extra * (load_s + OVERHEAD_S)) * 1.1
         for i, point in enumerate(valid):
             spent = time.monotonic() - t_start
-            if i >= runnable or spent + load_s + OVERHEAD_S > args.budget * 1.1:
+            if i >= runnable or (i > 0 and spent + load_s + OVERHEAD_S > limit):
                 skipped = valid[i:]
                 break
             progress.start(i, point.label())
             results.append(await measure(base, point, load_s, args, Path(work), i))
+        try:
+            best, met = pick(results, args.p99, args.max_error_rate)
+        except ValueError as e:
+            error = str(e)
+        else:
+            baseline = baseline_of(results, best)
+            if baseline is None:
+                # Measured even when the grid ran over its share: the comparison is the point.
+                point = Point.defaults(best.point.max_concurrency)
+                progress.start(min(runnable, len(valid)), f"defaults: {point.label()}")
+                problem = config_problems(base, point)
+                baseline = (
+                    Measured(point, 0.0, 0, 0, math.nan, math.nan, 0, problem)
+                    if problem
+                    else await measure(base, point, load_s, args, Path(work), len(valid))
+                )
+                results.append(baseline)
     if skipped:
         print(
             f"budget of {args.budget:g} s exhausted: skipped {len(skipped)} of {len(valid)} "
             f"runnable grid points: {', '.join(str(p.pool()) for p in skipped)}",
             file=sys.stderr,
         )
-    try:
-        best, met = pick(results, args.p99, args.max_error_rate)
-    except ValueError as e:
+    if best is None:
         print(table(results, None))
-        print(f"forkproxy tune: {e}", file=sys.stderr)
+        print(f"forkproxy tune: {error}", file=sys.stderr)
         return 1
     print(f"shape {args.shape}, {load_s:.0f} s of load per point, p99 target {args.p99:g} ms")
-    print(table(results, best))
-    text = snippet(best, met, args)
+    print(table(results, best, baseline))
+    print(versus(best, baseline))
+    text = snippet(best, met, args, baseline)
     print()
     print(text, end="")
     if args.out:

@@ -1,139 +1,66 @@
-"""The pool: instances and their states, the bounded FIFO hold queue, assignment (pack or
-least-loaded), and the control loop that turns policy decisions into backend calls."""
+"""The pool: the bounded FIFO hold queue, assignment (pack or least-loaded), and the control
+loop that turns policy decisions into backend calls. Instance records and errors live in
+proxy/slots.py, starting and stopping instances in proxy/lifecycle.py."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import dataclasses
-import enum
 import logging
-import secrets
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 from backends.base import Backend, BackendContext, Instance
-from backends.errors import BackendError
-from backends.support.probe import wait_ready
 from backends.support.tasks import TaskSet
 from proxy.config import PoolConfig
 from proxy.demand import DemandTrace, StartCost
+from proxy.lifecycle import Lifecycle
 from proxy.metrics import Metrics
 from proxy.orphans import OrphanReaper
 from proxy.policy import (
     KEEP_ALIVE_MAX,
-    InstanceView,
-    Phase,
     Snapshot,
     decide,
     keep_alive,
     target,
 )
+from proxy.slots import (
+    LIVE,
+    STATES,
+    HoldTimeout,
+    Lease,
+    NoInstance,
+    PoolClosed,
+    PoolError,
+    QueueFull,
+    Slot,
+    State,
+    Waiter,
+)
 
 log = logging.getLogger("forkproxy.pool")
+
+__all__ = [
+    "HoldTimeout",
+    "Lease",
+    "NoInstance",
+    "Pool",
+    "PoolClosed",
+    "PoolError",
+    "QueueFull",
+    "Slot",
+    "State",
+]
 # the last start failures with their reasons, for the admin's live page
 FAILURES_KEPT = 20
 
 
-class State(enum.Enum):
-    STARTING = "starting"
-    READY = "ready"
-    DRAINING = "draining"
-    STOPPED = "stopped"
-    FAILED = "failed"
-
-
-_STATES = tuple(State)
-_PHASES: dict[State, Phase] = {
-    State.STARTING: "starting",
-    State.READY: "ready",
-    State.DRAINING: "draining",
-}
-_LIVE = tuple(_PHASES)  # states that hold an instance slot (max_instances counts them)
-
-
-class PoolError(Exception):
-    status = 503
-    reason = "unavailable"
-
-
-class QueueFull(PoolError):
-    status = 503
-    reason = "queue_full"
-
-
-class HoldTimeout(PoolError):
-    status = 504
-    reason = "hold_timeout"
-
-
-class NoInstance(PoolError):
-    """Starts keep failing and nothing is serving: waiters are told instead of hanging."""
-
-    status = 503
-    reason = "start_failed"
-
-
-class PoolClosed(PoolError):
-    status = 503
-    reason = "shutting_down"
-
-
-@dataclass(eq=False)
-class Slot:
-    id: str
-    created: float
-    state: State = State.STARTING
-    instance: Instance | None = None
-    in_flight: int = 0
-    served: int = 0
-    ready_at: float | None = None
-    last_used: float = 0.0
-    idle_since: float | None = None
-    retiring: bool = False
-    suspect: bool = False  # a request to it failed: no new ones until alive() answers
-    strikes: int = 0  # failures without a success in between
-    died: asyncio.Event = field(default_factory=asyncio.Event)
-    death_reason: str = ""
-    stop_reason: str = ""  # DRAINING: why; cleared once its stop is under way
-    solo: bool = False  # no other start was under way when it began
-
-    def view(self) -> InstanceView:
-        return InstanceView(
-            id=self.id,
-            phase=_PHASES[self.state],
-            in_flight=self.in_flight,
-            idle_since=self.idle_since,
-            retiring=self.retiring,
-            suspect=self.suspect,
-        )
-
-
-@dataclass(eq=False)
-class Lease:
-    slot: Slot
-    queued: float  # seconds held in the queue
-    cold: bool  # waited on an instance that started for it
-    released: bool = False
-
-    @property
-    def instance(self) -> Instance:
-        assert self.slot.instance is not None
-        return self.slot.instance
-
-
-@dataclass(eq=False)
-class _Waiter:
-    fut: asyncio.Future[Slot]
-    arrived: float
-
-
-class Pool:
+class Pool(Lifecycle):
     def __init__(
         self,
         cfg: PoolConfig,
@@ -149,7 +76,7 @@ class Pool:
         self.metrics = metrics
         self.clock = clock
         self._slots: dict[str, Slot] = {}
-        self._waiters: deque[_Waiter] = deque()
+        self._waiters: deque[Waiter] = deque()
         self._tasks = TaskSet("pool")
         self._pack = cfg.routing == "pack"
         self._target = target(cfg)
@@ -163,7 +90,7 @@ class Pool:
         self._closing = False
         self._wake = asyncio.Event()
         self._probe_session: aiohttp.ClientSession | None = None
-        self._state_gauges = {st: metrics.instances.labels(st.value) for st in _STATES}
+        self._state_gauges = {st: metrics.instances.labels(st.value) for st in STATES}
         self.gone_hooks: list[Callable[[Instance], None]] = []  # e.g. drop pooled connections
         ctx.on_death = self.on_death
 
@@ -174,7 +101,7 @@ class Pool:
         busy = sum(s.in_flight for s in self._slots.values())
         return f"<Pool {by} {busy} in flight, {len(self._waiters)} queued>"
 
-    # -- lifecycle ---------------------------------------------------------------------
+    # -- the pool's own start and shutdown ------------------------------------------
 
     async def start(self) -> None:
         self._probe_session = aiohttp.ClientSession(
@@ -268,7 +195,7 @@ class Pool:
             self._demand.record(arrived, self._in_flight + 1)
             self._rebalance()
             raise QueueFull("queue full")
-        w = _Waiter(asyncio.get_running_loop().create_future(), arrived)
+        w = Waiter(asyncio.get_running_loop().create_future(), arrived)
         if not self._waiters:
             self._queued_since = arrived
         self._waiters.append(w)
@@ -287,7 +214,7 @@ class Pool:
         self.metrics.queue_wait.observe(queued)
         return Lease(slot, queued, cold)
 
-    def _drop_waiter(self, w: _Waiter) -> None:
+    def _drop_waiter(self, w: Waiter) -> None:
         """A waiter whose deadline passed or whose client left (the data path cancels
         its acquire): out of the queue at once, so it is no longer demand."""
         with contextlib.suppress(ValueError):
@@ -408,7 +335,7 @@ class Pool:
     def snapshot(self) -> Snapshot:
         now = self.clock()
         self._record(now)
-        views = tuple(s.view() for s in self._slots.values() if s.state in _LIVE)
+        views = tuple(s.view() for s in self._slots.values() if s.state in LIVE)
         cost = self._cost(now)
         window = keep_alive(self.cfg, cost)
         # rising over the last second and still rising over the last half: a step is
@@ -447,14 +374,6 @@ class Pool:
                 self._begin_stop(slot, reason)
         self._update_gauges()
 
-    def _launch_start(self, reasons: tuple[str, ...]) -> None:
-        sid = "i-" + secrets.token_hex(4)
-        solo = not any(s.state is State.STARTING for s in self._slots.values())
-        slot = Slot(id=sid, created=self.clock(), solo=solo)
-        self._slots[sid] = slot
-        log.info("starting instance %s (%s)", sid, ",".join(reasons) or "demand")
-        self._tasks.spawn(self._start(slot), f"start:{sid}")
-
     async def _control_loop(self) -> None:
         """Periodic tick: idle reaping, backoff expiry, floors."""
         while True:
@@ -466,181 +385,7 @@ class Pool:
             self._wake.clear()
             self.tick()
 
-    async def _start(self, slot: Slot) -> None:
-        t0 = self.clock()
-        inst: Instance | None = None
-        try:
-            async with asyncio.timeout(self.cfg.start_timeout):
-                inst = await self.backend.start(slot.id)
-                slot.instance = inst
-                t1 = self.clock()
-                self.metrics.start_time.labels("backend").observe(t1 - t0)
-                for phase, secs in inst.phases.items():
-                    self.metrics.start_time.labels(phase).observe(secs)
-                if not inst.ready:
-                    await self._probe(slot, inst)
-                self.metrics.start_time.labels("ready").observe(self.clock() - t1)
-        except asyncio.CancelledError:
-            self._slots.pop(slot.id, None)
-            if inst is not None:
-                await self._safe_stop(inst, "shutdown")
-            raise
-        except Exception as exc:  # every failure is counted and retried
-            reason = exc.reason if isinstance(exc, BackendError) else type(exc).__name__
-            if isinstance(exc, TimeoutError):
-                reason = "timeout"
-            if slot.death_reason:
-                reason = "died"
-            self._start_failed(slot, reason, exc)
-            if inst is not None:
-                await self._safe_stop(inst, "failed")
-            return
-        if slot.state is not State.STARTING or self._closing:
-            self._slots.pop(slot.id, None)
-            await self._safe_stop(inst, "shutdown" if self._closing else "failed")
-            return
-        now = self.clock()
-        if slot.solo:
-            # what one start costs when the next request comes: the price the policy
-            # needs. Starts queued behind others in a burst would overstate it.
-            self._start_cost.observe(now - t0)
-        slot.state = State.READY
-        slot.ready_at = now
-        slot.idle_since = now
-        slot.last_used = now
-        self._failures = 0
-        self._blocked_until = 0.0
-        self.metrics.starts.labels("ok").inc()
-        self.metrics.start_time.labels("total").observe(now - t0)
-        log.info(
-            "instance %s ready at %s in %.1f ms", slot.id, inst.endpoint.url, (now - t0) * 1000
-        )
-        self._dispatch()
-        self._after_change()
-
-    async def _probe(self, slot: Slot, inst: Instance) -> None:
-        assert self._probe_session is not None
-        url = inst.endpoint.url + self.cfg.readiness_path
-        if not await wait_ready(self._probe_session, url, stop=slot.died):
-            raise BackendError(f"instance died while starting: {slot.death_reason}", reason="died")
-
-    def _start_failed(self, slot: Slot, reason: str, exc: BaseException) -> None:
-        self._slots.pop(slot.id, None)
-        self._failures += 1
-        backoff = min(5.0, 0.05 * 2 ** (self._failures - 1))
-        self._blocked_until = self.clock() + backoff
-        self.metrics.starts.labels(reason).inc()
-        self.recent_failures.append(
-            {"t": time.time(), "instance": slot.id, "reason": reason, "error": str(exc)}
-        )
-        log.warning(
-            "instance %s failed to start (%s): %s; attempt %d, next in %.2fs",
-            slot.id,
-            reason,
-            exc,
-            self._failures,
-            backoff,
-        )
-        serving = any(s.state in (State.READY, State.STARTING) for s in self._slots.values())
-        if self._failures >= self.cfg.start_retries and not serving:
-            while self._waiters:
-                w = self._waiters.popleft()
-                if not w.fut.done():
-                    w.fut.set_exception(NoInstance(f"instance start failed: {reason}"))
-            self.metrics.queue_depth.set(0)
-        self._update_gauges()
-        self._wake.set()
-
-    def on_death(self, instance_id: str, reason: str) -> None:
-        """Backends call this when an instance exits on its own."""
-        slot = self._slots.get(instance_id)
-        if slot is None or slot.state in (State.DRAINING, State.STOPPED, State.FAILED):
-            return
-        slot.death_reason = reason
-        slot.died.set()
-        if slot.state is State.STARTING:
-            return  # _start sees the event and counts the failure
-        self._fail(slot, "died")
-        log.warning("instance %s died: %s", instance_id, reason)
-        self._rebalance()
-
-    def _fail(self, slot: Slot, reason: str) -> None:
-        slot.state = State.FAILED
-        self._slots.pop(slot.id, None)
-        self.metrics.stops.labels(reason).inc()
-        if slot.instance is not None:
-            self._tasks.spawn(self._safe_stop(slot.instance, reason), f"reap:{slot.id}")
-        self._update_gauges()
-
-    def _begin_stop(self, slot: Slot, reason: str) -> None:
-        """Out of rotation at once; stopped once its last request (a long stream, a
-        websocket) is done. It keeps its max_instances slot until then."""
-        if slot.state is not State.READY:
-            return
-        slot.state = State.DRAINING
-        slot.stop_reason = reason
-        log.info("draining instance %s (%s, %d in flight)", slot.id, reason, slot.in_flight)
-        if slot.in_flight == 0:
-            self._spawn_stop(slot)
-        self._update_gauges()
-
-    def _spawn_stop(self, slot: Slot) -> None:
-        reason, slot.stop_reason = slot.stop_reason, ""  # once
-        self._tasks.spawn(self._stop(slot, reason), f"stop:{slot.id}")
-
-    async def _stop(self, slot: Slot, reason: str) -> None:
-        slot.state = State.DRAINING
-        if slot.instance is not None:
-            await self._safe_stop(slot.instance, reason)
-        slot.state = State.STOPPED
-        if self._slots.get(slot.id) is slot:
-            del self._slots[slot.id]
-        self.metrics.stops.labels(reason).inc()
-        log.info("instance %s stopped (%s)", slot.id, reason)
-        self._update_gauges()
-
-    async def _safe_stop(self, inst: Instance, reason: str) -> None:
-        for hook in self.gone_hooks:
-            hook(inst)
-        try:
-            await self.backend.stop(inst, reason)
-        except Exception as exc:  # a failed stop must not kill the pool
-            log.warning("stopping %s failed: %s", inst.id, exc)
-
-    def _update_gauges(self) -> None:
-        counts = dict.fromkeys(_STATES, 0)
-        busy = 0
-        for slot in self._slots.values():
-            counts[slot.state] += 1
-            busy += slot.in_flight
-        for state, n in counts.items():
-            self._state_gauges[state].set(n)
-        self.metrics.in_flight.set(busy)
-
     # -- admin -------------------------------------------------------------------------
-
-    def describe(self) -> list[dict[str, Any]]:
-        now = self.clock()
-        out = []
-        for s in self._slots.values():
-            inst = s.instance
-            out.append(
-                {
-                    "id": s.id,
-                    "backend": self.backend.name,
-                    "owner": inst.owner_id if inst else self.ctx.owner_id,
-                    "state": s.state.value,
-                    "endpoint": inst.endpoint.url if inst else None,
-                    "in_flight": s.in_flight,
-                    "requests_served": s.served,
-                    "age": round(now - s.created, 3),
-                    "idle": round(now - s.idle_since, 3) if s.idle_since is not None else 0.0,
-                    "retiring": s.retiring,
-                    "suspect": s.suspect,
-                    "meta": dict(inst.meta) if inst else {},
-                }
-            )
-        return out
 
     @property
     def queued(self) -> int:

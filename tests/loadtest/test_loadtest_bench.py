@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -139,6 +140,10 @@ def test_tune_tiny_grid_writes_a_pool_snippet(tmp_path: Path) -> None:
         "0,99",
         "--idle-ttl",
         "1s",
+        "--target-concurrency",
+        "70%",
+        "--routing",
+        "pack",
         "--out",
         str(out),
     ]
@@ -156,6 +161,11 @@ def test_tune_tiny_grid_writes_a_pool_snippet(tmp_path: Path) -> None:
     # warm_pool 99 > max_instances 8: refused by the config parser, reported, not load-tested.
     assert proc.stdout.count("invalid: pool.warm_pool") == 2, proc.stdout
     assert "points," in proc.stderr  # the progress bar
+    # Not in the grid, so the pool's defaults at the recommended max_concurrency ran once more.
+    assert "<- defaults" in proc.stdout, proc.stdout
+    vs = r"# vs defaults \(max_concurrency \d\): instance-seconds [\d.]+ -> [\d.]+"
+    vs += r".*, p99 \d+ -> \d+ ms"
+    assert re.search(vs, out.read_text()), out.read_text()
 
 
 @pytest.mark.timeout(120)
@@ -177,6 +187,10 @@ def test_tune_skips_grid_points_beyond_the_budget(tmp_path: Path) -> None:
         "0",
         "--idle-ttl",
         "1s",
+        "--target-concurrency",
+        "70%",
+        "--routing",
+        "pack",
     ]
     env = {**os.environ, "FORKPROXY_STEP_USERS": "2", "FORKPROXY_STEP_COUNT": "2"}
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=100, env=env)

@@ -167,6 +167,8 @@ def test_tune_grid_resolves_percent_targets_and_dedups() -> None:
             "0",
             "--idle-ttl",
             "1s",
+            "--routing",
+            "pack",
         ]
     )
     assert [(p.max_concurrency, p.target_concurrency) for p in grid(args)] == [

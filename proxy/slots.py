@@ -1,0 +1,104 @@
+"""The pool's records: an instance slot and its states, the lease a request holds on one,
+a request held in the queue, and the errors the data path turns into 503/504."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass, field
+
+from backends.base import Instance
+from proxy.policy import InstanceView, Phase
+
+
+class State(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+STATES = tuple(State)
+PHASES: dict[State, Phase] = {
+    State.STARTING: "starting",
+    State.READY: "ready",
+    State.DRAINING: "draining",
+}
+LIVE = tuple(PHASES)  # states that hold an instance slot (max_instances counts them)
+
+
+class PoolError(Exception):
+    status = 503
+    reason = "unavailable"
+
+
+class QueueFull(PoolError):
+    status = 503
+    reason = "queue_full"
+
+
+class HoldTimeout(PoolError):
+    status = 504
+    reason = "hold_timeout"
+
+
+class NoInstance(PoolError):
+    """Starts keep failing and nothing is serving: waiters are told instead of hanging."""
+
+    status = 503
+    reason = "start_failed"
+
+
+class PoolClosed(PoolError):
+    status = 503
+    reason = "shutting_down"
+
+
+@dataclass(eq=False)
+class Slot:
+    id: str
+    created: float
+    state: State = State.STARTING
+    instance: Instance | None = None
+    in_flight: int = 0
+    served: int = 0
+    ready_at: float | None = None
+    last_used: float = 0.0
+    idle_since: float | None = None
+    retiring: bool = False
+    suspect: bool = False  # a request to it failed: no new ones until alive() answers
+    strikes: int = 0  # failures without a success in between
+    died: asyncio.Event = field(default_factory=asyncio.Event)
+    death_reason: str = ""
+    stop_reason: str = ""  # DRAINING: why; cleared once its stop is under way
+    solo: bool = False  # no other start was under way when it began
+
+    def view(self) -> InstanceView:
+        return InstanceView(
+            id=self.id,
+            phase=PHASES[self.state],
+            in_flight=self.in_flight,
+            idle_since=self.idle_since,
+            retiring=self.retiring,
+            suspect=self.suspect,
+        )
+
+
+@dataclass(eq=False)
+class Lease:
+    slot: Slot
+    queued: float  # seconds held in the queue
+    cold: bool  # waited on an instance that started for it
+    released: bool = False
+
+    @property
+    def instance(self) -> Instance:
+        assert self.slot.instance is not None
+        return self.slot.instance
+
+
+@dataclass(eq=False)
+class Waiter:
+    fut: asyncio.Future[Slot]
+    arrived: float
