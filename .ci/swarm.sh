@@ -27,6 +27,7 @@ down() {
             for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
         fi
     fi
+    ip link del "$bridge" 2>/dev/null || true
     # the worker's node entry stays "down" in the manager's list until removed
     for id in $(docker node ls -q --filter role=worker 2>/dev/null || true); do
         docker node rm --force "$id" >/dev/null 2>&1 || true
