@@ -67,11 +67,9 @@ async def run(ctx: BenchContext) -> Section:
     n = ctx.pick(200, 50)
     pool: dict[str, Any] = {
         "min_instances": 0,
-        "max_concurrency": 10,
-        "target_concurrency": 7.0,
+        "max_concurrency": 10,  # target_concurrency and idle_ttl: the defaults ("auto")
         "max_starting": 4,
         "max_instances": 50,
-        "idle_ttl": "60s",
         "hold_timeout": "30s",
         "max_queue": 1000,
     }
