@@ -172,6 +172,22 @@ class ProxyProcess:
             self.proc.wait()
 
 
+async def stop_proxies(made: list[ProxyProcess], within: float) -> list[str]:
+    """SIGTERM every proxy in `made` still running; what went wrong (a non-zero exit, no
+    stop within `within` seconds: then SIGKILL), with each proxy's log."""
+    problems = []
+    for p in made:
+        if p.proc is not None and p.proc.poll() is None:
+            p.signal(signal.SIGTERM)
+            try:
+                if await p.wait(within) != 0:
+                    problems.append(f"proxy exited {p.proc.returncode}:\n{p.log.read_text()}")
+            except AssertionError:
+                p.kill()
+                problems.append(f"proxy did not stop within {within:g}s:\n{p.log.read_text()}")
+    return problems
+
+
 @pytest.fixture
 async def proxy_process(tmp_path: Path) -> AsyncIterator[Callable[[str], ProxyProcess]]:
     made: list[ProxyProcess] = []

@@ -4,7 +4,6 @@ front of real containers. Cold start, paused pool, idle reaping, deaths, crash r
 from __future__ import annotations
 
 import asyncio
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -18,7 +17,7 @@ import pytest
 from backends.base import LABEL_OWNER
 from loadtest.run.configs import dumps, merge
 from tests.backends.docker.conftest import ENGINE, IMAGE, pool_containers
-from tests.conftest import ROOT, ProxyProcess, eventually
+from tests.conftest import ROOT, ProxyProcess, eventually, stop_proxies
 
 pytestmark = pytest.mark.docker
 
@@ -50,16 +49,7 @@ async def docker_proxy(
         return p
 
     yield make
-    problems = []
-    for p in made:
-        if p.proc is not None and p.proc.poll() is None:
-            p.signal(signal.SIGTERM)
-            try:
-                if await p.wait(20) != 0:
-                    problems.append(f"proxy exited {p.proc.returncode}:\n{p.log.read_text()}")
-            except AssertionError:
-                p.kill()
-                problems.append(f"proxy did not stop within 20s:\n{p.log.read_text()}")
+    problems = await stop_proxies(made, 20)
     left = pool_containers(docker_client, pool_name, markers=True)
     for c in left:  # clean up even when the proxy failed, so nothing leaks past the test
         c.remove(force=True)

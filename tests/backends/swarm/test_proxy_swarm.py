@@ -5,7 +5,6 @@ and a SIGKILLed proxy's services reaped by the next run."""
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 from backends.base import LABEL_OWNER
 from loadtest.run.configs import dumps, merge
 from tests.backends.swarm.conftest import ENGINE, IMAGE, kill_task, pool_services, remove_pool
-from tests.conftest import ProxyProcess, eventually
+from tests.conftest import ProxyProcess, eventually, stop_proxies
 
 pytestmark = pytest.mark.swarm
 
@@ -46,16 +45,7 @@ async def swarm_proxy(
         return p
 
     yield make
-    problems = []
-    for p in made:
-        if p.proc is not None and p.proc.poll() is None:
-            p.signal(signal.SIGTERM)
-            try:
-                if await p.wait(30) != 0:
-                    problems.append(f"proxy exited {p.proc.returncode}:\n{p.log.read_text()}")
-            except AssertionError:
-                p.kill()
-                problems.append(f"proxy did not stop within 30s:\n{p.log.read_text()}")
+    problems = await stop_proxies(made, 30)
     left = remove_pool(swarm, pool_name)
     if left:
         problems.append(f"the proxy left services behind: {left}")
