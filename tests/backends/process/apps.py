@@ -51,3 +51,34 @@ def logging_app() -> web.Application:
     app = web.Application(middlewares=[_log_requests])
     app.router.add_get("/", _warm)
     return app
+
+
+def slow_post_fork() -> None:
+    """A fork that takes 300 ms before it serves: connections wait in the backlog."""
+    import time
+
+    time.sleep(0.3)
+
+
+def failing_post_fork() -> None:
+    """Every fork dies after the fork, before it serves a byte."""
+    raise RuntimeError("this fork refuses to serve")
+
+
+def cleanup_app() -> web.Application:
+    """Records its shutdown and cleanup hooks (pid and hook) in a file when they run."""
+
+    async def record(app: web.Application, hook: str) -> None:
+        with open(os.environ["FORKPROXY_TEST_HOOK_LOG"], "a") as f:
+            f.write(f"{os.getpid()} {hook}\n")
+
+    async def on_shutdown(app: web.Application) -> None:
+        await record(app, "shutdown")
+
+    async def on_cleanup(app: web.Application) -> None:
+        await record(app, "cleanup")
+
+    app = create_app()
+    app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)
+    return app
