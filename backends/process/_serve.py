@@ -24,6 +24,7 @@ from backends.support.tasks import TaskSet
 
 _PARENT_POLL = 0.5
 _PRIME_TIMEOUT = 2.0
+PRIME_ROUNDS = 20  # the template's: enough calls for 3.11's adaptive interpreter to quicken
 T = TypeVar("T")
 Acquire = Callable[[], Awaitable[socket.socket | None]]
 
@@ -105,7 +106,7 @@ async def _prime(rounds: int = 1) -> None:
         lsock.close()
 
 
-def prime_template(rounds: int) -> None:
+def prime_template(rounds: int = PRIME_ROUNDS) -> None:
     """In the template, before any fork: a loop made and closed (as every fork makes
     one), the child's signal handling set up and removed, and `rounds` primed requests.
     Best effort, like a spare's: a template that cannot prime still forks."""

@@ -32,7 +32,6 @@ from backends.process import _forked, _linux
 
 _MAX_MSG = 64 * 1024
 _REFILL_AFTER = 0.02  # seconds without messages before forking spares
-_PRIME_ROUNDS = 20  # enough calls for 3.11's adaptive interpreter to quicken the path
 
 
 def exit_reason(status: int) -> str:
@@ -89,7 +88,7 @@ class Template:
             self.app = _wsgi.prepare(self.app, int(self.spec.get("threads", 1)))
         else:
             self.app.freeze()  # routes and middleware chains built once, not per child
-            _serve.prime_template(_PRIME_ROUNDS)
+            _serve.prime_template()
         _forksafe.before_fork()
         if threading.active_count() != 1:
             names = ", ".join(t.name for t in threading.enumerate())
