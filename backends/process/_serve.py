@@ -59,6 +59,10 @@ class Lifetime:
         await asyncio.gather(work, stop, return_exceptions=True)
         return work.result() if work.done() and not work.cancelled() else None
 
+    @property
+    def tasks(self) -> int:
+        return len(self._tasks)
+
     async def close(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.remove_signal_handler(sig)
@@ -129,16 +133,20 @@ async def _try_prime(rounds: int = 1) -> bool:
     return True
 
 
-def nothing_to_finish(app: web.Application, runner: web.AppRunner) -> bool:
+def nothing_to_finish(app: web.Application, runner: web.AppRunner, own_tasks: int) -> bool:
     """True if a graceful stop would do nothing but close sockets and free memory: the
-    app has no shutdown or cleanup hooks (sub-apps' hooks are chained into these) and
-    no connection is in the middle of a request."""
+    app has no shutdown or cleanup hooks (sub-apps' hooks are chained into these), no
+    connection is in the middle of a request, and no task is running beyond our own
+    `own_tasks` and one per idle connection (a task the app started, in on_startup or
+    from a handler, is cancelled by a graceful stop: its cleanup code must get to run)."""
     own_cleanup = [app.cleanup_ctx._on_cleanup]  # aiohttp registers its cleanup_ctx runner
     if len(app.on_shutdown) or list(app.on_cleanup) != own_cleanup or len(app.cleanup_ctx):
         return False
     server = runner.server
     conns = server.connections if server is not None else []
-    return not any(getattr(c, "_request_in_progress", True) for c in conns)
+    if any(getattr(c, "_request_in_progress", True) for c in conns):
+        return False
+    return len(asyncio.all_tasks()) <= own_tasks + len(conns)
 
 
 def exit_now() -> NoReturn:
@@ -177,7 +185,7 @@ async def serve_aiohttp(
         site = web.SockSite(runner, sock, shutdown_timeout=grace)
         await site.start()
         await life.stop.wait()
-        if nothing_to_finish(app, runner):
+        if nothing_to_finish(app, runner, 1 + life.tasks):
             exit_now()  # most forks, and every fork of a fresh-instance-per-request pool
     finally:
         await runner.cleanup()

@@ -82,3 +82,24 @@ def cleanup_app() -> web.Application:
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
     return app
+
+
+def background_task_app() -> web.Application:
+    """Starts a task in on_startup whose cleanup (on cancellation) writes to a file."""
+    import asyncio
+
+    async def worker() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            with open(os.environ["FORKPROXY_TEST_HOOK_LOG"], "a") as f:
+                f.write(f"{os.getpid()} worker cancelled\n")
+
+    running: list[asyncio.Task[None]] = []  # held: a task nobody references may vanish
+
+    async def start_worker(app: web.Application) -> None:
+        running.append(asyncio.get_running_loop().create_task(worker()))
+
+    app = create_app()
+    app.on_startup.append(start_worker)
+    return app

@@ -105,3 +105,19 @@ async def test_an_idle_fork_exits_on_stop_at_once(make_backend: MakeBackend) -> 
     await backend.stop(inst, "test")
     assert time.monotonic() - t0 < 2.0
     assert not is_running(int(inst.meta["pid"]))
+
+
+async def test_a_task_the_app_started_is_cancelled_gracefully_on_stop(
+    make_backend: MakeBackend, tmp_path: Path
+) -> None:
+    log = tmp_path / "hooks"
+    backend = make_backend(
+        prefork=0,
+        app="tests.backends.process.apps:background_task_app",
+        env={"FORKPROXY_TEST_HOOK_LOG": str(log)},
+    )
+    await backend.prepare()
+    inst = await backend.start("tasked")
+    assert (await get(inst.endpoint.url + "/"))[0] == 200
+    await backend.stop(inst, "test")
+    assert log.read_text() == f"{inst.meta['pid']} worker cancelled\n"
