@@ -12,6 +12,8 @@ import re
 import time
 from pathlib import Path
 
+import pytest
+
 from backends.process._linux import is_running
 from tests.backends.contract import get
 from tests.backends.process.helpers import MakeBackend
@@ -79,21 +81,28 @@ async def test_an_in_flight_request_finishes_when_its_fork_is_stopped(
     assert slow == (200, b"io 600ms\n")
 
 
-async def test_a_forks_shutdown_and_cleanup_hooks_run_on_stop(
-    make_backend: MakeBackend, tmp_path: Path
+@pytest.mark.parametrize(
+    ("app", "records"),
+    [
+        ("cleanup_app", ["shutdown", "cleanup"]),  # its on_shutdown and on_cleanup hooks
+        ("background_task_app", ["worker cancelled"]),  # a task it started in on_startup
+    ],
+)
+async def test_an_apps_own_teardown_runs_on_stop(
+    make_backend: MakeBackend, tmp_path: Path, app: str, records: list[str]
 ) -> None:
+    """Such a fork takes the graceful stop, not the immediate exit of an idle one."""
     log = tmp_path / "hooks"
     backend = make_backend(
         prefork=0,
-        app="tests.backends.process.apps:cleanup_app",
+        app=f"tests.backends.process.apps:{app}",
         env={"FORKPROXY_TEST_HOOK_LOG": str(log)},
     )
     await backend.prepare()
     inst = await backend.start("hooked")
     assert (await get(inst.endpoint.url + "/"))[0] == 200
     await backend.stop(inst, "test")
-    pid = inst.meta["pid"]
-    assert log.read_text() == f"{pid} shutdown\n{pid} cleanup\n"
+    assert log.read_text() == "".join(f"{inst.meta['pid']} {r}\n" for r in records)
 
 
 async def test_an_idle_fork_exits_on_stop_at_once(make_backend: MakeBackend) -> None:
@@ -105,19 +114,3 @@ async def test_an_idle_fork_exits_on_stop_at_once(make_backend: MakeBackend) -> 
     await backend.stop(inst, "test")
     assert time.monotonic() - t0 < 2.0
     assert not is_running(int(inst.meta["pid"]))
-
-
-async def test_a_task_the_app_started_is_cancelled_gracefully_on_stop(
-    make_backend: MakeBackend, tmp_path: Path
-) -> None:
-    log = tmp_path / "hooks"
-    backend = make_backend(
-        prefork=0,
-        app="tests.backends.process.apps:background_task_app",
-        env={"FORKPROXY_TEST_HOOK_LOG": str(log)},
-    )
-    await backend.prepare()
-    inst = await backend.start("tasked")
-    assert (await get(inst.endpoint.url + "/"))[0] == 200
-    await backend.stop(inst, "test")
-    assert log.read_text() == f"{inst.meta['pid']} worker cancelled\n"
