@@ -185,6 +185,9 @@ async def serve_aiohttp(
         site = web.SockSite(runner, sock, shutdown_timeout=grace)
         await site.start()
         await life.stop.wait()
+        # As aiohttp's own cleanup does before closing idle connections: a request whose
+        # bytes already arrived gets one loop turn to start (and so to be waited for).
+        await asyncio.sleep(0)
         if nothing_to_finish(app, runner, 1 + life.tasks):
             exit_now()  # most forks, and every fork of a fresh-instance-per-request pool
     finally:
