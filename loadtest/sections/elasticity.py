@@ -171,10 +171,7 @@ async def run(ctx: BenchContext) -> Section:
                     except Exception as exc:  # no simulator here: say so, go on
                         sec.skip("vsphere backend", f"{type(exc).__name__}: {exc}")
                         continue
-                base = app_config(backend)
-                # a pool name of its own: a proxy reaps what carries its name and is not
-                # its own, so two benches on one machine must not share one
-                base["server"] = {**base.get("server", {}), "name": f"{name}-{os.getpid()}"}
+                base = app_config(backend, name)
                 fp = await stack.enter_async_context(forkproxy(ctx.work, name, base, target.pool))
                 sec.commands.append(f"proxy ({target.label}): {fp.command} with {fp.settings}")
                 for trace in mine:
