@@ -194,23 +194,32 @@ def snippet(
     return head + configs.dumps({"pool": best.point.pool()})
 
 
-def table(results: Sequence[Measured], best: Measured | None, base: Measured | None = None) -> str:
-    headers = [
-        "max_conc",
-        "target",
-        "warm_pool",
-        "idle_ttl",
-        "routing",
-        "requests",
-        "failed",
-        "p99 ms",
-        "inst-s",
-        "peak",
-        "",
-    ]
+TABLE_HEADERS = [
+    "max_conc",
+    "target",
+    "warm_pool",
+    "idle_ttl",
+    "routing",
+    "requests",
+    "failed",
+    "p99 ms",
+    "inst-s",
+    "peak",
+    "",
+]
+
+
+def table_rows(
+    results: Sequence[Measured], best: Measured | None, base: Measured | None = None
+) -> list[list[Any]]:
+    """One row per measured point (TABLE_HEADERS), the pick and the defaults marked."""
     rows = []
     for r in results:
-        mark = "<- recommended" if r is best else "<- defaults" if r is base else r.error[:90]
+        mark = r.error[:90]
+        if r is best:
+            mark = "<- recommended (the defaults)" if r is base else "<- recommended"
+        elif r is base:
+            mark = "<- defaults"
         p = r.point
         rows.append(
             [
@@ -227,7 +236,11 @@ def table(results: Sequence[Measured], best: Measured | None, base: Measured | N
                 mark,
             ]
         )
-    return render(headers, rows)
+    return rows
+
+
+def table(results: Sequence[Measured], best: Measured | None, base: Measured | None = None) -> str:
+    return render(TABLE_HEADERS, table_rows(results, best, base))
 
 
 def config_problems(base: dict[str, Any], point: Point) -> str:

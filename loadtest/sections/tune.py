@@ -24,18 +24,6 @@ GRID = [
     "--routing",
     "pack,least_loaded",
 ]
-HEADERS = [
-    "max_conc",
-    "target",
-    "idle_ttl",
-    "routing",
-    "requests",
-    "failed",
-    "p99 ms",
-    "instance-s",
-    "peak",
-    "",
-]
 
 
 async def run(ctx: BenchContext) -> Section:
@@ -45,30 +33,12 @@ async def run(ctx: BenchContext) -> Section:
     args = tune.parse_args(argv)
     say(f"  forkproxy tune {' '.join(argv)}")
     found = await tune.search(args, tune.load_base(None), tune.grid(args))
-    rows = []
-    for r in found.results:
-        p = r.point
-        mark = r.error[:60]
-        if r is found.best:
-            mark = "recommended (the defaults)" if r is found.baseline else "recommended"
-        elif r is found.baseline:
-            mark = "defaults"
-        rows.append(
-            [
-                p.max_concurrency,
-                p.target(),
-                p.idle_ttl,
-                p.routing,
-                r.requests,
-                r.failures,
-                r.p99_ms,
-                r.instance_seconds,
-                r.peak_instances,
-                mark,
-            ]
-        )
     sec.tables.append(
-        Table(HEADERS, rows, f"locust shape {SHAPE}, {found.load_s:.0f} s of load per point")
+        Table(
+            tune.TABLE_HEADERS,
+            tune.table_rows(found.results, found.best, found.baseline),
+            f"locust shape {SHAPE}, {found.load_s:.0f} s of load per point",
+        )
     )
     sec.commands.append(f"forkproxy tune {' '.join(argv)}")
     if found.skipped:
