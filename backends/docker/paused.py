@@ -20,7 +20,7 @@ from backends.docker.events import ContainerEvent
 from backends.docker.ops import Container, endpoint_of
 from backends.docker.placement import Engines
 from backends.errors import BackendError
-from backends.support.refill import Refill
+from backends.support.refill import SETTLE, Refill
 from backends.support.tasks import TaskSet
 
 # Set at creation on paused-pool containers. Docker labels are immutable, so it stays
@@ -60,6 +60,8 @@ class PausedPool:
         self._probe = probe
         self._remove = remove
         self._parked: deque[Parked] = deque()
+        self._renames: dict[str, asyncio.Task[None]] = {}  # taken container id -> its rename
+        self._renaming: set[str] = set()  # ids whose rename call is in flight
         self._refill = Refill(cfg.paused_pool, lambda: len(self._parked), self._park_one, log)
 
     def __len__(self) -> int:
@@ -88,7 +90,7 @@ class PausedPool:
         seconds); None when the pool is empty."""
         while self._parked:
             parked = self._parked.popleft()
-            self._refill.set()
+            self._refill.taken()
             c = parked.container
             try:
                 took = await self._containers.unpause(c)
@@ -96,13 +98,34 @@ class PausedPool:
                 log.warning("paused container %s unusable: %s", c.name, exc)
                 self._tasks.spawn(self._remove(c), "remove")
                 continue
-            # The name is cosmetic (labels are immutable and keep the parking id): rename
-            # off the hot path so `docker ps` shows which instance a container now serves.
-            self._tasks.spawn(
-                self._containers.rename(c, self._containers.name_for(instance_id)), "rename"
-            )
+            # The name is cosmetic (labels are immutable and keep the parking id): renamed
+            # after the first request, as the refill is, so `docker ps` shows which
+            # instance a container now serves.
+            task = self._tasks.spawn(self._rename_later(c, instance_id), "rename")
+            if task is not None:
+                self._renames[c.id] = task
             return c, parked.endpoint, took
         return None
+
+    async def _rename_later(self, c: Container, instance_id: str) -> None:
+        await asyncio.sleep(SETTLE)
+        self._renaming.add(c.id)
+        try:
+            await self._containers.rename(c, self._containers.name_for(instance_id))
+        finally:
+            self._renaming.discard(c.id)
+            self._renames.pop(c.id, None)
+
+    async def settle(self, c: Container) -> None:
+        """Before a taken container is stopped: its rename must not race the removal
+        (dockerd then fails the remove: "unlinkat ...: directory not empty"). A rename not
+        yet sent is dropped, one in flight is waited for."""
+        task = self._renames.pop(c.id, None)
+        if task is None or task.done():
+            return
+        if c.id not in self._renaming:
+            task.cancel()
+        await asyncio.wait([task])
 
     # -- filling -----------------------------------------------------------------------
 
