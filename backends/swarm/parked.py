@@ -19,7 +19,7 @@ from backends.base import BackendContext, Endpoint, Instance
 from backends.docker.engine import Engine, translate
 from backends.docker.paused import LABEL_PAUSED
 from backends.docker.threads import Threads
-from backends.docker.unpause import Unpauser
+from backends.docker.unpause import Unpauser, until_serving
 from backends.errors import BackendError
 from backends.support.refill import Refill
 from backends.support.tasks import TaskSet
@@ -82,7 +82,9 @@ class ParkedPool:
         await self._unpause.aclose()
 
     async def take(self) -> tuple[Service, Endpoint, float] | None:
-        """Unpause a spare: (its service, endpoint, unpause seconds); None when empty."""
+        """Unpause a spare: (its service, endpoint, seconds until it served again); None
+        when empty. A stop right after it may reach the node's engine while that finishes
+        the unpause call: dockerd orders the two on the container's lock."""
         while self._spares:
             spare = self._spares.popleft()
             self.refill.taken()
@@ -91,7 +93,12 @@ class ParkedPool:
             t0 = time.monotonic()
             if spare.engine is not None:
                 try:
-                    await self._unpause(spare.engine, svc.container_id)
+                    await until_serving(
+                        self._unpause(spare.engine, svc.container_id),
+                        spare.placeholder.endpoint,
+                        self._ctx.readiness_path,
+                        self._tasks,
+                    )
                 except BackendError as exc:
                     log.warning("spare %s unusable: %s", svc.name, exc)
                     self._tasks.spawn(self._remove(svc, "unusable spare"), "remove")
