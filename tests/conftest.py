@@ -188,6 +188,46 @@ async def stop_proxies(made: list[ProxyProcess], within: float) -> list[str]:
     return problems
 
 
+@asynccontextmanager
+async def proxies_checked(
+    proxy_process: Callable[[str], ProxyProcess],
+    config_text: Callable[..., str],
+    within: float,
+    leftovers: Callable[[], list[str]],
+) -> AsyncIterator[Callable[..., ProxyProcess]]:
+    """The body of a backend's proxy fixture: make(**tables) -> a started-later ProxyProcess
+    on config_text(**tables). At the end every proxy gets SIGTERM (stop_proxies) and
+    `leftovers()` removes and names what the pool still holds: anything is a failure."""
+    made: list[ProxyProcess] = []
+
+    def make(**tables: dict[str, Any]) -> ProxyProcess:
+        p = proxy_process(config_text(**tables))
+        made.append(p)
+        return p
+
+    yield make
+    problems = await stop_proxies(made, within)
+    left = leftovers()
+    if left:
+        problems.append(f"the proxy left its instances behind: {left}")
+    assert not problems, "\n".join(problems)
+
+
+async def get(url: str, timeout: float = 30, method: str = "GET") -> tuple[int, str]:
+    """One request on a new session: (status, body text); a POST sends b"x"."""
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s,
+        s.request(method, url, data=b"x" if method == "POST" else None) as r,
+    ):
+        return r.status, await r.text()
+
+
+async def instances(p: ProxyProcess) -> list[dict[str, Any]]:
+    """The proxy's admin /instances listing."""
+    async with aiohttp.ClientSession() as s, s.get(p.admin + "/instances") as r:
+        return list((await r.json())["instances"])
+
+
 @pytest.fixture
 async def proxy_process(tmp_path: Path) -> AsyncIterator[Callable[[str], ProxyProcess]]:
     made: list[ProxyProcess] = []

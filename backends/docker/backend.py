@@ -169,6 +169,7 @@ class DockerBackend(Backend):
             raise BackendError(f"instance {instance.id} has no docker handle")
         self._live.stopping(instance.id, c)
         try:
+            await self._paused.settle(c)
             await self._containers.stop(c, reason)
         finally:
             self._live.forget(c)
@@ -277,6 +278,7 @@ class DockerBackend(Backend):
         await asyncio.gather(*(self._remove(c) for c in parked), *sweeps, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
+        await self._containers.aclose()
         self._engines.close()
         self._threads.shutdown()
 

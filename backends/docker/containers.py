@@ -19,6 +19,7 @@ from backends.docker.config import DockerConfig
 from backends.docker.engine import Engine, translate
 from backends.docker.ops import Container, create_started, remove_quietly, stop_and_remove
 from backends.docker.threads import Threads
+from backends.docker.unpause import Unpauser
 from backends.errors import BackendConfigError, BackendUnavailable, StartError
 from backends.support.probe import NotReady, wait_ready
 
@@ -40,6 +41,10 @@ class Containers:
         self._ctx = ctx
         self._threads = threads
         self._on_unreachable = on_unreachable
+        self._unpause = Unpauser(threads)
+
+    async def aclose(self) -> None:
+        await self._unpause.aclose()
 
     def name_for(self, instance_id: str) -> str:
         return _NAME_UNSAFE.sub("-", f"forkproxy-{self._ctx.pool_name}-{instance_id}")
@@ -105,7 +110,7 @@ class Containers:
         """Unpause; return the seconds it took."""
         t0 = time.monotonic()
         try:
-            await self._threads.call(c.engine.client.api.unpause, c.id)
+            await self._unpause(c.engine, c.id)
         except Exception as exc:
             raise translate(exc, c.engine.url, "unpause") from exc
         return time.monotonic() - t0

@@ -5,7 +5,9 @@ Taken ones are refilled in the background, two at a time."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -19,8 +21,9 @@ from backends.docker.engine import Engine, translate
 from backends.docker.events import ContainerEvent
 from backends.docker.ops import Container, endpoint_of
 from backends.docker.placement import Engines
+from backends.docker.unpause import until_serving
 from backends.errors import BackendError
-from backends.support.refill import Refill
+from backends.support.refill import SETTLE, Refill
 from backends.support.tasks import TaskSet
 
 # Set at creation on paused-pool containers. Docker labels are immutable, so it stays
@@ -60,6 +63,10 @@ class PausedPool:
         self._probe = probe
         self._remove = remove
         self._parked: deque[Parked] = deque()
+        self._renames: dict[str, asyncio.Task[None]] = {}  # taken container id -> its rename
+        self._renaming: set[str] = set()  # ids whose rename call is in flight
+        # taken container id -> its unpause call, which may outlive the start (unpause.py)
+        self._unpausing: dict[str, asyncio.Task[BackendError | None]] = {}
         self._refill = Refill(cfg.paused_pool, lambda: len(self._parked), self._park_one, log)
 
     def __len__(self) -> int:
@@ -84,25 +91,62 @@ class PausedPool:
     # -- taking ------------------------------------------------------------------------
 
     async def take(self, instance_id: str) -> tuple[Container, Endpoint, float] | None:
-        """Unpause a parked container for `instance_id`: (it, its endpoint, unpause
-        seconds); None when the pool is empty."""
+        """Unpause a parked container for `instance_id`: (it, its endpoint, seconds until
+        it served again); None when the pool is empty."""
         while self._parked:
             parked = self._parked.popleft()
-            self._refill.set()
+            self._refill.taken()
             c = parked.container
+            t0 = time.monotonic()
             try:
-                took = await self._containers.unpause(c)
+                call = await until_serving(
+                    self._containers.unpause(c),
+                    parked.endpoint,
+                    self._ctx.readiness_path,
+                    self._tasks,
+                )
             except BackendError as exc:
                 log.warning("paused container %s unusable: %s", c.name, exc)
                 self._tasks.spawn(self._remove(c), "remove")
                 continue
-            # The name is cosmetic (labels are immutable and keep the parking id): rename
-            # off the hot path so `docker ps` shows which instance a container now serves.
-            self._tasks.spawn(
-                self._containers.rename(c, self._containers.name_for(instance_id)), "rename"
-            )
+            took = time.monotonic() - t0
+            if not call.done():
+                self._unpausing[c.id] = call
+                call.add_done_callback(functools.partial(self._unpaused, c.id))
+            # The name is cosmetic (labels are immutable and keep the parking id): renamed
+            # after the first request, as the refill is, so `docker ps` shows which
+            # instance a container now serves.
+            task = self._tasks.spawn(self._rename_later(c, instance_id), "rename")
+            if task is not None:
+                self._renames[c.id] = task
             return c, parked.endpoint, took
         return None
+
+    def _unpaused(self, cid: str, _call: asyncio.Task[BackendError | None]) -> None:
+        self._unpausing.pop(cid, None)
+
+    async def _rename_later(self, c: Container, instance_id: str) -> None:
+        await asyncio.sleep(SETTLE)
+        self._renaming.add(c.id)
+        try:
+            await self._containers.rename(c, self._containers.name_for(instance_id))
+        finally:
+            self._renaming.discard(c.id)
+            self._renames.pop(c.id, None)
+
+    async def settle(self, c: Container) -> None:
+        """Before a taken container is stopped: its unpause call and rename must not race
+        the removal (dockerd then fails the remove: "unlinkat ...: directory not empty").
+        The unpause is waited for; a rename not yet sent is dropped, one in flight waited for."""
+        call = self._unpausing.pop(c.id, None)
+        if call is not None:
+            await asyncio.wait([call])
+        task = self._renames.pop(c.id, None)
+        if task is None or task.done():
+            return
+        if c.id not in self._renaming:
+            task.cancel()
+        await asyncio.wait([task])
 
     # -- filling -----------------------------------------------------------------------
 

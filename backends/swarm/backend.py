@@ -318,6 +318,7 @@ class SwarmBackend(Backend):
         await self._threads.drain(within=60)
         if self._session is not None:
             await self._session.close()
+        await self._parked.aclose()
         self._nodes.close()
         self._engine.close()
         self._threads.shutdown()

@@ -19,6 +19,7 @@ from backends.base import BackendContext, Endpoint, Instance
 from backends.docker.engine import Engine, translate
 from backends.docker.paused import LABEL_PAUSED
 from backends.docker.threads import Threads
+from backends.docker.unpause import Unpauser, until_serving
 from backends.errors import BackendError
 from backends.support.refill import Refill
 from backends.support.tasks import TaskSet
@@ -68,6 +69,7 @@ class ParkedPool:
         self._threads = threads
         self._tasks = tasks
         self._watch = watch
+        self._unpause = Unpauser(threads)
         self._spares: deque[Spare] = deque()
         # The backend drives it: refill.run() in the background, refill.prime() at startup,
         # refill.stop() on close (backends/support/refill.py, shared with docker's pool).
@@ -76,18 +78,28 @@ class ParkedPool:
     def __len__(self) -> int:
         return len(self._spares)
 
+    async def aclose(self) -> None:
+        await self._unpause.aclose()
+
     async def take(self) -> tuple[Service, Endpoint, float] | None:
-        """Unpause a spare: (its service, endpoint, unpause seconds); None when empty."""
+        """Unpause a spare: (its service, endpoint, seconds until it served again); None
+        when empty. A stop right after it may reach the node's engine while that finishes
+        the unpause call: dockerd orders the two on the container's lock."""
         while self._spares:
             spare = self._spares.popleft()
-            self.refill.set()
+            self.refill.taken()
             svc = spare.service
             self._watch.forget(svc.id)  # the caller registers it as the new instance
             t0 = time.monotonic()
             if spare.engine is not None:
                 try:
-                    await self._threads.call(spare.engine.client.api.unpause, svc.container_id)
-                except Exception as exc:
+                    await until_serving(
+                        self._unpause(spare.engine, svc.container_id),
+                        spare.placeholder.endpoint,
+                        self._ctx.readiness_path,
+                        self._tasks,
+                    )
+                except BackendError as exc:
                     log.warning("spare %s unusable: %s", svc.name, exc)
                     self._tasks.spawn(self._remove(svc, "unusable spare"), "remove")
                     continue

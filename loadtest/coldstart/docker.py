@@ -39,6 +39,7 @@ ENGINE = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 BURST = 100
 MAX_CONCURRENCY = 10
 MAX_STARTING = 4
+PROXY_PAUSED_POOL = 2
 
 
 def _backend(pool: str, paused_pool: int) -> DockerBackend:
@@ -48,17 +49,19 @@ def _backend(pool: str, paused_pool: int) -> DockerBackend:
     return DockerBackend(cfg, BackendContext(pool_name=pool, owner_id=f"{pool}-run"))
 
 
-async def parked(client: docker.DockerClient, pool: str) -> int:
+async def _count(client: docker.DockerClient, pool: str, status: str) -> int:
     rows = await asyncio.to_thread(
-        client.api.containers, filters={"label": f"{LABEL_POOL}={pool}", "status": "paused"}
+        client.api.containers, filters={"label": f"{LABEL_POOL}={pool}", "status": status}
     )
     return len(rows)
 
 
-async def wait_parked(client: docker.DockerClient, pool: str, n: int) -> None:
-    """Untimed: let the refill land so each sample really takes a parked container."""
+async def wait_idle(client: docker.DockerClient, pool: str, n: int) -> None:
+    """Untimed: an idle proxy, as the backend-direct series has it: the paused pool full
+    again (`n` parked) and the previous sample's container gone (none running), so no
+    refill's create+start or retired container's stop shares the engine with a sample."""
     deadline = time.monotonic() + 30
-    while await parked(client, pool) < n:
+    while await _count(client, pool, "paused") < n or await _count(client, pool, "running") > 0:
         if time.monotonic() > deadline:
             raise TimeoutError("the paused pool did not refill within 30 s")
         await asyncio.sleep(0.02)
@@ -129,19 +132,27 @@ async def proxy_series(
     name = f"bench-proxy-{'paused' if paused else 'create'}-{os.getpid()}"
     base = {
         "server": {"name": name},
-        "backend": {"type": "docker", "image": IMAGE, "paused_pool": 2 if paused else 0},
+        "backend": {
+            "type": "docker",
+            "image": IMAGE,
+            "paused_pool": PROXY_PAUSED_POOL if paused else 0,
+        },
     }
     pool = {"max_requests_per_instance": 1, "idle_ttl": "1s", "max_instances": 4}
 
-    async def spare_parked() -> None:
-        await wait_parked(client, name, 1)
+    async def idle() -> None:
+        await wait_idle(client, name, PROXY_PAUSED_POOL)
         await asyncio.sleep(0.1)  # paused in docker a moment before the proxy knows
 
     async with forkproxy(work, name, base, pool) as fp:
-        before = spare_parked if paused else None
+        before = idle if paused else None
         # 0.2 s apart: let the retired container go, measure starts only
         ttfb, _, failures = await ttfb_series(fp.url + "/", n, 0.2, before)
-        command = f"{fp.command} with [pool] {pool}, [backend] {base['backend']}"
+        command = f"{fp.command} with [pool] {pool}, [backend] {base['backend']}" + (
+            "; each request once the paused pool is full and the last container gone"
+            if paused
+            else ""
+        )
     return ttfb, failures, command
 
 

@@ -9,9 +9,14 @@ import time
 import docker
 import pytest
 
-from backends.base import LABEL_INSTANCE, LABEL_OWNER, LABEL_POOL
+from backends.base import LABEL_INSTANCE, LABEL_OWNER, LABEL_POOL, Endpoint
 from backends.docker.backend import LABEL_PAUSED
+from backends.docker.engine import Engine
+from backends.docker.threads import Threads
+from backends.docker.unpause import Unpauser, until_serving
 from backends.errors import BackendConfigError, BackendUnavailable, StartError
+from backends.support.refill import SETTLE
+from backends.support.tasks import TaskSet
 from proxy.metrics import Metrics
 from proxy.orphans import OrphanReaper
 from tests.backends.docker.conftest import ENGINE, IMAGE, MakeBackend, http_get, pool_containers
@@ -84,6 +89,21 @@ async def test_paused_pool_start_unpauses_and_refills(
     assert "p1" in listed
     assert all(i.owner_id == h.ctx.owner_id for i in listed.values())
     await h.backend.stop(inst, "idle")
+
+
+async def test_a_taken_container_stopped_at_once_is_removed(
+    make_backend: MakeBackend, docker_client: docker.DockerClient, pool_name: str
+) -> None:
+    """Served and stopped as the settle time ends (max_requests_per_instance = 1): the
+    rename then sent must not race the removal, and the refill comes after."""
+    h = await make_backend(paused_pool=1)
+    (parked,) = pool_containers(docker_client, pool_name)
+    inst = await h.backend.start("quick")
+    assert (await http_get(inst.endpoint.url + "/", timeout=2))[0] == 200
+    await asyncio.sleep(SETTLE - 0.01)  # the stop meets the rename as it is sent
+    await h.backend.stop(inst, "max_requests")  # raises if the engine failed the removal
+    assert parked.id not in {c.id for c in pool_containers(docker_client, pool_name)}
+    await eventually(lambda: h.backend.paused_ready == 1, 20, "the paused pool to refill")
 
 
 async def test_a_start_cancelled_by_the_caller_leaks_nothing(
@@ -254,3 +274,26 @@ async def test_aclose_leaves_nothing(
     assert len(pool_containers(docker_client, pool_name)) >= 3
     await h.backend.aclose()
     assert pool_containers(docker_client, pool_name, markers=True) == []
+
+
+async def test_an_unpause_the_engine_refuses_fails_the_start_when_nothing_answers() -> None:
+    """until_serving: no answer on the endpoint (nothing listens) leaves the decision to
+    the engine, whose refusal (no such container) is the start's error."""
+    engine = Engine(ENGINE, retry_after=10)
+    await asyncio.to_thread(engine.connect)
+    threads = Threads("test", threads=2)
+    unpause = Unpauser(threads)
+    tasks = TaskSet("test")
+    try:
+        with pytest.raises(StartError, match=r"unpause on .*HTTP 404"):
+            await until_serving(
+                unpause(engine, "forkproxy-no-such-container"),
+                Endpoint("127.0.0.1", free_port()),
+                "/",
+                tasks,
+            )
+    finally:
+        await unpause.aclose()
+        await tasks.aclose()
+        engine.close()
+        threads.shutdown()

@@ -4,6 +4,7 @@ front of real containers. Cold start, paused pool, idle reaping, deaths, crash r
 from __future__ import annotations
 
 import asyncio
+import functools
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -17,7 +18,7 @@ import pytest
 from backends.base import LABEL_OWNER
 from loadtest.run.configs import dumps, merge
 from tests.backends.docker.conftest import ENGINE, IMAGE, pool_containers
-from tests.conftest import ROOT, ProxyProcess, eventually, stop_proxies
+from tests.conftest import ROOT, ProxyProcess, eventually, get, instances, proxies_checked
 
 pytestmark = pytest.mark.docker
 
@@ -41,34 +42,16 @@ async def docker_proxy(
 ) -> AsyncIterator[MakeProxy]:
     """docker_proxy(**tables) -> a started-later ProxyProcess on this test's pool. At
     teardown every proxy gets SIGTERM and the pool must be empty afterwards."""
-    made: list[ProxyProcess] = []
 
-    def make(**tables: dict[str, Any]) -> ProxyProcess:
-        p = proxy_process(config_text(pool_name, **tables))
-        made.append(p)
-        return p
+    def leftovers() -> list[str]:
+        left = pool_containers(docker_client, pool_name, markers=True)
+        for c in left:  # clean up even when the proxy failed, so nothing leaks past the test
+            c.remove(force=True)
+        return [c.name for c in left]
 
-    yield make
-    problems = await stop_proxies(made, 20)
-    left = pool_containers(docker_client, pool_name, markers=True)
-    for c in left:  # clean up even when the proxy failed, so nothing leaks past the test
-        c.remove(force=True)
-    if left:
-        problems.append(f"the proxy left containers behind: {[c.name for c in left]}")
-    assert not problems, "\n".join(problems)
-
-
-async def get(url: str, timeout: float = 30, method: str = "GET") -> tuple[int, str]:
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s,
-        s.request(method, url, data=b"x" if method == "POST" else None) as r,
-    ):
-        return r.status, await r.text()
-
-
-async def instances(p: ProxyProcess) -> list[dict[str, Any]]:
-    async with aiohttp.ClientSession() as s, s.get(p.admin + "/instances") as r:
-        return list((await r.json())["instances"])
+    config = functools.partial(config_text, pool_name)
+    async with proxies_checked(proxy_process, config, 20, leftovers) as make:
+        yield make
 
 
 async def test_cold_start_from_nothing(docker_proxy: MakeProxy, pool_name: str) -> None:

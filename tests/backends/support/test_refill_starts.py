@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import pytest
 
@@ -67,6 +68,24 @@ async def test_run_refills_when_set_and_retries_after_a_failure() -> None:
     pool.held.clear()  # both taken
     pool.refill.set()
     await eventually(lambda: len(pool.held) == 2, 5, "the pool refilled again")
+    pool.refill.stop()
+    await tasks.aclose()
+
+
+async def test_a_taken_spare_is_replaced_only_after_it_settled() -> None:
+    """taken(): the replacement's park starts `settle` seconds after the take, not at once
+    (it would share the engine and the CPU with the taker's first request)."""
+    pool = Spares(1)
+    tasks = TaskSet("t")
+    await pool.refill.fill(deadline=None)
+    tasks.spawn(pool.refill.run(), "refill")
+    pool.held.clear()  # taken
+    t0 = time.monotonic()
+    pool.refill.taken(settle=0.3)
+    await asyncio.sleep(0.15)
+    assert pool.held == [] and pool.refill.filling == 0  # still settling
+    await eventually(lambda: len(pool.held) == 1, 5, "the pool refilled")
+    assert time.monotonic() - t0 >= 0.3
     pool.refill.stop()
     await tasks.aclose()
 

@@ -21,7 +21,7 @@ from backends.support.table import Table
 from backends.swarm import parse_config
 from backends.swarm.backend import SwarmBackend
 from tests.backends.contract import recording_context
-from tests.backends.docker.conftest import ENGINE, IMAGE, docker_client, test_image
+from tests.backends.docker.conftest import ENGINE, IMAGE, docker_client, open_client, test_image
 
 __all__ = [
     "ENGINE",
@@ -43,11 +43,10 @@ def _unavailable(msg: str) -> NoReturn:
 @pytest.fixture(scope="session")
 def swarm() -> Iterator[docker.DockerClient]:
     """The engine, a swarm manager for the whole session."""
-    try:
-        client = docker.DockerClient(base_url=ENGINE, timeout=60)
-        info = client.info()
-    except Exception as exc:
-        _unavailable(f"no Docker engine at {ENGINE}: {exc} (run: sudo bash .ci/docker.sh)")
+    client = open_client(60)
+    if isinstance(client, str):
+        _unavailable(client)
+    info = client.info()
     state = (info.get("Swarm") or {}).get("LocalNodeState")
     initialised = False
     if state != "active":

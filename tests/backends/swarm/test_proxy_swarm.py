@@ -5,21 +5,23 @@ and a SIGKILLed proxy's services reaped by the next run."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import aiohttp
 import docker
 import pytest
 
 from backends.base import LABEL_OWNER
 from loadtest.run.configs import dumps, merge
 from tests.backends.swarm.conftest import ENGINE, IMAGE, kill_task, pool_services, remove_pool
-from tests.conftest import ProxyProcess, eventually, stop_proxies
+from tests.conftest import ProxyProcess, eventually, instances, proxies_checked
+from tests.conftest import get as get_within
 
 pytestmark = pytest.mark.swarm
 
 MakeProxy = Callable[..., ProxyProcess]
+get = functools.partial(get_within, timeout=40)  # a service create takes up to seconds
 
 
 def config_text(pool_name: str, **tables: dict[str, Any]) -> str:
@@ -37,32 +39,11 @@ async def swarm_proxy(
 ) -> AsyncIterator[MakeProxy]:
     """swarm_proxy(**tables) -> a started-later ProxyProcess on this test's pool. At teardown
     every proxy gets SIGTERM and the pool must have no service left."""
-    made: list[ProxyProcess] = []
-
-    def make(**tables: dict[str, Any]) -> ProxyProcess:
-        p = proxy_process(config_text(pool_name, **tables))
-        made.append(p)
-        return p
-
-    yield make
-    problems = await stop_proxies(made, 30)
-    left = remove_pool(swarm, pool_name)
-    if left:
-        problems.append(f"the proxy left services behind: {left}")
-    assert not problems, "\n".join(problems)
-
-
-async def get(url: str, timeout: float = 40, method: str = "GET") -> tuple[int, str]:
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s,
-        s.request(method, url, data=b"x" if method == "POST" else None) as r,
-    ):
-        return r.status, await r.text()
-
-
-async def instances(p: ProxyProcess) -> list[dict[str, Any]]:
-    async with aiohttp.ClientSession() as s, s.get(p.admin + "/instances") as r:
-        return list((await r.json())["instances"])
+    config = functools.partial(config_text, pool_name)
+    async with proxies_checked(
+        proxy_process, config, 30, lambda: remove_pool(swarm, pool_name)
+    ) as make:
+        yield make
 
 
 async def test_serves_through_swarm_tasks_and_survives_a_killed_task(

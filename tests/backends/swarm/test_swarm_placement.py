@@ -5,13 +5,15 @@ the scheduler's own balancing reach the tasks; an unsatisfiable constraint fails
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import docker
 import pytest
 
 from backends.errors import StartError
-from tests.backends.contract import get
+from tests.backends.contract import get, serves
 from tests.backends.swarm.conftest import MakeBackend, engine_of, pool_services
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.swarm
 
@@ -27,6 +29,8 @@ async def test_constraint_places_the_task_on_the_worker(
     b = await make_backend(constraints=["node.labels.zone == b"], memory="64m", cpus=0.25)
     inst = await b.start("on-b")
     assert inst.handle.node_id == node_id(worker)
+    assert not inst.ready  # a cold task: running is not listening yet (the pool probes it)
+    await eventually(lambda: serves(inst.endpoint.url + "/"), 15, "the task to serve")
     status, body = await get(inst.endpoint.url + "/")
     assert status == 200 and "forkproxy-test/httpd" in body.decode()
     # The limits reach the container the worker's engine runs.
@@ -46,8 +50,10 @@ async def test_the_scheduler_spreads_instances_over_both_nodes(
     b = await make_backend()
     a, c = await asyncio.gather(b.start("one"), b.start("two"))
     assert {a.handle.node_id, c.handle.node_id} == {node_id(swarm), node_id(worker)}
+    for url in (a.endpoint.url + "/", c.endpoint.url + "/"):
+        await eventually(functools.partial(serves, url), 15, "the task to serve")
+        assert (await get(url))[0] == 200
     for inst in (a, c):
-        assert (await get(inst.endpoint.url + "/"))[0] == 200
         assert engine_of(swarm, inst.handle.node_id)
 
 
