@@ -1,7 +1,7 @@
 """Section 1, the data path: fixed-concurrency load direct to one warm app instance, through
 forkproxy (fork backend, one warm instance) and through its peers (nginx, HAProxy, Go's
 httputil.ReverseProxy) in front of the same app, in interleaved rounds at 1, 32 and 256
-connections."""
+connections; then where forkproxy's CPU goes at 32 (profile.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from loadtest.run import peers
 from loadtest.run.procs import PYTHON, running_on_free_port
 from loadtest.run.proxy import FORK_BACKEND, app_config, forkproxy
 from loadtest.run.tools import ensure_debian_package
+from loadtest.sections import profile
 from loadtest.sections.model import BenchContext, Section, Table, say
 
 CONNECTIONS = 32  # the headline figure
@@ -64,6 +65,7 @@ async def run(ctx: BenchContext, require_tools: bool = False) -> Section:
         "idle_ttl": "10m",
     }
     runs: dict[tuple[str, int], list[LoadResult]] = {}
+    prof: profile.Profile | str | None = None
     async with contextlib.AsyncExitStack() as stack:
 
         def app_argv(port: int) -> list[str]:
@@ -84,6 +86,7 @@ async def run(ctx: BenchContext, require_tools: bool = False) -> Section:
                 continue
             sec.commands.append(command)
             targets[peer.name] = url + PATH
+        fp = None
         try:
             fp = await stack.enter_async_context(
                 forkproxy(ctx.work, "datapath", app_config(FORK_BACKEND), pool)
@@ -103,10 +106,15 @@ async def run(ctx: BenchContext, require_tools: bool = False) -> Section:
                     say(f"  round {i + 1}/{rounds}: {name}, {c} connections, {seconds[c]:g}s")
                     result = await run_load(targets[name], c, seconds[c], use_wrk)
                     runs.setdefault((name, c), []).append(result)
+        if fp is not None:
+            # after the rounds, so the sampler's cost never shows in their figures
+            prof = await profile.measure(fp.proc.pid, targets["forkproxy"], CONNECTIONS, use_wrk)
     by_level = {
         c: {n: median_run(runs[n, c], c == 1) for n in targets if runs.get((n, c))} for c in LEVELS
     }
     _report(sec, by_level, seconds, rounds)
+    if prof is not None:
+        profile.report(sec, prof)
     sec.data = {
         "connections": CONNECTIONS,
         "levels": list(LEVELS),
