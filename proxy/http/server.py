@@ -18,6 +18,7 @@ import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from backends.support.tasks import TaskSet
 from proxy.http.deadline import Deadline
@@ -371,7 +372,10 @@ class HttpServer:
         self._server = await loop.create_server(
             lambda: HttpConnection(self), host, port, reuse_address=True, backlog=1024
         )
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        # uvloop's Server.sockets is a list where typeshed says tuple: as Any, so a mypyc
+        # build (README: Performance) does not reject it
+        server: Any = self._server
+        self.port = int(server.sockets[0].getsockname()[1])
         name = f"[{host}]" if ":" in host else host
         self.authority = f"{name}:{self.port}".encode("ascii", "replace")
 
