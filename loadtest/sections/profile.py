@@ -48,26 +48,29 @@ def _frame(text: str) -> str:
 def aggregate(raw: str, top: int = TOP) -> Profile:
     """py-spy's raw (collapsed) output, `--threads --nolineno`: one line per distinct stack,
     'thread (id): Name;outer;...;inner COUNT'. Only the main thread (the event loop) counts:
-    the other threads of the process wait in a thread pool and cost nothing."""
+    the other threads of the process wait in a thread pool and cost nothing (py-spy cannot
+    tell that wait from work)."""
     self_n: collections.Counter[str] = collections.Counter()
     cum_n: collections.Counter[str] = collections.Counter()
     total = 0
+    stacks: list[tuple[list[str], int]] = []
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        frames = stack.split(";")
+        if stack and count.isdigit():
+            stacks.append((stack.split(";"), int(count)))
+    # a process that never imported threading has no thread names: then every stack counts
+    named = any(frames[0].endswith(": MainThread") for frames, _ in stacks)
+    for frames, n in stacks:
         if frames[0].startswith("thread ("):
-            if not frames[0].endswith(": MainThread"):
+            if named and not frames[0].endswith(": MainThread"):
                 continue
             frames = frames[1:]
         if not frames:
             continue
-        n = int(count)
         total += n
-        named = [_frame(f) for f in frames]
-        self_n[named[-1]] += n
-        for f in set(named):
+        names = [_frame(f) for f in frames]
+        self_n[names[-1]] += n
+        for f in set(names):
             cum_n[f] += n
     if not total:
         return Profile(0, [], [])
