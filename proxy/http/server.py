@@ -174,8 +174,8 @@ class HttpConnection(RequestParsing, asyncio.Protocol):
                 req.keep_alive = False
                 req.respond(exc.status, exc.text)
             self.closing = True
-        except ConnectionError as exc:  # the client went away or stopped reading: routine
-            log.debug("client %s: %s", self.peer, exc)
+        except ConnectionError as gone:  # the client went away or stopped reading: routine
+            log.debug("client %s: %s", self.peer, gone)
             self.abort()
             return False
         except asyncio.CancelledError:

@@ -99,10 +99,10 @@ class Connection(asyncio.Protocol):
         resp.got_bytes = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
+        except httptools.HttpParserUpgrade as upgrade:  # (names: see parsing.py)
             if resp.upgraded:
                 # the 101 head ended; what follows is the new protocol's, handed over raw
-                resp.trailing = data[int(exc.args[0]) :]
+                resp.trailing = data[int(upgrade.args[0]) :]
             else:
                 resp._fail(BadResponse("unexpected upgrade", sent=True))
                 self.close()
@@ -243,8 +243,8 @@ class UpstreamClient:
                 )
         except TimeoutError as exc:
             raise ConnectTimeout(f"connect to {ep.url} timed out") from exc
-        except OSError as exc:
-            raise ConnectFailed(f"connect to {ep.url}: {exc.strerror or exc}") from exc
+        except OSError as failed:
+            raise ConnectFailed(f"connect to {ep.url}: {failed.strerror or failed}") from failed
         return proto
 
     def _pooled(self, ep: Endpoint) -> Connection | None:
