@@ -71,7 +71,7 @@ class PoolConfig:
     start_timeout: float = 30.0
     start_retries: int = 3
     readiness_path: str = "/"
-    tick: float = 0.25
+    tick: float = 0.1
     routing: str = "pack"
     orphan_timeout: float = 60.0  # a stopped replica's instances are reaped within this
     # max_concurrency = "auto" (the file's default): the backend's concurrency_hint()

@@ -25,7 +25,7 @@ from proxy.config import PoolConfig
 # break-even at ~20 start times (fork ~10 ms -> 0.5 s floor, docker create ~250 ms -> 5 s,
 # a 3 s VM clone -> 1 min).
 KEEP_ALIVE_STARTS = 20.0
-KEEP_ALIVE_MIN = 0.5  # below this, scheduling noise (ticks, think times) dominates
+KEEP_ALIVE_MIN = 0.2  # below this, scheduling noise (ticks, think times) dominates
 KEEP_ALIVE_MAX = 600.0
 START_COST_PRIOR = 0.05  # seconds until the first start is timed; a start running longer
 # than the estimate raises it (StartCost.estimate), so a low prior only errs briefly

@@ -31,6 +31,22 @@ class Inherited:
     close_fds: tuple[int, ...]  # its signal wake-up pipe
 
 
+def fork() -> int:
+    """os.fork() with SIGTERM held across it. Until _detach runs, the child still has the
+    template's SIGTERM handler, which would swallow a stop sent the moment the fork
+    returns (the pool may drain an instance as soon as it is started); held, the signal
+    waits and meets the child's own disposition instead."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        pid = os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        raise
+    if pid:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    return pid
+
+
 def label_instance(role_slot: int | None, iid: str, env: dict[str, str]) -> None:
     """Become instance `iid`: its env for the app, its label for list()."""
     os.environ.update(env)
@@ -51,6 +67,8 @@ def _detach(inh: Inherited) -> None:
     for sig in (signal.SIGCHLD, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    # held since fork(): one sent meanwhile ends the process now, by default disposition
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def _run(inh: Inherited, setup: Callable[[], _serve.Acquire], spare: bool) -> NoReturn:

@@ -179,7 +179,7 @@ class Template:
         spare = pid is not None
         if pid is None:
             try:
-                pid = os.fork()
+                pid = _forked.fork()
             except OSError as exc:
                 os.close(fds[0])
                 self.send({"op": "error", "id": iid, "error": f"fork failed: {exc}"})
@@ -210,7 +210,7 @@ class Template:
                 return
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             try:
-                pid = os.fork()
+                pid = _forked.fork()
             except OSError as exc:
                 print(f"forkproxy template: cannot fork a spare: {exc}", file=sys.stderr)
                 ours.close()

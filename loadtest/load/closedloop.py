@@ -22,6 +22,7 @@ class LoadRun:
     latencies: list[float] = field(default_factory=list)  # seconds, successful requests
     errors: int = 0
     cold: int = 0  # answers whose Server-Timing says they waited on a start
+    cold_latencies: list[float] = field(default_factory=list)  # seconds, those answers
 
     @property
     def requests(self) -> int:
@@ -56,17 +57,20 @@ async def run_trace(
                     return
                 await asyncio.sleep(0.02)
             t = time.monotonic()
+            cold = False
             try:
                 async with session.get(url + path) as r:
                     await r.read()
                     ok = r.status == 200
-                    if "cold" in r.headers.get("Server-Timing", ""):
-                        run.cold += 1
+                    cold = "cold" in r.headers.get("Server-Timing", "")
             except (aiohttp.ClientError, OSError, TimeoutError):
                 ok = False
             done = time.monotonic()
             if ok:
                 run.latencies.append(done - t)
+                if cold:
+                    run.cold += 1
+                    run.cold_latencies.append(done - t)
             else:
                 run.errors += 1
             run.end = max(run.end, done)

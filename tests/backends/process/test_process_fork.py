@@ -244,3 +244,20 @@ async def test_stopping_the_listed_template_reports_its_children(
         assert time.monotonic() - t0 < 1.0
     again = await backend.start("after-template-stop")
     assert await serves(again.endpoint.url + "/")
+
+
+async def test_sigterm_right_after_the_fork_is_not_lost(make_backend: MakeBackend) -> None:
+    """The pool may drain an instance the moment it is started (a burst already absorbed).
+    Its SIGTERM can land before the child has dropped the template's SIGTERM handler; that
+    signal must still end it, not be swallowed until stop_grace runs out and SIGKILL."""
+    backend = make_backend(app="examples.app:create_app", stop_grace="3s")
+    await backend.prepare()
+    slow: list[float] = []
+    for round_ in range(12):
+        insts = await asyncio.gather(*(backend.start(f"t{round_}-{i}") for i in range(4)))
+        t0 = time.monotonic()
+        await asyncio.gather(*(backend.stop(inst, "test") for inst in insts))
+        if time.monotonic() - t0 > 1.5:
+            slow.append(time.monotonic() - t0)
+        assert not alive_pids([inst.handle for inst in insts])
+    assert not slow, f"stops that waited for SIGKILL: {slow}"

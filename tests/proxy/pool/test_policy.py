@@ -188,9 +188,13 @@ def test_idle_reaping_respects_ttl_and_floors() -> None:
 
 
 def test_auto_keep_alive_reaps_a_fork_within_a_second() -> None:
+    # a 5 ms fork start: kept for the KEEP_ALIVE_MIN floor (0.2 s), then reaped
     inst = (ready("a", 0, 99.0),)
-    assert decide(snap(0, *inst, now=99.4, cost=0.01, peak=1), AUTO).stop == ()
-    assert decide(snap(0, *inst, now=99.6, cost=0.01, peak=1), AUTO).stops == (("a", "idle"),)
+    assert decide(snap(0, *inst, now=99.15, cost=0.005, peak=1), AUTO).stop == ()
+    assert decide(snap(0, *inst, now=99.25, cost=0.005, peak=1), AUTO).stops == (("a", "idle"),)
+    # a 20 ms start (keep-alive 0.4 s) keeps it a little longer
+    assert decide(snap(0, *inst, now=99.3, cost=0.02, peak=1), AUTO).stop == ()
+    assert decide(snap(0, *inst, now=99.45, cost=0.02, peak=1), AUTO).stop == ("a",)
     # the same idle time with a 250 ms start (keep-alive 5 s): kept
     assert decide(snap(0, *inst, now=99.6, cost=0.25, peak=1), AUTO).stop == ()
 
