@@ -20,14 +20,15 @@ from loadtest.report import markdown, table
 from loadtest.report.progress import Progress
 from loadtest.sections.model import BenchContext, Section, say
 
-SECTIONS = ("datapath", "coldstart", "burst", "elasticity", "memory")
+SECTIONS = ("datapath", "coldstart", "burst", "elasticity", "tune", "memory")
 # Seconds each section takes (full, quick) on the 2-CPU reference box (section_seconds in
 # results.json, docker and vcsim up): what the ETA is computed from.
 EXPECTED_S = {
     "datapath": (280.0, 32.0),  # + the mypyc build and its target, + the profile
     "coldstart": (80.0, 36.0),
     "burst": (5.0, 2.0),
-    "elasticity": (360.0, 36.0),
+    "elasticity": (700.0, 36.0),
+    "tune": (170.0, 50.0),
     "memory": (12.0, 10.0),
 }
 
@@ -64,6 +65,10 @@ def _runner(name: str, ctx: BenchContext) -> Callable[[], Awaitable[Section]]:
         from loadtest.sections import elasticity
 
         return lambda: elasticity.run(ctx)
+    if name == "tune":
+        from loadtest.sections import tune
+
+        return lambda: tune.run(ctx)
     from loadtest.sections import memory
 
     return lambda: memory.run(ctx)

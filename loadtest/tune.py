@@ -26,7 +26,7 @@ import tempfile
 import time
 import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -194,23 +194,32 @@ def snippet(
     return head + configs.dumps({"pool": best.point.pool()})
 
 
-def table(results: Sequence[Measured], best: Measured | None, base: Measured | None = None) -> str:
-    headers = [
-        "max_conc",
-        "target",
-        "warm_pool",
-        "idle_ttl",
-        "routing",
-        "requests",
-        "failed",
-        "p99 ms",
-        "inst-s",
-        "peak",
-        "",
-    ]
+TABLE_HEADERS = [
+    "max_conc",
+    "target",
+    "warm_pool",
+    "idle_ttl",
+    "routing",
+    "requests",
+    "failed",
+    "p99 ms",
+    "inst-s",
+    "peak",
+    "",
+]
+
+
+def table_rows(
+    results: Sequence[Measured], best: Measured | None, base: Measured | None = None
+) -> list[list[Any]]:
+    """One row per measured point (TABLE_HEADERS), the pick and the defaults marked."""
     rows = []
     for r in results:
-        mark = "<- recommended" if r is best else "<- defaults" if r is base else r.error[:90]
+        mark = r.error[:90]
+        if r is best:
+            mark = "<- recommended (the defaults)" if r is base else "<- recommended"
+        elif r is base:
+            mark = "<- defaults"
         p = r.point
         rows.append(
             [
@@ -227,7 +236,11 @@ def table(results: Sequence[Measured], best: Measured | None, base: Measured | N
                 mark,
             ]
         )
-    return render(headers, rows)
+    return rows
+
+
+def table(results: Sequence[Measured], best: Measured | None, base: Measured | None = None) -> str:
+    return render(TABLE_HEADERS, table_rows(results, best, base))
 
 
 def config_problems(base: dict[str, Any], point: Point) -> str:
@@ -341,10 +354,24 @@ def needs_baseline_run(valid: Sequence[Point]) -> bool:
     return any(Point.defaults(p.max_concurrency) not in valid for p in valid)
 
 
-async def run(args: argparse.Namespace, base: dict[str, Any], points: list[Point]) -> int:
+@dataclass
+class Search:
+    """What a tune run found: every measurement, the pick and the defaults it is compared with."""
+
+    results: list[Measured]
+    load_s: float  # seconds of load per point
+    best: Measured | None = None
+    baseline: Measured | None = None
+    met: bool = False
+    error: str = ""  # why nothing was picked
+    skipped: list[Point] = field(default_factory=list)  # over budget
+    runnable: int = 0  # grid points the proxy's config parser accepted
+
+
+async def search(args: argparse.Namespace, base: dict[str, Any], points: list[Point]) -> Search:
+    """Measure the grid within the budget; pick; measure the defaults beside the pick."""
     results: list[Measured] = []
     t_start = time.monotonic()
-    skipped: list[Point] = []
     # Invalid points cost no load-test time: the proxy would refuse to start anyway.
     valid: list[Point] = []
     for point in points:
@@ -355,11 +382,9 @@ async def run(args: argparse.Namespace, base: dict[str, Any], points: list[Point
             valid.append(point)
     extra = int(needs_baseline_run(valid))
     load_s, slots = plan(args.budget - (time.monotonic() - t_start), max(1, len(valid)) + extra)
+    found = Search(results, load_s, runnable=len(valid))
     runnable = max(1, slots - extra)
     expected = [load_s + OVERHEAD_S] * (min(runnable, len(valid)) + extra)
-    best: Measured | None = None
-    baseline: Measured | None = None
-    met, error = False, ""
     with (
         tempfile.TemporaryDirectory(prefix="forkproxy-tune-") as work,
         Progress("tune", expected, unit="points") as progress,
@@ -369,49 +394,56 @@ async def run(args: argparse.Namespace, base: dict[str, Any], points: list[Point
         for i, point in enumerate(valid):
             spent = time.monotonic() - t_start
             if i >= runnable or (i > 0 and spent + load_s + OVERHEAD_S > limit):
-                skipped = valid[i:]
+                found.skipped = valid[i:]
                 break
             progress.start(i, point.label())
             results.append(await measure(base, point, load_s, args, Path(work), i))
         try:
-            best, met = pick(results, args.p99, args.max_error_rate)
+            found.best, found.met = pick(results, args.p99, args.max_error_rate)
         except ValueError as e:
-            error = str(e)
-        else:
-            baseline = baseline_of(results, best)
-            if baseline is None:
-                # Measured even when the grid ran over its share: the comparison is the point.
-                point = Point.defaults(best.point.max_concurrency)
-                progress.start(min(runnable, len(valid)), f"defaults: {point.label()}")
-                problem = config_problems(base, point)
-                baseline = (
-                    Measured(point, 0.0, 0, 0, math.nan, math.nan, 0, problem)
-                    if problem
-                    else await measure(base, point, load_s, args, Path(work), len(valid))
-                )
-                results.append(baseline)
-    if skipped:
+            found.error = str(e)
+            return found
+        found.baseline = baseline_of(results, found.best)
+        if found.baseline is None:
+            # Measured even when the grid ran over its share: the comparison is the point.
+            point = Point.defaults(found.best.point.max_concurrency)
+            progress.start(min(runnable, len(valid)), f"defaults: {point.label()}")
+            problem = config_problems(base, point)
+            found.baseline = (
+                Measured(point, 0.0, 0, 0, math.nan, math.nan, 0, problem)
+                if problem
+                else await measure(base, point, load_s, args, Path(work), len(valid))
+            )
+            results.append(found.baseline)
+    return found
+
+
+async def run(args: argparse.Namespace, base: dict[str, Any], points: list[Point]) -> int:
+    found = await search(args, base, points)
+    if found.skipped:
         print(
-            f"budget of {args.budget:g} s exhausted: skipped {len(skipped)} of {len(valid)} "
-            f"runnable grid points: {', '.join(str(p.pool()) for p in skipped)}",
+            f"budget of {args.budget:g} s exhausted: skipped {len(found.skipped)} of "
+            f"{found.runnable} "
+            f"runnable grid points: {', '.join(str(p.pool()) for p in found.skipped)}",
             file=sys.stderr,
         )
+    best, baseline = found.best, found.baseline
     if best is None:
-        print(table(results, None))
-        print(f"forkproxy tune: {error}", file=sys.stderr)
+        print(table(found.results, None))
+        print(f"forkproxy tune: {found.error}", file=sys.stderr)
         return 1
-    print(f"shape {args.shape}, {load_s:.0f} s of load per point, p99 target {args.p99:g} ms")
-    print(table(results, best, baseline))
+    print(f"shape {args.shape}, {found.load_s:.0f} s of load per point, p99 target {args.p99:g} ms")
+    print(table(found.results, best, baseline))
     print(versus(best, baseline))
-    text = snippet(best, met, args, baseline)
+    text = snippet(best, found.met, args, baseline)
     print()
     print(text, end="")
     if args.out:
         await asyncio.to_thread(Path(args.out).write_text, text)
         print(f"wrote {args.out}", file=sys.stderr)
-    if not met:
+    if not found.met:
         print("no setting met the target; the snippet holds the best p99 seen", file=sys.stderr)
-    return 0 if met else 1
+    return 0 if found.met else 1
 
 
 def main(args: argparse.Namespace) -> int:

@@ -19,12 +19,12 @@ from loadtest.sections.model import Section, Table
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 HOW_TO = """\
-Reproduce: `python -m loadtest bench` (about 8 minutes; `--quick` takes about one; `--out DIR`,
-default `results/latest`; `--only datapath,coldstart,burst,elasticity,memory`). wrk and the peers
-come from Debian (`apt-get install wrk nginx haproxy golang-go`; the bench installs them itself
-when run as root, and falls back to an aiohttp client / skips a missing peer otherwise). Docker
-and vSphere rows need their engines (`.ci/docker.sh`, `.ci/vcsim.sh`) and are skipped with the
-reason otherwise.
+Reproduce: `python -m loadtest bench` (about 20 minutes; `--quick` takes about two; `--out
+DIR`, default `results/latest`; `--only datapath,coldstart,burst,elasticity,tune,memory`). wrk
+and the peers come from Debian (`apt-get install wrk nginx haproxy golang-go`; the bench installs
+them itself when run as root, and falls back to an aiohttp client / skips a missing peer
+otherwise). Docker and vSphere rows need their engines (`.ci/docker.sh`, `.ci/vcsim.sh`) and are
+skipped with the reason otherwise.
 
 Load-test your own deployment with the bundled locustfile and shapes:
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shlex
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -94,8 +95,10 @@ def write_config(path: Path, base: Mapping[str, Any], pool: Mapping[str, Any]) -
     return doc
 
 
-def app_config(backend: Mapping[str, Any] = FORK_BACKEND) -> dict[str, Any]:
-    return {"server": {"name": "bench"}, "backend": dict(backend)}
+def app_config(backend: Mapping[str, Any] = FORK_BACKEND, name: str = "bench") -> dict[str, Any]:
+    """A config for `backend` under pool name `name`-<pid>: a proxy reaps what carries its pool
+    name and has no live owner, so two benches (or tunes) on one machine never share one."""
+    return {"server": {"name": f"{name}-{os.getpid()}"}, "backend": dict(backend)}
 
 
 async def _start(

@@ -141,7 +141,9 @@ async def _one(fp: RunningProxy, target: Target, trace: Trace, settle: float) ->
 
 async def run(ctx: BenchContext) -> Section:
     sec = Section("elasticity", "Elasticity: step, spike, sine and bursty traces, per backend")
-    scale = float(os.environ.get("FORKPROXY_ELASTIC_SCALE", ctx.pick(0.5, 0.3)))
+    # full length by default: step is then the anchor run (8 s / 14 s / 8 s), and the
+    # moments every trace shares (the first burst, the last request) weigh what they do there
+    scale = float(os.environ.get("FORKPROXY_ELASTIC_SCALE", ctx.pick(1.0, 0.3)))
     traces = all_traces(scale)
     if ctx.quick:
         traces = traces[:2]
@@ -169,10 +171,7 @@ async def run(ctx: BenchContext) -> Section:
                     except Exception as exc:  # no simulator here: say so, go on
                         sec.skip("vsphere backend", f"{type(exc).__name__}: {exc}")
                         continue
-                base = app_config(backend)
-                # a pool name of its own: a proxy reaps what carries its name and is not
-                # its own, so two benches on one machine must not share one
-                base["server"] = {**base.get("server", {}), "name": f"{name}-{os.getpid()}"}
+                base = app_config(backend, name)
                 fp = await stack.enter_async_context(forkproxy(ctx.work, name, base, target.pool))
                 sec.commands.append(f"proxy ({target.label}): {fp.command} with {fp.settings}")
                 for trace in mine:

@@ -48,7 +48,7 @@ def sections(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_quick_bench_writes_every_section(quick_bench: tuple[Path, dict[str, Any], str]) -> None:
     out, results, stdout = quick_bench
     secs = sections(results)
-    assert list(secs) == ["datapath", "coldstart", "burst", "elasticity", "memory"]
+    assert list(secs) == ["datapath", "coldstart", "burst", "elasticity", "tune", "memory"]
     assert all(not s["failures"] for s in secs.values()), [s["failures"] for s in secs.values()]
     md = (out / "results.md").read_text()
     assert "| target | tool | req/s |" in md and "forkproxy run --config" in md
@@ -83,6 +83,14 @@ def test_quick_bench_writes_every_section(quick_bench: tuple[Path, dict[str, Any
     for name in ("elasticity-step.png", "elasticity-spike.png"):
         png = out / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 200_000
+
+    tuned = secs["tune"]
+    (grid,) = tuned["tables"]
+    marks = [row[-1] for row in grid["rows"]]
+    # the defaults are a grid point: measured in the same run
+    assert any("defaults" in str(m) for m in marks), grid
+    assert tuned["data"]["recommended"]["max_concurrency"] == 4
+    assert tuned["data"]["versus_defaults"].startswith("vs defaults (max_concurrency 4): ")
 
     mem = secs["memory"]["data"]["results"]
     assert mem["fork"]["instances"] == mem["exec"]["instances"] == 20, mem
