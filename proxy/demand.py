@@ -1,29 +1,35 @@
-"""What the pool measures for the policy: how long starts take (an EWMA of recent ones) and
+"""What the pool measures for the policy: how long starts take (the median of recent ones) and
 how demand moved (peak per time bucket). Plain bookkeeping on the pool's clock."""
 
 from __future__ import annotations
 
+import statistics
 from collections import deque
 
 from proxy.policy import START_COST_PRIOR
 
 
 class StartCost:
-    """Seconds from asking for an instance to its READY, smoothed over recent starts.
-    The EWMA follows a backend that slows under load (a busy docker engine) within a few
-    starts while one outlier moves it by at most a third."""
+    """Seconds from asking for an instance to its READY: the median of the last WINDOW starts.
+    A backend's starts can come in two kinds (a docker paused pool unpauses in ~20 ms until a
+    burst empties it, then creates in ~1 s; a fork template hands over a prefork spare or
+    forks): the median prices the next start by the kind most recent starts were, where a
+    mean let one create among unpauses stretch the keep-alive of every instance twentyfold.
+    A backend that slows as a whole (a busy engine) moves it within WINDOW / 2 starts."""
 
-    ALPHA = 0.3
+    WINDOW = 9
 
     def __init__(self, prior: float = START_COST_PRIOR) -> None:
         self.value = prior
-        self.samples = 0
+        self._recent: deque[float] = deque(maxlen=self.WINDOW)
+
+    @property
+    def samples(self) -> int:
+        return len(self._recent)
 
     def observe(self, seconds: float) -> None:
-        self.value = (
-            seconds if not self.samples else self.value + self.ALPHA * (seconds - self.value)
-        )
-        self.samples += 1
+        self._recent.append(seconds)
+        self.value = statistics.median(self._recent)
 
     def estimate(self, oldest_start_age: float) -> float:
         """A start running longer than the estimate already proves the estimate low."""

@@ -45,7 +45,8 @@ class Metrics:
         )
         self.start_cost = Gauge(
             f"{p}_start_cost_seconds",
-            "Measured start-to-ready time the policy prices headroom and keep-alive by (EWMA)",
+            "Measured start-to-ready time the policy prices headroom and keep-alive by "
+            "(median of the last 9 starts)",
             registry=r,
         )
         self.keep_alive = Gauge(

@@ -13,8 +13,9 @@ import asyncio
 import os
 import signal
 import socket
+import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from aiohttp import web
 
@@ -23,6 +24,7 @@ from backends.support.tasks import TaskSet
 
 _PARENT_POLL = 0.5
 _PRIME_TIMEOUT = 2.0
+PRIME_ROUNDS = 20  # the template's: enough calls for 3.11's adaptive interpreter to quicken
 T = TypeVar("T")
 Acquire = Callable[[], Awaitable[socket.socket | None]]
 
@@ -57,6 +59,10 @@ class Lifetime:
         await asyncio.gather(work, stop, return_exceptions=True)
         return work.result() if work.done() and not work.cancelled() else None
 
+    @property
+    def tasks(self) -> int:
+        return len(self._tasks)
+
     async def close(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.remove_signal_handler(sig)
@@ -68,11 +74,15 @@ async def _setup(runner: web.AppRunner) -> bool:
     return True
 
 
-async def _prime() -> None:
-    """One request through aiohttp's server machinery on a throwaway app (none of the user's
-    handlers, middleware or hooks run), by a spare while it waits to be assigned. The pages
-    that path writes (refcounts of aiohttp's code and module objects) are then copied from
-    the template now, off the start path, instead of during the first client's request."""
+async def _prime(rounds: int = 1) -> None:
+    """Requests through aiohttp's server machinery on a throwaway app (none of the user's
+    handlers, middleware or hooks run), each on a new connection. Run by the template before
+    it forks: code objects on that path are then quickened (3.11+ rewrites bytecode in place
+    as it warms) and lazy state initialised once, instead of in every fork during its first
+    client's request, where each such write copies a page. A spare primes again while it
+    waits, so the pages it still writes are copied off the start path too.
+    Sockets are made by hand (127.0.0.1 literals, no getaddrinfo): the loop must not
+    start libuv's resolver threads in a template."""
 
     async def ok(_: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -81,26 +91,72 @@ async def _prime() -> None:
     app.router.add_get("/", ok)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(8)
+        lsock.setblocking(False)
+        site = web.SockSite(runner, lsock)
         await site.start()
-        port = runner.addresses[0][1]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET / HTTP/1.1\r\nHost: prime\r\nConnection: close\r\n\r\n")
-        await reader.read()
-        writer.close()
-        await writer.wait_closed()
+        for _ in range(rounds):
+            csock = socket.create_connection(lsock.getsockname())  # done by the backlog
+            reader, writer = await asyncio.open_connection(sock=csock)
+            writer.write(b"GET / HTTP/1.1\r\nHost: prime\r\nConnection: close\r\n\r\n")
+            await reader.read()
+            writer.close()
+            await writer.wait_closed()
     finally:
         await runner.cleanup()
+        lsock.close()
 
 
-async def _try_prime() -> bool:
+def prime_template(rounds: int = PRIME_ROUNDS) -> None:
+    """In the template, before any fork: a loop made and closed (as every fork makes
+    one), the child's signal handling set up and removed, and `rounds` primed requests.
+    Best effort, like a spare's: a template that cannot prime still forks."""
+    import uvloop
+
+    async def run() -> None:
+        life = Lifetime(os.getppid())
+        await life.close()
+        await _try_prime(rounds)
+
+    uvloop.run(run())
+
+
+async def _try_prime(rounds: int = 1) -> bool:
     try:
         async with asyncio.timeout(_PRIME_TIMEOUT):
-            await _prime()
+            await _prime(rounds)
     except (OSError, TimeoutError):
-        pass  # best effort: a spare that could not prime still serves
+        pass  # best effort: an instance that could not prime still serves
     return True
+
+
+def nothing_to_finish(app: web.Application, runner: web.AppRunner, own_tasks: int) -> bool:
+    """True if a graceful stop would do nothing but close sockets and free memory: the
+    app has no shutdown or cleanup hooks (sub-apps' hooks are chained into these), no
+    connection is in the middle of a request, and no task is running beyond our own
+    `own_tasks` and one per idle connection (a task the app started, in on_startup or
+    from a handler, is cancelled by a graceful stop: its cleanup code must get to run)."""
+    own_cleanup = [app.cleanup_ctx._on_cleanup]  # aiohttp registers its cleanup_ctx runner
+    if len(app.on_shutdown) or list(app.on_cleanup) != own_cleanup or len(app.cleanup_ctx):
+        return False
+    server = runner.server
+    conns = server.connections if server is not None else []
+    if any(getattr(c, "_request_in_progress", True) for c in conns):
+        return False
+    return len(asyncio.all_tasks()) <= own_tasks + len(conns)
+
+
+def exit_now() -> NoReturn:
+    """End a fork that has nothing left to finish, skipping the loop's and the
+    interpreter's teardown: every object freed there is a write to a page the fork
+    shares with its template, i.e. a page copied only to be thrown away. The kernel
+    closes the sockets (idle keep-alive connections see a FIN, as after a graceful stop)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 async def serve_aiohttp(
@@ -129,6 +185,11 @@ async def serve_aiohttp(
         site = web.SockSite(runner, sock, shutdown_timeout=grace)
         await site.start()
         await life.stop.wait()
+        # As aiohttp's own cleanup does before closing idle connections: a request whose
+        # bytes already arrived gets one loop turn to start (and so to be waited for).
+        await asyncio.sleep(0)
+        if nothing_to_finish(app, runner, 1 + life.tasks):
+            exit_now()  # most forks, and every fork of a fresh-instance-per-request pool
     finally:
         await runner.cleanup()
         if life is not None:

@@ -88,6 +88,7 @@ class Template:
             self.app = _wsgi.prepare(self.app, int(self.spec.get("threads", 1)))
         else:
             self.app.freeze()  # routes and middleware chains built once, not per child
+            _serve.prime_template()
         _forksafe.before_fork()
         if threading.active_count() != 1:
             names = ", ".join(t.name for t in threading.enumerate())

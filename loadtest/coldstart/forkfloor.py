@@ -1,12 +1,15 @@
 """The floor under a fork cold start: what `os.fork()` of a process holding what the fork
-template holds (the app built, aiohttp, uvloop and the child's serving code imported, the heap
-frozen) costs on this machine, with the child `_exit(0)`ing at once and the parent reaping it.
+template holds (the app built, aiohttp, uvloop and the child's serving code imported and
+primed, the heap frozen) costs on this machine, with the child `_exit(0)`ing at once and the
+parent reaping it; and what a fork running the backend's own child code (the same code a
+template's fork runs, minus the template's messaging) takes from fork() to the first byte
+of its first request, to the first byte of a second one, and to its exit after SIGTERM.
 
     python -m loadtest.coldstart.forkfloor examples.app:create_app 200
 
 prints one JSON object: p50/p99 of the fork() call as the parent sees it, of the whole
-fork + exit + waitpid cycle, and the process's RSS and page-table size (VmPTE: what fork
-copies). `measure()` runs it in a fresh interpreter for the bench.
+fork + exit + waitpid cycle, the served fork's phases, and the process's RSS and page-table
+size (VmPTE: what fork copies). `measure()` runs it in a fresh interpreter for the bench.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import asyncio
 import gc
 import json
 import os
+import resource
+import signal
+import socket
 import sys
 import time
 from typing import Any
@@ -32,15 +38,20 @@ def _status(field: str) -> int:
 
 
 def probe(app: str, n: int) -> dict[str, Any]:
-    from backends.process import _apps, _serve  # noqa: F401 - held like the template holds it
+    from backends.process import _apps, _serve  # held like the template holds them
 
     kind, built = _apps.load(app, "auto")
     if kind == "aiohttp":
         built.freeze()
+        _serve.prime_template()
     import uvloop  # noqa: F401
 
     gc.collect()
     gc.freeze()
+    try:
+        served = _served_forks(kind, built, max(10, n // 5))
+    except (OSError, RuntimeError) as e:  # the fork() floors above still stand without it
+        served = {"served_error": f"{type(e).__name__}: {e}"}
     call: list[float] = []
     cycle: list[float] = []
     for _ in range(n):
@@ -60,9 +71,69 @@ def probe(app: str, n: int) -> dict[str, Any]:
         "fork_call_p99_ms": percentile(call, 99) * 1000,
         "cycle_p50_ms": percentile(cycle, 50) * 1000,
         "cycle_p99_ms": percentile(cycle, 99) * 1000,
+        **served,
         "rss_mib": _status("VmRSS") / 1024,
         "page_tables_kib": _status("VmPTE"),
         "loadavg_1m": os.getloadavg()[0],
+    }
+
+
+def _get(port: int) -> float:
+    """GET / on a new connection; the time of the first response byte (after reading it all)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: floor\r\nConnection: close\r\n\r\n")
+        first = conn.recv(1)
+        t = time.perf_counter()
+        while conn.recv(65536):
+            pass
+    if not first:
+        raise RuntimeError("the served fork closed without answering")
+    return t
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _served_forks(kind: str, built: Any, n: int) -> dict[str, Any]:
+    """n forks running the backend's child code on a socket listening before the fork, each
+    asked for GET / at once (the request waits in the backlog while the fork boots), then
+    again on a new connection, then SIGTERMed and reaped."""
+    from backends.process import _forked
+
+    inherited = _forked.Inherited(kind, built, built, None, 1.0, os.getpid(), None, (), ())
+    first: list[float] = []
+    second: list[float] = []
+    gone: list[float] = []
+    cpu0 = _children_cpu()
+    for i in range(n):
+        lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(16)
+        port = lsock.getsockname()[1]
+        t0 = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:
+            _forked.run_instance(inherited, f"floor-{i}", {}, lsock.detach())
+        lsock.close()
+        try:
+            t1 = _get(port)
+            t2 = time.perf_counter()
+            t3 = _get(port)
+        finally:
+            os.kill(pid, signal.SIGTERM)
+            t4 = time.perf_counter()
+            os.waitpid(pid, 0)
+        first.append(t1 - t0)
+        second.append(t3 - t2)
+        gone.append(time.perf_counter() - t4)
+    return {
+        "served_n": n,
+        "served_fork_cpu_ms": (_children_cpu() - cpu0) / n * 1000,
+        "fork_to_first_byte_p50_ms": percentile(first, 50) * 1000,
+        "warm_request_same_fork_p50_ms": percentile(second, 50) * 1000,
+        "sigterm_to_reaped_p50_ms": percentile(gone, 50) * 1000,
     }
 
 

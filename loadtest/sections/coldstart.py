@@ -149,6 +149,24 @@ def _floor_tables(
                 ],
                 ["warm request through forkproxy, new connection", warm_p50, None],
                 ["floor: fork() + one warm request", fork_call + warm_p50, None],
+                [
+                    "a fork running the instance code, no proxy or template messaging: "
+                    "fork() -> first byte of a request queued before the fork (its boot "
+                    "and first answer)",
+                    floor.get("fork_to_first_byte_p50_ms"),
+                    None,
+                ],
+                [
+                    "the same fork's second request, new connection (warm)",
+                    floor.get("warm_request_same_fork_p50_ms"),
+                    None,
+                ],
+                ["that fork idle: SIGTERM -> reaped", floor.get("sigterm_to_reaped_p50_ms"), None],
+                [
+                    "that fork's CPU, mean (boot, two requests, exit, teardown)",
+                    floor.get("served_fork_cpu_ms"),
+                    None,
+                ],
             ],
             f"The floor under a fork cold start: a process holding what the template holds "
             f"({floor.get('rss_mib', math.nan):.0f} MiB RSS, "
