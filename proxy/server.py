@@ -20,6 +20,7 @@ from backends.support import owner
 from backends.support.extras import MissingExtra
 from proxy.admin import admin_app
 from proxy.config import Address, Config
+from proxy.http import native
 from proxy.http.forward import Forwarder
 from proxy.http.safety import UnsafeParser, check_parsers
 from proxy.http.server import HttpServer, Request
@@ -53,7 +54,7 @@ def failure_message(exc: BaseException, cfg: Config) -> str | None:
     """One line a person can act on, for the errors that stop a proxy from starting."""
     if isinstance(exc, BackendError | MissingExtra):
         return f"backend {cfg.backend_type} cannot start: {exc}"
-    if isinstance(exc, UnsafeParser):
+    if isinstance(exc, UnsafeParser | native.StaleBuild):
         return f"refusing to run: {exc}"
     if isinstance(exc, ListenError):
         return f"cannot listen: {exc.strerror}"
@@ -92,6 +93,7 @@ class Proxy:
     async def start(self) -> None:
         """Prepare the backend, reap leftovers, then open the listeners."""
         check_parsers()
+        log.info("data path: %s", native.check())
         await self.pool.start()
         listen = self.cfg.server.listen
         with ListenError.naming("server.listen", listen):

@@ -102,14 +102,14 @@ def app_config(backend: Mapping[str, Any] = FORK_BACKEND, name: str = "bench") -
 
 
 async def _start(
-    workdir: Path, name: str, config_path: Path, cwd: Path
+    workdir: Path, name: str, config_path: Path, cwd: Path, command: list[str] | None = None
 ) -> tuple[Proc, list[str], int, int]:
     """Spawn forkproxy on free ports; retry with new ports if one was taken in the meantime
     (free_port() cannot reserve: another process on the box may bind it first)."""
     for attempt in range(3):
         port, admin_port = free_port(), free_port()
         argv = [
-            *forkproxy_cmd(),
+            *(command or forkproxy_cmd()),
             "run",
             "--config",
             str(config_path),
@@ -144,20 +144,22 @@ async def forkproxy(
     *,
     wait_instances: int | None = None,
     cwd: Path = REPO,
+    command: list[str] | None = None,
 ) -> AsyncIterator[RunningProxy]:
     """Start forkproxy with `base` + `pool`; yields once admin answers and, if asked,
     `wait_instances` instances are ready (defaults to pool.min_instances). `cwd` is where
-    relative paths in the config resolve (the repo for the bundled example app)."""
+    relative paths in the config resolve (the repo for the bundled example app); `command`
+    runs another forkproxy than this checkout's (a compiled copy: loadtest/run/native.py)."""
     config_path = workdir / f"{name}.toml"
     doc = await asyncio.to_thread(write_config, config_path, base, pool)
-    proc, argv, port, admin_port = await _start(workdir, name, config_path, cwd)
+    proc, argv, port, admin_port = await _start(workdir, name, config_path, cwd, command)
     try:
         admin = f"http://127.0.0.1:{admin_port}"
         running = RunningProxy(
             url=f"http://127.0.0.1:{port}",
             admin=admin,
             config_path=config_path,
-            command=shlex.join(["forkproxy", *argv[len(forkproxy_cmd()) :]]),
+            command=shlex.join(["forkproxy", *argv[len(command or forkproxy_cmd()) :]]),
             proc=proc,
             config=doc,
         )

@@ -1,7 +1,7 @@
 """Section 1, the data path: fixed-concurrency load direct to one warm app instance, through
 forkproxy (fork backend, one warm instance) and through its peers (nginx, HAProxy, Go's
 httputil.ReverseProxy) in front of the same app, in interleaved rounds at 1, 32 and 256
-connections."""
+connections; then where forkproxy's CPU goes at 32 (profile.py)."""
 
 from __future__ import annotations
 
@@ -14,15 +14,17 @@ import aiohttp
 
 from loadtest.load.httpload import LoadResult, run_load, wrk_path
 from loadtest.report.stats import ratio
-from loadtest.run import peers
+from loadtest.run import native, peers
 from loadtest.run.procs import PYTHON, running_on_free_port
 from loadtest.run.proxy import FORK_BACKEND, app_config, forkproxy
 from loadtest.run.tools import ensure_debian_package
+from loadtest.sections import profile
 from loadtest.sections.model import BenchContext, Section, Table, say
 
 CONNECTIONS = 32  # the headline figure
 LEVELS = (1, CONNECTIONS, 256)  # c=1: added latency; c=256: many connections on one loop
 PATH = "/"
+COMPILED = "forkproxy-mypyc"  # the optional compiled build (proxy/http/native.py)
 
 
 def median_run(runs: list[LoadResult], by_latency: bool = False) -> LoadResult:
@@ -64,6 +66,7 @@ async def run(ctx: BenchContext, require_tools: bool = False) -> Section:
         "idle_ttl": "10m",
     }
     runs: dict[tuple[str, int], list[LoadResult]] = {}
+    prof: profile.Profile | str | None = None
     async with contextlib.AsyncExitStack() as stack:
 
         def app_argv(port: int) -> list[str]:
@@ -84,6 +87,7 @@ async def run(ctx: BenchContext, require_tools: bool = False) -> Section:
                 continue
             sec.commands.append(command)
             targets[peer.name] = url + PATH
+        fp = None
         try:
             fp = await stack.enter_async_context(
                 forkproxy(ctx.work, "datapath", app_config(FORK_BACKEND), pool)
@@ -92,6 +96,7 @@ async def run(ctx: BenchContext, require_tools: bool = False) -> Section:
             targets["forkproxy"] = fp.url + PATH
         except (RuntimeError, TimeoutError, OSError, aiohttp.ClientError) as e:
             sec.fail("forkproxy", e)
+        await _compiled(ctx, sec, stack, pool, targets)
 
         # Rounds interleave the targets so a noisy neighbour on the box hits them all alike;
         # the order rotates each round so no target always runs right after the same one.
@@ -103,10 +108,15 @@ async def run(ctx: BenchContext, require_tools: bool = False) -> Section:
                     say(f"  round {i + 1}/{rounds}: {name}, {c} connections, {seconds[c]:g}s")
                     result = await run_load(targets[name], c, seconds[c], use_wrk)
                     runs.setdefault((name, c), []).append(result)
+        if fp is not None:
+            # after the rounds, so the sampler's cost never shows in their figures
+            prof = await profile.measure(fp.proc.pid, targets["forkproxy"], CONNECTIONS, use_wrk)
     by_level = {
         c: {n: median_run(runs[n, c], c == 1) for n in targets if runs.get((n, c))} for c in LEVELS
     }
     _report(sec, by_level, seconds, rounds)
+    if prof is not None:
+        profile.report(sec, prof)
     sec.data = {
         "connections": CONNECTIONS,
         "levels": list(LEVELS),
@@ -124,6 +134,45 @@ async def run(ctx: BenchContext, require_tools: bool = False) -> Section:
     return sec
 
 
+async def _compiled(
+    ctx: BenchContext,
+    sec: Section,
+    stack: contextlib.AsyncExitStack,
+    pool: dict[str, Any],
+    targets: dict[str, str],
+) -> None:
+    """forkproxy with the optional mypyc build (python -m proxy.http.native build) beside
+    the default pure-Python one, in a compiled copy of the checkout; skipped with the reason
+    where it cannot be built."""
+    if ctx.quick:
+        sec.skip(COMPILED, "measured in full runs only (its build takes about 30 s)")
+        return
+    say("  building the compiled data path (mypyc) in a copy of the checkout")
+    built = await native.build(ctx.work)
+    if isinstance(built, str):
+        sec.skip(COMPILED, built)
+        return
+    try:
+        fp = await stack.enter_async_context(
+            forkproxy(
+                ctx.work,
+                "datapath-native",
+                app_config(FORK_BACKEND),
+                pool,
+                cwd=built,
+                command=native.COMMAND,
+            )
+        )
+    except (RuntimeError, TimeoutError, OSError, aiohttp.ClientError) as e:
+        sec.fail(COMPILED, e)
+        return
+    sec.commands.append(
+        f"{COMPILED}: python -m proxy.http.native build in a copy of the checkout, then "
+        f"python -m proxy run ... from it, same settings"
+    )
+    targets[COMPILED] = fp.url + PATH
+
+
 def _ratios(by_level: dict[int, dict[str, LoadResult]]) -> dict[str, float]:
     out: dict[str, float] = {}
     for c in (CONNECTIONS, 256):
@@ -131,7 +180,9 @@ def _ratios(by_level: dict[int, dict[str, LoadResult]]) -> dict[str, float]:
         for name in rps:
             if name != "direct":
                 out[f"{name} / direct @{c}"] = ratio(rps[name], rps.get("direct", nan))
-        out[f"forkproxy / nginx @{c}"] = ratio(rps.get("forkproxy", nan), rps.get("nginx", nan))
+        for fp in ("forkproxy", COMPILED):
+            if fp in rps:
+                out[f"{fp} / nginx @{c}"] = ratio(rps[fp], rps.get("nginx", nan))
     return out
 
 

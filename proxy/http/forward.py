@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from prometheus_client import Counter
 
 from proxy.config import Config
-from proxy.http.deadline import within
 from proxy.http.headers import downstream_raw, server_timing, upstream_head
 from proxy.http.server import ClientError, Request
 from proxy.http.upstream import (
@@ -56,6 +55,8 @@ class Forwarder:
             max_idle=lambda: max(64, pool.cfg.max_concurrency),
         )
         self.trusted = cfg.server.trusted_proxies
+        self._header_timeout = cfg.server.upstream_header_timeout
+        self._server_timing = cfg.server.server_timing
         pool.gone_hooks.append(lambda inst: self.client.forget(inst.endpoint))
         self._by_status: dict[int, Counter] = {}
         self._latency = {k: metrics.latency.labels(k) for k in ("cold", "warm")}
@@ -158,7 +159,8 @@ class Forwarder:
                     head_only=head_only,
                     on_info=req.informational,
                 )
-                await within(upstream.headers_done, self.cfg.server.upstream_header_timeout)
+                conn_up.expect_head(self._header_timeout)
+                await upstream.headers_done
             except UpstreamError as exc:
                 if conn_up is not None:
                     conn_up.close()
@@ -228,7 +230,7 @@ class Forwarder:
         t_headers = time.monotonic()
         self._latency["cold" if lease.cold else "warm"].observe(t_headers - t_arrive)
         headers = downstream_raw(upstream.raw_headers)
-        if self.cfg.server.server_timing:
+        if self._server_timing:
             timing = server_timing(lease.queued, lease.cold, t_headers - t_send)
             headers.append((b"Server-Timing", timing.encode()))
         status = upstream.status

@@ -59,6 +59,42 @@ def _get(raw: RawHeaders, name: bytes) -> list[bytes]:
     return [v for n, v in raw if n.lower() == name]
 
 
+def _set(xff: bytes, proto: bytes, host: bytes | None, forwarded: bytes) -> bytes:
+    """The forwarding headers the instance gets, as header lines."""
+    parts = [b"X-Forwarded-For: ", xff, b"\r\nX-Forwarded-Proto: ", proto, b"\r\n"]
+    if host is not None:
+        parts += (b"X-Forwarded-Host: ", host, b"\r\n")
+    parts += (b"Forwarded: ", forwarded, b"\r\n")
+    return b"".join(parts)
+
+
+def _forwarding(peer: str, host: bytes | None) -> bytes:
+    """The forwarding set for a peer we do not trust: it depends on the peer and the Host
+    alone, the same for every request of a connection."""
+    peer_b, forwarded = _peer(peer)
+    return _set(peer_b, b"http", host, forwarded + b";proto=http")
+
+
+# so built once per peer and Host; a Host longer than a DNS name (255) is built each time,
+# so what the cache holds stays small whatever clients send
+_forwarding_cached = functools.lru_cache(maxsize=1024)(_forwarding)
+
+
+def _extended(raw: RawHeaders, peer: str, host: bytes | None) -> bytes:
+    """A trusted proxy's X-Forwarded-* and Forwarded, kept and extended with this hop."""
+    peer_b, forwarded = _peer(peer)
+    xff = peer_b
+    prior = _get(raw, b"x-forwarded-for")
+    if prior:
+        xff = b", ".join([*prior, peer_b])
+    proto = (_get(raw, b"x-forwarded-proto") or [b"http"])[-1]
+    fhost = (_get(raw, b"x-forwarded-host") or [host or b""])[-1] or None
+    prior_fwd = _get(raw, b"forwarded")
+    if prior_fwd:
+        forwarded = b", ".join([*prior_fwd, forwarded])
+    return _set(xff, proto, fhost, forwarded)
+
+
 def upstream_head(
     method: str,
     path: bytes,
@@ -80,25 +116,11 @@ def upstream_head(
     for (name, value), low in zip(raw, lowered, strict=True):
         if low not in drop:
             parts += (name, b": ", value, b"\r\n")
-    peer_b, forwarded = _peer(peer)
-    xff = peer_b
-    proto = b"http"
-    fhost = host
     if trusted:
-        prior = _get(raw, b"x-forwarded-for")
-        if prior:
-            xff = b", ".join([*prior, peer_b])
-        proto = (_get(raw, b"x-forwarded-proto") or [proto])[-1]
-        fhost = (_get(raw, b"x-forwarded-host") or [fhost or b""])[-1] or None
-        prior_fwd = _get(raw, b"forwarded")
-        if prior_fwd:
-            forwarded = b", ".join([*prior_fwd, forwarded])
+        parts.append(_extended(raw, peer, host))
     else:
-        forwarded += b";proto=http"
-    parts += (b"X-Forwarded-For: ", xff, b"\r\nX-Forwarded-Proto: ", proto, b"\r\n")
-    if fhost is not None:
-        parts += (b"X-Forwarded-Host: ", fhost, b"\r\n")
-    parts += (b"Forwarded: ", forwarded, b"\r\n")
+        short = host is None or len(host) <= 255
+        parts.append((_forwarding_cached if short else _forwarding)(peer, host))
     if websocket:
         parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
     parts.append(framing)

@@ -99,14 +99,15 @@ class RequestParsing:
         before = body.body.received if body is not None else 0
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._after_upgrade_head(data[int(exc.args[0]) :])
+        # one name per except clause: a mypyc build types a reused name by its first clause
+        except httptools.HttpParserUpgrade as upgrade:
+            self._after_upgrade_head(data[int(upgrade.args[0]) :])
             return
-        except ClientError as exc:
-            self.fail(exc.status, exc.text)
+        except ClientError as broke:
+            self.fail(broke.status, broke.text)
             return
-        except httptools.HttpParserError as exc:
-            self._parse_error(exc)
+        except httptools.HttpParserError as bad:
+            self._parse_error(bad)
             return
         if self._in_head:
             self._head_in_progress(data, was_in_head)

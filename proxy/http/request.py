@@ -71,7 +71,7 @@ class Body:
         self.complete = False
         self.error: Exception | None = None
         self.on_first_read: Callable[[], None] | None = None  # sends 100 Continue
-        self.started = time.monotonic()
+        self.started = 0.0  # set when the head is complete (parsing.py): the rate's clock
 
     def feed(self, data: bytes) -> None:
         self.received += len(data)

@@ -18,8 +18,10 @@ import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from backends.support.tasks import TaskSet
+from proxy.http.deadline import Deadline
 from proxy.http.flow import PIPELINE, Flow
 from proxy.http.parsing import RequestParsing
 from proxy.http.request import ClientError, Limits, Request
@@ -48,17 +50,18 @@ class HttpConnection(RequestParsing, asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.active: Request | None = None
+        # the task serving this connection's requests (_serve), or its upgrade's
         self._task: asyncio.Task[None] | None = None
+        self._serving = False  # _serve runs (a request, or waiting for the next one)
+        self._next: asyncio.Future[Request] | None = None  # _serve waits for a request
         self.pipeline: collections.deque[Request] = collections.deque()
         self.closing = False
         self.draining = False  # shutting down: finish what is in flight, no keep-alive
         # a request that broke the rules behind a pipelined one: answered after it
         self._broken: ClientError | None = None
         # One deadline per connection (header read, keep-alive idle), on one timer moved
-        # lazily: see _arm.
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0  # when the pending timer fires
-        self._due: float | None = None  # the deadline; None: no deadline
+        # lazily (deadline.py); _due_idle: an idle keep-alive wait, closed silently
+        self._deadline = Deadline(self.loop, self._on_deadline)
         self._due_idle = False
         self._linger: asyncio.TimerHandle | None = None
         self._got_bytes = False  # of the request head being read
@@ -99,6 +102,8 @@ class HttpConnection(RequestParsing, asyncio.Protocol):
             # the client is gone: a request held for a slot leaves the queue (no demand,
             # never forwarded); one in flight is dropped and its slot released
             task.cancel()
+        if self._next is not None:
+            self._next.cancel()  # _serve waiting behind an upgrade's task ends too
         self.flow.wake()
         self.server.idle_changed()
 
@@ -132,10 +137,36 @@ class HttpConnection(RequestParsing, asyncio.Protocol):
         self.active = req
         if req.upgrade and self.server.upgrade is not None:
             self._task = self.server.tasks.spawn(self._run_upgrade(req), "upgrade")
-        else:
-            self._task = self.server.tasks.spawn(self._handle(req), "request")
+            return
+        nxt = self._next
+        if nxt is not None:
+            self._next = None
+            if not nxt.done():
+                nxt.set_result(req)  # the connection's task waits for its next request
+                return
+        if not self._serving:  # else the running task takes it next (pipelined, _finished)
+            self._task = self.server.tasks.spawn(self._serve(req), "request")
 
-    async def _handle(self, req: Request) -> None:
+    async def _serve(self, req: Request) -> None:
+        """The connection's requests one after another, in one task for the connection:
+        a task per request (creation, registration, a done callback) was a measurable
+        share of a request. Ends with the connection, or when an upgrade takes over."""
+        self._serving = True
+        try:
+            while await self._handle(req):
+                nxt = self.active  # a pipelined request _finished started
+                if nxt is None:
+                    self._next = self.loop.create_future()
+                    nxt = await self._next
+                if nxt.upgrade and self.server.upgrade is not None:
+                    return  # _run gave it to an upgrade task
+                req = nxt
+        finally:
+            self._serving = False
+            self._next = None
+
+    async def _handle(self, req: Request) -> bool:
+        """Run the handler for `req`; True if the connection serves another request."""
         try:
             await self.server.handler(req)
         except ClientError as exc:
@@ -143,10 +174,10 @@ class HttpConnection(RequestParsing, asyncio.Protocol):
                 req.keep_alive = False
                 req.respond(exc.status, exc.text)
             self.closing = True
-        except ConnectionError as exc:  # the client went away or stopped reading: routine
-            log.debug("client %s: %s", self.peer, exc)
+        except ConnectionError as gone:  # the client went away or stopped reading: routine
+            log.debug("client %s: %s", self.peer, gone)
             self.abort()
-            return
+            return False
         except asyncio.CancelledError:
             self.abort()
             raise
@@ -156,36 +187,36 @@ class HttpConnection(RequestParsing, asyncio.Protocol):
                 req.keep_alive = False
                 req.respond(500, "Internal Server Error")
             self.abort()
-            return
-        self._finished(req)
+            return False
+        return self._finished(req)
 
-    def _finished(self, req: Request) -> None:
+    def _finished(self, req: Request) -> bool:
         self.active = None
-        self._task = None
         if not req.body.complete:
             # an unread body would be parsed as the next request: close instead, but
             # lingering, so the client still reads our answer (413, 408, ...)
             self.linger()
-            return
+            return False
         if not req.keep_alive or self.closing or self.draining:
             self.close()
-            return
+            return False
         if self.pipeline:
             self._run(self.pipeline.popleft())
             if not self.pipeline and self._broken is None:
                 self.flow.resume(PIPELINE)
-            return
+            return True
         if self._broken is not None:
             self.fail(self._broken.status, self._broken.text)
-            return
+            return False
         self.flow.resume(PIPELINE)
         if self.parsing is None:
             self._arm(self.limits.keepalive_timeout, idle=True)
-        elif self._due is None:
+        elif self._deadline.due is None:
             # the next head's deadline passed while this request ran (_expired skips an
             # active connection): it gets a fresh one now rather than none
             self._arm(self.limits.header_timeout, idle=False)
         self.server.idle_changed()
+        return True
 
     async def _run_upgrade(self, req: Request) -> None:
         assert self.server.upgrade is not None
@@ -279,45 +310,20 @@ class HttpConnection(RequestParsing, asyncio.Protocol):
     # -- deadlines -----------------------------------------------------------------------
 
     def _arm(self, delay: float, *, idle: bool) -> None:
-        """The deadline is `delay` from now. Every request moves it two or three times;
-        rescheduling a timer each time (a handle, a heap push, a cancel) was a measurable
-        share of a request. So the pending timer stays when it fires no later than the new
-        deadline, and re-arms itself for the rest when it fires early (_fire); only an
-        earlier deadline (the header timeout after a keep-alive wait) reschedules."""
-        if delay <= 0:
-            self._disarm()
-            return
-        due = self.loop.time() + delay
-        self._due = due
         self._due_idle = idle
-        if self._timer is not None:
-            if self._timer_at <= due:
-                return
-            self._timer.cancel()
-        self._timer_at = due
-        self._timer = self.loop.call_at(due, self._fire)
+        self._deadline.arm(delay)
 
     def _disarm(self) -> None:
-        self._due = None  # a pending timer finds no deadline and lapses
+        self._deadline.disarm()
 
     def _cancel_timers(self) -> None:
         """The connection is done: no timer may keep it alive until it fires."""
-        self._due = None
-        for timer in (self._timer, self._linger):
-            if timer is not None:
-                timer.cancel()
-        self._timer = self._linger = None
+        self._deadline.cancel()
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
 
-    def _fire(self) -> None:
-        self._timer = None
-        due = self._due
-        if due is None:
-            return
-        if self.loop.time() < due:  # the deadline moved later since this timer was set
-            self._timer_at = due
-            self._timer = self.loop.call_at(due, self._fire)
-            return
-        self._due = None
+    def _on_deadline(self) -> None:
         self._expired(self._due_idle)
 
     def _expired(self, idle: bool) -> None:
@@ -366,7 +372,10 @@ class HttpServer:
         self._server = await loop.create_server(
             lambda: HttpConnection(self), host, port, reuse_address=True, backlog=1024
         )
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        # uvloop's Server.sockets is a list where typeshed says tuple: as Any, so a mypyc
+        # build (README: Performance) does not reject it
+        server: Any = self._server
+        self.port = int(server.sockets[0].getsockname()[1])
         name = f"[{host}]" if ":" in host else host
         self.authority = f"{name}:{self.port}".encode("ascii", "replace")
 

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 import httptools
 
 from backends.base import Endpoint
+from proxy.http.deadline import Deadline
 from proxy.http.errors import (
     BadResponse,
     ConnectFailed,
@@ -69,6 +70,9 @@ class Connection(asyncio.Protocol):
         # after a 101: raw bytes from the instance go here (the tunnel), not to a parser
         self.sink: Callable[[bytes], None] | None = None
         self.on_eof: Callable[[], None] | None = None
+        # the response head's deadline: one lazily moved timer per connection, not a
+        # timer per request (deadline.py)
+        self._head_deadline = Deadline(loop, self._head_late)
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -95,10 +99,10 @@ class Connection(asyncio.Protocol):
         resp.got_bytes = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
+        except httptools.HttpParserUpgrade as upgrade:  # (names: see parsing.py)
             if resp.upgraded:
                 # the 101 head ended; what follows is the new protocol's, handed over raw
-                resp.trailing = data[int(exc.args[0]) :]
+                resp.trailing = data[int(upgrade.args[0]) :]
             else:
                 resp._fail(BadResponse("unexpected upgrade", sent=True))
                 self.close()
@@ -129,6 +133,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._head_deadline.cancel()
         resp = self.resp
         if self.sink is not None and self.on_eof is not None:
             self.on_eof()
@@ -178,8 +183,18 @@ class Connection(asyncio.Protocol):
         if t is not None and not self.closed and t.can_write_eof():
             t.write_eof()
 
+    def expect_head(self, seconds: float) -> None:
+        """The response head must come within `seconds` (or it fails with TimeoutError)."""
+        self._head_deadline.arm(seconds)
+
+    def _head_late(self) -> None:
+        resp = self.resp
+        if resp is not None and not resp.headers_done.done():
+            resp.headers_done.set_exception(TimeoutError())
+
     def close(self) -> None:
         self.closed = True
+        self._head_deadline.cancel()
         if self.flow.transport is not None:
             self.flow.transport.close()
 
@@ -228,18 +243,18 @@ class UpstreamClient:
                 )
         except TimeoutError as exc:
             raise ConnectTimeout(f"connect to {ep.url} timed out") from exc
-        except OSError as exc:
-            raise ConnectFailed(f"connect to {ep.url}: {exc.strerror or exc}") from exc
+        except OSError as failed:
+            raise ConnectFailed(f"connect to {ep.url}: {failed.strerror or failed}") from failed
         return proto
 
-    async def _get(self, ep: Endpoint) -> Connection:
+    def _pooled(self, ep: Endpoint) -> Connection | None:
         idle = self._idle.get(ep)
         while idle:
             conn = idle.pop()
             if not conn.closed:
                 conn.reused = True
                 return conn
-        return await self._connect(ep)
+        return None
 
     async def send(
         self,
@@ -256,10 +271,11 @@ class UpstreamClient:
         Await `resp.headers_done` for the response head. `upgrade`: a websocket
         handshake; if the instance answers 101, `resp.upgraded` is set and the
         connection is the caller's to use raw (`sink`, `write`)."""
-        conn = await self._get(ep)
+        conn = self._pooled(ep) or await self._connect(ep)
         conn.sent = False
         conn.no_reuse = upgrade
         resp = conn.resp = Response(conn, head_only, upgrade, on_info)
+        conn._head_deadline.disarm()  # the last response's, if the caller never expected one
         conn.parser = httptools.HttpResponseParser(resp)
         try:
             conn.write(head)

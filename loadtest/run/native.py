@@ -1,0 +1,61 @@
+"""forkproxy with its data path compiled (proxy/http/native.py), for the data-path section
+to measure both ways: a copy of the checkout in the bench's work directory, built there,
+so the checkout itself stays pure Python."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import shutil
+from pathlib import Path
+
+from loadtest.run.procs import PYTHON, REPO
+
+BUILD_TIMEOUT = 300.0  # seconds; about 30 on the 2-core reference box
+
+# `python -m proxy` from the copy's root imports the copy's proxy first (sys.path[0])
+COMMAND = [PYTHON, "-m", "proxy"]
+
+
+def missing() -> str | None:
+    """Why a compiled build cannot be made here, or None."""
+    if importlib.util.find_spec("mypyc") is None:
+        return "mypy (with mypyc) is not installed: pip install 'forkproxy[native]'"
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        return "no C compiler (cc/gcc) to build the compiled data path"
+    return None
+
+
+def _copy(dest: Path) -> None:
+    ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.pyd")
+    for package in ("proxy", "backends", "examples"):
+        shutil.copytree(REPO / package, dest / package, ignore=ignore)
+
+
+async def build(work: Path) -> Path | str:
+    """A compiled copy's root directory, or why it could not be built."""
+    why = missing()
+    if why is not None:
+        return why
+    root = work / "native"
+    await asyncio.to_thread(_copy, root)
+    proc = await asyncio.create_subprocess_exec(
+        PYTHON,
+        "-m",
+        "proxy.http.native",
+        "build",
+        cwd=str(root),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        async with asyncio.timeout(BUILD_TIMEOUT):
+            out, _ = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return f"the mypyc build took longer than {BUILD_TIMEOUT:g} s"
+    text = out.decode(errors="replace").strip().splitlines()
+    if proc.returncode != 0 or not text or "compiled (mypyc)" not in text[-1]:
+        return f"the mypyc build failed: {text[-1] if text else 'no output'}"
+    return root
