@@ -38,12 +38,19 @@ class StartCost:
 
 class DemandTrace:
     """Per bucket of `width` seconds, for the last `span` seconds: peak requests in flight,
-    requests refused for a full queue, requests finished."""
+    requests refused for a full queue, requests finished.
+
+    The pool asks for the peak over its keep-alive window on every decision (up to 10 min
+    of 100 ms buckets), so peaks are also kept as a decreasing staircase: each bucket whose
+    peak is above every later one's, oldest first. The peak over any window ending now is
+    the first step inside the window; the staircase of real traffic is a few steps long,
+    where scanning the window was thousands of buckets per decision."""
 
     def __init__(self, width: float, span: float) -> None:
         self.width = width
         self.span = span
         self._buckets: deque[list[float]] = deque()  # [start, peak, refused, finished]
+        self._stairs: deque[tuple[float, float]] = deque()  # (start, peak), peaks falling
 
     def _current(self, now: float) -> list[float]:
         start = now - now % self.width
@@ -53,11 +60,19 @@ class DemandTrace:
         self._buckets.append(bucket)
         while self._buckets[0][0] < now - self.span:
             self._buckets.popleft()
+        while self._stairs and self._stairs[0][0] < now - self.span:
+            self._stairs.popleft()
         return bucket
 
     def record(self, now: float, demand: int) -> None:
         b = self._current(now)
-        b[1] = max(b[1], demand)
+        if demand <= b[1]:
+            return
+        b[1] = demand
+        # this bucket now outranks every earlier step that is not above it
+        while self._stairs and self._stairs[-1][1] <= demand:
+            self._stairs.pop()
+        self._stairs.append((b[0], demand))
 
     def refuse(self, now: float) -> None:
         self._current(now)[2] += 1
@@ -79,15 +94,20 @@ class DemandTrace:
         """Refusals in the current and the previous bucket (the start they ask for is
         decided within a tick)."""
         since = now - now % self.width - self.width
-        return int(sum(b[2] for b in reversed(self._buckets) if b[0] >= since))
+        n = 0.0
+        for b in reversed(self._buckets):
+            if b[0] < since:
+                break
+            n += b[2]
+        return int(n)
 
     def peak(self, now: float, window: float) -> float:
         since = now - window - self.width
         out = 0.0
-        for b in reversed(self._buckets):
-            if b[0] < since:
+        for start, value in reversed(self._stairs):
+            if start < since:
                 break
-            out = max(out, b[1])
+            out = value  # every older step inside the window is higher
         return out
 
     def growth(self, now: float, horizon: float = 1.0) -> float:

@@ -3,6 +3,8 @@ growth, refusals and the rate requests finish."""
 
 from __future__ import annotations
 
+import random
+
 from proxy.demand import DemandTrace, StartCost
 from proxy.policy import START_COST_PRIOR
 
@@ -40,6 +42,23 @@ def test_peak_covers_the_window_and_forgets_older_buckets() -> None:
     assert d.peak(101.0, 1.0) == 20
     d.record(120.0, 1)  # far later: the old buckets are dropped
     assert d.peak(120.0, 600.0) == 1
+
+
+def test_peak_over_any_window_matches_a_scan_of_the_buckets() -> None:
+    rng = random.Random(7)
+    d = DemandTrace(width=0.1, span=30.0)
+    recorded: list[tuple[float, int]] = []
+    now = 100.0
+    for _ in range(3000):
+        now += rng.uniform(0.0, 0.05)
+        demand = rng.randint(0, 40)
+        d.record(now, demand)
+        recorded.append((now - now % 0.1, demand))
+        if rng.random() < 0.1:
+            window = rng.choice([0.2, 0.5, 1.0, 5.0, 600.0])
+            since = max(now - window - 0.1, now - 30.0)
+            want = max((v for t, v in recorded if t >= since), default=0)
+            assert d.peak(now, window) == want, (now, window)
 
 
 def test_growth_compares_the_halves_of_the_horizon() -> None:
