@@ -5,6 +5,7 @@ us: Content-Length, chunked, or close-delimited for HTTP/1.0)."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,12 +115,25 @@ class Body:
             await self._wait()
 
     async def _wait(self) -> None:
+        stall = self._conn.limits.body_timeout
+        slow = self._rate_due() - time.monotonic()
         try:
-            async with asyncio.timeout(self._conn.limits.body_timeout):
+            async with asyncio.timeout(min(stall, max(0.0, slow))):
                 await self._chunks.wait()
         except TimeoutError:
+            if slow < stall:
+                raise ClientError(408, "Request Timeout: the body is arriving too slowly") from None
             raise ClientError(408, "Request Timeout: the body stalled") from None
         self._check_rate()
+
+    def _rate_due(self) -> float:
+        """When the body falls below body_min_rate unless more arrives: a client that
+        dribbles a byte now and then is cut then, not at its next byte (which may be many
+        seconds later). +inf without a rate, or before the head set the clock."""
+        rate = self._conn.limits.body_min_rate
+        if not rate or not self.started:
+            return math.inf
+        return self.started + max(_RATE_GRACE, self.received / rate)
 
     def _check_rate(self) -> None:
         rate = self._conn.limits.body_min_rate

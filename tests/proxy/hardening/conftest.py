@@ -5,6 +5,7 @@ a raw-TCP instance that answers broken responses on purpose."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -97,22 +98,22 @@ async def exchange(port: int, *parts: bytes, timeout: float = 5.0, pause: float 
     t0 = time.monotonic()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     got = bytearray()
-    closed = False
+    gone = asyncio.Event()  # the proxy closed: elapsed is then, not the sender's next pause
 
     async def read() -> None:
-        nonlocal closed
         try:
             while chunk := await reader.read(65536):
                 got.extend(chunk)
         except ConnectionError:
             pass
-        closed = True
+        gone.set()
 
     async def send() -> None:
         for i, part in enumerate(parts):
             if i and pause:
-                await asyncio.sleep(pause)
-            if closed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(gone.wait(), pause)
+            if gone.is_set():
                 return
             try:
                 writer.write(part)
@@ -128,7 +129,7 @@ async def exchange(port: int, *parts: bytes, timeout: float = 5.0, pause: float 
         pass
     finally:
         writer.close()
-    return Exchange(bytes(got), closed, time.monotonic() - t0)
+    return Exchange(bytes(got), gone.is_set(), time.monotonic() - t0)
 
 
 def seen(resp: Resp) -> dict[str, Any]:

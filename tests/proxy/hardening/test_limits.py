@@ -237,6 +237,18 @@ async def test_body_below_min_rate_is_408_after_the_grace() -> None:
     assert 5 <= ex.elapsed < 9, ex.elapsed
 
 
+@pytest.mark.slow
+async def test_body_dribbled_between_long_pauses_is_cut_when_the_rate_falls_behind() -> None:
+    """R-U-Dead-Yet: one byte every 1.8 s (under body_timeout, so the body never stalls).
+    The rate falls behind when the 5 s grace ends; the connection is cut then, not at the
+    next byte after it (~5.4 s) nor, with longer pauses, seconds later."""
+    async with recorder(server={"body_timeout": "3s", "body_min_rate": 1000}) as p:
+        head = b"POST /h HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n"
+        ex = await exchange(p.proxy.listen_port, head, *[b"x"] * 8, pause=1.8, timeout=12)
+    assert ex.statuses == [408] and ex.closed
+    assert 4.9 <= ex.elapsed < 5.35, ex.elapsed
+
+
 async def test_partial_head_behind_a_slow_request_still_times_out(tmp_path: Path) -> None:
     """The header deadline of a pipelined request that is still arriving must survive
     the request in front of it outliving that deadline."""
