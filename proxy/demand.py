@@ -23,10 +23,6 @@ class StartCost:
         self.value = prior
         self._recent: deque[float] = deque(maxlen=self.WINDOW)
 
-    @property
-    def samples(self) -> int:
-        return len(self._recent)
-
     def observe(self, seconds: float) -> None:
         self._recent.append(seconds)
         self.value = statistics.median(self._recent)

@@ -21,8 +21,12 @@ class LoadRun:
     end: float = 0.0  # monotonic time the last request finished: the load's end
     latencies: list[float] = field(default_factory=list)  # seconds, successful requests
     errors: int = 0
-    cold: int = 0  # answers whose Server-Timing says they waited on a start
-    cold_latencies: list[float] = field(default_factory=list)  # seconds, those answers
+    # seconds, the successful answers whose Server-Timing says they waited on a start
+    cold_latencies: list[float] = field(default_factory=list)
+
+    @property
+    def cold(self) -> int:
+        return len(self.cold_latencies)
 
     @property
     def requests(self) -> int:
@@ -69,7 +73,6 @@ async def run_trace(
             if ok:
                 run.latencies.append(done - t)
                 if cold:
-                    run.cold += 1
                     run.cold_latencies.append(done - t)
             else:
                 run.errors += 1

@@ -88,9 +88,8 @@ def targets(peak_users: int, docker: bool) -> list[Target]:
 
 def static_for(r: Result, rs: Sequence[Result]) -> Result | None:
     """The static pool a row's p99 is judged against: the one serving the same app."""
-    family = "docker" if r.target.startswith(("docker", VSPHERE)) else "fork"
-    if r.target.startswith("static"):
-        family = "docker" if r.target.endswith("(docker)") else "fork"
+    busybox = r.target.startswith(("docker", VSPHERE)) or r.target.endswith("(docker)")
+    family = "docker" if busybox else "fork"
     return next((s for s in rs if s.target.startswith("static") and family in s.target), None)
 
 
@@ -201,7 +200,7 @@ async def run(ctx: BenchContext) -> Section:
 def _row(r: Result, static: Result | None) -> list[Any]:
     ratio = r.used / r.bound if r.bound else math.nan
     p50, p99 = r.run.p_ms(50), r.run.p_ms(99)
-    rel = p99 / static.run.p_ms(99) if static and static.run.latencies else math.nan
+    rel = _p99_vs(r, static)
     return [
         r.target,
         r.run.requests,
@@ -328,10 +327,15 @@ def _ratios(rs: Sequence[Result], everything: Sequence[Result]) -> str:
     for r in rs:
         if not r.bound:
             continue
-        static = static_for(r, [x for x in everything if x.trace == r.trace])
-        rel = f"{r.run.p_ms(99) / static.run.p_ms(99):.2f}x" if static else "n/a"
-        out.append(f"{r.used / r.bound:.2f} {r.trace} (p99 {rel} static)")
+        rel = _p99_vs(r, static_for(r, [x for x in everything if x.trace == r.trace]))
+        shown = "n/a" if math.isnan(rel) else f"{rel:.2f}x"
+        out.append(f"{r.used / r.bound:.2f} {r.trace} (p99 {shown} static)")
     return ", ".join(out)
+
+
+def _p99_vs(r: Result, static: Result | None) -> float:
+    """p99 against the static pool's (NaN without one that answered)."""
+    return r.run.p_ms(99) / static.run.p_ms(99) if static and static.run.latencies else math.nan
 
 
 def _grid(until: float) -> list[float]:

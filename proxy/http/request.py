@@ -136,11 +136,8 @@ class Body:
         return self.started + max(_RATE_GRACE, self.received / rate)
 
     def _check_rate(self) -> None:
-        rate = self._conn.limits.body_min_rate
-        if rate and not self.complete:
-            elapsed = time.monotonic() - self.started
-            if elapsed > _RATE_GRACE and self.received < rate * elapsed:
-                raise ClientError(408, "Request Timeout: the body is arriving too slowly")
+        if not self.complete and time.monotonic() > self._rate_due():
+            raise ClientError(408, "Request Timeout: the body is arriving too slowly")
 
     def __aiter__(self) -> Body:
         return self
