@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import socket
-import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,9 +81,7 @@ def _run(inh: Inherited, setup: Callable[[], _serve.Acquire], spare: bool) -> No
         traceback.print_exc()
         code = 1
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        _serve.exit_now(code)
 
 
 def run_instance(inh: Inherited, iid: str, env: dict[str, str], fd: int) -> NoReturn:

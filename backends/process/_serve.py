@@ -149,14 +149,14 @@ def nothing_to_finish(app: web.Application, runner: web.AppRunner, own_tasks: in
     return len(asyncio.all_tasks()) <= own_tasks + len(conns)
 
 
-def exit_now() -> NoReturn:
-    """End a fork that has nothing left to finish, skipping the loop's and the
-    interpreter's teardown: every object freed there is a write to a page the fork
-    shares with its template, i.e. a page copied only to be thrown away. The kernel
+def exit_now(code: int = 0) -> NoReturn:
+    """End a fork (one with nothing left to finish, or one whose serving is over), skipping
+    the loop's and the interpreter's teardown: every object freed there is a write to a page
+    the fork shares with its template, i.e. a page copied only to be thrown away. The kernel
     closes the sockets (idle keep-alive connections see a FIN, as after a graceful stop)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 async def serve_aiohttp(
