@@ -13,6 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
+from loadtest.run.procs import run_captured
+
 SOURCE = Path(__file__).resolve().parents[1] / "goproxy" / "main.go"
 
 
@@ -43,24 +45,11 @@ async def build(timeout: float = 300.0) -> Path:
     env = {**os.environ, "GO111MODULE": "off", "GOFLAGS": "", "CGO_ENABLED": "0"}
     env.setdefault("GOCACHE", str(cache_dir() / "gocache"))
     env.setdefault("GOPATH", str(cache_dir() / "gopath"))
-    proc = await asyncio.create_subprocess_exec(
-        go,
-        "build",
-        "-o",
-        str(tmp),
-        str(SOURCE),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise RuntimeError(f"go build of {SOURCE.name} timed out after {timeout:.0f}s") from None
-    if proc.returncode != 0:
-        raise RuntimeError(f"go build of {SOURCE} failed:\n{out.decode(errors='replace')}")
+    ran = await run_captured([go, "build", "-o", str(tmp), str(SOURCE)], timeout, env=env)
+    if ran is None:
+        raise RuntimeError(f"go build of {SOURCE.name} timed out after {timeout:.0f}s")
+    if ran.returncode != 0:
+        raise RuntimeError(f"go build of {SOURCE} failed:\n{ran.out}")
     tmp.replace(binary)  # atomic: a concurrent bench never runs a half-written binary
     return binary
 

@@ -9,7 +9,7 @@ import importlib.util
 import shutil
 from pathlib import Path
 
-from loadtest.run.procs import PYTHON, REPO
+from loadtest.run.procs import PYTHON, REPO, run_captured
 
 BUILD_TIMEOUT = 300.0  # seconds; about 30 on the 2-core reference box
 
@@ -39,23 +39,10 @@ async def build(work: Path) -> Path | str:
         return why
     root = work / "native"
     await asyncio.to_thread(_copy, root)
-    proc = await asyncio.create_subprocess_exec(
-        PYTHON,
-        "-m",
-        "proxy.http.native",
-        "build",
-        cwd=str(root),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        async with asyncio.timeout(BUILD_TIMEOUT):
-            out, _ = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
+    ran = await run_captured([PYTHON, "-m", "proxy.http.native", "build"], BUILD_TIMEOUT, cwd=root)
+    if ran is None:
         return f"the mypyc build took longer than {BUILD_TIMEOUT:g} s"
-    text = out.decode(errors="replace").strip().splitlines()
-    if proc.returncode != 0 or not text or "compiled (mypyc)" not in text[-1]:
+    text = ran.out.strip().splitlines()
+    if ran.returncode != 0 or not text or "compiled (mypyc)" not in text[-1]:
         return f"the mypyc build failed: {text[-1] if text else 'no output'}"
     return root

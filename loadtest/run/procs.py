@@ -13,6 +13,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -34,6 +35,39 @@ def forkproxy_cmd() -> list[str]:
     """The forkproxy CLI: the venv's console script if installed, else `python -m proxy`."""
     script = Path(PYTHON).parent / "forkproxy"
     return [str(script)] if script.exists() else [PYTHON, "-m", "proxy"]
+
+
+@dataclass(frozen=True)
+class Ran:
+    returncode: int
+    out: str  # stdout and stderr, interleaved as written
+
+
+async def run_captured(
+    argv: Sequence[str],
+    timeout: float,
+    *,
+    cwd: Path | str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Ran | None:
+    """Run a command to completion with its output captured; None if it outlived `timeout`
+    (it is then killed and reaped, never left behind)."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=None if cwd is None else str(cwd),
+        env=None if env is None else dict(env),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            out, _ = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return None
+    assert proc.returncode is not None
+    return Ran(proc.returncode, out.decode(errors="replace"))
 
 
 class Proc:

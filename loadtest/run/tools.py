@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 
+from loadtest.run.procs import run_captured
 from loadtest.sections.model import say
 
 
@@ -23,23 +23,11 @@ async def ensure_debian_package(binary: str, package: str, allow_install: bool) 
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         return f"`{binary}` not installed and cannot apt-get install {package} here"
     say(f"  {binary} missing: running apt-get install -y {package}")
-    proc = await asyncio.create_subprocess_exec(
-        "apt-get",
-        "install",
-        "-y",
-        "-q",
-        package,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-    )
-    try:
-        _, err = await asyncio.wait_for(proc.communicate(), 300)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    ran = await run_captured(["apt-get", "install", "-y", "-q", package], 300, env=env)
+    if ran is None:
         return f"apt-get install {package} timed out"
-    if proc.returncode != 0 or not have(binary):
-        return f"apt-get install {package} failed: {err.decode(errors='replace')[-300:]}"
+    if ran.returncode != 0 or not have(binary):
+        return f"apt-get install {package} failed: {ran.out[-300:]}"
     say(f"  installed {package} with apt-get")
     return None

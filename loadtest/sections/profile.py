@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from loadtest.load.httpload import run_load
+from loadtest.run.procs import run_captured
 from loadtest.sections.model import Section, Table, say
 
 SECONDS = 5  # sampled; wrk runs 2 s longer so the samples never see its ramp-up or end
@@ -91,18 +92,11 @@ async def _record(py_spy: str, pid: int, out: Path) -> str | None:
     argv = [py_spy, "record", "--pid", str(pid), "--duration", str(SECONDS)]
     argv += ["--rate", str(RATE), "--format", "raw", "--native", "--threads", "--nolineno"]
     argv += ["--output", str(out)]
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    try:
-        async with asyncio.timeout(SECONDS + 8):
-            text, _ = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
+    ran = await run_captured(argv, SECONDS + 8)
+    if ran is None:
         return "py-spy did not finish in time"
-    if proc.returncode != 0:
-        last = text.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+    if ran.returncode != 0:
+        last = ran.out.strip().splitlines()[-1:] or ["no output"]
         # attaching needs ptrace: root, or CAP_SYS_PTRACE / kernel.yama.ptrace_scope=0
         return f"py-spy could not sample pid {pid} (needs ptrace): {last[0]}"
     return None
