@@ -32,7 +32,7 @@ from backends.docker.events import ContainerEvent
 from backends.docker.leftovers import Leftovers
 from backends.docker.live import LiveSet
 from backends.docker.ops import Container, endpoint_of
-from backends.docker.paused import LABEL_PAUSED, PausedPool
+from backends.docker.paused import LABEL_PAUSED, RECYCLABLE, PausedPool
 from backends.docker.placement import Engines
 from backends.docker.threads import Threads
 from backends.docker.watch import EngineWatch
@@ -67,6 +67,7 @@ class DockerBackend(Backend):
             self._tasks,
             probe=self._probe,
             remove=self._remove,
+            warm=self._warm,
         )
         self._leftovers = Leftovers(
             config, ctx, self._containers, self._paused, self._remove, self._threads
@@ -168,12 +169,25 @@ class DockerBackend(Backend):
         if not isinstance(c, Container):
             raise BackendError(f"instance {instance.id} has no docker handle")
         self._live.stopping(instance.id, c)
+        if await self._recycle(instance, c, reason):
+            return
         try:
             await self._paused.settle(c)
             await self._containers.stop(c, reason)
         finally:
             self._live.forget(c)
+        self._paused.refill()  # a warm container is gone: the refill may replace it
         await self._leftovers.release(c, claimed=instance.meta.get("claimed") == "true")
+
+    async def _recycle(self, instance: Instance, c: Container, reason: str) -> bool:
+        """Idle or surplus: the container goes back to the paused pool if it has room.
+        Not one adopted from a stopped run: its labels and environment name that run, and
+        its claim marker goes with it when it is removed; a fresh one of ours replaces it."""
+        if reason not in RECYCLABLE or self._closing or self._leftovers.adopted(c):
+            return False
+        if self._live.instance_id(c.id) != instance.id or self._live.is_dead(instance.id):
+            return False  # not (or no longer) a live instance of ours, or it died
+        return await self._paused.recycle(c, instance.endpoint, lambda: self._live.forget(c))
 
     async def _remove(self, c: Container) -> None:
         try:
@@ -288,6 +302,10 @@ class DockerBackend(Backend):
         assert self._session is not None, "prepare() first"
         deadline = time.monotonic() + self.ctx.start_timeout
         await self._containers.wait_ready(self._session, c, endpoint, deadline)
+
+    def _warm(self) -> int:
+        """Live instances whose containers come back to the paused pool when drained."""
+        return self._live.serving(skip=self._leftovers.adopted)
 
     def _engine_failed(self, engine: Engine, error: BaseException | str) -> None:
         """Mark an engine down: its instances are reported dead, its parked ones dropped."""

@@ -104,6 +104,10 @@ class Leftovers:
             log.info("leftover %s was claimed by another replica", c.name)
         return bool(won)
 
+    def adopted(self, c: Container) -> bool:
+        """Claimed by this run from a stopped one (its claim marker stands until removal)."""
+        return c.id in self._adopted
+
     async def release(self, c: Container, *, claimed: bool = False) -> None:
         """After removing a container: remove its claim marker if it was adopted (by us,
         or `claimed` by a run whose containers we reap)."""

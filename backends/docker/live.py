@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from backends.base import BackendContext, Instance
@@ -59,6 +60,14 @@ class LiveSet:
     def is_dead(self, instance_id: str) -> bool:
         live = self._by_id.get(instance_id)
         return live is not None and live.dead
+
+    def serving(self, skip: Callable[[Container], bool]) -> int:
+        """Live instances neither stopping nor dead, except those `skip` names."""
+        return sum(
+            1
+            for live in self._by_id.values()
+            if not (live.stopping or live.dead or skip(live.container))
+        )
 
     def stopping(self, instance_id: str, c: Container) -> None:
         """A stop begins: the die event it causes is not a death."""

@@ -1,6 +1,8 @@
 """The docker backend's paused pool (the "frozen root"): containers started, probed and
 then paused ahead of demand, so a start is an unpause (~10 ms) instead of a run (~200 ms).
-Taken ones are refilled in the background, two at a time."""
+An instance stopped as idle or surplus is paused and parked again while the pool has room
+(recycle()), so `paused_pool` containers stay warm: parked, or serving as instances. The
+refill (backends/support/refill.py) creates only what that warm set lacks, two at a time."""
 
 from __future__ import annotations
 
@@ -35,6 +37,11 @@ log = logging.getLogger("forkproxy.backend.docker")
 Probe = Callable[[Container, Endpoint], Coroutine[Any, Any, None]]
 Remove = Callable[[Container], Coroutine[Any, Any, None]]
 
+# Stop reasons whose container goes back to the pool: the instance was fine, only not
+# needed now. Never: max_requests (a retired instance comes back fresh), a death or an
+# unreachable instance (its state is unknown), a failed start, shutdown, an orphan.
+RECYCLABLE = frozenset({"idle", "surplus"})
+
 
 @dataclass(eq=False)
 class Parked:
@@ -53,6 +60,7 @@ class PausedPool:
         *,
         probe: Probe,
         remove: Remove,
+        warm: Callable[[], int],
     ) -> None:
         self.size = cfg.paused_pool
         self._cfg = cfg
@@ -67,7 +75,11 @@ class PausedPool:
         self._renaming: set[str] = set()  # ids whose rename call is in flight
         # taken container id -> its unpause call, which may outlive the start (unpause.py)
         self._unpausing: dict[str, asyncio.Task[BackendError | None]] = {}
-        self._refill = Refill(cfg.paused_pool, lambda: len(self._parked), self._park_one, log)
+        self._returning = 0  # stopped instances being paused to be parked (recycle())
+        # Held: parked and being recycled. Warm: live instances that come back when drained.
+        self._refill = Refill(
+            cfg.paused_pool, lambda: len(self._parked) + self._returning, self._park_one, log, warm
+        )
 
     def __len__(self) -> int:
         return len(self._parked)
@@ -177,6 +189,35 @@ class PausedPool:
 
     def has_room(self) -> bool:
         return len(self._parked) < self.size
+
+    # -- recycling ---------------------------------------------------------------------
+
+    async def recycle(self, c: Container, endpoint: Endpoint, forget: Callable[[], None]) -> bool:
+        """A taken (or cold-made) container whose instance was stopped as idle or surplus:
+        pause it and park it, if parked + being parked stay within the pool's size. False
+        when it is not taken back (no room, closing, the pause failed): the caller removes
+        it. `forget` drops it from the live set just before it is parked, so the refill
+        never counts it twice."""
+        if (
+            self._refill.closing
+            or len(self._parked) + self._returning + self._refill.filling >= self.size
+        ):
+            return False
+        self._returning += 1
+        try:
+            await self.settle(c)  # the unpause and the rename must not race the pause
+            await self._containers.pause(c)
+        except BackendError as exc:
+            log.info("stopped container %s not recycled (pause failed): %s", c.name, exc)
+            return False
+        finally:
+            self._returning -= 1
+        if self._refill.closing:
+            return False  # aclose() already emptied the pool: the caller removes it
+        forget()
+        self._parked.append(Parked(c, endpoint))
+        log.debug("recycled %s into the paused pool", c.name)
+        return True
 
     async def adopt(self, c: Container, paused: bool) -> None:
         """A running (or paused) leftover of an earlier run: probe it, park it."""

@@ -3,6 +3,13 @@ spares): fill() parks spares two at a time until the pool holds `size` with thos
 flight counted; run() does it in the background whenever set() is called, backing off
 after a failure. The pool says how one spare is parked and how many it holds.
 
+A pool whose spares come back when their instance is drained (docker recycles them:
+backends/docker/paused.py) also says how many taken ones are still `warm`: those count
+towards `size` too, so `size` bounds the containers kept warm, parked or serving, and a
+load that takes them all does not start replacements it will give back on the way down.
+One spare is still kept parked whatever serves (`need()`), so a start beyond the warm set
+is an unpause while the refill catches up, not a create.
+
 A spare taken for a start is replaced only `SETTLE` seconds later (taken()): its
 replacement's create and start load the engine and the CPU for a few hundred ms, and
 sharing them with the taker's unpause and first request cost that request ~4 ms p50 on
@@ -29,12 +36,14 @@ class Refill:
         held: Callable[[], int],
         park_one: Callable[[], Awaitable[None]],
         log: logging.Logger,
+        warm: Callable[[], int] = lambda: 0,
     ) -> None:
         self.size = size
         self.filling = 0  # spares being started and probed
         self.closing = False
         self._held = held
         self._park_one = park_one
+        self._warm = warm  # taken spares that come back when drained
         self._log = log
         self._wanted = asyncio.Event()
         self._quiet_until = 0.0  # time.monotonic(): no refill starts before it
@@ -79,10 +88,16 @@ class Refill:
                 f"the paused pool could not be filled from image {image!r}: {exc}"
             ) from exc
 
+    def need(self) -> int:
+        """Spares to start now: up to `size` with the warm ones in use counted, and never
+        fewer than one parked (or being parked)."""
+        have = self._held() + self.filling
+        return max(self.size - have - self._warm(), min(self.size, 1) - have)
+
     async def fill(self, deadline: float | None) -> None:
         """Top the pool up, two spares at a time (the machine is small)."""
         while not self.closing:
-            need = self.size - self._held() - self.filling
+            need = self.need()
             if need <= 0:
                 return
             if deadline is not None and time.monotonic() > deadline:
