@@ -58,7 +58,9 @@ class DockerBackend(Backend):
         self._starts = Starts("docker", log, self.stop, self._tasks)
         self._engines = Engines(config.engines, config.engine_retry, config.engine_timeout)
         self._containers = Containers(config, ctx, self._threads, self._engine_failed)
-        self._live = LiveSet(ctx, self._containers, self._tasks, self._engine_failed)
+        self._live = LiveSet(
+            ctx, self._containers, self._tasks, self._engine_failed, lambda: self._paused.refill()
+        )
         self._paused = PausedPool(
             config,
             ctx,

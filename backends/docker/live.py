@@ -34,8 +34,10 @@ class LiveSet:
         containers: Containers,
         tasks: TaskSet,
         on_unreachable: Unreachable,
+        on_lost: Callable[[], None],
     ) -> None:
         self._ctx = ctx
+        self._on_lost = on_lost  # a warm container is gone (the paused pool refills)
         self._containers = containers
         self._tasks = tasks
         self._on_unreachable = on_unreachable
@@ -87,6 +89,7 @@ class LiveSet:
             if live.container.engine is engine and not (live.stopping or live.dead):
                 live.dead = True
                 self._ctx.on_death(live.instance.id, "engine_unreachable")
+                self._on_lost()
 
     def on_event(self, event: ContainerEvent) -> None:
         cid = event.container_id
@@ -100,6 +103,7 @@ class LiveSet:
         if live is None or live.stopping or live.dead:
             return
         live.dead = True
+        self._on_lost()
         self._tasks.spawn(self._report_death(live, event.exit_code), f"death:{live.instance.id}")
 
     def _recent_oom(self, cid: str) -> bool:

@@ -215,7 +215,9 @@ class PausedPool:
         if self._refill.closing:
             return False  # aclose() already emptied the pool: the caller removes it
         forget()
-        self._parked.append(Parked(c, endpoint))
+        # Taken first: the app in it has served (caches filled, code loaded); a fresh
+        # one has only answered its probe.
+        self._parked.appendleft(Parked(c, endpoint))
         log.debug("recycled %s into the paused pool", c.name)
         return True
 
