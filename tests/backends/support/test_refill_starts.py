@@ -135,3 +135,28 @@ async def test_closing_lets_starts_finish_and_refuses_new_ones() -> None:
     with pytest.raises(StartError, match="closing") as err:
         await starts.run("i3", start())
     assert err.value.reason == "closing"
+
+
+async def test_warm_spares_in_use_count_towards_the_size_but_one_stays_parked() -> None:
+    """A pool whose taken spares come back when drained (docker recycling): `size` bounds
+    parked + warm ones in use, and one spare is still kept parked while all serve."""
+    pool = Spares(4)
+    serving = 0
+    pool.refill = Refill(4, lambda: len(pool.held), pool.park_one, log, warm=lambda: serving)
+    await pool.refill.fill(deadline=None)
+    assert len(pool.held) == 4
+    del pool.held[:3]  # three taken, serving
+    serving = 3
+    assert pool.refill.need() == 0
+    await pool.refill.fill(deadline=None)
+    assert len(pool.held) == 1
+    pool.held.clear()  # the fourth taken too: all four serve
+    serving = 4
+    assert pool.refill.need() == 1
+    await pool.refill.fill(deadline=None)
+    assert len(pool.held) == 1
+    serving = 2  # two of them removed (retired, died): replaced
+    assert pool.refill.need() == 1
+    await pool.refill.fill(deadline=None)
+    assert len(pool.held) == 2
+    assert Spares(3).refill.need() == 3  # no warm count (swarm): size alone
