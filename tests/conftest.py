@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from loadtest.run.procs import port_taken
 from proxy.config import parse
 from proxy.server import Proxy
 
@@ -107,12 +108,17 @@ class ProxyProcess:
     """forkproxy as a real subprocess (for signals: SIGTERM drain, SIGKILL)."""
 
     def __init__(self, config_text: str, tmp: Path) -> None:
+        self._text = config_text
+        self._tmp = tmp
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._pick_ports()
+
+    def _pick_ports(self) -> None:
         self.port = free_port()
         self.admin_port = free_port()
-        self.config = tmp / f"proxy-{self.port}.toml"
-        self.config.write_text(config_text)
-        self.log = tmp / f"proxy-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.config = self._tmp / f"proxy-{self.port}.toml"
+        self.config.write_text(self._text)
+        self.log = self._tmp / f"proxy-{self.port}.log"
 
     @property
     def url(self) -> str:
@@ -123,6 +129,19 @@ class ProxyProcess:
         return f"http://127.0.0.1:{self.admin_port}"
 
     async def start(self, timeout: float = 20.0) -> None:
+        """Run it until its admin port says ready. free_port() cannot reserve a port: if
+        something on the box (docker-proxy, a published swarm port) bound one of ours in
+        the meantime, the proxy exits saying so, and it is tried again on new ports."""
+        for attempt in range(3):
+            try:
+                await self._start(timeout)
+                return
+            except AssertionError as exc:
+                if attempt == 2 or not port_taken(exc):
+                    raise
+                self._pick_ports()
+
+    async def _start(self, timeout: float) -> None:
         with self.log.open("ab") as logf:
             self.proc = subprocess.Popen(
                 [

@@ -150,7 +150,15 @@ async def measure(app: str, n: int, cwd: str) -> dict[str, Any]:
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": cwd},
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    # Not procs.run_captured(): that module imports aiohttp, which this one (the probe's
+    # own process runs it) must not; and the probe's stdout is JSON, kept apart from stderr.
+    try:
+        async with asyncio.timeout(120):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()  # never left behind, forking, on a bench that moved on
+        await proc.wait()
+        raise RuntimeError("fork floor probe did not finish within 120 s") from None
     if proc.returncode != 0:
         raise RuntimeError(f"fork floor probe failed: {err.decode(errors='replace')[-500:]}")
     result: dict[str, Any] = json.loads(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -119,3 +120,22 @@ async def test_drain_delay_keeps_serving_while_readyz_says_503(
     assert await p.wait(30) == 0
     log = p.log.read_text()
     assert "accepting for 3.0s more (drain_delay)" in log
+
+
+async def test_a_port_taken_before_the_proxy_binds_it_is_tried_again_on_new_ports(
+    proxy_process: Callable[[str], ProxyProcess],
+) -> None:
+    # What docker-proxy or a published swarm port does now and then between free_port()
+    # and the proxy's bind: the test helper must not turn that race into a failure.
+    p = proxy_process(CONFIG.format(name="port-race", max_c=1, mode="fork"))
+    taken = p.port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen(1)
+        await p.start()
+        assert p.port != taken
+        async with aiohttp.ClientSession() as s, s.get(p.url + "/") as r:
+            assert r.status == 200
+    logs = list(p.log.parent.glob("proxy-*.log"))
+    first = p.log.parent / f"proxy-{taken}.log"
+    assert first in logs and "address already in use" in first.read_text().lower()
