@@ -170,8 +170,11 @@ class DockerBackend(Backend):
         c = instance.handle
         if not isinstance(c, Container):
             raise BackendError(f"instance {instance.id} has no docker handle")
+        if instance.meta.get("recycled") == "true":
+            return  # stopped already: its container is parked, or serves another instance
         self._live.stopping(instance.id, c)
         if await self._recycle(instance, c, reason):
+            instance.meta["recycled"] = "true"
             return
         try:
             await self._paused.settle(c)

@@ -55,6 +55,9 @@ async def test_an_idle_instance_is_paused_back_and_serves_the_next_start(
 
     await b.stop(first, "idle")
     assert c.id in b._paused.ids() and b.paused_ready == 2
+    await b.stop(first, "idle")  # idempotent: the parked container stays
+    await b.stop(first, "shutdown")
+    assert c.id in b._paused.ids() and b.paused_ready == 2
     assert states(docker_client, pool_name) == {**before, c.id: "paused"}  # nothing new
 
     again = await b.start("r2")
@@ -69,6 +72,8 @@ async def test_an_idle_instance_is_paused_back_and_serves_the_next_start(
     )
     listed = {i.id: i for i in await b.list()}
     assert listed["r2"].handle.id == c.id and listed["r2"].owner_id == h.ctx.owner_id
+    await b.stop(first, "idle")  # the old instance's stop again: r2's container stays
+    assert states(docker_client, pool_name)[c.id] == "running"
 
     await b.stop(again, "surplus")  # the other recyclable reason
     assert states(docker_client, pool_name)[c.id] == "paused"
