@@ -107,6 +107,30 @@ async def test_idle_reaping_removes_the_container(
     assert await instances(p) == []
 
 
+async def test_an_idle_instance_goes_back_to_the_paused_pool(
+    docker_proxy: MakeProxy, docker_client: docker.DockerClient, pool_name: str
+) -> None:
+    """idle_ttl ends the instance: its container is paused and parked again (the pool
+    holds the same two containers it was primed with), and it serves the next request."""
+    p = docker_proxy(pool={"idle_ttl": "1s"}, backend={"paused_pool": 2})
+    await p.start()
+    primed = {c.id for c in pool_containers(docker_client, pool_name)}
+    assert len(primed) == 2
+    assert (await get(p.url + "/"))[0] == 200
+    (first,) = await instances(p)
+
+    async def parked_again() -> bool:
+        return await instances(p) == [] and {
+            c.id: c.status for c in pool_containers(docker_client, pool_name)
+        } == dict.fromkeys(primed, "paused")
+
+    await eventually(parked_again, 15, "the idle instance paused back into the pool")
+    assert (await get(p.url + "/"))[0] == 200
+    (again,) = await instances(p)
+    assert again["meta"]["from"] == "paused_pool"
+    assert again["meta"]["container"] == first["meta"]["container"]  # recycled goes first
+
+
 async def test_container_killed_mid_request_gives_502_then_recovers(
     docker_proxy: MakeProxy, docker_client: docker.DockerClient, pool_name: str
 ) -> None:
