@@ -78,6 +78,15 @@ if [[ ${FORKPROXY_SWARM_WORKER:-1} == 1 ]]; then
         for _ in $(seq 1 60); do worker info >/dev/null 2>&1 && break; sleep 1; done
         worker info >/dev/null 2>&1 || { tail -n 30 "$dir/dockerd.log" >&2; echo "swarm.sh: the worker dockerd did not start" >&2; exit 1; }
     fi
+    # A worker whose daemon was killed while it was in an earlier swarm (another run's
+    # manager, since left or re-initialised) keeps that membership in its data-root: it
+    # sits "pending" on a manager that no longer knows it, and a join is refused. Leave it.
+    wstate="$(worker info -f '{{.Swarm.LocalNodeState}}')"
+    wid="$(worker info -f '{{.Swarm.NodeID}}')"
+    if [[ $wstate != inactive ]] && { [[ $wstate != active ]] || ! docker node inspect "$wid" >/dev/null 2>&1; }; then
+        echo "swarm.sh: the worker holds a stale swarm membership ($wstate): leaving it"
+        worker swarm leave --force >/dev/null
+    fi
     if [[ "$(worker info -f '{{.Swarm.LocalNodeState}}')" != active ]]; then
         # Its own swarm port (2378); the gossip port 7946 is the first engine's, so the
         # worker has no overlay networking: host-mode ports do not need it.
