@@ -77,9 +77,7 @@ class PausedPool:
         self._unpausing: dict[str, asyncio.Task[BackendError | None]] = {}
         self._returning = 0  # stopped instances being paused to be parked (recycle())
         # Held: parked and being recycled. Warm: live instances that come back when drained.
-        self._refill = Refill(
-            cfg.paused_pool, lambda: len(self._parked) + self._returning, self._park_one, log, warm
-        )
+        self._refill = Refill(cfg.paused_pool, self._held, self._park_one, log, warm)
 
     def __len__(self) -> int:
         return len(self._parked)
@@ -187,8 +185,13 @@ class PausedPool:
             return
         self._parked.append(Parked(c, endpoint))
 
+    def _held(self) -> int:
+        """Parked, and being paused to be parked (recycle())."""
+        return len(self._parked) + self._returning
+
     def has_room(self) -> bool:
-        return len(self._parked) < self.size
+        """Parked + being parked (recycled, or made by the refill) below the pool's size."""
+        return self._held() + self._refill.filling < self.size
 
     # -- recycling ---------------------------------------------------------------------
 
@@ -198,10 +201,7 @@ class PausedPool:
         when it is not taken back (no room, closing, the pause failed): the caller removes
         it. `forget` drops it from the live set just before it is parked, so the refill
         never counts it twice."""
-        if (
-            self._refill.closing
-            or len(self._parked) + self._returning + self._refill.filling >= self.size
-        ):
+        if self._refill.closing or not self.has_room():
             return False
         self._returning += 1
         try:
