@@ -150,8 +150,8 @@ async def measure(app: str, n: int, cwd: str) -> dict[str, Any]:
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": cwd},
     )
-    # Not procs.run_captured(): that module imports aiohttp, which this one (the probe's
-    # own process runs it) must not; and the probe's stdout is JSON, kept apart from stderr.
+    # Not procs.run_captured(): it merges stderr into stdout, and the probe's stdout is the
+    # JSON parsed below (a warning on stderr would break it).
     try:
         async with asyncio.timeout(120):
             out, err = await proc.communicate()
