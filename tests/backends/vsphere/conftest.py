@@ -28,6 +28,26 @@ from tests.backends.vsphere.harness import (  # noqa: F401 - re-exported for the
 PASSWORD_ENV = "FORKPROXY_TEST_VCSIM_PASSWORD"
 
 
+def vm_names(si: Any) -> set[str]:
+    """The simulator's VM names now. A VM destroyed while the view is read (the proxy
+    reaping a clone as a test polls for it) is skipped, not an error."""
+    from pyVmomi import vim, vmodl
+
+    view = si.content.viewManager.CreateContainerView(
+        si.content.rootFolder, [vim.VirtualMachine], True
+    )
+    names = set()
+    try:
+        for vm in view.view:
+            try:
+                names.add(str(vm.name))
+            except vmodl.fault.ManagedObjectNotFound:
+                continue  # destroyed while we looked
+    finally:
+        view.DestroyView()
+    return names
+
+
 @pytest.fixture(scope="session")
 def vcsim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vcsim]:
     try:

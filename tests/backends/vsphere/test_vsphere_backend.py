@@ -21,6 +21,7 @@ from tests.backends.vsphere.conftest import (
     docker_names,
     find_vm,
     make_vm,
+    vm_names,
     wait_task,
 )
 from tests.conftest import eventually
@@ -45,18 +46,6 @@ async def identity(instance: Instance) -> str:
             last = exc
         await asyncio.sleep(0.1)
     raise AssertionError(f"{instance.endpoint.url} never served /cgi-bin/env: {last!r}")
-
-
-def vm_names(si: Any) -> set[str]:
-    from pyVmomi import vim
-
-    view = si.content.viewManager.CreateContainerView(
-        si.content.rootFolder, [vim.VirtualMachine], True
-    )
-    try:
-        return {vm.name for vm in view.view}
-    finally:
-        view.DestroyView()
 
 
 @pytest.mark.parametrize("mode", ["instant", "linked"])

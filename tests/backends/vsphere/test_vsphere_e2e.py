@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.backends.vsphere.conftest import PASSWORD_ENV, Vcsim, docker_names
+from tests.backends.vsphere.conftest import PASSWORD_ENV, Vcsim, docker_names, vm_names
 from tests.conftest import ProxyProcess, eventually
 
 pytestmark = [pytest.mark.vsphere, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -45,14 +45,7 @@ guest_ip_timeout = "30s"
 
 
 def clones(si: Any, prefix: str) -> set[str]:
-    from pyVmomi import vim
-
-    root = si.content.rootFolder
-    view = si.content.viewManager.CreateContainerView(root, [vim.VirtualMachine], True)
-    try:
-        return {vm.name for vm in view.view if vm.name.startswith(prefix)}
-    finally:
-        view.DestroyView()
+    return {name for name in vm_names(si) if name.startswith(prefix)}
 
 
 async def fetch(url: str) -> tuple[int, str]:
