@@ -104,6 +104,14 @@ class Backend(abc.ABC):
         pool.max_concurrency when that is "auto"; None leaves the pool's default."""
         return None
 
+    @property
+    def spares(self) -> int:
+        """Warm capacity held outside the pool right now: prefork children waiting in the
+        template, paused containers parked. Not instances (no request reaches one until a
+        start takes it), but they hold memory: the admin API and the metrics show them so
+        an elasticity figure that leaves them out can be read with them. Default: none."""
+        return 0
+
     async def alive(self, instance: Instance) -> bool:
         """Cheap liveness check used after a failed request; default: assume alive."""
         return True

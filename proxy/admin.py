@@ -131,6 +131,7 @@ def admin_app(proxy: Proxy) -> web.Application:
                 "pool": proxy.cfg.server.name,
                 "owner": proxy.owner_id,
                 "queued": proxy.pool.queued,
+                "spares": proxy.pool.backend.spares,
                 "instances": proxy.pool.describe(),
             }
         )

@@ -100,6 +100,7 @@ class Sampler:
             "in_flight": in_flight,
             "states": states,
             "instances_live": states.get("starting", 0) + states.get("ready", 0),
+            "spares": pool.backend.spares,
             "lower_bound": math.ceil(in_flight / max_c),
             "starts_per_s": round(rate, 3),
             "start_results": results,

@@ -33,6 +33,11 @@ class Metrics:
         )
         self.in_flight = Gauge(f"{p}_in_flight", "Requests forwarded and not finished", registry=r)
         self.instances = Gauge(f"{p}_instances", "Instances by state", ["state"], registry=r)
+        self.spares = Gauge(
+            f"{p}_spares",
+            "Warm capacity held outside the pool: prefork children, parked paused containers",
+            registry=r,
+        )
         self.starts = Counter(
             f"{p}_instance_starts", "Instance starts by result", ["result"], registry=r
         )

@@ -91,6 +91,7 @@ class Pool(Lifecycle):
         self._wake = asyncio.Event()
         self._probe_session: aiohttp.ClientSession | None = None
         self._state_gauges = {st: metrics.instances.labels(st.value) for st in STATES}
+        metrics.spares.set_function(lambda: backend.spares)  # read at scrape time
         self.gone_hooks: list[Callable[[Instance], None]] = []  # e.g. drop pooled connections
         ctx.on_death = self.on_death
 

@@ -90,7 +90,8 @@ def render(sample: dict[str, Any], history: Sequence[dict[str, Any]]) -> Rendera
     summary.add_row(
         "instances",
         f"{sample['instances_live']} live ({states.get('ready', 0)} ready, "
-        f"{states.get('starting', 0)} starting, {states.get('draining', 0)} draining)",
+        f"{states.get('starting', 0)} starting, {states.get('draining', 0)} draining; "
+        f"{sample['spares']} spare)",
         Text(spark(live), style="green"),
     )
     summary.add_row(

@@ -89,7 +89,7 @@ class DockerBackend(Backend):
         )
 
     @property
-    def paused_ready(self) -> int:
+    def spares(self) -> int:
         """Containers parked in the paused pool right now (a start takes one)."""
         return len(self._paused)
 

@@ -34,6 +34,7 @@ class TemplateHandle:
     kind: str = ""  # "aiohttp" | "asgi" | "wsgi"
     dead: bool = False  # gone or being stopped: send nothing more
     reported: bool = False  # its children were reported dead
+    spares: int = 0  # prefork children waiting, as the template last said (op "spares")
 
     @property
     def pid(self) -> int:

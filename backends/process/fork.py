@@ -66,6 +66,11 @@ class ForkBackend(_common.ProcessBackendBase):
         tpl = self._template
         return self.config.threads if tpl is not None and tpl.kind == "wsgi" else None
 
+    @property
+    def spares(self) -> int:
+        tpl = self._template
+        return tpl.spares if tpl is not None and not tpl.dead else 0
+
     async def _ensure_template(self) -> TemplateHandle:
         async with self._template_lock:
             if self._template is None or self._template.dead:
@@ -107,6 +112,8 @@ class ForkBackend(_common.ProcessBackendBase):
                 child.started.set_exception(StartError(f"fork template: {msg.get('error')}"))
         elif op == "exit":
             self._child_exited(iid, str(msg.get("reason", "exited")))
+        elif op == "spares":
+            tpl.spares = int(msg.get("n", 0))
 
     def _child_exited(self, iid: str, reason: str) -> None:
         child = self._children.pop(iid, None)

@@ -11,6 +11,7 @@ Protocol: one JSON object per SOCK_SEQPACKET message on the control socket.
   template -> proxy: {"op": "ready", "pid", "kind"} | {"op": "failed", "error", "traceback"}
                      {"op": "started", "id", "pid", "spare"} | {"op": "error", "id", "error"}
                      {"op": "exit", "id", "pid", "reason"}
+                     {"op": "spares", "n"} (spares waiting: sent when the count changes)
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Template:
         self.prefork = int(spec.get("prefork", 0))
         self.spares: dict[int, socket.socket] = {}  # pid -> our end of its assignment socket
         self.spare_failures = 0
+        self.spares_reported = 0  # what the proxy was last told (op "spares")
         self.kind = ""
         self.app: Any = None
         self.user_app: Any = None
@@ -130,9 +132,16 @@ class Template:
             self.reap()
             if not ready:
                 self.refill()
+            self._report_spares()
             if os.getppid() != self.parent:
                 break  # the proxy died and PDEATHSIG did not get us first
         self.shutdown()
+
+    def _report_spares(self) -> None:
+        """Tell the proxy how many spares wait, when that changed (forked, assigned, died)."""
+        if len(self.spares) != self.spares_reported:
+            self.spares_reported = len(self.spares)
+            self.send({"op": "spares", "n": self.spares_reported})
 
     def _drain_wake(self) -> None:
         try:

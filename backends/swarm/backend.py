@@ -85,7 +85,7 @@ class SwarmBackend(Backend):
         )
 
     @property
-    def paused_ready(self) -> int:
+    def spares(self) -> int:
         """Spares parked right now (a start takes one)."""
         return len(self._parked)
 

@@ -90,7 +90,7 @@ async def until_200(session: aiohttp.ClientSession, url: str, deadline: float, p
 async def start_series(backend: Any, n: int, paused: bool) -> list[float]:
     """start() -> first byte of GET /, straight against a prepared backend (no proxy), n
     times; each instance is stopped before the next. `paused`: every sample must take a
-    spare from the backend's paused pool (its `paused_ready`), waited for untimed."""
+    spare from the backend's paused pool (its `spares`), waited for untimed."""
     ttfb: list[float] = []
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(force_close=True),
@@ -98,7 +98,7 @@ async def start_series(backend: Any, n: int, paused: bool) -> list[float]:
     ) as s:
         for i in range(n):
             deadline = time.monotonic() + 60
-            while paused and not backend.paused_ready:  # untimed: let the refill land
+            while paused and not backend.spares:  # untimed: let the refill land
                 if time.monotonic() > deadline:
                     raise TimeoutError("the paused pool did not refill within 60 s")
                 await asyncio.sleep(0.01)

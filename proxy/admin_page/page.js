@@ -137,7 +137,8 @@ function fillTable(id, rows, render) {
 function renderSample(s) {
   document.getElementById("pool").textContent = `${s.pool} · ${s.backend} · owner ${s.owner}`;
   document.getElementById("now-instances").textContent =
-    `now ${live(s)} live (${s.states.ready || 0} ready), lower bound ${s.lower_bound}`;
+    `now ${live(s)} live (${s.states.ready || 0} ready), ${s.spares} spare, ` +
+    `lower bound ${s.lower_bound}`;
   document.getElementById("now-requests").textContent =
     `now ${s.in_flight} in flight, ${s.queued} queued`;
   document.getElementById("now-starts").textContent = `now ${s.starts_per_s.toFixed(1)}/s`;

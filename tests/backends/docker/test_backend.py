@@ -103,7 +103,7 @@ async def test_a_taken_container_stopped_at_once_is_removed(
     await asyncio.sleep(SETTLE - 0.01)  # the stop meets the rename as it is sent
     await h.backend.stop(inst, "max_requests")  # raises if the engine failed the removal
     assert parked.id not in {c.id for c in pool_containers(docker_client, pool_name)}
-    await eventually(lambda: h.backend.paused_ready == 1, 20, "the paused pool to refill")
+    await eventually(lambda: h.backend.spares == 1, 20, "the paused pool to refill")
 
 
 async def test_a_start_cancelled_by_the_caller_leaks_nothing(

@@ -29,7 +29,7 @@ def states(client: docker.DockerClient, pool: str) -> dict[str, str]:
 async def settled(b: DockerBackend, parked: int) -> None:
     """The refill is done: `parked` containers parked, none being made."""
     await eventually(
-        lambda: b.paused_ready == parked and b._paused._refill.filling == 0,
+        lambda: b.spares == parked and b._paused._refill.filling == 0,
         30,
         f"{parked} parked, none being filled",
     )
@@ -54,10 +54,10 @@ async def test_an_idle_instance_is_paused_back_and_serves_the_next_start(
     assert len(before) == 2
 
     await b.stop(first, "idle")
-    assert c.id in b._paused.ids() and b.paused_ready == 2
+    assert c.id in b._paused.ids() and b.spares == 2
     await b.stop(first, "idle")  # idempotent: the parked container stays
     await b.stop(first, "shutdown")
-    assert c.id in b._paused.ids() and b.paused_ready == 2
+    assert c.id in b._paused.ids() and b.spares == 2
     assert states(docker_client, pool_name) == {**before, c.id: "paused"}  # nothing new
 
     again = await b.start("r2")
@@ -121,7 +121,7 @@ async def test_a_full_pool_removes_instead_of_recycling(
     await settled(b, 1)
     await b.stop(inst, "idle")
     assert inst.handle.id not in states(docker_client, pool_name)
-    assert b.paused_ready == 1
+    assert b.spares == 1
 
 
 async def test_the_refill_counts_live_instances_and_replaces_a_dead_one(
@@ -137,7 +137,7 @@ async def test_the_refill_counts_live_instances_and_replaces_a_dead_one(
     await settled(b, 1)
     # two serving + one parked = 3 warm: the refill made nothing, even given time
     await asyncio.sleep(1.0)
-    assert set(states(docker_client, pool_name)) == primed and b.paused_ready == 1
+    assert set(states(docker_client, pool_name)) == primed and b.spares == 1
 
     docker_client.containers.get(a.handle.id).kill()  # a warm one dies
     await eventually(lambda: ("w1", "exited:137") in h.deaths, 15, "the death reported")
@@ -147,7 +147,7 @@ async def test_the_refill_counts_live_instances_and_replaces_a_dead_one(
     await b.stop(a, "died")
     assert a.handle.id not in states(docker_client, pool_name)
     await b.stop(w2, "idle")  # room for a third parked one
-    assert b.paused_ready == 3 and w2.handle.id in b._paused.ids()
+    assert b.spares == 3 and w2.handle.id in b._paused.ids()
     await asyncio.sleep(0.5)
     assert len(states(docker_client, pool_name)) == 3  # the warm set holds 3, all parked
 

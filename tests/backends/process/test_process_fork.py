@@ -20,6 +20,7 @@ from backends.process._linux import is_running
 from backends.process._scan import scan
 from tests.backends.contract import deaths, get, recording_context, serves
 from tests.backends.process.helpers import REPO, MakeBackend, alive_pids
+from tests.conftest import eventually
 
 
 async def wait_all_gone(pids: list[int], within: float = 5.0) -> list[int]:
@@ -184,6 +185,37 @@ async def test_spare_fork_becomes_the_instance(make_backend: MakeBackend) -> Non
     status, body = await get(inst.endpoint.url + "/")
     assert (status, body) == (200, b"hello from instance from-spare\n")  # env set on assignment
     assert [i.id for i in await backend.list() if i.meta["kind"] == "fork"] == ["from-spare"]
+
+
+async def test_spares_counts_the_templates_spare_processes(
+    make_backend: MakeBackend, ctx: BackendContext
+) -> None:
+    """backend.spares (what /instances and forkproxy_spares show) is the number of spare
+    processes the template holds: after the refill, after one is taken, after one dies."""
+    backend = make_backend(prefork=2)
+    await backend.prepare()
+
+    async def spare_pids() -> list[int]:
+        return [f.pid for f in await asyncio.to_thread(scan, ctx.pool_name) if f.kind == "spare"]
+
+    async def counted(n: int, what: str) -> list[int]:
+        # a spare labels itself just after its fork: the scan may lag the template's count
+        async def agree() -> bool:
+            return backend.spares == n == len(await spare_pids())
+
+        await eventually(agree, 5.0, what)
+        return await spare_pids()
+
+    first = await counted(2, "two spares forked")
+    inst = await backend.start("takes-one")
+    assert inst.meta["prefork"] == "spare" and int(inst.meta["pid"]) in first
+    after = await counted(2, "the taken spare replaced")
+    assert int(inst.meta["pid"]) not in after
+    os.kill(after[0], signal.SIGKILL)  # a spare that dies unassigned is counted out, refilled
+    refilled = await counted(2, "the dead spare replaced")
+    assert after[0] not in refilled
+    await backend.aclose()
+    assert backend.spares == 0
 
 
 async def test_a_spare_primes_without_running_the_apps_code(

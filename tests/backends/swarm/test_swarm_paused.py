@@ -41,7 +41,7 @@ async def test_a_start_unpauses_a_parked_spare_and_the_pool_refills(
 ) -> None:
     # On the manager's node: its engine is the one the backend already has.
     b = await make_backend(paused_pool=1, constraints=[on_manager])
-    assert b.paused_ready == 1
+    assert b.spares == 1
     (spare,) = spare_tasks(swarm, pool_name)
     assert container_state(swarm, spare) == "paused"
     inst = await b.start("warm-1")
@@ -49,7 +49,7 @@ async def test_a_start_unpauses_a_parked_spare_and_the_pool_refills(
     assert inst.phases["unpause"] < 1.0
     assert inst.handle.task_id == spare
     assert (await get(inst.endpoint.url + "/"))[0] == 200  # at once: it was probed
-    await eventually(lambda: b.paused_ready == 1, 30, "the paused pool to refill")
+    await eventually(lambda: b.spares == 1, 30, "the paused pool to refill")
     assert deaths(b.ctx).events == []
 
 
@@ -75,7 +75,7 @@ async def test_a_dead_spare_is_replaced_not_reported(
     kill_task(swarm, spare)
 
     def replaced() -> bool:
-        return b.paused_ready == 1 and spare_tasks(swarm, pool_name) not in ([], [spare])
+        return b.spares == 1 and spare_tasks(swarm, pool_name) not in ([], [spare])
 
     await eventually(replaced, 30, "a new spare")
     assert deaths(b.ctx).events == []

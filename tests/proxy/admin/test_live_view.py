@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import json
 import math
 import subprocess
@@ -13,6 +14,7 @@ import time
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from proxy import top
 from tests.conftest import ROOT, eventually, run_proxy
@@ -147,3 +149,22 @@ async def test_settings_are_what_the_pool_runs() -> None:
             cfg = dataclasses.asdict(p.proxy.cfg.pool)
             expected = {k: "auto" if v is None else v for k, v in cfg.items()}
         assert sample["settings"] == expected
+
+
+async def test_spares_are_shown_beside_the_instances() -> None:
+    """prefork spares hold memory but are not instances: /instances, /metrics, the stream and
+    `forkproxy top` show how many there are, and none of them is listed as an instance."""
+    backend = {"prefork": 2}
+    async with run_proxy(pool={**POOL, "min_instances": 0}, backend=backend) as p:
+        await eventually(lambda: p.proxy.pool.backend.spares == 2, 10, "two spares forked")
+        async with p.session.get(p.admin + "/instances") as r:
+            doc = await r.json()
+        assert doc["spares"] == 2 and doc["instances"] == []
+        async with p.session.get(p.admin + "/metrics") as r:
+            text = await r.text()
+        assert "\nforkproxy_spares 2.0\n" in text
+        sample = await sample_after(p.admin, time.time())
+        assert sample["spares"] == 2
+        console = Console(record=True, width=200, file=io.StringIO())
+        console.print(top.render(sample, [sample]))
+        assert "0 draining; 2 spare)" in console.export_text()
