@@ -25,21 +25,32 @@ def parse_instances(doc: Any) -> list[Mapping[str, Any]]:
     return [i for i in doc if isinstance(i, dict)]
 
 
+async def fetch_listing(
+    session: aiohttp.ClientSession, admin_url: str
+) -> tuple[list[Mapping[str, Any]], int]:
+    """/instances: the instances, and the spares the backend holds outside the pool."""
+    async with session.get(f"{admin_url}/instances") as resp:
+        resp.raise_for_status()
+        doc = await resp.json(content_type=None)
+    spares = doc.get("spares", 0) if isinstance(doc, dict) else 0
+    return parse_instances(doc), int(spares or 0)
+
+
 async def fetch_instances(
     session: aiohttp.ClientSession, admin_url: str
 ) -> list[Mapping[str, Any]]:
-    async with session.get(f"{admin_url}/instances") as resp:
-        resp.raise_for_status()
-        return parse_instances(await resp.json(content_type=None))
+    return (await fetch_listing(session, admin_url))[0]
 
 
 class InstanceSampler:
-    """`async with InstanceSampler(admin) as s:` ... `s.samples` [(t since start, instances)]."""
+    """`async with InstanceSampler(admin) as s:` ... `s.samples` [(t since start, instances)],
+    and `s.spares[i]` the backend's spares at `s.samples[i]`."""
 
     def __init__(self, admin_url: str, interval: float = 0.5) -> None:
         self.admin_url = admin_url.rstrip("/")
         self.interval = interval
         self.samples: list[Sample] = []
+        self.spares: list[int] = []
         self.errors = 0
         self.t0 = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -65,11 +76,12 @@ class InstanceSampler:
     async def sample_once(self) -> list[Mapping[str, Any]] | None:
         assert self._session is not None
         try:
-            insts = await fetch_instances(self._session, self.admin_url)
+            insts, spares = await fetch_listing(self._session, self.admin_url)
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
             self.errors += 1
             return None
         self.samples.append((self.now(), insts))
+        self.spares.append(spares)
         return insts
 
     async def _run(self) -> None:

@@ -58,6 +58,7 @@ class Result:
     samples: list[Sample]
     used: float
     bound: float
+    spare_s: float  # spares (prefork, parked paused containers) integrated like `used`
     scale_in: float | None
     min_instances: int
 
@@ -109,17 +110,21 @@ async def docker_available() -> str | None:
     return None
 
 
-def integrate(samples: Sequence[Sample], until: float) -> tuple[float, float]:
-    """Instance-seconds used and their lower bound (ceil(in-flight / max_concurrency) per
-    tick) over the samples up to `until` (seconds since the trace started)."""
-    used = bound = 0.0
-    for (t0, insts), (t1, _) in itertools.pairwise(samples):
+def integrate(
+    samples: Sequence[Sample], spares: Sequence[int], until: float
+) -> tuple[float, float, float]:
+    """Instance-seconds used, their lower bound (ceil(in-flight / max_concurrency) per tick)
+    and spare-seconds over the samples up to `until` (seconds since the trace started);
+    spares[i] is the backend's spare count at samples[i]."""
+    used = bound = spare_s = 0.0
+    for ((t0, insts), (t1, _)), n_spare in zip(itertools.pairwise(samples), spares, strict=False):
         if t0 >= until:
             break
         dt = min(t1, until) - t0
         used += len(live(insts)) * dt
         bound += math.ceil(in_flight(insts) / MAX_CONCURRENCY) * dt
-    return used, bound
+        spare_s += n_spare * dt
+    return used, bound, spare_s
 
 
 def back_to_min(samples: Sequence[Sample], since: float, floor: int) -> float | None:
@@ -147,9 +152,11 @@ async def _one(fp: RunningProxy, target: Target, trace: Trace, settle: float) ->
         await _settle(sampler, floor, settle)
         await asyncio.sleep(TICK)
     end = run.end - sampler.t0
-    used, bound = integrate(sampler.samples, end + TAIL)
+    used, bound, spare_s = integrate(sampler.samples, sampler.spares, end + TAIL)
     scale_in = back_to_min(sampler.samples, end, floor)
-    return Result(target.label, trace.name, run, sampler.samples, used, bound, scale_in, floor)
+    return Result(
+        target.label, trace.name, run, sampler.samples, used, bound, spare_s, scale_in, floor
+    )
 
 
 async def run(ctx: BenchContext) -> Section:
@@ -209,6 +216,7 @@ def _row(r: Result, static: Result | None) -> list[Any]:
         r.used,
         r.bound,
         ratio,
+        r.spare_s,
         p50,
         p99,
         rel,
@@ -226,6 +234,7 @@ HEADERS = [
     "instance-s",
     "lower bound",
     "used / bound",
+    "spare-s",
     "p50 ms",
     "p99 ms",
     "p99 / static",
@@ -272,6 +281,10 @@ def _report(
         "idle_ttl 10m). /instances sampled every 0.25 s; instance-seconds count starting, "
         "ready and draining instances, integrated from the trace's start to 2 s after its "
         "last request; the lower bound is ceil(in-flight / max_concurrency) per sample. "
+        "'spare-s': the warm capacity a backend holds outside the pool (prefork children, "
+        "parked paused containers; /instances' spares), integrated the same way. Spares take "
+        "no request until a start hands one over, so they are not in instance-s or used / "
+        "bound; they hold memory all the same. "
         "'cold per 1k': answers whose Server-Timing says they waited on a start, "
         "'cold p99 ms' their latency (what a burst's starts cost the requests that wait "
         "for them). "
@@ -292,6 +305,7 @@ def _report(
                 "errors": r.run.errors,
                 "instance_seconds": r.used,
                 "lower_bound": r.bound,
+                "spare_seconds": r.spare_s,
                 "p50_ms": r.run.p_ms(50),
                 "p99_ms": r.run.p_ms(99),
                 "cold_per_1000": r.run.cold_per_1000(),

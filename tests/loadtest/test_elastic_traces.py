@@ -36,11 +36,13 @@ def _inst(n: int, in_flight: int) -> list[dict[str, object]]:
 
 def test_integrate_counts_live_instances_against_ceil_in_flight_per_tick() -> None:
     samples = [(0.0, _inst(3, 5)), (0.25, _inst(3, 12)), (0.5, _inst(1, 0)), (0.75, [])]
-    used, bound = integrate(samples, until=10.0)
+    spares = [2, 1, 0, 2]
+    used, bound, spare_s = integrate(samples, spares, until=10.0)
     # 3 + 3 + 1 instances for 0.25 s each; bound ceil(5/4)=2, ceil(12/4)=3, 0
     assert used == 7 * 0.25 and bound == 5 * 0.25
-    used, _ = integrate(samples, until=0.25)
-    assert used == 3 * 0.25
+    assert spare_s == 3 * 0.25  # each sample's spares hold until the next sample
+    used, _, spare_s = integrate(samples, spares, until=0.25)
+    assert used == 3 * 0.25 and spare_s == 2 * 0.25
 
 
 def test_back_to_min_is_measured_from_the_end_of_the_load() -> None:
