@@ -214,6 +214,11 @@ async def test_spares_counts_the_templates_spare_processes(
     os.kill(after[0], signal.SIGKILL)  # a spare that dies unassigned is counted out, refilled
     refilled = await counted(2, "the dead spare replaced")
     assert after[0] not in refilled
+    # after a third unassigned death the template stops refilling: the count must go down
+    os.kill(refilled[0], signal.SIGKILL)
+    again = await counted(2, "the second dead spare replaced")
+    os.kill(again[0], signal.SIGKILL)
+    assert await counted(1, "one spare left, no refill after three deaths") == [again[1]]
     await backend.aclose()
     assert backend.spares == 0
 
