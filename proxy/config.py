@@ -140,6 +140,9 @@ def _limits(t: Table) -> Limits:
         max_connections=t.int("max_connections", d.max_connections, min=1),
         max_pipelined=t.int("max_pipelined_requests", d.max_pipelined, min=1, max=1024),
         max_chunk_ext=t.size("max_chunk_extensions_size", d.max_chunk_ext),
+        body_buffer=t.size("body_buffer_size", d.body_buffer),
+        max_buffered=t.size("body_buffer_total", d.max_buffered),
+        min_chunk_avg=t.size("min_average_chunk_size", d.min_chunk_avg),
     )
 
 

@@ -14,12 +14,27 @@ HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 
 
-class ChunkQueue:
-    __slots__ = ("_chunks", "_flow", "_waiter", "buffered")
+class Budget:
+    """Bytes of request bodies held for requests that wait for an instance, across every
+    connection, against one bound (the queue's memory, not only its length)."""
 
-    def __init__(self, flow: Flow) -> None:
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit  # 0: unbounded
+        self.used = 0
+
+    def fits(self, n: int) -> bool:
+        return not self.limit or self.used + n <= self.limit
+
+
+class ChunkQueue:
+    __slots__ = ("_chunks", "_flow", "_high", "_waiter", "buffered")
+
+    def __init__(self, flow: Flow, high: int = HIGH_WATER) -> None:
         self._chunks: collections.deque[bytes] = collections.deque()
         self._flow = flow
+        self._high = high
         self._waiter: asyncio.Future[None] | None = None
         self.buffered = 0
 
@@ -29,7 +44,7 @@ class ChunkQueue:
     def push(self, data: bytes) -> None:
         self._chunks.append(data)
         self.buffered += len(data)
-        if self.buffered > HIGH_WATER:
+        if self.buffered > self._high:
             self._flow.pause(BODY)
         self.wake()
 
@@ -41,13 +56,21 @@ class ChunkQueue:
         return data
 
     def take_all(self) -> bytes:
-        data = b"".join(self._chunks)
+        """Everything queued, as one piece: many small reads (a body sent in tiny chunks)
+        leave as one write, not one write each."""
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._chunks.clear()
         self.buffered = 0
         # the read that completed a response may have crossed the high-water mark: a
         # connection left paused would be pooled deaf (issue 10, case 10)
         self._flow.resume(BODY)
         return data
+
+    def discard(self) -> None:
+        """Nobody will read what is queued."""
+        self._chunks.clear()
+        self.buffered = 0
 
     def wake(self) -> None:
         """Let a waiting reader look again (data, end or error)."""

@@ -31,9 +31,7 @@ log = logging.getLogger("forkproxy.forward")
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _NO_BODY_STATUS = frozenset({204, 304})
-_PREFETCH = 64 * 1024  # body bytes read before taking an instance slot (no Expect)
 _MAX_STALE = 3  # retries on a fresh connection after a stale pooled one, not counted
-_RETRY_AFTER = [(b"Retry-After", b"1")]
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _POOL_TEXT = {
     "queue_full": "Service Unavailable: queue full",
@@ -57,6 +55,7 @@ class Forwarder:
         self.trusted = cfg.server.trusted_proxies
         self._header_timeout = cfg.server.upstream_header_timeout
         self._server_timing = cfg.server.server_timing
+        self._body_buffer = cfg.server.limits.body_buffer
         pool.gone_hooks.append(lambda inst: self.client.forget(inst.endpoint))
         self._by_status: dict[int, Counter] = {}
         self._latency = {k: metrics.latency.labels(k) for k in ("cold", "warm")}
@@ -76,6 +75,7 @@ class Forwarder:
         except ClientError as exc:
             self.count(exc.status)
             raise
+
         except (ConnectionError, asyncio.CancelledError):
             self.count(499)  # the client went away (nginx's code for it)
             raise
@@ -103,10 +103,26 @@ class Forwarder:
             if exc.status == 504:
                 req.respond(504, "Gateway Timeout: no instance became free in time")
                 return 504
-            req.respond(503, _POOL_TEXT.get(exc.reason, "Service Unavailable"), _RETRY_AFTER)
+            req.respond(503, _POOL_TEXT.get(exc.reason, "Service Unavailable"))
             return 503
         finally:
             req.waiting = False
+
+    async def _read_ahead(self, req: Request) -> None:
+        """Read the body, or its first body_buffer bytes, before an instance slot is taken:
+        a client that dribbles its body holds a connection, never a slot. Under Expect:
+        100-continue the proxy answers 100 itself unless the declared body is larger than
+        that, whose 100 waits for the instance (it may refuse the body first)."""
+        buffer = self._body_buffer
+        length = req.content_length
+        if req.expect_continue:
+            if length is not None and length > buffer:
+                conn = req.conn
+                req.body.on_first_read = lambda: conn.write(_CONTINUE)
+                return
+            req.conn.write(_CONTINUE)
+        if buffer:
+            await req.body.prefetch(buffer)
 
     def head_for(self, req: Request, framing: bytes, *, websocket: bool = False) -> bytes:
         return upstream_head(
@@ -132,11 +148,8 @@ class Forwarder:
             body = req.body
         else:
             framing = b""
-        if req.expect_continue and body is not None:
-            conn = req.conn
-            req.body.on_first_read = lambda: conn.write(_CONTINUE)
-        elif body is not None and not req.body.complete:
-            await req.body.prefetch(_PREFETCH)
+        if body is not None and not req.body.complete:
+            await self._read_ahead(req)
         head = self.head_for(req, framing)
         head_only = req.method == "HEAD"
         attempts = stale = 0
@@ -147,6 +160,7 @@ class Forwarder:
             if req.body.error is not None:  # broke while held: send the instance nothing
                 self.pool.release(lease)
                 raise req.body.error
+            req.body.slot_taken()
             ep = lease.instance.endpoint
             t_send = time.monotonic()
             conn_up: Connection | None = None

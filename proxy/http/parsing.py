@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from proxy.http.flow import HELD, PIPELINE, Flow
-from proxy.http.request import ClientError, Limits, Request
+from proxy.http.request import BUDGET_SPENT, ClientError, Limits, Request
 from proxy.http.validate import tunnelled, validate
 
 if TYPE_CHECKING:
@@ -221,6 +221,10 @@ class RequestParsing:
         limit = self.limits.max_body
         if req.content_length is not None and limit and req.content_length > limit:
             raise ClientError(413, "Content Too Large: the body exceeds the limit")
+        if req.content_length and not req.body.charge(
+            min(req.content_length, self.limits.body_buffer)
+        ):
+            raise BUDGET_SPENT
         # the Body made with the Request has seen nothing yet; its clock (min-rate) starts now
         req.body.started = time.monotonic()
         if not req.chunked and not req.content_length:
@@ -237,6 +241,16 @@ class RequestParsing:
 
     def on_chunk_header(self) -> None:
         self._chunks += 1
+        req = self.parsing
+        limits = self.limits
+        if (
+            req is not None
+            and self._chunks > limits.free_chunks
+            and (self._chunks - limits.free_chunks) * limits.min_chunk_avg > req.body.received
+        ):
+            # raised inside llhttp's feed: parsing stops here, not after the rest of a
+            # read full of 1-byte chunks
+            raise ClientError(400, "Bad Request: too many chunks for the body's size")
 
     def on_message_complete(self) -> None:
         req = self.parsing

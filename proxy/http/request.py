@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from typing import TYPE_CHECKING
 
-from proxy.http.chunks import ChunkQueue
+from proxy.http.chunks import HIGH_WATER, ChunkQueue
 
 if TYPE_CHECKING:
     from proxy.http.server import HttpConnection
@@ -26,6 +26,7 @@ REASONS = {
     414: b"URI Too Long",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
+    501: b"Not Implemented",
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
@@ -43,7 +44,17 @@ class Limits:
     header_timeout: float = 10.0  # first byte to end of head (HAProxy timeout http-request) -> 408
     keepalive_timeout: float = 75.0  # idle between requests (nginx keepalive_timeout 75s); 0 = off
     body_timeout: float = 60.0  # no body byte for this long (nginx client_body_timeout) -> 408
-    body_min_rate: int = 0  # bytes/s averaged after the first 5 s (_RATE_GRACE), 0 = off -> 408
+    # bytes/s, 0 = off -> 408: averaged over the body after the first 5 s (_RATE_GRACE), and
+    # again from the moment the request takes an instance slot, so bytes read ahead buy no
+    # time while a slot is held (Apache mod_reqtimeout MinRate; nginx buffers instead)
+    body_min_rate: int = 8192
+    # a body up to this size is read whole before an instance slot is taken (nginx reads
+    # the body before it picks an upstream); a larger one is read this far ahead, then
+    # streamed under body_min_rate
+    body_buffer: int = 1 << 20
+    # request-body bytes held in memory by all connections together; a request that would
+    # hold more while it waits for an instance -> 503
+    max_buffered: int = 128 << 20
     send_timeout: float = 60.0  # client not reading the response (nginx send_timeout)
     max_connections: int = 10000
     # requests parsed and queued behind the running one; more in one read and the
@@ -51,6 +62,10 @@ class Limits:
     max_pipelined: int = 8
     # chunk-extension bytes in one request body -> 400 (Node's llhttp binding caps 16 KiB)
     max_chunk_ext: int = 16384
+    # chunks a body may use: this many, plus one per min_chunk_avg bytes of data -> 400.
+    # Each chunk costs parser callbacks; a body of 1-byte chunks is CPU, not data.
+    free_chunks: int = 64
+    min_chunk_avg: int = 128
 
 
 class ClientError(Exception):
@@ -62,17 +77,27 @@ class ClientError(Exception):
         self.text = text
 
 
+# one instance: raised for every body turned away, it carries no per-request state
+BUDGET_SPENT = ClientError(503, "Service Unavailable: too many request bodies waiting")
+
+
 class Body:
     """A request body as the client sends it, read in pieces with backpressure."""
 
     def __init__(self, conn: HttpConnection) -> None:
         self._conn = conn
-        self._chunks = ChunkQueue(conn.flow)
+        limits = conn.limits
+        high = max(HIGH_WATER, limits.body_buffer)  # a read-ahead fills without pausing
+        self._chunks = ChunkQueue(conn.flow, high)
+        self._budget = conn.server.buffered
+        self._charged = 0  # bytes of the budget this body holds while it waits
         self.received = 0
         self.complete = False
         self.error: Exception | None = None
         self.on_first_read: Callable[[], None] | None = None  # sends 100 Continue
         self.started = 0.0  # set when the head is complete (parsing.py): the rate's clock
+        self._base = 0  # bytes received when the rate's clock was last set
+        self.streaming = False  # read by the forwarder: it holds an instance slot
 
     def feed(self, data: bytes) -> None:
         self.received += len(data)
@@ -80,7 +105,41 @@ class Body:
         if limit and self.received > limit:
             self.fail(ClientError(413, "Content Too Large: the body exceeds the limit"))
             return
+        if not self.streaming and not self.charge(self._chunks.buffered + len(data)):
+            self.fail(BUDGET_SPENT)
+            return
         self._chunks.push(data)
+
+    def charge(self, total: int) -> bool:
+        """Hold `total` bytes of the budget for this waiting body (a declared length is
+        held at the head, so bodies arriving together cannot each get part of the
+        budget and all be refused); False, and the body is counted as refused, when
+        waiting bodies already hold it all."""
+        extra = total - self._charged
+        if extra <= 0:
+            return True
+        if not self._budget.fits(extra):
+            self._conn.server.rejected("buffered_bytes")
+            return False
+        self._budget.used += extra
+        self._charged = total
+        return True
+
+    def _uncharge(self) -> None:
+        self._budget.used -= self._charged
+        self._charged = 0
+
+    def slot_taken(self) -> None:
+        """The request holds an instance slot from now on: the rate is measured afresh,
+        so what was read ahead buys no time while a slot is held."""
+        if self.started and not self.complete:
+            self.started = time.monotonic()
+            self._base = self.received
+
+    def discard(self) -> None:
+        """The request is over: whatever is still queued is released (budget included)."""
+        self._chunks.discard()
+        self._uncharge()
 
     def finish(self) -> None:
         self.complete = True
@@ -92,6 +151,12 @@ class Body:
             self._chunks.wake()
 
     async def read(self) -> bytes:
+        """What arrived since the last read, as one piece (many small chunks leave as one
+        write to the instance), or b"" at the end."""
+        if not self.streaming:
+            # it holds a slot now: flow control bounds what it buffers, not the budget
+            self.streaming = True
+            self._uncharge()
         if self.on_first_read is not None:
             self.on_first_read()
             self.on_first_read = None
@@ -101,7 +166,7 @@ class Body:
             if self.complete:
                 return b""
             await self._wait()
-        data = self._chunks.pop()
+        data = self._chunks.take_all()
         self._check_rate()
         return data
 
@@ -109,9 +174,13 @@ class Body:
         """Wait until the body is complete or `limit` bytes are buffered, so a slow
         client holds no instance slot while it dribbles a small body (nginx buffers
         request bodies for the same reason). Same deadlines as read()."""
-        while not self.complete and self._chunks.buffered < limit:
+        while True:
+            # a body refused while it arrived (413, 503) may still be complete: llhttp
+            # counted its bytes; the error wins
             if self.error is not None:
                 raise self.error
+            if self.complete or self._chunks.buffered >= limit:
+                return
             await self._wait()
 
     async def _wait(self) -> None:
@@ -133,7 +202,7 @@ class Body:
         rate = self._conn.limits.body_min_rate
         if not rate or not self.started:
             return math.inf
-        return self.started + max(_RATE_GRACE, self.received / rate)
+        return self.started + max(_RATE_GRACE, (self.received - self._base) / rate)
 
     def _check_rate(self) -> None:
         if not self.complete and time.monotonic() > self._rate_due():
@@ -267,6 +336,8 @@ class Request:
         headers = [(b"Content-Type", b"text/plain; charset=utf-8"), (b"Date", date())]
         if extra:
             headers.extend(extra)
+        elif status == 503:  # every 503 here is a moment's overload: say when to retry
+            headers.append((b"Retry-After", b"1"))
         self.start_response(status, b"", headers, length=len(body), payload=body)
 
 

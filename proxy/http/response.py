@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from proxy.http.upstream import Connection
 
 MAX_HEAD = 64 * 1024  # response header bytes from an instance; more is a bad response
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 
 RawHeaders = list[tuple[bytes, bytes]]
 InfoHook = Callable[[int, bytes, RawHeaders], None]
@@ -141,9 +142,18 @@ class Response:
             self.upgraded = True  # llhttp pauses after this message: HttpParserUpgrade
             self.headers_done.set_result(None)
             return
-        if 100 <= code < 200:
+        if not 100 <= code <= 599:  # RFC 9110 15: three digits, 1xx to 5xx
+            raise BadResponse(f"status code {code} out of range", sent=True)
+        if code < 200:
             if code == 101:
                 raise BadResponse("101 to a request that asked for no upgrade", sent=True)
+            if any(len(n) in (14, 17) and n.lower() in _FRAMING for n, _ in self.raw_headers):
+                # a 1xx has no content (RFC 9110 15.2); llhttp would read one by its
+                # framing and append it to the final response's body
+                raise BadResponse(f"{code} response with body framing", sent=True)
+            # bytes may follow a 1xx that no later parse can place: reuse only at a
+            # proven boundary
+            self._conn.no_reuse = True
             # 100 Continue is the proxy's own business (Expect is not forwarded); other
             # 1xx (103 Early Hints) go to the client if it can take them
             if code != 100 and self.on_info is not None:
@@ -154,6 +164,12 @@ class Response:
             return
         self.status = code
         self.keep_alive = bool(parser.should_keep_alive())
+        if self.head_only or code in (204, 304):
+            # Where the body ends is known here only by rule: a server that breaks it
+            # (waitress sends an app's body to HEAD) may still be writing, and the late
+            # bytes would become the next request's answer. Such a connection is never
+            # pooled: a fresh one costs less than that guess.
+            self._conn.no_reuse = True
         if self.content_length() is None and code not in (204, 304) and not self.head_only:
             self.until_close = not any(
                 n.lower() == b"transfer-encoding" and b"chunked" in v.lower()

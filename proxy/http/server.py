@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from backends.support.tasks import TaskSet
+from proxy.http.chunks import Budget
 from proxy.http.deadline import Deadline
 from proxy.http.flow import PIPELINE, Flow
 from proxy.http.parsing import RequestParsing
@@ -95,6 +96,7 @@ class HttpConnection(RequestParsing, asyncio.Protocol):
         for req in (self.parsing, self.active, *self.pipeline):
             if req is not None:
                 req.body.fail(ConnectionResetError("client closed the connection"))
+                req.body.discard()
         if self.tunnel_eof is not None:
             self.tunnel_eof()
         task = self._task
@@ -192,6 +194,7 @@ class HttpConnection(RequestParsing, asyncio.Protocol):
 
     def _finished(self, req: Request) -> bool:
         self.active = None
+        req.body.discard()  # what the instance did not read (it answered early) is dropped
         if not req.body.complete:
             # an unread body would be parsed as the next request: close instead, but
             # lingering, so the client still reads our answer (413, 408, ...)
@@ -353,6 +356,7 @@ class HttpServer:
         self.upgrade = upgrade
         self.limits = limits
         self.connections: set[HttpConnection] = set()
+        self.buffered = Budget(limits.max_buffered)  # request-body bytes held, all connections
         self.tasks = TaskSet("http")
         self._server: asyncio.Server | None = None
         self._on_reject = on_reject
