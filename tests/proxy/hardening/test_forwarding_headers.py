@@ -171,6 +171,7 @@ async def test_no_headers_added_and_bodies_never_decompressed(proxy: Running) ->
         "x-forwarded-proto",
         "x-forwarded-host",
         "forwarded",
+        "x-real-ip",
     }
     assert not added, added  # no User-Agent, Accept(-Encoding), Content-Type of our own
 
