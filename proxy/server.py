@@ -18,6 +18,7 @@ from backends.base import Backend, BackendContext
 from backends.errors import BackendError
 from backends.support import owner
 from backends.support.extras import MissingExtra
+from proxy import open_files
 from proxy.admin import admin_runner, admin_site
 from proxy.config import Address, Config
 from proxy.http import native
@@ -152,6 +153,7 @@ class Proxy:
 
 
 async def serve(cfg: Config) -> None:
+    cfg = open_files.prepare(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
