@@ -114,7 +114,7 @@ async def test_more_connections_than_files_get_503_and_a_cold_start_still_works(
             reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
             stack.callback(writer.close)
             conns.append((reader, writer))
-        answers = await asyncio.gather(*(_answer(r, 3.0) for r, _ in conns))
+        answers = await asyncio.gather(*(_answer(r, 6.0) for r, _ in conns))
         held = [c for c, a in zip(conns, answers, strict=True) if a is None]
         refused = [a for a in answers if a is not None]
         assert len(held) == 168, (len(held), refused[:3])
