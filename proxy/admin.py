@@ -1,15 +1,17 @@
 """The admin listener (loopback by default): the live page at /, its Server-Sent Events
 at /events, /metrics, /healthz, /readyz, /instances; an optional bearer token guards
-every route."""
+every route. Its edges: only known Host names (DNS rebinding), idle connections closed,
+a cap on connections."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import TYPE_CHECKING
 
@@ -18,7 +20,7 @@ from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from backends.support.table import ConfigError, Problem
-from proxy.config import ServerConfig
+from proxy.config import Address, ServerConfig
 from proxy.live import Sampler
 
 if TYPE_CHECKING:
@@ -77,6 +79,54 @@ def _warn_if_exposed(server: ServerConfig, token: str | None) -> None:
         "server.admin_token_file",
         server.admin,
     )
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header, lowercased, without port, brackets or a final dot."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    name, sep, port = host.rpartition(":")
+    if sep and port.isdigit():
+        host = name
+    return host.rstrip(".")
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _host_middleware(server: ServerConfig) -> Middleware | None:
+    """DNS rebinding: a web page whose name an attacker points at 127.0.0.1 reaches this
+    listener from the victim's browser, with the attacker's name as Host. So only names
+    that cannot be rebound are answered: localhost, IP literals (an IP as Host means the
+    page was loaded from that address itself, and probes such as Kubernetes' use the pod
+    IP), the bound address, and server.admin_allowed_hosts ("*": any)."""
+    if "*" in server.admin_allowed_hosts:
+        return None
+    allowed = frozenset({"localhost", *server.admin_allowed_hosts})
+    if server.admin is not None:
+        allowed |= {_host_name(server.admin.host)}
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        host = request.headers.get("Host")
+        if host is None:  # HTTP/1.0 tools; a browser always sends Host
+            return await handler(request)
+        name = _host_name(host)
+        if name in allowed or _is_ip(name):
+            return await handler(request)
+        return web.Response(
+            status=421,
+            text="misdirected request: this admin listener answers Host localhost, IP "
+            "addresses and the names in server.admin_allowed_hosts\n",
+        )
+
+    return check
 
 
 def _auth_middleware(token: str) -> Middleware:
@@ -178,7 +228,9 @@ def admin_app(proxy: Proxy) -> web.Application:
     async def end_streams(_: web.Application) -> None:
         sampler.close()  # open pages must not hold the shutdown for aiohttp's grace period
 
-    app = web.Application(middlewares=[_auth_middleware(token)] if token else [])
+    host_check = _host_middleware(proxy.cfg.server)
+    middlewares = [m for m in (host_check, _auth_middleware(token) if token else None) if m]
+    app = web.Application(middlewares=middlewares)
     app.cleanup_ctx.append(run_sampler)
     app.on_shutdown.append(end_streams)
     app.router.add_get("/", page)
@@ -189,3 +241,70 @@ def admin_app(proxy: Proxy) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/instances", instances)
     return app
+
+
+_TOO_MANY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 27\r\nConnection: close\r\n\r\ntoo many admin connections\n"
+)
+
+
+class _Busy(asyncio.Protocol):
+    """A connection beyond server.admin_max_connections: a 503 and closed."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(_TOO_MANY)
+        transport.close()
+
+
+class _AdminSite(web.BaseSite):
+    """aiohttp's TCPSite with a cap on open connections (aiohttp has none)."""
+
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        address: Address,
+        max_connections: int,
+        on_reject: Callable[[], None],
+    ) -> None:
+        super().__init__(runner)
+        self._address = address
+        self._max_connections = max_connections
+        self._on_reject = on_reject
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._address}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        cap, on_reject = self._max_connections, self._on_reject
+
+        def protocol() -> asyncio.BaseProtocol:
+            if len(server.connections) >= cap:
+                on_reject()
+                return _Busy()
+            return server()
+
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            protocol, self._address.host, self._address.port, reuse_address=True
+        )
+
+
+def admin_runner(proxy: Proxy) -> web.AppRunner:
+    # aiohttp's keepalive_timeout also runs from the connection's start: a connection
+    # that sends nothing, or half a request head, closes then too (its default is ~1 h)
+    return web.AppRunner(
+        admin_app(proxy),
+        access_log=None,
+        keepalive_timeout=proxy.cfg.server.admin_keepalive_timeout,
+    )
+
+
+def admin_site(proxy: Proxy, runner: web.AppRunner, address: Address) -> web.BaseSite:
+    rejected = proxy.metrics.rejected.labels("admin_max_connections")
+    return _AdminSite(runner, address, proxy.cfg.server.admin_max_connections, rejected.inc)

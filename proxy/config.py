@@ -4,6 +4,7 @@ that reports every problem with its key path and allowed values."""
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -13,6 +14,7 @@ from typing import Any
 
 import backends
 from backends.support.table import ConfigError, Problem, Table
+from proxy.http.headers import DROP_CLIENT_HEADERS
 from proxy.http.server import Limits
 
 
@@ -51,6 +53,14 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     admin_token_env: str = ""  # env var holding the admin bearer token (never the token itself)
     admin_token_file: str = ""  # or a file holding it
+    # issue 21, what untrusted clients may send and the admin listener's edges:
+    # client-address headers dropped from peers outside trusted_proxies
+    drop_client_headers: tuple[str, ...] = DROP_CLIENT_HEADERS
+    underscores_in_headers: bool = False  # nginx's default: names with "_" are dropped
+    # Host names the admin listener answers besides localhost and IP literals ("*": any)
+    admin_allowed_hosts: tuple[str, ...] = ()
+    admin_keepalive_timeout: float = 30.0  # idle (or no request yet) admin connections close
+    admin_max_connections: int = 64  # beyond: 503 and close
 
 
 ROUTINGS = ("least_loaded", "pack")
@@ -124,6 +134,30 @@ def _networks(t: Table, key: str) -> tuple[IPv4Network | IPv6Network, ...]:
     return tuple(out)
 
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HOSTNAME = re.compile(r"[0-9a-z.-]+")
+
+
+def _header_names(t: Table, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    names = tuple(n.lower() for n in t.str_list(key, list(default)))
+    for name in names:
+        if not _TOKEN.fullmatch(name):
+            t.error(key, f"{name!r} is not a header name (letters, digits and !#$%&'*+-.^_`|~)")
+        elif name == "host":
+            t.error(key, "'host' cannot be dropped: the instance needs it")
+    return names
+
+
+def _host_names(t: Table, key: str) -> tuple[str, ...]:
+    names = tuple(n.lower().rstrip(".") for n in t.str_list(key))
+    for name in names:
+        if name != "*" and not _HOSTNAME.fullmatch(name):
+            t.error(
+                key, f'{name!r}: expected a host name without port (e.g. "admin.internal") or "*"'
+            )
+    return names
+
+
 def _limits(t: Table) -> Limits:
     d = Limits()
     return Limits(
@@ -168,6 +202,13 @@ def _server(t: Table) -> ServerConfig:
         limits=_limits(t),
         admin_token_env=t.str("admin_token_env", ""),
         admin_token_file=t.str("admin_token_file", ""),
+        drop_client_headers=_header_names(t, "drop_client_headers", d.drop_client_headers),
+        underscores_in_headers=t.bool("underscores_in_headers", d.underscores_in_headers),
+        admin_allowed_hosts=_host_names(t, "admin_allowed_hosts"),
+        admin_keepalive_timeout=t.duration(
+            "admin_keepalive_timeout", d.admin_keepalive_timeout, min=0.1
+        ),
+        admin_max_connections=t.int("admin_max_connections", d.admin_max_connections, min=1),
     )
     if cfg.admin_token_env and cfg.admin_token_file:
         t.error("admin_token_file", "set admin_token_env or admin_token_file, not both")

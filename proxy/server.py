@@ -18,7 +18,8 @@ from backends.base import Backend, BackendContext
 from backends.errors import BackendError
 from backends.support import owner
 from backends.support.extras import MissingExtra
-from proxy.admin import admin_app
+from proxy import open_files
+from proxy.admin import admin_runner, admin_site
 from proxy.config import Address, Config
 from proxy.http import native
 from proxy.http.forward import Forwarder
@@ -100,9 +101,9 @@ class Proxy:
             await self.http.listen(listen.host, listen.port)
         self.listen_port = self.http.port
         if (admin_at := self.cfg.server.admin) is not None:
-            self._admin = web.AppRunner(admin_app(self), access_log=None)
+            self._admin = admin_runner(self)
             await self._admin.setup()
-            site = web.TCPSite(self._admin, admin_at.host, admin_at.port)
+            site = admin_site(self, self._admin, admin_at)
             with ListenError.naming("server.admin", admin_at):
                 await site.start()
             self.admin_port = int(self._admin.addresses[0][1])
@@ -152,6 +153,7 @@ class Proxy:
 
 
 async def serve(cfg: Config) -> None:
+    cfg = open_files.prepare(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -111,6 +111,7 @@ class ProxyProcess:
         self._text = config_text
         self._tmp = tmp
         self.proc: subprocess.Popen[bytes] | None = None
+        self.preexec_fn: Callable[[], None] | None = None  # e.g. a lower RLIMIT_NOFILE
         self._pick_ports()
 
     def _pick_ports(self) -> None:
@@ -159,6 +160,7 @@ class ProxyProcess:
                 cwd=ROOT,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
+                preexec_fn=self.preexec_fn,
             )
 
         async def up() -> bool:

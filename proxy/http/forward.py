@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from prometheus_client import Counter
 
 from proxy.config import Config
-from proxy.http.headers import downstream_raw, server_timing, upstream_head
+from proxy.http.headers import HeaderRules, downstream_raw, server_timing, upstream_head
 from proxy.http.server import ClientError, Request
 from proxy.http.upstream import (
     ConnectFailed,
@@ -53,6 +53,9 @@ class Forwarder:
             max_idle=lambda: max(64, pool.cfg.max_concurrency),
         )
         self.trusted = cfg.server.trusted_proxies
+        self.header_rules = HeaderRules.build(
+            cfg.server.drop_client_headers, underscores=cfg.server.underscores_in_headers
+        )
         self._header_timeout = cfg.server.upstream_header_timeout
         self._server_timing = cfg.server.server_timing
         self._body_buffer = cfg.server.limits.body_buffer
@@ -134,6 +137,7 @@ class Forwarder:
             host=req.host,
             framing=framing,
             websocket=websocket,
+            rules=self.header_rules,
         )
 
     async def _forward(self, req: Request) -> int:

@@ -115,3 +115,46 @@ def test_example_configs_are_valid() -> None:
     root = Path(__file__).resolve().parents[2] / "examples"
     for path in sorted(root.glob("*.toml")):
         load(path)
+
+
+def test_client_header_and_admin_edge_keys() -> None:
+    d = parse({}).server
+    assert "x-real-ip" in d.drop_client_headers and "cf-connecting-ip" in d.drop_client_headers
+    assert d.underscores_in_headers is False
+    assert d.admin_allowed_hosts == () and d.admin_max_connections == 64
+    assert 0 < d.admin_keepalive_timeout <= 75  # finite: aiohttp's own default is ~1 h
+    s = parse(
+        {
+            "server": {
+                "drop_client_headers": ["X-Mine"],
+                "underscores_in_headers": True,
+                "admin_allowed_hosts": ["Admin.Internal.", "*"],
+                "admin_keepalive_timeout": "2s",
+                "admin_max_connections": 5,
+            }
+        }
+    ).server
+    assert s.drop_client_headers == ("x-mine",) and s.underscores_in_headers
+    assert s.admin_allowed_hosts == ("admin.internal", "*")
+    assert s.admin_keepalive_timeout == 2.0 and s.admin_max_connections == 5
+    with pytest.raises(ConfigError) as info:
+        parse(
+            {
+                "server": {
+                    "drop_client_headers": ["bad name", "Host"],
+                    "underscores_in_headers": "no",
+                    "admin_allowed_hosts": ["admin:9090"],
+                    "admin_keepalive_timeout": 0,
+                    "admin_max_connections": 0,
+                }
+            }
+        )
+    by_path: dict[str, list[str]] = {}
+    for p in info.value.problems:
+        by_path.setdefault(p.path, []).append(p.message)
+    assert len(by_path["server.drop_client_headers"]) == 2
+    assert "'host' cannot be dropped" in by_path["server.drop_client_headers"][1]
+    assert "true or false" in by_path["server.underscores_in_headers"][0]
+    assert "without port" in by_path["server.admin_allowed_hosts"][0]
+    assert "minimum" in by_path["server.admin_keepalive_timeout"][0]
+    assert "minimum 1" in by_path["server.admin_max_connections"][0]

@@ -171,6 +171,7 @@ async def test_no_headers_added_and_bodies_never_decompressed(proxy: Running) ->
         "x-forwarded-proto",
         "x-forwarded-host",
         "forwarded",
+        "x-real-ip",
     }
     assert not added, added  # no User-Agent, Accept(-Encoding), Content-Type of our own
 
@@ -209,3 +210,31 @@ async def test_error_responses_never_echo_the_request(proxy: Running, request_by
     assert 400 <= resp.status < 500
     assert MARK.lower() not in ex.data.lower()
     assert len(resp.body) < 100
+
+
+async def test_client_address_headers_follow_the_config() -> None:
+    # the configured list replaces the default one; X-Real-IP stays the proxy's own
+    server = {"drop_client_headers": ["X-Mine"], "underscores_in_headers": True}
+    async with recorder(server=server) as p:
+        h = (
+            await one(
+                p,
+                b"GET /h HTTP/1.1\r\nHost: t\r\nX-Mine: 6\r\nTrue-Client-IP: 7\r\n"
+                b"X-Real-IP: 8\r\nX_Under: 9\r\n",
+            )
+        )["h"]
+    assert "x-mine" not in h
+    assert h["true-client-ip"] == ["7"] and h["x_under"] == ["9"]
+    assert h["x-real-ip"] == ["127.0.0.1"]
+
+
+async def test_client_address_headers_are_dropped_by_default(proxy: Running) -> None:
+    h = (
+        await one(
+            proxy,
+            b"GET /h HTTP/1.1\r\nHost: t\r\nTrue-Client-IP: 7\r\nX-Real-IP: 8\r\n"
+            b"X-Forwarded-Prefix: /admin\r\nX_Under: 9\r\n",
+        )
+    )["h"]
+    assert not {"true-client-ip", "x-forwarded-prefix", "x_under"} & set(h)
+    assert h["x-real-ip"] == ["127.0.0.1"]

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from proxy.http.headers import downstream_raw, server_timing, upstream_head
+from proxy.http.headers import (
+    DEFAULT_RULES,
+    DROP_CLIENT_HEADERS,
+    HeaderRules,
+    downstream_raw,
+    server_timing,
+    upstream_head,
+)
 
 
 def _parse(head: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
@@ -74,6 +81,62 @@ def test_trusted_proxy_values_are_extended() -> None:
     assert d[b"x-forwarded-for"] == b"6.6.6.6, 10.0.0.2"
     assert d[b"x-forwarded-proto"] == b"https"
     assert d[b"forwarded"] == b"for=6.6.6.6, for=10.0.0.2"
+
+
+CLIENT_ADDRESS = [(n.title().encode(), b"6.6.6.6") for n in DROP_CLIENT_HEADERS]
+UNDERSCORED = [(b"X_Forwarded_For", b"6.6.6.6"), (b"Content_Length", b"5"), (b"x_a", b"1")]
+
+
+def _head(
+    raw: list[tuple[bytes, bytes]],
+    *,
+    peer: str,
+    trusted: bool = False,
+    rules: HeaderRules = DEFAULT_RULES,
+) -> list[tuple[bytes, bytes]]:
+    head = upstream_head(
+        "GET",
+        b"/",
+        [(b"Host", b"h"), *raw],
+        peer=peer,
+        trusted=trusted,
+        host=b"h",
+        framing=b"",
+        rules=rules,
+    )
+    return _parse(head)[1]
+
+
+def test_client_address_headers_are_dropped_from_an_untrusted_peer() -> None:
+    hdrs = _head([*CLIENT_ADDRESS, (b"X-Keep", b"1")], peer="10.1.2.3")
+    assert [v for _, v in hdrs if v == b"6.6.6.6"] == []
+    assert [v for n, v in hdrs if n == b"x-real-ip"] == [b"10.1.2.3"]  # the peer, once
+    assert (b"x-keep", b"1") in hdrs
+
+
+def test_a_trusted_proxy_keeps_its_client_address_headers() -> None:
+    hdrs = _head(CLIENT_ADDRESS, peer="10.1.2.3", trusted=True)
+    kept = {n for n, v in hdrs if v == b"6.6.6.6"}
+    assert kept == {n.encode() for n in DROP_CLIENT_HEADERS}
+    assert [v for n, v in hdrs if n == b"x-real-ip"] == [b"6.6.6.6"]  # theirs, not a second
+
+
+def test_underscored_names_are_dropped_from_every_peer_unless_allowed() -> None:
+    for trusted in (False, True):
+        names = [n for n, _ in _head(UNDERSCORED, peer="10.1.2.3", trusted=trusted)]
+        assert not [n for n in names if b"_" in n], names
+    allow = HeaderRules.build(DROP_CLIENT_HEADERS, underscores=True)
+    names = [n for n, _ in _head(UNDERSCORED, peer="10.1.2.3", rules=allow)]
+    assert {b"x_forwarded_for", b"content_length", b"x_a"} <= set(names)
+
+
+def test_drop_list_is_configurable_and_x_real_ip_is_always_ours() -> None:
+    rules = HeaderRules.build(["X-Custom-Client"], underscores=False)
+    raw = [(b"X-Custom-Client", b"6.6.6.6"), (b"X-Real-IP", b"6.6.6.6"), (b"True-Client-IP", b"7")]
+    hdrs = _head(raw, peer="10.1.2.3", rules=rules)
+    assert b"x-custom-client" not in dict(hdrs)
+    assert dict(hdrs)[b"true-client-ip"] == b"7"  # not in this list: kept
+    assert [v for n, v in hdrs if n == b"x-real-ip"] == [b"10.1.2.3"]
 
 
 def test_websocket_head_keeps_the_upgrade() -> None:
