@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
 
-from tests.proxy.replay.marker import ID_HEADER, answer
+from tests.proxy.replay.marker import DELAY, ID_HEADER, answer
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -16,6 +17,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     )
     resp = web.StreamResponse(status=status, headers=dict(headers))
     await resp.prepare(request)
+    if request.path == "/r/head-late":
+        await resp.drain()  # the head goes out now
+        await asyncio.sleep(DELAY)
     await resp.write(out)  # aiohttp decides what of it a HEAD / 204 / 304 puts on the wire
     await resp.write_eof()
     return resp

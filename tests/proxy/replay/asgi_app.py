@@ -3,10 +3,11 @@ the body whatever the method or status: what reaches the wire is the server's ca
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tests.proxy.replay.marker import ID_HEADER, answer
+from tests.proxy.replay.marker import DELAY, ID_HEADER, answer
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -43,4 +44,6 @@ async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
             "headers": [(k.encode(), v.encode()) for k, v in out_headers],
         }
     )
+    if target.startswith("/r/head-late"):
+        await asyncio.sleep(DELAY)
     await send({"type": "http.response.body", "body": out})

@@ -88,6 +88,8 @@ def response_cases() -> list[Case]:
     """Misbehaviour asked of a real server's app (marker.MISBEHAVE)."""
     asks = [
         ("HEAD", "/r/head-body"),
+        ("HEAD", "/r/head-late"),
+        ("GET", "/r/head-late"),
         ("HEAD", "/r/file"),
         ("GET", "/r/204-body"),
         ("GET", "/r/304-body"),

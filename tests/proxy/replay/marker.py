@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 
 HEADER = "X-Replay-Seen"
+DELAY = 0.15  # seconds between the head and the body on /r/head-late
 ID_HEADER = "X-Req-Id"
 # path -> (status, the body's framing): every method, HEAD included, gets the body
 MISBEHAVE = {
     "/r/head-body": 200,  # a body to HEAD too (frameworks usually strip it, servers may not)
+    "/r/head-late": 200,  # the same, the body DELAY after the head (a slow file, a stream)
     "/r/file": 200,  # the body through wsgi.file_wrapper (what Django's FileResponse uses)
     "/r/204-body": 204,
     "/r/304-body": 304,

@@ -3,7 +3,8 @@
 const http = require("http");
 const crypto = require("crypto");
 
-const MISBEHAVE = { "/r/head-body": 200, "/r/file": 200, "/r/204-body": 204, "/r/304-body": 304, "/r/overlong": 200 };
+const DELAY_MS = 150;
+const MISBEHAVE = { "/r/head-body": 200, "/r/head-late": 200, "/r/file": 200, "/r/204-body": 204, "/r/304-body": 304, "/r/overlong": 200 };
 
 function late(rid) {
   const text = "late=" + (rid || "anon");
@@ -29,6 +30,11 @@ http.createServer((req, res) => {
       }
       if (MISBEHAVE[path] === 200) headers["Content-Length"] = String(out.length);
       res.writeHead(MISBEHAVE[path], headers);
+      if (path === "/r/head-late") {
+        res.flushHeaders();
+        setTimeout(() => res.end(out), DELAY_MS);
+        return;
+      }
       res.end(out);
       return;
     }

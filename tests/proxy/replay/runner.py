@@ -86,7 +86,7 @@ def _client_problem(data: bytes, methods: list[str], closed: bool) -> str | None
     return None
 
 
-async def _victim(lab: Lab, vid: str) -> str | None:
+async def victim(lab: Lab, vid: str) -> str | None:
     wire = b"GET /v/seen=%b HTTP/1.1\r\nHost: t\r\n%b: %b\r\n\r\n" % (
         vid.encode(),
         ID_HEADER.encode(),
@@ -127,9 +127,9 @@ async def run_case(lab: Lab, prefix: str, case: Case, out: Outcome, expect: byte
     out.forwarded += 1
     # one victim at once (late bytes still on their way reach whoever reuses the
     # connection), then a few together once a server's late bytes have arrived
-    results = [await _victim(lab, f"{prefix}v0")]
+    results = [await victim(lab, f"{prefix}v0")]
     await asyncio.sleep(SETTLE + (0.2 if case.script else 0))
-    results += await asyncio.gather(*(_victim(lab, f"{prefix}v{k}") for k in range(1, VICTIMS)))
+    results += await asyncio.gather(*(victim(lab, f"{prefix}v{k}") for k in range(1, VICTIMS)))
     out.victims += VICTIMS
     for r in results:
         if r:
