@@ -150,10 +150,12 @@ def _check_raw_final(
 
 def check_server_side(lab: Lab, family: str, names: dict[str, str], out: Outcome) -> None:
     """Per upstream connection, everything the server parsed was a request the proxy sent
-    as one; problems are filed under the case their ids belong to."""
+    as one; problems are filed under the case their ids belong to. Counts are this
+    family's: its requests the server parsed, the connections that carried them."""
     for c2s, s2c in lab.recording.connections():
-        out.connections += 1
-        out.server_parsed += len(server_seen(s2c))
+        mine = [r for r in server_seen(s2c) if r.rid.startswith(family)]
+        out.connections += bool(mine)
+        out.server_parsed += len(mine)
         for got, why in unframed(c2s, s2c):
             owner = names.get(got.rid[:4])
             if owner is not None:

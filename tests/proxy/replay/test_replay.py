@@ -7,7 +7,8 @@ what it parsed (marker.py). For every case (cases.py):
   each X-Replay-Seen in what it wrote is, in order, one request h11 frames in what the
   proxy sent it (same method, id, body length and digest); a smuggled one fails;
 - every client gets its own answers only: the attacker nothing with another's id, and
-  after each forwarded case two concurrent victims each get exactly their own answer;
+  after each forwarded case three victims (one at once, while a late body may still be
+  on its way, then two together) each get exactly their own answer;
 - what a client gets reads as HTTP (h11) with statuses in 100-599, no more answers than
   it asked for; a 1xx with a body or a bad status is the final answer as sent or a 502.
 
