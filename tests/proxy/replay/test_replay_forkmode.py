@@ -14,8 +14,11 @@ import pytest
 from tests.conftest import eventually, free_port, run_proxy
 from tests.proxy.hardening.strict import judge
 from tests.proxy.replay import tee
+from tests.proxy.replay.cases import request_cases, response_cases
+from tests.proxy.replay.conftest import LIMITS, report
 from tests.proxy.replay.marker import DELAY, ID_HEADER, late
-from tests.proxy.replay.runner import Lab, Recording, victim
+from tests.proxy.replay.runner import Lab, Recording, run_family, victim
+from tests.proxy.replay.servers import AIOHTTP, ASGI, WSGI
 from tests.proxy.replay.wire import ids, talk
 
 ASKS = [
@@ -81,3 +84,15 @@ async def test_fork_mode_wsgi_writes_no_body_to_head_204_304(tmp_path: Path, app
         finally:
             relay.close()
             await relay.wait_closed()
+
+
+@pytest.mark.parametrize(("kind", "app"), [("wsgi", WSGI), ("asgi", ASGI), ("aiohttp", AIOHTTP)])
+async def test_real_fork_mode_keeps_every_answer_with_its_client(kind: str, app: str) -> None:
+    backend = {"type": "process", "mode": "fork", "app": app, "app_kind": kind}
+    pool = {"min_instances": 1, "max_instances": 1, "max_concurrency": 4}
+    cases = [c for c in request_cases() if c.name.startswith("attack/")] + response_cases()
+    async with run_proxy(backend=backend, pool=pool, server=LIMITS) as p:
+        lab = Lab(f"fork-mode-{kind}", p.proxy.listen_port, None)
+        out = await run_family(lab, "f", cases)
+    report(lab, "fork mode, client side", out)
+    assert not out.problems, out.problems
