@@ -14,7 +14,7 @@ from tests.proxy.replay.marker import ID_HEADER
 from tests.proxy.replay.wire import frame, ids, server_seen, talk, unframed
 
 VICTIMS = 3  # clients right after each forwarded case
-SETTLE = 0.1  # for a server's late bytes to reach the pooled connection first
+SETTLE = 0.05  # for a server's late bytes to reach the pooled connection first
 
 
 class Recording:
