@@ -15,6 +15,7 @@ from tests.proxy.replay.wire import frame, ids, server_seen, talk, unframed
 
 VICTIMS = 3  # clients right after each forwarded case
 SETTLE = 0.05  # for a server's late bytes to reach the pooled connection first
+RAW_PAUSE = 0.2  # the raw server's pause between the parts of its answer
 
 
 class Recording:
@@ -103,12 +104,12 @@ async def victim(lab: Lab, vid: str) -> str | None:
     return None
 
 
-async def run_case(lab: Lab, prefix: str, case: Case, out: Outcome, expect: bytes = b"") -> None:
+async def run_case(lab: Lab, prefix: str, case: Case, out: Outcome) -> None:
     wire = case.bytes_for(prefix)
     if case.script:
         assert lab.scripted is not None
         _, parts = raw_script(case.script, f"{prefix}-m")
-        lab.scripted.script(f"{prefix}-m", *parts, pause=0.2)
+        lab.scripted.script(f"{prefix}-m", *parts, pause=RAW_PAUSE)
     # judged as plain messages, as the proxy forwards them (h11 would end at a CONNECT's 2xx)
     methods = ["GET" if r.method == "CONNECT" else r.method for r in frame(wire)[0]]
     if lab.recording is not None:
@@ -129,7 +130,7 @@ async def run_case(lab: Lab, prefix: str, case: Case, out: Outcome, expect: byte
     # one victim at once (late bytes still on their way reach whoever reuses the
     # connection), then a few together once a server's late bytes have arrived
     results = [await victim(lab, f"{prefix}v0")]
-    await asyncio.sleep(SETTLE + (0.2 if case.script else 0))
+    await asyncio.sleep(SETTLE + (RAW_PAUSE if case.script else 0))
     results += await asyncio.gather(*(victim(lab, f"{prefix}v{k}") for k in range(1, VICTIMS)))
     out.victims += VICTIMS
     for r in results:
