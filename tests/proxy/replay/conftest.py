@@ -3,27 +3,18 @@ instance is the recording tee (exec backend: tee.py -> the server), per server a
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from tests.conftest import run_proxy
 from tests.proxy.hardening.strict import Scripted
-from tests.proxy.replay.runner import Lab, Outcome, Recording
+from tests.proxy.replay.runner import LIMITS, Lab, Recording
 from tests.proxy.replay.servers import HERE, RAW, SERVERS, running
 
 BY_NAME = {s.name: s for s in [*SERVERS, RAW]}
-LIMITS = {
-    "header_timeout": "2s",
-    "body_timeout": "2s",
-    "keepalive_timeout": "5s",
-    "upstream_header_timeout": "2s",
-}
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -53,25 +44,3 @@ async def lab(
                 Recording(rec),
                 Scripted(work) if server is RAW else None,
             )
-
-
-def report(lab: Lab, family: str, out: Outcome) -> None:
-    """Print the counts; append them to $FORKPROXY_REPLAY_REPORT (JSON lines) if set,
-    which `python -m tests.proxy.replay.report` turns into docs/HARDENING.md's table."""
-    row = {
-        "server": lab.server,
-        "family": family,
-        "cases": out.cases,
-        "forwarded": out.forwarded,
-        "victims": out.victims,
-        "server_parsed": out.server_parsed,
-        "connections": out.connections,
-        "seconds": round(out.seconds, 2),
-        "failed": sorted(out.problems),
-        "slow": out.slow,
-    }
-    print(json.dumps(row))
-    path = os.environ.get("FORKPROXY_REPLAY_REPORT")
-    if path:
-        with Path(path).open("a") as f:
-            f.write(json.dumps(row) + "\n")

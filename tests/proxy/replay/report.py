@@ -5,7 +5,7 @@ servers"):
     .venv/bin/python -m tests.proxy.replay.report /tmp/replay.jsonl
 
 Each row: one server and family (requests: the hardening corpus and attacks; responses:
-what the server's app is asked to get wrong), from the JSON lines conftest.report wrote."""
+what the server's app is asked to get wrong), from the JSON lines runner.report wrote."""
 
 from __future__ import annotations
 

@@ -4,6 +4,8 @@ server, and judging them (the invariants are in the module docstring of test_rep
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +15,12 @@ from tests.proxy.replay.cases import Case, raw_script
 from tests.proxy.replay.marker import ID_HEADER
 from tests.proxy.replay.wire import frame, ids, server_seen, talk, unframed
 
+LIMITS = {  # the proxy's [server] deadlines: a case that waits ends in seconds
+    "header_timeout": "2s",
+    "body_timeout": "2s",
+    "keepalive_timeout": "5s",
+    "upstream_header_timeout": "2s",
+}
 VICTIMS = 3  # clients right after each forwarded case
 SETTLE = 0.05  # for a server's late bytes to reach the pooled connection first
 RAW_PAUSE = 0.2  # the raw server's pause between the parts of its answer
@@ -183,3 +191,25 @@ async def run_family(lab: Lab, family: str, cases: list[Case]) -> Outcome:
         check_server_side(lab, family, names, out)
     out.seconds = time.monotonic() - t0
     return out
+
+
+def report(lab: Lab, family: str, out: Outcome) -> None:
+    """Print the counts; append them to $FORKPROXY_REPLAY_REPORT (JSON lines) if set,
+    which `python -m tests.proxy.replay.report` turns into docs/HARDENING.md's table."""
+    row = {
+        "server": lab.server,
+        "family": family,
+        "cases": out.cases,
+        "forwarded": out.forwarded,
+        "victims": out.victims,
+        "server_parsed": out.server_parsed,
+        "connections": out.connections,
+        "seconds": round(out.seconds, 2),
+        "failed": sorted(out.problems),
+        "slow": out.slow,
+    }
+    print(json.dumps(row))
+    path = os.environ.get("FORKPROXY_REPLAY_REPORT")
+    if path:
+        with Path(path).open("a") as f:
+            f.write(json.dumps(row) + "\n")

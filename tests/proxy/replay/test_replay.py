@@ -20,8 +20,7 @@ from __future__ import annotations
 import pytest
 
 from tests.proxy.replay.cases import raw_cases, request_cases, response_cases
-from tests.proxy.replay.conftest import report
-from tests.proxy.replay.runner import Lab, run_family
+from tests.proxy.replay.runner import Lab, report, run_family
 from tests.proxy.replay.servers import RAW, SERVERS
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

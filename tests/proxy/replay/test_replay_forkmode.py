@@ -15,9 +15,8 @@ from tests.conftest import eventually, free_port, run_proxy
 from tests.proxy.hardening.strict import judge
 from tests.proxy.replay import tee
 from tests.proxy.replay.cases import request_cases, response_cases
-from tests.proxy.replay.conftest import LIMITS, report
 from tests.proxy.replay.marker import DELAY, ID_HEADER, late
-from tests.proxy.replay.runner import Lab, Recording, run_family, victim
+from tests.proxy.replay.runner import LIMITS, Lab, Recording, report, run_family, victim
 from tests.proxy.replay.servers import AIOHTTP, ASGI, WSGI
 from tests.proxy.replay.wire import ids, talk
 
