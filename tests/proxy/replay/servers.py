@@ -118,25 +118,51 @@ async def _answers(port: int) -> bool:
         writer.close()
 
 
+def _log(path: Path) -> str:
+    return path.read_text(errors="replace")
+
+
+async def _try(
+    server: Server, log: Path, extra: tuple[str, ...]
+) -> tuple[subprocess.Popen[bytes], int, bool]:
+    """(process, port, whether it exited before answering)."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with log.open("ab") as logf:
+        proc = subprocess.Popen(
+            [*server.argv(port), *extra], cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT
+        )
+
+    async def up() -> bool:
+        return proc.poll() is not None or await _answers(port)
+
+    try:
+        await eventually(up, 30, f"{server.name} to answer on {port}")
+    except AssertionError:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, port, proc.poll() is not None
+
+
+async def _start(
+    server: Server, log: Path, extra: tuple[str, ...]
+) -> tuple[subprocess.Popen[bytes], int]:
+    """The server's process and port, answering. free_port() cannot reserve the port: a
+    server that exits before answering (the port taken meanwhile) is started again."""
+    for _ in range(3):
+        proc, port, exited = await _try(server, log, extra)
+        if not exited:
+            return proc, port
+    raise AssertionError(f"{server.name} exited {proc.returncode}: {_log(log)}")
+
+
 @contextlib.asynccontextmanager
 async def running(server: Server, workdir: Path, *extra: str) -> AsyncIterator[int]:
     """`server` listening on a free port (yielded) until the block ends."""
     server.require()
-    port = free_port()
-    log = workdir / f"{server.name}.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with log.open("wb") as logf:
-        proc = subprocess.Popen(
-            [*server.argv(port), *extra], cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT
-        )
+    proc, port = await _start(server, workdir / f"{server.name}.log", extra)
     try:
-
-        async def up() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"{server.name} exited {proc.returncode}: {log.read_text()}")
-            return await _answers(port)
-
-        await eventually(up, 30, f"{server.name} to answer on {port}")
         yield port
     finally:
         proc.terminate()
