@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +35,68 @@ def prepare(app: Any, threads: int) -> WsgiApp:
     """In the template: import waitress now (a fork then imports nothing)."""
     import waitress.server  # noqa: F401
 
-    return WsgiApp(app, threads)
+    return WsgiApp(bodiless(app), threads)
+
+
+def _no_body(status: str) -> bool:
+    """1xx, 204 and 304 answers never carry a body (RFC 9112 6.3)."""
+    code = status[:3]
+    return code.startswith("1") or code in ("204", "304")
+
+
+def bodiless(app: Any) -> Any:
+    """`app` answering HEAD, 1xx, 204 and 304 with a head and no body on the wire.
+
+    waitress writes what the app gives for HEAD (its body check is by status only), and
+    for any status when the app returns wsgi.file_wrapper (Django's FileResponse). Those
+    bytes arrive after a complete answer: a proxy that reuses the connection hands them
+    to the next request as its response. Here the body is dropped before waitress sees
+    it: the app's iterable is still run (start_response may come from its first chunk)
+    and closed, a file is closed unread, and the headers, Content-Length included, stay
+    as the app set them."""
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        head = environ.get("REQUEST_METHOD") == "HEAD"
+        status = ""
+
+        def drop() -> bool:
+            return head or _no_body(status)
+
+        def remember(s: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            nonlocal status
+            status = s
+            write = start_response(s, headers, exc_info)
+
+            def guarded_write(data: bytes) -> None:
+                write(b"" if drop() else data)  # b"": the head still goes out on write
+
+            return guarded_write
+
+        result: Iterable[bytes] = app(environ, remember)
+        if status and not drop():
+            return result  # as the app gave it: waitress's file_wrapper fast path kept
+        wrapper = environ.get("wsgi.file_wrapper")
+        if drop() and isinstance(wrapper, type) and isinstance(result, wrapper):
+            _close(result)  # a file, read for nothing otherwise
+            return []
+        return _filtered(result, drop)
+
+    return guarded
+
+
+def _filtered(result: Iterable[bytes], drop: Callable[[], bool]) -> Iterator[bytes]:
+    try:
+        for chunk in result:
+            if not drop():
+                yield chunk
+    finally:
+        _close(result)
+
+
+def _close(result: object) -> None:
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
 
 
 def _busy(channels: dict[int, Any]) -> bool:
