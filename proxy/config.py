@@ -51,6 +51,8 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     admin_token_env: str = ""  # env var holding the admin bearer token (never the token itself)
     admin_token_file: str = ""  # or a file holding it
+    # SO_REUSEPORT on both listeners: the next proxy binds them while this one drains
+    reuse_port: bool = False
 
 
 ROUTINGS = ("least_loaded", "pack")
@@ -165,6 +167,7 @@ def _server(t: Table) -> ServerConfig:
         limits=_limits(t),
         admin_token_env=t.str("admin_token_env", ""),
         admin_token_file=t.str("admin_token_file", ""),
+        reuse_port=t.bool("reuse_port", d.reuse_port),
     )
     if cfg.admin_token_env and cfg.admin_token_file:
         t.error("admin_token_file", "set admin_token_env or admin_token_file, not both")

@@ -193,11 +193,13 @@ class Proxy:
             gen = Generation(cfg, self.metrics, owner.new_owner_id(), self.gen.number + 1)
             await gen.start()
             await gen.serve_one()
-        except Exception as exc:
-            why = failure_message(exc, cfg) or f"{type(exc).__name__}: {exc}"
-            log.error("reload failed, still serving generation %d: %s", self.gen.number, why)
+        except BaseException as exc:  # cancelled too (a SIGTERM): nothing of it may stay
             if gen is not None:
                 await gen.aclose()
+            if not isinstance(exc, Exception):
+                raise
+            why = failure_message(exc, cfg) or f"{type(exc).__name__}: {exc}"
+            log.error("reload failed, still serving generation %d: %s", self.gen.number, why)
             return False
         old, self.gen = self.gen, gen
         self._retiring.spawn(self._retire(old), f"retire:{old.number}")
@@ -262,13 +264,22 @@ async def serve(cfg: Config, reread: ConfigSource | None = None) -> None:
     notifier = Notifier()
     tasks = TaskSet("serve")
     proxy: Proxy | None = None
+    reloads: Reloads | None = None
+
+    def hangup() -> None:
+        # handled from the first moment: SIGHUP's default action would kill us undrained
+        if reloads is None or stop.is_set():
+            log.warning("SIGHUP ignored: %s", "stopping" if stop.is_set() else "still starting")
+            return
+        tasks.spawn(reloads.run(), "reload")
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     try:
         proxy = Proxy(cfg, sockets=handover.from_systemd())  # a missing extra shows here
         await proxy.start()
         notifier.ready(f"serving on port {proxy.listen_port}")
         tasks.spawn(notifier.keep_alive(), "watchdog")
         reloads = Reloads(proxy, notifier, reread or (lambda: cfg))
-        loop.add_signal_handler(signal.SIGHUP, lambda: tasks.spawn(reloads.run(), "reload"))
         await stop.wait()
         log.info("signal received: draining")
     except Exception as exc:
@@ -279,7 +290,6 @@ async def serve(cfg: Config, reread: ConfigSource | None = None) -> None:
             raise StartupFailed(why) from exc
         raise
     finally:
-        loop.remove_signal_handler(signal.SIGHUP)
         notifier.stopping()
         await tasks.aclose()
         if proxy is not None:

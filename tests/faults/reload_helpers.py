@@ -156,10 +156,12 @@ class Tally:
     bodies: list[str] = field(default_factory=list)  # in the order they were answered
     # (start, end) of each stretch of refused or failed requests, monotonic seconds
     gaps: list[tuple[float, float]] = field(default_factory=list)
+    slowest: float = 0.0  # seconds, of the successful requests
     _bad_since: float | None = None
 
-    def good(self, body: str) -> None:
+    def good(self, body: str, took: float) -> None:
         self.ok += 1
+        self.slowest = max(self.slowest, took)
         self.bodies.append(body)
         if self._bad_since is not None:
             self.gaps.append((self._bad_since, time.monotonic()))
@@ -186,6 +188,7 @@ async def fresh_connections(port: int, path: str, stop: asyncio.Event, tally: Ta
     """One request per new TCP connection (raw, so a refused connect is told apart)."""
     request = f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()
     while not stop.is_set():
+        t0 = time.monotonic()
         try:
             async with asyncio.timeout(30):
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -203,7 +206,7 @@ async def fresh_connections(port: int, path: str, stop: asyncio.Event, tally: Ta
             continue
         head, _, body = raw.partition(b"\r\n\r\n")
         if head.startswith(b"HTTP/1.1 200"):
-            tally.good(body.decode(errors="replace"))
+            tally.good(body.decode(errors="replace"), time.monotonic() - t0)
         else:
             tally.bad(head.split(b"\r\n", 1)[0].decode(errors="replace"))
 
@@ -214,11 +217,12 @@ async def keep_alive(url: str, stop: asyncio.Event, tally: Tally) -> None:
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as s:
         while not stop.is_set():
+            t0 = time.monotonic()
             try:
                 async with s.get(url) as r:
                     body = await r.text()
                     if r.status == 200:
-                        tally.good(body)
+                        tally.good(body, time.monotonic() - t0)
                     else:
                         tally.bad(f"{r.status} {body.strip()}")
             except aiohttp.ClientConnectorError as exc:
@@ -259,10 +263,12 @@ class Load:
         return (
             f"fresh: {self.fresh.ok} ok, {self.fresh.refused} refused, "
             f"{len(self.fresh.failed)} failed {self.fresh.failed[:5]}, "
-            f"longest gap {self.fresh.longest_gap * 1000:.0f} ms; "
+            f"longest gap {self.fresh.longest_gap * 1000:.0f} ms, "
+            f"slowest answer {self.fresh.slowest * 1000:.0f} ms; "
             f"keep-alive: {self.kept.ok} ok, {self.kept.refused} refused, "
             f"{len(self.kept.failed)} failed {self.kept.failed[:5]}, "
-            f"longest gap {self.kept.longest_gap * 1000:.0f} ms"
+            f"longest gap {self.kept.longest_gap * 1000:.0f} ms, "
+            f"slowest answer {self.kept.slowest * 1000:.0f} ms"
         )
 
     async def until(self, ok: int, timeout: float = 30.0) -> None:

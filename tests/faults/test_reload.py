@@ -229,3 +229,47 @@ def test_plan_sorts_changes() -> None:
     assert probe.rebuild == "pool.readiness_path changed"
     limits = plan(old, cfg(backend=exec_backend, server={"max_body_size": "1k"}))
     assert limits.rebuild == ""
+
+
+SLOW_IMPORT = """
+import os
+import pathlib
+import time
+
+from aiohttp import web
+
+HERE = pathlib.Path(__file__).parent
+(HERE / f"imported-{os.getpid()}").write_text("")
+if (HERE / "slow").exists():
+    time.sleep(5)
+
+
+async def index(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+def create_app() -> web.Application:
+    app = web.Application()
+    app.router.add_get("/", index)
+    return app
+"""
+
+
+def imported(tmp: Path) -> list[int]:
+    """The pids of the templates that imported SLOW_IMPORT."""
+    return [int(f.name.split("-")[1]) for f in tmp.glob("imported-*")]
+
+
+async def test_sigterm_during_a_reload_leaves_no_template(
+    procs: Callable[[str], Proc], tmp_path: Path
+) -> None:
+    (tmp_path / "app_import.py").write_text(SLOW_IMPORT)
+    p = procs(fork_config(tmp_path, "app_import"))
+    await p.start()
+    (tmp_path / "slow").write_text("")
+    p.signal(signal.SIGHUP)
+    await eventually(lambda: len(imported(tmp_path)) == 2, 20, "a new template")
+    p.signal(signal.SIGTERM)  # while the new template still imports the app
+    assert await p.wait(30) == 0
+    pids = imported(tmp_path)
+    await eventually(lambda: not any(pid_alive(x) for x in pids), 10, "the templates to stop")
