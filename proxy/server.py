@@ -305,9 +305,15 @@ class Reloads:
         self.notifier = notifier
         self.reread = reread
         self._lock = asyncio.Lock()
+        self._queued = False
 
     async def run(self) -> None:
+        if self._queued:  # one waiting behind the running reload reads the file anyway
+            log.info("SIGHUP: a reload is queued already")
+            return
+        self._queued = True
         async with self._lock:
+            self._queued = False
             log.info("SIGHUP: reloading")
             self.notifier.reloading()
             try:

@@ -18,11 +18,23 @@ import aiohttp
 
 from tests.conftest import ROOT, eventually, free_port
 
+# What systemd does between fork and exec for socket activation: the sockets become fds
+# 3, 4, ... (by way of fds >= 100: a socket may already sit on one of those numbers) and
+# LISTEN_PID names the process, known only there; exec keeps the pid.
+_AS_SYSTEMD = """
+import fcntl, os, sys
+moved = [fcntl.fcntl(int(fd), fcntl.F_DUPFD, 100) for fd in sys.argv[1].split(",")]
+for i, fd in enumerate(moved):
+    os.dup2(fd, 3 + i)
+    os.close(fd)
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
 
 class Proc:
-    """`forkproxy run` on given ports; `env` is added to ours, `listen_fds` become fds
-    3, 4, ... with LISTEN_FDS/LISTEN_PID set as systemd does (LISTEN_PID by the shell
-    that then execs the proxy: the pid is only known in the child)."""
+    """`forkproxy run` on given ports; `env` is added to ours, `listen_fds` are passed
+    the way systemd's socket activation does (_AS_SYSTEMD)."""
 
     def __init__(
         self,
@@ -73,21 +85,10 @@ class Proc:
             env["LISTEN_FDS"] = str(len(fds))
             if self.fd_names:
                 env["LISTEN_FDNAMES"] = ":".join(self.fd_names)
-            cmd = ["sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh", *cmd]
-
-        def to_fd3() -> None:  # in the child, before exec: fds 3.. as sd_listen_fds expects
-            for i, fd in enumerate(fds):
-                os.dup2(fd, 3 + i)
-
+            cmd = [sys.executable, "-c", _AS_SYSTEMD, ",".join(map(str, fds)), *cmd]
         with self.log.open("ab") as logf:
             self.proc = subprocess.Popen(
-                cmd,
-                cwd=ROOT,
-                env=env,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                pass_fds=tuple(range(3, 3 + len(fds))),
-                preexec_fn=to_fd3 if fds else None,
+                cmd, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT, pass_fds=fds
             )
 
     async def start(self, timeout: float = 30.0) -> None:

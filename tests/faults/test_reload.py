@@ -54,7 +54,7 @@ app = "{module}:create_app"
 pythonpath = ["{path}"]
 """
 
-EXEC = """
+ONE_INSTANCE = """
 [server]
 name = "{name}"
 shutdown_timeout = "20s"
@@ -67,7 +67,7 @@ max_concurrency = {max_c}
 start_timeout = "20s"
 [backend]
 type = "process"
-mode = "exec"
+mode = "{mode}"
 """
 
 
@@ -140,10 +140,12 @@ async def test_sighup_lets_in_flight_requests_finish_on_the_old_code(
         assert await pending == [(200, "old")] * 3
 
 
-async def test_pool_setting_applies_in_place(procs: Callable[[str], Proc], tmp_path: Path) -> None:
-    """exec mode, one instance, no queue: with max_concurrency 1, two of three parallel
-    requests are refused; after a reload to 3, all three pass, on the same instance."""
-    p = procs(EXEC.format(name="reload-inplace", max_c=1))
+@pytest.mark.parametrize("mode", ["exec", "fork"])
+async def test_pool_setting_takes_effect(procs: Callable[[str], Proc], mode: str) -> None:
+    """One instance, no queue: with max_concurrency 1, two of three parallel requests
+    are refused; after a reload to 3, all three pass. exec mode: in place, on the same
+    instance; fork mode: through a new generation."""
+    p = procs(ONE_INSTANCE.format(name=f"reload-pool-{mode}", max_c=1, mode=mode))
     await p.start(60)
 
     async def three() -> tuple[list[int], set[str]]:
@@ -160,12 +162,15 @@ async def test_pool_setting_applies_in_place(procs: Callable[[str], Proc], tmp_p
     await eventually(lambda: "instance" in p.logged() and "ready at" in p.logged(), 30)
     statuses, pids_before = await three()
     assert statuses == [200, 503, 503]
-    p.config.write_text(EXEC.format(name="reload-inplace", max_c=3))
+    p.config.write_text(ONE_INSTANCE.format(name=f"reload-pool-{mode}", max_c=3, mode=mode))
     await p.reload()
-    assert "pool settings applied in place" in p.logged()
     statuses, pids_after = await three()
     assert statuses == [200, 200, 200]
-    assert pids_after == pids_before  # the same instance: no new generation
+    if mode == "exec":
+        assert "pool settings applied in place" in p.logged()
+        assert pids_after == pids_before  # the same instance: no new generation
+    else:
+        assert "generation 2 serves" in p.logged()
 
 
 async def test_bad_config_or_app_on_sighup_keeps_serving(
@@ -273,3 +278,23 @@ async def test_sigterm_during_a_reload_leaves_no_template(
     assert await p.wait(30) == 0
     pids = imported(tmp_path)
     await eventually(lambda: not any(pid_alive(x) for x in pids), 10, "the templates to stop")
+
+
+async def test_a_burst_of_sighups_under_load(procs: Callable[[str], Proc], tmp_path: Path) -> None:
+    """Reloads run one at a time and a burst collapses into one more: no error, and the
+    last generation serves the last code."""
+    write_app(tmp_path, "app_burst", "v1")
+    p = procs(fork_config(tmp_path, "app_burst"))
+    await p.start()
+    async with Load(p.port, "/", fresh=2, kept=2) as load:
+        await load.until(20)
+        write_app(tmp_path, "app_burst", "v2")
+        for _ in range(5):
+            p.signal(signal.SIGHUP)
+            await asyncio.sleep(0.05)
+        await p.wait_log("a reload is queued already", 20)
+        await eventually(lambda: "v2" in load.bodies[-4:], 30, "v2 answers")
+        await eventually(lambda: p.logged().count("reload done") == 2, 30, "two reloads")
+        await load.until(20)
+    assert load.fresh.errors == 0 and load.kept.errors == 0, load.summary()
+    assert p.logged().count("SIGHUP: reloading") == 2
