@@ -317,15 +317,21 @@ class Reloads:
             log.info("SIGHUP: reloading")
             self.notifier.reloading()
             try:
-                new = await asyncio.to_thread(self.reread)  # reads a file, imports a backend
-            except ConfigError as exc:
-                log.error(
-                    "reload: %d problem(s) in the config; still running the previous one",
-                    len(exc.problems),
-                )
-                for problem in exc.problems:
-                    log.error("  %s", problem)
-            else:
-                if await self.proxy.reload(new):
-                    log.info("reload done")
+                await self._reload()
+            except Exception:  # a bug, not a bad config: systemd still hears READY=1
+                log.exception("reload failed, still running the previous config")
             self.notifier.ready("serving")
+
+    async def _reload(self) -> None:
+        try:
+            new = await asyncio.to_thread(self.reread)  # reads a file, imports a backend
+        except ConfigError as exc:
+            log.error(
+                "reload: %d problem(s) in the config; still running the previous one",
+                len(exc.problems),
+            )
+            for problem in exc.problems:
+                log.error("  %s", problem)
+            return
+        if await self.proxy.reload(new):
+            log.info("reload done")
