@@ -298,3 +298,23 @@ async def test_a_burst_of_sighups_under_load(procs: Callable[[str], Proc], tmp_p
         await load.until(20)
     assert load.fresh.errors == 0 and load.kept.errors == 0, load.summary()
     assert p.logged().count("SIGHUP: reloading") == 2
+
+
+async def test_changed_backend_section_replaces_exec_instances(
+    procs: Callable[[str], Proc],
+) -> None:
+    """exec mode keeps its instances over a pool change, but a changed [backend] starts
+    a new generation: new instances, the old ones stopped once drained."""
+    text = ONE_INSTANCE.format(name="reload-exec-backend", max_c=4, mode="exec")
+    p = procs(text)
+    await p.start(60)
+    await p.wait_log("ready at", 30)  # max_queue = 0: nothing waits for the first start
+    async with aiohttp.ClientSession() as s:
+        async with s.get(p.url + "/io?ms=0") as r:
+            old_pid = int(r.headers["X-Pid"])
+        p.config.write_text(text + 'env = { RELOADED = "1" }\n')
+        await p.reload()
+        assert "starting a new generation (the backend section changed)" in p.logged()
+        async with s.get(p.url + "/io?ms=0") as r:
+            assert r.status == 200 and int(r.headers["X-Pid"]) != old_pid
+    await eventually(lambda: not pid_alive(old_pid), 20, "the old instance to stop")
