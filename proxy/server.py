@@ -209,6 +209,7 @@ class Proxy:
     async def _retire(self, gen: Generation) -> None:
         await gen.drain(self.cfg.server.shutdown_timeout)
         await gen.aclose()
+        self.gen.pool.tick()  # the closed pool zeroed the instance gauges both pools share
         log.info("generation %d closed", gen.number)
 
     async def stop(self) -> None:
