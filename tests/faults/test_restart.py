@@ -144,3 +144,16 @@ def test_listen_fds_for_another_pid_are_ignored() -> None:
     env = {"LISTEN_FDS": "1", "LISTEN_PID": "1", "LISTEN_FDNAMES": "web"}
     assert handover.from_systemd(env) == handover.Inherited()
     assert env == {}  # removed either way: children must not take them for theirs
+
+
+async def test_socket_activation_with_the_listener_only(
+    procs: MakeProc, held: tuple[socket.socket, socket.socket]
+) -> None:
+    """One fd: it is the data listener; the admin API opens server.admin itself."""
+    listener, _ = held
+    p = procs(listen_fds=(listener,))
+    await p.start()  # ready on the configured admin port
+    p.port = listener.getsockname()[1]
+    async with Load(p.port, "/", fresh=1, kept=1) as load:
+        await load.until(5)
+    assert load.fresh.errors == 0 and load.kept.errors == 0, load.summary()
