@@ -11,6 +11,7 @@ import ipaddress
 import json
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import TYPE_CHECKING
@@ -264,18 +265,19 @@ class _AdminSite(web.BaseSite):
     def __init__(
         self,
         runner: web.AppRunner,
-        address: Address,
+        address: Address | socket.socket,
         max_connections: int,
         on_reject: Callable[[], None],
     ) -> None:
         super().__init__(runner)
-        self._address = address
+        self._address = address  # or a listening socket (systemd's, or SO_REUSEPORT)
         self._max_connections = max_connections
         self._on_reject = on_reject
 
     @property
     def name(self) -> str:
-        return f"http://{self._address}"
+        at = self._address
+        return f"http://{at}" if isinstance(at, Address) else f"http://{at.getsockname()}"
 
     async def start(self) -> None:
         await super().start()
@@ -290,9 +292,11 @@ class _AdminSite(web.BaseSite):
             return server()
 
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            protocol, self._address.host, self._address.port, reuse_address=True
-        )
+        at = self._address
+        if isinstance(at, Address):
+            self._server = await loop.create_server(protocol, at.host, at.port, reuse_address=True)
+        else:
+            self._server = await loop.create_server(protocol, sock=at)
 
 
 def admin_runner(proxy: Proxy) -> web.AppRunner:
@@ -305,6 +309,8 @@ def admin_runner(proxy: Proxy) -> web.AppRunner:
     )
 
 
-def admin_site(proxy: Proxy, runner: web.AppRunner, address: Address) -> web.BaseSite:
+def admin_site(
+    proxy: Proxy, runner: web.AppRunner, address: Address | socket.socket
+) -> web.BaseSite:
     rejected = proxy.metrics.rejected.labels("admin_max_connections")
     return _AdminSite(runner, address, proxy.cfg.server.admin_max_connections, rejected.inc)

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
 from backends.support.table import ConfigError
 from loadtest import tune  # bench tooling: only its options load here, locust runs as a child
@@ -25,6 +26,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", "-c", help="TOML config file (default: built-in defaults)")
     run.add_argument("--listen", help="HOST:PORT for client traffic (overrides server.listen)")
     run.add_argument("--admin", help="HOST:PORT for the admin listener, or 'off'")
+    run.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="SO_REUSEPORT on the listeners (server.reuse_port): the next proxy binds the "
+        "same ports while this one drains",
+    )
     run.add_argument(
         "--log-level", choices=logs.LEVELS, default=os.environ.get("FORKPROXY_LOG_LEVEL", "info")
     )
@@ -88,8 +95,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.file}: ok (backend {cfg.backend_type}, listen {cfg.server.listen})")
         return 0
     logs.setup(args.log_level, args.log_format)
-    try:
+
+    def read() -> Config:
+        """The config as started and as SIGHUP re-reads it: the file, then the flags."""
         cfg = with_overrides(_load(args.config), listen=args.listen, admin=args.admin)
+        if args.reuse_port:
+            cfg = replace(cfg, server=replace(cfg.server, reuse_port=True))
+        return cfg
+
+    try:
+        cfg = read()
     except ConfigError as exc:
         return _report(exc, args.config or "<defaults>")
     from proxy.server import StartupFailed, serve
@@ -103,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = 0
     try:
         with runner:
-            runner.run(serve(cfg))
+            runner.run(serve(cfg, read))
     except StartupFailed:  # serve() logged why
         code = 3
     except ConfigError as exc:  # e.g. the admin token's env var or file is missing

@@ -61,6 +61,8 @@ class ServerConfig:
     admin_allowed_hosts: tuple[str, ...] = ()
     admin_keepalive_timeout: float = 30.0  # idle (or no request yet) admin connections close
     admin_max_connections: int = 64  # beyond: 503 and close
+    # SO_REUSEPORT on both listeners: the next proxy binds them while this one drains
+    reuse_port: bool = False
 
 
 ROUTINGS = ("least_loaded", "pack")
@@ -209,6 +211,7 @@ def _server(t: Table) -> ServerConfig:
             "admin_keepalive_timeout", d.admin_keepalive_timeout, min=0.1
         ),
         admin_max_connections=t.int("admin_max_connections", d.admin_max_connections, min=1),
+        reuse_port=t.bool("reuse_port", d.reuse_port),
     )
     if cfg.admin_token_env and cfg.admin_token_file:
         t.error("admin_token_file", "set admin_token_env or admin_token_file, not both")

@@ -117,6 +117,17 @@ class Pool(Lifecycle):
         self._tasks.spawn(self._control_loop(), "control")
         self._rebalance()
 
+    def reconfigure(self, cfg: PoolConfig) -> None:
+        """New settings in place (a reload): the next assignment and scale decision use
+        them; a larger max_concurrency takes held requests at once."""
+        self.cfg = cfg.with_concurrency_hint(self.backend.concurrency_hint())
+        self._pack = self.cfg.routing == "pack"
+        self._target = target(self.cfg)
+        self._demand.span = max(self.cfg.idle_ttl or 0.0, KEEP_ALIVE_MAX) + 1.0
+        if not self._closing:
+            self._dispatch()
+            self._after_change()
+
     async def _reap_orphans(self) -> None:
         """Stop what stopped replicas of this pool name left; then keep doing it (and keep
         this run's lease fresh) every orphan_timeout/6 while the pool runs."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -371,11 +372,16 @@ class HttpServer:
     def idle_changed(self) -> None:
         self._idle.set()
 
-    async def listen(self, host: str, port: int) -> None:
+    async def listen(self, host: str, port: int, *, sock: socket.socket | None = None) -> None:
+        """Listen on host:port, or on `sock`, a listening socket opened elsewhere (socket
+        activation, SO_REUSEPORT); host names it in the Host of HTTP/1.0 requests."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: HttpConnection(self), host, port, reuse_address=True, backlog=1024
-        )
+        if sock is not None:
+            self._server = await loop.create_server(lambda: HttpConnection(self), sock=sock)
+        else:
+            self._server = await loop.create_server(
+                lambda: HttpConnection(self), host, port, reuse_address=True, backlog=1024
+            )
         # uvloop's Server.sockets is a list where typeshed says tuple: as Any, so a mypyc
         # build (README: Performance) does not reject it
         server: Any = self._server
