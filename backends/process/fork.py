@@ -4,6 +4,7 @@ of it serving on a socket the proxy bound and listened on first, so it is ready 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -146,6 +147,16 @@ class ForkBackend(_common.ProcessBackendBase):
     async def _send_signal(self, tpl: TemplateHandle, iid: str, sig: int) -> None:
         await _template_client.send_signal(tpl, iid, sig)
 
+    async def _signal_child(self, child: _Child, sig: int) -> None:
+        if await _template_client.send_signal(child.template, child.id, sig):
+            return
+        if child.template.dead or child.exited.done() or not child.pid:
+            return  # gone with its template (PDEATHSIG), or already reported
+        # The template is alive but takes no messages: then it reaps nothing either, so
+        # the pid is still this child's. Only a kill is certain to end it without help.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGKILL)
+
     # -- instances -----------------------------------------------------------------
 
     async def start(self, instance_id: str) -> Instance:
@@ -224,7 +235,7 @@ class ForkBackend(_common.ProcessBackendBase):
             return
         await terminate(
             f"instance {child.id} (pid {child.pid})",
-            lambda sig: self._send_signal(child.template, child.id, sig),
+            lambda sig: self._signal_child(child, sig),
             lambda secs: within(secs, child.exited),
             self.config.stop_grace,
             log,

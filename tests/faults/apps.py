@@ -1,0 +1,37 @@
+"""Apps that fail in the ways production apps do, for the fault suite (fork mode)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from aiohttp import web
+
+
+async def _hello(request: web.Request) -> web.Response:
+    return web.Response(text="ok", headers={"X-Pid": str(os.getpid())})
+
+
+async def _slow(request: web.Request) -> web.Response:
+    await asyncio.sleep(float(request.query.get("s", "1")))
+    return web.Response(text="slow", headers={"X-Pid": str(os.getpid())})
+
+
+def tiny_app() -> web.Application:
+    """The smallest aiohttp app: / answers, /slow?s=N answers after N seconds."""
+    app = web.Application()
+    app.router.add_get("/", _hello)
+    app.router.add_get("/slow", _slow)
+    return app
+
+
+def hang_forever() -> None:
+    """A post_fork hook stuck for good (a connection to a database that never answers)."""
+    while True:
+        time.sleep(3600)
+
+
+def crash() -> None:
+    """A post_fork hook that raises: every fork dies right after it starts."""
+    raise RuntimeError("post_fork cannot reach its database")
