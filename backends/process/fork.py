@@ -1,5 +1,7 @@
 """Fork mode: one warm template process builds the app once; each instance is a fork
-of it serving on a socket the proxy bound and listened on first, so it is ready at once."""
+of it serving on a socket the proxy bound and listened on first. It exists at once, but
+is ready only once it answers: the pool probes it like every other backend's instance
+(a post_fork hook or on_startup that hangs or raises must not take traffic)."""
 
 from __future__ import annotations
 
@@ -203,7 +205,7 @@ class ForkBackend(_common.ProcessBackendBase):
             id=instance_id,
             backend=self.name,
             endpoint=Endpoint(self.config.host, port),
-            ready=True,  # the socket listened before the fork: connections queue in the kernel
+            ready=False,  # the pool probes the readiness path (it queues in the backlog)
             owner_id=self.ctx.owner_id,
             meta={
                 "kind": "fork",
