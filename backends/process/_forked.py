@@ -7,12 +7,13 @@ import json
 import os
 import signal
 import socket
+import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from backends.process import _forksafe, _linux, _serve
+from backends.process import _failures, _forksafe, _linux, _serve
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Inherited:
     role_slot: int | None  # see _linux.role_slot
     close_sockets: tuple[socket.socket, ...]  # the template's control/spare sockets
     close_fds: tuple[int, ...]  # its signal wake-up pipe
+    report: socket.socket | None = None  # where a crash's traceback goes (not: stderr)
 
 
 def fork() -> int:
@@ -78,10 +80,22 @@ def _run(inh: Inherited, setup: Callable[[], _serve.Acquire], spare: bool) -> No
         acquire = setup()
         _serve.run_child(inh.kind, inh.app, acquire, inh.grace, inh.template_pid, spare=spare)
     except BaseException:
-        traceback.print_exc()
+        _report(inh.report, traceback.format_exc())
         code = 1
     finally:
         _serve.exit_now(code)
+
+
+def _report(to: socket.socket | None, text: str) -> None:
+    """The traceback to the template, which prints it unless it is a repeat; on stderr
+    if the template cannot take it now."""
+    data = text.encode(errors="replace")[-_failures.MAX_REPORT :]
+    try:
+        if to is None:
+            raise OSError("no template to report to")
+        to.send(data)
+    except OSError:
+        sys.stderr.write(text)
 
 
 def run_instance(inh: Inherited, iid: str, env: dict[str, str], fd: int) -> NoReturn:

@@ -1,0 +1,47 @@
+"""A fork that dies right after it starts is a failed start: starts back off, clients
+get 503 at once, and the log shows the traceback once, then counts the repeats."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import aiohttp
+
+from tests.conftest import ProxyProcess
+from tests.faults.helpers import config, metric
+
+CRASHING = config(backend='post_fork = "tests.faults.apps:crash"\nstop_grace = "1s"')
+
+
+async def _hammer(p: ProxyProcess, secs: float) -> list[tuple[int, str, float]]:
+    """One client after another for `secs`: (status, body, seconds) of each."""
+    out = []
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as s:
+        end = time.monotonic() + secs
+        while time.monotonic() < end:
+            t0 = time.monotonic()
+            async with s.get(p.url + "/") as r:
+                out.append((r.status, await r.text(), time.monotonic() - t0))
+    return out
+
+
+async def test_a_crash_looping_app_backs_off_answers_503_and_logs_one_traceback(
+    proxy_process: Callable[[str], ProxyProcess],
+) -> None:
+    p = proxy_process(CRASHING)
+    await p.start()
+    answers = await _hammer(p, 3.0)
+    starts = await metric(p, "forkproxy_instance_starts_total")
+    forks = sum(starts.values())
+    statuses = {status for status, _, _ in answers}
+    assert statuses == {503}, answers[:5]
+    assert "no instance could be started" in answers[-1][1]
+    assert max(secs for _, _, secs in answers) < 5, answers
+    assert starts.get('forkproxy_instance_starts_total{result="ok"}', 0) == 0, starts
+    assert 1 <= forks <= 10, starts  # the backoff bounds them (on main: ~88/s)
+    log = p.log.read_text()
+    assert log.count("Traceback (most recent call last)") == 1, log[-3000:]
+    assert "post_fork cannot reach its database" in log
+    assert "failed again" in log
