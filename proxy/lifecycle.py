@@ -151,6 +151,37 @@ class Lifecycle(abc.ABC):
         self._update_gauges()
         self._wake.set()
 
+    @property
+    def serve_problem(self) -> str | None:
+        """Why a request arriving now could not be served, or None. Nothing is ready and
+        the last start(s) failed (the backend down, an app that crashes or never answers
+        its readiness path): a start may be under way or backing off, but there is no
+        reason to expect it to work. Scaled to zero with no failure is not a problem: the
+        next request starts one."""
+        if self._failures == 0 or any(s.state is State.READY for s in self._slots.values()):
+            return None
+        last = self.recent_failures[-1] if self.recent_failures else {}
+        return (
+            f"no instance could be started ({self._failures} failed in a row; last: "
+            f"{last.get('reason', '?')}: {last.get('error', '')})"
+        )
+
+    @property
+    def can_serve(self) -> bool:
+        return self.serve_problem is None
+
+    def _recover(self) -> None:
+        """Without traffic nothing starts an instance, and a pool that cannot serve (its
+        /readyz 503, so a load balancer sends it nothing) would stay so after the cause
+        is gone: once the backoff allows, one start tries again on its own."""
+        if (
+            self._failures
+            and self.clock() >= self._blocked_until
+            and len(self._slots) < self.cfg.max_instances
+            and not any(s.state in (State.READY, State.STARTING) for s in self._slots.values())
+        ):
+            self._launch_start(("recover",))
+
     def on_death(self, instance_id: str, reason: str) -> None:
         """Backends call this when an instance exits on its own."""
         slot = self._slots.get(instance_id)

@@ -369,6 +369,8 @@ class Pool(Lifecycle):
         d = decide(self.snapshot(), self.cfg)
         for _ in range(d.start):
             self._launch_start(d.reasons)
+        if not d.start:
+            self._recover()
         for sid, reason in d.stops:
             slot = self._slots.get(sid)
             if slot is not None:

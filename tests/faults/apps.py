@@ -35,3 +35,10 @@ def hang_forever() -> None:
 def crash() -> None:
     """A post_fork hook that raises: every fork dies right after it starts."""
     raise RuntimeError("post_fork cannot reach its database")
+
+
+def crash_while_marked() -> None:
+    """Raises while the file $FAULTS_MARKER exists (a dependency down, then back)."""
+    marker = os.environ.get("FAULTS_MARKER", "")
+    if marker and os.path.exists(marker):
+        raise RuntimeError(f"{marker} exists")

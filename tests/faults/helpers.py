@@ -17,13 +17,14 @@ def config(*, pool: str = "", app: str = "tests.faults.apps:tiny_app", **section
     name = f"faults-{uuid.uuid4().hex[:8]}"
     extra = {"server": "", "pool": "", "backend": ""}
     extra.update(sections)
+    if "idle_ttl" not in pool:
+        pool = f'idle_ttl = "60s"\n{pool}'
     return f"""
 [server]
 name = "{name}"
 shutdown_timeout = "5s"
 {extra["server"]}
 [pool]
-idle_ttl = "60s"
 {pool}
 {extra["pool"]}
 [backend]
