@@ -189,6 +189,9 @@ class Pool(Lifecycle):
             if slot.in_flight >= self._target:
                 self._rebalance()  # maybe start one ahead of saturation
             return Lease(slot, 0.0, False)
+        if self._failing_fast(arrived):
+            self._demand.record(arrived, self._in_flight + 1)
+            raise NoInstance("instance starts keep failing; backing off")
         if len(self._waiters) >= self.cfg.max_queue:
             # refused, but still demand: with max_queue = 0 this is the only way a start
             # is ever asked for
@@ -214,6 +217,16 @@ class Pool(Lifecycle):
         cold = slot.ready_at is not None and slot.ready_at >= arrived
         self.metrics.queue_wait.observe(queued)
         return Lease(slot, queued, cold)
+
+    def _failing_fast(self, now: float) -> bool:
+        """Starts failed start_retries times in a row, nothing is ready or starting, and
+        the backoff has not expired: a request would only wait for the next failure, so
+        it is answered at once (waiters already queued were told the same)."""
+        return (
+            self._failures >= self.cfg.start_retries
+            and now < self._blocked_until
+            and not any(s.state in (State.READY, State.STARTING) for s in self._slots.values())
+        )
 
     def _drop_waiter(self, w: Waiter) -> None:
         """A waiter whose deadline passed or whose client left (the data path cancels
