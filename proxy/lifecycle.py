@@ -195,6 +195,31 @@ class Lifecycle(abc.ABC):
         log.warning("instance %s died: %s", instance_id, reason)
         self._rebalance()
 
+    def on_working(self, instance_id: str, working: bool) -> None:
+        """Backends call this when an instance's app works on after its responses ended
+        (a BackgroundTask), and again when it is done: until then it is not idle, and a
+        stop (idle, surplus, max_requests) waits for it as for a request in flight."""
+        slot = self._slots.get(instance_id)
+        if slot is None or slot.working == working:
+            return
+        slot.working = working
+        if working:
+            slot.idle_since = None
+        elif slot.in_flight == 0:
+            self._now_quiet(slot, self.clock())
+            self._rebalance()
+
+    def _now_quiet(self, slot: Slot, now: float) -> None:
+        """Its last request is done: idle from now on, unless its app is still at work;
+        if it was waiting to stop, it stops now."""
+        if slot.working:
+            return
+        slot.idle_since = now
+        if slot.retiring and slot.state is State.READY:
+            self._begin_stop(slot, "max_requests")
+        elif slot.state is State.DRAINING and slot.stop_reason:
+            self._spawn_stop(slot)  # drained: its last request is done
+
     def _fail(self, slot: Slot, reason: str) -> None:
         slot.state = State.FAILED
         self._slots.pop(slot.id, None)
@@ -211,7 +236,7 @@ class Lifecycle(abc.ABC):
         slot.state = State.DRAINING
         slot.stop_reason = reason
         log.info("draining instance %s (%s, %d in flight)", slot.id, reason, slot.in_flight)
-        if slot.in_flight == 0:
+        if slot.in_flight == 0 and not slot.working:
             self._spawn_stop(slot)
         self._update_gauges()
 
@@ -266,6 +291,7 @@ class Lifecycle(abc.ABC):
                     "idle": round(now - s.idle_since, 3) if s.idle_since is not None else 0.0,
                     "retiring": s.retiring,
                     "suspect": s.suspect,
+                    "working": s.working,
                     "meta": dict(inst.meta) if inst else {},
                 }
             )

@@ -94,6 +94,7 @@ class Pool(Lifecycle):
         metrics.spares.set_function(lambda: backend.spares)  # read at scrape time
         self.gone_hooks: list[Callable[[Instance], None]] = []  # e.g. drop pooled connections
         ctx.on_death = self.on_death
+        ctx.on_working = self.on_working
 
     def __repr__(self) -> str:
         by: dict[str, int] = {}
@@ -255,11 +256,7 @@ class Pool(Lifecycle):
         else:
             slot.strikes = 0
         if slot.in_flight == 0:
-            slot.idle_since = now
-            if slot.retiring and slot.state is State.READY:
-                self._begin_stop(slot, "max_requests")
-            elif slot.state is State.DRAINING and slot.stop_reason:
-                self._spawn_stop(slot)  # drained: its last request is done
+            self._now_quiet(slot, now)
         if self._waiters:
             self._dispatch()
             self._after_change()

@@ -78,7 +78,15 @@ def _run(inh: Inherited, setup: Callable[[], _serve.Acquire], spare: bool) -> No
         _detach(inh)
         _forksafe.after_fork(inh.post_fork, inh.user_app)
         acquire = setup()
-        _serve.run_child(inh.kind, inh.app, acquire, inh.grace, inh.template_pid, spare=spare)
+        _serve.run_child(
+            inh.kind,
+            inh.app,
+            acquire,
+            inh.grace,
+            inh.template_pid,
+            spare=spare,
+            report=inh.report,
+        )
     except BaseException:
         _report(inh.report, traceback.format_exc())
         code = 1
@@ -89,7 +97,7 @@ def _run(inh: Inherited, setup: Callable[[], _serve.Acquire], spare: bool) -> No
 def _report(to: socket.socket | None, text: str) -> None:
     """The traceback to the template, which prints it unless it is a repeat; on stderr
     if the template cannot take it now."""
-    data = text.encode(errors="replace")[-_failures.MAX_REPORT :]
+    data = json.dumps({"crash": text[-_failures.MAX_REPORT :]}).encode()
     try:
         if to is None:
             raise OSError("no template to report to")

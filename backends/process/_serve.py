@@ -210,6 +210,9 @@ def asgi_config(app: Any, grace: float) -> Any:
         timeout_graceful_shutdown=max(1, int(grace)),
     )
     config.load()
+    from backends.process._working import AfterResponse
+
+    config.loaded_app = AfterResponse(config.loaded_app)
     return config
 
 
@@ -225,12 +228,23 @@ async def _acquire(acquire: Acquire, ppid: int, spare: bool) -> socket.socket | 
         await life.close()
 
 
-async def serve_asgi(config: Any, acquire: Acquire, grace: float, ppid: int, spare: bool) -> None:
+async def serve_asgi(
+    config: Any,
+    acquire: Acquire,
+    grace: float,
+    ppid: int,
+    spare: bool,
+    report: socket.socket | None = None,
+) -> None:
     import uvicorn
 
     sock = await _acquire(acquire, ppid, spare)
     if sock is None:
         return
+    if report is not None:
+        from backends.process._working import Reporter
+
+        config.loaded_app.notify = Reporter(report)
     server = uvicorn.Server(config)
     tasks = TaskSet("child")
 
@@ -247,7 +261,14 @@ async def serve_asgi(config: Any, acquire: Acquire, grace: float, ppid: int, spa
 
 
 def run_child(
-    kind: str, app: Any, acquire: Acquire, grace: float, ppid: int, *, spare: bool
+    kind: str,
+    app: Any,
+    acquire: Acquire,
+    grace: float,
+    ppid: int,
+    *,
+    spare: bool,
+    report: socket.socket | None = None,
 ) -> None:
     import uvloop
 
@@ -260,7 +281,7 @@ def run_child(
         if sock is not None:
             _wsgi.serve(app, sock, grace, ppid)
     else:
-        uvloop.run(serve_asgi(app, acquire, grace, ppid, spare))
+        uvloop.run(serve_asgi(app, acquire, grace, ppid, spare, report))
 
 
 def socket_now(fd: int) -> Acquire:

@@ -115,6 +115,12 @@ class ForkBackend(_common.ProcessBackendBase):
                 child.started.set_exception(StartError(f"fork template: {msg.get('error')}"))
         elif op == "exit":
             self._child_exited(iid, str(msg.get("reason", "exited")))
+        elif op == "working":
+            if child is not None and not child.stopping:
+                try:
+                    self.ctx.on_working(iid, bool(msg.get("working")))
+                except Exception:
+                    log.exception("on_working callback failed for %s", iid)
         elif op == "spares":
             tpl.spares = int(msg.get("n", 0))
 

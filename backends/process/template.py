@@ -11,6 +11,7 @@ Protocol: one JSON object per SOCK_SEQPACKET message on the control socket.
   template -> proxy: {"op": "ready", "pid", "kind"} | {"op": "failed", "error", "traceback"}
                      {"op": "started", "id", "pid", "spare"} | {"op": "error", "id", "error"}
                      {"op": "exit", "id", "pid", "reason"}
+                     {"op": "working", "id", "working"} (app at work after a response)
                      {"op": "spares", "n"} (spares waiting: sent when the count changes)
 """
 
@@ -60,9 +61,9 @@ class Template:
         # Children report a crash here (one datagram: the traceback) rather than on
         # stderr, so a crash loop prints its traceback once. Non-blocking on both ends:
         # a child never waits on a template busy forking.
-        self.fail_r, self.fail_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.fail_r.setblocking(False)
-        self.fail_w.setblocking(False)
+        self.report_r, self.report_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.report_r.setblocking(False)
+        self.report_w.setblocking(False)
         self.failures = _failures.Failures(lambda text: print(text, file=sys.stderr, flush=True))
         self.pid = os.getpid()
         self.role_slot: int | None = None
@@ -127,7 +128,7 @@ class Template:
 
     def run(self) -> None:
         while not self.stopping:
-            ctl, fail = self.ctl.fileno(), self.fail_r.fileno()
+            ctl, fail = self.ctl.fileno(), self.report_r.fileno()
             # Spares are refilled only after a short quiet spell: forking one while the
             # child just assigned is booting would compete with it for the CPU.
             short = len(self.spares) < self.prefork and self.spare_failures < 3
@@ -137,7 +138,7 @@ class Template:
             if self.wake_r in ready:
                 self._drain_wake()
             if fail in ready:
-                self._read_failures()
+                self._read_reports()
             if ctl in ready:
                 self._handle_message()
             self.reap()
@@ -161,13 +162,21 @@ class Template:
         except BlockingIOError:
             pass
 
-    def _read_failures(self) -> None:
+    def _read_reports(self) -> None:
+        """Children's reports: a crash's traceback, or working after a response."""
         while True:
             try:
-                data = self.fail_r.recv(_failures.MAX_REPORT)
+                data = self.report_r.recv(4 * _failures.MAX_REPORT)
             except (BlockingIOError, InterruptedError):
                 return
-            self.failures.report(data.decode(errors="replace"))
+            try:
+                msg = json.loads(data)
+            except ValueError:
+                continue
+            if "crash" in msg:
+                self.failures.report(str(msg["crash"]))
+            elif iid := self.children.get(int(msg.get("pid", 0))):
+                self.send({"op": "working", "id": iid, "working": bool(msg.get("working"))})
 
     def _handle_message(self) -> None:
         try:
@@ -260,8 +269,8 @@ class Template:
             grace=self.grace,
             template_pid=self.pid,
             role_slot=self.role_slot,
-            close_sockets=(self.ctl, self.fail_r, *self.spares.values()),
-            report=self.fail_w,
+            close_sockets=(self.ctl, self.report_r, *self.spares.values()),
+            report=self.report_w,
             close_fds=(self.wake_r, self.wake_w),
         )
 
@@ -295,7 +304,7 @@ class Template:
         # backends.support.kill's sequence for all children at once, written out: the
         # template has no event loop, and waits for its children with waitpid.
         self.stopping = True
-        self._read_failures()
+        self._read_reports()
         for pid, conn in self.spares.items():
             conn.close()  # an unassigned spare sees EOF and exits
             self.children[pid] = ""  # waited for like the others, reported to nobody

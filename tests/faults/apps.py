@@ -42,3 +42,27 @@ def crash_while_marked() -> None:
     marker = os.environ.get("FAULTS_MARKER", "")
     if marker and os.path.exists(marker):
         raise RuntimeError(f"{marker} exists")
+
+
+def background_app() -> object:
+    """Starlette: GET /?path=P&s=N answers at once, then a BackgroundTask writes P after
+    N seconds (an email sent, a cache warmed: work after the last body message)."""
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def later(path: str, secs: float) -> None:
+        await asyncio.sleep(secs)
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+
+    async def home(request: Request) -> PlainTextResponse:
+        path = request.query_params.get("path")
+        task = None
+        if path:
+            task = BackgroundTask(later, path, float(request.query_params.get("s", "2")))
+        return PlainTextResponse("queued", background=task)
+
+    return Starlette(routes=[Route("/", home)])
