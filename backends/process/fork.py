@@ -24,6 +24,7 @@ from backends.support.kill import terminate, within
 from backends.support.tasks import TaskSet
 
 _BACKLOG = 1024
+_GONE_POLL = 0.5  # a stop looks at the pid this often (the template may be stuck)
 _MAX_ID = _linux.ROLE_WIDTH - len(_linux.ROLE_FORK_PREFIX)
 
 
@@ -156,14 +157,34 @@ class ForkBackend(_common.ProcessBackendBase):
         await _template_client.send_signal(tpl, iid, sig)
 
     async def _signal_child(self, child: _Child, sig: int) -> None:
-        if await _template_client.send_signal(child.template, child.id, sig):
+        delivered = await _template_client.send_signal(child.template, child.id, sig)
+        if delivered and sig != signal.SIGKILL:
             return
-        if child.template.dead or child.exited.done() or not child.pid:
-            return  # gone with its template (PDEATHSIG), or already reported
-        # The template is alive but takes no messages: then it reaps nothing either, so
-        # the pid is still this child's. Only a kill is certain to end it without help.
+        # Not delivered (the template takes no messages), or the last resort: a kill by
+        # pid, which needs no template that may be stuck.
+        await asyncio.to_thread(self._kill_by_pid, child)
+
+    @staticmethod
+    def _kill_by_pid(child: _Child) -> None:
+        if child.exited.done() or not child.pid:
+            return
+        state = _linux.proc_state(child.pid)
+        if state is None or state[1] != child.template.pid:
+            return  # reaped (its exit is on the way): the pid may be someone else's now
         with contextlib.suppress(ProcessLookupError):
             os.kill(child.pid, signal.SIGKILL)
+
+    async def _child_gone(self, child: _Child, secs: float) -> bool:
+        """Its exit reported by the template, or (a template that takes no messages
+        reaps nothing and reports nothing) a zombie or gone by its pid."""
+        deadline = time.monotonic() + secs
+        while True:
+            if await within(min(_GONE_POLL, max(0.0, deadline - time.monotonic())), child.exited):
+                return True
+            if child.pid and not await asyncio.to_thread(_linux.is_running, child.pid):
+                return True
+            if time.monotonic() >= deadline:
+                return False
 
     # -- instances -----------------------------------------------------------------
 
@@ -244,7 +265,7 @@ class ForkBackend(_common.ProcessBackendBase):
         await terminate(
             f"instance {child.id} (pid {child.pid})",
             lambda sig: self._signal_child(child, sig),
-            lambda secs: within(secs, child.exited),
+            lambda secs: self._child_gone(child, secs),
             self.config.stop_grace,
             log,
         )
