@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 REPEAT_EVERY = 10.0
-MAX_REPORT = 16 * 1024  # bytes of one report (a datagram from the child)
+MAX_REPORT = 16 * 1024  # bytes of a crash's traceback text a child reports (its tail)
 _KEPT = 32  # distinct failures remembered
 # what differs between two forks failing the same way: addresses, pids, ports
 _NOISE = re.compile(r"0x[0-9a-fA-F]+|\b\d+\b")

@@ -97,7 +97,8 @@ def _run(inh: Inherited, setup: Callable[[], _serve.Acquire], spare: bool) -> No
 def _report(to: socket.socket | None, text: str) -> None:
     """The traceback to the template, which prints it unless it is a repeat; on stderr
     if the template cannot take it now."""
-    data = json.dumps({"crash": text[-_failures.MAX_REPORT :]}).encode()
+    tail = text.encode(errors="replace")[-_failures.MAX_REPORT :].decode(errors="ignore")
+    data = json.dumps({"crash": tail}, ensure_ascii=False).encode()
     try:
         if to is None:
             raise OSError("no template to report to")

@@ -166,12 +166,15 @@ class Template:
         """Children's reports: a crash's traceback, or working after a response."""
         while True:
             try:
-                data = self.report_r.recv(4 * _failures.MAX_REPORT)
+                # escaped, a report is at most 6 times its MAX_REPORT bytes of text
+                data = self.report_r.recv(8 * _failures.MAX_REPORT)
             except (BlockingIOError, InterruptedError):
                 return
             try:
                 msg = json.loads(data)
             except ValueError:
+                msg = {"crash": data.decode(errors="replace")}
+            if not isinstance(msg, dict):
                 continue
             if "crash" in msg:
                 self.failures.report(str(msg["crash"]))
