@@ -87,6 +87,9 @@ def _run(inh: Inherited, setup: Callable[[], _serve.Acquire], spare: bool) -> No
             spare=spare,
             report=inh.report,
         )
+    except _serve.StartupFailed as exc:
+        _report(inh.report, str(exc))
+        code = 1
     except BaseException:
         _report(inh.report, traceback.format_exc())
         code = 1

@@ -10,6 +10,7 @@ by waitress (_wsgi.py), whose threads start in the fork."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -196,6 +197,32 @@ async def serve_aiohttp(
             await life.close()
 
 
+class StartupFailed(Exception):
+    """The app's startup failed; str() is what it logged (the fork reports it as its
+    crash: the template shows it once per kind, not once per fork)."""
+
+
+class StartupLog(logging.Handler):
+    """uvicorn's error log in a fork: kept until the server has started (a lifespan
+    failure's traceback becomes the fork's crash report), written to stderr after,
+    as Python's last-resort handler would have."""
+
+    def __init__(self, started: Callable[[], bool]) -> None:
+        super().__init__(logging.WARNING)
+        self._started = started
+        self._kept: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = self.format(record)
+        if self._started():
+            sys.stderr.write(text + "\n")
+        else:
+            self._kept.append(text)
+
+    def text(self) -> str:
+        return "\n".join(self._kept)
+
+
 def asgi_config(app: Any, grace: float) -> Any:
     """uvicorn's config, loaded (protocol classes imported) in the template, once."""
     with extra_needed("an ASGI app in fork mode"):
@@ -247,6 +274,10 @@ async def serve_asgi(
         config.loaded_app.notify = Reporter(report)
     server = uvicorn.Server(config)
     tasks = TaskSet("child")
+    startup_log = StartupLog(lambda: bool(server.started))
+    errors = logging.getLogger("uvicorn.error")
+    if not errors.hasHandlers():  # else the app's logging config already shows them
+        errors.addHandler(startup_log)
 
     async def watch() -> None:
         while os.getppid() == ppid:  # noqa: ASYNC110 - no event exists for this
@@ -256,6 +287,8 @@ async def serve_asgi(
     tasks.spawn(watch(), "parent-watch")
     try:
         await server.serve(sockets=[sock])
+    except SystemExit as exc:  # uvicorn's way of saying the lifespan startup failed
+        raise StartupFailed(startup_log.text() or f"ASGI startup failed ({exc})") from None
     finally:
         await tasks.aclose()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -66,3 +67,18 @@ def background_app() -> object:
         return PlainTextResponse("queued", background=task)
 
     return Starlette(routes=[Route("/", home)])
+
+
+def failing_startup_app() -> object:
+    """Starlette whose startup imports a module that is not there: every fork fails."""
+    from contextlib import asynccontextmanager
+
+    from starlette.applications import Starlette
+
+    @asynccontextmanager
+    async def lifespan(app: object) -> AsyncIterator[None]:
+        import faults_missing_module  # type: ignore[import-not-found]  # noqa: F401
+
+        yield
+
+    return Starlette(lifespan=lifespan)

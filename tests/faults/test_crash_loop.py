@@ -7,11 +7,21 @@ import time
 from collections.abc import Callable
 
 import aiohttp
+import pytest
 
 from tests.conftest import ProxyProcess
 from tests.faults.helpers import config, metric
 
-CRASHING = config(backend='post_fork = "tests.faults.apps:crash"\nstop_grace = "1s"')
+CRASHING = {
+    "post_fork": (
+        config(backend='post_fork = "tests.faults.apps:crash"\nstop_grace = "1s"'),
+        "RuntimeError: post_fork cannot reach its database",
+    ),
+    "asgi_lifespan": (
+        config(app="tests.faults.apps:failing_startup_app"),
+        "No module named 'faults_missing_module'",
+    ),
+}
 
 
 async def _hammer(p: ProxyProcess, secs: float) -> list[tuple[int, str, float]]:
@@ -27,10 +37,14 @@ async def _hammer(p: ProxyProcess, secs: float) -> list[tuple[int, str, float]]:
     return out
 
 
+@pytest.mark.parametrize("fault", sorted(CRASHING))
 async def test_a_crash_looping_app_backs_off_answers_503_and_logs_one_traceback(
-    proxy_process: Callable[[str], ProxyProcess],
+    proxy_process: Callable[[str], ProxyProcess], fault: str
 ) -> None:
-    p = proxy_process(CRASHING)
+    if fault == "asgi_lifespan":
+        pytest.importorskip("starlette")
+    text, error = CRASHING[fault]
+    p = proxy_process(text)
     await p.start()
     answers = await _hammer(p, 3.0)
     starts = await metric(p, "forkproxy_instance_starts_total")
@@ -44,5 +58,5 @@ async def test_a_crash_looping_app_backs_off_answers_503_and_logs_one_traceback(
     assert 1 <= forks <= 10, starts  # the backoff bounds them (on main: ~88/s)
     log = p.log.read_text()
     assert log.count("Traceback (most recent call last)") == 1, log[-3000:]
-    assert "post_fork cannot reach its database" in log
+    assert error in log, log[-3000:]
     assert "failed again" in log
