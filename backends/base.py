@@ -46,10 +46,12 @@ class Instance:
 
 
 DeathCallback = Callable[[str, str], None]
-# (instance id, working): the instance's app is still at work after its responses ended
-# (a BackgroundTask): not idle, though no request is in flight. Backends that can tell.
-WorkCallback = Callable[[str, bool], None]
 """on_death(instance_id, reason): the backend saw the instance die (exit, OOM, event)."""
+
+WorkCallback = Callable[[str, bool], None]
+"""on_working(instance_id, working): the instance's app is (or no longer is) at work after
+its responses ended (a BackgroundTask): not idle, though no request is in flight. Only
+backends that can tell call it (fork mode, ASGI apps)."""
 
 
 @dataclass
