@@ -53,7 +53,7 @@ async def test_a_crash_looping_app_backs_off_answers_503_and_logs_one_traceback(
     assert statuses == {503}, answers[:5]
     assert "no instance could be started" in answers[-1][1]
     # once start_retries failed, new clients are answered at once, not after the backoff
-    assert max(secs for _, _, secs in answers[len(answers) // 2 :]) < 0.5, answers
+    assert max(secs for _, _, secs in answers[len(answers) // 2 :]) < 1.0, answers
     assert starts.get('forkproxy_instance_starts_total{result="ok"}', 0) == 0, starts
     assert 1 <= forks <= 10, starts  # the backoff bounds them (on main: ~88/s)
     log = p.log.read_text()
