@@ -8,18 +8,28 @@ import time
 from collections.abc import Callable
 
 import aiohttp
+import pytest
 
 from tests.conftest import ProxyProcess, eventually
 from tests.faults.helpers import config, left_behind, metric, pool_name
 
+HANGS = {
+    # a post_fork hook that never returns: the fork never serves
+    "post_fork": ("", 'post_fork = "tests.faults.apps:hang_forever"\n'),
+    # it serves, but its readiness path never answers
+    "readiness_path": ('readiness_path = "/slow?s=3600"\n', ""),
+}
 
-async def test_a_fork_stuck_in_post_fork_is_a_failed_start_and_is_killed(
-    proxy_process: Callable[[str], ProxyProcess],
+
+@pytest.mark.parametrize("where", sorted(HANGS))
+async def test_a_fork_that_never_gets_ready_is_a_failed_start_and_is_killed(
+    proxy_process: Callable[[str], ProxyProcess], where: str
 ) -> None:
+    pool, backend = HANGS[where]
     p = proxy_process(
         config(
-            pool='start_timeout = "1s"\nhold_timeout = "20s"',
-            backend='post_fork = "tests.faults.apps:hang_forever"\nstop_grace = "1s"',
+            pool=f'{pool}start_timeout = "1s"\nhold_timeout = "20s"',
+            backend=f'{backend}stop_grace = "1s"',
         )
     )
     await p.start()
