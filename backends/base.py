@@ -48,6 +48,11 @@ class Instance:
 DeathCallback = Callable[[str, str], None]
 """on_death(instance_id, reason): the backend saw the instance die (exit, OOM, event)."""
 
+WorkCallback = Callable[[str, bool], None]
+"""on_working(instance_id, working): the instance's app is (or no longer is) at work after
+its responses ended (a BackgroundTask): not idle, though no request is in flight. Only
+backends that can tell call it (fork mode, ASGI apps)."""
+
 
 @dataclass
 class BackendContext:
@@ -56,6 +61,7 @@ class BackendContext:
     readiness_path: str = "/"  # HTTP path the pool probes; backends that pre-warm use it too
     start_timeout: float = 30.0
     on_death: DeathCallback = field(default=lambda _id, _reason: None)
+    on_working: WorkCallback = field(default=lambda _id, _working: None)
 
     def labels(self, instance_id: str) -> dict[str, str]:
         return {

@@ -171,9 +171,13 @@ def admin_app(proxy: Proxy) -> web.Application:
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:
-        if proxy.ready:
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text="not ready\n")
+        if not proxy.ready:
+            return web.Response(status=503, text="not ready\n")
+        # up but unable to serve now (starts failing, nothing ready): a load balancer
+        # should send its traffic elsewhere
+        if (problem := proxy.pool.serve_problem) is not None:
+            return web.Response(status=503, text=f"not ready: {problem}\n")
+        return web.Response(text="ready\n")
 
     async def instances(_: web.Request) -> web.Response:
         return web.json_response(

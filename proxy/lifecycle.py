@@ -151,6 +151,37 @@ class Lifecycle(abc.ABC):
         self._update_gauges()
         self._wake.set()
 
+    @property
+    def serve_problem(self) -> str | None:
+        """Why a request arriving now could not be served, or None. Nothing is ready and
+        the last start(s) failed (the backend down, an app that crashes or never answers
+        its readiness path): a start may be under way or backing off, but there is no
+        reason to expect it to work. Scaled to zero with no failure is not a problem: the
+        next request starts one."""
+        if self._failures == 0 or any(s.state is State.READY for s in self._slots.values()):
+            return None
+        last = self.recent_failures[-1] if self.recent_failures else {}
+        return (
+            f"no instance could be started ({self._failures} failed in a row; last: "
+            f"{last.get('reason', '?')}: {last.get('error', '')})"
+        )
+
+    @property
+    def can_serve(self) -> bool:
+        return self.serve_problem is None
+
+    def _recover(self) -> None:
+        """Without traffic nothing starts an instance, and a pool that cannot serve (its
+        /readyz 503, so a load balancer sends it nothing) would stay so after the cause
+        is gone: once the backoff allows, one start tries again on its own."""
+        if (
+            self._failures
+            and self.clock() >= self._blocked_until
+            and len(self._slots) < self.cfg.max_instances
+            and not any(s.state in (State.READY, State.STARTING) for s in self._slots.values())
+        ):
+            self._launch_start(("recover",))
+
     def on_death(self, instance_id: str, reason: str) -> None:
         """Backends call this when an instance exits on its own."""
         slot = self._slots.get(instance_id)
@@ -163,6 +194,31 @@ class Lifecycle(abc.ABC):
         self._fail(slot, "died")
         log.warning("instance %s died: %s", instance_id, reason)
         self._rebalance()
+
+    def on_working(self, instance_id: str, working: bool) -> None:
+        """Backends call this when an instance's app works on after its responses ended
+        (a BackgroundTask), and again when it is done: until then it is not idle, and a
+        stop (idle, surplus, max_requests) waits for it as for a request in flight."""
+        slot = self._slots.get(instance_id)
+        if slot is None or slot.working == working:
+            return
+        slot.working = working
+        if working:
+            slot.idle_since = None
+        elif slot.in_flight == 0:
+            self._now_quiet(slot, self.clock())
+            self._rebalance()
+
+    def _now_quiet(self, slot: Slot, now: float) -> None:
+        """Its last request is done: idle from now on, unless its app is still at work;
+        if it was waiting to stop, it stops now."""
+        if slot.working:
+            return
+        slot.idle_since = now
+        if slot.retiring and slot.state is State.READY:
+            self._begin_stop(slot, "max_requests")
+        elif slot.state is State.DRAINING and slot.stop_reason:
+            self._spawn_stop(slot)  # drained: its last request is done
 
     def _fail(self, slot: Slot, reason: str) -> None:
         slot.state = State.FAILED
@@ -180,7 +236,7 @@ class Lifecycle(abc.ABC):
         slot.state = State.DRAINING
         slot.stop_reason = reason
         log.info("draining instance %s (%s, %d in flight)", slot.id, reason, slot.in_flight)
-        if slot.in_flight == 0:
+        if slot.in_flight == 0 and not slot.working:
             self._spawn_stop(slot)
         self._update_gauges()
 
@@ -235,6 +291,7 @@ class Lifecycle(abc.ABC):
                     "idle": round(now - s.idle_since, 3) if s.idle_since is not None else 0.0,
                     "retiring": s.retiring,
                     "suspect": s.suspect,
+                    "working": s.working,
                     "meta": dict(inst.meta) if inst else {},
                 }
             )

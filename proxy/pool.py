@@ -94,6 +94,7 @@ class Pool(Lifecycle):
         metrics.spares.set_function(lambda: backend.spares)  # read at scrape time
         self.gone_hooks: list[Callable[[Instance], None]] = []  # e.g. drop pooled connections
         ctx.on_death = self.on_death
+        ctx.on_working = self.on_working
 
     def __repr__(self) -> str:
         by: dict[str, int] = {}
@@ -200,6 +201,9 @@ class Pool(Lifecycle):
             if slot.in_flight >= self._target:
                 self._rebalance()  # maybe start one ahead of saturation
             return Lease(slot, 0.0, False)
+        if self._failing_fast(arrived):
+            self._demand.record(arrived, self._in_flight + 1)
+            raise NoInstance("instance starts keep failing; backing off")
         if len(self._waiters) >= self.cfg.max_queue:
             # refused, but still demand: with max_queue = 0 this is the only way a start
             # is ever asked for
@@ -225,6 +229,16 @@ class Pool(Lifecycle):
         cold = slot.ready_at is not None and slot.ready_at >= arrived
         self.metrics.queue_wait.observe(queued)
         return Lease(slot, queued, cold)
+
+    def _failing_fast(self, now: float) -> bool:
+        """Starts failed start_retries times in a row, nothing is ready or starting, and
+        the backoff has not expired: a request would only wait for the next failure, so
+        it is answered at once (waiters already queued were told the same)."""
+        return (
+            self._failures >= self.cfg.start_retries
+            and now < self._blocked_until
+            and not any(s.state in (State.READY, State.STARTING) for s in self._slots.values())
+        )
 
     def _drop_waiter(self, w: Waiter) -> None:
         """A waiter whose deadline passed or whose client left (the data path cancels
@@ -253,11 +267,7 @@ class Pool(Lifecycle):
         else:
             slot.strikes = 0
         if slot.in_flight == 0:
-            slot.idle_since = now
-            if slot.retiring and slot.state is State.READY:
-                self._begin_stop(slot, "max_requests")
-            elif slot.state is State.DRAINING and slot.stop_reason:
-                self._spawn_stop(slot)  # drained: its last request is done
+            self._now_quiet(slot, now)
         if self._waiters:
             self._dispatch()
             self._after_change()
@@ -380,6 +390,8 @@ class Pool(Lifecycle):
         d = decide(self.snapshot(), self.cfg)
         for _ in range(d.start):
             self._launch_start(d.reasons)
+        if not d.start:
+            self._recover()
         for sid, reason in d.stops:
             slot = self._slots.get(sid)
             if slot is not None:

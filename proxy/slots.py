@@ -73,12 +73,15 @@ class Slot:
     death_reason: str = ""
     stop_reason: str = ""  # DRAINING: why; cleared once its stop is under way
     solo: bool = False  # no other start was under way when it began
+    working: bool = False  # its app works on after a response (BackendContext.on_working)
 
     def view(self) -> InstanceView:
         return InstanceView(
             id=self.id,
             phase=PHASES[self.state],
-            in_flight=self.in_flight,
+            # work after a response counts as one request: the policy neither stops the
+            # instance as idle nor as surplus while it lasts
+            in_flight=self.in_flight + self.working,
             idle_since=self.idle_since,
             retiring=self.retiring,
             suspect=self.suspect,

@@ -7,12 +7,13 @@ import json
 import os
 import signal
 import socket
+import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from backends.process import _forksafe, _linux, _serve
+from backends.process import _failures, _forksafe, _linux, _serve
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Inherited:
     role_slot: int | None  # see _linux.role_slot
     close_sockets: tuple[socket.socket, ...]  # the template's control/spare sockets
     close_fds: tuple[int, ...]  # its signal wake-up pipe
+    report: socket.socket | None = None  # where a crash's traceback goes (not: stderr)
 
 
 def fork() -> int:
@@ -76,12 +78,36 @@ def _run(inh: Inherited, setup: Callable[[], _serve.Acquire], spare: bool) -> No
         _detach(inh)
         _forksafe.after_fork(inh.post_fork, inh.user_app)
         acquire = setup()
-        _serve.run_child(inh.kind, inh.app, acquire, inh.grace, inh.template_pid, spare=spare)
+        _serve.run_child(
+            inh.kind,
+            inh.app,
+            acquire,
+            inh.grace,
+            inh.template_pid,
+            spare=spare,
+            report=inh.report,
+        )
+    except _serve.StartupFailed as exc:
+        _report(inh.report, str(exc))
+        code = 1
     except BaseException:
-        traceback.print_exc()
+        _report(inh.report, traceback.format_exc())
         code = 1
     finally:
         _serve.exit_now(code)
+
+
+def _report(to: socket.socket | None, text: str) -> None:
+    """The traceback to the template, which prints it unless it is a repeat; on stderr
+    if the template cannot take it now."""
+    tail = text.encode(errors="replace")[-_failures.MAX_REPORT :].decode(errors="ignore")
+    data = json.dumps({"crash": tail}, ensure_ascii=False).encode()
+    try:
+        if to is None:
+            raise OSError("no template to report to")
+        to.send(data)
+    except OSError:
+        sys.stderr.write(text)
 
 
 def run_instance(inh: Inherited, iid: str, env: dict[str, str], fd: int) -> NoReturn:

@@ -10,6 +10,7 @@ by waitress (_wsgi.py), whose threads start in the fork."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -196,6 +197,32 @@ async def serve_aiohttp(
             await life.close()
 
 
+class StartupFailed(Exception):
+    """The app's startup failed; str() is what it logged (the fork reports it as its
+    crash: the template shows it once per kind, not once per fork)."""
+
+
+class StartupLog(logging.Handler):
+    """uvicorn's error log in a fork: kept until the server has started (a lifespan
+    failure's traceback becomes the fork's crash report), written to stderr after,
+    as Python's last-resort handler would have."""
+
+    def __init__(self, started: Callable[[], bool]) -> None:
+        super().__init__(logging.WARNING)
+        self._started = started
+        self._kept: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = self.format(record)
+        if self._started():
+            sys.stderr.write(text + "\n")
+        else:
+            self._kept.append(text)
+
+    def text(self) -> str:
+        return "\n".join(self._kept)
+
+
 def asgi_config(app: Any, grace: float) -> Any:
     """uvicorn's config, loaded (protocol classes imported) in the template, once."""
     with extra_needed("an ASGI app in fork mode"):
@@ -210,6 +237,9 @@ def asgi_config(app: Any, grace: float) -> Any:
         timeout_graceful_shutdown=max(1, int(grace)),
     )
     config.load()
+    from backends.process._working import AfterResponse
+
+    config.loaded_app = AfterResponse(config.loaded_app)
     return config
 
 
@@ -225,14 +255,29 @@ async def _acquire(acquire: Acquire, ppid: int, spare: bool) -> socket.socket | 
         await life.close()
 
 
-async def serve_asgi(config: Any, acquire: Acquire, grace: float, ppid: int, spare: bool) -> None:
+async def serve_asgi(
+    config: Any,
+    acquire: Acquire,
+    grace: float,
+    ppid: int,
+    spare: bool,
+    report: socket.socket | None = None,
+) -> None:
     import uvicorn
 
     sock = await _acquire(acquire, ppid, spare)
     if sock is None:
         return
+    if report is not None:
+        from backends.process._working import Reporter
+
+        config.loaded_app.notify = Reporter(report)
     server = uvicorn.Server(config)
     tasks = TaskSet("child")
+    startup_log = StartupLog(lambda: bool(server.started))
+    errors = logging.getLogger("uvicorn.error")
+    if not errors.hasHandlers():  # else the app's logging config already shows them
+        errors.addHandler(startup_log)
 
     async def watch() -> None:
         while os.getppid() == ppid:  # noqa: ASYNC110 - no event exists for this
@@ -242,12 +287,21 @@ async def serve_asgi(config: Any, acquire: Acquire, grace: float, ppid: int, spa
     tasks.spawn(watch(), "parent-watch")
     try:
         await server.serve(sockets=[sock])
+    except SystemExit as exc:  # uvicorn's way of saying the lifespan startup failed
+        raise StartupFailed(startup_log.text() or f"ASGI startup failed ({exc})") from None
     finally:
         await tasks.aclose()
 
 
 def run_child(
-    kind: str, app: Any, acquire: Acquire, grace: float, ppid: int, *, spare: bool
+    kind: str,
+    app: Any,
+    acquire: Acquire,
+    grace: float,
+    ppid: int,
+    *,
+    spare: bool,
+    report: socket.socket | None = None,
 ) -> None:
     import uvloop
 
@@ -260,7 +314,7 @@ def run_child(
         if sock is not None:
             _wsgi.serve(app, sock, grace, ppid)
     else:
-        uvloop.run(serve_asgi(app, acquire, grace, ppid, spare))
+        uvloop.run(serve_asgi(app, acquire, grace, ppid, spare, report))
 
 
 def socket_now(fd: int) -> Acquire:

@@ -9,13 +9,14 @@ import json
 import os
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from backends.base import BackendContext
 from backends.errors import BackendConfigError
 from backends.process import _common, _linux
+from backends.process._frames import ControlTimeout, FrameWriter
 from backends.process.config import ProcessConfig
 from backends.process.log import log
 from backends.support.kill import terminate, within
@@ -25,6 +26,9 @@ _BOOT = (
     "import sys; sys.path.insert(1, {root!r}); from backends.process.template import main; main()"
 )
 _MAX_MSG = 64 * 1024
+# How long one control message may wait for room in the socket. A template that takes
+# nothing for this long is stuck: a start then fails, a stop kills the pid directly.
+CONTROL_TIMEOUT = 5.0
 
 
 @dataclass
@@ -35,27 +39,25 @@ class TemplateHandle:
     dead: bool = False  # gone or being stopped: send nothing more
     reported: bool = False  # its children were reported dead
     spares: int = 0  # prefork children waiting, as the template last said (op "spares")
+    writer: FrameWriter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.writer = FrameWriter(self.sock)
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
 
-async def send(tpl: TemplateHandle, msg: dict[str, Any], fds: list[int] | None = None) -> None:
-    """One message (with fds) on the control socket, waiting while it is full."""
-    data = json.dumps(msg).encode()
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            socket.send_fds(tpl.sock, [data], fds or [])
-            return
-        except BlockingIOError:
-            writable = loop.create_future()
-            loop.add_writer(tpl.sock.fileno(), writable.set_result, None)
-            try:
-                await writable
-            finally:
-                loop.remove_writer(tpl.sock.fileno())
+async def send(
+    tpl: TemplateHandle,
+    msg: dict[str, Any],
+    fds: list[int] | None = None,
+    patience: float = CONTROL_TIMEOUT,
+) -> None:
+    """One message (with fds) on the control socket, queued behind the others while it is
+    full; ControlTimeout after `patience` seconds, OSError if the template is gone."""
+    await tpl.writer.send(json.dumps(msg).encode(), fds or [], patience)
 
 
 async def recv(tpl: TemplateHandle) -> dict[str, Any] | None:
@@ -71,13 +73,20 @@ async def recv(tpl: TemplateHandle) -> dict[str, Any] | None:
     return msg
 
 
-async def send_signal(tpl: TemplateHandle, iid: str, sig: int) -> None:
-    """Ask the template to signal instance `iid` (it knows whether it is still unreaped)."""
+async def send_signal(tpl: TemplateHandle, iid: str, sig: int) -> bool:
+    """Ask the template to signal instance `iid` (it knows whether it is still unreaped).
+    False if the template did not take the request: it is gone (its read loop reports the
+    children) or stuck (ControlTimeout: the caller decides what to do instead)."""
     if tpl.dead:
-        return
-    # OSError: the template is gone; its read loop reports the children.
-    with contextlib.suppress(OSError):
+        return False
+    try:
         await send(tpl, {"op": "signal", "id": iid, "sig": int(sig)})
+    except ControlTimeout:
+        log.warning("fork template pid %d takes no messages; cannot signal %s", tpl.pid, iid)
+        return False
+    except OSError:
+        return False
+    return True
 
 
 async def spawn(config: ProcessConfig, ctx: BackendContext) -> TemplateHandle:
@@ -154,4 +163,5 @@ async def kill(tpl: TemplateHandle, grace: float) -> None:
             grace + 1.0,
             log,
         )
+    tpl.writer.close()
     tpl.sock.close()

@@ -1,9 +1,12 @@
 """Fork mode: one warm template process builds the app once; each instance is a fork
-of it serving on a socket the proxy bound and listened on first, so it is ready at once."""
+of it serving on a socket the proxy bound and listened on first. It exists at once, but
+is ready only once it answers: the pool probes it like every other backend's instance
+(a post_fork hook or on_startup that hangs or raises must not take traffic)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -21,6 +24,7 @@ from backends.support.kill import terminate, within
 from backends.support.tasks import TaskSet
 
 _BACKLOG = 1024
+_GONE_POLL = 0.5  # a stop looks at the pid this often (the template may be stuck)
 _MAX_ID = _linux.ROLE_WIDTH - len(_linux.ROLE_FORK_PREFIX)
 
 
@@ -112,6 +116,12 @@ class ForkBackend(_common.ProcessBackendBase):
                 child.started.set_exception(StartError(f"fork template: {msg.get('error')}"))
         elif op == "exit":
             self._child_exited(iid, str(msg.get("reason", "exited")))
+        elif op == "working":
+            if child is not None and not child.stopping:
+                try:
+                    self.ctx.on_working(iid, bool(msg.get("working")))
+                except Exception:
+                    log.exception("on_working callback failed for %s", iid)
         elif op == "spares":
             tpl.spares = int(msg.get("n", 0))
 
@@ -145,6 +155,36 @@ class ForkBackend(_common.ProcessBackendBase):
 
     async def _send_signal(self, tpl: TemplateHandle, iid: str, sig: int) -> None:
         await _template_client.send_signal(tpl, iid, sig)
+
+    async def _signal_child(self, child: _Child, sig: int) -> None:
+        delivered = await _template_client.send_signal(child.template, child.id, sig)
+        if delivered and sig != signal.SIGKILL:
+            return
+        # Not delivered (the template takes no messages), or the last resort: a kill by
+        # pid, which needs no template that may be stuck.
+        await asyncio.to_thread(self._kill_by_pid, child)
+
+    @staticmethod
+    def _kill_by_pid(child: _Child) -> None:
+        if child.exited.done() or not child.pid:
+            return
+        state = _linux.proc_state(child.pid)
+        if state is None or state[1] != child.template.pid:
+            return  # reaped (its exit is on the way): the pid may be someone else's now
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGKILL)
+
+    async def _child_gone(self, child: _Child, secs: float) -> bool:
+        """Its exit reported by the template, or (a template that takes no messages
+        reaps nothing and reports nothing) a zombie or gone by its pid."""
+        deadline = time.monotonic() + secs
+        while True:
+            if await within(min(_GONE_POLL, max(0.0, deadline - time.monotonic())), child.exited):
+                return True
+            if child.pid and not await asyncio.to_thread(_linux.is_running, child.pid):
+                return True
+            if time.monotonic() >= deadline:
+                return False
 
     # -- instances -----------------------------------------------------------------
 
@@ -192,7 +232,7 @@ class ForkBackend(_common.ProcessBackendBase):
             id=instance_id,
             backend=self.name,
             endpoint=Endpoint(self.config.host, port),
-            ready=True,  # the socket listened before the fork: connections queue in the kernel
+            ready=False,  # the pool probes the readiness path (it queues in the backlog)
             owner_id=self.ctx.owner_id,
             meta={
                 "kind": "fork",
@@ -224,8 +264,8 @@ class ForkBackend(_common.ProcessBackendBase):
             return
         await terminate(
             f"instance {child.id} (pid {child.pid})",
-            lambda sig: self._send_signal(child.template, child.id, sig),
-            lambda secs: within(secs, child.exited),
+            lambda sig: self._signal_child(child, sig),
+            lambda secs: self._child_gone(child, secs),
             self.config.stop_grace,
             log,
         )

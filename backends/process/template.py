@@ -11,6 +11,7 @@ Protocol: one JSON object per SOCK_SEQPACKET message on the control socket.
   template -> proxy: {"op": "ready", "pid", "kind"} | {"op": "failed", "error", "traceback"}
                      {"op": "started", "id", "pid", "spare"} | {"op": "error", "id", "error"}
                      {"op": "exit", "id", "pid", "reason"}
+                     {"op": "working", "id", "working"} (app at work after a response)
                      {"op": "spares", "n"} (spares waiting: sent when the count changes)
 """
 
@@ -29,7 +30,7 @@ import time
 import traceback
 from typing import Any
 
-from backends.process import _forked, _linux
+from backends.process import _failures, _forked, _linux
 
 _MAX_MSG = 64 * 1024
 _REFILL_AFTER = 0.02  # seconds without messages before forking spares
@@ -57,6 +58,13 @@ class Template:
         self.user_app: Any = None
         self.stopping = False
         self.wake_r, self.wake_w = os.pipe()
+        # Children report a crash here (one datagram: the traceback) rather than on
+        # stderr, so a crash loop prints its traceback once. Non-blocking on both ends:
+        # a child never waits on a template busy forking.
+        self.report_r, self.report_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.report_r.setblocking(False)
+        self.report_w.setblocking(False)
+        self.failures = _failures.Failures(lambda text: print(text, file=sys.stderr, flush=True))
         self.pid = os.getpid()
         self.role_slot: int | None = None
 
@@ -120,13 +128,17 @@ class Template:
 
     def run(self) -> None:
         while not self.stopping:
-            ctl = self.ctl.fileno()
+            ctl, fail = self.ctl.fileno(), self.report_r.fileno()
             # Spares are refilled only after a short quiet spell: forking one while the
             # child just assigned is booting would compete with it for the CPU.
             short = len(self.spares) < self.prefork and self.spare_failures < 3
-            ready, _, _ = select.select([ctl, self.wake_r], [], [], _REFILL_AFTER if short else 1.0)
+            ready, _, _ = select.select(
+                [ctl, self.wake_r, fail], [], [], _REFILL_AFTER if short else 1.0
+            )
             if self.wake_r in ready:
                 self._drain_wake()
+            if fail in ready:
+                self._read_reports()
             if ctl in ready:
                 self._handle_message()
             self.reap()
@@ -149,6 +161,25 @@ class Template:
                 pass
         except BlockingIOError:
             pass
+
+    def _read_reports(self) -> None:
+        """Children's reports: a crash's traceback, or working after a response."""
+        while True:
+            try:
+                # escaped, a report is at most 6 times its MAX_REPORT bytes of text
+                data = self.report_r.recv(8 * _failures.MAX_REPORT)
+            except (BlockingIOError, InterruptedError):
+                return
+            try:
+                msg = json.loads(data)
+            except ValueError:
+                msg = {"crash": data.decode(errors="replace")}
+            if not isinstance(msg, dict):
+                continue
+            if "crash" in msg:
+                self.failures.report(str(msg["crash"]))
+            elif iid := self.children.get(int(msg.get("pid", 0))):
+                self.send({"op": "working", "id": iid, "working": bool(msg.get("working"))})
 
     def _handle_message(self) -> None:
         try:
@@ -241,7 +272,8 @@ class Template:
             grace=self.grace,
             template_pid=self.pid,
             role_slot=self.role_slot,
-            close_sockets=(self.ctl, *self.spares.values()),
+            close_sockets=(self.ctl, self.report_r, *self.spares.values()),
+            report=self.report_w,
             close_fds=(self.wake_r, self.wake_w),
         )
 
@@ -275,6 +307,7 @@ class Template:
         # backends.support.kill's sequence for all children at once, written out: the
         # template has no event loop, and waits for its children with waitpid.
         self.stopping = True
+        self._read_reports()
         for pid, conn in self.spares.items():
             conn.close()  # an unassigned spare sees EOF and exits
             self.children[pid] = ""  # waited for like the others, reported to nobody
