@@ -140,10 +140,11 @@ def _run_async(kind: str, app: Any, targets: Iterable[str], report: Callable[...
     asyncio.run(all_of_them())
 
 
-def run(kind: str, app: Any, targets: list[str]) -> list[str]:
+def run(kind: str, app: Any, targets: list[str], *, chosen: bool = True) -> list[str]:
     """Send each GET through `app` (an aiohttp Application, ASGI or WSGI callable) in
     process; return one line per request saying how it went (failures also go to
-    stderr, where the template's output is the proxy's)."""
+    stderr, where the template's output is the proxy's; a 4xx only for `chosen` paths:
+    the default readiness path may well be a 404 of an app that has no page there)."""
     if not targets:
         return []
     lines: list[str] = []
@@ -158,7 +159,8 @@ def run(kind: str, app: Any, targets: list[str]) -> list[str]:
         else:
             outcome = f"{status}"
         lines.append(f"warm-up GET {target}: {outcome} in {ms:.1f} ms")
-        if status is None or status >= 400:  # a page left cold, or a mistyped path
+        # a page left cold, or (among paths the user chose) a mistyped one
+        if status is None or status >= 500 or (chosen and status >= 400):
             print(f"forkproxy template: {lines[-1]}", file=sys.stderr)
 
     if kind == "wsgi":
@@ -181,4 +183,4 @@ def run_spec(kind: str, app: Any, spec: dict[str, Any] | None) -> list[str]:
     """The template's call: ProcessConfig.warmup_spec() as sent in its start spec."""
     if not spec or (kind == "aiohttp" and not spec.get("configured")):
         return []  # aiohttp's own machinery is primed without running the app's code
-    return run(kind, app, list(spec.get("paths", [])))
+    return run(kind, app, list(spec.get("paths", [])), chosen=bool(spec.get("configured")))
