@@ -70,10 +70,16 @@ def _report(exc: ConfigError, source: str) -> int:
 
 def _ports_taken(cfg: Config) -> str | None:
     """The first of server.listen / server.admin another process holds, said as run
-    would say it once it tried to bind ("server.listen (127.0.0.1:8080): ...")."""
+    would say it once it tried to bind ("server.listen (127.0.0.1:8080): ..."). A
+    restart handing over its listeners (SO_REUSEPORT, or systemd socket activation's
+    LISTEN_FDS) is not refused here: binding decides then."""
+    if os.environ.get("LISTEN_FDS"):
+        return None
     server = cfg.server
     for key, address in (("server.listen", server.listen), ("server.admin", server.admin)):
-        if address is not None and (problem := preflight.port_problem(key, address)):
+        if address is None:
+            continue
+        if problem := preflight.port_problem(key, address, reuse_port=True):
             return f"{key} ({address}): {problem.message.rpartition(': ')[2]}"
     return None
 

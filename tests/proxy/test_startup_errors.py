@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from proxy.config import Config
 from tests.conftest import ROOT, free_port, run_proxy
 
 
@@ -248,3 +249,24 @@ def test_run_says_a_port_is_taken_before_a_slow_import(tmp_path: Path, taken_por
     assert line.endswith(
         f"forkproxy: cannot listen: server.listen (127.0.0.1:{taken_port}): address already in use"
     )
+
+
+def test_the_early_port_check_leaves_a_handover_to_the_bind(
+    taken_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from proxy.cli import _ports_taken
+    from proxy.config import parse
+
+    def config(port: int) -> Config:
+        return parse({"server": {"listen": f"127.0.0.1:{port}", "admin": "off"}})
+
+    assert _ports_taken(config(taken_port)) == (
+        f"server.listen (127.0.0.1:{taken_port}): address already in use"
+    )
+    with socket.socket() as handing_over:  # a predecessor sharing its port (SO_REUSEPORT)
+        handing_over.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        handing_over.bind(("127.0.0.1", 0))
+        handing_over.listen()
+        assert _ports_taken(config(handing_over.getsockname()[1])) is None
+    monkeypatch.setenv("LISTEN_FDS", "1")  # systemd hands the listener over
+    assert _ports_taken(config(taken_port)) is None
