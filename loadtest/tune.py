@@ -440,6 +440,11 @@ def load_base(path: str | None) -> dict[str, Any]:
     with open(path, "rb") as fh:
         doc = tomllib.load(fh)
     doc.pop("tune", None)
+    # Each point runs a copy of the config from a temporary directory: a relative
+    # backend.cwd is read against the user's file, as `forkproxy run` reads it.
+    backend = doc.get("backend")
+    if isinstance(backend, dict) and isinstance(backend.get("cwd"), str):
+        backend["cwd"] = str((Path(path).resolve().parent / backend["cwd"]).resolve())
     return doc
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from loadtest.load import accesslog
 from loadtest.load.locustrun import reason
-from loadtest.tune import Measured, Point, parse_args
+from loadtest.tune import Measured, Point, load_base, parse_args
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ readiness_path = "/healthz"
 [backend]
 type = "process"
 app = "examples.flask_app:app"
-cwd = "{root}"
+cwd = "{cwd}"
 threads = 2
 """
 
@@ -56,7 +56,9 @@ class FlaskUser(HttpUser):
 
 def tune(tmp_path: Path, *source: str) -> subprocess.CompletedProcess[str]:
     config = tmp_path / "flask.toml"
-    config.write_text(FLASK_CONFIG.format(pid=os.getpid(), root=ROOT))
+    # cwd relative to the config file, as a user writes it (tmp_path is not in the repo)
+    cwd = os.path.relpath(ROOT, tmp_path)
+    config.write_text(FLASK_CONFIG.format(pid=os.getpid(), cwd=cwd))
     argv = [sys.executable, "-m", "loadtest", "tune", "--config", str(config), *source]
     argv += ["--shape", "spike", "--p99", "5000", "--budget", "14", "--max-concurrency", "2"]
     argv += ["--target-concurrency", "auto", "--idle-ttl", "auto", "--routing", "pack"]
@@ -126,6 +128,13 @@ def test_failure_reasons_are_statuses_or_error_types() -> None:
     assert reason("ConnectionRefusedError(111, 'Connection refused')") == "ConnectionRefusedError"
     m = Measured(Point.defaults(2), 10, 432, 209, 12.0, 3.0, 2, reasons={"404": 200, "500": 9})
     assert m.why() == f"209 failed: 404 {TIMES}200, 500 {TIMES}9"
+
+
+def test_a_relative_cwd_is_read_against_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "site").mkdir()
+    config = tmp_path / "site" / "forkproxy.toml"
+    config.write_text('[backend]\napp = "app:app"\ncwd = "src"\n')
+    assert load_base(str(config))["backend"]["cwd"] == str(tmp_path / "site" / "src")
 
 
 def test_the_load_sources_exclude_each_other() -> None:
