@@ -4,12 +4,16 @@ Prints "warning: ..." lines, and on failure the exception's last line (exit 1)."
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
+import re
 import traceback
 from collections.abc import Iterator
 from typing import Any
 
 from backends.process import _apps
+from backends.process import warmup as _warmup
 
 # uvicorn serves websockets with either; without one every websocket route answers 404
 _WS_LIBRARIES = ("websockets", "wsproto")
@@ -43,11 +47,22 @@ def websocket_warning(app: Any) -> str | None:
     )
 
 
-def main(target: str, kind: str, warmup: str) -> int:
+def _warm_ok(line: str) -> bool:
+    return re.search(r": [123]\d\d in [\d.]+ ms$", line) is not None
+
+
+def main(target: str, kind: str, warmup: str, requests: list[str] | None = None) -> int:
+    """`requests`: the warm-up paths the user chose, sent as the template sends them (a
+    failed one is a warning: the template serves without it)."""
     try:
         seen, app = _apps.load(target, kind)
         if warmup:
             _apps.call_hook(warmup, app)
+        with contextlib.redirect_stderr(io.StringIO()):  # said once, below, as warnings
+            lines = _warmup.run(seen, app, requests or [])
+        for line in lines:
+            if not _warm_ok(line):
+                print(f"warning: {line}")
         _apps.refuse_threads(seen)
         if seen == "asgi" and (warning := websocket_warning(app)):
             print(f"warning: {warning}")

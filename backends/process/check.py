@@ -5,6 +5,7 @@ the way start() does. Warnings (the app will serve, but not all of it) are logge
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,13 +19,13 @@ from backends.process.log import log
 from backends.support.table import Problem
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# argv: root, app, app_kind, warmup hook or "", pythonpath entries...
+# argv: root, app, app_kind, warmup hook or "", warm-up paths (JSON), pythonpath entries...
 _BUILD = """
-import sys
+import json, sys
 sys.path.insert(1, sys.argv[1])
-sys.path[1:1] = sys.argv[5:]
+sys.path[1:1] = sys.argv[6:]
 from backends.process import _probe
-sys.exit(_probe.main(sys.argv[2], sys.argv[3], sys.argv[4]))
+sys.exit(_probe.main(sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5])))
 """
 _TIMEOUT = 60.0
 
@@ -46,7 +47,9 @@ def check_config(config: ProcessConfig, *, imports: bool = True) -> list[Problem
         return []
     env = _common.base_env(config, BackendContext("check-config", "check-config"))
     paths = [os.path.join(config.abs_cwd, p) for p in config.pythonpath]
-    args = [_ROOT, config.app, config.app_kind, config.warmup or "", *paths]
+    # only the paths the user named: the default (the readiness path) is the pool's
+    requests = json.dumps(list(config.warmup_requests or ()))
+    args = [_ROOT, config.app, config.app_kind, config.warmup or "", requests, *paths]
     try:
         res = subprocess.run(
             [sys.executable, "-c", _BUILD, *args],

@@ -270,3 +270,11 @@ def test_the_early_port_check_leaves_a_handover_to_the_bind(
         assert _ports_taken(config(handing_over.getsockname()[1])) is None
     monkeypatch.setenv("LISTEN_FDS", "1")  # systemd hands the listener over
     assert _ports_taken(config(taken_port)) is None
+
+
+def test_check_config_sends_the_chosen_warm_up_requests(tmp_path: Path) -> None:
+    text = FORK + 'app = "examples.flask_app:app"\nwarmup_requests = ["/healthz", "/nope"]\n'
+    res = forkproxy("check-config", "--no-ports", write(tmp_path, text))
+    assert res.returncode == 0, res.stderr  # a cold page is a warning: run serves anyway
+    (warning,) = [line for line in res.stderr.splitlines() if "warning" in line]
+    assert warning.startswith("warning: backend.app: warm-up GET /nope: 404 in ")
