@@ -107,6 +107,7 @@ class Measured:
     reasons: dict[str, int] = field(default_factory=dict)  # "404" -> count, "ConnectionError"
     # (path, requests, failures, p99 ms) per request name the load sent
     paths: list[tuple[str, int, int, float]] = field(default_factory=list)
+    instances: list[int] = field(default_factory=list)  # live instances, one per sample
 
     def reasons_text(self) -> str:
         """ "404 ×209, ConnectionError ×3", most frequent first."""  # noqa: RUF002
@@ -277,6 +278,21 @@ def failure_lines(results: Sequence[Measured]) -> list[str]:
     return lines
 
 
+SAMPLE_S = 0.5  # the instance sampler's period
+TIMELINE_MAX = 60  # numbers on one line; a longer run is shown at a coarser step
+
+
+def timeline(r: Measured) -> str:
+    """The pool following the load at a point: live instances over the run, e.g.
+    "instances every 0.5 s: 0 0 2 4 4 3 1 0" (the peak of each step when coarser)."""
+    counts = r.instances
+    if not counts:
+        return "instances: not sampled"
+    step = max(1, math.ceil(len(counts) / TIMELINE_MAX))
+    shown = [max(counts[i : i + step]) for i in range(0, len(counts), step)]
+    return f"instances every {SAMPLE_S * step:g} s: " + " ".join(map(str, shown))
+
+
 def paths_table(r: Measured) -> str:
     """Per path at the recommended point: what the load sent and how it went."""
     rows = [[name, n, f, p99] for name, n, f, p99 in r.paths]
@@ -358,7 +374,7 @@ async def measure(
                 wait_instances=int(pool.get("min_instances", 0)),
                 cwd=cwd,
             ) as fp,
-            InstanceSampler(fp.admin, 0.5) as sampler,
+            InstanceSampler(fp.admin, SAMPLE_S) as sampler,
         ):
             run = await run_locust(
                 fp.url,
@@ -390,6 +406,7 @@ async def measure(
         error=error,
         reasons=dict(run.failure_reasons()),
         paths=_per_path(run),
+        instances=[len(live(insts)) for _, insts in samples],
     )
 
 
@@ -550,6 +567,7 @@ async def run(args: argparse.Namespace, base: dict[str, Any], points: list[Point
     for line in failure_lines(found.results):
         print(line)
     print(paths_table(best))
+    print(f"recommended point, {timeline(best)}")
     print(versus(best, baseline))
     text = snippet(best, found.met, args, baseline)
     print()

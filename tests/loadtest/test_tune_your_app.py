@@ -14,7 +14,7 @@ import pytest
 
 from loadtest.load import accesslog
 from loadtest.load.locustrun import reason
-from loadtest.tune import Measured, Point, load_base, parse_args
+from loadtest.tune import Measured, Point, load_base, parse_args, timeline
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -79,6 +79,10 @@ def test_tune_drives_the_apps_own_locustfile_and_says_why_requests_failed(
     # the only failures are the 404s of the page the app does not have
     assert f"failed: 404 {TIMES}" in out, out
     assert "note: 404 answers come from the app" in out
+    # the pool followed the spike: instances came up from none
+    line = next(x for x in out.splitlines() if x.startswith("recommended point, instances"))
+    counts = [int(n) for n in line.split(": ", 1)[1].split()]
+    assert max(counts) >= 1, line
     assert "demo's requests" not in res.stderr
 
 
@@ -135,6 +139,14 @@ def test_a_relative_cwd_is_read_against_the_config_file(tmp_path: Path) -> None:
     config = tmp_path / "site" / "forkproxy.toml"
     config.write_text('[backend]\napp = "app:app"\ncwd = "src"\n')
     assert load_base(str(config))["backend"]["cwd"] == str(tmp_path / "site" / "src")
+
+
+def test_the_timeline_shows_the_pool_following_the_load() -> None:
+    m = Measured(Point.defaults(2), 10, 10, 0, 5.0, 3.0, 4, instances=[0, 1, 4, 4, 2, 0])
+    assert timeline(m) == "instances every 0.5 s: 0 1 4 4 2 0"
+    m.instances = [1] * 100 + [5] + [0] * 19
+    assert timeline(m).startswith("instances every 1 s: 1 1 ")
+    assert timeline(m).split()[-10:] == ["5", *["0"] * 9]  # a peak between samples is kept
 
 
 def test_the_load_sources_exclude_each_other() -> None:
