@@ -1,7 +1,13 @@
 """`forkproxy tune`: short load tests over a small grid of [pool] settings, each against a fresh
 forkproxy; recommends the cheapest setting (instance-seconds) that meets a p99 target.
 
-  forkproxy tune --config app.toml --shape spike --p99 250 --budget 300 --out pool.toml
+  forkproxy tune --config app.toml --paths /,/search?q=x --p99 250 --budget 300 --out pool.toml
+
+What each point sends your app: your own locustfile (--locustfile, driven by --shape unless it
+defines its own LoadTestShape), GETs of a list of paths (--paths), or a recorded access log
+(--access-log, common/combined format) replayed with its timing, scaled so each point replays
+all of it. Without any of them the bundled demo's requests (/, /io, /cpu) are sent.
+Failed requests are counted by reason (HTTP status, or the error) for every point.
 
 Grid values are comma lists; target_concurrency may be a fraction of max_concurrency ("70%");
 target_concurrency and idle_ttl may be "auto" (the pool prices them from the measured start cost),
@@ -31,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from backends.support.table import ConfigError
-from loadtest.load.locustrun import run_locust
+from loadtest.load import accesslog
+from loadtest.load.locustrun import LOCUSTFILE, LocustRun, run_locust
 from loadtest.load.profiles import PROFILES
 from loadtest.report.progress import Progress
 from loadtest.report.stats import instance_seconds, live
@@ -97,6 +104,21 @@ class Measured:
     instance_seconds: float
     peak_instances: int
     error: str = ""
+    reasons: dict[str, int] = field(default_factory=dict)  # "404" -> count, "ConnectionError"
+    # (path, requests, failures, p99 ms) per request name the load sent
+    paths: list[tuple[str, int, int, float]] = field(default_factory=list)
+    instances: list[int] = field(default_factory=list)  # live instances, one per sample
+
+    def reasons_text(self) -> str:
+        """ "404 ×209, ConnectionError ×3", most frequent first."""  # noqa: RUF002
+        ranked = sorted(self.reasons.items(), key=lambda x: -x[1])
+        return ", ".join(f"{r} ×{n}" for r, n in ranked)  # noqa: RUF001 - "times"
+
+    def why(self) -> str:
+        """ "209 failed: 404 ×209" ("" when nothing failed)."""  # noqa: RUF002
+        if not self.failures:
+            return ""
+        return f"{self.failures} failed: {self.reasons_text() or 'reason not recorded'}"
 
     def meets(self, p99_target: float, max_error_rate: float) -> bool:
         if self.error or self.requests == 0 or math.isnan(self.p99_ms):
@@ -185,10 +207,11 @@ def snippet(
     best: Measured, met: bool, args: argparse.Namespace, base: Measured | None = None
 ) -> str:
     verdict = "meets" if met else "does NOT meet"
+    why = f" ({best.reasons_text()})" if best.reasons else ""
     head = (
         f"# forkproxy tune: shape {args.shape}, {verdict} the p99 target of {args.p99:g} ms\n"
         f"# measured: p99 {best.p99_ms:.0f} ms, {best.instance_seconds:.1f} instance-seconds, "
-        f"{best.failures}/{best.requests} failed, over {best.seconds:.0f} s\n"
+        f"{best.failures}/{best.requests} failed{why}, over {best.seconds:.0f} s\n"
         f"# {versus(best, base)}\n"
     )
     return head + configs.dumps({"pool": best.point.pool()})
@@ -243,6 +266,39 @@ def table(results: Sequence[Measured], best: Measured | None, base: Measured | N
     return render(TABLE_HEADERS, table_rows(results, best, base))
 
 
+def failure_lines(results: Sequence[Measured]) -> list[str]:
+    """Why each point's requests failed: a 404 is the load missing the app, not the pool."""
+    lines = [f"failures at {r.point.label()}: {r.why()}" for r in results if r.failures]
+    statuses = {k for r in results for k in r.reasons if k.isdigit() and k.startswith("4")}
+    if statuses:
+        lines.append(
+            f"note: {', '.join(sorted(statuses))} answers come from the app: check the paths "
+            "(--paths, --locustfile, --access-log) are ones it serves"
+        )
+    return lines
+
+
+SAMPLE_S = 0.5  # the instance sampler's period
+TIMELINE_MAX = 60  # numbers on one line; a longer run is shown at a coarser step
+
+
+def timeline(r: Measured) -> str:
+    """The pool following the load at a point: live instances over the run, e.g.
+    "instances every 0.5 s: 0 0 2 4 4 3 1 0" (the peak of each step when coarser)."""
+    counts = r.instances
+    if not counts:
+        return "instances: not sampled"
+    step = max(1, math.ceil(len(counts) / TIMELINE_MAX))
+    shown = [max(counts[i : i + step]) for i in range(0, len(counts), step)]
+    return f"instances every {SAMPLE_S * step:g} s: " + " ".join(map(str, shown))
+
+
+def paths_table(r: Measured) -> str:
+    """Per path at the recommended point: what the load sent and how it went."""
+    rows = [[name, n, f, p99] for name, n, f, p99 in r.paths]
+    return render(["path", "requests", "failed", "p99 ms"], rows) if rows else "(no per-path stats)"
+
+
 def config_problems(base: dict[str, Any], point: Point) -> str:
     """The proxy's own config parser on the merged config: "" if valid, else the problems."""
     doc = configs.merge(base, {"pool": point.pool()})
@@ -253,13 +309,60 @@ def config_problems(base: dict[str, Any], point: Point) -> str:
     return ""
 
 
+REPLAY_USERS = 50  # senders sharing the log's schedule (gevent greenlets: cheap)
+LOAD = Path(LOCUSTFILE).parent
+
+
+@dataclass(frozen=True)
+class Load:
+    """What locust runs for one point: its files, environment, and users when no shape."""
+
+    files: tuple[Path, ...]
+    env: dict[str, str]
+    shape: str | None
+    users: int | None = None
+    run_time: float | None = None
+
+    def describe(self) -> str:
+        names = [f.name if f.parent == LOAD else str(f) for f in self.files]
+        extra = {k: v for k, v in self.env.items() if k != "FORKPROXY_SHAPE_SECONDS"}
+        return " ".join([*(f"{k}={v}" for k, v in sorted(extra.items())), "-f", ",".join(names)])
+
+
+def load_for(args: argparse.Namespace, seconds: float) -> Load:
+    """The load a point sends, from --locustfile / --paths / --access-log (else the demo's)."""
+    env = {"FORKPROXY_SHAPE_SECONDS": f"{seconds:g}"}
+    shape_only = LOAD / "shapefile.py"
+    if getattr(args, "access_log", None):
+        log = accesslog.read(args.access_log)
+        scale = seconds / log.span if log.span > 0 else 1.0
+        env |= {
+            "FORKPROXY_ACCESS_LOG": str(Path(args.access_log).resolve()),
+            "FORKPROXY_REPLAY_SCALE": f"{scale:.6g}",
+        }
+        files = (LOAD / "replayfile.py",)
+        return Load(files, env, None, users=REPLAY_USERS, run_time=seconds)
+    if getattr(args, "paths", None):
+        env["FORKPROXY_PATHS"] = args.paths
+        return Load((LOAD / "pathsfile.py", shape_only), env, args.shape)
+    if getattr(args, "locustfile", None):
+        return Load((Path(args.locustfile).resolve(), shape_only), env, args.shape)
+    return Load((Path(LOCUSTFILE),), env, args.shape)
+
+
+def _per_path(run: LocustRun) -> list[tuple[str, int, int, float]]:
+    return [
+        (n, run.count(name=n), run.count("Failure Count", n), run.p99_ms(n)) for n in run.names()
+    ]
+
+
 async def measure(
     base: dict[str, Any], point: Point, seconds: float, args: argparse.Namespace, work: Path, i: int
 ) -> Measured:
     # A user's config resolves relative paths from where they run tune; ours from the repo.
     cwd = Path.cwd() if args.config else REPO
     pool = {**base.get("pool", {}), **point.pool()}
-    env = {"FORKPROXY_SHAPE_SECONDS": f"{seconds:g}"}
+    load = load_for(args, seconds)
     t0 = time.monotonic()
     try:
         async with (
@@ -271,14 +374,17 @@ async def measure(
                 wait_instances=int(pool.get("min_instances", 0)),
                 cwd=cwd,
             ) as fp,
-            InstanceSampler(fp.admin, 0.5) as sampler,
+            InstanceSampler(fp.admin, SAMPLE_S) as sampler,
         ):
             run = await run_locust(
                 fp.url,
                 work / f"locust-{i}",
-                shape=args.shape,
-                env=env,
+                shape=load.shape,
+                env=load.env,
+                users=load.users,
+                run_time=load.run_time,
                 kill_after=seconds + 60,
+                locustfiles=load.files,
             )
             await sampler.sample_once()  # close the last interval at the end of the load
     except (RuntimeError, TimeoutError, OSError) as e:
@@ -286,6 +392,8 @@ async def measure(
             point, time.monotonic() - t0, 0, 0, math.nan, math.nan, 0, str(e).splitlines()[0]
         )
     error = "" if run.returncode == 0 else f"locust exit {run.returncode}"
+    if error and run.output.strip():  # e.g. the user's locustfile does not import
+        error += ": " + run.output.strip().splitlines()[-1][:200]
     samples = sampler.samples
     return Measured(
         point=point,
@@ -296,6 +404,9 @@ async def measure(
         instance_seconds=instance_seconds(samples),
         peak_instances=max((len(live(insts)) for _, insts in samples), default=0),
         error=error,
+        reasons=dict(run.failure_reasons()),
+        paths=_per_path(run),
+        instances=[len(live(insts)) for _, insts in samples],
     )
 
 
@@ -321,6 +432,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--routing", default="pack,least_loaded", help="grid values (pack,least_loaded)")
     p.add_argument("--out", help="write the recommended [pool] snippet here (TOML)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument(
+        "--locustfile", help="your locustfile: its users, driven by --shape (or its own shape)"
+    )
+    what.add_argument("--paths", help="comma list of GET paths of your app, e.g. /,/items?page=2")
+    what.add_argument(
+        "--access-log",
+        help="a recorded access log (common/combined format): its GET/HEAD requests are "
+        "replayed with their timing, scaled to each point's share of the budget",
+    )
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -336,6 +457,11 @@ def load_base(path: str | None) -> dict[str, Any]:
     with open(path, "rb") as fh:
         doc = tomllib.load(fh)
     doc.pop("tune", None)
+    # Each point runs a copy of the config from a temporary directory: a relative
+    # backend.cwd is read against the user's file, as `forkproxy run` reads it.
+    backend = doc.get("backend")
+    if isinstance(backend, dict) and isinstance(backend.get("cwd"), str):
+        backend["cwd"] = str((Path(path).resolve().parent / backend["cwd"]).resolve())
     return doc
 
 
@@ -432,8 +558,16 @@ async def run(args: argparse.Namespace, base: dict[str, Any], points: list[Point
         print(table(found.results, None))
         print(f"forkproxy tune: {found.error}", file=sys.stderr)
         return 1
-    print(f"shape {args.shape}, {found.load_s:.0f} s of load per point, p99 target {args.p99:g} ms")
+    load = load_for(args, found.load_s)
+    print(
+        f"load: {load.describe()}, shape {load.shape or 'replay'}, "
+        f"{found.load_s:.0f} s of load per point, p99 target {args.p99:g} ms"
+    )
     print(table(found.results, best, baseline))
+    for line in failure_lines(found.results):
+        print(line)
+    print(paths_table(best))
+    print(f"recommended point, {timeline(best)}")
     print(versus(best, baseline))
     text = snippet(best, found.met, args, baseline)
     print()
@@ -457,6 +591,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         points = grid(args)
         base = load_base(args.config)
+        load_for(args, MIN_RUN_S)  # an unreadable log or locustfile fails here, not per point
+        if args.locustfile and not Path(args.locustfile).is_file():
+            raise ValueError(f"--locustfile {args.locustfile}: no such file")
     except (ValueError, OSError, tomllib.TOMLDecodeError) as e:
         print(f"forkproxy tune: {e}", file=sys.stderr)
         return 2
@@ -466,4 +603,10 @@ def main(args: argparse.Namespace) -> int:
     if args.budget <= 0:
         print("forkproxy tune: --budget must be > 0", file=sys.stderr)
         return 2
+    if args.config and not (args.locustfile or args.paths or args.access_log):
+        print(
+            "forkproxy tune: no --locustfile, --paths or --access-log: sending the bundled "
+            "demo's requests (/, /io, /cpu), which your app may answer 404",
+            file=sys.stderr,
+        )
     return asyncio.run(run(args, base, points))

@@ -75,6 +75,22 @@ def _report(exc: ConfigError, source: str) -> int:
     return 2
 
 
+def _ports_taken(cfg: Config) -> str | None:
+    """The first of server.listen / server.admin another process holds, said as run
+    would say it once it tried to bind ("server.listen (127.0.0.1:8080): ..."). A
+    restart handing over its listeners (SO_REUSEPORT, or systemd socket activation's
+    LISTEN_FDS) is not refused here: binding decides then."""
+    if os.environ.get("LISTEN_FDS"):
+        return None
+    server = cfg.server
+    for key, address in (("server.listen", server.listen), ("server.admin", server.admin)):
+        if address is None:
+            continue
+        if problem := preflight.port_problem(key, address, reuse_port=True):
+            return f"{key} ({address}): {problem.message.rpartition(': ')[2]}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["top"]:
@@ -107,6 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = read()
     except ConfigError as exc:
         return _report(exc, args.config or "<defaults>")
+    if taken := _ports_taken(cfg):
+        # before the backend builds the app: a slow import must not delay this answer
+        log.error("cannot listen: %s", taken)
+        log.info("forkproxy stopped")
+        return 3
     from proxy.server import StartupFailed, serve
 
     try:

@@ -116,7 +116,14 @@ def _address(t: Table, key: str, default: Address | None, *, optional: bool = Fa
     if not t.has(key):
         t.str(key)  # mark as seen
         return default
+    before = len(t.problems)
     raw = t.str(key)
+    if len(t.problems) > before:  # not a string (`listen = 8080`): one problem, said clearly
+        got = t.data[key]
+        port = got if isinstance(got, int) and not isinstance(got, bool) else 8080
+        hint = f'expected "HOST:PORT" in quotes, e.g. "127.0.0.1:{port}", got {got!r}'
+        t.problems[-1] = replace(t.problems[-1], message=hint)
+        return default
     if optional and raw in ("", "off", "none"):
         return None
     try:
@@ -286,7 +293,9 @@ def _pool(t: Table) -> PoolConfig:
     return cfg
 
 
-def parse(data: dict[str, Any], source: str = "<config>") -> Config:
+def parse(data: dict[str, Any], source: str = "<config>", *, from_file: bool = False) -> Config:
+    """`from_file`: the data is the user's config file, whose [backend] table, if any,
+    must name its app in fork mode (without one the bundled demo is served)."""
     root = Table.root(data)
     server = _server(root.sub("server"))
     pool = _pool(root.sub("pool"))
@@ -301,10 +310,26 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Config:
             bt.error("type", f"backend {btype!r} cannot be loaded: {exc}")
         else:
             backend_cfg = module.parse_config(bt)
+    if from_file and _forgot_app(btype, bt):
+        bt.error(
+            "app",
+            'missing: name your app, e.g. app = "myproject.wsgi:application" (Django), '
+            '"app:app" (Flask, FastAPI), or "backends.process.demo:create_app" for the demo',
+        )
     root.done()
     if root.problems:
         raise ConfigError(root.problems)
     return Config(server=server, pool=pool, backend_type=btype, backend=backend_cfg, source=source)
+
+
+def _forgot_app(btype: str, bt: Table) -> bool:
+    # Fork mode falls back to the bundled demo: in a file's [backend] table that is a
+    # forgotten key serving the wrong app behind a healthy-looking proxy. A file with no
+    # [backend] table tunes the proxy in front of the demo; a mistyped mode is reported
+    # on its own, not as a missing app.
+    if btype != "process" or not bt.data or bt.has("app"):
+        return False
+    return bool(bt.data.get("mode", "fork") == "fork")
 
 
 def load(path: str | Path) -> Config:
@@ -315,7 +340,17 @@ def load(path: str | Path) -> Config:
         raise ConfigError([Problem(str(p), f"cannot read: {exc.strerror}")]) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([Problem(str(p), f"not valid TOML: {exc}")]) from exc
-    return parse(data, str(p))
+    return _cwd_from_file(parse(data, str(p), from_file=True), data, p)
+
+
+def _cwd_from_file(cfg: Config, data: dict[str, Any], path: Path) -> Config:
+    """A relative `backend.cwd` is read against the file's directory, so the config
+    means the same from wherever `forkproxy` runs (a systemd unit, another shell)."""
+    cwd = data.get("backend", {}).get("cwd")
+    if not isinstance(cwd, str) or Path(cwd).is_absolute() or not hasattr(cfg.backend, "cwd"):
+        return cfg
+    anchored = str((path.parent / cwd).resolve())
+    return replace(cfg, backend=replace(cfg.backend, cwd=anchored))
 
 
 def with_overrides(cfg: Config, *, listen: str | None = None, admin: str | None = None) -> Config:

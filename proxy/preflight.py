@@ -11,7 +11,9 @@ from backends.support.table import Problem
 from proxy.config import Address, Config
 
 
-def port_problem(key: str, address: Address) -> Problem | None:
+def port_problem(key: str, address: Address, *, reuse_port: bool = False) -> Problem | None:
+    """`reuse_port`: a port held by SO_REUSEPORT listeners of this user (a proxy handing
+    over to its successor) counts as free."""
     if address.port == 0:
         return None  # any free port: nothing to take
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
@@ -19,6 +21,8 @@ def port_problem(key: str, address: Address) -> Problem | None:
         with socket.socket(family, socket.SOCK_STREAM) as s:
             # as the proxy binds: a port in TIME_WAIT is free, one with a listener is not
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             s.bind((address.host, address.port))
     except OSError as exc:
         return Problem(key, f"{address}: {(exc.strerror or str(exc)).lower()}")

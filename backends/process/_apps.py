@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -130,3 +131,24 @@ def call_hook(target: str, app: Any, key: str = "warmup") -> None:
         if inspect.iscoroutine(result):
             result.close()
         raise AppLoadError(f"{key} {target} must be a plain function, not async")
+
+
+# Where each kind of app starts its threads once per fork instead of at import.
+_THREADS_GO = {
+    "aiohttp": "in on_startup (it runs in every fork)",
+    "asgi": "in the lifespan startup or a post_fork hook (both run in every fork)",
+    "wsgi": 'in a post_fork hook (backend.post_fork = "module:function", run in every fork)',
+}
+
+
+def refuse_threads(kind: str) -> None:
+    """Raise if anything but the main thread runs: fork() copies only the forking thread,
+    so a fork would hold a pool, poller or client whose thread does not exist."""
+    if threading.active_count() == 1:
+        return
+    names = ", ".join(t.name for t in threading.enumerate() if t is not threading.main_thread())
+    where = _THREADS_GO.get(kind, _THREADS_GO["wsgi"])
+    raise AppLoadError(
+        f"the app started threads in the template ({names}); fork copies only the forking "
+        f'thread, so start them {where}, or use mode = "exec"'
+    )

@@ -96,6 +96,7 @@ async def spawn(config: ProcessConfig, ctx: BackendContext) -> TemplateHandle:
         "app": config.app,
         "app_kind": config.app_kind,
         "warmup": config.warmup,
+        "warmup_requests": config.warmup_spec(ctx.readiness_path),
         "post_fork": config.post_fork,
         "threads": config.threads,
         "pythonpath": [os.path.join(config.abs_cwd, p) for p in config.pythonpath],

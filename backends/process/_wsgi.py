@@ -3,11 +3,12 @@ runs waitress's poll loop on the socket the fork was handed, until SIGTERM (stop
 accepting, let in-flight requests finish within the grace, then exit) or until the
 template is gone.
 
-Why waitress (numbers in README "WSGI apps"): measured against a2wsgi under uvicorn
-from the same warm parent, it served 1.2-1.9x the requests per second of one instance
-with a cold start as fast or faster; it is pure Python, WSGI-native (no thread hop per
-body chunk) and strict about HTTP/1.1 framing. Its threads start in the fork, never
-in the template (fork copies only the forking thread)."""
+Why waitress (numbers in docs/ARCHITECTURE.md, "The WSGI server a fork embeds"):
+measured against a2wsgi under uvicorn from the same warm parent, it served 1.2-1.9x
+the requests per second of one instance with a cold start as fast or faster; it is
+pure Python, WSGI-native (no thread hop per body chunk) and strict about HTTP/1.1
+framing. Its threads start in the fork, never in the template (fork copies only the
+forking thread)."""
 
 from __future__ import annotations
 

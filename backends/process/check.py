@@ -1,9 +1,11 @@
 """`forkproxy check-config` for the process backend: what can be known before traffic.
-Fork mode builds the app in a throw-away interpreter (as the template would, without
-forking); exec mode resolves the command the way start() does."""
+Fork mode builds the app in a throw-away interpreter as the template would (load, the
+warmup hook, the refusal of threads), without forking; exec mode resolves the command
+the way start() does. Warnings (the app will serve, but not all of it) are logged."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,22 +15,17 @@ from backends.errors import BackendConfigError
 from backends.process import _common
 from backends.process.config import ProcessConfig
 from backends.process.exec import ExecBackend
+from backends.process.log import log
 from backends.support.table import Problem
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# Prints nothing on success; on failure the last line of the exception, like the template.
+# argv: root, app, app_kind, warmup hook or "", warm-up paths (JSON), pythonpath entries...
 _BUILD = """
-import sys, traceback
+import json, sys
 sys.path.insert(1, sys.argv[1])
-sys.path[1:1] = sys.argv[5:]
-try:
-    from backends.process import _apps
-    _apps.load(sys.argv[2], sys.argv[3])
-    if sys.argv[4]:
-        _apps.resolve(sys.argv[4])
-except BaseException as exc:
-    print(traceback.format_exception_only(type(exc), exc)[-1].strip())
-    sys.exit(1)
+sys.path[1:1] = sys.argv[6:]
+from backends.process import _probe
+sys.exit(_probe.main(sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5])))
 """
 _TIMEOUT = 60.0
 
@@ -50,7 +47,9 @@ def check_config(config: ProcessConfig, *, imports: bool = True) -> list[Problem
         return []
     env = _common.base_env(config, BackendContext("check-config", "check-config"))
     paths = [os.path.join(config.abs_cwd, p) for p in config.pythonpath]
-    args = [_ROOT, config.app, config.app_kind, config.warmup or "", *paths]
+    # only the paths the user named: the default (the readiness path) is the pool's
+    requests = json.dumps(list(config.warmup_requests or ()))
+    args = [_ROOT, config.app, config.app_kind, config.warmup or "", requests, *paths]
     try:
         res = subprocess.run(
             [sys.executable, "-c", _BUILD, *args],
@@ -63,8 +62,13 @@ def check_config(config: ProcessConfig, *, imports: bool = True) -> list[Problem
         )
     except subprocess.TimeoutExpired:
         return [Problem("backend.app", f"{config.app!r}: building it took over {_TIMEOUT:.0f}s")]
+    lines = res.stdout.strip().splitlines()
+    for line in lines:
+        if line.startswith("warning: "):
+            log.warning("warning: backend.app: %s", line.removeprefix("warning: "))
     if res.returncode == 0:
         return []
-    lines = res.stdout.strip().splitlines() or [f"exit code {res.returncode}"]
+    errors = [line for line in lines if not line.startswith("warning: ")]
+    last = errors[-1] if errors else f"exit code {res.returncode}"
     key = "backend.app" + (" or backend.warmup" if config.warmup else "")
-    return [Problem(key, f"{config.app!r} cannot be built: {lines[-1]}")]
+    return [Problem(key, f"{config.app!r} cannot be built: {last}")]

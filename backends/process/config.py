@@ -11,6 +11,10 @@ mode (any command with a `{port}` placeholder), parsed and validated in one pass
     threads = 4                        # WSGI only: worker threads per instance (waitress);
                                        # pool.max_concurrency = "auto" (default) follows it
     warmup = "mypkg.warm:run"          # optional, runs once in the template: f() or f(app)
+    warmup_requests = ["/", "/admin/login/"]   # GETs sent through the app in the template
+                                       # (in process, no server) so every fork inherits
+                                       # warm caches; default: [pool.readiness_path]
+                                       # (aiohttp apps: none); [] turns it off
     post_fork = "mypkg.forks:reinit"   # optional, runs in every fork before it serves: f() or
                                        # f(app) - reopen what must not be shared (see README)
     pythonpath = ["src"]               # extra sys.path entries, relative to cwd
@@ -31,6 +35,7 @@ from __future__ import annotations
 import os
 import shlex
 from dataclasses import dataclass, field
+from typing import Any
 
 from backends.support.table import Table
 
@@ -49,6 +54,7 @@ class ProcessConfig:
     app: str = DEFAULT_APP
     app_kind: str = "auto"
     warmup: str | None = None
+    warmup_requests: tuple[str, ...] | None = None  # None: the pool's readiness path
     post_fork: str | None = None  # "module:function" run in each fork before it serves
     threads: int = DEFAULT_THREADS  # WSGI: requests one instance serves at once
     pythonpath: tuple[str, ...] = ()
@@ -66,6 +72,13 @@ class ProcessConfig:
     def abs_cwd(self) -> str:
         return os.path.abspath(self.cwd)
 
+    def warmup_spec(self, readiness_path: str) -> dict[str, Any]:
+        """What the template's warm-up reads: the paths, and whether the user chose them
+        (an aiohttp app is warmed only then: its default is to run none of its code)."""
+        if self.warmup_requests is None:
+            return {"paths": [readiness_path], "configured": False}
+        return {"paths": list(self.warmup_requests), "configured": True}
+
 
 def _is_target(value: str) -> bool:
     module, sep, attr = value.partition(":")
@@ -77,7 +90,16 @@ def parse_config(table: Table) -> ProcessConfig:
     mode = table.choice("mode", MODES, "fork")
     app = table.str("app", DEFAULT_APP)
     app_kind = table.choice("app_kind", APP_KINDS, "auto")
-    warmup = table.opt_str("warmup")
+    if isinstance(table.data.get("warmup"), list):
+        table.opt_str("warmup")  # seen; the message below is the useful one
+        table.problems.pop()
+        table.error("warmup", 'a hook "module:function"; warm-up paths go in warmup_requests')
+        warmup = None
+    else:
+        warmup = table.opt_str("warmup")
+    warmup_requests = (
+        tuple(table.str_list("warmup_requests")) if table.has("warmup_requests") else None
+    )
     post_fork = table.opt_str("post_fork")
     threads = table.int("threads", DEFAULT_THREADS, min=1, max=256)
     pythonpath = tuple(table.str_list("pythonpath"))
@@ -103,6 +125,12 @@ def parse_config(table: Table) -> ProcessConfig:
             table.error("app", f'{app!r}: expected "module:attribute", e.g. "{DEFAULT_APP}"')
         if warmup is not None and not _is_target(warmup):
             table.error("warmup", f'{warmup!r}: expected "module:function"')
+        for target in warmup_requests or ():
+            if not target.startswith(("/", "http://")):
+                table.error(
+                    "warmup_requests",
+                    f'{target!r}: expected a path ("/admin/login/") or "http://host/path"',
+                )
         if post_fork is not None and not _is_target(post_fork):
             table.error("post_fork", f'{post_fork!r}: expected "module:function"')
     if mode == "exec":
@@ -122,6 +150,7 @@ def parse_config(table: Table) -> ProcessConfig:
         app=app,
         app_kind=app_kind,
         warmup=warmup,
+        warmup_requests=warmup_requests,
         post_fork=post_fork,
         threads=threads,
         pythonpath=pythonpath,

@@ -77,7 +77,7 @@ class Template:
     # -- setup -------------------------------------------------------------------
 
     def build(self) -> None:
-        from backends.process import _apps, _forksafe
+        from backends.process import _apps, _forksafe, warmup
 
         for entry in reversed(self.spec.get("pythonpath", [])):
             sys.path.insert(1, os.path.abspath(entry))
@@ -85,6 +85,7 @@ class Template:
         self.user_app = self.app
         if self.spec.get("warmup"):
             _apps.call_hook(self.spec["warmup"], self.app)
+        warmup.run_spec(self.kind, self.app, self.spec.get("warmup_requests"))
         if self.spec.get("post_fork"):
             _apps.resolve(self.spec["post_fork"])  # a typo fails now, not in every fork
         # Everything a child needs is loaded here, once: a fork then imports nothing.
@@ -100,12 +101,7 @@ class Template:
             self.app.freeze()  # routes and middleware chains built once, not per child
             _serve.prime_template()
         _forksafe.before_fork()
-        if threading.active_count() != 1:
-            names = ", ".join(t.name for t in threading.enumerate())
-            raise RuntimeError(
-                f"the app started threads in the template ({names}); fork copies only the "
-                "forking thread, so start them in on_startup (per child) or use mode = exec"
-            )
+        _apps.refuse_threads(self.kind)
         self.role_slot = _linux.role_slot()
         _linux.set_pdeathsig()  # (again) loads libc's prctl for the children
         # Move everything built so far out of the collector's reach: children then do

@@ -4,6 +4,7 @@ and allowed values, unknown keys are errors. Shared by proxy/config.py and backe
 from __future__ import annotations
 
 import builtins
+import difflib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -242,5 +243,9 @@ class Table:
     def done(self) -> None:
         for key in self.data:
             if key not in self._seen:
+                close = difflib.get_close_matches(key, self._seen, n=1)
+                if close:
+                    self.error(key, f"unknown key (did you mean {close[0]}?)")
+                    continue
                 allowed = ", ".join(sorted(self._seen)) or "(none)"
                 self.error(key, f"unknown key (allowed: {allowed})")

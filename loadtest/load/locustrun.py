@@ -10,8 +10,10 @@ import csv
 import json
 import math
 import os
+import re
 import shlex
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,21 @@ class LocustRun:
     # Final totals from --json-file, written at shutdown; the stats CSV is rewritten only once a
     # second, so it can miss the last requests. Name -> (requests, failures, p99 ms).
     final: dict[str, tuple[int, int, float]] = field(default_factory=dict)
+    # <prefix>_failures.csv: (name, error) -> occurrences
+    failures: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def failure_reasons(self) -> Counter[str]:
+        """Why requests failed: "404" for a status, else the error's type ("ConnectionError")."""
+        out: Counter[str] = Counter()
+        for (_name, error), n in self.failures.items():
+            out[reason(error)] += n
+        return out
+
+    def names(self) -> list[str]:
+        """The request names (paths) this run sent, as locust grouped them."""
+        return sorted(n for n in self.final if n != "Aggregated") or sorted(
+            n for n in self.stats if n != "Aggregated"
+        )
 
     @property
     def total(self) -> dict[str, str]:
@@ -77,6 +94,29 @@ class LocustRun:
             )
             prev = (ts, total, fails)
         return rows
+
+
+# requests' "404 Client Error: ..." and locust FastHttpUser's "... code=404"
+_STATUS = re.compile(r"\b([1-5]\d\d) (?:Client|Server) Error|code=([1-5]\d\d)\b")
+
+
+def reason(error: str) -> str:
+    m = _STATUS.search(error)
+    if m:
+        return m.group(1) or m.group(2)
+    return error.partition("(")[0].strip() or "error"
+
+
+def read_failures(prefix: Path) -> dict[tuple[str, str], int]:
+    path = Path(f"{prefix}_failures.csv")
+    if not path.exists():
+        return {}
+    out: dict[tuple[str, str], int] = {}
+    with path.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            key = (row.get("Name", ""), row.get("Error", ""))
+            out[key] = out.get(key, 0) + int(row.get("Occurrences", "0") or 0)
+    return out
 
 
 def _float(s: str) -> float:
@@ -136,9 +176,14 @@ def read_final(path: Path) -> dict[str, tuple[int, int, float]]:
 
 
 def locust_argv(
-    host: str, csv_prefix: Path, run_time: float | None, users: int | None
+    host: str,
+    csv_prefix: Path,
+    run_time: float | None,
+    users: int | None,
+    locustfiles: Sequence[Path] = (LOCUSTFILE,),
 ) -> list[str]:
-    argv = [PYTHON, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host]
+    files = ",".join(str(f) for f in locustfiles)
+    argv = [PYTHON, "-m", "locust", "-f", files, "--headless", "--host", host]
     argv += ["--csv", str(csv_prefix), "--csv-full-history", "--only-summary"]
     argv += ["--json-file", str(csv_prefix)]  # locust appends ".json"
     argv += ["--loglevel", "WARNING", "--exit-code-on-error", "0"]
@@ -158,10 +203,11 @@ async def run_locust(
     run_time: float | None = None,
     users: int | None = None,
     kill_after: float = 600.0,
+    locustfiles: Sequence[Path] = (LOCUSTFILE,),
 ) -> LocustRun:
     """Run one headless test. With a shape, the shape decides users and duration."""
     await asyncio.to_thread(csv_prefix.parent.mkdir, parents=True, exist_ok=True)
-    argv = locust_argv(host, csv_prefix, run_time, users)
+    argv = locust_argv(host, csv_prefix, run_time, users, locustfiles)
     full_env = {**os.environ, **(env or {}), "FORKPROXY_SHAPE": shape or "none"}
     full_env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(REPO), full_env.get("PYTHONPATH", "")) if p
@@ -180,6 +226,7 @@ async def run_locust(
         out, _ = await proc.communicate()
     stats, history = await asyncio.to_thread(read_stats, csv_prefix)
     final = await asyncio.to_thread(read_final, Path(f"{csv_prefix}.json"))
+    failures = await asyncio.to_thread(read_failures, csv_prefix)
     shown_env = " ".join(
         f"{k}={shlex.quote(v)}"
         for k, v in sorted({**(env or {}), "FORKPROXY_SHAPE": shape or "none"}.items())
@@ -192,4 +239,5 @@ async def run_locust(
         history=history,
         output=out.decode(errors="replace"),
         final=final,
+        failures=failures,
     )

@@ -105,9 +105,20 @@ def document(sections: Sequence[Section], meta: dict[str, Any], image_dir: str) 
     return "\n".join(head) + "\n" + "\n".join(section_md(s, image_dir) for s in sections)
 
 
-def _scrub(text: str, work: str) -> str:
-    # Temp dirs change every run; the docs should not churn on them.
-    return text.replace(work, "$WORK") if work else text
+REPO = DOCS.parent
+
+
+def _scrub(text: str, work: str, repo: Path = REPO, home: str = "") -> str:
+    """Temp dirs change every run: `$WORK`. The generating machine's checkout and home
+    say nothing to a reader: paths in the repository are printed relative to it
+    (".venv/bin/python -m ..."), the rest of the home directory as "~"."""
+    if work:
+        text = text.replace(work, "$WORK")
+    text = text.replace(f"{repo}/", "")
+    home = home or os.path.expanduser("~")
+    if home not in ("", "/"):
+        text = text.replace(f"{home}/", "~/")
+    return text
 
 
 def write(out: Path, sections: Sequence[Section], meta: dict[str, Any], docs: bool) -> list[Path]:

@@ -158,3 +158,70 @@ def test_client_header_and_admin_edge_keys() -> None:
     assert "without port" in by_path["server.admin_allowed_hosts"][0]
     assert "minimum" in by_path["server.admin_keepalive_timeout"][0]
     assert "minimum 1" in by_path["server.admin_max_connections"][0]
+
+
+def test_a_typo_gets_the_key_it_probably_meant() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse({"pool": {"max_instance": 3}, "server": {"bogus": 1}})
+    messages = [str(p) for p in info.value.problems]
+    assert "pool.max_instance: unknown key (did you mean max_instances?)" in messages
+    # nothing close: the allowed keys, as before
+    assert any(m.startswith("server.bogus: unknown key (allowed: access_log,") for m in messages)
+
+
+@pytest.mark.parametrize("value", [8080, True])
+def test_an_address_that_is_not_a_string_is_one_clear_problem(value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse({"server": {"listen": value}})
+    (problem,) = info.value.problems
+    port = 8080 if value is True else value
+    assert str(problem) == (
+        f'server.listen: expected "HOST:PORT" in quotes, e.g. "127.0.0.1:{port}", got {value!r}'
+    )
+
+
+def test_a_config_file_must_name_its_fork_app(tmp_path: Path) -> None:
+    path = tmp_path / "app.toml"
+    path.write_text('[server]\nlisten = "127.0.0.1:0"\n[backend]\ntype = "process"\n')
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    (problem,) = info.value.problems
+    assert problem.path == "backend.app" and problem.message.startswith("missing: name your app")
+    # exec mode needs no app; no file (`forkproxy run`) serves the demo
+    path.write_text('[backend]\nmode = "exec"\ncommand = ["python", "-m", "x", "{port}"]\n')
+    assert load(path).backend.mode == "exec"
+    assert parse({}).backend.app == "backends.process.demo:create_app"
+    path.write_text('[server]\nname = "x"\n')  # no [backend]: the proxy tuned for the demo
+    assert load(path).backend.app == "backends.process.demo:create_app"
+
+
+def test_a_relative_cwd_is_read_against_the_config_files_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "site" / "src").mkdir(parents=True)
+    path = tmp_path / "site" / "forkproxy.toml"
+    path.write_text('[backend]\napp = "app:app"\ncwd = "src"\n')
+    monkeypatch.chdir("/")
+    assert load(path).backend.abs_cwd == str(tmp_path / "site" / "src")
+    path.write_text(f'[backend]\napp = "app:app"\ncwd = "{tmp_path}"\n')
+    assert load(path).backend.abs_cwd == str(tmp_path)
+
+
+def test_warmup_requests_are_paths_and_warmup_stays_a_hook() -> None:
+    cfg = parse({"backend": {"app": "a:b", "warmup_requests": ["/", "http://site.test/x"]}})
+    assert cfg.backend.warmup_requests == ("/", "http://site.test/x")
+    assert cfg.backend.warmup_spec("/healthz") == {
+        "paths": ["/", "http://site.test/x"],
+        "configured": True,
+    }
+    assert parse({}).backend.warmup_spec("/healthz") == {
+        "paths": ["/healthz"],
+        "configured": False,
+    }
+    with pytest.raises(ConfigError) as info:
+        parse({"backend": {"warmup": ["/"], "warmup_requests": ["admin/"]}})
+    assert [str(p) for p in info.value.problems] == [
+        'backend.warmup: a hook "module:function"; warm-up paths go in warmup_requests',
+        "backend.warmup_requests: 'admin/': expected a path (\"/admin/login/\") or "
+        '"http://host/path"',
+    ]

@@ -25,6 +25,7 @@ max_concurrency = {max_c}
 [backend]
 type = "process"
 mode = "{mode}"
+app = "examples.app:create_app"
 """
 
 

@@ -5,16 +5,19 @@ why it cannot start, before "forkproxy stopped"; bad values get a clear message.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from proxy.config import Config
 from tests.conftest import ROOT, free_port, run_proxy
 
 
@@ -52,6 +55,7 @@ def taken_port() -> Iterator[int]:
 
 
 FORK = '[server]\nlisten = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\n[backend]\ntype = "process"\n'
+DEMO = FORK + 'app = "examples.app:create_app"\n'
 
 
 def test_check_config_builds_the_fork_app_in_a_throwaway_interpreter(tmp_path: Path) -> None:
@@ -92,7 +96,7 @@ def test_check_config_resolves_the_exec_command(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("key", ["listen", "admin"])
 def test_check_config_finds_a_taken_port(tmp_path: Path, taken_port: int, key: str) -> None:
-    text = FORK.replace(f'{key} = "127.0.0.1:0"', f'{key} = "127.0.0.1:{taken_port}"')
+    text = DEMO.replace(f'{key} = "127.0.0.1:0"', f'{key} = "127.0.0.1:{taken_port}"')
     res = forkproxy("check-config", "--no-import", write(tmp_path, text))
     assert res.returncode == 2
     assert problems(res.stderr) == [f"server.{key}: 127.0.0.1:{taken_port}: address already in use"]
@@ -130,7 +134,7 @@ def test_run_with_an_app_raising_on_build(tmp_path: Path) -> None:
 def test_run_names_the_key_of_a_port_in_use(tmp_path: Path, taken_port: int, key: str) -> None:
     other = "admin" if key == "listen" else "listen"
     args = [f"--{key}", f"127.0.0.1:{taken_port}", f"--{other}", f"127.0.0.1:{free_port()}"]
-    res = forkproxy("run", "--config", write(tmp_path, FORK), *args)
+    res = forkproxy("run", "--config", write(tmp_path, DEMO), *args)
     assert res.returncode == 3
     (line,) = errors(res.stderr)
     assert line.endswith(
@@ -172,3 +176,105 @@ async def test_keepalive_timeout_zero_disables_keepalive_as_in_nginx() -> None:
         writer.close()
         async with aiohttp.ClientSession() as s, s.get(p.url + "/") as r:
             assert r.status == 200
+
+
+def test_check_config_refuses_a_fork_config_without_its_app(tmp_path: Path) -> None:
+    res = forkproxy("check-config", "--no-ports", write(tmp_path, FORK))
+    assert res.returncode == 2
+    (line,) = problems(res.stderr)
+    assert line.startswith('backend.app: missing: name your app, e.g. app = "')
+
+
+THREADED_WSGI = """
+import threading
+
+threading.Thread(target=threading.Event().wait, name="metrics-flusher", daemon=True).start()
+
+
+def app(environ, start_response):
+    start_response("200 OK", [])
+    return [b"ok"]
+"""
+
+
+def test_check_config_refuses_threads_started_at_import_as_run_does(tmp_path: Path) -> None:
+    (tmp_path / "threaded_wsgi.py").write_text(THREADED_WSGI)
+    cfg = write(tmp_path, FORK + 'cwd = "."\napp = "threaded_wsgi:app"\n')
+    checked = forkproxy("check-config", "--no-ports", cfg)
+    assert checked.returncode == 2
+    (line,) = problems(checked.stderr)
+    assert "started threads in the template (metrics-flusher)" in line
+    assert "post_fork" in line and "on_startup" not in line  # a WSGI app has no on_startup
+    ran = forkproxy("run", "--config", cfg)
+    assert ran.returncode == 3
+    (error,) = errors(ran.stderr)
+    assert "started threads in the template (metrics-flusher)" in error and "post_fork" in error
+
+
+def test_check_config_reads_cwd_against_the_files_directory(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    (site / "src").mkdir(parents=True)
+    (site / "src" / "hello.py").write_text(
+        "def app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'hi']\n"
+    )
+    (site / "forkproxy.toml").write_text(
+        DEMO.replace("app = ", "# ") + 'cwd = "src"\napp = "hello:app"\n'
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "proxy", "check-config", "--no-ports", "site/forkproxy.toml"],
+        cwd=tmp_path,  # not where the file is: cwd = "src" still means site/src
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+
+
+SLOW = "import time\ntime.sleep(30)\nfrom examples.app import create_app\n"
+
+
+def test_run_says_a_port_is_taken_before_a_slow_import(tmp_path: Path, taken_port: int) -> None:
+    (tmp_path / "slow_app.py").write_text(SLOW)
+    text = DEMO.replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{taken_port}"')
+    cfg = write(
+        tmp_path,
+        text.replace("app = ", "# ") + f'cwd = "{tmp_path}"\napp = "slow_app:create_app"\n',
+    )
+    started = time.monotonic()
+    res = forkproxy("run", "--config", cfg, timeout=25)
+    assert res.returncode == 3
+    assert time.monotonic() - started < 15  # the import alone takes 30 s
+    (line,) = errors(res.stderr)
+    assert line.endswith(
+        f"forkproxy: cannot listen: server.listen (127.0.0.1:{taken_port}): address already in use"
+    )
+
+
+def test_the_early_port_check_leaves_a_handover_to_the_bind(
+    taken_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from proxy.cli import _ports_taken
+    from proxy.config import parse
+
+    def config(port: int) -> Config:
+        return parse({"server": {"listen": f"127.0.0.1:{port}", "admin": "off"}})
+
+    assert _ports_taken(config(taken_port)) == (
+        f"server.listen (127.0.0.1:{taken_port}): address already in use"
+    )
+    with socket.socket() as handing_over:  # a predecessor sharing its port (SO_REUSEPORT)
+        handing_over.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        handing_over.bind(("127.0.0.1", 0))
+        handing_over.listen()
+        assert _ports_taken(config(handing_over.getsockname()[1])) is None
+    monkeypatch.setenv("LISTEN_FDS", "1")  # systemd hands the listener over
+    assert _ports_taken(config(taken_port)) is None
+
+
+def test_check_config_sends_the_chosen_warm_up_requests(tmp_path: Path) -> None:
+    text = FORK + 'app = "examples.flask_app:app"\nwarmup_requests = ["/healthz", "/nope"]\n'
+    res = forkproxy("check-config", "--no-ports", write(tmp_path, text))
+    assert res.returncode == 0, res.stderr  # a cold page is a warning: run serves anyway
+    (warning,) = [line for line in res.stderr.splitlines() if "warning" in line]
+    assert warning.startswith("warning: backend.app: warm-up GET /nope: 404 in ")

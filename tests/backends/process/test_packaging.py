@@ -150,6 +150,67 @@ def test_examples_pass_check_config_and_missing_extras_are_named(
     code = "import backends.docker.backend, backends.vsphere.backend, uvicorn"
     imported = _run(venv / "bin/python", "-c", code, cwd=work)
     assert imported.returncode == 0, imported.stderr
+    _asgi_extra_serves_a_websocket(venv, work)
+
+
+ASGI_ECHO = """
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+    elif scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        msg = await receive()
+        await send({"type": "websocket.send", "text": "echo: " + msg["text"]})
+        await send({"type": "websocket.close"})
+    else:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+
+def _asgi_extra_serves_a_websocket(venv: Path, work: Path) -> None:
+    """With only forkproxy[asgi] installed, an ASGI app's websocket is served, not 404."""
+    import asyncio
+
+    import aiohttp
+
+    (work / "echo_app.py").write_text(ASGI_ECHO)
+    port = free_port()
+    (work / "echo.toml").write_text(
+        f'[server]\nlisten = "127.0.0.1:{port}"\nadmin = "off"\n'
+        '[backend]\ntype = "process"\napp = "echo_app:app"\napp_kind = "asgi"\n'
+    )
+    proc = subprocess.Popen(
+        [venv / "bin/forkproxy", "run", "-c", "echo.toml"],
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")},
+    )
+
+    async def echo() -> str:
+        deadline = time.monotonic() + 30
+        async with aiohttp.ClientSession() as session:
+            while True:
+                try:
+                    async with session.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+                        await ws.send_str("hi")
+                        return str((await ws.receive(timeout=10)).data)
+                except aiohttp.ClientConnectorError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise
+                    await asyncio.sleep(0.2)
+
+    try:
+        assert asyncio.run(echo()) == "echo: hi"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=40)
+    assert "No supported WebSocket library" not in out, out
 
 
 def test_tune_help(venv: Path, tmp_path: Path) -> None:
