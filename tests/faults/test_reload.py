@@ -68,6 +68,7 @@ start_timeout = "20s"
 [backend]
 type = "process"
 mode = "{mode}"
+{app}
 """
 
 
@@ -145,7 +146,9 @@ async def test_pool_setting_takes_effect(procs: Callable[[str], Proc], mode: str
     """One instance, no queue: with max_concurrency 1, two of three parallel requests
     are refused; after a reload to 3, all three pass. exec mode: in place, on the same
     instance; fork mode: through a new generation."""
-    p = procs(ONE_INSTANCE.format(name=f"reload-pool-{mode}", max_c=1, mode=mode))
+    # exec mode runs the demo by default; a fork-mode file names its app
+    app = 'app = "backends.process.demo:create_app"' if mode == "fork" else ""
+    p = procs(ONE_INSTANCE.format(name=f"reload-pool-{mode}", max_c=1, mode=mode, app=app))
     await p.start(60)
 
     async def three() -> tuple[list[int], set[str]]:
@@ -162,7 +165,9 @@ async def test_pool_setting_takes_effect(procs: Callable[[str], Proc], mode: str
     await eventually(lambda: "instance" in p.logged() and "ready at" in p.logged(), 30)
     statuses, pids_before = await three()
     assert statuses == [200, 503, 503]
-    p.config.write_text(ONE_INSTANCE.format(name=f"reload-pool-{mode}", max_c=3, mode=mode))
+    p.config.write_text(
+        ONE_INSTANCE.format(name=f"reload-pool-{mode}", max_c=3, mode=mode, app=app)
+    )
     await p.reload()
     statuses, pids_after = await three()
     assert statuses == [200, 200, 200]
@@ -305,7 +310,7 @@ async def test_changed_backend_section_replaces_exec_instances(
 ) -> None:
     """exec mode keeps its instances over a pool change, but a changed [backend] starts
     a new generation: new instances, the old ones stopped once drained."""
-    text = ONE_INSTANCE.format(name="reload-exec-backend", max_c=4, mode="exec")
+    text = ONE_INSTANCE.format(name="reload-exec-backend", max_c=4, mode="exec", app="")
     p = procs(text)
     await p.start(60)
     await p.wait_log("ready at", 30)  # max_queue = 0: nothing waits for the first start
