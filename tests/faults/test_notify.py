@@ -29,6 +29,7 @@ shutdown_timeout = "5s"
 [backend]
 type = "process"
 mode = "fork"
+app = "backends.process.demo:create_app"
 """
 
 

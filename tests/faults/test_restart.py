@@ -26,6 +26,7 @@ idle_ttl = "60s"
 [backend]
 type = "process"
 mode = "fork"
+app = "backends.process.demo:create_app"
 """
 
 MakeProc = Callable[..., Proc]
