@@ -50,8 +50,8 @@ DeathCallback = Callable[[str, str], None]
 
 WorkCallback = Callable[[str, bool], None]
 """on_working(instance_id, working): the instance's app is (or no longer is) at work after
-its responses ended (a BackgroundTask): not idle, though no request is in flight. Only
-backends that can tell call it (fork mode, ASGI apps)."""
+its responses ended (an ASGI BackgroundTask, a WSGI response's close()): not idle, though
+no request is in flight. Only backends that can tell call it (fork mode)."""
 
 
 @dataclass
