@@ -8,7 +8,7 @@ is already listening). Blocking SDK calls must run in threads (asyncio.to_thread
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,8 +50,8 @@ DeathCallback = Callable[[str, str], None]
 
 WorkCallback = Callable[[str, bool], None]
 """on_working(instance_id, working): the instance's app is (or no longer is) at work after
-its responses ended (a BackgroundTask): not idle, though no request is in flight. Only
-backends that can tell call it (fork mode, ASGI apps)."""
+its responses ended (an ASGI BackgroundTask, a WSGI response's close()): not idle, though
+no request is in flight. Only backends that can tell call it (fork mode)."""
 
 
 @dataclass
@@ -117,6 +117,12 @@ class Backend(abc.ABC):
         start takes it), but they hold memory: the admin API and the metrics show them so
         an elasticity figure that leaves them out can be read with them. Default: none."""
         return 0
+
+    async def memory(self, instances: Sequence[Instance]) -> dict[str, int]:
+        """Bytes each instance holds now, by id, for those this backend can measure (the
+        pool asks once a second, for all of them at once, when pool.max_memory is set).
+        Read off the event loop. Default: none measured."""
+        return {}
 
     async def alive(self, instance: Instance) -> bool:
         """Cheap liveness check used after a failed request; default: assume alive."""

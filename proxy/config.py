@@ -80,6 +80,7 @@ class PoolConfig:
     max_starting: int = 4
     warm_pool: int = 0
     max_requests_per_instance: int = 0
+    max_memory: int = 0  # bytes an instance may hold (PSS) before it is retired; 0: no limit
     start_timeout: float = 30.0
     start_retries: int = 3
     readiness_path: str = "/"
@@ -270,6 +271,7 @@ def _pool(t: Table) -> PoolConfig:
         max_requests_per_instance=t.int(
             "max_requests_per_instance", d.max_requests_per_instance, min=0
         ),
+        max_memory=t.size("max_memory", d.max_memory),
         start_timeout=t.duration("start_timeout", d.start_timeout, min=0.01),
         start_retries=t.int("start_retries", d.start_retries, min=1),
         readiness_path=t.str("readiness_path", d.readiness_path),

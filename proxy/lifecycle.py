@@ -11,7 +11,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -26,6 +26,19 @@ from proxy.metrics import Metrics
 from proxy.slots import STATES, NoInstance, Slot, State, Waiter
 
 log = logging.getLogger("forkproxy.pool")
+MEMORY_EVERY = 1.0  # seconds between measurements of every instance (pool.max_memory)
+
+
+def over_memory(sizes: Mapping[str, int], limit: int) -> list[tuple[str, int]]:
+    """The instances (id, bytes) holding more than `limit` bytes, largest first; none
+    when there is no limit (0)."""
+    if limit <= 0:
+        return []
+    return sorted(((i, n) for i, n in sizes.items() if n > limit), key=lambda x: -x[1])
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 class Lifecycle(abc.ABC):
@@ -209,6 +222,44 @@ class Lifecycle(abc.ABC):
             self._now_quiet(slot, self.clock())
             self._rebalance()
 
+    async def _watch_memory(self) -> None:
+        """Once a second, while pool.max_memory is set (a reload may set it): measure
+        every ready instance and retire those over the limit (a leak, a cache without
+        bound). Retired like an idle one: no new requests, its in-flight ones finish,
+        then it stops; the pool starts another as demand asks."""
+        while True:
+            await asyncio.sleep(MEMORY_EVERY)
+            if self.cfg.max_memory:
+                await self._check_memory(self.cfg.max_memory)
+
+    async def _check_memory(self, limit: int) -> None:
+        slots = [s for s in self._slots.values() if s.state is State.READY and s.instance]
+        if not slots:
+            return
+        try:
+            sizes = await self.backend.memory([s.instance for s in slots if s.instance])
+        except Exception as exc:  # cannot measure now: try again next time
+            log.warning("measuring instance memory failed: %r", exc)
+            return
+        for s in slots:
+            s.memory = sizes.get(s.id, s.memory)
+        self.metrics.instance_memory.set(max(sizes.values(), default=0))
+        over = over_memory(sizes, limit)
+        for sid, size in over:
+            slot = self._slots.get(sid)
+            if slot is None or slot.state is not State.READY:
+                continue  # stopped or draining while it was measured
+            log.warning(
+                "instance %s holds %s, over pool.max_memory %s: retiring it (%d in flight)",
+                sid,
+                mib(size),
+                mib(limit),
+                slot.in_flight,
+            )
+            self._begin_stop(slot, "max_memory")
+        if over:
+            self._rebalance()
+
     def _now_quiet(self, slot: Slot, now: float) -> None:
         """Its last request is done: idle from now on, unless its app is still at work;
         if it was waiting to stop, it stops now."""
@@ -292,6 +343,7 @@ class Lifecycle(abc.ABC):
                     "retiring": s.retiring,
                     "suspect": s.suspect,
                     "working": s.working,
+                    "memory": s.memory,
                     "meta": dict(inst.meta) if inst else {},
                 }
             )

@@ -67,6 +67,12 @@ class Metrics:
         self.stops = Counter(
             f"{p}_instance_stops", "Instance stops by reason", ["reason"], registry=r
         )
+        self.instance_memory = Gauge(
+            f"{p}_instance_memory_max_bytes",
+            "Memory (PSS) of the largest ready instance at the last measurement; measured "
+            "only while pool.max_memory is set",
+            registry=r,
+        )
         self.upstream_errors = Counter(
             f"{p}_upstream_errors", "Errors talking to instances, by kind", ["kind"], registry=r
         )

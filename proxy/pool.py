@@ -116,6 +116,7 @@ class Pool(Lifecycle):
         self._target = target(self.cfg)
         await self._reap_orphans()
         self._tasks.spawn(self._control_loop(), "control")
+        self._tasks.spawn(self._watch_memory(), "memory")
         self._rebalance()
 
     def reconfigure(self, cfg: PoolConfig) -> None:

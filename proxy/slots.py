@@ -74,6 +74,7 @@ class Slot:
     stop_reason: str = ""  # DRAINING: why; cleared once its stop is under way
     solo: bool = False  # no other start was under way when it began
     working: bool = False  # its app works on after a response (BackendContext.on_working)
+    memory: int | None = None  # bytes it held when last measured (pool.max_memory set)
 
     def view(self) -> InstanceView:
         return InstanceView(

@@ -312,7 +312,7 @@ def run_child(
 
         sock = uvloop.run(_acquire(acquire, ppid, spare))
         if sock is not None:
-            _wsgi.serve(app, sock, grace, ppid)
+            _wsgi.serve(app, sock, grace, ppid, report)
     else:
         uvloop.run(serve_asgi(app, acquire, grace, ppid, spare, report))
 

@@ -1,7 +1,9 @@
-"""Work an ASGI app does after its response (Starlette/FastAPI BackgroundTasks run after
-the last body message): the fork says so, so the pool does not take the instance for
-idle and stop it mid-job. Only the transitions are reported (none at all for an app
-whose calls end with their response), on the template's report socket:
+"""Work an app does after its response: an ASGI app's calls still running after the
+last body message (Starlette/FastAPI BackgroundTasks), a WSGI response's close() (run
+after its body was written: Django's request_finished, Flask's teardown, or an app's
+own work). The fork says so, so the pool does not take the instance for idle and stop
+it mid-job. Only the transitions are reported (none at all for an app whose calls end
+with their response), on the template's report socket:
 {"working": true|false, "pid": ...}; the template forwards them to the proxy."""
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import asyncio
 import json
 import os
 import socket
-from collections.abc import Awaitable, Callable, MutableMapping
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 Scope = MutableMapping[str, Any]
@@ -96,12 +100,101 @@ class Reporter:
     def _flush(self) -> None:
         if self._pending is None:
             return
-        data = json.dumps({"working": self._pending, "pid": os.getpid()}).encode()
-        try:
-            self._sock.send(data)
-        except BlockingIOError:
+        if not send(self._sock, self._pending):
             asyncio.get_running_loop().call_later(_RETRY, self._flush)
             return
-        except OSError:
-            pass  # the template is gone, and with it this fork shortly
         self._pending = None
+
+
+def send(sock: socket.socket, working: bool) -> bool:
+    """One report on the (non-blocking) socket; False if it is full now."""
+    data = json.dumps({"working": working, "pid": os.getpid()}).encode()
+    try:
+        sock.send(data)
+    except BlockingIOError:
+        return False
+    except OSError:
+        pass  # the template is gone, and with it this fork shortly
+    return True
+
+
+def send_from_thread(sock: socket.socket, working: bool) -> None:
+    """send() from a thread of our own, which may wait for room."""
+    while not send(sock, working):
+        time.sleep(_RETRY)
+
+
+class AfterClose:
+    """Wraps a WSGI app: notices responses whose close() still runs NOTICE seconds after
+    it began. waitress calls close() after writing the body, so a client with a
+    Content-Length answer has it all while close() works on. The worker threads only
+    note when each close() begins and ends; a watcher thread of the fork's own (started
+    by watch(), in the fork: threads do not survive a fork) reports the transitions."""
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+        self._cond = threading.Condition()
+        self._running: dict[int, float] = {}  # id of a close() under way: when it began
+        self._reported = False
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        result = self.app(environ, start_response)
+        close = getattr(result, "close", None)
+        wrapper = environ.get("wsgi.file_wrapper")
+        if close is None or (isinstance(wrapper, type) and isinstance(result, wrapper)):
+            return result  # no work after (a file: waitress sends and closes it itself)
+        return (_SizedClosing if hasattr(result, "__len__") else _Closing)(result, self)
+
+    def begin(self, key: int) -> None:
+        with self._cond:
+            self._running[key] = time.monotonic()
+            if len(self._running) == 1:
+                self._cond.notify()  # the watcher waits for a first one without a timeout
+
+    def end(self, key: int) -> None:
+        with self._cond:
+            self._running.pop(key, None)
+            if self._reported:
+                self._cond.notify()
+
+    def watch(self, notify: Callable[[bool], None]) -> None:
+        """Run forever in a thread: `notify(True)` once a close() has run NOTICE seconds,
+        `notify(False)` once none that long is left."""
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                oldest = min(self._running.values(), default=None)
+                working = oldest is not None and now - oldest >= NOTICE
+                if working == self._reported:
+                    # nothing to say: sleep until the oldest one is due, or a change
+                    timeout = None if oldest is None or working else oldest + NOTICE - now
+                    self._cond.wait(timeout)
+                    continue
+                self._reported = working
+            notify(working)  # outside the lock: the workers never wait on the socket
+
+
+class _Closing:
+    """The app's response iterable, its close() timed for AfterClose."""
+
+    def __init__(self, result: Any, tracker: AfterClose) -> None:
+        self._result = result
+        self._tracker = tracker
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._result)
+
+    def close(self) -> None:
+        key = id(self)
+        self._tracker.begin(key)
+        try:
+            self._result.close()
+        finally:
+            self._tracker.end(key)
+
+
+class _SizedClosing(_Closing):
+    """Kept sized: waitress sets Content-Length for a one-item iterable by its len()."""
+
+    def __len__(self) -> int:
+        return len(self._result)

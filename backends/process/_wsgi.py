@@ -12,14 +12,18 @@ forking thread)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from backends.process._working import AfterClose, send_from_thread
 
 _POLL = 0.5  # seconds between checks that the template is still there
 
@@ -30,13 +34,15 @@ class WsgiApp:
 
     app: Any
     threads: int
+    after: AfterClose  # the app's close() calls, watched in the fork (see serve)
 
 
 def prepare(app: Any, threads: int) -> WsgiApp:
     """In the template: import waitress now (a fork then imports nothing)."""
     import waitress.server  # noqa: F401
 
-    return WsgiApp(bodiless(app), threads)
+    after = AfterClose(app)
+    return WsgiApp(bodiless(after), threads, after)
 
 
 def _no_body(status: str) -> bool:
@@ -109,9 +115,23 @@ def _busy(channels: dict[int, Any]) -> bool:
     )
 
 
-def serve(wsgi: WsgiApp, sock: socket.socket, grace: float, ppid: int) -> None:
+def serve(
+    wsgi: WsgiApp,
+    sock: socket.socket,
+    grace: float,
+    ppid: int,
+    report: socket.socket | None = None,
+) -> None:
     from waitress import wasyncore
     from waitress.server import create_server
+
+    if report is not None:
+        threading.Thread(
+            target=wsgi.after.watch,
+            args=(functools.partial(send_from_thread, report),),
+            name="forkproxy-after-close",
+            daemon=True,  # the fork ends with os._exit, watched or not
+        ).start()
 
     server: Any = create_server(
         wsgi.app,
@@ -140,6 +160,9 @@ def serve(wsgi: WsgiApp, sock: socket.socket, grace: float, ppid: int) -> None:
     # Stop accepting (close only the listener: the trigger must keep waking the loop
     # for responses the worker threads still produce), then drain.
     wasyncore.dispatcher.close(server)
+    # A request stays in its channel's list until its response's close() has returned,
+    # so work done there (reported as "working", see _working.AfterClose) is waited for
+    # like a request in flight.
     deadline = time.monotonic() + grace
     while _busy(channels) and time.monotonic() < deadline and os.getppid() == ppid:
         wasyncore.loop(timeout=0.05, map=channels, use_poll=True, count=1)

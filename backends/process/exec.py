@@ -12,11 +12,12 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from backends.base import BackendContext, Endpoint, Instance
 from backends.errors import BackendConfigError, StartError
-from backends.process import _common, _linux
+from backends.process import _common, _linux, _memory
 from backends.process.config import ProcessConfig
 from backends.process.log import log
 from backends.support.kill import terminate, within
@@ -198,6 +199,18 @@ class ExecBackend(_common.ProcessBackendBase):
                 inst.endpoint = Endpoint(self.config.host, entry.port)
             result.append(inst)
         return result
+
+    async def memory(self, instances: Sequence[Instance]) -> dict[str, int]:
+        # The command and every process below it (a gunicorn master and its workers):
+        # the instance is what its tree holds.
+        pids = {}
+        for inst in instances:
+            entry = self._procs.get(inst.id)
+            if entry is not None and entry.proc.returncode is None:
+                pids[inst.id] = entry.proc.pid
+        if not pids:
+            return {}
+        return await asyncio.to_thread(_memory.measure, pids, tree=True)
 
     async def alive(self, instance: Instance) -> bool:
         entry = self._procs.get(instance.id)

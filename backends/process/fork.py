@@ -11,12 +11,13 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from backends.base import BackendContext, Endpoint, Instance
 from backends.errors import BackendConfigError, BackendUnavailable, StartError
-from backends.process import _common, _linux, _scan, _template_client
+from backends.process import _common, _linux, _memory, _scan, _template_client
 from backends.process._template_client import TemplateHandle
 from backends.process.config import ProcessConfig
 from backends.process.log import log
@@ -287,6 +288,18 @@ class ForkBackend(_common.ProcessBackendBase):
                 continue  # a spare (being born): not an instance; it dies with its template
             result.append(self._found_to_instance(item))
         return result
+
+    async def memory(self, instances: Sequence[Instance]) -> dict[str, int]:
+        # The fork's own pid (PSS: its share of the template's pages, all of its own);
+        # processes an app spawns are not counted.
+        pids = {}
+        for inst in instances:
+            child = self._children.get(inst.id)
+            if child is not None and child.pid and not child.exited.done():
+                pids[inst.id] = child.pid
+        if not pids:
+            return {}
+        return await asyncio.to_thread(_memory.measure, pids, tree=False)
 
     async def alive(self, instance: Instance) -> bool:
         child = self._children.get(instance.id)

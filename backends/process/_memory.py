@@ -1,0 +1,69 @@
+"""How much memory an instance's process holds, read from /proc. Blocking: run in a
+thread, once for every instance at a time.
+
+PSS (proportional set size), not RSS: a fork shares its template's pages until it
+writes them, and RSS would charge every fork the whole template. PSS charges each
+process its private pages plus its share of the shared ones, so the sum over a
+template and its forks is the memory they really hold. Kernels without smaps_rollup
+(before 4.14) give RSS from statm instead, an overestimate for forks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from backends.process import _linux
+from backends.support.owner import proc_stat
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def pss(pid: int) -> int | None:
+    """Bytes `pid` holds (PSS, else RSS), or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for pid in _linux.all_pids():
+        fields = proc_stat(pid)
+        if fields is not None and fields[0] not in (b"Z", b"X"):
+            kids.setdefault(int(fields[1]), []).append(pid)
+    return kids
+
+
+def _tree(root: int, kids: Mapping[int, list[int]]) -> list[int]:
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(kids.get(pid, ()))
+    return out
+
+
+def measure(pids: Mapping[str, int], *, tree: bool) -> dict[str, int]:
+    """Bytes per instance id for each pid still there. `tree`: the pid and every
+    process below it (an exec'd command's workers), found by one pass over /proc."""
+    kids = _children() if tree and pids else {}
+    out: dict[str, int] = {}
+    for iid, root in pids.items():
+        total, seen = 0, False
+        for pid in _tree(root, kids) if tree else [root]:
+            size = pss(pid)
+            if size is not None:
+                total += size
+                seen = seen or pid == root
+        if seen:
+            out[iid] = total
+    return out
