@@ -1,17 +1,15 @@
-"""Per-backend cold-start benchmarks (process, docker, vsphere, swarm) and what they share: the row
-every series reports, a TTFB series through a proxy, the wait for a first 200.
-
-run_all() calls each bench when it can run: a missing module or an unavailable engine becomes
-a "skipped: reason" line.
+"""Per-backend cold-start benchmarks (process, docker, vsphere, swarm) and what their series
+share: the row every series reports, a TTFB series through a proxy, the wait for a first 200,
+a series straight against a backend. The contract each backend's bench follows, and the one
+command line that runs any of them, are in contract.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
-import inspect
 import math
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,7 +17,6 @@ from typing import Any
 import aiohttp
 
 from loadtest.report.stats import percentile
-from loadtest.sections.model import BenchContext, Section
 
 # The row every cold-start series reports (extra keys stay in results.json).
 ROW_KEYS = ("path", "n", "failures", "distinct_instances", "p50_ms", "p99_ms", "min_ms", "max_ms")
@@ -88,9 +85,18 @@ async def until_200(session: aiohttp.ClientSession, url: str, deadline: float, p
 
 
 async def start_series(backend: Any, n: int, paused: bool) -> list[float]:
-    """start() -> first byte of GET /, straight against a prepared backend (no proxy), n
-    times; each instance is stopped before the next. `paused`: every sample must take a
-    spare from the backend's paused pool (its `spares`), waited for untimed."""
+    """start() -> first byte of GET /, straight against a backend (no proxy), n times; each
+    instance is stopped before the next. The backend is prepared first and closed after.
+    `paused`: every sample must take a spare from the backend's paused pool (its `spares`),
+    waited for untimed."""
+    await backend.prepare()
+    try:
+        return await _start_series(backend, n, paused)
+    finally:
+        await backend.aclose()
+
+
+async def _start_series(backend: Any, n: int, paused: bool) -> list[float]:
     ttfb: list[float] = []
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(force_close=True),
@@ -119,70 +125,8 @@ def provenance(n: int, command: str, **where: str) -> dict[str, Any]:
         "n": n,
         **where,
         "command": command,
+        "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
         "loadavg_at_end": os.getloadavg(),
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-
-
-MODULES = {
-    "process": "loadtest.coldstart.process",
-    "docker": "loadtest.coldstart.docker",
-    "vsphere": "loadtest.coldstart.vsphere",
-    "swarm": "loadtest.coldstart.swarm",
-}
-
-
-def _vsphere_adapter(mod: Any) -> Any:
-    """coldstart.vsphere exposes run(n, delays) (SOAP calls and time split per Instant Clone on
-    vcsim); turn its samples into a cold-start row."""
-
-    async def coldstart(n: int) -> dict[str, Any]:
-        report = await mod.run(n, [0])
-        samples = [s["total_ms"] / 1000 for r in report["runs"] for s in r["samples"]]
-        # issue 14 asks for no regression here (8-9 per clone when it was filed)
-        soap = sorted({t for r in report["runs"] for t in r["soap_calls_per_start"]})
-        path = (
-            "vsphere backend (vcsim simulator): Instant Clone start() -> first byte "
-            f"({'/'.join(map(str, soap))} SOAP calls per clone)"
-        )
-        row = start_row(path, samples, 0, len(samples))  # one clone per sample
-        command = (
-            f"python -m loadtest coldstart vsphere --n {n} (run(n, delays=[0])), vcsim harness"
-        )
-        return {"rows": [row], "commands": [command], "skipped": []}
-
-    return coldstart
-
-
-async def run_all(ctx: BenchContext, sec: Section, n: int) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for backend, modname in MODULES.items():
-        try:
-            mod = importlib.import_module(modname)
-        except ModuleNotFoundError as e:
-            if e.name != modname:
-                sec.skip(f"{backend} backend", f"{modname} needs {e.name}")
-            else:
-                sec.skip(f"{backend} backend", f"{modname.replace('.', '/')}.py not present")
-            continue
-        fn = getattr(mod, "coldstart", None)
-        if fn is None and backend == "vsphere" and hasattr(mod, "run"):
-            fn = _vsphere_adapter(mod)
-        if fn is None:
-            sec.skip(f"{backend} backend", f"{modname} has no coldstart(n) function")
-            continue
-        try:
-            # Backends that accept a work dir keep configs/logs under the bench's temp dir.
-            wants_work = "work" in inspect.signature(fn).parameters
-            result = fn(n, work=ctx.work / backend) if wants_work else fn(n)
-            if inspect.isawaitable(result):
-                result = await result
-        except Exception as e:  # an unavailable engine must not sink the whole benchmark
-            sec.skip(f"{backend} backend", f"{type(e).__name__}: {e}")
-            continue
-        rows.extend(result.get("rows", []))
-        sec.commands.extend(result.get("commands", []))
-        for what, why in result.get("skipped", []):
-            sec.skip(what, why)
-    return rows
