@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import sys
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
 from loadtest.report.stats import percentile
+
+if TYPE_CHECKING:
+    from loadtest.coldstart.contract import Result
+
+K = TypeVar("K")
 
 # The row every cold-start series reports (extra keys stay in results.json).
 ROW_KEYS = ("path", "n", "failures", "distinct_instances", "p50_ms", "p99_ms", "min_ms", "max_ms")
@@ -36,6 +39,14 @@ def start_row(path: str, ttfb: list[float], failures: int, distinct: int) -> dic
     }
 
 
+def fresh_connections(timeout: float) -> aiohttp.ClientSession:
+    """A client that opens a new connection for every request."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(force_close=True),
+        timeout=aiohttp.ClientTimeout(total=timeout),
+    )
+
+
 async def ttfb_series(
     url: str, n: int, pause: float, before: Callable[[], Awaitable[None]] | None = None
 ) -> tuple[list[float], set[str], int]:
@@ -48,10 +59,7 @@ async def ttfb_series(
         if before is not None:
             await before()
         # A new connection each time: a cold client meeting a cold proxy path.
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(force_close=True),
-            timeout=aiohttp.ClientTimeout(total=60),
-        ) as s:
+        async with fresh_connections(60) as s:
             t0 = time.perf_counter()
             try:
                 async with s.get(url) as resp:
@@ -98,10 +106,7 @@ async def start_series(backend: Any, n: int, paused: bool) -> list[float]:
 
 async def _start_series(backend: Any, n: int, paused: bool) -> list[float]:
     ttfb: list[float] = []
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(force_close=True),
-        timeout=aiohttp.ClientTimeout(total=5),
-    ) as s:
+    async with fresh_connections(5) as s:
         for i in range(n):
             deadline = time.monotonic() + 60
             while paused and not backend.spares:  # untimed: let the refill land
@@ -118,15 +123,19 @@ async def _start_series(backend: Any, n: int, paused: bool) -> list[float]:
     return ttfb
 
 
-def provenance(n: int, command: str, **where: str) -> dict[str, Any]:
-    """What a cold-start result was measured with and when (the machine is shared: its
-    load at the end says how noisy the numbers are)."""
-    return {
-        "n": n,
-        **where,
-        "command": command,
-        "python": sys.version.split()[0],
-        "cpus": os.cpu_count(),
-        "loadavg_at_end": os.getloadavg(),
-        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+async def add_proxied(
+    result: Result,
+    backend: str,
+    labels: Mapping[K, str],
+    series: Callable[[K], Awaitable[tuple[list[float], int, str]]],
+) -> None:
+    """series(key) through forkproxy (TTFB seconds, failures, command) for each key of
+    `labels`, a row of `result` each; a proxy that fails to run skips the rest, saying why."""
+    try:
+        for key, label in labels.items():
+            ttfb, failures, command = await series(key)
+            path = f"client -> forkproxy -> {backend} {label}"
+            result.rows.append(start_row(path, ttfb, failures, len(ttfb)))
+            result.commands.append(command)
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        result.skipped.append((f"through forkproxy, {backend}", str(exc).splitlines()[0]))

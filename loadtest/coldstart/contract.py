@@ -14,14 +14,15 @@ import argparse
 import asyncio
 import importlib
 import json
+import os
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from loadtest.coldstart import provenance
 from loadtest.report.table import render
 from loadtest.run.procs import REPO
 
@@ -119,6 +120,20 @@ def add_arguments(bench: ColdStart, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=c.n, help=f"{c.n_help} (default {c.n})")
     parser.add_argument("--out", type=Path, default=REPO / "results" / c.out)
     bench.add_options(parser)
+
+
+def provenance(n: int, command: str, **where: str) -> dict[str, Any]:
+    """What a cold-start result was measured with and when (the machine is shared: its
+    load at the end says how noisy the numbers are)."""
+    return {
+        "n": n,
+        **where,
+        "command": command,
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "loadavg_at_end": os.getloadavg(),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def write_json(out: Path, report: dict[str, Any]) -> None:

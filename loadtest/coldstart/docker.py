@@ -21,7 +21,7 @@ import aiohttp
 from backends.base import LABEL_POOL, BackendContext
 from backends.docker import parse_config
 from backends.support.table import Table
-from loadtest.coldstart import start_row, start_series, ttfb_series
+from loadtest.coldstart import add_proxied, start_row, start_series, ttfb_series
 from loadtest.coldstart.contract import ColdStart, Command, Result
 from loadtest.coldstart.engine import ENGINE, IMAGE, connect
 from loadtest.run.proxy import forkproxy
@@ -285,15 +285,8 @@ async def _series(client: docker.DockerClient, n: int, work: Path) -> Result:
         f"docker backend direct: {n} x (start(), GET / until 200, stop()), image {IMAGE}",
     ]
     result = Result(rows, commands)
-    try:
-        for paused in (False, True):
-            ttfb, failures, command = await proxy_series(client, work, n, paused)
-            label = "paused pool (unpause)" if paused else "create+start"
-            path = f"client -> forkproxy -> docker {label}"
-            rows.append(start_row(path, ttfb, failures, len(ttfb)))
-            commands.append(command)
-    except (RuntimeError, TimeoutError, OSError) as exc:
-        result.skipped.append(("through forkproxy, docker", str(exc).splitlines()[0]))
+    labels = {False: "create+start", True: "paused pool (unpause)"}
+    await add_proxied(result, "docker", labels, lambda p: proxy_series(client, work, n, p))
     return result
 
 

@@ -23,7 +23,7 @@ from backends.base import Backend, BackendContext, Instance
 from backends.process import create_backend, parse_config
 from backends.support.table import Table
 from loadtest.coldstart import start_row
-from loadtest.coldstart.contract import ColdStart, Command, Result
+from loadtest.coldstart.contract import COLUMNS, ColdStart, Command, Result
 from loadtest.report.stats import percentile
 from loadtest.run.procs import REPO
 
@@ -125,12 +125,7 @@ class Process(ColdStart):
     )
     columns = (
         ("mode", "mode"),
-        ("n", "n"),
-        ("failures", "fail"),
-        ("p50_ms", "p50 ms"),
-        ("p99_ms", "p99 ms"),
-        ("min_ms", "min ms"),
-        ("max_ms", "max ms"),
+        *COLUMNS[1:],
         ("start_call_p50_ms", "start() p50"),
         ("served_by_spare", "spare"),
     )

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from backends.base import LABEL_POOL, BackendContext
 from backends.support.table import Table
 from backends.swarm import parse_config
-from loadtest.coldstart import start_row, start_series, ttfb_series
+from loadtest.coldstart import add_proxied, start_row, start_series, ttfb_series
 from loadtest.coldstart.contract import ColdStart, Command, Result
 from loadtest.coldstart.engine import ENGINE, IMAGE, connect
 from loadtest.run.proxy import forkproxy
@@ -179,15 +179,7 @@ async def run(n: int, work: Path, scale: bool = True) -> Result:
         ]
         result = Result(rows, commands)
         labels = {"create": "service create", "paused": "paused pool", "warm": "warm_pool = 1"}
-        try:
-            for mode, label in labels.items():
-                ttfb, failures, command = await proxy_series(work, n, mode, where)
-                rows.append(
-                    start_row(f"client -> forkproxy -> swarm {label}", ttfb, failures, len(ttfb))
-                )
-                commands.append(command)
-        except (RuntimeError, TimeoutError, OSError) as exc:
-            result.skipped.append(("through forkproxy, swarm", str(exc).splitlines()[0]))
+        await add_proxied(result, "swarm", labels, lambda m: proxy_series(work, n, m, where))
         return result
     finally:
         client.close()

@@ -5,6 +5,7 @@ simulator's helpers stay out of the wheel."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -16,8 +17,8 @@ import pytest
 from setuptools import find_packages
 
 from loadtest.__main__ import build_parser
-from loadtest.coldstart import ROW_KEYS, engine
-from loadtest.coldstart.contract import BACKENDS, load
+from loadtest.coldstart import ROW_KEYS, add_proxied, engine, start_row
+from loadtest.coldstart.contract import BACKENDS, ColdStart, Command, Result, load, main_async
 from loadtest.run.procs import REPO, free_port
 from loadtest.sections.coldstart import run_all
 from loadtest.sections.model import BenchContext, Section
@@ -121,3 +122,64 @@ def test_the_simulator_helpers_stay_out_of_the_wheel() -> None:
     packages = find_packages(str(REPO), **find["packages"]["find"])
     assert "loadtest.coldstart" in packages and "loadtest.run" in packages
     assert "loadtest.vcsim" not in packages
+
+
+class _Fixed(ColdStart):
+    """A measurement with known rows: the shared command's own logic, without a backend."""
+
+    command = Command("fixed", "a fixed result", 3, "samples", "fixed.json")
+
+    def __init__(self, result: Result) -> None:
+        self.result = result
+
+    async def series(self, n: int, work: Path) -> Result:
+        assert work.name.startswith("bench-fixed-")  # the command's own temporary directory
+        return self.result
+
+    def summary(self, result: Result) -> list[str]:
+        return [f"summary of {len(result.rows)}"]
+
+
+async def test_the_command_writes_rows_details_and_provenance(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    row = start_row("fixed path", [0.001, 0.002], 1, 2)
+    bench = _Fixed(Result([row], ["cmd"], [("a series", "no engine")], {"extra": 1}, ok=False))
+    out = tmp_path / "r" / "fixed.json"
+    status = await main_async(bench, argparse.Namespace(n=2, out=out))
+    assert status == 1  # ok=False: the backend's own check failed
+    report = json.loads(out.read_text())
+    assert report["rows"] == [row] and report["extra"] == 1 and report["commands"] == ["cmd"]
+    assert report["skipped"] == [["a series", "no engine"]]
+    assert report["command"] == "python -m loadtest coldstart fixed --n 2" and report["n"] == 2
+    printed = capsys.readouterr().out
+    assert "fixed path" in printed and "summary of 1" in printed
+    assert "skipped a series: no engine" in printed
+
+
+async def test_no_rows_is_status_2_with_every_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = _Fixed(Result(skipped=[("x backend", "no engine"), ("y", "no image")]))
+    out = tmp_path / "fixed.json"
+    assert await main_async(bench, argparse.Namespace(n=2, out=out)) == 2
+    assert "coldstart fixed: x backend: no engine; y: no image" in capsys.readouterr().err
+    assert not out.exists()
+
+
+async def test_proxied_series_are_rows_until_one_fails() -> None:
+    called: list[int] = []
+
+    async def series(key: int) -> tuple[list[float], int, str]:
+        called.append(key)
+        if key == 2:
+            raise OSError("the proxy did not start\nits log tail")
+        return [0.01, 0.02], 1, f"command {key}"
+
+    result = Result()
+    await add_proxied(result, "x", {1: "one", 2: "two", 3: "three"}, series)
+    assert called == [1, 2]
+    assert [r["path"] for r in result.rows] == ["client -> forkproxy -> x one"]
+    assert result.rows[0]["n"] == 2 and result.rows[0]["failures"] == 1
+    assert result.commands == ["command 1"]
+    assert result.skipped == [("through forkproxy, x", "the proxy did not start")]
