@@ -183,3 +183,25 @@ async def test_proxied_series_are_rows_until_one_fails() -> None:
     assert result.rows[0]["n"] == 2 and result.rows[0]["failures"] == 1
     assert result.commands == ["command 1"]
     assert result.skipped == [("through forkproxy, x", "the proxy did not start")]
+
+
+async def test_without_the_simulator_helpers_the_vsphere_bench_says_so(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """As installed from the wheel, which leaves loadtest.vcsim out: `from loadtest import
+    vcsim` then raises a plain ImportError."""
+    import loadtest
+    from loadtest.coldstart import vsphere
+
+    monkeypatch.delattr(loadtest, "vcsim", raising=False)
+    monkeypatch.delitem(sys.modules, "loadtest.vcsim", raising=False)
+    monkeypatch.setattr(loadtest, "__path__", [str(tmp_path)])  # a package without it
+    # the editable install's finder maps loadtest.* to this checkout: not in a wheel install
+    finders = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+    monkeypatch.setattr(sys, "meta_path", finders)
+    with pytest.raises(ImportError) as err:
+        from loadtest import vcsim  # noqa: F401
+    assert type(err.value) is ImportError
+    result = await vsphere.BENCH.series(1, Path("unused"))
+    assert result.rows == []
+    assert result.skipped == [("vsphere backend", "the vcsim harness is in a checkout only")]
