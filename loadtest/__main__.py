@@ -1,7 +1,8 @@
 """`python -m loadtest COMMAND`: the benchmarks (bench, slowhttp, a backend's cold start), tune.
 
-Each command module gives add_arguments(parser) and main(args) -> exit status; heavy or optional
-imports (locust, docker, pyVmomi) wait until a command runs.
+Each command module gives add_arguments(parser) and main(args) -> exit status; a backend's cold
+start follows loadtest.coldstart.contract instead. Heavy or optional imports (locust, docker,
+pyVmomi) wait until a command runs.
 """
 
 from __future__ import annotations

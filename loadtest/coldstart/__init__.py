@@ -1,7 +1,7 @@
 """Per-backend cold-start benchmarks (process, docker, vsphere, swarm) and what their series
 share: the row every series reports, a TTFB series through a proxy, the wait for a first 200,
-a series straight against a backend. The contract each backend's bench follows, and the one
-command line that runs any of them, are in contract.py.
+a series straight against a backend, rows from series through forkproxy. The contract each
+backend's bench follows, and the one command line that runs any of them, are in contract.py.
 """
 
 from __future__ import annotations
