@@ -1,47 +1,45 @@
 """`python -m loadtest COMMAND`: the benchmarks (bench, slowhttp, a backend's cold start), tune.
 
-Each command module gives add_arguments(parser) and main(args) -> exit status; heavy or optional
-imports (locust, docker, pyVmomi) wait until a command runs.
+Each command module gives add_arguments(parser) and main(args) -> exit status; a backend's cold
+start follows loadtest.coldstart.contract instead. Heavy or optional imports (locust, docker,
+pyVmomi) wait until a command runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
 from loadtest import bench, slowhttp, tune
-from loadtest.coldstart import docker, process, swarm, vsphere
+from loadtest.coldstart import contract
 
 COMMANDS: dict[str, tuple[ModuleType, str]] = {
     "bench": (bench, "every benchmark in one go; results, plots and docs/BENCHMARKS.md"),
     "tune": (tune, "search [pool] settings under load (the same as `forkproxy tune`)"),
     "slowhttp": (slowhttp, "slowhttptest attacks against the proxy's deadlines"),
 }
-COLDSTART: dict[str, tuple[ModuleType, str]] = {
-    "process": (process, "process backend, fork vs exec: start() to first byte"),
-    "docker": (docker, "docker backend: paused pool (unpause) vs create+start, and a burst"),
-    "vsphere": (vsphere, "vsphere backend on the vcsim simulator: SOAP calls and time split"),
-    "swarm": (swarm, "swarm backend: service create vs scale 0->1 vs paused pool vs warm_pool"),
-}
 
 
 def add_command(
     sub: argparse._SubParsersAction[argparse.ArgumentParser],
     name: str,
-    module: ModuleType,
     help_text: str,
+    description: str | None,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    main: Callable[[argparse.Namespace], int],
 ) -> argparse.ArgumentParser:
-    """One subcommand whose options and entry point come from `module`."""
+    """One subcommand: its options and its entry point."""
     p = sub.add_parser(
         name,
         help=help_text,
-        description=module.__doc__,
+        description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    module.add_arguments(p)
-    p.set_defaults(main=module.main)
+    add_arguments(p)
+    p.set_defaults(main=main)
     return p
 
 
@@ -49,11 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        add_command(sub, name, module, help_text)
+        add_command(sub, name, help_text, module.__doc__, module.add_arguments, module.main)
     cold = sub.add_parser("coldstart", help="one backend's cold-start benchmark")
     backends = cold.add_subparsers(dest="backend", required=True, metavar="BACKEND")
-    for name, (module, help_text) in COLDSTART.items():
-        add_command(backends, name, module, help_text)
+    for name in contract.BACKENDS:
+        b = contract.load(name)
+        add = functools.partial(contract.add_arguments, b)
+        main = functools.partial(contract.main, b)
+        add_command(backends, name, b.command.help, b.description, add, main)
     return p
 
 

@@ -1,25 +1,25 @@
-"""Per-backend cold-start benchmarks (process, docker, vsphere, swarm) and what they share: the row
-every series reports, a TTFB series through a proxy, the wait for a first 200.
-
-run_all() calls each bench when it can run: a missing module or an unavailable engine becomes
-a "skipped: reason" line.
+"""Per-backend cold-start benchmarks (process, docker, vsphere, swarm) and what their series
+share: the row every series reports, a TTFB series through a proxy, the wait for a first 200,
+a series straight against a backend, rows from series through forkproxy. The contract each
+backend's bench follows, and the one command line that runs any of them, are in contract.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
-import inspect
 import math
-import os
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
 from loadtest.report.stats import percentile
-from loadtest.sections.model import BenchContext, Section
+
+if TYPE_CHECKING:
+    from loadtest.coldstart.contract import Result
+
+K = TypeVar("K")
 
 # The row every cold-start series reports (extra keys stay in results.json).
 ROW_KEYS = ("path", "n", "failures", "distinct_instances", "p50_ms", "p99_ms", "min_ms", "max_ms")
@@ -39,6 +39,14 @@ def start_row(path: str, ttfb: list[float], failures: int, distinct: int) -> dic
     }
 
 
+def fresh_connections(timeout: float) -> aiohttp.ClientSession:
+    """A client that opens a new connection for every request."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(force_close=True),
+        timeout=aiohttp.ClientTimeout(total=timeout),
+    )
+
+
 async def ttfb_series(
     url: str, n: int, pause: float, before: Callable[[], Awaitable[None]] | None = None
 ) -> tuple[list[float], set[str], int]:
@@ -51,10 +59,7 @@ async def ttfb_series(
         if before is not None:
             await before()
         # A new connection each time: a cold client meeting a cold proxy path.
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(force_close=True),
-            timeout=aiohttp.ClientTimeout(total=60),
-        ) as s:
+        async with fresh_connections(60) as s:
             t0 = time.perf_counter()
             try:
                 async with s.get(url) as resp:
@@ -88,14 +93,20 @@ async def until_200(session: aiohttp.ClientSession, url: str, deadline: float, p
 
 
 async def start_series(backend: Any, n: int, paused: bool) -> list[float]:
-    """start() -> first byte of GET /, straight against a prepared backend (no proxy), n
-    times; each instance is stopped before the next. `paused`: every sample must take a
-    spare from the backend's paused pool (its `spares`), waited for untimed."""
+    """start() -> first byte of GET /, straight against a backend (no proxy), n times; each
+    instance is stopped before the next. The backend is prepared first and closed after.
+    `paused`: every sample must take a spare from the backend's paused pool (its `spares`),
+    waited for untimed."""
+    await backend.prepare()
+    try:
+        return await _start_series(backend, n, paused)
+    finally:
+        await backend.aclose()
+
+
+async def _start_series(backend: Any, n: int, paused: bool) -> list[float]:
     ttfb: list[float] = []
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(force_close=True),
-        timeout=aiohttp.ClientTimeout(total=5),
-    ) as s:
+    async with fresh_connections(5) as s:
         for i in range(n):
             deadline = time.monotonic() + 60
             while paused and not backend.spares:  # untimed: let the refill land
@@ -112,77 +123,19 @@ async def start_series(backend: Any, n: int, paused: bool) -> list[float]:
     return ttfb
 
 
-def provenance(n: int, command: str, **where: str) -> dict[str, Any]:
-    """What a cold-start result was measured with and when (the machine is shared: its
-    load at the end says how noisy the numbers are)."""
-    return {
-        "n": n,
-        **where,
-        "command": command,
-        "cpus": os.cpu_count(),
-        "loadavg_at_end": os.getloadavg(),
-        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-
-
-MODULES = {
-    "process": "loadtest.coldstart.process",
-    "docker": "loadtest.coldstart.docker",
-    "vsphere": "loadtest.coldstart.vsphere",
-    "swarm": "loadtest.coldstart.swarm",
-}
-
-
-def _vsphere_adapter(mod: Any) -> Any:
-    """coldstart.vsphere exposes run(n, delays) (SOAP calls and time split per Instant Clone on
-    vcsim); turn its samples into a cold-start row."""
-
-    async def coldstart(n: int) -> dict[str, Any]:
-        report = await mod.run(n, [0])
-        samples = [s["total_ms"] / 1000 for r in report["runs"] for s in r["samples"]]
-        # issue 14 asks for no regression here (8-9 per clone when it was filed)
-        soap = sorted({t for r in report["runs"] for t in r["soap_calls_per_start"]})
-        path = (
-            "vsphere backend (vcsim simulator): Instant Clone start() -> first byte "
-            f"({'/'.join(map(str, soap))} SOAP calls per clone)"
-        )
-        row = start_row(path, samples, 0, len(samples))  # one clone per sample
-        command = (
-            f"python -m loadtest coldstart vsphere --n {n} (run(n, delays=[0])), vcsim harness"
-        )
-        return {"rows": [row], "commands": [command], "skipped": []}
-
-    return coldstart
-
-
-async def run_all(ctx: BenchContext, sec: Section, n: int) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for backend, modname in MODULES.items():
-        try:
-            mod = importlib.import_module(modname)
-        except ModuleNotFoundError as e:
-            if e.name != modname:
-                sec.skip(f"{backend} backend", f"{modname} needs {e.name}")
-            else:
-                sec.skip(f"{backend} backend", f"{modname.replace('.', '/')}.py not present")
-            continue
-        fn = getattr(mod, "coldstart", None)
-        if fn is None and backend == "vsphere" and hasattr(mod, "run"):
-            fn = _vsphere_adapter(mod)
-        if fn is None:
-            sec.skip(f"{backend} backend", f"{modname} has no coldstart(n) function")
-            continue
-        try:
-            # Backends that accept a work dir keep configs/logs under the bench's temp dir.
-            wants_work = "work" in inspect.signature(fn).parameters
-            result = fn(n, work=ctx.work / backend) if wants_work else fn(n)
-            if inspect.isawaitable(result):
-                result = await result
-        except Exception as e:  # an unavailable engine must not sink the whole benchmark
-            sec.skip(f"{backend} backend", f"{type(e).__name__}: {e}")
-            continue
-        rows.extend(result.get("rows", []))
-        sec.commands.extend(result.get("commands", []))
-        for what, why in result.get("skipped", []):
-            sec.skip(what, why)
-    return rows
+async def add_proxied(
+    result: Result,
+    backend: str,
+    labels: Mapping[K, str],
+    series: Callable[[K], Awaitable[tuple[list[float], int, str]]],
+) -> None:
+    """series(key) through forkproxy (TTFB seconds, failures, command) for each key of
+    `labels`, a row of `result` each; a proxy that fails to run skips the rest, saying why."""
+    try:
+        for key, label in labels.items():
+            ttfb, failures, command = await series(key)
+            path = f"client -> forkproxy -> {backend} {label}"
+            result.rows.append(start_row(path, ttfb, failures, len(ttfb)))
+            result.commands.append(command)
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        result.skipped.append((f"through forkproxy, {backend}", str(exc).splitlines()[0]))

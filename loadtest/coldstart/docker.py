@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import re
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,9 +21,9 @@ import aiohttp
 from backends.base import LABEL_POOL, BackendContext
 from backends.docker import parse_config
 from backends.support.table import Table
-from loadtest.coldstart import provenance, start_row, start_series, ttfb_series
-from loadtest.report.table import render
-from loadtest.run.procs import REPO
+from loadtest.coldstart import add_proxied, start_row, start_series, ttfb_series
+from loadtest.coldstart.contract import ColdStart, Command, Result
+from loadtest.coldstart.engine import ENGINE, IMAGE, connect
 from loadtest.run.proxy import forkproxy
 
 if TYPE_CHECKING:
@@ -34,8 +31,6 @@ if TYPE_CHECKING:
 
     from backends.docker.backend import DockerBackend
 
-IMAGE = "forkproxy-test/httpd:latest"
-ENGINE = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 BURST = 100
 MAX_CONCURRENCY = 10
 MAX_STARTING = 4
@@ -70,12 +65,7 @@ async def wait_idle(client: docker.DockerClient, pool: str, n: int) -> None:
 async def backend_series(client: docker.DockerClient, n: int, paused: bool) -> list[float]:
     """start() -> first byte of GET /, straight against the backend (no proxy)."""
     pool = f"bench-{'paused' if paused else 'create'}-{os.getpid()}"
-    backend = _backend(pool, 1 if paused else 0)
-    await backend.prepare()
-    try:
-        return await start_series(backend, n, paused)
-    finally:
-        await backend.aclose()
+    return await start_series(_backend(pool, 1 if paused else 0), n, paused)
 
 
 def _engine_once(client: docker.DockerClient, label: str) -> float:
@@ -214,94 +204,36 @@ async def burst(work: Path) -> dict[str, Any]:
     }
 
 
-async def coldstart(n: int, work: Path | None = None) -> dict[str, Any]:
-    """The cold-start rows (shape of loadtest.sections.coldstart) for the shared benchmark."""
-    import docker  # the docker extra: imported only when this bench runs
+class Docker(ColdStart):
+    command = Command(
+        "docker",
+        "docker backend: paused pool (unpause) vs create+start, and a burst",
+        30,
+        "cold starts per series",
+        "docker_bench.json",
+    )
 
-    client = docker.DockerClient(base_url=ENGINE, timeout=30)
-    try:
-        client.ping()
-        client.images.get(IMAGE)
-    except Exception as exc:
-        client.close()
-        why = f"no Docker engine or image {IMAGE} at {ENGINE}: {exc} (run: bash .ci/docker.sh)"
-        return {"rows": [], "commands": [], "skipped": [("docker backend", why)]}
-    tmp = tempfile.TemporaryDirectory(prefix="bench-docker-") if work is None else None
-    work = Path(tmp.name) if tmp is not None else work
-    assert work is not None
-    try:
-        create = await backend_series(client, n, paused=False)
-        unpause = await backend_series(client, n, paused=True)
-        engine = await engine_series(client, n)
-        rows = [
-            start_row("docker engine alone: unpause -> first byte", engine, 0, len(engine)),
-            # every sample is a new container by construction
-            start_row("docker backend: create+start -> first byte", create, 0, len(create)),
-            start_row(
-                "docker backend: paused pool (unpause) -> first byte", unpause, 0, len(unpause)
-            ),
-        ]
-        commands = [
-            f"docker engine alone: {n} x (create, start, GET / until it answers, pause; then "
-            "unpause -> first byte of GET / by a raw socket retried every 1 ms), image {IMAGE}",
-            f"docker backend direct: {n} x (start(), GET / until 200, stop()), image {IMAGE}",
-        ]
-        skipped: list[tuple[str, str]] = []
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--no-burst", action="store_true", help="skip the 100-request burst")
+
+    def where(self) -> dict[str, str]:
+        return {"image": IMAGE, "engine": ENGINE}
+
+    async def series(self, n: int, work: Path) -> Result:
+        client, why = connect()
+        if client is None:
+            return Result(skipped=[("docker backend", why)])
         try:
-            for paused in (False, True):
-                ttfb, failures, command = await proxy_series(client, work, n, paused)
-                label = "paused pool (unpause)" if paused else "create+start"
-                path = f"client -> forkproxy -> docker {label}"
-                rows.append(start_row(path, ttfb, failures, len(ttfb)))
-                commands.append(command)
-        except (RuntimeError, TimeoutError, OSError) as exc:
-            skipped.append(("through forkproxy, docker", str(exc).splitlines()[0]))
-        return {"rows": rows, "commands": commands, "skipped": skipped}
-    finally:
-        client.close()
-        if tmp is not None:
-            tmp.cleanup()
+            return await _series(client, n, work)
+        finally:
+            client.close()
 
-
-def ratio(rows: list[dict[str, Any]], slow: str, fast: str) -> float | None:
-    by = {r["path"]: r for r in rows}
-    if slow in by and fast in by and by[fast]["p50_ms"] > 0:
-        return float(by[slow]["p50_ms"] / by[fast]["p50_ms"])
-    return None
-
-
-def write_json(out: Path, result: dict[str, Any]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=list) + "\n")
-
-
-def print_table(result: dict[str, Any]) -> None:
-    keys = ["path", "n", "failures", "p50_ms", "p99_ms", "min_ms", "max_ms"]
-    headers = ["path", "n", "fail", "p50 ms", "p99 ms", "min", "max"]
-    print("\n" + render(headers, [[r[k] for k in keys] for r in result["rows"]]))
-    for key, value in result["ratios"].items():
-        if value is not None:
-            print(f"p50 ratio {key}: {value:.1f}x")
-    for what, why in result["skipped"]:
-        print(f"skipped {what}: {why}")
-    b = result.get("burst")
-    if b:
-        print(
-            f"\nburst: {b['ok']}/{b['requests']} OK in {b['seconds']:.1f}s, "
-            f"{b['containers_started']} containers started (bound {b['bound']}: "
-            f"{'within' if b['within_bound'] else 'EXCEEDED'}), statuses {b['statuses']}"
-        )
-
-
-async def main_async(n: int, out: Path, do_burst: bool) -> int:
-    with tempfile.TemporaryDirectory(prefix="bench-docker-") as tmp:
-        work = Path(tmp)
-        result = await coldstart(n, work)
-        if not result["rows"]:
-            print(result["skipped"][0][1], file=sys.stderr)
-            return 2
-        rows = result["rows"]
-        result["ratios"] = {
+    async def measure(self, args: argparse.Namespace, work: Path) -> Result:
+        result = await self.series(args.n, work)
+        if not result.rows:
+            return result
+        rows = result.rows
+        result.details["ratios"] = {
             "create+start / unpause (backend)": ratio(
                 rows,
                 "docker backend: create+start -> first byte",
@@ -313,27 +245,56 @@ async def main_async(n: int, out: Path, do_burst: bool) -> int:
                 "client -> forkproxy -> docker paused pool (unpause)",
             ),
         }
-        if do_burst:
+        if not args.no_burst:
             try:
-                result["burst"] = await burst(work)
+                b = result.details["burst"] = await burst(work)
+                result.ok = b["all_ok"] and b["within_bound"]
             except (RuntimeError, TimeoutError, OSError) as exc:
-                result["skipped"].append(("burst", str(exc).splitlines()[0]))
-    command = f"python -m loadtest coldstart docker --n {n}"
-    result.update(provenance(n, command, image=IMAGE, engine=ENGINE))
-    await asyncio.to_thread(write_json, out, result)
-    print_table(result)
-    print(f"\nwrote {out}")
-    burst_ok = "burst" not in result or (
-        result["burst"]["all_ok"] and result["burst"]["within_bound"]
-    )
-    return 0 if burst_ok else 1
+                result.skipped.append(("burst", str(exc).splitlines()[0]))
+        return result
+
+    def summary(self, result: Result) -> list[str]:
+        lines = [
+            f"p50 ratio {key}: {value:.1f}x"
+            for key, value in result.details["ratios"].items()
+            if value is not None
+        ]
+        b = result.details.get("burst")
+        if b:
+            lines.append(
+                f"\nburst: {b['ok']}/{b['requests']} OK in {b['seconds']:.1f}s, "
+                f"{b['containers_started']} containers started (bound {b['bound']}: "
+                f"{'within' if b['within_bound'] else 'EXCEEDED'}), statuses {b['statuses']}"
+            )
+        return lines
 
 
-def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--n", type=int, default=30, help="cold starts per series (default 30)")
-    ap.add_argument("--out", type=Path, default=REPO / "results" / "docker_bench.json")
-    ap.add_argument("--no-burst", action="store_true", help="skip the 100-request burst")
+async def _series(client: docker.DockerClient, n: int, work: Path) -> Result:
+    create = await backend_series(client, n, paused=False)
+    unpause = await backend_series(client, n, paused=True)
+    engine = await engine_series(client, n)
+    rows = [
+        start_row("docker engine alone: unpause -> first byte", engine, 0, len(engine)),
+        # every sample is a new container by construction
+        start_row("docker backend: create+start -> first byte", create, 0, len(create)),
+        start_row("docker backend: paused pool (unpause) -> first byte", unpause, 0, len(unpause)),
+    ]
+    commands = [
+        f"docker engine alone: {n} x (create, start, GET / until it answers, pause; then "
+        f"unpause -> first byte of GET / by a raw socket retried every 1 ms), image {IMAGE}",
+        f"docker backend direct: {n} x (start(), GET / until 200, stop()), image {IMAGE}",
+    ]
+    result = Result(rows, commands)
+    labels = {False: "create+start", True: "paused pool (unpause)"}
+    await add_proxied(result, "docker", labels, lambda p: proxy_series(client, work, n, p))
+    return result
 
 
-def main(args: argparse.Namespace) -> int:
-    return asyncio.run(main_async(args.n, args.out, not args.no_burst))
+def ratio(rows: list[dict[str, Any]], slow: str, fast: str) -> float | None:
+    by = {r["path"]: r for r in rows}
+    if slow in by and fast in by and by[fast]["p50_ms"] > 0:
+        return float(by[slow]["p50_ms"] / by[fast]["p50_ms"])
+    return None
+
+
+BENCH = Docker()

@@ -4,14 +4,13 @@
     .venv/bin/python -m loadtest coldstart process --n 30
 
 Exec includes the readiness wait (connect every 5 ms until the app answers). Prints a
-table, writes results/process_coldstart.json; `coldstart(n)` feeds the shared bench.
+table, writes results/process_coldstart.json; the same series feed the shared bench.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import sys
@@ -24,10 +23,10 @@ from backends.base import Backend, BackendContext, Instance
 from backends.process import create_backend, parse_config
 from backends.support.table import Table
 from loadtest.coldstart import start_row
+from loadtest.coldstart.contract import COLUMNS, ColdStart, Command, Result
 from loadtest.report.stats import percentile
-from loadtest.report.table import render
+from loadtest.run.procs import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 POLL = 0.005
 DEADLINE = 30.0
 GAP = 0.1  # idle time between cold starts, as between real ones (lets spares refill)
@@ -116,59 +115,51 @@ async def series(mode: str, n: int) -> dict[str, Any]:
     }
 
 
-async def coldstart(n: int) -> dict[str, Any]:
-    """Rows in the shape of loadtest.sections.coldstart, for the shared benchmark."""
-    rows = [await series(mode, n) for mode in MODES]
-    command = f"{sys.executable} -m loadtest coldstart process --n {n}"
-    return {"rows": rows, "commands": [command], "skipped": []}
-
-
-def _table(rows: list[dict[str, Any]]) -> str:
-    keys = ["mode", "n", "failures", "p50_ms", "p99_ms", "min_ms", "max_ms"]
-    keys += ["start_call_p50_ms", "served_by_spare"]
-    headers = ["mode", "n", "fail", "p50 ms", "p99 ms", "min ms", "max ms", "start() p50", "spare"]
-    return render(headers, [[r[k] for k in keys] for r in rows])
-
-
-async def main_async(n: int) -> dict[str, Any]:
-    load_before = os.getloadavg()
-    result = await coldstart(n)
-    by = {r["mode"]: r for r in result["rows"]}
-    fork, fork0, exec_ = by["fork"], by["fork-prefork0"], by["exec"]
-    ratio = exec_["p50_ms"] / fork["p50_ms"] if fork["p50_ms"] > 0 else math.nan
-    ratio0 = exec_["p50_ms"] / fork0["p50_ms"] if fork0["p50_ms"] > 0 else math.nan
-    report = {
-        "n": n,
-        "gap_between_starts_s": GAP,
-        "rows": result["rows"],
-        "ratio_exec_over_fork_p50": ratio,
-        "ratio_exec_over_fork_prefork0_p50": ratio0,
-        "target": {"fork_p50_ms_below": 5.0, "ratio_at_least": 20.0},
-        "met": fork["p50_ms"] < 5.0 and ratio >= 20.0,
-        "command": result["commands"][0],
-        "python": sys.version.split()[0],
-        "cpus": os.cpu_count(),
-        "loadavg_1m_before_after": [load_before[0], os.getloadavg()[0]],
-    }
-    print(_table(result["rows"]))
-    print(
-        f"exec/fork p50: {ratio:.1f}x (prefork=1), {ratio0:.1f}x (prefork=0); target fork p50 "
-        f"< 5 ms and >= 20x: {'met' if report['met'] else 'NOT met'}; "
-        f"load avg {load_before[0]:.1f} on {os.cpu_count()} CPUs"
+class Process(ColdStart):
+    command = Command(
+        "process",
+        "process backend, fork vs exec: start() to first byte",
+        30,
+        "cold starts per mode",
+        "process_coldstart.json",
     )
-    return report
+    columns = (
+        ("mode", "mode"),
+        *COLUMNS[1:],
+        ("start_call_p50_ms", "start() p50"),
+        ("served_by_spare", "spare"),
+    )
+    uvloop = True
+
+    async def series(self, n: int, work: Path) -> Result:
+        rows = [await series(mode, n) for mode in MODES]
+        return Result(rows, [f"{sys.executable} -m loadtest coldstart process --n {n}"])
+
+    async def measure(self, args: argparse.Namespace, work: Path) -> Result:
+        load_before = os.getloadavg()[0]
+        result = await self.series(args.n, work)
+        by = {r["mode"]: r for r in result.rows}
+        fork, fork0, exec_ = by["fork"], by["fork-prefork0"], by["exec"]
+        ratio = exec_["p50_ms"] / fork["p50_ms"] if fork["p50_ms"] > 0 else math.nan
+        ratio0 = exec_["p50_ms"] / fork0["p50_ms"] if fork0["p50_ms"] > 0 else math.nan
+        result.details = {
+            "gap_between_starts_s": GAP,
+            "ratio_exec_over_fork_p50": ratio,
+            "ratio_exec_over_fork_prefork0_p50": ratio0,
+            "target": {"fork_p50_ms_below": 5.0, "ratio_at_least": 20.0},
+            "met": fork["p50_ms"] < 5.0 and ratio >= 20.0,
+            "loadavg_1m_before_after": [load_before, os.getloadavg()[0]],
+        }
+        return result
+
+    def summary(self, result: Result) -> list[str]:
+        d = result.details
+        return [
+            f"exec/fork p50: {d['ratio_exec_over_fork_p50']:.1f}x (prefork=1), "
+            f"{d['ratio_exec_over_fork_prefork0_p50']:.1f}x (prefork=0); target fork p50 "
+            f"< 5 ms and >= 20x: {'met' if d['met'] else 'NOT met'}; "
+            f"load avg {d['loadavg_1m_before_after'][0]:.1f} on {os.cpu_count()} CPUs"
+        ]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n", type=int, default=30, help="cold starts per mode")
-    parser.add_argument("--out", type=Path, default=REPO / "results" / "process_coldstart.json")
-
-
-def main(args: argparse.Namespace) -> int:
-    import uvloop
-
-    report = uvloop.run(main_async(args.n))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+BENCH = Process()

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,10 +22,9 @@ from typing import TYPE_CHECKING, Any
 from backends.base import LABEL_POOL, BackendContext
 from backends.support.table import Table
 from backends.swarm import parse_config
-from loadtest.coldstart import provenance, start_row, start_series, ttfb_series
-from loadtest.coldstart.docker import write_json
-from loadtest.report.table import render
-from loadtest.run.procs import REPO
+from loadtest.coldstart import add_proxied, start_row, start_series, ttfb_series
+from loadtest.coldstart.contract import ColdStart, Command, Result
+from loadtest.coldstart.engine import ENGINE, IMAGE, connect
 from loadtest.run.proxy import forkproxy
 
 if TYPE_CHECKING:
@@ -35,8 +32,6 @@ if TYPE_CHECKING:
 
     from backends.swarm.backend import SwarmBackend
 
-IMAGE = "forkproxy-test/httpd:latest"
-ENGINE = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 # Pin the benchmark to the manager's node (zone=a by .ci/swarm.sh) when it is labelled:
 # a second node on the same machine would only add its port allocator to the numbers.
 ZONE = ["node.labels.zone == a"]
@@ -53,12 +48,7 @@ def _backend(pool: str, paused_pool: int, constraints: list[str]) -> SwarmBacken
 async def backend_series(n: int, paused: bool, constraints: list[str]) -> list[float]:
     """start() -> first byte of GET /, straight against the backend (no proxy)."""
     pool = f"bench-swarm-{'paused' if paused else 'create'}-{os.getpid()}"
-    backend = _backend(pool, 1 if paused else 0, constraints)
-    await backend.prepare()
-    try:
-        return await start_series(backend, n, paused)
-    finally:
-        await backend.aclose()
+    return await start_series(_backend(pool, 1 if paused else 0, constraints), n, paused)
 
 
 def scale_series(client: docker.DockerClient, n: int, constraints: list[str]) -> list[float]:
@@ -138,22 +128,6 @@ async def proxy_series(
     return ttfb, failures, command
 
 
-def _swarm_client() -> tuple[docker.DockerClient | None, str]:
-    import docker
-
-    client = docker.DockerClient(base_url=ENGINE, timeout=30)
-    try:
-        info = client.info()
-        client.images.get(IMAGE)
-    except Exception as exc:
-        client.close()
-        return None, f"no Docker engine or image {IMAGE} at {ENGINE}: {exc}"
-    if not (info.get("Swarm") or {}).get("ControlAvailable"):
-        client.close()
-        return None, f"the engine at {ENGINE} is not a Swarm manager (run: bash .ci/swarm.sh)"
-    return client, ""
-
-
 def _constraints(client: docker.DockerClient) -> list[str]:
     me = client.api.inspect_node(client.info()["Swarm"]["NodeID"])
     return ZONE if me["Spec"].get("Labels", {}).get("zone") == "a" else []
@@ -165,19 +139,30 @@ def _constraints(client: docker.DockerClient) -> list[str]:
 BENCH_MAX_N = 5
 
 
-async def coldstart(n: int, work: Path | None = None) -> dict[str, Any]:
-    """The cold-start rows (shape of loadtest.sections.coldstart) for the shared benchmark."""
-    return await run(min(n, BENCH_MAX_N), work, scale=False)
+class Swarm(ColdStart):
+    command = Command(
+        "swarm",
+        "swarm backend: service create vs scale 0->1 vs paused pool vs warm_pool",
+        10,
+        "starts per series",
+        "swarm_bench.json",
+    )
+
+    def where(self) -> dict[str, str]:
+        return {"image": IMAGE, "manager": ENGINE}
+
+    async def series(self, n: int, work: Path) -> Result:
+        return await run(min(n, BENCH_MAX_N), work, scale=False)
+
+    async def measure(self, args: argparse.Namespace, work: Path) -> Result:
+        return await run(args.n, work)
 
 
-async def run(n: int, work: Path | None = None, scale: bool = True) -> dict[str, Any]:
+async def run(n: int, work: Path, scale: bool = True) -> Result:
     """Every series, n samples each (`scale`: with the scale 0->1 one)."""
-    client, why = _swarm_client()
+    client, why = connect(swarm=True)
     if client is None:
-        return {"rows": [], "commands": [], "skipped": [("swarm backend", why)]}
-    tmp = tempfile.TemporaryDirectory(prefix="bench-swarm-") if work is None else None
-    work = Path(tmp.name) if tmp is not None else work
-    assert work is not None
+        return Result(skipped=[("swarm backend", why)])
     try:
         where = _constraints(client)
         create = await backend_series(n, False, where)
@@ -192,50 +177,12 @@ async def run(n: int, work: Path | None = None, scale: bool = True) -> dict[str,
             f"swarm backend direct: {n} x (start(), GET / until 200, stop()), image {IMAGE},"
             f" constraints {where}; scale 0->1 with the docker SDK"
         ]
-        skipped: list[tuple[str, str]] = []
+        result = Result(rows, commands)
         labels = {"create": "service create", "paused": "paused pool", "warm": "warm_pool = 1"}
-        try:
-            for mode, label in labels.items():
-                ttfb, failures, command = await proxy_series(work, n, mode, where)
-                rows.append(
-                    start_row(f"client -> forkproxy -> swarm {label}", ttfb, failures, len(ttfb))
-                )
-                commands.append(command)
-        except (RuntimeError, TimeoutError, OSError) as exc:
-            skipped.append(("through forkproxy, swarm", str(exc).splitlines()[0]))
-        return {"rows": rows, "commands": commands, "skipped": skipped}
+        await add_proxied(result, "swarm", labels, lambda m: proxy_series(work, n, m, where))
+        return result
     finally:
         client.close()
-        if tmp is not None:
-            tmp.cleanup()
 
 
-def print_table(result: dict[str, Any]) -> None:
-    keys = ["path", "n", "failures", "p50_ms", "p99_ms", "min_ms", "max_ms"]
-    headers = ["path", "n", "fail", "p50 ms", "p99 ms", "min", "max"]
-    print("\n" + render(headers, [[r[k] for k in keys] for r in result["rows"]]))
-    for what, why in result["skipped"]:
-        print(f"skipped {what}: {why}")
-
-
-async def main_async(n: int, out: Path) -> int:
-    with tempfile.TemporaryDirectory(prefix="bench-swarm-") as tmp:
-        result = await run(n, Path(tmp))
-    if not result["rows"]:
-        print(result["skipped"][0][1], file=sys.stderr)
-        return 2
-    command = f"python -m loadtest coldstart swarm --n {n}"
-    result.update(provenance(n, command, image=IMAGE, manager=ENGINE))
-    await asyncio.to_thread(write_json, out, result)
-    print_table(result)
-    print(f"\nwrote {out}")
-    return 0
-
-
-def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--n", type=int, default=10, help="starts per series (default 10)")
-    ap.add_argument("--out", type=Path, default=REPO / "results" / "swarm_bench.json")
-
-
-def main(args: argparse.Namespace) -> int:
-    return asyncio.run(main_async(args.n, args.out))
+BENCH = Swarm()

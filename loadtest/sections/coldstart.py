@@ -7,7 +7,8 @@ import asyncio
 import math
 from typing import Any
 
-from loadtest.coldstart import ROW_KEYS, floors, forkfloor, run_all, start_row
+from loadtest.coldstart import ROW_KEYS, floors, forkfloor, start_row
+from loadtest.coldstart.contract import BACKENDS, load
 from loadtest.load.httpload import wrk_path
 from loadtest.report import plots
 from loadtest.run.procs import REPO
@@ -24,6 +25,29 @@ COLD_POOL = {
 # A fresh instance per request under sustained load: room for every wrk connection to start.
 FRESH_POOL = {**COLD_POOL, "max_instances": 16, "max_starting": 8}
 FRESH_LEVELS = (1, 8)
+
+
+async def run_all(ctx: BenchContext, sec: Section, n: int) -> list[dict[str, Any]]:
+    """Every backend's cold-start series where it can run: a missing module or dependency,
+    an engine that is not there or a series that fails is a "skipped: reason" line."""
+    rows: list[dict[str, Any]] = []
+    for name, modname in BACKENDS.items():
+        what = f"{name} backend"
+        try:
+            bench = load(name)
+        except ModuleNotFoundError as e:
+            sec.skip(what, f"{modname} needs {e.name}")
+            continue
+        try:
+            result = await bench.series(n, ctx.work / name)
+        except Exception as e:  # an unavailable engine must not sink the whole benchmark
+            sec.skip(what, f"{type(e).__name__}: {e}")
+            continue
+        rows.extend(result.rows)
+        sec.commands.extend(result.commands)
+        for skipped, why in result.skipped:
+            sec.skip(skipped, why)
+    return rows
 
 
 async def through_proxy(ctx: BenchContext, sec: Section, n: int) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.coldstart import vcsim
+from loadtest import vcsim
 from loadtest.run.procs import free_port
 
 

@@ -1,6 +1,6 @@
 """Driving the vcsim harness (tests/backends/vsphere/vcsim) from Python: build it, run one on a free
 port with its own TLS cert. Talking to it and making container-backed VMs lives in
-loadtest/coldstart/vcsim.py (the vsphere bench uses it on the CI simulator; a shipped package
+loadtest/vcsim (the vsphere bench uses it on the CI simulator; a shipped package
 cannot import tests). Used by the vsphere tests' fixtures. No pytest here."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loadtest.coldstart.vcsim import (  # noqa: F401 - re-exported for the fixtures and tests
+from loadtest.vcsim import (  # noqa: F401 - re-exported for the fixtures and tests
     IMAGE,
     NETWORK,
     Simulator,

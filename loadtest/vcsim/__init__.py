@@ -3,8 +3,9 @@
 
 It is found from the env file the harness writes once it listens (`sudo bash .ci/vcsim.sh`
 writes /tmp/forkproxy-vcsim.env; FORKPROXY_VCSIM_ENV names another one) or from FORKPROXY_VCSIM_*
-variables, which win over the file. loadtest ships in the wheel, so it cannot import the tests'
-harness; the tests' harness imports the client and VM helpers from here instead.
+variables, which win over the file. The shipped loadtest cannot import the tests' harness, so
+the tests' harness imports the client and VM helpers from here; this package itself is left
+out of the wheel (pyproject.toml): it is for a checkout, where the simulator is.
 """
 
 from __future__ import annotations
