@@ -152,24 +152,35 @@ class Forwarder:
         head = self.head_for(req, framing)
         tries = _Tries()
         while True:
-            async with self.lease(req) as lease:
-                if isinstance(lease, int):
-                    return lease
-                if req.body.error is not None:  # broke while held: send the instance nothing
-                    raise req.body.error
-                req.body.slot_taken()
-                t_send = time.monotonic()
-                try:
-                    conn_up, upstream = await self._send(req, lease, head, body)
-                except (UpstreamError, TimeoutError) as exc:
-                    status = self._failed(req, lease, exc, body, tries)
-                    if status is None:
-                        continue  # leaving the scope gave the slot back first
-                    return status
-                try:
-                    return await self.relay(req, conn_up, upstream, lease, t_arrive, t_send)
-                finally:
-                    self.client.release(conn_up)
+            status = await self._attempt(req, head, body, tries, t_arrive)
+            if status is not None:
+                return status
+
+    async def _attempt(
+        self,
+        req: Request,
+        head: bytes,
+        body: AsyncIterator[bytes] | None,
+        tries: _Tries,
+        t_arrive: float,
+    ) -> int | None:
+        """One lease: the status answered, or None to try again on a new one (this one
+        went back as its scope ended)."""
+        async with self.lease(req) as lease:
+            if isinstance(lease, int):
+                return lease
+            if req.body.error is not None:  # broke while held: send the instance nothing
+                raise req.body.error
+            req.body.slot_taken()
+            t_send = time.monotonic()
+            try:
+                conn_up, upstream = await self._send(req, lease, head, body)
+            except (UpstreamError, TimeoutError) as exc:
+                return self._failed(req, lease, exc, body, tries)
+            try:
+                return await self.relay(req, conn_up, upstream, lease, t_arrive, t_send)
+            finally:
+                self.client.release(conn_up)
 
     async def _send(
         self, req: Request, lease: Lease, head: bytes, body: AsyncIterator[bytes] | None
