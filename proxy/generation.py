@@ -11,9 +11,9 @@ import time
 import backends
 from backends.base import Backend, BackendContext
 from proxy.config import Config
-from proxy.http.forward import Forwarder
+from proxy.forwarding.forward import Forwarder, upstream_client
+from proxy.forwarding.tunnel import Tunnel
 from proxy.http.server import Request
-from proxy.http.tunnel import websocket
 from proxy.metrics import Metrics
 from proxy.pool import Pool, QueueFull
 
@@ -43,7 +43,15 @@ class Generation:
             backend = backends.load(cfg.backend_type).create_backend(cfg.backend, self.ctx)
         self.backend = backend
         self.pool = Pool(cfg.pool, backend, self.ctx, metrics)
-        self.forwarder = Forwarder(cfg, self.pool, metrics)
+        client = upstream_client(cfg, self.pool)
+        self.forwarder = Forwarder(cfg, self.pool, metrics, client)
+        self.tunnel = Tunnel(
+            self.forwarder,
+            client,
+            metrics,
+            header_timeout=cfg.server.upstream_header_timeout,
+            idle_timeout=cfg.server.tunnel_idle_timeout,
+        )
         self.active = 0  # requests (and tunnels) its handlers run
         self._idle = asyncio.Event()
 
@@ -57,13 +65,12 @@ class Generation:
         deadline = pool.clock() + pool.cfg.start_timeout * pool.cfg.start_retries
         while True:
             try:
-                lease = await pool.acquire(deadline)
-                break
+                async with pool.lease(deadline):
+                    return
             except QueueFull:  # max_queue = 0: refused, but that asked for a start
                 if pool.clock() > deadline:
                     raise
                 await asyncio.sleep(0.05)
-        pool.release(lease)
 
     async def handle(self, req: Request) -> None:
         self.active += 1
@@ -75,7 +82,7 @@ class Generation:
     async def upgrade(self, req: Request) -> None:
         self.active += 1
         try:
-            await websocket(self.forwarder, req)
+            await self.tunnel.websocket(req)
         finally:
             self._done()
 

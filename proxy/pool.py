@@ -60,6 +60,27 @@ __all__ = [
 FAILURES_KEPT = 20
 
 
+class LeaseScope:
+    """What Pool.lease returns: acquire on entry, release on exit (a class, not an async
+    generator: it sits on every request's path)."""
+
+    __slots__ = ("_deadline", "_lease", "_pool")
+
+    def __init__(self, pool: Pool, deadline: float) -> None:
+        self._pool = pool
+        self._deadline = deadline
+        self._lease: Lease | None = None
+
+    async def __aenter__(self) -> Lease:
+        self._lease = await self._pool.acquire(self._deadline)
+        return self._lease
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        lease = self._lease
+        if lease is not None:
+            self._pool.release(lease, broken=lease.broken)
+
+
 class Pool(Lifecycle):
     def __init__(
         self,
@@ -252,6 +273,13 @@ class Pool(Lifecycle):
             self.release(Lease(w.fut.result(), 0.0, False))
         elif not w.fut.done():
             w.fut.cancel()
+
+    def lease(self, deadline: float) -> LeaseScope:
+        """`async with pool.lease(deadline) as lease:` a slot for the body of the with,
+        released exactly once as it ends, whether it returns, raises or is cancelled;
+        `lease.mark_broken()` inside makes the release a strike. PoolError on entry when
+        no slot comes (knative's activator scopes capacity the same way: throttler.Try)."""
+        return LeaseScope(self, deadline)
 
     def release(self, lease: Lease, *, broken: bool = False) -> None:
         if lease.released:

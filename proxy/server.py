@@ -24,9 +24,9 @@ from backends.support.tasks import TaskSet
 from proxy import handover, open_files, reload
 from proxy.admin import admin_runner, admin_site
 from proxy.config import Address, Config
+from proxy.forwarding.forward import Forwarder
 from proxy.generation import Generation
 from proxy.http import native
-from proxy.http.forward import Forwarder
 from proxy.http.safety import UnsafeParser, check_parsers
 from proxy.http.server import Handler, HttpServer, Request
 from proxy.metrics import Metrics

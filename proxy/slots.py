@@ -95,11 +95,17 @@ class Lease:
     queued: float  # seconds held in the queue
     cold: bool  # waited on an instance that started for it
     released: bool = False
+    # a strike against the instance, counted when the lease is released
+    broken: bool = False
 
     @property
     def instance(self) -> Instance:
         assert self.slot.instance is not None
         return self.slot.instance
+
+    def mark_broken(self) -> None:
+        """The request failed in transport: the instance may be gone (Pool._suspect)."""
+        self.broken = True
 
 
 @dataclass(eq=False)

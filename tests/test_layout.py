@@ -1,5 +1,6 @@
 """The layout's import rules, checked on the source: backends never import the proxy, and
-the data path reaches the pool only through its public acquire/release surface."""
+the data path reaches the pool only through its lease, and proxy/http is a protocol library
+that knows nothing of forwarding, the pool or the config."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 
-# What proxy/http/ may take from proxy.pool: the lease it gets and the errors it translates.
-POOL_SURFACE = {"Lease", "Pool", "PoolError"}
+# What the data path (proxy/forwarding/) may take from proxy.pool: the lease scope it holds
+# a slot in and the errors it translates.
+POOL_SURFACE = {"Lease", "LeaseScope", "Pool", "PoolError"}
 
 
 def imports(path: Path) -> list[tuple[str, tuple[str, ...]]]:
@@ -35,9 +37,19 @@ def test_backends_never_import_the_proxy() -> None:
 def test_data_path_uses_only_the_pools_public_surface() -> None:
     bad = [
         f"{p.relative_to(ROOT)}: {mod} {names}"
-        for p in sorted((ROOT / "proxy" / "http").rglob("*.py"))
+        for p in sorted((ROOT / "proxy" / "forwarding").rglob("*.py"))
         for mod, names in imports(p)
         if mod in {"proxy.pool", "proxy.policy"} and not set(names) <= POOL_SURFACE
+    ]
+    assert bad == []
+
+
+def test_http_is_a_protocol_library() -> None:
+    bad = [
+        f"{p.relative_to(ROOT)}: {mod}"
+        for p in sorted((ROOT / "proxy" / "http").rglob("*.py"))
+        for mod, _ in imports(p)
+        if (mod == "proxy" or mod.startswith("proxy.")) and not mod.startswith("proxy.http")
     ]
     assert bad == []
 

@@ -1,3 +1,4 @@
-"""The data path: the client-facing HTTP/1.1 server, the instance-facing upstream client,
-and what runs between them (forwarding, tunnels, header rules, body queues). Nothing here
-reaches into the pool beyond acquire/release."""
+"""The HTTP/1.1 protocol library of the data path: the client-facing server and request,
+parsing and validation, response framing, header rules, flow control and body queues, and
+the instance-facing upstream client. It knows nothing of the pool: forwarding and tunnels
+over it live in proxy/forwarding."""

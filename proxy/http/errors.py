@@ -7,7 +7,7 @@ from __future__ import annotations
 
 class UpstreamError(Exception):
     kind = "other"
-    # a strike against the instance (pool.release(broken=True)): only failures that say
+    # a strike against the instance (lease.mark_broken()): only failures that say
     # the instance may be gone. A malformed answer is the app's answer to one request.
     strike = True
 

@@ -1,9 +1,9 @@
 """The optional compiled data path: `python -m proxy.http.native build` compiles the hot
-modules of proxy/http with mypyc (the code is mypy-strict already) into extension modules
-beside their sources, `clean` removes them, `status` says which are in use. Python imports
-an extension before a .py of the same name, so a build takes effect at the next start and
-a clean returns to pure Python, the default. Needs mypy (`pip install 'forkproxy[native]'`)
-and a C compiler with the Python headers.
+modules of proxy/http and proxy/forwarding with mypyc (the code is mypy-strict already)
+into extension modules beside their sources, `clean` removes them, `status` says which are
+in use. Python imports an extension before a .py of the same name, so a build takes effect
+at the next start and a clean returns to pure Python, the default. Needs mypy (`pip
+install 'forkproxy[native]'`) and a C compiler with the Python headers.
 
 A compiled module older than its source would run code that is no longer there:
 check() refuses that at startup (server.py), naming the module and the two ways out."""
@@ -18,21 +18,23 @@ import tempfile
 from pathlib import Path
 
 # errors.py stays Python (mypyc drops class-level defaults of subclassed exceptions; it
-# is not hot), as do safety.py (it subclasses a builtin), tunnel.py (websockets) and this
+# is not hot), as do safety.py (it subclasses a builtin), forwarding/tunnel.py
+# (websockets), forwarding/failures.py (only on a failure) and this
 HOT = (
-    "chunks",
-    "deadline",
-    "flow",
-    "forward",
-    "headers",
-    "parsing",
-    "request",
-    "response",
-    "server",
-    "upstream",
-    "validate",
+    "proxy.http.chunks",
+    "proxy.http.deadline",
+    "proxy.http.flow",
+    "proxy.http.headers",
+    "proxy.http.parsing",
+    "proxy.http.request",
+    "proxy.http.response",
+    "proxy.http.server",
+    "proxy.http.upstream",
+    "proxy.http.validate",
+    "proxy.forwarding.forward",
 )
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent  # the directory holding the proxy package
 GROUP = "proxy.http"  # the shared library: proxy/http__mypyc*.so, inside the package
 
 
@@ -40,15 +42,22 @@ class StaleBuild(RuntimeError):
     pass
 
 
-def _built(name: str) -> list[Path]:
-    return sorted(HERE.glob(f"{name}.*.so")) + sorted(HERE.glob(f"{name}.*.pyd"))
+def _source(module: str) -> Path:
+    return ROOT / (module.replace(".", "/") + ".py")
+
+
+def _built(module: str) -> list[Path]:
+    source = _source(module)
+    return sorted(source.parent.glob(f"{source.stem}.*.so")) + sorted(
+        source.parent.glob(f"{source.stem}.*.pyd")
+    )
 
 
 def compiled() -> list[str]:
     """The hot modules imported from a compiled extension."""
     out = []
     for name in HOT:
-        mod = sys.modules.get(f"proxy.http.{name}")
+        mod = sys.modules.get(name)
         if mod is not None and str(getattr(mod, "__file__", "")).endswith((".so", ".pyd")):
             out.append(name)
     return out
@@ -59,7 +68,7 @@ def check() -> str:
     source (edited or checked out after the build)."""
     stale = []
     for name in HOT:
-        source = HERE / f"{name}.py"
+        source = _source(name)
         for ext in _built(name):
             if source.exists() and source.stat().st_mtime > ext.stat().st_mtime:
                 stale.append(f"{ext.name} is older than {source.name}")
@@ -82,12 +91,11 @@ def build() -> None:
             f"building the compiled data path needs mypy and setuptools ({exc.name} is "
             "missing): pip install 'forkproxy[native]'"
         ) from None
-    root = HERE.parent.parent  # the directory holding the proxy package
     with tempfile.TemporaryDirectory(prefix="forkproxy-mypyc-") as tmp:
         cwd = Path.cwd()
-        os.chdir(root)  # setuptools' --inplace and mypy's config are relative to the root
+        os.chdir(ROOT)  # setuptools' --inplace and mypy's config are relative to the root
         try:
-            paths = [f"proxy/http/{name}.py" for name in HOT]
+            paths = [str(_source(name).relative_to(ROOT)) for name in HOT]
             setup(
                 name="forkproxy-native",
                 ext_modules=mypycify(paths, opt_level="3", group_name=GROUP, target_dir=tmp),
@@ -117,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"removed {path}")
     # a fresh interpreter's view: what `forkproxy run` will import
     for name in HOT:
-        importlib.import_module(f"proxy.http.{name}")
+        importlib.import_module(name)
     try:
         print(f"data path: {check()}")
     except StaleBuild as exc:
