@@ -71,6 +71,7 @@ class Slot:
     strikes: int = 0  # failures without a success in between
     died: asyncio.Event = field(default_factory=asyncio.Event)
     death_reason: str = ""
+    probe_error: str = ""  # what the last readiness probe got, for a start timeout's log
     stop_reason: str = ""  # DRAINING: why; cleared once its stop is under way
     solo: bool = False  # no other start was under way when it began
 
