@@ -8,7 +8,6 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from collections.abc import Iterator
 
 from aiohttp import web
@@ -18,7 +17,7 @@ from backends.base import Backend, BackendContext
 from backends.errors import BackendError
 from backends.support import owner
 from backends.support.extras import MissingExtra
-from proxy import open_files
+from proxy import logs, open_files
 from proxy.admin import admin_runner, admin_site
 from proxy.config import Address, Config
 from proxy.http import native
@@ -30,7 +29,6 @@ from proxy.metrics import Metrics
 from proxy.pool import Pool
 
 log = logging.getLogger("forkproxy")
-access_log = logging.getLogger("forkproxy.access")
 
 
 class ListenError(OSError):
@@ -135,18 +133,13 @@ class Proxy:
             await self._admin.cleanup()
 
     async def _access_logged(self, req: Request) -> None:
+        # ids only here: with the access log off a request pays nothing for them
+        req.request_id = logs.take_request_id(req)
+        sent = req.conn.sent
         try:
             await self.forwarder.handle(req)
         finally:
-            access_log.info(
-                '%s "%s %s HTTP/%s" %d %.1fms',
-                req.peer,
-                req.method,
-                req.path.decode("latin-1"),
-                req.version,
-                req.status or 499,
-                (time.monotonic() - req.started) * 1000,
-            )
+            logs.log_access(req, req.conn.sent - sent)
 
     async def _upgrade(self, req: Request) -> None:
         await websocket(self.forwarder, req)

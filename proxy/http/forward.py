@@ -161,6 +161,7 @@ class Forwarder:
             lease = await self.acquire(req)
             if isinstance(lease, int):
                 return lease
+            req.lease = lease
             if req.body.error is not None:  # broke while held: send the instance nothing
                 self.pool.release(lease)
                 raise req.body.error
