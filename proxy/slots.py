@@ -50,6 +50,13 @@ class NoInstance(PoolError):
     reason = "start_failed"
 
 
+class BackendDown(PoolError):
+    """The backend can start nothing (its engine is down): told at once, not after a wait."""
+
+    status = 503
+    reason = "backend_down"
+
+
 class PoolClosed(PoolError):
     status = 503
     reason = "shutting_down"

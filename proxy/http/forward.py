@@ -37,6 +37,7 @@ _POOL_TEXT = {
     "queue_full": "Service Unavailable: queue full",
     "start_failed": "Service Unavailable: no instance could be started",
     "shutting_down": "Service Unavailable: shutting down",
+    "backend_down": "Service Unavailable: backend down",
 }
 
 

@@ -16,7 +16,7 @@ from proxy.http.chunks import HIGH_WATER, ChunkQueue
 
 if TYPE_CHECKING:
     from proxy.http.server import HttpConnection
-    from proxy.slots import Lease
+    from proxy.pool import Lease
 
 REASONS = {
     100: b"Continue",
