@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -184,3 +185,73 @@ async def test_a_start_timeout_says_what_timed_out(
     assert "not ready within 1s" in text
     assert "/ready-here" in text
     assert "ConnectionRefused" in text or "Connect" in text  # the last probe's error
+
+
+# -- instance output, attributed ----------------------------------------------------------
+
+LOUD_APP = """
+import logging, os, sys
+from aiohttp import web
+
+logging.basicConfig(stream=sys.stderr, format="app-log %(message)s")  # set up before the fork
+
+async def hello(request):
+    print("hello-from-fork", file=sys.stderr, flush=True)
+    logging.getLogger("app").warning("via-logging")
+    os.write(2, b"raw-fd-write\\n")  # below sys.stderr: the template's
+    return web.Response(text="ok")
+
+def create_app():
+    app = web.Application()
+    app.router.add_get("/", hello)
+    return app
+"""
+
+
+def _output(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    return [
+        (getattr(r, "fields", {}).get("instance", ""), r.getMessage())
+        for r in caplog.records
+        if r.name == "forkproxy.instance"
+    ]
+
+
+async def test_fork_instance_output_is_attributed_to_its_instance(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    caplog.set_level(logging.INFO, logger="forkproxy.instance")
+    (tmp_path / "loud_app.py").write_text(LOUD_APP)
+    backend = {"app": "loud_app:create_app", "cwd": str(tmp_path), "pythonpath": ["."]}
+    async with run_proxy(backend=backend) as p:
+        async with p.session.get(p.url + "/") as r:
+            assert r.status == 200
+        (inst,) = [i["id"] for i in await p.instances()]
+
+        def seen() -> bool:
+            return any("raw-fd-write" in m for _, m in _output(caplog))
+
+        await eventually(seen, 10, "the instance's output")
+    out = _output(caplog)
+    assert (inst, f"[{inst}] hello-from-fork") in out
+    assert (inst, f"[{inst}] app-log via-logging") in out
+    assert ("template", "[template] raw-fd-write") in out
+
+
+async def test_exec_instance_output_is_attributed_to_its_instance(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="forkproxy.instance")
+    script = (
+        "import sys, time; print('hello-from-exec', file=sys.stderr, flush=True); time.sleep(60)"
+    )
+    backend = {
+        "type": "process",
+        "mode": "exec",
+        "command": [sys.executable, "-c", script, "{port}"],
+    }
+    async with run_proxy(backend=backend, pool={"min_instances": 1}) as p:
+        await eventually(lambda: _output(caplog), 10, "the instance's output")
+        (inst,) = [i["id"] for i in await p.instances()]
+    assert _output(caplog)[0] == (inst, f"[{inst}] hello-from-exec")
+    record = next(r for r in caplog.records if r.name == "forkproxy.instance")
+    assert json.loads(JsonFormatter().format(record))["instance"] == inst
