@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -54,7 +55,7 @@ class Answer:
 
 
 @asynccontextmanager
-async def docker_proxy(engine: FaultEngine) -> AsyncIterator[Proxy]:
+async def docker_proxy(engine: FaultEngine, **backend: object) -> AsyncIterator[Proxy]:
     cfg = proxy_config(pool={"start_timeout": "20s", "hold_timeout": "10s"})
     cfg["backend"] = {
         "type": "docker",
@@ -63,6 +64,7 @@ async def docker_proxy(engine: FaultEngine) -> AsyncIterator[Proxy]:
         "stop_timeout": "1s",
         "memory": 0,
         "cpus": 0,
+        **backend,
     }
     proxy = Proxy(parse(cfg))
     await proxy.start()
@@ -97,6 +99,24 @@ async def until(answers: list[Answer], after: float, want: int, within: float) -
         await asyncio.sleep(0.02)
     seen = [(round(a.at - after, 2), a.status, a.text[:60]) for a in answers if a.at >= after]
     raise AssertionError(f"no {want} within {within}s; seen: {seen[-20:]}")
+
+
+async def test_a_failed_container_start_is_logged_once(
+    engine: FaultEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with (
+        docker_proxy(engine, command=["/bin/no-such-program"]) as proxy,
+        aiohttp.ClientSession() as s,
+        s.get(f"http://127.0.0.1:{proxy.listen_port}/") as r,
+    ):
+        assert r.status == 503
+        failed = [f["instance"] for f in proxy.pool.recent_failures]
+    assert failed
+    for iid in failed:
+        about = [r for r in caplog.records if iid in r.getMessage() and "no-such" in r.getMessage()]
+        assert [r.levelname for r in about] == ["WARNING"], [r.getMessage() for r in about]
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_engine_killed_then_restarted(engine: FaultEngine) -> None:
