@@ -13,7 +13,8 @@ import asyncio
 import logging
 import re
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable
 from typing import IO, Any
 
 log = logging.getLogger("forkproxy.backends.process")
@@ -65,18 +66,25 @@ class Attributed:
         self._inner = inner
         self._mark = f"[instance {instance_id}] "
         self._partial = ""
+        self._lock = threading.Lock()  # a WSGI app's threads write at once
 
     def write(self, s: str) -> int:
-        text = self._partial + s
-        *lines, self._partial = text.split("\n")
-        if lines:
-            self._inner.write("".join(f"{self._mark}{line}\n" for line in lines))
+        with self._lock:
+            text = self._partial + s
+            *lines, self._partial = text.split("\n")
+            if lines:
+                self._inner.write("".join(f"{self._mark}{line}\n" for line in lines))
         return len(s)
 
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
     def flush(self) -> None:
-        if self._partial:
-            self._inner.write(f"{self._mark}{self._partial}\n")
-            self._partial = ""
+        with self._lock:
+            if self._partial:
+                self._inner.write(f"{self._mark}{self._partial}\n")
+                self._partial = ""
         self._inner.flush()
 
     def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, ...

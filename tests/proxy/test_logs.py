@@ -4,15 +4,19 @@ failed start that says why, instance output attributed to its instance."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
+import re
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from backends.base import Backend, Instance
 from backends.errors import StartError
+from backends.process.log import Attributed, emit
 from backends.support.starts import Starts
 from backends.support.tasks import TaskSet
 from proxy.config import parse
@@ -255,3 +259,40 @@ async def test_exec_instance_output_is_attributed_to_its_instance(
     assert _output(caplog)[0] == (inst, f"[{inst}] hello-from-exec")
     record = next(r for r in caplog.records if r.name == "forkproxy.instance")
     assert json.loads(JsonFormatter().format(record))["instance"] == inst
+
+
+def test_attributed_marks_whole_lines_and_the_reader_takes_the_mark_off(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="forkproxy.instance")
+    sink = io.StringIO()
+    out = Attributed(sink, "i-1")
+    print("a", "b", file=out)  # two writes, one line
+    out.write("partial")
+    out.writelines(["-x\n", "y\n"])
+    out.write("tail")
+    out.flush()
+    lines = sink.getvalue().splitlines()
+    assert [x.removeprefix("[instance i-1] ") for x in lines] == ["a b", "partial-x", "y", "tail"]
+    assert all(x.startswith("[instance i-1] ") for x in lines)
+    assert emit("template", lines[0].encode()) == ("i-1", "a b")
+    assert emit("template", b"[not a mark] x") == ("template", "[not a mark] x")
+
+
+def test_attributed_lines_of_threads_do_not_interleave() -> None:
+    sink = io.StringIO()
+    out = Attributed(sink, "i-2")
+
+    def noisy(n: int) -> None:
+        for _ in range(200):
+            out.write(f"thread {n} ")
+            out.write("says hello\n")
+
+    threads = [threading.Thread(target=noisy, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = sink.getvalue().splitlines()
+    assert len(lines) == 800
+    assert all(re.fullmatch(r"\[instance i-2\] thread \d says hello", x) for x in lines)
