@@ -82,9 +82,12 @@ async def send_signal(tpl: TemplateHandle, iid: str, sig: int) -> None:
         await send(tpl, {"op": "signal", "id": iid, "sig": int(sig)})
 
 
-async def spawn(config: ProcessConfig, ctx: BackendContext, tasks: TaskSet) -> TemplateHandle:
+async def spawn(
+    config: ProcessConfig, ctx: BackendContext, tasks: TaskSet | None = None
+) -> TemplateHandle:
     """Start the template and wait until it has built the app (BackendConfigError if not).
-    Its stderr, which its forks share, is read in `tasks` (log.relay: lines by instance)."""
+    With `tasks`, its stderr, which its forks share, is a pipe read there (log.relay: the
+    lines by instance); without, it is the proxy's."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     spec = {
         "app": config.app,
@@ -110,7 +113,7 @@ async def spawn(config: ProcessConfig, ctx: BackendContext, tasks: TaskSet) -> T
             cwd=config.abs_cwd,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
+            stderr=None if tasks is None else asyncio.subprocess.PIPE,
             start_new_session=True,  # no terminal signals: the proxy decides when it stops
         )
     except OSError as exc:
@@ -118,8 +121,9 @@ async def spawn(config: ProcessConfig, ctx: BackendContext, tasks: TaskSet) -> T
         raise BackendConfigError(f"cannot start the fork template: {exc}") from exc
     finally:
         theirs.close()
-    assert proc.stderr is not None
-    tasks.spawn(output.relay(proc.stderr, "template"), f"process-template-stderr-{proc.pid}")
+    if tasks is not None:
+        assert proc.stderr is not None
+        tasks.spawn(output.relay(proc.stderr, "template"), f"process-template-stderr-{proc.pid}")
     ours.setblocking(False)
     tpl = TemplateHandle(proc, ours)
     try:
