@@ -158,7 +158,12 @@ class FaultEngine:
         return res.stdout.split()
 
     def stop(self) -> None:
-        """Stop dockerd (SIGTERM: it stops its containers), then delete the bridge."""
+        """Stop dockerd (SIGTERM: it stops its containers), then delete the bridge. A
+        killed engine is started first: its containers outlive it in their shims, and a
+        dockerd reaps them as it starts."""
+        if _pid(self._pidfile, "dockerd") is None and (self.root / "data").exists():
+            with contextlib.suppress(RuntimeError, OSError, subprocess.SubprocessError):
+                self.start()
         pid = _pid(self._pidfile, "dockerd")
         if pid is not None:
             os.kill(pid, signal.SIGTERM)
