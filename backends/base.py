@@ -124,6 +124,13 @@ class Backend(abc.ABC):
         Read off the event loop. Default: none measured."""
         return {}
 
+    @property
+    def down_reason(self) -> str | None:
+        """Why no start can succeed right now (every engine unreachable), or None. The pool
+        then answers 503 at once instead of holding requests for starts that cannot work,
+        and tries none until it is None again. Read on the data path: keep it cheap."""
+        return None
+
     async def alive(self, instance: Instance) -> bool:
         """Cheap liveness check used after a failed request; default: assume alive."""
         return True

@@ -102,6 +102,8 @@ class Lifecycle(abc.ABC):
             reason = exc.reason if isinstance(exc, BackendError) else type(exc).__name__
             if isinstance(exc, TimeoutError):
                 reason = "timeout"
+                if not str(exc):  # the pool's own start_timeout
+                    exc = TimeoutError(self._timed_out(slot))
             if slot.death_reason:
                 reason = "died"
             self._start_failed(slot, reason, exc)
@@ -131,10 +133,23 @@ class Lifecycle(abc.ABC):
         self._dispatch()
         self._after_change()
 
+    def _timed_out(self, slot: Slot) -> str:
+        """What a start timeout waited on: asyncio's TimeoutError says nothing."""
+        secs = f"{self.cfg.start_timeout:g}s"
+        if slot.instance is None:
+            return f"the backend did not return an instance within {secs}"
+        url = slot.instance.endpoint.url + self.cfg.readiness_path
+        last = slot.probe_error or "no probe finished"
+        return f"not ready within {secs}: GET {url} last got {last}"
+
     async def _probe(self, slot: Slot, inst: Instance) -> None:
         assert self._probe_session is not None
         url = inst.endpoint.url + self.cfg.readiness_path
-        if not await wait_ready(self._probe_session, url, stop=slot.died):
+
+        def missed(why: str) -> None:
+            slot.probe_error = why
+
+        if not await wait_ready(self._probe_session, url, stop=slot.died, on_miss=missed):
             raise BackendError(f"instance died while starting: {slot.death_reason}", reason="died")
 
     def _start_failed(self, slot: Slot, reason: str, exc: BaseException) -> None:

@@ -32,6 +32,7 @@ from proxy.policy import (
 from proxy.slots import (
     LIVE,
     STATES,
+    BackendDown,
     HoldTimeout,
     Lease,
     NoInstance,
@@ -109,6 +110,7 @@ class Pool(Lifecycle):
         self._blocked_until = 0.0
         self.recent_failures: deque[dict[str, Any]] = deque(maxlen=FAILURES_KEPT)
         self._closing = False
+        self._down = ""  # the backend's down_reason while it has one
         self._wake = asyncio.Event()
         self._probe_session: aiohttp.ClientSession | None = None
         self._state_gauges = {st: metrics.instances.labels(st.value) for st in STATES}
@@ -416,8 +418,9 @@ class Pool(Lifecycle):
     def _rebalance(self) -> None:
         if self._closing:
             return
+        down = self._backend_down()
         d = decide(self.snapshot(), self.cfg)
-        for _ in range(d.start):
+        for _ in range(0 if down else d.start):
             self._launch_start(d.reasons)
         if not d.start:
             self._recover()
@@ -426,6 +429,28 @@ class Pool(Lifecycle):
             if slot is not None:
                 self._begin_stop(slot, reason)
         self._update_gauges()
+
+    def _backend_down(self) -> bool:
+        """The backend says no start can work (its engine is down): whoever waits is told
+        at once (503) and no start is tried, since each would fail and grow the start
+        backoff; once it is back, starts begin at once, without that backoff."""
+        reason = self.backend.down_reason
+        if reason is None:
+            if self._down:
+                log.info("backend is back (was: %s): starting instances again", self._down)
+                self._down = ""
+                self._failures = 0
+                self._blocked_until = 0.0
+            return False
+        if not self._down:
+            log.warning("backend down: %s; answering 503 until it is back", reason)
+        self._down = reason
+        while self._waiters:
+            w = self._waiters.popleft()
+            if not w.fut.done():
+                w.fut.set_exception(BackendDown(reason))
+        self.metrics.queue_depth.set(0)
+        return True
 
     async def _control_loop(self) -> None:
         """Periodic tick: idle reaping, backoff expiry, floors."""

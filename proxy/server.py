@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import socket
-import time
 from collections.abc import Callable, Iterator
 
 from aiohttp import web
@@ -21,7 +20,7 @@ from backends.support import owner
 from backends.support.extras import MissingExtra
 from backends.support.table import ConfigError
 from backends.support.tasks import TaskSet
-from proxy import handover, open_files, reload
+from proxy import handover, logs, open_files, reload
 from proxy.admin import admin_runner, admin_site
 from proxy.config import Address, Config
 from proxy.forwarding.forward import Forwarder
@@ -34,7 +33,6 @@ from proxy.notify import Notifier
 from proxy.pool import Pool
 
 log = logging.getLogger("forkproxy")
-access_log = logging.getLogger("forkproxy.access")
 
 
 class ListenError(OSError):
@@ -230,18 +228,13 @@ class Proxy:
             await self._admin.cleanup()
 
     async def _access_logged(self, req: Request) -> None:
+        # ids only here: with the access log off a request pays nothing for them
+        req.request_id = logs.take_request_id(req)
+        sent = req.conn.sent
         try:
             await self.gen.handle(req)
         finally:
-            access_log.info(
-                '%s "%s %s HTTP/%s" %d %.1fms',
-                req.peer,
-                req.method,
-                req.path.decode("latin-1"),
-                req.version,
-                req.status or 499,
-                (time.monotonic() - req.started) * 1000,
-            )
+            logs.log_access(req, req.conn.sent - sent)
 
     async def _upgrade(self, req: Request) -> None:
         await self.gen.upgrade(req)

@@ -50,6 +50,13 @@ class NoInstance(PoolError):
     reason = "start_failed"
 
 
+class BackendDown(PoolError):
+    """The backend can start nothing (its engine is down): told at once, not after a wait."""
+
+    status = 503
+    reason = "backend_down"
+
+
 class PoolClosed(PoolError):
     status = 503
     reason = "shutting_down"
@@ -71,6 +78,7 @@ class Slot:
     strikes: int = 0  # failures without a success in between
     died: asyncio.Event = field(default_factory=asyncio.Event)
     death_reason: str = ""
+    probe_error: str = ""  # what the last readiness probe got, for a start timeout's log
     stop_reason: str = ""  # DRAINING: why; cleared once its stop is under way
     solo: bool = False  # no other start was under way when it began
     working: bool = False  # its app works on after a response (BackendContext.on_working)

@@ -93,6 +93,13 @@ class DockerBackend(Backend):
         """Containers parked in the paused pool right now (a start takes one)."""
         return len(self._paused)
 
+    @property
+    def down_reason(self) -> str | None:
+        """Every engine unreachable: no start can succeed until one answers again."""
+        if self._closing or any(e.healthy for e in self._engines):
+            return None
+        return f"no Docker engine reachable ({self._engines.detail()})"
+
     # -- Backend API -------------------------------------------------------------------
 
     async def prepare(self) -> None:

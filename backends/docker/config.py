@@ -27,7 +27,7 @@ class DockerConfig:
     paused_pool: int = 0  # started, probed, then paused containers kept ready
     stop_timeout: float = 5.0
     adopt: bool = False  # leftovers of an earlier run: adopt into the paused pool vs reap
-    engine_retry: float = 10.0  # seconds before an engine marked unhealthy is tried again
+    engine_retry: float = 1.0  # seconds between pings of an engine marked unhealthy
     engine_timeout: float = 3.0  # connect + ping; an engine silent this long is skipped
 
 
@@ -57,7 +57,7 @@ def parse_config(table: Table) -> DockerConfig:
         paused_pool=table.int("paused_pool", 0, min=0, max=1000),
         stop_timeout=table.duration("stop_timeout", 5.0),
         adopt=table.bool("adopt", False),
-        engine_retry=table.duration("engine_retry", 10.0, min=0.1),
+        engine_retry=table.duration("engine_retry", 1.0, min=0.1),
         engine_timeout=table.duration("engine_timeout", 3.0, min=0.1),
     )
     if 0 < cfg.memory < 6 * 1024**2:

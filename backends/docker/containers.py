@@ -58,9 +58,8 @@ class Containers:
         try:
             made = await self._threads.call(create_started, engine, self._cfg, name, labels, env)
         except Exception as exc:
+            # not logged here: the pool logs the failure once, with its reason
             err = translate(exc, engine.url, f"start {name}")
-            if err.reason == "exited_before_ready":
-                log.warning("%s", err)
             if isinstance(err, BackendUnavailable):
                 self._on_unreachable(engine, err)
             raise err from exc

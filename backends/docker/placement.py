@@ -1,5 +1,5 @@
 """Where the docker backend puts a container: the least loaded of its healthy engines.
-An engine that fails is marked down and left alone for `engine_retry` seconds."""
+An engine that fails is marked down and skipped until a ping (every `engine_retry`) answers."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ class Engines:
     def healthy(self) -> list[Engine]:
         return [e for e in self._all if e.healthy]
 
-    def _detail(self) -> str:
+    def detail(self) -> str:
         return "; ".join(f"{e.url}: {e.last_error}" for e in self._all)
 
     async def connect(self, threads: Threads) -> list[Engine]:
@@ -48,7 +48,7 @@ class Engines:
                 )
         healthy = self.healthy()
         if not healthy:
-            raise BackendUnavailable(f"no Docker engine reachable: {self._detail()}")
+            raise BackendUnavailable(f"no Docker engine reachable: {self.detail()}")
         return healthy
 
     def pick(self) -> Engine:
@@ -56,7 +56,7 @@ class Engines:
         healthy = self.healthy()
         if not healthy:
             raise StartError(
-                f"no healthy Docker engine ({self._detail()})", reason="engine_unreachable"
+                f"no healthy Docker engine ({self.detail()})", reason="engine_unreachable"
             )
         return min(healthy, key=lambda e: len(e.containers))
 

@@ -1,5 +1,6 @@
 """The docker backend's watch on its engines: one event stream per engine (deaths and OOM
-kills reach `on_event`), a lost engine marked down, and reconnected every engine_retry."""
+kills reach `on_event`), a lost engine marked down, and pinged every engine_retry until
+it answers."""
 
 from __future__ import annotations
 
@@ -50,18 +51,28 @@ class EngineWatch:
         await self._pumps.drain(within=10)
         self._pumps.shutdown()
 
+    async def _until_back(self, engine: Engine) -> bool:
+        """Ping a down engine every engine_retry (the first time engine_retry after it
+        went down) until it answers: True, or False once closing."""
+        wait = engine.retry_after - (time.monotonic() - engine.down_since)
+        while not self._closing:
+            await asyncio.sleep(max(wait, 0.0))
+            try:
+                await self._threads.call(engine.connect)
+            except BackendError:
+                wait = engine.retry_after  # connect() marked it down again
+                continue
+            return True
+        return False
+
     async def run(self, engine: Engine) -> None:
         """Own one engine's event stream; reconnect an unhealthy engine every engine_retry."""
         loop = asyncio.get_running_loop()
         since: int | None = None
         while not self._closing:
             if not engine.healthy:
-                wait = engine.retry_after - (time.monotonic() - engine.down_since)
-                await asyncio.sleep(max(wait, 0.0))
-                try:
-                    await self._threads.call(engine.connect)
-                except BackendError:
-                    continue  # connect() marked it down again: wait another engine_retry
+                if not await self._until_back(engine):
+                    return
                 log.info("Docker engine %s is back", engine.url)
                 await self._on_back(engine)
                 since = None

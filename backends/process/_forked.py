@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from backends.process import _failures, _forksafe, _linux, _serve
+from backends.process import log as output
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ def label_instance(role_slot: int | None, iid: str, env: dict[str, str]) -> None
     """Become instance `iid`: its env for the app, its label for list()."""
     os.environ.update(env)
     os.environ[_linux.ROLE_VAR] = f"{_linux.ROLE_FORK_PREFIX}{iid}"
+    output.attribute(iid)
     if role_slot is not None:
         _linux.write_role(role_slot, f"{_linux.ROLE_FORK_PREFIX}{iid}")
 

@@ -16,10 +16,12 @@ from typing import Any
 from backends.base import BackendContext
 from backends.errors import BackendConfigError
 from backends.process import _common, _linux
+from backends.process import log as output
 from backends.process._frames import ControlTimeout, FrameWriter
 from backends.process.config import ProcessConfig
 from backends.process.log import log
 from backends.support.kill import terminate, within
+from backends.support.tasks import TaskSet
 
 _ROOT = str(Path(__file__).resolve().parents[2])  # so the template imports this package
 _BOOT = (
@@ -89,8 +91,12 @@ async def send_signal(tpl: TemplateHandle, iid: str, sig: int) -> bool:
     return True
 
 
-async def spawn(config: ProcessConfig, ctx: BackendContext) -> TemplateHandle:
-    """Start the template and wait until it has built the app (BackendConfigError if not)."""
+async def spawn(
+    config: ProcessConfig, ctx: BackendContext, tasks: TaskSet | None = None
+) -> TemplateHandle:
+    """Start the template and wait until it has built the app (BackendConfigError if not).
+    With `tasks`, its stderr, which its forks share, is a pipe read there (log.relay: the
+    lines by instance); without, it is the proxy's."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     spec = {
         "app": config.app,
@@ -117,6 +123,7 @@ async def spawn(config: ProcessConfig, ctx: BackendContext) -> TemplateHandle:
             cwd=config.abs_cwd,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
+            stderr=None if tasks is None else asyncio.subprocess.PIPE,
             start_new_session=True,  # no terminal signals: the proxy decides when it stops
         )
     except OSError as exc:
@@ -124,6 +131,9 @@ async def spawn(config: ProcessConfig, ctx: BackendContext) -> TemplateHandle:
         raise BackendConfigError(f"cannot start the fork template: {exc}") from exc
     finally:
         theirs.close()
+    if tasks is not None:
+        assert proc.stderr is not None
+        tasks.spawn(output.relay(proc.stderr, "template"), f"process-template-stderr-{proc.pid}")
     ours.setblocking(False)
     tpl = TemplateHandle(proc, ours)
     try:

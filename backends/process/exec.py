@@ -18,14 +18,13 @@ from dataclasses import dataclass, field
 from backends.base import BackendContext, Endpoint, Instance
 from backends.errors import BackendConfigError, StartError
 from backends.process import _common, _linux, _memory
+from backends.process import log as output
 from backends.process.config import ProcessConfig
 from backends.process.log import log
 from backends.support.kill import terminate, within
 from backends.support.tasks import TaskSet
 
 _TAIL_LINES = 20
-_LINE_MAX = 1000
-_CHUNK = 64 * 1024
 _REASON_MAX = 300
 
 
@@ -133,18 +132,11 @@ class ExecBackend(_common.ProcessBackendBase):
         )
 
     async def _watch(self, entry: _Proc) -> None:
-        """Keep the stderr tail, then report the exit unless we asked for it."""
+        """Log its output as the instance's, keep the tail, then report the exit unless
+        we asked for it."""
         assert entry.proc.stderr is not None
         try:
-            # Chunks, not readline(): one giant line must not kill the watcher.
-            partial = b""
-            while chunk := await entry.proc.stderr.read(_CHUNK):
-                *lines, partial = (partial + chunk).split(b"\n")
-                partial = partial[-_LINE_MAX:]
-                for line in lines:
-                    self._stderr_line(entry, line)
-            if partial:
-                self._stderr_line(entry, partial)
+            await output.relay(entry.proc.stderr, entry.id, lambda _, text: entry.tail.append(text))
             code = await entry.proc.wait()
         finally:
             entry.exited.set()
@@ -163,11 +155,6 @@ class ExecBackend(_common.ProcessBackendBase):
             self.ctx.on_death(entry.id, reason)
         except Exception:
             log.exception("on_death callback failed for %s", entry.id)
-
-    def _stderr_line(self, entry: _Proc, line: bytes) -> None:
-        text = line[:_LINE_MAX].decode(errors="replace").rstrip()
-        entry.tail.append(text)
-        log.info("[%s] %s", entry.id, text)
 
     async def stop(self, instance: Instance, reason: str) -> None:
         entry = self._procs.get(instance.id)

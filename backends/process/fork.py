@@ -89,7 +89,7 @@ class ForkBackend(_common.ProcessBackendBase):
             return self._template
 
     async def _start_template(self) -> TemplateHandle:
-        tpl = await _template_client.spawn(self.config, self.ctx)
+        tpl = await _template_client.spawn(self.config, self.ctx, self._tasks)
         self.template_starts += 1
         self._tasks.spawn(self._read_loop(tpl), f"process-template-{tpl.pid}")
         return tpl

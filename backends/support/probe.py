@@ -35,12 +35,14 @@ async def wait_ready(
     check: Callable[[], Awaitable[None]] | None = None,
     first_delay: float = 0.002,
     max_delay: float = 0.1,
+    on_miss: Callable[[str], None] | None = None,
 ) -> bool:
     """True once `url` answers with a status below `ready_below`; False as soon as `stop`
     is set (the instance died: no point waiting). Raises NotReady once `deadline` (a
     time.monotonic() value) has passed; without one the caller's own timeout bounds it.
     `check` runs after each failed attempt and may raise to give up (a container that
-    exited). Attempts are first_delay apart, growing by half up to max_delay."""
+    exited). `on_miss` gets what each failed attempt got (a caller's own timeout then
+    says why). Attempts are first_delay apart, growing by half up to max_delay."""
     last = "no answer"
     delay = first_delay
     while True:
@@ -53,6 +55,8 @@ async def wait_ready(
                 last = f"HTTP {resp.status}"
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             last = repr(exc)
+        if on_miss is not None:
+            on_miss(last)
         if check is not None:
             await check()
         if deadline is not None and time.monotonic() > deadline:

@@ -17,9 +17,26 @@ from backends.support.tasks import TaskSet
 Stop = Callable[[Instance, str], Coroutine[Any, Any, None]]
 
 
+class _Failed:
+    """A start's exception carried as its result: the caller raises it and the pool logs
+    it once, with its reason; raised in the task, the TaskSet would log it a second time
+    (as an ERROR with a traceback)."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+
+async def _outcome(start: Coroutine[Any, Any, Instance]) -> Instance | _Failed:
+    try:
+        return await start
+    except Exception as exc:
+        return _Failed(exc)
+
+
 class Starts:
     def __init__(self, name: str, log: logging.Logger, stop: Stop, background: TaskSet) -> None:
         self._name = name
+        self._log = log
         self._set = TaskSet(f"{name}-starts", log)
         self._stop = stop
         self._background = background  # where an abandoned instance's stop runs
@@ -29,19 +46,25 @@ class Starts:
         if self._closing:
             start.close()
             raise StartError(f"{self._name} backend is closing", reason="closing")
-        task = self._set.spawn(start, f"start:{instance_id}")
+        task = self._set.spawn(_outcome(start), f"start:{instance_id}")
         if task is None:
             raise StartError(f"{self._name} backend is closing", reason="closing")
         try:
-            return await asyncio.shield(task)
+            result: Instance | _Failed = await asyncio.shield(task)
         except asyncio.CancelledError:
             task.add_done_callback(self._abandoned)
             raise
+        if isinstance(result, _Failed):
+            raise result.exc
+        return result
 
-    def _abandoned(self, task: asyncio.Task[Instance]) -> None:
+    def _abandoned(self, task: asyncio.Task[Instance | _Failed]) -> None:
         if task.cancelled() or task.exception() is not None or self._closing:
             return  # closing: the backend's sweep removes it
         inst = task.result()
+        if isinstance(inst, _Failed):
+            self._log.info("a start nobody waits for any more failed: %s", inst.exc)
+            return
         self._background.spawn(self._stop(inst, "abandoned"), f"stop:{inst.id}")
 
     async def join(self) -> None:

@@ -36,6 +36,7 @@ _POOL_TEXT = {
     "queue_full": "Service Unavailable: queue full",
     "start_failed": "Service Unavailable: no instance could be started",
     "shutting_down": "Service Unavailable: shutting down",
+    "backend_down": "Service Unavailable: backend down",
 }
 
 
@@ -172,6 +173,7 @@ class Forwarder:
             if req.body.error is not None:  # broke while held: send the instance nothing
                 raise req.body.error
             req.body.slot_taken()
+            req.lease = lease  # the access log names the instance
             t_send = time.monotonic()
             try:
                 conn_up, upstream = await self._send(req, lease, head, body)

@@ -16,6 +16,7 @@ from proxy.http.chunks import HIGH_WATER, ChunkQueue
 
 if TYPE_CHECKING:
     from proxy.http.server import HttpConnection
+    from proxy.pool import Lease
 
 REASONS = {
     100: b"Continue",
@@ -229,8 +230,10 @@ class Request:
         "headers",
         "host",
         "keep_alive",
+        "lease",
         "method",
         "path",
+        "request_id",
         "response_started",
         "started",
         "status",
@@ -257,6 +260,9 @@ class Request:
         self.started = time.monotonic()
         self.body: Body = Body(conn)
         self._chunked_out = False
+        # set only with server.access_log (proxy/logs.py): the id returned on the response
+        self.request_id: bytes | None = None
+        self.lease: Lease | None = None  # the instance slot it got, for the access log
 
     @property
     def peer(self) -> str:
@@ -289,6 +295,10 @@ class Request:
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason or REASONS.get(status, b"Unknown"))]
         for name, value in headers:  # joined once below: no bytes built per header
             parts += (name, b": ", value, b"\r\n")
+        if self.request_id is not None and not any(
+            n.lower() == b"x-request-id" for n, _ in headers
+        ):
+            parts += (b"X-Request-ID: ", self.request_id, b"\r\n")
         if body:
             if length is not None:
                 parts.append(b"Content-Length: %d\r\n" % length)

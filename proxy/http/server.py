@@ -51,6 +51,7 @@ class HttpConnection(RequestParsing, asyncio.Protocol):
         self.flow = Flow()
         self.transport: asyncio.Transport | None = None
         self.peer = ""
+        self.sent = 0  # bytes written to the client (the access log's bytes)
         self.active: Request | None = None
         # the task serving this connection's requests (_serve), or its upgrade's
         self._task: asyncio.Task[None] | None = None
@@ -245,6 +246,7 @@ class HttpConnection(RequestParsing, asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+            self.sent += len(data)
 
     async def drain(self) -> None:
         if self.transport is None or self.transport.is_closing():
