@@ -12,7 +12,9 @@ a busy app whose instances take seconds to start keeps its own. Two rules on top
   has one of those drained (it finishes its requests, takes no new ones) instead of
   waiting for a load that may never drop. An app at or above its share waits when no
   idle instance can make room (idle capacity is lent past the share: work-conserving).
-Instances being stopped already do not count: they are on their way out.
+Instances being stopped count until they are gone (the cap is hard: it is memory), but
+as room on its way: no more is evicted for them, the start waits for them. So a start
+that needs an eviction is answered "not yet" and asked again (the pool's next tick).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class AppLoad:
 
 @dataclass(frozen=True)
 class Verdict:
-    admit: bool  # the start may go ahead now (after the evictions below)
+    admit: bool  # the start may go ahead now
     evict: tuple[tuple[str, str], ...] = ()  # (app, instance id): idle, stop now
     reclaim: tuple[tuple[str, str], ...] = ()  # (app, instance id): busy, drain then stop
     reason: str = ""
@@ -91,14 +93,18 @@ def admit(cfg: BudgetConfig, apps: Sequence[AppLoad], asking: str) -> Verdict:
     default_mem = sum(measured) // len(measured) if measured else 0
     need_mem = me.memory_each or default_mem
     used_mem = sum(i.memory or default_mem for a in apps for i in a.held)
+    leaving = [i for a in apps for i in a.instances if i.state == "stopping"]
+    leaving_mem = sum(i.memory or default_mem for i in leaving)
 
-    def over() -> tuple[int, int]:
-        n = sum(counts.values()) + 1 - cfg.max_instances if cfg.max_instances else 0
-        m = used_mem + need_mem - cfg.max_memory if cfg.max_memory and need_mem else 0
+    def over(extra: int = 0, extra_mem: int = 0) -> tuple[int, int]:
+        n = sum(counts.values()) + extra + 1 - cfg.max_instances if cfg.max_instances else 0
+        m = used_mem + extra_mem + need_mem - cfg.max_memory if cfg.max_memory and need_mem else 0
         return n, m
 
-    if max(over()) <= 0:
+    if max(over(len(leaving), leaving_mem)) <= 0:
         return Verdict(True)
+    if max(over()) <= 0:
+        return Verdict(False, reason="waiting for instances being stopped")
     share = fair_share(cfg, apps, asking)
     under_share = not cfg.max_instances or counts[asking] < share
 
@@ -129,7 +135,7 @@ def admit(cfg: BudgetConfig, apps: Sequence[AppLoad], asking: str) -> Verdict:
         counts[app.name] -= 1
         used_mem -= inst.memory or default_mem
     if max(over()) <= 0:
-        return Verdict(True, tuple(evict), reason="evicted idle instances")
+        return Verdict(False, tuple(evict), reason="idle instances of other apps give back")
     if not under_share:
         # at its share: its own instances free up for its queue; evicting others' idle
         # ones would not let it start anyway

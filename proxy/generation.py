@@ -45,6 +45,7 @@ class Generation:
         self.pool = Pool(cfg.pool, backend, self.ctx, metrics)
         self.forwarder = Forwarder(cfg, self.pool, metrics)
         self.active = 0  # requests (and tunnels) its handlers run
+        self.requests = 0  # requests routed to it (the budget's request frequency)
         self._idle = asyncio.Event()
 
     async def start(self) -> None:
@@ -67,6 +68,7 @@ class Generation:
 
     async def handle(self, req: Request) -> None:
         self.active += 1
+        self.requests += 1
         try:
             await self.forwarder.handle(req)
         finally:

@@ -29,7 +29,13 @@ def test_no_budget_or_room_admits_without_evicting() -> None:
 def test_an_idle_instance_of_another_app_makes_room() -> None:
     apps = [app("a", *idle("a1")), app("b")]
     v = admit(BudgetConfig(max_instances=1), apps, "b")
-    assert v.admit and v.evict == (("a", "a1"),) and not v.reclaim
+    assert not v.admit and v.evict == (("a", "a1"),) and not v.reclaim
+    # asked again while it stops: no more evicted, the start waits; once gone, it fits
+    apps = [app("a", Held("a1", "stopping"), *idle("a2")), app("b")]
+    assert admit(BudgetConfig(max_instances=2), apps, "b") == Verdict(
+        False, reason="waiting for instances being stopped"
+    )
+    assert admit(BudgetConfig(max_instances=1), [app("a"), app("b")], "b") == Verdict(True)
 
 
 def test_cheapest_to_bring_back_goes_first() -> None:
@@ -61,7 +67,7 @@ def test_max_memory_evicts_until_the_start_fits() -> None:
         app("b", *idle("b1", memory=100 * MiB)),
     ]
     v = admit(BudgetConfig(max_memory=350 * MiB), apps, "b")
-    assert v.admit and len(v.evict) == 1 and v.evict[0][0] == "a"
+    assert not v.admit and len(v.evict) == 1 and v.evict[0][0] == "a"
     assert admit(BudgetConfig(max_memory=1000 * MiB), apps, "b") == Verdict(True)
 
 
@@ -71,9 +77,10 @@ def test_never_below_min_instances_nor_the_asking_apps_own() -> None:
     assert not v.admit and not v.evict and not v.reclaim
 
 
-def test_stopping_instances_do_not_count() -> None:
+def test_stopping_instances_count_until_gone() -> None:
     apps = [app("a", Held("a1", "stopping")), app("b")]
-    assert admit(BudgetConfig(max_instances=1), apps, "b") == Verdict(True)
+    assert not admit(BudgetConfig(max_instances=1), apps, "b").admit
+    assert admit(BudgetConfig(max_instances=2), apps, "b") == Verdict(True)
 
 
 def test_starting_instances_count_and_are_never_evicted() -> None:
@@ -91,7 +98,7 @@ def test_apps_above_their_share_give_first() -> None:
         app("b"),
     ]
     v = admit(BudgetConfig(max_instances=4), apps, "b")
-    assert v.admit and v.evict == (("a", "a1"),)
+    assert v.evict == (("a", "a1"),)
 
 
 def test_a_starved_app_reclaims_from_a_busy_app_above_its_share() -> None:
@@ -133,6 +140,6 @@ def test_idle_first_then_reclaim_for_the_rest() -> None:
     ]
     # share 5 // 3 = 1; full at 5: a's idle one goes; one more instance fits
     v = admit(BudgetConfig(max_instances=5), apps, "b")
-    assert v.admit and v.evict == (("a", "a4"),)
+    assert v.evict == (("a", "a4"),) and not v.reclaim
     v = admit(BudgetConfig(max_instances=4), apps, "b")
     assert not v.admit and v.evict == (("a", "a4"),) and v.reclaim[0][0] == "a"

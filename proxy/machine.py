@@ -1,0 +1,83 @@
+"""The machine's budget at work (the pure rule is proxy/budget.py): before an app's
+pool starts an instance it asks here; this reads every app's pool, asks the rule, and
+has the instances it names given back (drained, then stopped)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from proxy import budget
+from proxy.budget import AppLoad, BudgetConfig
+
+if TYPE_CHECKING:
+    from proxy.generation import Generation
+
+log = logging.getLogger("forkproxy.budget")
+RATE_WINDOW = 1.0  # seconds between request-rate samples
+
+
+class _Rate:
+    """Requests per second of one app, smoothed over samples at least RATE_WINDOW apart."""
+
+    def __init__(self, now: float, count: int) -> None:
+        self.at, self.count, self.value = now, count, 0.0
+
+    def update(self, now: float, count: int) -> float:
+        if now - self.at >= RATE_WINDOW:
+            fresh = max(0, count - self.count) / (now - self.at)
+            self.value = fresh if not self.value else (self.value + fresh) / 2
+            self.at, self.count = now, count
+        return self.value
+
+
+class Machine:
+    def __init__(
+        self,
+        cfg: BudgetConfig,
+        gens: Callable[[], Mapping[str, Generation]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self._gens = gens
+        self._clock = clock
+        self._rates: dict[str, _Rate] = {}
+        self.last: budget.Verdict | None = None  # the latest refusal (tests, logs)
+
+    def attach(self, app: str, gen: Generation) -> None:
+        gen.pool.admit_start = (lambda: self.admit(app)) if self.cfg.enabled else None
+
+    def loads(self) -> list[AppLoad]:
+        now = self._clock()
+        out = []
+        for name, gen in self._gens().items():
+            held, cost = gen.pool.budget_load()
+            rate = self._rates.get(name)
+            if rate is None:
+                rate = self._rates[name] = _Rate(now, gen.requests)
+            out.append(
+                AppLoad(
+                    name,
+                    held,
+                    start_cost=cost,
+                    frequency=rate.update(now, gen.requests),
+                    min_instances=gen.pool.cfg.min_instances,
+                )
+            )
+        return out
+
+    def admit(self, app: str) -> bool:
+        verdict = budget.admit(self.cfg, self.loads(), app)
+        if verdict.admit:
+            return True
+        gens = self._gens()
+        for reason, names in (("budget", verdict.evict), ("budget_share", verdict.reclaim)):
+            for owner, instance_id in names:
+                log.info("budget: %s gives back %s for %s (%s)", owner, instance_id, app, reason)
+                gens[owner].pool.give_back(instance_id, reason)
+        if verdict != self.last:
+            log.debug("budget: %s waits: %s", app, verdict.reason)
+        self.last = verdict
+        return False

@@ -1,0 +1,119 @@
+"""One proxy, two fork-mode apps: routed by Host and by path prefix, each scaling to
+zero on its own, and one machine budget between them."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+
+from proxy.config import parse
+from proxy.server import Proxy
+from tests.conftest import eventually
+
+APPS = "tests.proxy.apps.two_apps"
+
+
+def config(idle_ttl: str, **extra: Any) -> dict[str, Any]:
+    def app(hosts: list[str], func: str, **more: Any) -> dict[str, Any]:
+        return {
+            "hosts": hosts,
+            "pool": {"idle_ttl": idle_ttl, "start_timeout": "10s", "tick": "50ms"},
+            "backend": {"type": "process", "mode": "fork", "app": f"{APPS}:{func}"},
+            **more,
+        }
+
+    return {
+        "server": {
+            "listen": "127.0.0.1:0",
+            "admin": "127.0.0.1:0",
+            "name": f"apps-{os.getpid()}-{time.monotonic_ns() % 10**9}",
+            "shutdown_timeout": "10s",
+        },
+        "apps": {
+            "shop": app(["shop.test"], "shop"),
+            "blog": app(["blog.test", "shop.test"], "blog", path_prefix="/blog"),
+        },
+        **extra,
+    }
+
+
+class Client:
+    def __init__(self, proxy: Proxy, session: aiohttp.ClientSession) -> None:
+        self.proxy, self.session = proxy, session
+
+    async def get(self, host: str, path: str = "/") -> tuple[int, str]:
+        url = f"http://127.0.0.1:{self.proxy.listen_port}{path}"
+        async with self.session.get(url, headers={"Host": host}) as r:
+            return r.status, await r.text()
+
+    async def admin(self, path: str) -> tuple[int, Any]:
+        async with self.session.get(f"http://127.0.0.1:{self.proxy.admin_port}{path}") as r:
+            return r.status, await (r.json() if "instances" in path else r.text())
+
+    async def instances(self, app: str) -> list[dict[str, Any]]:
+        status, body = await self.admin(f"/instances?app={app}")
+        assert status == 200
+        return list(body["instances"])
+
+
+@asynccontextmanager
+async def running(cfg: dict[str, Any]) -> AsyncIterator[Client]:
+    proxy = Proxy(parse(cfg))
+    await proxy.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield Client(proxy, session)
+    finally:
+        await proxy.stop()
+
+
+async def test_routed_by_host_and_prefix_and_each_scales_to_zero() -> None:
+    async with running(config("500ms")) as c:
+        assert await c.get("shop.test") == (200, "shop /")
+        assert await c.get("SHOP.test:80", "/cart") == (200, "shop /cart")
+        assert await c.get("blog.test", "/blog/post") == (200, "blog /blog/post")
+        assert await c.get("shop.test", "/blog/x") == (200, "blog /blog/x")  # by prefix
+        status, text = await c.get("nowhere.test")
+        assert status == 404 and "no app" in text
+        assert (await c.get("blog.test", "/"))[0] == 404  # its prefix only
+
+        (shop,) = await c.instances("shop")
+        assert shop["app"] == "shop"
+        status, body = await c.admin("/instances")
+        assert {row["app"] for row in body["instances"]} == {"shop", "blog"}
+        assert body["apps"] == ["shop", "blog"]
+        assert (await c.admin("/instances?app=nope"))[0] == 404
+
+        _, metrics = await c.admin("/metrics")
+        assert 'forkproxy_app_requests_total{app="shop",code="200"} 2.0' in metrics
+        assert 'forkproxy_app_requests_total{app="blog",code="200"} 2.0' in metrics
+        assert 'forkproxy_app_instances{app="blog",state="ready"} 1.0' in metrics
+        assert 'forkproxy_instances{state="ready"} 2.0' in metrics  # the total
+
+        async def both_at_zero() -> bool:
+            return not await c.instances("shop") and not await c.instances("blog")
+
+        await eventually(both_at_zero, timeout=20, what="both apps scaled to zero")
+
+
+async def test_a_full_budget_evicts_the_other_apps_idle_instance() -> None:
+    # keep-alive far longer than the test: only the budget takes shop's instance away
+    async with running(config("60s", budget={"max_instances": 1})) as c:
+        assert await c.get("shop.test") == (200, "shop /")
+        assert len(await c.instances("shop")) == 1
+        started = time.monotonic()
+        assert await c.get("blog.test", "/blog/") == (200, "blog /blog/")
+        waited = time.monotonic() - started
+        assert not await c.instances("shop")
+        assert [i["state"] for i in await c.instances("blog")] == ["ready"]
+        _, metrics = await c.admin("/metrics")
+        assert 'forkproxy_instance_stops_total{reason="budget"} 1.0' in metrics
+        assert waited < 10, waited
+        # and back: shop's request evicts blog's idle instance
+        assert await c.get("shop.test") == (200, "shop /")
+        assert not await c.instances("blog")

@@ -1,0 +1,22 @@
+"""Two small apps with different answers, served by one proxy in the apps tests."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+
+def _answering(text: str) -> web.Application:
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(text=f"{text} {request.path}")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", answer)
+    return app
+
+
+def shop() -> web.Application:
+    return _answering("shop")
+
+
+def blog() -> web.Application:
+    return _answering("blog")
