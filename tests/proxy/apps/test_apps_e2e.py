@@ -117,3 +117,52 @@ async def test_a_full_budget_evicts_the_other_apps_idle_instance() -> None:
         # and back: shop's request evicts blog's idle instance
         assert await c.get("shop.test") == (200, "shop /")
         assert not await c.instances("blog")
+
+
+async def test_reload_rebuilds_only_the_apps_that_changed() -> None:
+    def cfg() -> dict[str, Any]:
+        out = config("60s")
+        out["server"]["name"] = f"reload-{os.getpid()}"
+        # exec mode: a pool setting applies in place (fork mode reimports on every reload)
+        out["apps"]["shop"]["backend"] = {"type": "process", "mode": "exec"}
+        return out
+
+    async with running(cfg()) as c:
+        assert (await c.get("shop.test"))[0] == 200
+        assert await c.get("blog.test", "/blog/") == (200, "blog /blog/")
+        shop, blog = c.proxy.gens["shop"], c.proxy.gens["blog"]
+        ids = [i["id"] for i in await c.instances("shop")]
+        new = cfg()
+        new["apps"]["shop"]["pool"]["max_concurrency"] = 3  # in place
+        new["apps"]["blog"]["backend"]["app"] = f"{APPS}:shop"  # a new generation
+        new["apps"]["news"] = {
+            "hosts": ["news.test"],
+            "backend": {"type": "process", "mode": "fork", "app": f"{APPS}:blog"},
+        }
+        assert await c.proxy.reload(parse(new))
+        assert c.proxy.gens["shop"] is shop and shop.pool.cfg.max_concurrency == 3
+        assert c.proxy.gens["blog"] is not blog and c.proxy.gens["blog"].number == 2
+        assert [i["id"] for i in await c.instances("shop")] == ids
+        assert await c.get("blog.test", "/blog/") == (200, "shop /blog/")
+        assert await c.get("news.test", "/") == (200, "blog /")
+        # an app removed: its host is nobody's now
+        del new["apps"]["news"]
+        assert await c.proxy.reload(parse(new))
+        assert (await c.get("news.test", "/"))[0] == 404
+        # one app that cannot start: nothing is replaced
+        new["apps"]["shop"]["backend"]["app"] = "no.such.module:app"
+        new["apps"]["shop"]["backend"]["mode"] = "fork"
+        new["apps"]["blog"]["backend"]["app"] = f"{APPS}:blog"
+        before = dict(c.proxy.gens)
+        assert not await c.proxy.reload(parse(new))
+        assert c.proxy.gens == before
+        assert await c.get("blog.test", "/blog/") == (200, "shop /blog/")
+
+
+async def test_a_request_body_to_no_app_keeps_the_connection_usable() -> None:
+    async with running(config("60s")) as c:
+        url = f"http://127.0.0.1:{c.proxy.listen_port}/"
+        for _ in range(3):  # one pooled connection, reused
+            async with c.session.post(url, data=b"x" * 5000, headers={"Host": "no.test"}) as r:
+                assert r.status == 404
+        assert await c.get("shop.test") == (200, "shop /")
