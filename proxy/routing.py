@@ -37,12 +37,9 @@ def host_name(raw: bytes | str | None) -> str:
 
 
 def _prefix(p: str) -> str:
-    return p.rstrip("/")  # "/api/" and "/api" mean the same; "/" means every path
-
-
-def _matches(prefix: str, path: str) -> bool:
-    # on a segment boundary: "/api" takes "/api" and "/api/x", not "/apix"
-    return not prefix or path == prefix or path.startswith(prefix + "/")
+    # "/api/" and "/api" mean the same; "/" every path. A prefix ends on a segment
+    # boundary: "/api" takes "/api" and "/api/x", not "/apix" (_first)
+    return p.rstrip("/")
 
 
 # one host level: (prefix, app) pairs, longest prefix first
@@ -77,15 +74,23 @@ class Router:
         """The app for this Host header and request target, or None (404)."""
         name = host_name(host)
         p = path.decode("latin-1") if isinstance(path, bytes) else path
-        p = p.split("?", 1)[0]
-        levels = [self._exact.get(name)]
-        dot = name.find(".")
-        while dot >= 0:  # "a.b.example.com": "b.example.com", then "example.com", "com"
-            levels.append(self._wild.get(name[dot + 1 :]))
-            dot = name.find(".", dot + 1)
-        levels.append(self._any)
-        for entries in levels:
-            for prefix, app in entries or ():
-                if _matches(prefix, p):
+        if "?" in p:
+            p = p[: p.index("?")]
+        if (app := _first(self._exact.get(name), p)) is not None:
+            return app
+        if self._wild:
+            dot = name.find(".")
+            while dot >= 0:  # "a.b.example.com": "b.example.com", then "example.com", "com"
+                if (app := _first(self._wild.get(name[dot + 1 :]), p)) is not None:
                     return app
+                dot = name.find(".", dot + 1)
+        if (app := _first(self._any, p)) is not None:
+            return app
         return self.default
+
+
+def _first(entries: _Level | None, path: str) -> str | None:
+    for prefix, app in entries or ():
+        if not prefix or path == prefix or path.startswith(prefix + "/"):
+            return app
+    return None
