@@ -19,7 +19,7 @@ that needs an eviction is answered "not yet" and asked again (the pool's next ti
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -81,14 +81,23 @@ def fair_share(cfg: BudgetConfig, apps: Sequence[AppLoad], asking: str) -> int:
     return max(1, cfg.max_instances // len(contending)) if cfg.max_instances else 0
 
 
-def admit(cfg: BudgetConfig, apps: Sequence[AppLoad], asking: str) -> Verdict:
-    """Whether app `asking` may start one more instance, and what must make room."""
+def admit(
+    cfg: BudgetConfig,
+    apps: Sequence[AppLoad],
+    asking: str,
+    reserved: Mapping[str, int] | None = None,
+) -> Verdict:
+    """Whether app `asking` may start one more instance, and what must make room.
+    `reserved`: instances promised to apps that had busy ones reclaimed for them; they
+    count as held for every other app, so the room drained for one is not taken by
+    another (the app it was drained from, above all)."""
     if not cfg.enabled:
         return Verdict(True)
     by_name = {a.name: a for a in apps}
     me = by_name.get(asking, AppLoad(asking, ()))
     counts = {a.name: len(a.held) for a in apps}
     counts.setdefault(asking, 0)
+    promised = sum(n for app, n in (reserved or {}).items() if app != asking)
     measured = [a.memory_each for a in apps if a.memory_each]
     default_mem = sum(measured) // len(measured) if measured else 0
     need_mem = me.memory_each or default_mem
@@ -97,7 +106,8 @@ def admit(cfg: BudgetConfig, apps: Sequence[AppLoad], asking: str) -> Verdict:
     leaving_mem = sum(i.memory or default_mem for i in leaving)
 
     def over(extra: int = 0, extra_mem: int = 0) -> tuple[int, int]:
-        n = sum(counts.values()) + extra + 1 - cfg.max_instances if cfg.max_instances else 0
+        held = sum(counts.values()) + promised + extra
+        n = held + 1 - cfg.max_instances if cfg.max_instances else 0
         m = used_mem + extra_mem + need_mem - cfg.max_memory if cfg.max_memory and need_mem else 0
         return n, m
 

@@ -44,6 +44,8 @@ class Machine:
         self._gens = gens
         self._clock = clock
         self._rates: dict[str, _Rate] = {}
+        # app -> (instances promised by a reclaim, until when the promise holds)
+        self._reserved: dict[str, tuple[int, float]] = {}
         self.last: budget.Verdict | None = None  # the latest refusal (tests, logs)
 
     def attach(self, app: str, gen: Generation) -> None:
@@ -69,10 +71,19 @@ class Machine:
         return out
 
     def admit(self, app: str) -> bool:
-        verdict = budget.admit(self.cfg, self.loads(), app)
+        now = self._clock()
+        self._reserved = {k: v for k, v in self._reserved.items() if v[1] > now}
+        promised = {k: n for k, (n, _) in self._reserved.items()}
+        verdict = budget.admit(self.cfg, self.loads(), app, promised)
         if verdict.admit:
+            if (held := self._reserved.pop(app, None)) is not None and held[0] > 1:
+                self._reserved[app] = (held[0] - 1, held[1])
             return True
         gens = self._gens()
+        if verdict.reclaim and app in gens:
+            # the promise lasts as long as its requests may wait for it
+            until = now + gens[app].pool.cfg.hold_timeout
+            self._reserved[app] = (promised.get(app, 0) + len(verdict.reclaim), until)
         for reason, names in (("budget", verdict.evict), ("budget_share", verdict.reclaim)):
             for owner, instance_id in names:
                 log.info("budget: %s gives back %s for %s (%s)", owner, instance_id, app, reason)

@@ -3,6 +3,7 @@ zero on its own, and one machine budget between them."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
@@ -117,6 +118,28 @@ async def test_a_full_budget_evicts_the_other_apps_idle_instance() -> None:
         # and back: shop's request evicts blog's idle instance
         assert await c.get("shop.test") == (200, "shop /")
         assert not await c.instances("blog")
+
+
+async def test_a_busy_app_gives_a_starved_app_its_share() -> None:
+    # shop takes the whole budget with two busy instances; blog, below its share, has
+    # one of them drained for it: it waits for that request, not for shop's load to end
+    cfg = config("60s", budget={"max_instances": 2})
+    cfg["apps"]["shop"]["pool"]["max_concurrency"] = 1
+    async with running(cfg) as c, asyncio.TaskGroup() as tg:
+        slow = [tg.create_task(c.get("shop.test", "/?sleep=2")) for _ in range(2)]
+
+        async def two_busy() -> bool:
+            rows = await c.instances("shop")
+            return len(rows) == 2 and all(r["in_flight"] == 1 for r in rows)
+
+        await eventually(two_busy, timeout=20, what="two busy shop instances")
+        started = time.monotonic()
+        assert await c.get("blog.test", "/blog/") == (200, "blog /blog/")
+        waited = time.monotonic() - started
+        assert [await s for s in slow] == [(200, "shop /")] * 2  # the drained one finished
+        _, metrics = await c.admin("/metrics")
+        assert 'forkproxy_instance_stops_total{reason="budget_share"} 1.0' in metrics
+        assert waited < 15, waited
 
 
 async def test_reload_rebuilds_only_the_apps_that_changed() -> None:

@@ -143,3 +143,13 @@ def test_idle_first_then_reclaim_for_the_rest() -> None:
     assert v.evict == (("a", "a4"),) and not v.reclaim
     v = admit(BudgetConfig(max_instances=4), apps, "b")
     assert not v.admit and v.evict == (("a", "a4"),) and v.reclaim[0][0] == "a"
+
+
+def test_room_reclaimed_for_one_app_is_not_taken_by_another() -> None:
+    # a's busy instance a4 is draining for b: a, asking again, waits; b gets the room
+    apps = [app("a", *busy("a1", "a2", "a3"), Held("a4", "stopping")), app("b")]
+    cfg = BudgetConfig(max_instances=4)
+    assert not admit(cfg, apps, "a", {"b": 1}).admit
+    apps = [app("a", *busy("a1", "a2", "a3")), app("b")]
+    assert not admit(cfg, apps, "a", {"b": 1}).admit
+    assert admit(cfg, apps, "b", {"b": 1}).admit

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 
 def _answering(text: str) -> web.Application:
     async def answer(request: web.Request) -> web.Response:
+        if "sleep" in request.query:  # holds its instance busy this long
+            await asyncio.sleep(float(request.query["sleep"]))
         return web.Response(text=f"{text} {request.path}")
 
     app = web.Application()
