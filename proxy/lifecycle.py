@@ -49,6 +49,7 @@ class Lifecycle(abc.ABC):
     metrics: Metrics
     clock: Callable[[], float]
     gone_hooks: list[Callable[[Instance], None]]
+    stopped_hooks: list[Callable[[], None]]
     _slots: dict[str, Slot]
     _waiters: deque[Waiter]
     _tasks: TaskSet
@@ -305,6 +306,8 @@ class Lifecycle(abc.ABC):
         self.metrics.stops.labels(reason).inc()
         log.info("instance %s stopped (%s)", slot.id, reason)
         self._update_gauges()
+        for hook in self.stopped_hooks:  # room made (the machine's budget)
+            hook()
 
     async def _safe_stop(self, inst: Instance, reason: str) -> None:
         for hook in self.gone_hooks:

@@ -47,9 +47,19 @@ class Machine:
         # app -> (instances promised by a reclaim, until when the promise holds)
         self._reserved: dict[str, tuple[int, float]] = {}
         self.last: budget.Verdict | None = None  # the latest refusal (tests, logs)
+        self._waiting: set[str] = set()  # apps refused a start: woken when room is made
 
     def attach(self, app: str, gen: Generation) -> None:
         gen.pool.admit_start = (lambda: self.admit(app)) if self.cfg.enabled else None
+        if self._room_made not in gen.pool.stopped_hooks:
+            gen.pool.stopped_hooks.append(self._room_made)
+
+    def _room_made(self) -> None:
+        """An instance is gone: the apps refused a start ask again now, not a tick later."""
+        gens = self._gens()
+        for app in self._waiting:
+            if app in gens:
+                gens[app].pool.wake()
 
     def loads(self) -> list[AppLoad]:
         now = self._clock()
@@ -76,9 +86,11 @@ class Machine:
         promised = {k: n for k, (n, _) in self._reserved.items()}
         verdict = budget.admit(self.cfg, self.loads(), app, promised)
         if verdict.admit:
+            self._waiting.discard(app)
             if (held := self._reserved.pop(app, None)) is not None and held[0] > 1:
                 self._reserved[app] = (held[0] - 1, held[1])
             return True
+        self._waiting.add(app)
         gens = self._gens()
         if verdict.reclaim and app in gens:
             # the promise lasts as long as its requests may wait for it

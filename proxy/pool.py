@@ -97,6 +97,7 @@ class Pool(Lifecycle):
         self.gone_hooks: list[Callable[[Instance], None]] = []  # e.g. drop pooled connections
         # the machine's budget (proxy/machine.py), asked before each start; None: no budget
         self.admit_start: Callable[[], bool] | None = None
+        self.stopped_hooks: list[Callable[[], None]] = []  # after an instance is gone
         ctx.on_death = self.on_death
         ctx.on_working = self.on_working
 
@@ -432,6 +433,10 @@ class Pool(Lifecycle):
                 state = "stopping"
             held.append(Held(s.id, state, s.memory or 0))
         return tuple(held), self._cost(self.clock())
+
+    def wake(self) -> None:
+        """Tick now, not at the next period: the budget made room for a start."""
+        self._wake.set()
 
     def give_back(self, instance_id: str, reason: str) -> None:
         """Out of rotation for the budget: stopped once its requests are done."""
