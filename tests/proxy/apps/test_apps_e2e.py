@@ -4,6 +4,7 @@ zero on its own, and one machine budget between them."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -11,6 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import pytest
 
 from proxy.config import parse
 from proxy.server import Proxy
@@ -182,10 +184,19 @@ async def test_reload_rebuilds_only_the_apps_that_changed() -> None:
         assert await c.get("blog.test", "/blog/") == (200, "shop /blog/")
 
 
-async def test_a_request_body_to_no_app_keeps_the_connection_usable() -> None:
-    async with running(config("60s")) as c:
+async def test_a_request_body_to_no_app_keeps_the_connection_usable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cfg = config("60s")
+    cfg["server"]["access_log"] = True  # the logged handler routes as well
+    caplog.set_level(logging.INFO, "forkproxy.access")
+    async with running(cfg) as c:
         url = f"http://127.0.0.1:{c.proxy.listen_port}/"
         for _ in range(3):  # one pooled connection, reused
             async with c.session.post(url, data=b"x" * 5000, headers={"Host": "no.test"}) as r:
                 assert r.status == 404
         assert await c.get("shop.test") == (200, "shop /")
+        assert await c.get("blog.test", "/blog/") == (200, "blog /blog/")
+    logged = [r.getMessage() for r in caplog.records if r.name == "forkproxy.access"]
+    assert sum('"POST / HTTP/1.1" 404' in line for line in logged) == 3
+    assert any('"GET /blog/ HTTP/1.1" 200' in line for line in logged)
