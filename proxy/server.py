@@ -86,9 +86,10 @@ class Proxy:
         # one generation per app; `backend` (tests) is the first app's
         self.gens: dict[str, Generation] = {}
         for app in cfg.apps:
-            self.gens[app.name] = self._generation(cfg, app, 1, backend)
+            self.gens[app.name] = gen = self._generation(cfg, app, 1, backend)
+            self.machine.attach(app.name, gen)
             backend = None
-        self.router = Router((a.route for a in cfg.apps), cfg.default_app or None)
+        self._set_routes(cfg)
         self._retiring = TaskSet("reload")
         self._sockets = sockets or handover.Inherited()
         self.ready = False
@@ -105,15 +106,15 @@ class Proxy:
     def _generation(
         self, cfg: Config, app: AppConfig, number: int, backend: Backend | None = None
     ) -> Generation:
-        gen = Generation(
+        # not yet under the budget: a reload's new generation starts its first instance
+        # beside the one it replaces (reload() attaches it once it serves)
+        return Generation(
             app_config(cfg, app),
             self.app_metrics.for_app(app.name),
             owner.new_owner_id(),
             number,
             backend=backend,
         )
-        self.machine.attach(app.name, gen)
-        return gen
 
     # what the admin API and the tests read: the (first) app's generation serving new
     # requests; with [apps], self.gens holds every app's
@@ -141,15 +142,19 @@ class Proxy:
     def forwarder(self) -> Forwarder:
         return self.gen.forwarder
 
+    def _set_routes(self, cfg: Config) -> None:
+        self.router = Router((a.route for a in cfg.apps), cfg.default_app or None)
+        self._single = serves_everything(cfg.apps, cfg.default_app)
+
     def _handler(self) -> Handler:
         if self.cfg.server.access_log:
             return self._access_logged
-        if serves_everything(self.cfg.apps, self.cfg.default_app):
+        if self._single:
             return self.gen.handle  # one app takes every request: no routing at all
         return self._routed
 
     def _route(self, req: Request) -> Generation | None:
-        if serves_everything(self.cfg.apps, self.cfg.default_app):
+        if self._single:
             return self.gen
         name = self.router.match(req.host, req.path)
         if name is None:
@@ -257,7 +262,7 @@ class Proxy:
         for name in gone:
             log.info("reload: app %s removed; its generation drains", name)
         self.cfg = cfg
-        self.router = Router((a.route for a in cfg.apps), cfg.default_app or None)
+        self._set_routes(cfg)
         self.machine.cfg = cfg.budget
         for name, gen in self.gens.items():
             self.machine.attach(name, gen)
@@ -267,9 +272,14 @@ class Proxy:
 
     async def _start_all(self, fresh: dict[str, Generation]) -> bool:
         try:
-            await asyncio.gather(*(self._start_one(gen) for gen in fresh.values()))
-        except BaseException as exc:  # cancelled too (a SIGTERM): nothing of them may stay
+            async with asyncio.TaskGroup() as tg:  # one fails: the others are cancelled
+                for gen in fresh.values():
+                    tg.create_task(self._start_one(gen))
+        except BaseException as caught:  # cancelled too (a SIGTERM): nothing may stay
             await asyncio.gather(*(gen.aclose() for gen in fresh.values()))
+            exc = caught
+            while isinstance(exc, BaseExceptionGroup):
+                exc = exc.exceptions[0]
             if not isinstance(exc, Exception):
                 raise
             cfg = next(iter(fresh.values())).cfg

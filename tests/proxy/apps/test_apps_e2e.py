@@ -106,7 +106,8 @@ async def test_routed_by_host_and_prefix_and_each_scales_to_zero() -> None:
 
 async def test_a_full_budget_evicts_the_other_apps_idle_instance() -> None:
     # keep-alive far longer than the test: only the budget takes shop's instance away
-    async with running(config("60s", budget={"max_instances": 1})) as c:
+    cfg = config("60s", budget={"max_instances": 1})
+    async with running(cfg) as c:
         assert await c.get("shop.test") == (200, "shop /")
         assert len(await c.instances("shop")) == 1
         started = time.monotonic()
@@ -120,6 +121,9 @@ async def test_a_full_budget_evicts_the_other_apps_idle_instance() -> None:
         # and back: shop's request evicts blog's idle instance
         assert await c.get("shop.test") == (200, "shop /")
         assert not await c.instances("blog")
+        # a reload's new generations start beside the old ones, outside the budget
+        assert await c.proxy.reload(parse(cfg))
+        assert await c.get("blog.test", "/blog/") == (200, "blog /blog/")
 
 
 async def test_a_busy_app_gives_a_starved_app_its_share() -> None:
