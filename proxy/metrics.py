@@ -174,9 +174,11 @@ class AppMetrics:
         parts = self._parts[name].setdefault(values, [])
         return lambda: sum(part.get() for part in parts)
 
-    def for_app(self, app: str) -> Metrics:
+    def for_app(self, app: str, *, requests: bool = True) -> Metrics:
         """The Metrics one app's pool and forwarder count into (one per app, kept across
-        its generations, which set the same gauges as they do today)."""
+        its generations, which set the same gauges as they do today). `requests=False`
+        (the single app): no per-app request counter, so a request costs one counter
+        increment as before apps (the total is the app's count anyway)."""
         if (m := self._apps.get(app)) is not None:
             return m
         shared = self.shared
@@ -186,8 +188,9 @@ class AppMetrics:
             "in_flight": _Labelled(self.in_flight, app, self._parts["in_flight"]).labels(),
             "queue_depth": _Labelled(self.queue_depth, app, self._parts["queue_depth"]).labels(),
             "spares": _Labelled(self.spares, app, self._parts["spares"]).labels(),
-            "requests": _Both(shared.requests, self.requests, app),
         }
+        if requests:
+            own["requests"] = _Both(shared.requests, self.requests, app)
         vars(m).update(own)  # duck-typed stand-ins: the pool only sets them
         for state in STATE_NAMES:
             shared.instances.labels(state).set_function(self._total("instances", (state,)))

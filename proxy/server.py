@@ -23,7 +23,7 @@ from backends.support.table import ConfigError
 from backends.support.tasks import TaskSet
 from proxy import handover, open_files, reload
 from proxy.admin import admin_runner, admin_site
-from proxy.apps import AppConfig, app_config, serves_everything
+from proxy.apps import AppConfig, app_config, is_single, serves_everything
 from proxy.config import Address, Config
 from proxy.generation import Generation
 from proxy.http import native
@@ -110,7 +110,7 @@ class Proxy:
         # beside the one it replaces (reload() attaches it once it serves)
         return Generation(
             app_config(cfg, app),
-            self.app_metrics.for_app(app.name),
+            self.app_metrics.for_app(app.name, requests=not is_single(cfg.apps)),
             owner.new_owner_id(),
             number,
             backend=backend,

@@ -37,3 +37,13 @@ def test_per_app_series_and_totals() -> None:
         'forkproxy_app_requests_total{app="b",code="404"} 1.0',
     ):
         assert line in text, line
+
+
+def test_the_single_app_counts_requests_once() -> None:
+    shared = Metrics()
+    only = AppMetrics(shared).for_app("default", requests=False)
+    assert only.requests is shared.requests
+    only.instances.labels("ready").set(1)
+    text = generate_latest(shared.registry).decode()
+    assert 'forkproxy_instances{state="ready"} 1.0' in text
+    assert 'forkproxy_app_instances{app="default",state="ready"} 1.0' in text
