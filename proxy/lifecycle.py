@@ -50,6 +50,7 @@ class Lifecycle(abc.ABC):
     clock: Callable[[], float]
     gone_hooks: list[Callable[[Instance], None]]
     stopped_hooks: list[Callable[[], None]]
+    admit_start: Callable[[], bool] | None
     _slots: dict[str, Slot]
     _waiters: deque[Waiter]
     _tasks: TaskSet
@@ -73,6 +74,8 @@ class Lifecycle(abc.ABC):
     def _rebalance(self) -> None: ...
 
     def _launch_start(self, reasons: tuple[str, ...]) -> None:
+        if self.admit_start is not None and not self.admit_start():
+            return  # the machine's budget is full: asked again on a later tick or wake
         sid = "i-" + secrets.token_hex(4)
         solo = not any(s.state is State.STARTING for s in self._slots.values())
         slot = Slot(id=sid, created=self.clock(), solo=solo)

@@ -395,8 +395,6 @@ class Pool(Lifecycle):
             return
         d = decide(self.snapshot(), self.cfg)
         for _ in range(d.start):
-            if self.admit_start is not None and not self.admit_start():
-                break  # asked again on the next tick, when room may have been made
             self._launch_start(d.reasons)
         if not d.start:
             self._recover()
