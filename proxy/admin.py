@@ -179,15 +179,27 @@ def admin_app(proxy: Proxy) -> web.Application:
             return web.Response(status=503, text=f"not ready: {problem}\n")
         return web.Response(text="ready\n")
 
-    async def instances(_: web.Request) -> web.Response:
+    async def instances(request: web.Request) -> web.Response:
+        # every app's instances, each naming its app; ?app=NAME: that app's only. The
+        # top-level keys are the first app's (what a single-app proxy always showed).
+        gens = proxy.gens
+        only = request.query.get("app")
+        if only is not None and only not in gens:
+            return web.json_response({"error": f"no app {only!r}", "apps": list(gens)}, status=404)
+        rows = []
+        for name, gen in gens.items():
+            if only is None or only == name:
+                rows += [{**row, "app": name} for row in gen.pool.describe()]
+        first = gens[only] if only is not None else proxy.gen
         return web.json_response(
             {
-                "backend": proxy.cfg.backend_type,
-                "pool": proxy.cfg.server.name,
-                "owner": proxy.owner_id,
-                "queued": proxy.pool.queued,
-                "spares": proxy.pool.backend.spares,
-                "instances": proxy.pool.describe(),
+                "backend": first.cfg.backend_type,
+                "pool": first.cfg.server.name,
+                "owner": first.ctx.owner_id,
+                "queued": sum(g.pool.queued for n, g in gens.items() if only in (None, n)),
+                "spares": first.pool.backend.spares,
+                "apps": list(gens),
+                "instances": rows,
             }
         )
 

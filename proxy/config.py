@@ -14,6 +14,9 @@ from typing import Any
 
 import backends
 from backends.support.table import ConfigError, Problem, Table
+from proxy import apps as apps_mod
+from proxy.apps import AppConfig
+from proxy.budget import BudgetConfig
 from proxy.http.headers import DROP_CLIENT_HEADERS
 from proxy.http.server import Limits
 
@@ -111,6 +114,18 @@ class Config:
     backend_type: str
     backend: Any  # the backend module's own frozen config dataclass
     source: str = "<defaults>"
+    # every app the proxy serves; a file without [apps] is one, "default", every host.
+    # pool/backend above are the first app's (what single-app readers see).
+    apps: tuple[AppConfig, ...] = ()
+    default_app: str = ""  # where a request no app's hosts match goes; "": 404
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+
+    def __post_init__(self) -> None:
+        # the single app follows pool/backend, so replace(cfg, backend=...) means the same
+        # as before apps existed (tests, the command line's overrides)
+        if not self.apps or apps_mod.is_single(self.apps):
+            single = apps_mod.single(self.pool, self.backend_type, self.backend)
+            object.__setattr__(self, "apps", (single,))
 
 
 def _address(t: Table, key: str, default: Address | None, *, optional: bool = False) -> Any:
@@ -295,17 +310,11 @@ def _pool(t: Table) -> PoolConfig:
     return cfg
 
 
-def parse(data: dict[str, Any], source: str = "<config>", *, from_file: bool = False) -> Config:
-    """`from_file`: the data is the user's config file, whose [backend] table, if any,
-    must name its app in fork mode (without one the bundled demo is served)."""
-    root = Table.root(data)
-    server = _server(root.sub("server"))
-    pool = _pool(root.sub("pool"))
-    bt = root.sub("backend")
-    before = len(root.problems)
+def _backend(bt: Table, *, from_file: bool) -> tuple[str, Any]:
+    before = len(bt.problems)
     btype = bt.choice("type", sorted(backends.BACKENDS), "process")
     backend_cfg: Any = None
-    if len(root.problems) == before:  # a bad type: its keys cannot be judged
+    if len(bt.problems) == before:  # a bad type: its keys cannot be judged
         try:
             module = backends.load(btype)
         except ImportError as exc:
@@ -318,10 +327,57 @@ def parse(data: dict[str, Any], source: str = "<config>", *, from_file: bool = F
             'missing: name your app, e.g. app = "myproject.wsgi:application" (Django), '
             '"app:app" (Flask, FastAPI), or "backends.process.demo:create_app" for the demo',
         )
+    return btype, backend_cfg
+
+
+def _budget(t: Table) -> BudgetConfig:
+    cfg = BudgetConfig(
+        max_instances=t.int("max_instances", 0, min=0),
+        max_memory=t.size("max_memory", 0),
+    )
+    t.done()
+    return cfg
+
+
+def parse(data: dict[str, Any], source: str = "<config>", *, from_file: bool = False) -> Config:
+    """`from_file`: the data is the user's config file, whose [backend] tables, if any,
+    must name their app in fork mode (without one the bundled demo is served)."""
+    root = Table.root(data)
+    server = _server(root.sub("server"))
+    budget = _budget(root.sub("budget"))
+    default_app = ""
+    if root.has("apps"):
+        for section in ("pool", "backend"):
+            if root.has(section):
+                root.sub(section)  # seen: one problem, not also "unknown key"
+                root.error(section, f"with [apps], each app has its own [apps.NAME.{section}]")
+        apps, default_app = apps_mod.parse_apps(
+            root, _pool, lambda bt: _backend(bt, from_file=from_file)
+        )
+    else:
+        pool = _pool(root.sub("pool"))
+        btype, backend_cfg = _backend(root.sub("backend"), from_file=from_file)
+        apps = (apps_mod.single(pool, btype, backend_cfg),)
+    floors = sum(a.pool.min_instances for a in apps)
+    if budget.max_instances and floors > budget.max_instances:
+        root.error(
+            "budget.max_instances",
+            f"{budget.max_instances} is below the apps' min_instances together ({floors})",
+        )
     root.done()
     if root.problems:
         raise ConfigError(root.problems)
-    return Config(server=server, pool=pool, backend_type=btype, backend=backend_cfg, source=source)
+    first = apps[0]
+    return Config(
+        server=server,
+        pool=first.pool,
+        backend_type=first.backend_type,
+        backend=first.backend,
+        source=source,
+        apps=apps,
+        default_app=default_app,
+        budget=budget,
+    )
 
 
 def _forgot_app(btype: str, bt: Table) -> bool:
@@ -348,11 +404,20 @@ def load(path: str | Path) -> Config:
 def _cwd_from_file(cfg: Config, data: dict[str, Any], path: Path) -> Config:
     """A relative `backend.cwd` is read against the file's directory, so the config
     means the same from wherever `forkproxy` runs (a systemd unit, another shell)."""
-    cwd = data.get("backend", {}).get("cwd")
-    if not isinstance(cwd, str) or Path(cwd).is_absolute() or not hasattr(cfg.backend, "cwd"):
-        return cfg
-    anchored = str((path.parent / cwd).resolve())
-    return replace(cfg, backend=replace(cfg.backend, cwd=anchored))
+
+    def anchored(backend: Any, table: Any) -> Any:
+        cwd = table.get("backend", {}).get("cwd") if isinstance(table, dict) else None
+        if not isinstance(cwd, str) or Path(cwd).is_absolute() or not hasattr(backend, "cwd"):
+            return backend
+        return replace(backend, cwd=str((path.parent / cwd).resolve()))
+
+    tables = data.get("apps")
+    if not isinstance(tables, dict):  # the single app: the file's own [backend]
+        app = cfg.apps[0]
+        apps: tuple[AppConfig, ...] = (replace(app, backend=anchored(app.backend, data)),)
+    else:
+        apps = tuple(replace(a, backend=anchored(a.backend, tables.get(a.name))) for a in cfg.apps)
+    return replace(cfg, backend=apps[0].backend, apps=apps)
 
 
 def with_overrides(cfg: Config, *, listen: str | None = None, admin: str | None = None) -> Config:

@@ -53,6 +53,7 @@ class Generation:
             idle_timeout=cfg.server.tunnel_idle_timeout,
         )
         self.active = 0  # requests (and tunnels) its handlers run
+        self.requests = 0  # requests routed to it (the budget's request frequency)
         self._idle = asyncio.Event()
 
     async def start(self) -> None:
@@ -74,6 +75,7 @@ class Generation:
 
     async def handle(self, req: Request) -> None:
         self.active += 1
+        self.requests += 1
         try:
             await self.forwarder.handle(req)
         finally:

@@ -49,6 +49,8 @@ class Lifecycle(abc.ABC):
     metrics: Metrics
     clock: Callable[[], float]
     gone_hooks: list[Callable[[Instance], None]]
+    stopped_hooks: list[Callable[[], None]]
+    admit_start: Callable[[], bool] | None
     _slots: dict[str, Slot]
     _waiters: deque[Waiter]
     _tasks: TaskSet
@@ -72,6 +74,8 @@ class Lifecycle(abc.ABC):
     def _rebalance(self) -> None: ...
 
     def _launch_start(self, reasons: tuple[str, ...]) -> None:
+        if self.admit_start is not None and not self.admit_start():
+            return  # the machine's budget is full: asked again on a later tick or wake
         sid = "i-" + secrets.token_hex(4)
         solo = not any(s.state is State.STARTING for s in self._slots.values())
         slot = Slot(id=sid, created=self.clock(), solo=solo)
@@ -320,6 +324,8 @@ class Lifecycle(abc.ABC):
         self.metrics.stops.labels(reason).inc()
         log.info("instance %s stopped (%s)", slot.id, reason)
         self._update_gauges()
+        for hook in self.stopped_hooks:  # room made (the machine's budget)
+            hook()
 
     async def _safe_stop(self, inst: Instance, reason: str) -> None:
         for hook in self.gone_hooks:

@@ -3,7 +3,14 @@ several proxies in one process."""
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# the pool's instance states (proxy/slots.py State values), named here to keep this
+# module free of the pool's imports
+STATE_NAMES = ("starting", "ready", "draining", "stopped", "failed")
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -80,3 +87,119 @@ class Metrics:
             f"{p}_rejected", "Requests refused before forwarding, by reason", ["reason"], registry=r
         )
         self.retries = Counter(f"{p}_retries", "Requests retried on another instance", registry=r)
+
+
+class _Part:
+    """One app's share of a gauge its pool sets: the app's own series, and the value
+    kept for the machine-wide total the unlabelled series shows."""
+
+    def __init__(self, child: Gauge) -> None:
+        self.child = child
+        self.value = 0.0
+        self.fn: Callable[[], float] | None = None
+
+    def set(self, value: float) -> None:
+        self.value = value
+        self.child.set(value)
+
+    def set_function(self, fn: Callable[[], float]) -> None:
+        self.fn = fn
+        self.child.set_function(fn)
+
+    def get(self) -> float:
+        return float(self.fn()) if self.fn is not None else self.value
+
+
+class _Labelled:
+    """`.labels(state)` for one app, over a gauge labelled (app, state)."""
+
+    def __init__(self, gauge: Gauge, app: str, parts: dict[tuple[str, ...], list[_Part]]) -> None:
+        self._gauge, self._app, self._parts = gauge, app, parts
+        self._mine: dict[tuple[str, ...], _Part] = {}
+
+    def labels(self, *values: str) -> _Part:
+        if (part := self._mine.get(values)) is None:
+            part = self._mine[values] = _Part(self._gauge.labels(self._app, *values))
+            self._parts.setdefault(values, []).append(part)
+        return part
+
+
+class _BothCounter:
+    def __init__(self, a: Counter, b: Counter) -> None:
+        self._a, self._b = a, b
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._a.inc(amount)
+        self._b.inc(amount)
+
+
+class _Both:
+    """`.labels(code)`: the machine-wide counter and the app's, counted together."""
+
+    def __init__(self, shared: Counter, per_app: Counter, app: str) -> None:
+        self._shared, self._per_app, self._app = shared, per_app, app
+
+    def labels(self, *values: str) -> _BothCounter:
+        return _BothCounter(self._shared.labels(*values), self._per_app.labels(self._app, *values))
+
+
+class AppMetrics:
+    """Series per app (forkproxy_app_*, label `app`) beside the existing ones, which keep
+    their names and become the totals over every app. Each app's pool and forwarder get
+    a Metrics whose gauges and request counter are the app's (for_app)."""
+
+    def __init__(self, shared: Metrics) -> None:
+        r, p = shared.registry, "forkproxy_app"
+        self.shared = shared
+        self.instances = Gauge(
+            f"{p}_instances", "Instances by app and state", ["app", "state"], registry=r
+        )
+        self.in_flight = Gauge(f"{p}_in_flight", "Requests forwarded, by app", ["app"], registry=r)
+        self.queue_depth = Gauge(f"{p}_queue_depth", "Requests held, by app", ["app"], registry=r)
+        self.spares = Gauge(
+            f"{p}_spares", "Warm capacity outside the pool, by app", ["app"], registry=r
+        )
+        self.requests = Counter(
+            f"{p}_requests",
+            "Requests answered, by app and status code",
+            ["app", "code"],
+            registry=r,
+        )
+        self._parts: dict[str, dict[tuple[str, ...], list[_Part]]] = {
+            k: {} for k in ("instances", "in_flight", "queue_depth", "spares")
+        }
+        self._apps: dict[str, Metrics] = {}
+
+    def _total(self, name: str, values: tuple[str, ...]) -> Callable[[], float]:
+        parts = self._parts[name].setdefault(values, [])
+        return lambda: sum(part.get() for part in parts)
+
+    def for_app(self, app: str, *, requests: bool = True) -> Metrics:
+        """The Metrics one app's pool and forwarder count into (one per app, kept across
+        its generations, which set the same gauges as they do today). `requests=False`
+        (the single app): no per-app request counter, so a request costs one counter
+        increment as before apps (the total is the app's count anyway)."""
+        if (m := self._apps.get(app)) is not None:
+            return m
+        shared = self.shared
+        m = copy.copy(shared)
+        own: dict[str, object] = {
+            "instances": _Labelled(self.instances, app, self._parts["instances"]),
+            "in_flight": _Labelled(self.in_flight, app, self._parts["in_flight"]).labels(),
+            "queue_depth": _Labelled(self.queue_depth, app, self._parts["queue_depth"]).labels(),
+            "spares": _Labelled(self.spares, app, self._parts["spares"]).labels(),
+        }
+        if requests:
+            own["requests"] = _Both(shared.requests, self.requests, app)
+        vars(m).update(own)  # duck-typed stand-ins: the pool only sets them
+        for state in STATE_NAMES:
+            shared.instances.labels(state).set_function(self._total("instances", (state,)))
+            own_states = own["instances"]
+            assert isinstance(own_states, _Labelled)
+            own_states.labels(state)  # every state has a part, so totals read 0, not nothing
+        for name in ("in_flight", "queue_depth", "spares"):
+            gauge = getattr(shared, name)
+            assert isinstance(gauge, Gauge)
+            gauge.set_function(self._total(name, ()))
+        self._apps[app] = m
+        return m

@@ -17,6 +17,8 @@ import aiohttp
 
 from backends.base import Backend, BackendContext, Instance
 from backends.support.tasks import TaskSet
+from proxy.budget import Held
+from proxy.budget import State as BudgetState
 from proxy.config import PoolConfig
 from proxy.demand import DemandTrace, StartCost
 from proxy.lifecycle import Lifecycle
@@ -116,6 +118,9 @@ class Pool(Lifecycle):
         self._state_gauges = {st: metrics.instances.labels(st.value) for st in STATES}
         metrics.spares.set_function(lambda: backend.spares)  # read at scrape time
         self.gone_hooks: list[Callable[[Instance], None]] = []  # e.g. drop pooled connections
+        # the machine's budget (proxy/machine.py), asked before each start; None: no budget
+        self.admit_start: Callable[[], bool] | None = None
+        self.stopped_hooks: list[Callable[[], None]] = []  # after an instance is gone
         ctx.on_death = self.on_death
         ctx.on_working = self.on_working
 
@@ -462,6 +467,32 @@ class Pool(Lifecycle):
                 pass
             self._wake.clear()
             self.tick()
+
+    # -- the machine's budget ----------------------------------------------------------
+
+    def budget_load(self) -> tuple[tuple[Held, ...], float]:
+        """Its instances as the budget sees them, and the measured start cost."""
+        held = []
+        for s in self._slots.values():
+            if s.state is State.STARTING:
+                state: BudgetState = "starting"
+            elif s.state is State.READY and not s.in_flight and not s.working:
+                state = "idle"
+            elif s.state is State.READY:
+                state = "busy"
+            else:
+                state = "stopping"
+            held.append(Held(s.id, state, s.memory or 0))
+        return tuple(held), self._cost(self.clock())
+
+    def wake(self) -> None:
+        """Tick now, not at the next period: the budget made room for a start."""
+        self._wake.set()
+
+    def give_back(self, instance_id: str, reason: str) -> None:
+        """Out of rotation for the budget: stopped once its requests are done."""
+        if (slot := self._slots.get(instance_id)) is not None:
+            self._begin_stop(slot, reason)
 
     # -- admin -------------------------------------------------------------------------
 

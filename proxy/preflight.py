@@ -5,9 +5,11 @@ PATH, the image is on the engine). Every problem comes with its key path."""
 from __future__ import annotations
 
 import socket
+from dataclasses import replace
 
 import backends
 from backends.support.table import Problem
+from proxy.apps import is_single
 from proxy.config import Address, Config
 
 
@@ -34,8 +36,12 @@ def check(cfg: Config, *, imports: bool = True, ports: bool = True) -> list[Prob
     if cfg.server.admin is not None and ports:
         found.append(port_problem("server.admin", cfg.server.admin))
     problems = [p for p in found if p is not None]
-    module = backends.load(cfg.backend_type)
-    backend_check = getattr(module, "check_config", None)
-    if backend_check is not None:
-        problems.extend(backend_check(cfg.backend, imports=imports))
+    single = is_single(cfg.apps)
+    for app in cfg.apps:
+        backend_check = getattr(backends.load(app.backend_type), "check_config", None)
+        if backend_check is None:
+            continue
+        for p in backend_check(app.backend, imports=imports):
+            # a backend names its own keys "backend.KEY"; each app's sit under its table
+            problems.append(p if single else replace(p, path=f"apps.{app.name}.{p.path}"))
     return problems

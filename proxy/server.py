@@ -22,15 +22,18 @@ from backends.support.table import ConfigError
 from backends.support.tasks import TaskSet
 from proxy import handover, logs, open_files, reload
 from proxy.admin import admin_runner, admin_site
+from proxy.apps import AppConfig, app_config, is_single, serves_everything
 from proxy.config import Address, Config
 from proxy.forwarding.forward import Forwarder
 from proxy.generation import Generation
 from proxy.http import native
 from proxy.http.safety import UnsafeParser, check_parsers
 from proxy.http.server import Handler, HttpServer, Request
-from proxy.metrics import Metrics
+from proxy.machine import Machine
+from proxy.metrics import AppMetrics, Metrics
 from proxy.notify import Notifier
 from proxy.pool import Pool
+from proxy.routing import Router
 
 log = logging.getLogger("forkproxy")
 
@@ -76,7 +79,15 @@ class Proxy:
     ) -> None:
         self.cfg = cfg
         self.metrics = Metrics()
-        self.gen = Generation(cfg, self.metrics, owner.new_owner_id(), backend=backend)
+        self.app_metrics = AppMetrics(self.metrics)
+        self.machine = Machine(cfg.budget, lambda: self.gens)
+        # one generation per app; `backend` (tests) is the first app's
+        self.gens: dict[str, Generation] = {}
+        for app in cfg.apps:
+            self.gens[app.name] = gen = self._generation(cfg, app, 1, backend)
+            self.machine.attach(app.name, gen)
+            backend = None
+        self._set_routes(cfg)
         self._retiring = TaskSet("reload")
         self._sockets = sockets or handover.Inherited()
         self.ready = False
@@ -90,7 +101,25 @@ class Proxy:
         self.listen_port: int = 0
         self.admin_port: int = 0
 
-    # what the admin API and the tests read: the generation serving new requests
+    def _generation(
+        self, cfg: Config, app: AppConfig, number: int, backend: Backend | None = None
+    ) -> Generation:
+        # not yet under the budget: a reload's new generation starts its first instance
+        # beside the one it replaces (reload() attaches it once it serves)
+        return Generation(
+            app_config(cfg, app),
+            self.app_metrics.for_app(app.name, requests=not is_single(cfg.apps)),
+            owner.new_owner_id(),
+            number,
+            backend=backend,
+        )
+
+    # what the admin API and the tests read: the (first) app's generation serving new
+    # requests; with [apps], self.gens holds every app's
+    @property
+    def gen(self) -> Generation:
+        return next(iter(self.gens.values()))
+
     @property
     def owner_id(self) -> str:
         return self.gen.ctx.owner_id
@@ -111,25 +140,48 @@ class Proxy:
     def forwarder(self) -> Forwarder:
         return self.gen.forwarder
 
+    def _set_routes(self, cfg: Config) -> None:
+        self.router = Router((a.route for a in cfg.apps), cfg.default_app or None)
+        self._single = serves_everything(cfg.apps, cfg.default_app)
+
     def _handler(self) -> Handler:
-        return self._access_logged if self.cfg.server.access_log else self.gen.handle
+        if self.cfg.server.access_log:
+            return self._access_logged
+        if self._single:
+            return self.gen.handle  # one app takes every request: no routing at all
+        return self._routed
+
+    def _route(self, req: Request) -> Generation | None:
+        if self._single:
+            return self.gen
+        name = self.router.match(req.host, req.path)
+        if name is None:
+            req.respond(404, "Not Found: no app serves this host and path")
+            return None
+        return self.gens[name]
+
+    async def _routed(self, req: Request) -> None:
+        if (gen := self._route(req)) is not None:
+            await gen.handle(req)
 
     async def start(self) -> None:
         """Prepare the backend, reap leftovers, then open the listeners."""
         check_parsers()
         log.info("data path: %s", native.check())
-        await self.gen.start()
+        await asyncio.gather(*(gen.start() for gen in self.gens.values()))
         await self._listen()
         await self._listen_admin()
         self.ready = True
         admin = self.cfg.server.admin
         log.info(
-            "forkproxy listening on %s:%d (admin %s), backend %s, pool %s",
+            "forkproxy listening on %s:%d (admin %s), %s",
             self.cfg.server.listen.host,
             self.listen_port,
             f"{admin.host}:{self.admin_port}" if admin else "off",
-            self.cfg.backend_type,
-            self.cfg.server.name,
+            ", ".join(
+                f"app {name}: backend {g.cfg.backend_type}, pool {g.cfg.server.name}"
+                for name, g in self.gens.items()
+            ),
         )
 
     async def _listen(self) -> None:
@@ -168,48 +220,87 @@ class Proxy:
         self.admin_port = int(address[1]) if isinstance(address, tuple) else 0
 
     async def reload(self, new: Config) -> bool:
-        """Run `new` (validated already): pool settings in place, or a new generation
-        that serves once one of its instances answered, the old one draining behind it.
-        False: the new generation could not start; the running one serves on."""
-        plan = reload.plan(self.cfg, new)
-        for key in plan.needs_restart:
+        """Run `new` (validated already), app by app: pool settings in place, or a new
+        generation that serves once one of its instances answered, the old one draining
+        behind it. Apps added start, apps removed drain. All or nothing: if one new
+        generation cannot start, none replaces its predecessor (False)."""
+        top = reload.plan(self.cfg, new)  # the server keys that wait for a restart
+        for key in top.needs_restart:
             log.warning("reload: %s changed; that needs a restart, still using the old value", key)
-        if plan.rebuild:
-            log.info("reload: starting a new generation (%s)", plan.rebuild)
-            if not await self._replace(plan.cfg):
-                return False
-        elif plan.pool_changed:
-            log.info("reload: pool settings applied in place")
-            self.gen.pool.reconfigure(plan.cfg.pool)
-        self.cfg = plan.cfg
-        self.http.limits = plan.cfg.server.limits  # for connections accepted from now on
+        cfg = top.cfg
+        old_apps = {a.name: a for a in self.cfg.apps}
+        fresh: dict[str, Generation] = {}
+        in_place: list[tuple[Generation, Config]] = []
+        for app in cfg.apps:
+            gen = self.gens.get(app.name)
+            if gen is None:
+                log.info("reload: app %s added", app.name)
+                fresh[app.name] = self._generation(cfg, app, 1)
+                continue
+            before = app_config(self.cfg, old_apps[app.name])
+            plan = reload.plan(before, app_config(cfg, app))
+            rebuild = plan.rebuild
+            if before.server.name != app_config(cfg, app).server.name:
+                rebuild = "its pool name changed"
+            if rebuild:
+                log.info("reload: starting a new generation (%s) for app %s", rebuild, app.name)
+                fresh[app.name] = self._generation(cfg, app, gen.number + 1)
+            elif plan.pool_changed:
+                in_place.append((gen, plan.cfg))
+        if not await self._start_all(fresh):
+            return False
+        for gen, app_cfg in in_place:
+            log.info("reload: pool settings applied in place (%s)", app_cfg.server.name)
+            gen.pool.reconfigure(app_cfg.pool)
+        gone = [n for n in self.gens if n not in {a.name for a in cfg.apps}]
+        retired = [self.gens[n] for n in (*fresh, *gone) if n in self.gens]
+        self.gens = {a.name: fresh.get(a.name) or self.gens[a.name] for a in cfg.apps}
+        for old in retired:
+            self._retiring.spawn(self._retire(old), f"retire:{old.cfg.server.name}:{old.number}")
+        for name in gone:
+            log.info("reload: app %s removed; its generation drains", name)
+        self.cfg = cfg
+        self._set_routes(cfg)
+        self.machine.cfg = cfg.budget
+        for name, gen in self.gens.items():
+            self.machine.attach(name, gen)
+        self.http.limits = cfg.server.limits  # for connections accepted from now on
         self.http.handler = self._handler()
         return True
 
-    async def _replace(self, cfg: Config) -> bool:
-        gen: Generation | None = None
+    async def _start_all(self, fresh: dict[str, Generation]) -> bool:
         try:
-            gen = Generation(cfg, self.metrics, owner.new_owner_id(), self.gen.number + 1)
-            await gen.start()
-            await gen.serve_one()
-        except BaseException as exc:  # cancelled too (a SIGTERM): nothing of it may stay
-            if gen is not None:
-                await gen.aclose()
+            async with asyncio.TaskGroup() as tg:  # one fails: the others are cancelled
+                for gen in fresh.values():
+                    tg.create_task(self._start_one(gen))
+        except BaseException as caught:  # cancelled too (a SIGTERM): nothing may stay
+            await asyncio.gather(*(gen.aclose() for gen in fresh.values()))
+            exc = caught
+            while isinstance(exc, BaseExceptionGroup):
+                exc = exc.exceptions[0]
             if not isinstance(exc, Exception):
                 raise
+            cfg = next(iter(fresh.values())).cfg
             why = failure_message(exc, cfg) or f"{type(exc).__name__}: {exc}"
-            log.error("reload failed, still serving generation %d: %s", self.gen.number, why)
+            numbers = ", ".join(str(self.gens[n].number) for n in fresh if n in self.gens)
+            log.error("reload failed, still serving generation %s: %s", numbers or "-", why)
             return False
-        old, self.gen = self.gen, gen
-        self._retiring.spawn(self._retire(old), f"retire:{old.number}")
-        log.info("reload: generation %d serves; generation %d drains", gen.number, old.number)
+        for gen in fresh.values():
+            log.info("reload: generation %d serves (%s)", gen.number, gen.cfg.server.name)
         return True
+
+    @staticmethod
+    async def _start_one(gen: Generation) -> None:
+        await gen.start()
+        await gen.serve_one()
 
     async def _retire(self, gen: Generation) -> None:
         await gen.drain(self.cfg.server.shutdown_timeout)
         await gen.aclose()
-        self.gen.pool.tick()  # the closed pool zeroed the instance gauges both pools share
-        log.info("generation %d closed", gen.number)
+        # the closed pool zeroed the instance gauges it shares with its successor
+        for current in self.gens.values():
+            current.pool.tick()
+        log.info("%s generation %d closed", gen.cfg.server.name, gen.number)
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (shutdown_timeout), stop instances."""
@@ -223,7 +314,7 @@ class Proxy:
             await asyncio.sleep(self.cfg.server.drain_delay)
         await self.http.shutdown(self.cfg.server.shutdown_timeout)
         await self._retiring.join()  # their requests are done or aborted by now
-        await self.gen.aclose()
+        await asyncio.gather(*(gen.aclose() for gen in self.gens.values()))
         if self._admin is not None:
             await self._admin.cleanup()
 
@@ -232,12 +323,14 @@ class Proxy:
         req.request_id = logs.take_request_id(req)
         sent = req.conn.sent
         try:
-            await self.gen.handle(req)
+            if (gen := self._route(req)) is not None:
+                await gen.handle(req)
         finally:
             logs.log_access(req, req.conn.sent - sent)
 
     async def _upgrade(self, req: Request) -> None:
-        await self.gen.upgrade(req)
+        if (gen := self._route(req)) is not None:
+            await gen.upgrade(req)
 
 
 def _sock_host(sock: socket.socket) -> str:

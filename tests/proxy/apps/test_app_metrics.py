@@ -1,0 +1,49 @@
+"""Per-app series beside the existing ones, which become totals over the apps."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+
+from proxy.metrics import AppMetrics, Metrics
+
+
+def test_per_app_series_and_totals() -> None:
+    shared = Metrics()
+    per_app = AppMetrics(shared)
+    a, b = per_app.for_app("a"), per_app.for_app("b")
+    assert per_app.for_app("a") is a  # one per app, across its generations
+    a.instances.labels("ready").set(2)
+    b.instances.labels("ready").set(3)
+    b.instances.labels("starting").set(1)
+    a.in_flight.set(4)
+    b.queue_depth.set(7)
+    a.spares.set_function(lambda: 2)
+    a.requests.labels("200").inc()
+    b.requests.labels("200").inc()
+    b.requests.labels("404").inc()
+    text = generate_latest(shared.registry).decode()
+    for line in (
+        'forkproxy_instances{state="ready"} 5.0',
+        'forkproxy_instances{state="starting"} 1.0',
+        'forkproxy_instances{state="draining"} 0.0',
+        "forkproxy_in_flight 4.0",
+        "forkproxy_queue_depth 7.0",
+        "forkproxy_spares 2.0",
+        'forkproxy_requests_total{code="200"} 2.0',
+        'forkproxy_app_instances{app="a",state="ready"} 2.0',
+        'forkproxy_app_instances{app="b",state="ready"} 3.0',
+        'forkproxy_app_queue_depth{app="b"} 7.0',
+        'forkproxy_app_spares{app="a"} 2.0',
+        'forkproxy_app_requests_total{app="b",code="404"} 1.0',
+    ):
+        assert line in text, line
+
+
+def test_the_single_app_counts_requests_once() -> None:
+    shared = Metrics()
+    only = AppMetrics(shared).for_app("default", requests=False)
+    assert only.requests is shared.requests
+    only.instances.labels("ready").set(1)
+    text = generate_latest(shared.registry).decode()
+    assert 'forkproxy_instances{state="ready"} 1.0' in text
+    assert 'forkproxy_app_instances{app="default",state="ready"} 1.0' in text
