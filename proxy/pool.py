@@ -209,7 +209,8 @@ class Pool(Lifecycle):
                 packed = s
         return packed or best
 
-    def _assign(self, slot: Slot) -> None:
+    def _assign(self, slot: Slot) -> bool:
+        """Count a request on `slot`; True if it is the instance's first."""
         self._in_flight += 1
         slot.in_flight += 1
         slot.served += 1
@@ -218,6 +219,7 @@ class Pool(Lifecycle):
         cap = self.cfg.max_requests_per_instance
         if cap and slot.served >= cap:
             slot.retiring = True
+        return slot.served == 1
 
     async def acquire(self, deadline: float) -> Lease:
         """A slot on a READY instance, or PoolError. `deadline` is on self.clock."""
@@ -225,11 +227,11 @@ class Pool(Lifecycle):
             raise PoolClosed("shutting down")
         arrived = self.clock()
         if not self._waiters and (slot := self._pick()) is not None:
-            self._assign(slot)
+            first = self._assign(slot)
             self._record(arrived)
             if slot.in_flight >= self._target:
                 self._rebalance()  # maybe start one ahead of saturation
-            return Lease(slot, 0.0, False)
+            return Lease(slot, 0.0, False, first)
         if self._failing_fast(arrived):
             self._demand.record(arrived, self._in_flight + 1)
             raise NoInstance("instance starts keep failing; backing off")
@@ -257,7 +259,7 @@ class Pool(Lifecycle):
         queued = self.clock() - arrived
         cold = slot.ready_at is not None and slot.ready_at >= arrived
         self.metrics.queue_wait.observe(queued)
-        return Lease(slot, queued, cold)
+        return Lease(slot, queued, cold, w.first)
 
     def _failing_fast(self, now: float) -> bool:
         """Starts failed start_retries times in a row, nothing is ready or starting, and
@@ -357,7 +359,7 @@ class Pool(Lifecycle):
             w = self._waiters.popleft()
             if w.fut.done():
                 continue
-            self._assign(slot)
+            w.first = self._assign(slot)
             w.fut.set_result(slot)
         self.metrics.queue_depth.set(0)
 

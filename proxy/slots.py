@@ -102,6 +102,7 @@ class Lease:
     slot: Slot
     queued: float  # seconds held in the queue
     cold: bool  # waited on an instance that started for it
+    first: bool = False  # the instance's first request: its app's lazy set-up runs now
     released: bool = False
     # a strike against the instance, counted when the lease is released
     broken: bool = False
@@ -120,3 +121,4 @@ class Lease:
 class Waiter:
     fut: asyncio.Future[Slot]
     arrived: float
+    first: bool = False  # the slot it was given had served nothing before

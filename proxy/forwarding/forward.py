@@ -269,7 +269,7 @@ class Forwarder:
         self._latency["cold" if lease.cold else "warm"].observe(t_headers - t_arrive)
         headers = downstream_raw(upstream.raw_headers)
         if self._server_timing:
-            timing = server_timing(lease.queued, lease.cold, t_headers - t_send)
+            timing = server_timing(lease.queued, lease.cold, t_headers - t_send, lease.first)
             headers.append((b"Server-Timing", timing.encode()))
         status = upstream.status
         if upstream.error is not None:

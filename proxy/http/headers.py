@@ -199,10 +199,17 @@ def downstream_raw(raw: RawHeaders) -> RawHeaders:
     return [h for h, low in zip(raw, lowered, strict=True) if low not in drop]
 
 
-def server_timing(queued: float, cold: bool, upstream: float) -> str:
+def server_timing(queued: float, cold: bool, upstream: float, first: bool = False) -> str:
+    """`cold` is the wait for a start; an instance's first answer can cost far more than
+    that (a framework's lazy URL resolver, templates, connections), and is said so."""
     # one f-string: this runs on every response
     q, u = queued * 1000, upstream * 1000
+    up = (
+        f'upstream;dur={u:.1f};desc="first request of a fresh instance"'
+        if first
+        else (f"upstream;dur={u:.1f}")
+    )
     if cold:
         cold_part = f'cold;dur={q:.1f};desc="waited on a cold start"'
-        return f"queue;dur={q:.1f}, {cold_part}, upstream;dur={u:.1f}"
-    return f"queue;dur={q:.1f}, upstream;dur={u:.1f}"
+        return f"queue;dur={q:.1f}, {cold_part}, {up}"
+    return f"queue;dur={q:.1f}, {up}"

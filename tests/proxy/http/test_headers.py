@@ -171,3 +171,6 @@ def test_response_headers_are_reframed() -> None:
 def test_server_timing() -> None:
     assert server_timing(0.0, False, 0.002) == "queue;dur=0.0, upstream;dur=2.0"
     assert "cold;dur=5.0" in server_timing(0.005, True, 0.001)
+    # an instance's first answer is named as such: its lazy set-up is not the cold start's
+    first = server_timing(0.005, True, 0.08, first=True)
+    assert 'upstream;dur=80.0;desc="first request of a fresh instance"' in first

@@ -20,12 +20,14 @@ async def test_cold_start_then_reuse() -> None:
             assert r.status == 200
             first = r.headers["X-Instance-Id"]
             assert "cold;dur=" in r.headers["Server-Timing"]
+            assert 'desc="first request of a fresh instance"' in r.headers["Server-Timing"]
             assert (await r.text()).startswith("hello from instance")
         for _ in range(3):
             async with p.session.get(p.url + "/") as r:
                 assert r.status == 200
                 assert r.headers["X-Instance-Id"] == first
                 assert "cold" not in r.headers["Server-Timing"]
+                assert "first request" not in r.headers["Server-Timing"]
         assert len(await p.instances()) == 1
 
 
