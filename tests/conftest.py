@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 import pytest
@@ -105,21 +105,26 @@ async def run_proxy(**tables: dict[str, Any]) -> AsyncIterator[Running]:
 
 
 class ProxyProcess:
-    """forkproxy as a real subprocess (for signals: SIGTERM drain, SIGKILL)."""
+    """forkproxy as a real subprocess (for signals: SIGTERM drain, SIGKILL). Subclasses
+    change the command line and what the process inherits (tests/faults/reload_helpers)."""
 
-    def __init__(self, config_text: str, tmp: Path) -> None:
+    def __init__(
+        self, config_text: str, tmp: Path, *, port: int | None = None, admin_port: int | None = None
+    ) -> None:
         self._text = config_text
         self._tmp = tmp
         self.proc: subprocess.Popen[bytes] | None = None
         self.preexec_fn: Callable[[], None] | None = None  # e.g. a lower RLIMIT_NOFILE
-        self._pick_ports()
+        self._fixed_ports = port is not None
+        self._pick_ports(port, admin_port)
 
-    def _pick_ports(self) -> None:
-        self.port = free_port()
-        self.admin_port = free_port()
-        self.config = self._tmp / f"proxy-{self.port}.toml"
+    def _pick_ports(self, port: int | None = None, admin_port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.admin_port = admin_port or free_port()
+        # two processes may share ports (a restart's successor): files are named apart
+        self.config = self._tmp / f"proxy-{self.port}-{time.monotonic_ns()}.toml"
         self.config.write_text(self._text)
-        self.log = self._tmp / f"proxy-{self.port}.log"
+        self.log = self.config.with_suffix(".log")
 
     @property
     def url(self) -> str:
@@ -129,46 +134,56 @@ class ProxyProcess:
     def admin(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
 
+    def logged(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "proxy",
+            "run",
+            "--config",
+            str(self.config),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--admin",
+            f"127.0.0.1:{self.admin_port}",
+        ]
+
+    def popen(self, logf: IO[bytes]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            self.command(),
+            cwd=ROOT,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            preexec_fn=self.preexec_fn,
+        )
+
+    def spawn(self) -> None:
+        """Start it; ready() waits for it to serve."""
+        with self.log.open("ab") as logf:
+            self.proc = self.popen(logf)
+
     async def start(self, timeout: float = 20.0) -> None:
         """Run it until its admin port says ready. free_port() cannot reserve a port: if
         something on the box (docker-proxy, a published swarm port) bound one of ours in
         the meantime, the proxy exits saying so, and it is tried again on new ports."""
         for attempt in range(3):
             try:
-                await self._start(timeout)
+                self.spawn()
+                await self.ready(timeout)
                 return
             except AssertionError as exc:
-                if attempt == 2 or not port_taken(exc):
+                if self._fixed_ports or attempt == 2 or not port_taken(exc):
                     raise
                 self._pick_ports()
 
-    async def _start(self, timeout: float) -> None:
-        with self.log.open("ab") as logf:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "proxy",
-                    "run",
-                    "--config",
-                    str(self.config),
-                    "--listen",
-                    f"127.0.0.1:{self.port}",
-                    "--admin",
-                    f"127.0.0.1:{self.admin_port}",
-                ],
-                cwd=ROOT,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                preexec_fn=self.preexec_fn,
-            )
-
+    async def ready(self, timeout: float = 20.0) -> None:
         async def up() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"proxy exited {self.proc.returncode}:\n{self.log.read_text()}"
-                )
+                raise AssertionError(f"proxy exited {self.proc.returncode}:\n{self.logged()}")
             try:
                 async with aiohttp.ClientSession() as s, s.get(self.admin + "/readyz") as r:
                     return r.status == 200

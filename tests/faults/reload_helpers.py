@@ -13,10 +13,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import aiohttp
 
-from tests.conftest import ROOT, eventually, free_port
+from tests.conftest import ROOT, ProxyProcess, eventually
 
 # What systemd does between fork and exec for socket activation: the sockets become fds
 # 3, 4, ... (by way of fds >= 100: a socket may already sit on one of those numbers) and
@@ -32,7 +33,7 @@ os.execv(sys.argv[2], sys.argv[2:])
 """
 
 
-class Proc:
+class Proc(ProxyProcess):
     """`forkproxy run` on given ports; `env` is added to ours, `listen_fds` are passed
     the way systemd's socket activation does (_AS_SYSTEMD)."""
 
@@ -48,69 +49,38 @@ class Proc:
         listen_fds: tuple[socket.socket, ...] = (),
         fd_names: tuple[str, ...] = (),
     ) -> None:
-        self.port = port or free_port()
-        self.admin_port = admin_port or free_port()
-        self.config = tmp / f"proxy-{self.port}-{time.monotonic_ns()}.toml"
-        self.config.write_text(config_text)
-        self.log = self.config.with_suffix(".log")
+        super().__init__(config_text, tmp, port=port, admin_port=admin_port)
         self.args = args
         self.env = env or {}
         self.listen_fds = listen_fds
         self.fd_names = fd_names
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def admin(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
 
     @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
 
-    def logged(self) -> str:
-        return self.log.read_text(errors="replace")
+    def command(self) -> list[str]:
+        cmd = [*super().command(), *self.args]
+        if self.listen_fds:
+            fds = ",".join(str(s.fileno()) for s in self.listen_fds)
+            cmd = [sys.executable, "-c", _AS_SYSTEMD, fds, *cmd]
+        return cmd
 
-    def spawn(self) -> None:
-        cmd = [sys.executable, "-m", "proxy", "run", "--config", str(self.config)]
-        cmd += ["--listen", f"127.0.0.1:{self.port}", "--admin", f"127.0.0.1:{self.admin_port}"]
-        cmd += list(self.args)
+    def popen(self, logf: IO[bytes]) -> subprocess.Popen[bytes]:
         env = {**os.environ, **self.env}
         fds = [s.fileno() for s in self.listen_fds]
         if fds:
             env["LISTEN_FDS"] = str(len(fds))
             if self.fd_names:
                 env["LISTEN_FDNAMES"] = ":".join(self.fd_names)
-            cmd = [sys.executable, "-c", _AS_SYSTEMD, ",".join(map(str, fds)), *cmd]
-        with self.log.open("ab") as logf:
-            self.proc = subprocess.Popen(
-                cmd, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT, pass_fds=fds
-            )
+        return subprocess.Popen(
+            self.command(), cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT, pass_fds=fds
+        )
 
     async def start(self, timeout: float = 30.0) -> None:
         self.spawn()
         await self.ready(timeout)
-
-    async def ready(self, timeout: float = 30.0) -> None:
-        async def up() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"proxy exited {self.proc.returncode}:\n{self.logged()}")
-            try:
-                async with aiohttp.ClientSession() as s, s.get(self.admin + "/readyz") as r:
-                    return r.status == 200
-            except aiohttp.ClientError:
-                return False
-
-        await eventually(up, timeout, "proxy to be ready")
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
 
     async def wait_log(self, text: str, timeout: float = 30.0, count: int = 1) -> None:
         await eventually(lambda: self.logged().count(text) >= count, timeout, repr(text))
@@ -126,17 +96,6 @@ class Proc:
     def _reload_ends(self) -> int:
         text = self.logged()
         return sum(text.count(s) for s in ("reload done", "reload failed", "still running the"))
-
-    async def wait(self, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        proc = self.proc
-        await eventually(lambda: proc.poll() is not None, timeout, "proxy to exit")
-        return int(proc.returncode)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 async def stop_all(procs: list[Proc]) -> None:
