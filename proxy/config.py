@@ -15,7 +15,7 @@ from typing import Any
 import backends
 from backends.support.table import ConfigError, Problem, Table
 from proxy.http.headers import DROP_CLIENT_HEADERS
-from proxy.http.server import Limits
+from proxy.http.limits import Limits
 
 
 @dataclass(frozen=True)

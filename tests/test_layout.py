@@ -51,3 +51,11 @@ def test_shipped_packages_never_import_tests_or_examples() -> None:
         if mod.split(".")[0] in {"tests", "examples"}
     ]
     assert bad == []
+
+
+def test_config_takes_the_protocols_values_not_its_server() -> None:
+    # config reads [server] into the data path's value types; importing the server itself
+    # would make parsing a config file load the whole connection machinery
+    config = ROOT / "proxy" / "config.py"
+    taken = {mod for mod, _ in imports(config) if mod.startswith("proxy.http")}
+    assert taken <= {"proxy.http.limits", "proxy.http.headers"}

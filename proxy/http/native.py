@@ -25,6 +25,7 @@ HOT = (
     "flow",
     "forward",
     "headers",
+    "limits",
     "parsing",
     "request",
     "response",
