@@ -23,6 +23,7 @@ from backends.support.table import ConfigError
 from backends.support.tasks import TaskSet
 from proxy import handover, open_files, reload
 from proxy.admin import admin_runner, admin_site
+from proxy.admin_view import AdminView, Serving
 from proxy.config import Address, Config
 from proxy.generation import Generation
 from proxy.http import native
@@ -113,6 +114,16 @@ class Proxy:
     def forwarder(self) -> Forwarder:
         return self.gen.forwarder
 
+    def admin_view(self) -> AdminView:
+        """What the admin listener reads, and no more: the serving generation on each read."""
+        return AdminView(self.cfg.server, self.metrics, self._serving, lambda: self.ready)
+
+    def _serving(self) -> Serving:
+        pool = self.pool
+        return Serving(
+            pool, pool.backend.spares, self.owner_id, self.cfg.server.name, self.cfg.backend_type
+        )
+
     def _handler(self) -> Handler:
         return self._access_logged if self.cfg.server.access_log else self.gen.handle
 
@@ -152,7 +163,8 @@ class Proxy:
         sock = self._sockets.admin
         if admin_at is None and sock is None:
             return
-        self._admin = admin_runner(self)
+        view = self.admin_view()
+        self._admin = admin_runner(view)
         await self._admin.setup()
         at: Address | socket.socket
         if admin_at is None or sock is not None:
@@ -163,7 +175,7 @@ class Proxy:
                 at = handover.bind_shared(admin_at)
         else:
             at = admin_at
-        site = admin_site(self, self._admin, at)
+        site = admin_site(view, self._admin, at)
         with ListenError.naming("server.admin", admin_at or Address("fd", 0)):
             await site.start()
         address = self._admin.addresses[0]

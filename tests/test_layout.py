@@ -59,3 +59,14 @@ def test_config_takes_the_protocols_values_not_its_server() -> None:
     config = ROOT / "proxy" / "config.py"
     taken = {mod for mod, _ in imports(config) if mod.startswith("proxy.http")}
     assert taken <= {"proxy.http.limits", "proxy.http.headers"}
+
+
+def test_admin_listener_reads_a_view_not_the_proxy() -> None:
+    # proxy/admin_view.py is all it is handed: it cannot reach the data path or reload
+    bad = [
+        f"{name}: {mod}"
+        for name in ("admin.py", "live.py", "admin_view.py")
+        for mod, _ in imports(ROOT / "proxy" / name)
+        if mod in {"proxy.server", "proxy.generation"} or mod.startswith("proxy.http")
+    ]
+    assert bad == []
