@@ -70,3 +70,29 @@ def test_admin_listener_reads_a_view_not_the_proxy() -> None:
         if mod in {"proxy.server", "proxy.generation"} or mod.startswith("proxy.http")
     ]
     assert bad == []
+
+
+# backends/support is the lowest layer: the generic pieces the proxy uses too live there
+GENERIC = ("tasks.py", "table.py")
+BACKEND_PACKAGES = ("process", "docker", "swarm", "vsphere")
+
+
+def test_generic_pieces_import_nothing_of_the_project() -> None:
+    support = ROOT / "backends" / "support"
+    bad = [
+        f"{name}: {mod}"
+        for name in GENERIC
+        for mod, _ in imports(support / name)
+        if mod.split(".")[0] in {"proxy", "backends", "loadtest"}
+    ]
+    assert bad == []
+
+
+def test_support_imports_no_backend_package() -> None:
+    bad = [
+        f"{p.relative_to(ROOT)}: {mod}"
+        for p in sorted((ROOT / "backends" / "support").rglob("*.py"))
+        for mod, _ in imports(p)
+        if any(mod == f"backends.{b}" or mod.startswith(f"backends.{b}.") for b in BACKEND_PACKAGES)
+    ]
+    assert bad == []
