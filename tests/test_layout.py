@@ -96,3 +96,18 @@ def test_support_imports_no_backend_package() -> None:
         if any(mod == f"backends.{b}" or mod.startswith(f"backends.{b}.") for b in BACKEND_PACKAGES)
     ]
     assert bad == []
+
+
+# fork mode's modules the proxy process runs; backends/process/child/ is what runs outside it
+PROXY_SIDE = ("__init__", "config", "fork", "exec", "check", "_common", "_template_client", "log")
+
+
+def test_the_proxys_side_of_fork_mode_never_imports_child_code() -> None:
+    process = ROOT / "backends" / "process"
+    bad = [
+        f"{name}.py: {mod}"
+        for name in PROXY_SIDE
+        for mod, _ in imports(process / f"{name}.py")
+        if mod.startswith("backends.process.child")
+    ]
+    assert bad == []
