@@ -126,7 +126,7 @@ def run_spare(inh: Inherited, assign: socket.socket) -> NoReturn:
 
     def setup() -> _serve.Acquire:
         # Until this runs (microseconds after the fork) /proc shows the child as a
-        # "template"; _scan tells it apart by its parent.
+        # "template"; leftovers.py tells it apart by its parent.
         if inh.role_slot is not None:
             _linux.write_role(inh.role_slot, _linux.ROLE_SPARE)
 
