@@ -25,7 +25,7 @@ from proxy.config import Address, ServerConfig
 from proxy.live import Sampler
 
 if TYPE_CHECKING:
-    from proxy.server import Proxy
+    from proxy.admin_view import AdminView
 
 log = logging.getLogger("forkproxy.admin")
 
@@ -158,47 +158,47 @@ def _auth_middleware(token: str) -> Middleware:
     return check
 
 
-def admin_app(proxy: Proxy) -> web.Application:
-    token = admin_token(proxy.cfg.server)
-    _warn_if_exposed(proxy.cfg.server, token)
-    sampler = Sampler(proxy)
+def admin_app(view: AdminView) -> web.Application:
+    token = admin_token(view.server)
+    _warn_if_exposed(view.server, token)
+    sampler = Sampler(view)
 
     async def metrics(_: web.Request) -> web.Response:
-        body = generate_latest(proxy.metrics.registry)
+        body = generate_latest(view.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:
-        if not proxy.ready:
+        if not view.ready():
             return web.Response(status=503, text="not ready\n")
         # up but unable to serve now (starts failing, nothing ready): a load balancer
         # should send its traffic elsewhere
-        if (problem := proxy.pool.serve_problem) is not None:
+        if (problem := view.serving().pool.serve_problem) is not None:
             return web.Response(status=503, text=f"not ready: {problem}\n")
         return web.Response(text="ready\n")
 
     async def instances(request: web.Request) -> web.Response:
         # every app's instances, each naming its app; ?app=NAME: that app's only. The
         # top-level keys are the first app's (what a single-app proxy always showed).
-        gens = proxy.gens
+        apps = view.apps()
         only = request.query.get("app")
-        if only is not None and only not in gens:
-            return web.json_response({"error": f"no app {only!r}", "apps": list(gens)}, status=404)
+        if only is not None and only not in apps:
+            return web.json_response({"error": f"no app {only!r}", "apps": list(apps)}, status=404)
         rows = []
-        for name, gen in gens.items():
+        for name, serving in apps.items():
             if only is None or only == name:
-                rows += [{**row, "app": name} for row in gen.pool.describe()]
-        first = gens[only] if only is not None else proxy.gen
+                rows += [{**row, "app": name} for row in serving.pool.describe()]
+        first = apps[only] if only is not None else next(iter(apps.values()))
         return web.json_response(
             {
-                "backend": first.cfg.backend_type,
-                "pool": first.cfg.server.name,
-                "owner": first.ctx.owner_id,
-                "queued": sum(g.pool.queued for n, g in gens.items() if only in (None, n)),
-                "spares": first.pool.backend.spares,
-                "apps": list(gens),
+                "backend": first.backend_type,
+                "pool": first.pool_name,
+                "owner": first.owner_id,
+                "queued": sum(s.pool.queued for n, s in apps.items() if only in (None, n)),
+                "spares": first.spares,
+                "apps": list(apps),
                 "instances": rows,
             }
         )
@@ -245,7 +245,7 @@ def admin_app(proxy: Proxy) -> web.Application:
     async def end_streams(_: web.Application) -> None:
         sampler.close()  # open pages must not hold the shutdown for aiohttp's grace period
 
-    host_check = _host_middleware(proxy.cfg.server)
+    host_check = _host_middleware(view.server)
     middlewares = [m for m in (host_check, _auth_middleware(token) if token else None) if m]
     app = web.Application(middlewares=middlewares)
     app.cleanup_ctx.append(run_sampler)
@@ -315,18 +315,18 @@ class _AdminSite(web.BaseSite):
             self._server = await loop.create_server(protocol, sock=at)
 
 
-def admin_runner(proxy: Proxy) -> web.AppRunner:
+def admin_runner(view: AdminView) -> web.AppRunner:
     # aiohttp's keepalive_timeout also runs from the connection's start: a connection
     # that sends nothing, or half a request head, closes then too (its default is ~1 h)
     return web.AppRunner(
-        admin_app(proxy),
+        admin_app(view),
         access_log=None,
-        keepalive_timeout=proxy.cfg.server.admin_keepalive_timeout,
+        keepalive_timeout=view.server.admin_keepalive_timeout,
     )
 
 
 def admin_site(
-    proxy: Proxy, runner: web.AppRunner, address: Address | socket.socket
+    view: AdminView, runner: web.AppRunner, address: Address | socket.socket
 ) -> web.BaseSite:
-    rejected = proxy.metrics.rejected.labels("admin_max_connections")
-    return _AdminSite(runner, address, proxy.cfg.server.admin_max_connections, rejected.inc)
+    rejected = view.metrics.rejected.labels("admin_max_connections")
+    return _AdminSite(runner, address, view.server.admin_max_connections, rejected.inc)

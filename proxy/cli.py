@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from backends.support.table import ConfigError
-from loadtest import tune  # bench tooling: only its options load here, locust runs as a child
 from proxy import __version__, logs, preflight
 from proxy.config import Config, load, parse, with_overrides
 
@@ -53,15 +52,24 @@ def _parser() -> argparse.ArgumentParser:
         help="do not check that server.listen / server.admin are free (e.g. the proxy "
         "being replaced still holds them)",
     )
-    tune_cmd = sub.add_parser(
-        "tune",
-        help="search pool settings under load (see --help)",
+    # listed here, parsed by _tune(): its options live in loadtest, which only tune loads
+    sub.add_parser("tune", help="search pool settings under load (see --help)", add_help=False)
+    sub.add_parser("top", help="watch a running proxy: forkproxy top [ADMIN_URL]", add_help=False)
+    return p
+
+
+def _tune(argv: Sequence[str]) -> int:
+    """`forkproxy tune`: bench tooling (locust runs as a child), imported only here so a
+    running proxy never loads it."""
+    from loadtest import tune
+
+    p = argparse.ArgumentParser(
+        prog="forkproxy tune",
         description=tune.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    tune.add_arguments(tune_cmd)
-    sub.add_parser("top", help="watch a running proxy: forkproxy top [ADMIN_URL]", add_help=False)
-    return p
+    tune.add_arguments(p)
+    return tune.main(p.parse_args(argv))
 
 
 def _load(path: str | None) -> Config:
@@ -97,9 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from proxy import top
 
         return top.main(args_list[1:])
+    if args_list[:1] == ["tune"]:
+        return _tune(args_list[1:])
     args = _parser().parse_args(args_list)
-    if args.command == "tune":
-        return tune.main(args)
     if args.command == "check-config":
         try:
             cfg = load(args.file)

@@ -18,7 +18,7 @@ from proxy import apps as apps_mod
 from proxy.apps import AppConfig
 from proxy.budget import BudgetConfig
 from proxy.http.headers import DROP_CLIENT_HEADERS
-from proxy.http.server import Limits
+from proxy.http.limits import Limits
 
 
 @dataclass(frozen=True)

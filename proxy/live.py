@@ -14,19 +14,19 @@ from typing import TYPE_CHECKING, Any
 from backends.support.tasks import TaskSet
 
 if TYPE_CHECKING:
-    from proxy.server import Proxy
+    from proxy.admin_view import AdminView, PoolView
 
 HISTORY_SECONDS = 300
 
 
-def effective_settings(proxy: Proxy) -> tuple[dict[str, Any], str]:
+def effective_settings(view: PoolView) -> tuple[dict[str, Any], str]:
     """The pool's settings as it runs them. A pool that resolves `auto` values exposes
     effective_settings(); otherwise the config is what runs."""
-    pool: Any = proxy.pool
+    pool: Any = view
     if hasattr(pool, "effective_settings"):
         return dict(pool.effective_settings()), "pool"
     # an unset (None) value is one the pool resolves itself ("auto")
-    cfg = dataclasses.asdict(proxy.pool.cfg)  # max_concurrency "auto" resolved
+    cfg = dataclasses.asdict(view.cfg)  # max_concurrency "auto" resolved
     return {k: "auto" if v is None else v for k, v in cfg.items()}, "config"
 
 
@@ -42,8 +42,8 @@ def _by_label(samples: Any, label: str) -> dict[str, float]:
 class Sampler:
     """Samples the pool every `interval` seconds into a ring of HISTORY_SECONDS."""
 
-    def __init__(self, proxy: Proxy, interval: float = 1.0) -> None:
-        self.proxy = proxy
+    def __init__(self, view: AdminView, interval: float = 1.0) -> None:
+        self.view = view
         self.interval = interval
         self.history: deque[dict[str, Any]] = deque(maxlen=max(1, int(HISTORY_SECONDS / interval)))
         self.latest: dict[str, Any] | None = None
@@ -72,35 +72,36 @@ class Sampler:
             self.sample()
 
     def sample(self) -> dict[str, Any]:
-        proxy, pool = self.proxy, self.proxy.pool
+        serving = self.view.serving()
+        pool = serving.pool
         rows = pool.describe()
         for row in rows:  # the pool holds only instances this run started
-            row.setdefault("owner", row.get("meta", {}).get("owner") or proxy.owner_id)
+            row.setdefault("owner", row.get("meta", {}).get("owner") or serving.owner_id)
         states: dict[str, int] = {}
         for row in rows:
             states[row["state"]] = states.get(row["state"], 0) + 1
         in_flight = sum(int(r["in_flight"]) for r in rows)
-        results = _by_label(proxy.metrics.starts, "result")
+        results = _by_label(self.view.metrics.starts, "result")
         now = time.monotonic()
         ok = results.get("ok", 0.0)
         rate = 0.0
         if self._prev_starts is not None and now > self._prev_starts[0]:
             rate = (ok - self._prev_starts[1]) / (now - self._prev_starts[0])
         self._prev_starts = (now, ok)
-        settings, source = effective_settings(proxy)
-        max_c = proxy.pool.cfg.max_concurrency  # "auto" already resolved into the config
+        settings, source = effective_settings(pool)
+        max_c = pool.cfg.max_concurrency  # "auto" already resolved into the config
         self._seq += 1
         sample = {
             "seq": self._seq,
             "t": time.time(),
-            "pool": proxy.cfg.server.name,
-            "backend": proxy.cfg.backend_type,
-            "owner": proxy.owner_id,
+            "pool": serving.pool_name,
+            "backend": serving.backend_type,
+            "owner": serving.owner_id,
             "queued": pool.queued,
             "in_flight": in_flight,
             "states": states,
             "instances_live": states.get("starting", 0) + states.get("ready", 0),
-            "spares": pool.backend.spares,
+            "spares": serving.spares,
             "lower_bound": math.ceil(in_flight / max_c),
             "starts_per_s": round(rate, 3),
             "start_results": results,

@@ -96,7 +96,7 @@ def access_fields(req: Request, sent: int, now: float) -> dict[str, Any]:
         "duration_ms": round((now - req.started) * 1000, 1),
         "queue_ms": round(lease.queued * 1000, 1) if lease is not None else 0.0,
         "cold": lease.cold if lease is not None else False,
-        "instance": lease.slot.id if lease is not None else None,
+        "instance": lease.instance_id if lease is not None else None,
         "request_id": req.request_id.decode("ascii") if req.request_id is not None else None,
         "peer": req.peer,
     }

@@ -22,6 +22,7 @@ from backends.support.table import ConfigError
 from backends.support.tasks import TaskSet
 from proxy import handover, logs, open_files, reload
 from proxy.admin import admin_runner, admin_site
+from proxy.admin_view import AdminView, Serving
 from proxy.apps import AppConfig, app_config, is_single, serves_everything
 from proxy.config import Address, Config
 from proxy.forwarding.forward import Forwarder
@@ -144,6 +145,30 @@ class Proxy:
         self.router = Router((a.route for a in cfg.apps), cfg.default_app or None)
         self._single = serves_everything(cfg.apps, cfg.default_app)
 
+    def admin_view(self) -> AdminView:
+        """What the admin listener reads, and no more: the serving generation on each read."""
+        return AdminView(
+            self.cfg.server, self.metrics, self._serving, self._apps, lambda: self.ready
+        )
+
+    def _serving(self) -> Serving:
+        pool = self.pool
+        return Serving(
+            pool, pool.backend.spares, self.owner_id, self.cfg.server.name, self.cfg.backend_type
+        )
+
+    def _apps(self) -> dict[str, Serving]:
+        return {
+            name: Serving(
+                gen.pool,
+                gen.pool.backend.spares,
+                gen.ctx.owner_id,
+                gen.cfg.server.name,
+                gen.cfg.backend_type,
+            )
+            for name, gen in self.gens.items()
+        }
+
     def _handler(self) -> Handler:
         if self.cfg.server.access_log:
             return self._access_logged
@@ -202,7 +227,8 @@ class Proxy:
         sock = self._sockets.admin
         if admin_at is None and sock is None:
             return
-        self._admin = admin_runner(self)
+        view = self.admin_view()
+        self._admin = admin_runner(view)
         await self._admin.setup()
         at: Address | socket.socket
         if admin_at is None or sock is not None:
@@ -213,7 +239,7 @@ class Proxy:
                 at = handover.bind_shared(admin_at)
         else:
             at = admin_at
-        site = admin_site(self, self._admin, at)
+        site = admin_site(view, self._admin, at)
         with ListenError.naming("server.admin", admin_at or Address("fd", 0)):
             await site.start()
         address = self._admin.addresses[0]

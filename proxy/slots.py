@@ -112,6 +112,10 @@ class Lease:
         assert self.slot.instance is not None
         return self.slot.instance
 
+    @property
+    def instance_id(self) -> str:
+        return self.slot.id
+
     def mark_broken(self) -> None:
         """The request failed in transport: the instance may be gone (Pool._suspect)."""
         self.broken = True

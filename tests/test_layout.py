@@ -63,3 +63,63 @@ def test_shipped_packages_never_import_tests_or_examples() -> None:
         if mod.split(".")[0] in {"tests", "examples"}
     ]
     assert bad == []
+
+
+def test_config_takes_the_protocols_values_not_its_server() -> None:
+    # config reads [server] into the data path's value types; importing the server itself
+    # would make parsing a config file load the whole connection machinery
+    config = ROOT / "proxy" / "config.py"
+    taken = {mod for mod, _ in imports(config) if mod.startswith("proxy.http")}
+    assert taken <= {"proxy.http.limits", "proxy.http.headers"}
+
+
+def test_admin_listener_reads_a_view_not_the_proxy() -> None:
+    # proxy/admin_view.py is all it is handed: it cannot reach the data path or reload
+    bad = [
+        f"{name}: {mod}"
+        for name in ("admin.py", "live.py", "admin_view.py")
+        for mod, _ in imports(ROOT / "proxy" / name)
+        if mod in {"proxy.server", "proxy.generation"} or mod.startswith("proxy.http")
+    ]
+    assert bad == []
+
+
+# backends/support is the lowest layer: the generic pieces the proxy uses too live there
+GENERIC = ("tasks.py", "table.py")
+BACKEND_PACKAGES = ("process", "docker", "swarm", "vsphere")
+
+
+def test_generic_pieces_import_nothing_of_the_project() -> None:
+    support = ROOT / "backends" / "support"
+    bad = [
+        f"{name}: {mod}"
+        for name in GENERIC
+        for mod, _ in imports(support / name)
+        if mod.split(".")[0] in {"proxy", "backends", "loadtest"}
+    ]
+    assert bad == []
+
+
+def test_support_imports_no_backend_package() -> None:
+    bad = [
+        f"{p.relative_to(ROOT)}: {mod}"
+        for p in sorted((ROOT / "backends" / "support").rglob("*.py"))
+        for mod, _ in imports(p)
+        if any(mod == f"backends.{b}" or mod.startswith(f"backends.{b}.") for b in BACKEND_PACKAGES)
+    ]
+    assert bad == []
+
+
+# fork mode's modules the proxy process runs; backends/process/child/ is what runs outside it
+PROXY_SIDE = ("__init__", "config", "fork", "exec", "check", "_common", "_template_client", "log")
+
+
+def test_the_proxys_side_of_fork_mode_never_imports_child_code() -> None:
+    process = ROOT / "backends" / "process"
+    bad = [
+        f"{name}.py: {mod}"
+        for name in PROXY_SIDE
+        for mod, _ in imports(process / f"{name}.py")
+        if mod.startswith("backends.process.child")
+    ]
+    assert bad == []

@@ -8,7 +8,7 @@ import os
 import time
 
 from backends.base import Backend, BackendContext, Endpoint, Instance
-from backends.process import _linux, _scan
+from backends.process import _linux, leftovers
 from backends.process.config import ProcessConfig
 from backends.process.log import log
 from backends.support.kill import terminate
@@ -21,16 +21,16 @@ def base_env(config: ProcessConfig, ctx: BackendContext) -> dict[str, str]:
     and this pool's labels."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FORKPROXY_")}
     env.update(config.env)
-    env[_scan.POOL_VAR] = ctx.pool_name
-    env[_scan.OWNER_VAR] = ctx.owner_id
+    env[leftovers.POOL_VAR] = ctx.pool_name
+    env[leftovers.OWNER_VAR] = ctx.owner_id
     return env
 
 
 def instance_env(ctx: BackendContext, instance_id: str) -> dict[str, str]:
     return {
-        _scan.INSTANCE_VAR: instance_id,
-        _scan.POOL_VAR: ctx.pool_name,
-        _scan.OWNER_VAR: ctx.owner_id,
+        leftovers.INSTANCE_VAR: instance_id,
+        leftovers.POOL_VAR: ctx.pool_name,
+        leftovers.OWNER_VAR: ctx.owner_id,
     }
 
 
@@ -60,7 +60,7 @@ class ProcessBackendBase(Backend):
         self.config = config
         self.ctx = ctx
 
-    def _found_to_instance(self, item: _scan.Found) -> Instance:
+    def _found_to_instance(self, item: leftovers.Found) -> Instance:
         return Instance(
             id=item.instance_id,
             backend=self.name,
@@ -71,8 +71,8 @@ class ProcessBackendBase(Backend):
             handle=item.pid,
         )
 
-    async def _scan(self) -> list[_scan.Found]:
-        return await asyncio.to_thread(_scan.scan, self.ctx.pool_name)
+    async def _scan(self) -> list[leftovers.Found]:
+        return await asyncio.to_thread(leftovers.scan, self.ctx.pool_name)
 
     async def _still_ours(self, instance: Instance) -> bool:
         """The pid in `instance.handle` still is that instance (guards against pid reuse)."""
@@ -80,12 +80,12 @@ class ProcessBackendBase(Backend):
         if not isinstance(pid, int):
             return False
         env = await asyncio.to_thread(_linux.read_environ, pid)
-        if not env or env.get(_scan.POOL_VAR) != self.ctx.pool_name:
+        if not env or env.get(leftovers.POOL_VAR) != self.ctx.pool_name:
             return False
-        found = _scan.classify(pid, env)
+        found = leftovers.classify(pid, env)
         if found is None:
             return False
-        return instance.id in (found.instance_id, _scan.unlabelled_id(pid))
+        return instance.id in (found.instance_id, leftovers.unlabelled_id(pid))
 
     async def _stop_foreign(self, instance: Instance) -> None:
         """SIGTERM, grace, SIGKILL a listed process; its parent (if any) reaps it."""

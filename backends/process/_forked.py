@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from backends.process import _failures, _forksafe, _linux, _serve
+from backends.process import _linux, _serve
 from backends.process import log as output
+from backends.process.child import failures, forksafe
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def _run(inh: Inherited, setup: Callable[[], _serve.Acquire], spare: bool) -> No
     code = 0
     try:
         _detach(inh)
-        _forksafe.after_fork(inh.post_fork, inh.user_app)
+        forksafe.after_fork(inh.post_fork, inh.user_app)
         acquire = setup()
         _serve.run_child(
             inh.kind,
@@ -102,7 +103,7 @@ def _run(inh: Inherited, setup: Callable[[], _serve.Acquire], spare: bool) -> No
 def _report(to: socket.socket | None, text: str) -> None:
     """The traceback to the template, which prints it unless it is a repeat; on stderr
     if the template cannot take it now."""
-    tail = text.encode(errors="replace")[-_failures.MAX_REPORT :].decode(errors="ignore")
+    tail = text.encode(errors="replace")[-failures.MAX_REPORT :].decode(errors="ignore")
     data = json.dumps({"crash": tail}, ensure_ascii=False).encode()
     try:
         if to is None:
@@ -127,7 +128,7 @@ def run_spare(inh: Inherited, assign: socket.socket) -> NoReturn:
 
     def setup() -> _serve.Acquire:
         # Until this runs (microseconds after the fork) /proc shows the child as a
-        # "template"; _scan tells it apart by its parent.
+        # "template"; leftovers.py tells it apart by its parent.
         if inh.role_slot is not None:
             _linux.write_role(inh.role_slot, _linux.ROLE_SPARE)
 

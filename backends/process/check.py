@@ -24,8 +24,8 @@ _BUILD = """
 import json, sys
 sys.path.insert(1, sys.argv[1])
 sys.path[1:1] = sys.argv[6:]
-from backends.process import _probe
-sys.exit(_probe.main(sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5])))
+from backends.process.child import check_app
+sys.exit(check_app.main(sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5])))
 """
 _TIMEOUT = 60.0
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from backends.base import BackendContext, Endpoint, Instance
 from backends.errors import BackendConfigError, BackendUnavailable, StartError
-from backends.process import _common, _linux, _memory, _scan, _template_client
+from backends.process import _common, _linux, _memory, _template_client, leftovers
 from backends.process._template_client import TemplateHandle
 from backends.process.config import ProcessConfig
 from backends.process.log import log
@@ -279,11 +279,13 @@ class ForkBackend(_common.ProcessBackendBase):
         for item in await self._scan():
             child = ours.get(item.pid)
             if item.pid == tpl_pid:
-                item = _scan.Found(tpl_pid, "template", _scan.template_id(tpl_pid), item.owner)
+                item = leftovers.Found(
+                    tpl_pid, "template", leftovers.template_id(tpl_pid), item.owner
+                )
             elif child is not None:
-                item = _scan.Found(item.pid, "fork", child.id, self.ctx.owner_id, child.port)
+                item = leftovers.Found(item.pid, "fork", child.id, self.ctx.owner_id, child.port)
             elif item.kind == "spare" or (
-                item.ppid == tpl_pid and item.instance_id == _scan.unlabelled_id(item.pid)
+                item.ppid == tpl_pid and item.instance_id == leftovers.unlabelled_id(item.pid)
             ):
                 continue  # a spare (being born): not an instance; it dies with its template
             result.append(self._found_to_instance(item))

@@ -30,7 +30,8 @@ import time
 import traceback
 from typing import Any
 
-from backends.process import _failures, _forked, _linux
+from backends.process import _forked, _linux
+from backends.process.child import failures
 
 _MAX_MSG = 64 * 1024
 _REFILL_AFTER = 0.02  # seconds without messages before forking spares
@@ -64,7 +65,7 @@ class Template:
         self.report_r, self.report_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.report_r.setblocking(False)
         self.report_w.setblocking(False)
-        self.failures = _failures.Failures(lambda text: print(text, file=sys.stderr, flush=True))
+        self.failures = failures.Failures(lambda text: print(text, file=sys.stderr, flush=True))
         self.pid = os.getpid()
         self.role_slot: int | None = None
 
@@ -77,17 +78,17 @@ class Template:
     # -- setup -------------------------------------------------------------------
 
     def build(self) -> None:
-        from backends.process import _apps, _forksafe, warmup
+        from backends.process.child import apps, forksafe, warmup
 
         for entry in reversed(self.spec.get("pythonpath", [])):
             sys.path.insert(1, os.path.abspath(entry))
-        self.kind, self.app = _apps.load(self.spec["app"], self.spec["app_kind"])
+        self.kind, self.app = apps.load(self.spec["app"], self.spec["app_kind"])
         self.user_app = self.app
         if self.spec.get("warmup"):
-            _apps.call_hook(self.spec["warmup"], self.app)
+            apps.call_hook(self.spec["warmup"], self.app)
         warmup.run_spec(self.kind, self.app, self.spec.get("warmup_requests"))
         if self.spec.get("post_fork"):
-            _apps.resolve(self.spec["post_fork"])  # a typo fails now, not in every fork
+            apps.resolve(self.spec["post_fork"])  # a typo fails now, not in every fork
         # Everything a child needs is loaded here, once: a fork then imports nothing.
         import uvloop  # noqa: F401
 
@@ -100,8 +101,8 @@ class Template:
         else:
             self.app.freeze()  # routes and middleware chains built once, not per child
             _serve.prime_template()
-        _forksafe.before_fork()
-        _apps.refuse_threads(self.kind)
+        forksafe.before_fork()
+        apps.refuse_threads(self.kind)
         self.role_slot = _linux.role_slot()
         _linux.set_pdeathsig()  # (again) loads libc's prctl for the children
         # Move everything built so far out of the collector's reach: children then do
@@ -163,7 +164,7 @@ class Template:
         while True:
             try:
                 # escaped, a report is at most 6 times its MAX_REPORT bytes of text
-                data = self.report_r.recv(8 * _failures.MAX_REPORT)
+                data = self.report_r.recv(8 * failures.MAX_REPORT)
             except (BlockingIOError, InterruptedError):
                 return
             try:

@@ -38,9 +38,10 @@ def _status(field: str) -> int:
 
 
 def probe(app: str, n: int) -> dict[str, Any]:
-    from backends.process import _apps, _serve  # held like the template holds them
+    from backends.process import _serve  # held like the template holds them
+    from backends.process.child import apps
 
-    kind, built = _apps.load(app, "auto")
+    kind, built = apps.load(app, "auto")
     if kind == "aiohttp":
         built.freeze()
         _serve.prime_template()

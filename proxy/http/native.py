@@ -25,6 +25,7 @@ HOT = (
     "proxy.http.deadline",
     "proxy.http.flow",
     "proxy.http.headers",
+    "proxy.http.limits",
     "proxy.http.parsing",
     "proxy.http.request",
     "proxy.http.response",

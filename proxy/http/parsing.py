@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 import httptools
 
 from proxy.http.flow import HELD, PIPELINE, Flow
-from proxy.http.request import BUDGET_SPENT, ClientError, Limits, Request
+from proxy.http.limits import Limits
+from proxy.http.request import BUDGET_SPENT, ClientError, Request
 from proxy.http.validate import tunnelled, validate
 
 if TYPE_CHECKING:

@@ -25,10 +25,11 @@ from backends.support.tasks import TaskSet
 from proxy.http.chunks import Budget
 from proxy.http.deadline import Deadline
 from proxy.http.flow import PIPELINE, Flow
+from proxy.http.limits import Limits
 from proxy.http.parsing import RequestParsing
-from proxy.http.request import ClientError, Limits, Request
+from proxy.http.request import ClientError, Request
 
-__all__ = ["ClientError", "HttpConnection", "HttpServer", "Limits", "Request"]
+__all__ = ["ClientError", "HttpConnection", "HttpServer", "Request"]
 
 log = logging.getLogger("forkproxy.http")
 

@@ -8,7 +8,7 @@ import uuid
 
 import aiohttp
 
-from backends.process import _scan
+from backends.process import leftovers
 from tests.conftest import ProxyProcess
 
 
@@ -41,8 +41,8 @@ def pool_name(p: ProxyProcess) -> str:
     return found.group(1)
 
 
-def left_behind(pool: str) -> list[_scan.Found]:
-    return _scan.scan(pool)
+def left_behind(pool: str) -> list[leftovers.Found]:
+    return leftovers.scan(pool)
 
 
 async def metric(p: ProxyProcess, name: str) -> dict[str, float]:

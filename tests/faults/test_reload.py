@@ -103,6 +103,7 @@ async def test_sighup_under_load_serves_new_code_with_no_error(
     async with aiohttp.ClientSession() as s, s.get(p.url + "/") as r:
         assert await r.text() == "v1"
         old_pid = int(r.headers["X-Pid"])
+    old_owner = (await _instances(p))["owner"]
     async with Load(p.port, "/?s=0.02", fresh=2, kept=2) as load:
         await load.until(40)
         write_app(tmp_path, "app_v", "v2")  # the code changes, the config does not
@@ -118,6 +119,17 @@ async def test_sighup_under_load_serves_new_code_with_no_error(
     await eventually(lambda: not pid_alive(old_pid), 10, "the old instance to stop")
     async with aiohttp.ClientSession() as s, s.get(p.url + "/") as r:
         assert await r.text() == "v2"
+    # the admin listener follows the new generation: its owner, its instances
+    listed = await _instances(p)
+    assert listed["owner"] != old_owner
+    assert listed["instances"] and {i["owner"] for i in listed["instances"]} == {listed["owner"]}
+
+
+async def _instances(p: Proc) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as s, s.get(p.admin + "/instances") as r:
+        assert r.status == 200
+        listed: dict[str, Any] = await r.json()
+        return listed
 
 
 async def test_sighup_lets_in_flight_requests_finish_on_the_old_code(

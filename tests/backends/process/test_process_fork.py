@@ -17,7 +17,7 @@ import pytest
 from backends.base import BackendContext
 from backends.errors import BackendConfigError
 from backends.process._linux import is_running
-from backends.process._scan import scan
+from backends.process.leftovers import scan
 from tests.backends.contract import deaths, get, recording_context, serves
 from tests.backends.process.helpers import REPO, MakeBackend, alive_pids
 from tests.conftest import eventually

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from backends.process import _linux, _scan
+from backends.process import _linux, leftovers
 from tests.conftest import ProxyProcess
 from tests.proxy import test_lifecycle
 from tests.replicas import run_scenario
@@ -25,7 +25,7 @@ async def test_fork_replicas_share_a_pool_name(
             1
             for pid in _linux.all_pids()
             if (env := _linux.read_environ(pid))
-            and env.get(_scan.OWNER_VAR) == owner
+            and env.get(leftovers.OWNER_VAR) == owner
             and _linux.is_running(pid)
         )
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from backends.process import _probe
+from backends.process.child import check_app
 from tests.backends.process.fastapi_app import app as fastapi_app
 from tests.conftest import ROOT, run_proxy
 
@@ -30,9 +30,9 @@ async def test_a_fastapi_websocket_echoes_through_the_proxy() -> None:
 
 
 def test_websocket_routes_without_a_library_are_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert _probe.websocket_warning(fastapi_app) is None  # websockets is installed here
-    monkeypatch.setattr(_probe, "_WS_LIBRARIES", ("no_such_ws_library",))
-    warning = _probe.websocket_warning(fastapi_app)
+    assert check_app.websocket_warning(fastapi_app) is None  # websockets is installed here
+    monkeypatch.setattr(check_app, "_WS_LIBRARIES", ("no_such_ws_library",))
+    warning = check_app.websocket_warning(fastapi_app)
     assert warning is not None and warning.startswith("websocket routes (/ws) but no websocket")
     assert "forkproxy[asgi]" in warning
 

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from backends.errors import BackendConfigError
-from backends.process import _apps
+from backends.process.child import apps
 from tests.backends.contract import get
 from tests.backends.process.helpers import MakeBackend
 
@@ -35,17 +35,17 @@ def test_detect_tells_wsgi_from_asgi() -> None:
 
     if not settings.configured:
         settings.configure()
-    assert _apps.detect(wsgi_apps.flask_app) == "wsgi"
-    assert _apps.detect(wsgi_apps.plain_wsgi) == "wsgi"
-    assert _apps.detect(django.core.handlers.wsgi.WSGIHandler()) == "wsgi"
-    assert _apps.detect(django.core.handlers.asgi.ASGIHandler()) == "asgi"
-    assert _apps.detect(wsgi_apps.asgi_instance) == "asgi"
+    assert apps.detect(wsgi_apps.flask_app) == "wsgi"
+    assert apps.detect(wsgi_apps.plain_wsgi) == "wsgi"
+    assert apps.detect(django.core.handlers.wsgi.WSGIHandler()) == "wsgi"
+    assert apps.detect(django.core.handlers.asgi.ASGIHandler()) == "asgi"
+    assert apps.detect(wsgi_apps.asgi_instance) == "asgi"
 
     async def asgi_func(scope: Any, receive: Any, send: Any) -> None:
         pass
 
-    assert _apps.detect(asgi_func) == "asgi"
-    assert _apps.detect(wsgi_apps.one_arg) is None
+    assert apps.detect(asgi_func) == "asgi"
+    assert apps.detect(wsgi_apps.one_arg) is None
 
 
 @pytest.mark.parametrize("target", ["examples.flask_app:app", "examples.flask_app:create_app"])

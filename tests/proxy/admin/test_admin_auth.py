@@ -111,7 +111,7 @@ def test_missing_token_is_a_clear_error(server: dict[str, str], key: str) -> Non
     os.environ.pop("FORKPROXY_TEST_UNSET_TOKEN", None)
     proxy = Proxy(parse(proxy_config(server=server)))
     with pytest.raises(ConfigError) as err:
-        admin_app(proxy)
+        admin_app(proxy.admin_view())
     assert [p.path for p in err.value.problems] == [key]
 
 
@@ -144,15 +144,15 @@ def test_non_loopback_admin_warns_without_token(
     # built, not bound: the warning comes from assembling the admin app
     addr = f"[{host}]:0" if ":" in host else f"{host}:0"
     with caplog.at_level(logging.WARNING, "forkproxy.admin"):
-        admin_app(Proxy(parse(proxy_config(server={"admin": addr}))))
+        admin_app(Proxy(parse(proxy_config(server={"admin": addr}))).admin_view())
     assert any("no authentication" in r.getMessage() for r in caplog.records)
     caplog.clear()
     monkeypatch.setenv("FORKPROXY_TEST_ADMIN_TOKEN", TOKEN)
     server = {"admin": addr, "admin_token_env": "FORKPROXY_TEST_ADMIN_TOKEN"}
     with caplog.at_level(logging.WARNING, "forkproxy.admin"):
-        admin_app(Proxy(parse(proxy_config(server=server))))
-        admin_app(Proxy(parse(proxy_config(server={"admin": "127.0.0.1:0"}))))
-        admin_app(Proxy(parse(proxy_config(server={"admin": "[::1]:0"}))))
+        admin_app(Proxy(parse(proxy_config(server=server))).admin_view())
+        admin_app(Proxy(parse(proxy_config(server={"admin": "127.0.0.1:0"}))).admin_view())
+        admin_app(Proxy(parse(proxy_config(server={"admin": "[::1]:0"}))).admin_view())
     assert not caplog.records
 
 

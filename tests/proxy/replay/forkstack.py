@@ -1,6 +1,6 @@
 """Fork mode's serving stack as a plain process, so a tee can sit in front of it:
 `python -m tests.proxy.replay.forkstack PORT KIND APP`. It loads and prepares the app as
-the fork-mode template does (_apps.load, then uvicorn's config / waitress's / a frozen
+the fork-mode template does (apps.load, then uvicorn's config / waitress's / a frozen
 aiohttp app) and serves it with the code a fork runs (_serve.run_child) on a socket it
 listens on itself; only the template and the fork around it are left out."""
 
@@ -10,13 +10,14 @@ import os
 import socket
 import sys
 
-from backends.process import _apps, _serve, _wsgi
+from backends.process import _serve, _wsgi
+from backends.process.child import apps
 
 GRACE = 2.0
 
 
 def main(port: int, kind: str, target: str) -> None:
-    kind, app = _apps.load(target, kind)
+    kind, app = apps.load(target, kind)
     if kind == "asgi":
         app = _serve.asgi_config(app, GRACE)
     elif kind == "wsgi":

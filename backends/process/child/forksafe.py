@@ -14,7 +14,7 @@ import random
 import sys
 from typing import Any
 
-from backends.process import _apps
+from backends.process.child import apps
 
 
 def before_fork() -> None:
@@ -34,4 +34,4 @@ def after_fork(post_fork: str | None, app: Any) -> None:
     # (numpy's global state) are the post_fork hook's to reseed.
     random.seed()
     if post_fork:
-        _apps.call_hook(post_fork, app, "post_fork")
+        apps.call_hook(post_fork, app, "post_fork")

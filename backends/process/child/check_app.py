@@ -12,8 +12,8 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
-from backends.process import _apps
-from backends.process import warmup as _warmup
+from backends.process.child import apps
+from backends.process.child import warmup as _warmup
 
 # uvicorn serves websockets with either; without one every websocket route answers 404
 _WS_LIBRARIES = ("websockets", "wsproto")
@@ -55,15 +55,15 @@ def main(target: str, kind: str, warmup: str, requests: list[str] | None = None)
     """`requests`: the warm-up paths the user chose, sent as the template sends them (a
     failed one is a warning: the template serves without it)."""
     try:
-        seen, app = _apps.load(target, kind)
+        seen, app = apps.load(target, kind)
         if warmup:
-            _apps.call_hook(warmup, app)
+            apps.call_hook(warmup, app)
         with contextlib.redirect_stderr(io.StringIO()):  # said once, below, as warnings
             lines = _warmup.run(seen, app, requests or [])
         for line in lines:
             if not _warm_ok(line):
                 print(f"warning: {line}")
-        _apps.refuse_threads(seen)
+        apps.refuse_threads(seen)
         if seen == "asgi" and (warning := websocket_warning(app)):
             print(f"warning: {warning}")
     except BaseException as exc:

@@ -1,0 +1,51 @@
+"""What the admin listener (proxy/admin.py, proxy/live.py) reads of a running proxy: its
+own settings, the metrics, readiness, and the generation serving new requests. A reload
+replaces that generation, so the view asks for it on every read instead of holding one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from proxy.config import PoolConfig, ServerConfig
+from proxy.metrics import Metrics
+
+
+class PoolView(Protocol):
+    """The pool as the admin listener reads it (proxy.pool.Pool is one)."""
+
+    @property
+    def cfg(self) -> PoolConfig: ...
+
+    @property
+    def queued(self) -> int: ...
+
+    @property
+    def serve_problem(self) -> str | None: ...
+
+    @property
+    def recent_failures(self) -> Iterable[dict[str, Any]]: ...
+
+    def describe(self) -> list[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class Serving:
+    """The generation serving new requests, as the admin listener shows it."""
+
+    pool: PoolView
+    spares: int  # warm capacity its backend holds outside the pool
+    owner_id: str
+    pool_name: str
+    backend_type: str
+
+
+@dataclass(frozen=True)
+class AdminView:
+    # the admin listener's own settings (token, allowed hosts, caps) as it was built with
+    server: ServerConfig
+    metrics: Metrics
+    serving: Callable[[], Serving]  # asked on each read: follows a reload
+    apps: Callable[[], dict[str, Serving]]  # every app's serving generation, first app first
+    ready: Callable[[], bool]
