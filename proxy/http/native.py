@@ -25,7 +25,7 @@ HOT = (
     "flow",
     "forward",
     "headers",
-    "parsing",
+    "reader",
     "request",
     "response",
     "server",
