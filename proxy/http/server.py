@@ -1,5 +1,5 @@
 """The client-facing HTTP/1.1 server: keep-alive and pipelining, one handler at a time,
-deadlines per connection, lingering close (framing and its bounds: reader.py, whose
+deadlines per connection, lingering close (framing and its bounds: request_reader.py, whose
 events this acts on; requests and the writing of responses: request.py).
 
 Everything the client sends is framed by this parser until the instance has answered a
@@ -25,8 +25,8 @@ from backends.support.tasks import TaskSet
 from proxy.http.chunks import Budget
 from proxy.http.deadline import Deadline
 from proxy.http.flow import HELD, PIPELINE, Flow
-from proxy.http.reader import END, OVERFLOW, Event, Failed, RequestReader, UpgradeHead
 from proxy.http.request import BUDGET_SPENT, ClientError, Limits, Request
+from proxy.http.request_reader import END, OVERFLOW, Event, Failed, RequestReader, UpgradeHead
 
 __all__ = ["ClientError", "HttpConnection", "HttpServer", "Limits", "Request"]
 

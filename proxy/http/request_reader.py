@@ -156,18 +156,22 @@ class RequestReader:
             self.parser.feed_data(data)
         # one name per except clause: a mypyc build types a reused name by its first clause
         except httptools.HttpParserUpgrade as upgrade:
-            self._after_upgrade_head(data[int(upgrade.args[0]) :])
-            return
+            rest = data[int(upgrade.args[0]) :]
         except ClientError as broke:
             self._fail(broke.status, broke.text)
             return
         except httptools.HttpParserError as bad:
             self._parse_error(bad)
             return
-        if self.in_head:
-            self._head_in_progress(data, was_in_head)
-        elif body is not None and body is self.parsing and not was_in_head:
-            self._count_framing(len(data) - (self._received - before))
+        else:
+            if self.in_head:
+                self._head_in_progress(data, was_in_head)
+            elif body is not None and body is self.parsing and not was_in_head:
+                self._count_framing(len(data) - (self._received - before))
+            return
+        # outside the except clause: a callback's exception in what follows must be the
+        # __context__ of llhttp's error, not this HttpParserUpgrade
+        self._after_upgrade_head(rest)
 
     def _head_in_progress(self, data: bytes, was_in_head: bool) -> None:
         """Bounds on a head that did not end in this read. llhttp joins a header line
