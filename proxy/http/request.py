@@ -124,11 +124,8 @@ class Body:
         self.streaming = False  # read by the forwarder: it holds an instance slot
 
     def feed(self, data: bytes) -> None:
+        """Body bytes as framed (max_body is the reader's: request_reader.py)."""
         self.received += len(data)
-        limit = self._conn.limits.max_body
-        if limit and self.received > limit:
-            self.fail(ClientError(413, "Content Too Large: the body exceeds the limit"))
-            return
         if not self.streaming and not self.charge(self._chunks.buffered + len(data)):
             self.fail(BUDGET_SPENT)
             return

@@ -9,6 +9,7 @@ body of an upgrade request we do not tunnel framed by its CL/TE (llhttp skips it
 Events, in the order the bytes completed them:
 - a Request (made by `new_request`): its head is complete and valid;
 - bytes: body data of the request of the last head;
+- TOO_LARGE: that body passed max_body; reading goes on, its data is dropped (413);
 - END: that request's body is complete;
 - Failed: the request broke a rule (or llhttp refused the bytes); nothing follows;
 - UpgradeHead: a websocket head ended; `rest` is what followed it; nothing follows;
@@ -27,6 +28,7 @@ import httptools
 from proxy.http.request import ClientError, Limits, Request
 from proxy.http.validate import tunnelled, validate
 
+TOO_LARGE_TEXT = "Content Too Large: the body exceeds the limit"
 _CHUNK_FRAMING = 24  # bytes of size line and CRLFs a chunk may take without extensions
 
 
@@ -38,8 +40,14 @@ class Overflow:
     """More requests than max_pipelined in one read (one instance: OVERFLOW)."""
 
 
+class TooLarge:
+    """The body passed max_body (one instance: TOO_LARGE): its request fails with 413,
+    and the rest of it is framed, not kept."""
+
+
 END: Final = End()
 OVERFLOW: Final = Overflow()
+TOO_LARGE: Final = TooLarge()
 
 
 class Failed:
@@ -76,7 +84,7 @@ class UpgradeHead:
         self.rest = rest
 
 
-Event = Request | bytes | End | Failed | UpgradeHead | Overflow
+Event = Request | bytes | End | Failed | UpgradeHead | Overflow | TooLarge
 
 
 class _Stop(Exception):
@@ -209,7 +217,8 @@ class RequestReader:
     def on_message_begin(self) -> None:
         if self._synthetic:
             return
-        if max(self.queued - 1, 0) >= self.limits.max_pipelined:
+        queued = self.queued
+        if (queued - 1 if queued else 0) >= self.limits.max_pipelined:
             # the requests queued so far are answered; the last says Connection: close
             # and the connection ends there (RFC 9112 9.3.2: the client retries the rest)
             self.stopped = True
@@ -265,14 +274,23 @@ class RequestReader:
         req.upgrade = self.upgrades and bool(self.parser.should_upgrade()) and tunnelled(req)
         limit = self.limits.max_body
         if req.content_length is not None and limit and req.content_length > limit:
-            raise ClientError(413, "Content Too Large: the body exceeds the limit")
+            raise ClientError(413, TOO_LARGE_TEXT)
         self.queued += 1
         self._events.append(req)
 
     def on_body(self, body: bytes) -> None:
         if self.parsing is not None:
+            before = self._received
             self._received += len(body)
-            self._events.append(body)
+            limit = self.limits.max_body
+            if not limit or self._received <= limit:
+                self._events.append(body)
+            elif before <= limit:
+                # a chunked body's length is known only as it comes: the bytes up to the
+                # limit, then the 413, wherever the reads happened to end
+                if before < limit:
+                    self._events.append(body[: limit - before])
+                self._events.append(TOO_LARGE)
 
     def on_chunk_header(self) -> None:
         self._chunks += 1

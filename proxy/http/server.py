@@ -26,7 +26,16 @@ from proxy.http.chunks import Budget
 from proxy.http.deadline import Deadline
 from proxy.http.flow import HELD, PIPELINE, Flow
 from proxy.http.request import BUDGET_SPENT, ClientError, Limits, Request
-from proxy.http.request_reader import END, OVERFLOW, Event, Failed, RequestReader, UpgradeHead
+from proxy.http.request_reader import (
+    END,
+    OVERFLOW,
+    TOO_LARGE,
+    TOO_LARGE_TEXT,
+    Event,
+    Failed,
+    RequestReader,
+    UpgradeHead,
+)
 
 __all__ = ["ClientError", "HttpConnection", "HttpServer", "Limits", "Request"]
 
@@ -93,6 +102,9 @@ class HttpConnection(asyncio.Protocol):
             self.closing = True
             return
         self.server.connections.add(self)
+        # listen() names the authority once the socket is bound: a connection made by
+        # then (its factory ran first) reads it now
+        self.reader.authority = self.server.authority
         # a fresh connection gets header_timeout for its first byte (HAProxy's timeout
         # http-request); closed silently if nothing came, like an idle keep-alive one
         self._arm(self.limits.header_timeout, idle=True)
@@ -149,8 +161,20 @@ class HttpConnection(asyncio.Protocol):
             self._got_bytes = True
             self._arm(self.limits.header_timeout, idle=False)
         reader.queued = len(self.pipeline) + (self.active is not None)
+        # dispatched inline, most frequent first: the data path's hottest loop
         for event in reader.feed(data):
-            if not self._on_event(event):
+            if event is END:
+                req = self._receiving
+                if req is not None:
+                    req.body.finish()
+                    self._receiving = None
+            elif type(event) is Request:
+                if not self._head(event):
+                    return
+            elif type(event) is bytes:
+                if self._receiving is not None:
+                    self._receiving.body.feed(event)
+            elif not self._on_event(event):
                 return
         if reader.in_head and not self._got_bytes:
             # a head began after the last one ended: header_timeout runs for it
@@ -158,18 +182,10 @@ class HttpConnection(asyncio.Protocol):
             self._arm(self.limits.header_timeout, idle=False)
 
     def _on_event(self, event: Event) -> bool:
-        """Act on what the reader framed; False once nothing more of this read counts."""
-        if isinstance(event, bytes):
+        """The reader's rarer events; False once nothing more of this read counts."""
+        if event is TOO_LARGE:
             if self._receiving is not None:
-                self._receiving.body.feed(event)
-            return True
-        if isinstance(event, Request):
-            return self._head(event)
-        if event is END:
-            req = self._receiving
-            if req is not None:
-                req.body.finish()
-                self._receiving = None
+                self._receiving.body.fail(ClientError(413, TOO_LARGE_TEXT))
             return True
         if isinstance(event, Failed):
             self._failed(event)

@@ -58,3 +58,16 @@ def test_a_failure_names_the_method_read_so_far() -> None:
     events = reader().feed(b"HEAD /" + b"a" * 9000)
     failed = events[-1]
     assert isinstance(failed, Failed) and (failed.status, failed.method) == (414, "HEAD")
+
+
+def test_a_chunked_body_past_max_body_is_cut_at_the_limit_and_still_framed() -> None:
+    body = b"8\r\n12345678\r\n" * 3 + b"0\r\n\r\n"
+    wire = b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+    wire += b"GET /next HTTP/1.1\r\nHost: t\r\n\r\n"
+    for reads in ([wire], [wire[:70], wire[70:]], [wire[i : i + 1] for i in range(len(wire))]):
+        r = reader(Limits(max_body=20))
+        events = [e for data in reads for e in r.feed(data)]
+        data = b"".join(e for e in events if isinstance(e, bytes))
+        assert data == b"12345678" * 2 + b"1234"  # exactly max_body bytes, whatever the reads
+        kinds = [type(e).__name__ for e in events if not isinstance(e, bytes)]
+        assert kinds == ["Request", "TooLarge", "End", "Request", "End"]
