@@ -9,12 +9,11 @@ import math
 import time
 from collections.abc import Callable
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from proxy.http.chunks import HIGH_WATER, ChunkQueue
-
-if TYPE_CHECKING:
-    from proxy.http.server import HttpConnection
+from proxy.http.chunks import HIGH_WATER, Budget, ChunkQueue
+from proxy.http.flow import Flow
+from proxy.http.limits import Limits
 
 
 class Held(Protocol):
@@ -59,30 +58,54 @@ class ClientError(Exception):
 BUDGET_SPENT = ClientError(503, "Service Unavailable: too many request bodies waiting")
 
 
+class Writer(Protocol):
+    """What a request needs of its connection: where its response goes, the flow of the
+    client's bytes, and the bounds and budget its body is read under. HttpConnection
+    (server.py) is one; a request never sees the rest of it."""
+
+    limits: Limits
+    flow: Flow
+    buffered: Budget  # request-body bytes held, all connections
+    peer: str
+    closing: bool
+    draining: bool
+    sent: int  # bytes written to the client so far (the access log's bytes)
+    # after a 101: the tunnel's ends (tunnel.py)
+    tunnel: Callable[[bytes], None] | None
+    tunnel_eof: Callable[[], None] | None
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def rejected(self, reason: str) -> None: ...
+
+    def take_held(self) -> bytes: ...
+
+
 class Body:
     """A request body as the client sends it, read in pieces with backpressure."""
 
-    def __init__(self, conn: HttpConnection) -> None:
+    def __init__(self, conn: Writer) -> None:
         self._conn = conn
         limits = conn.limits
         high = max(HIGH_WATER, limits.body_buffer)  # a read-ahead fills without pausing
         self._chunks = ChunkQueue(conn.flow, high)
-        self._budget = conn.server.buffered
+        self._budget = conn.buffered
         self._charged = 0  # bytes of the budget this body holds while it waits
         self.received = 0
         self.complete = False
         self.error: Exception | None = None
         self.on_first_read: Callable[[], None] | None = None  # sends 100 Continue
-        self.started = 0.0  # set when the head is complete (parsing.py): the rate's clock
+        self.started = 0.0  # set when the head is complete (server.py): the rate's clock
         self._base = 0  # bytes received when the rate's clock was last set
         self.streaming = False  # read by the forwarder: it holds an instance slot
 
     def feed(self, data: bytes) -> None:
+        """Body bytes as framed (max_body is the reader's: request_reader.py)."""
         self.received += len(data)
-        limit = self._conn.limits.max_body
-        if limit and self.received > limit:
-            self.fail(ClientError(413, "Content Too Large: the body exceeds the limit"))
-            return
         if not self.streaming and not self.charge(self._chunks.buffered + len(data)):
             self.fail(BUDGET_SPENT)
             return
@@ -97,7 +120,7 @@ class Body:
         if extra <= 0:
             return True
         if not self._budget.fits(extra):
-            self._conn.server.rejected("buffered_bytes")
+            self._conn.rejected("buffered_bytes")
             return False
         self._budget.used += extra
         self._charged = total
@@ -219,7 +242,7 @@ class Request:
         "waiting",
     )
 
-    def __init__(self, conn: HttpConnection) -> None:
+    def __init__(self, conn: Writer) -> None:
         self.conn = conn
         self.method = ""
         self.path = b""  # origin-form, byte for byte as sent

@@ -1,6 +1,6 @@
 """The client-facing HTTP/1.1 server: keep-alive and pipelining, one handler at a time,
-deadlines per connection, lingering close (parsing and its bounds: parsing.py; requests
-and the writing of responses: request.py).
+deadlines per connection, lingering close (framing and its bounds: request_reader.py, whose
+events this acts on; requests and the writing of responses: request.py).
 
 Everything the client sends is framed by this parser until the instance has answered a
 websocket handshake with 101: bytes after an upgrade head are held, not parsed and not
@@ -24,15 +24,25 @@ from typing import Any
 from backends.support.tasks import TaskSet
 from proxy.http.chunks import Budget
 from proxy.http.deadline import Deadline
-from proxy.http.flow import PIPELINE, Flow
+from proxy.http.flow import HELD, PIPELINE, Flow
 from proxy.http.limits import Limits
-from proxy.http.parsing import RequestParsing
-from proxy.http.request import ClientError, Request
+from proxy.http.request import BUDGET_SPENT, ClientError, Request
+from proxy.http.request_reader import (
+    END,
+    OVERFLOW,
+    TOO_LARGE,
+    TOO_LARGE_TEXT,
+    Event,
+    Failed,
+    RequestReader,
+    UpgradeHead,
+)
 
 __all__ = ["ClientError", "HttpConnection", "HttpServer", "Request"]
 
 log = logging.getLogger("forkproxy.http")
 
+_MAX_HELD = 64 * 1024  # bytes after an upgrade head kept until the 101 (then reading pauses)
 _LINGER = 2.0  # seconds to drain a client's input after an error answer
 _TOO_MANY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
@@ -40,7 +50,7 @@ Handler = Callable[[Request], Awaitable[None]]
 Upgrade = Callable[[Request], Awaitable[None]]
 
 
-class HttpConnection(RequestParsing, asyncio.Protocol):
+class HttpConnection(asyncio.Protocol):
     """One client connection: parses requests, runs one handler at a time (pipelined
     requests wait their turn), enforces deadlines."""
 
@@ -48,6 +58,7 @@ class HttpConnection(RequestParsing, asyncio.Protocol):
 
         self.server = server
         self.limits = server.limits
+        self.buffered = server.buffered
         self.loop = asyncio.get_running_loop()
         self.flow = Flow()
         self.transport: asyncio.Transport | None = None
@@ -72,8 +83,13 @@ class HttpConnection(RequestParsing, asyncio.Protocol):
         # after the 101: raw bytes go to the tunnel, not the parser
         self.tunnel: Callable[[bytes], None] | None = None
         self.tunnel_eof: Callable[[], None] | None = None
-
-        self._init_parsing()
+        self.reader = RequestReader(
+            self.limits, server.authority, self._request, upgrades=server.upgrade is not None
+        )
+        self._receiving: Request | None = None  # the request whose body events are for
+        self._overflow = False  # more pipelined requests than max_pipelined: reading stopped
+        # bytes after a websocket head, held until the instance answers 101
+        self.held: bytearray | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -88,6 +104,9 @@ class HttpConnection(RequestParsing, asyncio.Protocol):
             self.closing = True
             return
         self.server.connections.add(self)
+        # listen() names the authority once the socket is bound: a connection made by
+        # then (its factory ran first) reads it now
+        self.reader.authority = self.server.authority
         # a fresh connection gets header_timeout for its first byte (HAProxy's timeout
         # http-request); closed silently if nothing came, like an idle keep-alive one
         self._arm(self.limits.header_timeout, idle=True)
@@ -96,7 +115,7 @@ class HttpConnection(RequestParsing, asyncio.Protocol):
         self.closing = True
         self.server.connections.discard(self)
         self._cancel_timers()
-        for req in (self.parsing, self.active, *self.pipeline):
+        for req in (self.reader.parsing, self.active, *self.pipeline):
             if req is not None:
                 req.body.fail(ConnectionResetError("client closed the connection"))
                 req.body.discard()
@@ -121,11 +140,107 @@ class HttpConnection(RequestParsing, asyncio.Protocol):
             # the client left while its request waited for a slot: drop it (nginx does
             # the same: 499). A half-close after the request was forwarded is routine.
             self._task.cancel()
-        if self.parsing is not None:
-            self.parsing.body.fail(ConnectionResetError("client closed mid-request"))
+        parsing = self.reader.parsing
+        if parsing is not None:
+            parsing.body.fail(ConnectionResetError("client closed mid-request"))
         # half-close: finish the request in flight, then close
         self.closing = True
         return self.active is not None
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel(data)
+            return
+        if self.held is not None:
+            self.held += data
+            if len(self.held) > _MAX_HELD:
+                self.flow.pause(HELD)
+            return
+        if self.closing or self._broken is not None or self._overflow:
+            return
+        reader = self.reader
+        if not self._got_bytes and reader.parsing is None:
+            self._got_bytes = True
+            self._arm(self.limits.header_timeout, idle=False)
+        reader.queued = len(self.pipeline) + (self.active is not None)
+        # dispatched inline, most frequent first: the data path's hottest loop
+        for event in reader.feed(data):
+            if event is END:
+                req = self._receiving
+                if req is not None:
+                    req.body.finish()
+                    self._receiving = None
+            elif type(event) is Request:
+                if not self._head(event):
+                    return
+            elif type(event) is bytes:
+                if self._receiving is not None:
+                    self._receiving.body.feed(event)
+            elif not self._on_event(event):
+                return
+        if reader.in_head and not self._got_bytes:
+            # a head began after the last one ended: header_timeout runs for it
+            self._got_bytes = True
+            self._arm(self.limits.header_timeout, idle=False)
+
+    def _on_event(self, event: Event) -> bool:
+        """The reader's rarer events; False once nothing more of this read counts."""
+        if event is TOO_LARGE:
+            if self._receiving is not None:
+                self._receiving.body.fail(ClientError(413, TOO_LARGE_TEXT))
+            return True
+        if isinstance(event, Failed):
+            self._failed(event)
+        elif isinstance(event, UpgradeHead):
+            # whether it runs now or waits behind a pipelined request, nothing after
+            # the handshake is parsed or forwarded before the instance says 101
+            self.held = bytearray(event.rest)
+            self._disarm()
+        elif event is OVERFLOW:
+            # the requests queued so far are answered; the last says Connection: close
+            self._overflow = True
+            self.pipeline[-1].keep_alive = False
+        return False
+
+    def _head(self, req: Request) -> bool:
+        self._got_bytes = False
+        self._disarm()
+        if req.content_length and not req.body.charge(
+            min(req.content_length, self.limits.body_buffer)
+        ):
+            self.fail(BUDGET_SPENT.status, BUDGET_SPENT.text, req.method, req)
+            return False
+        # the Body made with the Request has seen nothing yet; its clock (min-rate) starts now
+        req.body.started = time.monotonic()
+        if not req.chunked and not req.content_length:
+            req.body.complete = True
+        self._receiving = req
+        if self.active is None:
+            self._run(req)
+        else:
+            self.pipeline.append(req)
+            self.flow.pause(PIPELINE)
+        return True
+
+    def _failed(self, failed: Failed) -> None:
+        if not failed.malformed:
+            self.fail(failed.status, failed.text, failed.method, failed.req)
+            return
+        self.server.rejected("bad_request")
+        log.debug("bad request from %s: %s", self.peer, failed.detail)
+        req = failed.req
+        if req is not None and self.active is req:
+            req.body.fail(ClientError(400, "Bad Request: malformed body"))
+            self.closing = True
+        else:
+            self.fail(failed.status, failed.text, failed.method, req)
+
+    def take_held(self) -> bytes:
+        """The 101 came: bytes held since the upgrade head, and the tunnel takes over."""
+        data = bytes(self.held or b"")
+        self.held = None
+        self.flow.resume(HELD)
+        return data
 
     def pause_writing(self) -> None:
         self.flow.pause_writing()
@@ -215,7 +330,7 @@ class HttpConnection(RequestParsing, asyncio.Protocol):
             self.fail(self._broken.status, self._broken.text)
             return False
         self.flow.resume(PIPELINE)
-        if self.parsing is None:
+        if self.reader.parsing is None:
             self._arm(self.limits.keepalive_timeout, idle=True)
         elif self._deadline.due is None:
             # the next head's deadline passed while this request ran (_expired skips an
@@ -257,17 +372,24 @@ class HttpConnection(RequestParsing, asyncio.Protocol):
         if self.transport.is_closing():
             raise ConnectionResetError("client connection closed")
 
-    def fail(self, status: int, text: str) -> None:
-        """Answer a broken request (if no response started) and close."""
+    def rejected(self, reason: str) -> None:
+        self.server.rejected(reason)
+
+    def fail(
+        self, status: int, text: str, method: str | None = None, req: Request | None = None
+    ) -> None:
+        """Answer a broken request (if no response started) and close. `req`, `method`:
+        the request that broke and its method (default: the one being read)."""
+        if method is None:
+            req = self.reader.parsing
+            method = self.reader.method()
         active = self.active
         if active is None:
             self._broken = None
             self.server.rejected(f"http_{status}")
             tmp = Request(self)
             tmp.keep_alive = False
-            if self.parsing is not None:
-                # an answer to HEAD has no body, even an error answer
-                tmp.method = self.parsing.method or self.parser.get_method().decode("latin-1")
+            tmp.method = method  # an answer to HEAD has no body, even an error answer
             tmp.respond(status, text)
             self.linger()
         elif not active.body.complete:
@@ -277,9 +399,9 @@ class HttpConnection(RequestParsing, asyncio.Protocol):
         else:
             # a pipelined request broke: answer the ones before it, then this error
             self._broken = ClientError(status, text)
-            if self.parsing is not None and self.parsing in self.pipeline:
-                self.pipeline.remove(self.parsing)
-            self.parsing = None
+            if req is not None and req in self.pipeline:
+                self.pipeline.remove(req)
+            self.reader.drop()
             self.flow.pause(PIPELINE)
 
     def close(self) -> None:
@@ -344,7 +466,7 @@ class HttpConnection(RequestParsing, asyncio.Protocol):
 
     @property
     def idle(self) -> bool:
-        return self.active is None and self.parsing is None
+        return self.active is None and self.reader.parsing is None
 
 
 class HttpServer:

@@ -1,6 +1,6 @@
 """A lean HTTP/1.1 client for talking to instances: keep-alive connections per
-endpoint, llhttp (httptools) response parsing, both bodies streamed with flow control,
-and websocket upgrades (after a 101 the connection carries raw bytes).
+endpoint, responses framed from the bytes by response_reader.py, both bodies streamed
+with flow control, and websocket upgrades (after a 101 the connection carries raw bytes).
 
 A response owns exactly its bytes: each response gets its own parser, and any byte the
 instance sends after a response whose end is known (a HEAD answer, 204, 304, a
@@ -19,8 +19,6 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable
 
-import httptools
-
 from backends.base import Endpoint
 from proxy.http.deadline import Deadline
 from proxy.http.errors import (
@@ -33,7 +31,8 @@ from proxy.http.errors import (
     UpstreamError,
 )
 from proxy.http.flow import Flow
-from proxy.http.response import MAX_HEAD, InfoHook, Response, Stray
+from proxy.http.response import InfoHook, Response
+from proxy.http.response_reader import END, HEAD, STRAY, Broken, Info, ResponseReader, Trailing
 
 __all__ = [
     "BadResponse",
@@ -58,9 +57,8 @@ class Connection(asyncio.Protocol):
         self.stall = stall  # seconds the instance may go silent mid-body (either way)
         self.flow = Flow()
         self.resp: Response | None = None
-        # a fresh parser per response, held here and not by the Response: parser and
-        # response would form a cycle, garbage only the cyclic GC can free, per request
-        self.parser = httptools.HttpResponseParser(self)
+        # one per connection, a fresh parser inside per response (response_reader.py)
+        self.reader = ResponseReader()
         self.closed = False
         self.reused = False
         self.sent = False
@@ -97,33 +95,40 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         resp.got_bytes = True
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:  # (names: see parsing.py)
-            if resp.upgraded:
-                # the 101 head ended; what follows is the new protocol's, handed over raw
-                resp.trailing = data[int(upgrade.args[0]) :]
-            else:
-                resp._fail(BadResponse("unexpected upgrade", sent=True))
+        reader = self.reader
+        for event in reader.feed(data):  # most frequent first: the data path's hot loop
+            if type(event) is bytes:
+                resp.feed(event)
+            elif event is HEAD:
+                if resp.headers_done.done():
+                    # the head deadline passed (its waiter gave up): nobody reads this
+                    resp.fail(BadResponse("response head after its deadline", sent=True))
+                    self.close()
+                    return
+                resp.status = reader.status
+                resp.reason = reader.reason
+                resp.raw_headers = reader.raw_headers
+                resp.keep_alive = reader.keep_alive
+                resp.until_close = reader.until_close
+                resp.upgraded = reader.upgraded
+                resp.headers_done.set_result(None)
+            elif event is END:
+                resp.finish()
+            elif isinstance(event, Info):
+                if resp.on_info is not None:
+                    resp.on_info(event.status, event.reason, event.headers)
+            elif isinstance(event, Trailing):
+                resp.trailing = event.data
+            elif isinstance(event, Broken):
+                resp.fail(event.error)
                 self.close()
-        except httptools.HttpParserError as exc:
-            cause = exc.__context__
-            if resp.complete or isinstance(cause, Stray):
-                # the response itself was whole; what came after it was not ours to read
+                return
+            elif event is STRAY:
                 self.no_reuse = True
                 self.close()
                 return
-            err = cause if isinstance(cause, BadResponse) else None
-            resp._fail(err or BadResponse(f"malformed response: {exc}", sent=True))
-            self.close()
-            return
-        if not resp.headers_done.done():
-            # llhttp joins a header line across reads before we see it: count raw bytes
-            # so an endless line is cut at the limit, not at the header timeout
-            resp.raw_head += len(data)
-            if resp.raw_head > MAX_HEAD:
-                resp._fail(BadResponse("response head too large", sent=True))
-                self.close()
+        if reader.no_reuse:
+            self.no_reuse = True
 
     def eof_received(self) -> bool:
         if self.on_eof is not None:
@@ -139,11 +144,11 @@ class Connection(asyncio.Protocol):
             self.on_eof()
         if resp is not None and resp.until_close and resp.headers_done.done() and exc is None:
             resp.keep_alive = False
-            resp._finish()  # a close-delimited body is complete at a clean EOF
+            resp.finish()  # a close-delimited body is complete at a clean EOF
         elif resp is not None and not resp.complete:
             if not resp.got_bytes and not resp.headers_done.done():
                 # no byte of a response: a reused connection the instance had closed
-                resp._fail(
+                resp.fail(
                     Disconnected(
                         "closed before responding",
                         sent=self.sent,
@@ -152,7 +157,7 @@ class Connection(asyncio.Protocol):
                     )
                 )
             else:
-                resp._fail(Disconnected("closed mid-response", sent=True))
+                resp.fail(Disconnected("closed mid-response", sent=True))
         self.flow.wake()
 
     def pause_writing(self) -> None:
@@ -207,7 +212,7 @@ class Connection(asyncio.Protocol):
             and resp.complete
             and resp.error is None
             and resp.keep_alive
-            and not resp._chunks
+            and not resp.unread
             and not self.closed
             and not self.no_reuse
             and not self.flow.paused()
@@ -274,9 +279,9 @@ class UpstreamClient:
         conn = self._pooled(ep) or await self._connect(ep)
         conn.sent = False
         conn.no_reuse = upgrade
-        resp = conn.resp = Response(conn, head_only, upgrade, on_info)
+        resp = conn.resp = Response(conn.flow, conn.loop, conn.stall, head_only, upgrade, on_info)
         conn._head_deadline.disarm()  # the last response's, if the caller never expected one
-        conn.parser = httptools.HttpResponseParser(resp)
+        conn.reader.start(head_only, upgrade)
         try:
             conn.write(head)
             if body is not None:
