@@ -121,8 +121,13 @@ class ProxyProcess:
     def _pick_ports(self, port: int | None = None, admin_port: int | None = None) -> None:
         self.port = port or free_port()
         self.admin_port = admin_port or free_port()
-        # two processes may share ports (a restart's successor): files are named apart
-        self.config = self._tmp / f"proxy-{self.port}-{time.monotonic_ns()}.toml"
+        # two processes given the same ports (a restart's successor) are named apart
+        name = (
+            f"proxy-{self.port}-{time.monotonic_ns()}"
+            if self._fixed_ports
+            else f"proxy-{self.port}"
+        )
+        self.config = self._tmp / f"{name}.toml"
         self.config.write_text(self._text)
         self.log = self.config.with_suffix(".log")
 

@@ -76,8 +76,14 @@ class PausedPool:
         # taken container id -> its unpause call, which may outlive the start (unpause.py)
         self._unpausing: dict[str, asyncio.Task[BackendError | None]] = {}
         self._returning = 0  # stopped instances being paused to be parked (recycle())
+        # taken, still unpausing: neither parked nor live yet, but warm all the same (else a
+        # refill during a slow unpause makes one container too many, and the taken one finds
+        # no room when it comes back)
+        self._taking = 0
         # Held: parked and being recycled. Warm: live instances that come back when drained.
-        self._refill = Refill(cfg.paused_pool, self._held, self._park_one, log, warm)
+        self._refill = Refill(
+            cfg.paused_pool, self._held, self._park_one, log, lambda: warm() + self._taking
+        )
 
     def __len__(self) -> int:
         return len(self._parked)
@@ -108,6 +114,7 @@ class PausedPool:
             self._refill.taken()
             c = parked.container
             t0 = time.monotonic()
+            self._taking += 1
             try:
                 call = await until_serving(
                     self._containers.unpause(c),
@@ -119,6 +126,8 @@ class PausedPool:
                 log.warning("paused container %s unusable: %s", c.name, exc)
                 self._tasks.spawn(self._remove(c), "remove")
                 continue
+            finally:
+                self._taking -= 1  # the caller registers it live before its next await
             took = time.monotonic() - t0
             if not call.done():
                 self._unpausing[c.id] = call
