@@ -199,12 +199,18 @@ async def test_spares_counts_the_templates_spare_processes(
         return [f.pid for f in await asyncio.to_thread(scan, ctx.pool_name) if f.kind == "spare"]
 
     async def counted(n: int, what: str) -> list[int]:
-        # a spare labels itself just after its fork: the scan may lag the template's count
-        async def agree() -> bool:
-            return backend.spares == n == len(await spare_pids())
+        # a spare labels itself just after its fork: the scan may lag the template's count.
+        # The pids returned are the scan that agreed (a second scan could catch a new
+        # spare not yet labelled).
+        seen: list[int] = []
 
-        await eventually(agree, 5.0, what)
-        return await spare_pids()
+        async def agree() -> bool:
+            nonlocal seen
+            seen = await spare_pids()
+            return backend.spares == n == len(seen)
+
+        await eventually(agree, 15.0, what)
+        return seen
 
     first = await counted(2, "two spares forked")
     inst = await backend.start("takes-one")
