@@ -15,7 +15,7 @@ from typing import Any
 
 import httptools
 
-from tests.conftest import Running, run_proxy
+from tests.conftest import ROOT, Running, run_proxy
 
 HERE = Path(__file__).resolve().parent
 RECORDER = {
@@ -171,3 +171,12 @@ def raw_instance(log: Path, **tables: dict[str, Any]) -> Any:
 async def warm(p: Running, path: str = "/") -> None:
     async with p.session.get(p.url + path) as r:
         assert r.status == 200, r.status
+
+
+def gunicorn(app: str, *options: str, **tables: dict[str, Any]) -> Any:
+    """A proxy in front of a real gunicorn (exec backend, one warm instance, one worker)
+    serving `app` with `options`."""
+    cmd = [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:{port}", "--workers", "1"]
+    cmd += [*options, "--chdir", str(ROOT), app]
+    pool = {"min_instances": 1, "max_instances": 1, "start_timeout": "20s"}
+    return run_proxy(backend={"mode": "exec", "command": cmd}, pool=pool, **tables)

@@ -3,36 +3,12 @@ a WSGI app that answers before reading the body."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Any
 
-from tests.conftest import ROOT, run_proxy
-from tests.proxy.hardening.conftest import exchange
+from tests.proxy.hardening.conftest import exchange, gunicorn
 from tests.proxy.hardening.strict import judge
 
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: internal.example\r\n\r\n"
-
-
-def gunicorn(**tables: dict[str, Any]) -> Any:
-    cmd = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--bind",
-        "127.0.0.1:{port}",
-        "--workers",
-        "1",
-        "--threads",
-        "4",
-        "--keep-alive",
-        "30",
-        "--chdir",
-        str(ROOT),
-        "tests.proxy.hardening.wsgi_app:app",
-    ]
-    pool = {"min_instances": 1, "max_instances": 1, "start_timeout": "20s"}
-    return run_proxy(backend={"mode": "exec", "command": cmd}, pool=pool, **tables)
 
 
 async def test_h2c_body_never_becomes_a_request_or_eats_the_next_one(tmp_path: Path) -> None:
@@ -41,7 +17,11 @@ async def test_h2c_body_never_becomes_a_request_or_eats_the_next_one(tmp_path: P
         b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
         b"Content-Length: %d\r\n\r\n%b" % (len(SMUGGLED), SMUGGLED)
     )
-    async with gunicorn(server={"upstream_header_timeout": "3s"}) as p:
+    async with gunicorn(
+        "tests.proxy.hardening.wsgi_app:app",
+        *("--threads", "4", "--keep-alive", "30"),
+        server={"upstream_header_timeout": "3s"},
+    ) as p:
         a = await exchange(p.proxy.listen_port, h2c, timeout=2)
         b = await exchange(p.proxy.listen_port, b"GET /b HTTP/1.1\r\nHost: t\r\n\r\n", timeout=4)
         assert [x.body for x in judge(a.data, ["POST", "GET"]).answers] == [b"/a"]
