@@ -133,38 +133,38 @@ def admit(
                 out.append((a, ready))
         return out
 
-    evict: list[tuple[str, str]] = []
     taken: set[str] = set()
-    while max(over()) > 0:
-        pick = _next(givers("idle"), counts, taken, order)
-        if pick is None:
-            break
-        app, inst = pick
-        evict.append((app.name, inst.id))
-        taken.add(inst.id)
-        counts[app.name] -= 1
-        used_mem -= inst.memory or default_mem
+
+    def give_back(
+        candidates: list[tuple[AppLoad, list[Held]]], above_share: int | None = None
+    ) -> tuple[tuple[str, str], ...]:
+        """Instances taken from `candidates`, next first, until the start fits."""
+        nonlocal used_mem
+        out: list[tuple[str, str]] = []
+        while max(over()) > 0:
+            pick = _next(candidates, counts, taken, order, above_share=above_share)
+            if pick is None:
+                break
+            app, inst = pick
+            out.append((app.name, inst.id))
+            taken.add(inst.id)
+            counts[app.name] -= 1
+            used_mem -= inst.memory or default_mem
+        return tuple(out)
+
+    evict = give_back(givers("idle"))
     if max(over()) <= 0:
-        return Verdict(False, tuple(evict), reason="idle instances of other apps give back")
+        return Verdict(False, evict, reason="idle instances of other apps give back")
     if not under_share:
         # at its share: its own instances free up for its queue; evicting others' idle
         # ones would not let it start anyway
         return Verdict(False, reason=f"budget full; {asking} holds its fair share ({share})")
-    reclaim: list[tuple[str, str]] = []
     above = [(a, held) for a, held in givers("busy") if counts[a.name] > share]
-    while max(over()) > 0:
-        pick = _next(above, counts, taken, order, above_share=share)
-        if pick is None:
-            break
-        app, inst = pick
-        reclaim.append((app.name, inst.id))
-        taken.add(inst.id)
-        counts[app.name] -= 1
-        used_mem -= inst.memory or default_mem
+    reclaim = give_back(above, above_share=share)
     return Verdict(
         False,
-        tuple(evict),
-        tuple(reclaim),
+        evict,
+        reclaim,
         reason="budget held by busy instances" + (" of apps above their share" if reclaim else ""),
     )
 
