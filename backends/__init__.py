@@ -2,10 +2,11 @@
 (docker, pyvmomi) are only needed when configured.
 
 Each backend module defines:
-    parse_config(table: backends.support.table.Table) -> <its frozen config dataclass>
-    create_backend(config, ctx: backends.base.BackendContext) -> backends.base.Backend
+    parse_config(table: forkproxy.backends.support.table.Table) -> <its frozen config dataclass>
+    create_backend(config, ctx: forkproxy.backends.base.BackendContext)
+        -> forkproxy.backends.base.Backend
 and may define, for `forkproxy check-config` (blocking, before any traffic):
-    check_config(config, *, imports: bool) -> list[backends.support.table.Problem]
+    check_config(config, *, imports: bool) -> list[forkproxy.backends.support.table.Problem]
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from backends.support.extras import extra_needed
+from forkproxy.backends.support.extras import extra_needed
 
 BACKENDS: dict[str, str] = {
-    "process": "backends.process",
-    "docker": "backends.docker",
-    "vsphere": "backends.vsphere",
-    "swarm": "backends.swarm",
+    "process": "forkproxy.backends.process",
+    "docker": "forkproxy.backends.docker",
+    "vsphere": "forkproxy.backends.vsphere",
+    "swarm": "forkproxy.backends.swarm",
 }
 
 

@@ -101,7 +101,8 @@ class Backend(abc.ABC):
     async def leases(self) -> dict[str, str] | None:
         """Owner id -> a lease token that changes on every heartbeat, for each owner with a
         lease here; None when this backend keeps no leases (its owners are then judged by
-        backends.support.owner.gone_here alone: an owner on another host is never reaped)."""
+        forkproxy.backends.support.owner.gone_here alone: an owner on another host is never
+        reaped)."""
         return None
 
     def concurrency_hint(self) -> int | None:

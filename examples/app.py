@@ -4,7 +4,7 @@ examples' configs and `python -m examples.app --port N`."""
 
 from __future__ import annotations
 
-from backends.process.demo import create_app, main
+from forkproxy.backends.process.demo import create_app, main
 
 __all__ = ["create_app", "main"]
 

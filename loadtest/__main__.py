@@ -1,7 +1,8 @@
 """`python -m loadtest COMMAND`: the benchmarks (bench, slowhttp, a backend's cold start), tune.
 
 Each command module gives add_arguments(parser) and main(args) -> exit status; a backend's cold
-start follows loadtest.coldstart.contract instead. Heavy or optional imports (locust, docker,
+start follows forkproxy.loadtest.coldstart.contract instead. Heavy or optional imports (locust,
+docker,
 pyVmomi) wait until a command runs.
 """
 
@@ -13,8 +14,8 @@ import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from loadtest import bench, slowhttp, tune
-from loadtest.coldstart import contract
+from forkproxy.loadtest import bench, slowhttp, tune
+from forkproxy.loadtest.coldstart import contract
 
 COMMANDS: dict[str, tuple[ModuleType, str]] = {
     "bench": (bench, "every benchmark in one go; results, plots and docs/BENCHMARKS.md"),

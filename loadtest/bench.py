@@ -16,9 +16,9 @@ import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from loadtest.report import markdown, table
-from loadtest.report.progress import Progress
-from loadtest.sections.model import BenchContext, Section, say
+from forkproxy.loadtest.report import markdown, table
+from forkproxy.loadtest.report.progress import Progress
+from forkproxy.loadtest.sections.model import BenchContext, Section, say
 
 SECTIONS = ("datapath", "coldstart", "burst", "elasticity", "tune", "memory")
 # Seconds each section takes (full, quick) on the 2-CPU reference box (section_seconds in
@@ -50,26 +50,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _runner(name: str, ctx: BenchContext) -> Callable[[], Awaitable[Section]]:
     require = os.environ.get("FORKPROXY_REQUIRE_BENCH_TOOLS") == "1"
     if name == "datapath":
-        from loadtest.sections import datapath
+        from forkproxy.loadtest.sections import datapath
 
         return lambda: datapath.run(ctx, require_tools=require)
     if name == "coldstart":
-        from loadtest.sections import coldstart
+        from forkproxy.loadtest.sections import coldstart
 
         return lambda: coldstart.run(ctx)
     if name == "burst":
-        from loadtest.sections import burst
+        from forkproxy.loadtest.sections import burst
 
         return lambda: burst.run(ctx)
     if name == "elasticity":
-        from loadtest.sections import elasticity
+        from forkproxy.loadtest.sections import elasticity
 
         return lambda: elasticity.run(ctx)
     if name == "tune":
-        from loadtest.sections import tune
+        from forkproxy.loadtest.sections import tune
 
         return lambda: tune.run(ctx)
-    from loadtest.sections import memory
+    from forkproxy.loadtest.sections import memory
 
     return lambda: memory.run(ctx)
 
@@ -83,7 +83,9 @@ def _print(sec: Section) -> None:
 
 
 def _datapath_plot(ctx: BenchContext, sec: Section) -> None:
-    from loadtest.report import plots  # matplotlib loads in ~0.5 s: only when a plot is drawn
+    from forkproxy.loadtest.report import (
+        plots,  # matplotlib loads in ~0.5 s: only when a plot is drawn
+    )
 
     res = sec.data.get("results", {})
     if not res:

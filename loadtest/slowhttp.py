@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadtest.report import table
-from loadtest.run.proxy import FORK_BACKEND, forkproxy
+from forkproxy.loadtest.report import table
+from forkproxy.loadtest.run.proxy import FORK_BACKEND, forkproxy
 
 # the proxy's deadlines under test ([server] keys) and the body rate grace in http1.py
 DEADLINES: dict[str, Any] = {

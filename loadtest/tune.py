@@ -36,18 +36,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backends.support.table import ConfigError
-from loadtest.load import accesslog
-from loadtest.load.locustrun import LOCUSTFILE, LocustRun, run_locust
-from loadtest.load.profiles import PROFILES
-from loadtest.report.progress import Progress
-from loadtest.report.stats import instance_seconds, live
-from loadtest.report.table import render
-from loadtest.run import configs
-from loadtest.run.procs import REPO
-from loadtest.run.proxy import FORK_BACKEND, app_config, forkproxy
-from loadtest.run.sampler import InstanceSampler
-from proxy.config import parse
+from forkproxy.backends.support.table import ConfigError
+from forkproxy.loadtest.load import accesslog
+from forkproxy.loadtest.load.locustrun import LOCUSTFILE, LocustRun, run_locust
+from forkproxy.loadtest.load.profiles import PROFILES
+from forkproxy.loadtest.report.progress import Progress
+from forkproxy.loadtest.report.stats import instance_seconds, live
+from forkproxy.loadtest.report.table import render
+from forkproxy.loadtest.run import configs
+from forkproxy.loadtest.run.procs import REPO
+from forkproxy.loadtest.run.proxy import FORK_BACKEND, app_config, forkproxy
+from forkproxy.loadtest.run.sampler import InstanceSampler
+from forkproxy.proxy.config import parse
 
 BENCH_EXTRA = ("locust", "tomli_w", "rich")  # what tune runs on, beyond forkproxy's own deps
 OVERHEAD_S = 6.0  # per grid point: proxy start, locust start-up, shutdown
@@ -67,7 +67,7 @@ class Point:
 
     @classmethod
     def defaults(cls, max_concurrency: int) -> Point:
-        """What the pool does with only max_concurrency set (proxy.config.PoolConfig's
+        """What the pool does with only max_concurrency set (forkproxy.proxy.config.PoolConfig's
         defaults): the baseline a recommendation is compared with."""
         return cls(max_concurrency, None, 0, AUTO, "pack")
 

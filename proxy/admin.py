@@ -20,17 +20,17 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from backends.support.table import ConfigError, Problem
-from proxy.config import Address, ServerConfig
-from proxy.live import Sampler
+from forkproxy.backends.support.table import ConfigError, Problem
+from forkproxy.proxy.config import Address, ServerConfig
+from forkproxy.proxy.live import Sampler
 
 if TYPE_CHECKING:
-    from proxy.admin_view import AdminView
+    from forkproxy.proxy.admin_view import AdminView
 
 log = logging.getLogger("forkproxy.admin")
 
 COOKIE = "forkproxy_admin"
-_PAGE = resources.files("proxy") / "admin_page"
+_PAGE = resources.files("forkproxy.proxy") / "admin_page"
 _STATIC = {"page.js": "text/javascript", "page.css": "text/css"}
 
 

@@ -8,12 +8,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from proxy.config import PoolConfig, ServerConfig
-from proxy.metrics import Metrics
+from forkproxy.proxy.config import PoolConfig, ServerConfig
+from forkproxy.proxy.metrics import Metrics
 
 
 class PoolView(Protocol):
-    """The pool as the admin listener reads it (proxy.pool.Pool is one)."""
+    """The pool as the admin listener reads it (forkproxy.proxy.pool.Pool is one)."""
 
     @property
     def cfg(self) -> PoolConfig: ...

@@ -13,11 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from backends.support.table import Table
-from proxy.routing import CATCH_ALL, Route
+from forkproxy.backends.support.table import Table
+from forkproxy.proxy.routing import CATCH_ALL, Route
 
 if TYPE_CHECKING:
-    from proxy.config import Config, PoolConfig
+    from forkproxy.proxy.config import Config, PoolConfig
 
 DEFAULT = "default"
 _NAME = re.compile(r"[A-Za-z0-9_-]+")

@@ -10,9 +10,9 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 
-from backends.support.table import ConfigError
-from proxy import __version__, logs, preflight
-from proxy.config import Config, load, parse, with_overrides
+from forkproxy.backends.support.table import ConfigError
+from forkproxy.proxy import __version__, logs, preflight
+from forkproxy.proxy.config import Config, load, parse, with_overrides
 
 log = logging.getLogger("forkproxy")
 
@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 def _tune(argv: Sequence[str]) -> int:
     """`forkproxy tune`: bench tooling (locust runs as a child), imported only here so a
     running proxy never loads it."""
-    from loadtest import tune
+    from forkproxy.loadtest import tune
 
     p = argparse.ArgumentParser(
         prog="forkproxy tune",
@@ -102,7 +102,7 @@ def _ports_taken(cfg: Config) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["top"]:
-        from proxy import top
+        from forkproxy.proxy import top
 
         return top.main(args_list[1:])
     if args_list[:1] == ["tune"]:
@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot listen: %s", taken)
         log.info("forkproxy stopped")
         return 3
-    from proxy.server import StartupFailed, serve
+    from forkproxy.proxy.server import StartupFailed, serve
 
     try:
         import uvloop

@@ -12,13 +12,13 @@ from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
 
-import backends
-from backends.support.table import ConfigError, Problem, Table
-from proxy import apps as apps_mod
-from proxy.apps import AppConfig
-from proxy.budget import BudgetConfig
-from proxy.http.headers import DROP_CLIENT_HEADERS
-from proxy.http.limits import Limits
+from forkproxy import backends
+from forkproxy.backends.support.table import ConfigError, Problem, Table
+from forkproxy.proxy import apps as apps_mod
+from forkproxy.proxy.apps import AppConfig
+from forkproxy.proxy.budget import BudgetConfig
+from forkproxy.proxy.http.headers import DROP_CLIENT_HEADERS
+from forkproxy.proxy.http.limits import Limits
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ ROUTINGS = ("least_loaded", "pack")
 @dataclass(frozen=True)
 class PoolConfig:
     max_concurrency: int = 10
-    target_concurrency: float | None = None  # None: "auto" (see proxy.policy.target)
+    target_concurrency: float | None = None  # None: "auto" (see forkproxy.proxy.policy.target)
     max_queue: int = 1000
     hold_timeout: float = 30.0
     idle_ttl: float | None = None  # None: "auto", priced by the measured start cost
@@ -325,7 +325,8 @@ def _backend(bt: Table, *, from_file: bool) -> tuple[str, Any]:
         bt.error(
             "app",
             'missing: name your app, e.g. app = "myproject.wsgi:application" (Django), '
-            '"app:app" (Flask, FastAPI), or "backends.process.demo:create_app" for the demo',
+            '"app:app" (Flask, FastAPI), or "forkproxy.backends.process.demo:create_app" '
+            "for the demo",
         )
     return btype, backend_cfg
 

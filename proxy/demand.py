@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from collections import deque
 
-from proxy.policy import START_COST_PRIOR
+from forkproxy.proxy.policy import START_COST_PRIOR
 
 
 class StartCost:

@@ -8,14 +8,14 @@ import asyncio
 import logging
 import time
 
-import backends
-from backends.base import Backend, BackendContext
-from proxy.config import Config
-from proxy.forwarding.forward import Forwarder, upstream_client
-from proxy.forwarding.tunnel import Tunnel
-from proxy.http.server import Request
-from proxy.metrics import Metrics
-from proxy.pool import Pool, QueueFull
+from forkproxy import backends
+from forkproxy.backends.base import Backend, BackendContext
+from forkproxy.proxy.config import Config
+from forkproxy.proxy.forwarding.forward import Forwarder, upstream_client
+from forkproxy.proxy.forwarding.tunnel import Tunnel
+from forkproxy.proxy.http.server import Request
+from forkproxy.proxy.metrics import Metrics
+from forkproxy.proxy.pool import Pool, QueueFull
 
 log = logging.getLogger("forkproxy")
 

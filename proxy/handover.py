@@ -12,7 +12,7 @@ import struct
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 
-from proxy.config import Address
+from forkproxy.proxy.config import Address
 
 log = logging.getLogger("forkproxy")
 

@@ -16,14 +16,14 @@ from typing import Any
 
 import aiohttp
 
-from backends.base import Backend, BackendContext, Instance
-from backends.errors import BackendError
-from backends.support.probe import wait_ready
-from backends.support.tasks import TaskSet
-from proxy.config import PoolConfig
-from proxy.demand import StartCost
-from proxy.metrics import Metrics
-from proxy.slots import STATES, NoInstance, Slot, State, Waiter
+from forkproxy.backends.base import Backend, BackendContext, Instance
+from forkproxy.backends.errors import BackendError
+from forkproxy.backends.support.probe import wait_ready
+from forkproxy.backends.support.tasks import TaskSet
+from forkproxy.proxy.config import PoolConfig
+from forkproxy.proxy.demand import StartCost
+from forkproxy.proxy.metrics import Metrics
+from forkproxy.proxy.slots import STATES, NoInstance, Slot, State, Waiter
 
 log = logging.getLogger("forkproxy.pool")
 MEMORY_EVERY = 1.0  # seconds between measurements of every instance (pool.max_memory)

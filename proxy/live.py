@@ -11,10 +11,10 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from backends.support.tasks import TaskSet
+from forkproxy.backends.support.tasks import TaskSet
 
 if TYPE_CHECKING:
-    from proxy.admin_view import AdminView, PoolView
+    from forkproxy.proxy.admin_view import AdminView, PoolView
 
 HISTORY_SECONDS = 300
 

@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from proxy.http.request import Request
+    from forkproxy.proxy.http.request import Request
 
 access_log = logging.getLogger("forkproxy.access")
 

@@ -9,11 +9,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from proxy import budget
-from proxy.budget import AppLoad, BudgetConfig
+from forkproxy.proxy import budget
+from forkproxy.proxy.budget import AppLoad, BudgetConfig
 
 if TYPE_CHECKING:
-    from proxy.generation import Generation
+    from forkproxy.proxy.generation import Generation
 
 log = logging.getLogger("forkproxy.budget")
 RATE_WINDOW = 1.0  # seconds between request-rate samples

@@ -9,7 +9,7 @@ import dataclasses
 import logging
 import resource
 
-from proxy.config import Config
+from forkproxy.proxy.config import Config
 
 log = logging.getLogger("forkproxy")
 

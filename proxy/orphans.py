@@ -1,7 +1,7 @@
 """Reaping what stopped replicas left behind, never what a live sibling runs.
 
 Replicas may share a pool name, so an instance with another owner id is only reaped when
-that owner has provably stopped: its pid is gone on this host (backends.support.owner),
+that owner has provably stopped: its pid is gone on this host (forkproxy.backends.support.owner),
 or its lease (Backend.leases) has not changed for `grace` seconds of *our* clock — no
 clock is compared across hosts. With `within` = pool.orphan_timeout, the lease is judged
 every within/6 seconds and stale after 2/3·within, so a dead replica's instances go
@@ -14,10 +14,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from backends.base import Backend, Instance
-from backends.errors import BackendError
-from backends.support import owner as owners
-from proxy.metrics import Metrics
+from forkproxy.backends.base import Backend, Instance
+from forkproxy.backends.errors import BackendError
+from forkproxy.backends.support import owner as owners
+from forkproxy.proxy.metrics import Metrics
 
 log = logging.getLogger("forkproxy.pool")
 

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from proxy.config import PoolConfig
+from forkproxy.proxy.config import PoolConfig
 
 # Keep-alive under idle_ttl = "auto": KEEP_ALIVE_STARTS x the measured start cost. A start
 # costs its own instance-seconds plus the latency it adds to the request that waits for

@@ -15,23 +15,23 @@ from typing import Any
 
 import aiohttp
 
-from backends.base import Backend, BackendContext, Instance
-from backends.support.tasks import TaskSet
-from proxy.budget import Held
-from proxy.budget import State as BudgetState
-from proxy.config import PoolConfig
-from proxy.demand import DemandTrace, StartCost
-from proxy.lifecycle import Lifecycle
-from proxy.metrics import Metrics
-from proxy.orphans import OrphanReaper
-from proxy.policy import (
+from forkproxy.backends.base import Backend, BackendContext, Instance
+from forkproxy.backends.support.tasks import TaskSet
+from forkproxy.proxy.budget import Held
+from forkproxy.proxy.budget import State as BudgetState
+from forkproxy.proxy.config import PoolConfig
+from forkproxy.proxy.demand import DemandTrace, StartCost
+from forkproxy.proxy.lifecycle import Lifecycle
+from forkproxy.proxy.metrics import Metrics
+from forkproxy.proxy.orphans import OrphanReaper
+from forkproxy.proxy.policy import (
     KEEP_ALIVE_MAX,
     Snapshot,
     decide,
     keep_alive,
     target,
 )
-from proxy.slots import (
+from forkproxy.proxy.slots import (
     LIVE,
     STATES,
     BackendDown,

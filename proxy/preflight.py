@@ -7,10 +7,10 @@ from __future__ import annotations
 import socket
 from dataclasses import replace
 
-import backends
-from backends.support.table import Problem
-from proxy.apps import is_single
-from proxy.config import Address, Config
+from forkproxy import backends
+from forkproxy.backends.support.table import Problem
+from forkproxy.proxy.apps import is_single
+from forkproxy.proxy.config import Address, Config
 
 
 def port_problem(key: str, address: Address, *, reuse_port: bool = False) -> Problem | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, replace
 
-from proxy.config import Config
+from forkproxy.proxy.config import Config
 
 # Held by what outlives a reload: the listening sockets, the admin app and its token,
 # the pool name every instance is labelled with.

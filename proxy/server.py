@@ -14,27 +14,27 @@ from collections.abc import Callable, Iterator
 
 from aiohttp import web
 
-from backends.base import Backend, BackendContext
-from backends.errors import BackendError
-from backends.support import owner
-from backends.support.extras import MissingExtra
-from backends.support.table import ConfigError
-from backends.support.tasks import TaskSet
-from proxy import handover, logs, open_files, reload
-from proxy.admin import admin_runner, admin_site
-from proxy.admin_view import AdminView, Serving
-from proxy.apps import AppConfig, app_config, is_single, serves_everything
-from proxy.config import Address, Config
-from proxy.forwarding.forward import Forwarder
-from proxy.generation import Generation
-from proxy.http import native
-from proxy.http.safety import UnsafeParser, check_parsers
-from proxy.http.server import Handler, HttpServer, Request
-from proxy.machine import Machine
-from proxy.metrics import AppMetrics, Metrics
-from proxy.notify import Notifier
-from proxy.pool import Pool
-from proxy.routing import Router
+from forkproxy.backends.base import Backend, BackendContext
+from forkproxy.backends.errors import BackendError
+from forkproxy.backends.support import owner
+from forkproxy.backends.support.extras import MissingExtra
+from forkproxy.backends.support.table import ConfigError
+from forkproxy.backends.support.tasks import TaskSet
+from forkproxy.proxy import handover, logs, open_files, reload
+from forkproxy.proxy.admin import admin_runner, admin_site
+from forkproxy.proxy.admin_view import AdminView, Serving
+from forkproxy.proxy.apps import AppConfig, app_config, is_single, serves_everything
+from forkproxy.proxy.config import Address, Config
+from forkproxy.proxy.forwarding.forward import Forwarder
+from forkproxy.proxy.generation import Generation
+from forkproxy.proxy.http import native
+from forkproxy.proxy.http.safety import UnsafeParser, check_parsers
+from forkproxy.proxy.http.server import Handler, HttpServer, Request
+from forkproxy.proxy.machine import Machine
+from forkproxy.proxy.metrics import AppMetrics, Metrics
+from forkproxy.proxy.notify import Notifier
+from forkproxy.proxy.pool import Pool
+from forkproxy.proxy.routing import Router
 
 log = logging.getLogger("forkproxy")
 

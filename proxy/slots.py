@@ -7,8 +7,8 @@ import asyncio
 import enum
 from dataclasses import dataclass, field
 
-from backends.base import Instance
-from proxy.policy import InstanceView, Phase
+from forkproxy.backends.base import Instance
+from forkproxy.proxy.policy import InstanceView, Phase
 
 
 class State(enum.Enum):

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
-echo "== ruff" && .venv/bin/ruff check proxy backends tests loadtest examples
-.venv/bin/ruff format --check proxy backends tests loadtest examples
+echo "== ruff" && .venv/bin/ruff check proxy backends tests loadtest examples forkproxy/*.py
+.venv/bin/ruff format --check proxy backends tests loadtest examples forkproxy/*.py
 echo "== mypy" && .venv/bin/mypy
 echo "== pytest" && exec .venv/bin/pytest "$@"

@@ -18,9 +18,9 @@ from typing import IO, Any
 import aiohttp
 import pytest
 
-from loadtest.run.procs import port_taken
-from proxy.config import parse
-from proxy.server import Proxy
+from forkproxy.loadtest.run.procs import port_taken
+from forkproxy.proxy.config import parse
+from forkproxy.proxy.server import Proxy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,7 +146,7 @@ class ProxyProcess:
         return [
             sys.executable,
             "-m",
-            "proxy",
+            "forkproxy",
             "run",
             "--config",
             str(self.config),

@@ -14,10 +14,10 @@ from typing import Any
 
 import aiohttp
 
-from backends.base import Backend
-from backends.support.owner import Owner, this_space
-from proxy.metrics import Metrics
-from proxy.orphans import OrphanReaper
+from forkproxy.backends.base import Backend
+from forkproxy.backends.support.owner import Owner, this_space
+from forkproxy.proxy.metrics import Metrics
+from forkproxy.proxy.orphans import OrphanReaper
 from tests.conftest import ProxyProcess, eventually
 
 # What the killed owner still has where its backend lives (processes, containers, VMs).

@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 POOL_SURFACE = {"Lease", "LeaseScope", "Pool", "PoolError"}
 
 
-def imports(path: Path) -> list[tuple[str, tuple[str, ...]]]:
+def raw_imports(path: Path) -> list[tuple[str, tuple[str, ...]]]:
     found: list[tuple[str, tuple[str, ...]]] = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -22,6 +22,28 @@ def imports(path: Path) -> list[tuple[str, tuple[str, ...]]]:
         elif isinstance(node, ast.Import):
             found.extend((a.name, ()) for a in node.names)
     return found
+
+
+def imports(path: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """The project's imports by folder name: forkproxy.proxy.pool is read as proxy.pool."""
+    return [(mod.removeprefix("forkproxy."), names) for mod, names in raw_imports(path)]
+
+
+TOPS = ("proxy", "backends", "loadtest")
+
+
+def test_everything_imports_the_project_under_the_forkproxy_name() -> None:
+    # a user's app may have its own top-level `backends` or `proxy` package (fork mode runs
+    # it with the app's folder first on sys.path): ours is only ever forkproxy.backends
+    bad = [
+        f"{p.relative_to(ROOT)}: {mod}"
+        for top in (*TOPS, "tests", "examples")
+        for p in sorted((ROOT / top).rglob("*.py"))
+        if p.name != "__main__.py"  # `python -m proxy` in a checkout starts here
+        for mod, _ in raw_imports(p)
+        if mod.split(".")[0] in TOPS
+    ]
+    assert bad == []
 
 
 def test_backends_never_import_the_proxy() -> None:
@@ -57,7 +79,7 @@ def test_http_is_a_protocol_library() -> None:
 def test_shipped_packages_never_import_tests_or_examples() -> None:
     bad = [
         f"{p.relative_to(ROOT)}: {mod}"
-        for top in ("proxy", "backends", "loadtest")
+        for top in TOPS
         for p in sorted((ROOT / top).rglob("*.py"))
         for mod, _ in imports(p)
         if mod.split(".")[0] in {"tests", "examples"}
@@ -95,7 +117,7 @@ def test_generic_pieces_import_nothing_of_the_project() -> None:
         f"{name}: {mod}"
         for name in GENERIC
         for mod, _ in imports(support / name)
-        if mod.split(".")[0] in {"proxy", "backends", "loadtest"}
+        if mod.split(".")[0] in TOPS
     ]
     assert bad == []
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from backends.base import (
+from forkproxy.backends.base import (
     LABEL_INSTANCE,
     LABEL_POOL,
     Backend,
@@ -24,21 +24,21 @@ from backends.base import (
     Endpoint,
     Instance,
 )
-from backends.docker import lease
-from backends.docker.config import DockerConfig
-from backends.docker.containers import Containers
-from backends.docker.engine import Engine, translate
-from backends.docker.events import ContainerEvent
-from backends.docker.leftovers import Leftovers
-from backends.docker.live import LiveSet
-from backends.docker.ops import Container, endpoint_of
-from backends.docker.paused import LABEL_PAUSED, RECYCLABLE, PausedPool
-from backends.docker.placement import Engines
-from backends.docker.threads import Threads
-from backends.docker.watch import EngineWatch
-from backends.errors import BackendError, BackendUnavailable, StartError
-from backends.support.starts import Starts
-from backends.support.tasks import TaskSet
+from forkproxy.backends.docker import lease
+from forkproxy.backends.docker.config import DockerConfig
+from forkproxy.backends.docker.containers import Containers
+from forkproxy.backends.docker.engine import Engine, translate
+from forkproxy.backends.docker.events import ContainerEvent
+from forkproxy.backends.docker.leftovers import Leftovers
+from forkproxy.backends.docker.live import LiveSet
+from forkproxy.backends.docker.ops import Container, endpoint_of
+from forkproxy.backends.docker.paused import LABEL_PAUSED, RECYCLABLE, PausedPool
+from forkproxy.backends.docker.placement import Engines
+from forkproxy.backends.docker.threads import Threads
+from forkproxy.backends.docker.watch import EngineWatch
+from forkproxy.backends.errors import BackendError, BackendUnavailable, StartError
+from forkproxy.backends.support.starts import Starts
+from forkproxy.backends.support.tasks import TaskSet
 
 __all__ = ["LABEL_PAUSED", "DockerBackend"]
 

@@ -8,10 +8,10 @@ import logging
 
 import docker.errors
 
-from backends.docker.config import DockerConfig
-from backends.docker.engine import Engine
-from backends.errors import BackendUnavailable
-from backends.support.table import Problem
+from forkproxy.backends.docker.config import DockerConfig
+from forkproxy.backends.docker.engine import Engine
+from forkproxy.backends.errors import BackendUnavailable
+from forkproxy.backends.support.table import Problem
 
 log = logging.getLogger("forkproxy.backend.docker")
 

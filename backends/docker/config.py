@@ -1,11 +1,11 @@
 """The `[backend]` table of `type = "docker"`: a frozen, validated DockerConfig.
-Every problem is reported with its key path by backends.support.table.Table."""
+Every problem is reported with its key path by forkproxy.backends.support.table.Table."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from backends.support.table import Table
+from forkproxy.backends.support.table import Table
 
 ENGINE_SCHEMES = ("unix://", "tcp://", "ssh://", "http://", "https://", "npipe://")
 DEFAULT_ENGINE = "unix:///var/run/docker.sock"

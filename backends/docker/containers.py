@@ -1,6 +1,7 @@
 """Container operations of the docker backend as the event loop sees them: each blocking
 SDK call (backends/docker/ops.py) runs in the backend's threads, its error comes back in
-the backends.errors tree, and an engine found unreachable is reported to `on_unreachable`."""
+the forkproxy.backends.errors tree, and an engine found unreachable is reported to
+`on_unreachable`."""
 
 from __future__ import annotations
 
@@ -14,14 +15,14 @@ import aiohttp
 import docker.errors
 from docker.utils import parse_repository_tag
 
-from backends.base import BackendContext, Endpoint
-from backends.docker.config import DockerConfig
-from backends.docker.engine import Engine, translate
-from backends.docker.ops import Container, create_started, remove_quietly, stop_and_remove
-from backends.docker.threads import Threads
-from backends.docker.unpause import Unpauser
-from backends.errors import BackendConfigError, BackendUnavailable, StartError
-from backends.support.probe import NotReady, wait_ready
+from forkproxy.backends.base import BackendContext, Endpoint
+from forkproxy.backends.docker.config import DockerConfig
+from forkproxy.backends.docker.engine import Engine, translate
+from forkproxy.backends.docker.ops import Container, create_started, remove_quietly, stop_and_remove
+from forkproxy.backends.docker.threads import Threads
+from forkproxy.backends.docker.unpause import Unpauser
+from forkproxy.backends.errors import BackendConfigError, BackendUnavailable, StartError
+from forkproxy.backends.support.probe import NotReady, wait_ready
 
 log = logging.getLogger("forkproxy.backend.docker")
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]+")

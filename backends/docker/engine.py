@@ -1,6 +1,6 @@
 """One Docker engine as the docker backend sees it: a lazily connected SDK client,
 its health (errors mark it unhealthy until `engine_retry` passes) and blocking helpers
-that translate docker SDK errors into the backends.errors tree. Call from threads."""
+that translate docker SDK errors into the forkproxy.backends.errors tree. Call from threads."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from backends.errors import BackendError, BackendUnavailable, StartError
+from forkproxy.backends.errors import BackendError, BackendUnavailable, StartError
 
 # Seconds any one engine API call may take (the SDK's read timeout): create, start, stop
 # and inspect answer in well under a second; an image pull or a `docker stop` with its

@@ -19,8 +19,8 @@ from typing import Any
 
 import docker.errors
 
-from backends.base import LABEL_MANAGED, LABEL_OWNER, LABEL_POOL
-from backends.docker.engine import Engine
+from forkproxy.backends.base import LABEL_MANAGED, LABEL_OWNER, LABEL_POOL
+from forkproxy.backends.docker.engine import Engine
 
 LABEL_LEASE = "io.forkproxy.lease"  # "true" on lease markers
 LABEL_CLAIMS = "io.forkproxy.claims"  # on claim markers: the adopted container's id

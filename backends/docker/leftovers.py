@@ -9,16 +9,16 @@ import asyncio
 import logging
 from typing import Any
 
-from backends.base import LABEL_OWNER, LABEL_POOL, BackendContext
-from backends.docker import lease
-from backends.docker.config import DockerConfig
-from backends.docker.containers import Containers
-from backends.docker.engine import Engine, translate
-from backends.docker.ops import Container
-from backends.docker.paused import PausedPool, Remove
-from backends.docker.threads import Threads
-from backends.errors import BackendError
-from backends.support import owner
+from forkproxy.backends.base import LABEL_OWNER, LABEL_POOL, BackendContext
+from forkproxy.backends.docker import lease
+from forkproxy.backends.docker.config import DockerConfig
+from forkproxy.backends.docker.containers import Containers
+from forkproxy.backends.docker.engine import Engine, translate
+from forkproxy.backends.docker.ops import Container
+from forkproxy.backends.docker.paused import PausedPool, Remove
+from forkproxy.backends.docker.threads import Threads
+from forkproxy.backends.errors import BackendError
+from forkproxy.backends.support import owner
 
 log = logging.getLogger("forkproxy.backend.docker")
 

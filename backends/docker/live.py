@@ -9,12 +9,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from backends.base import BackendContext, Instance
-from backends.docker.containers import Containers, Unreachable
-from backends.docker.engine import Engine, is_unreachable
-from backends.docker.events import ContainerEvent
-from backends.docker.ops import Container
-from backends.support.tasks import TaskSet
+from forkproxy.backends.base import BackendContext, Instance
+from forkproxy.backends.docker.containers import Containers, Unreachable
+from forkproxy.backends.docker.engine import Engine, is_unreachable
+from forkproxy.backends.docker.events import ContainerEvent
+from forkproxy.backends.docker.ops import Container
+from forkproxy.backends.support.tasks import TaskSet
 
 log = logging.getLogger("forkproxy.backend.docker")
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import docker.errors
 
-from backends.base import Endpoint
-from backends.docker.config import DockerConfig
-from backends.docker.engine import Engine
-from backends.errors import StartError
+from forkproxy.backends.base import Endpoint
+from forkproxy.backends.docker.config import DockerConfig
+from forkproxy.backends.docker.engine import Engine
+from forkproxy.backends.errors import StartError
 
 log = logging.getLogger("forkproxy.backend.docker")
 

@@ -7,9 +7,9 @@ import asyncio
 import logging
 from collections.abc import Iterator, Sequence
 
-from backends.docker.engine import Engine
-from backends.docker.threads import Threads
-from backends.errors import BackendUnavailable, StartError
+from forkproxy.backends.docker.engine import Engine
+from forkproxy.backends.docker.threads import Threads
+from forkproxy.backends.errors import BackendUnavailable, StartError
 
 log = logging.getLogger("forkproxy.backend.docker")
 

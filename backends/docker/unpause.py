@@ -21,11 +21,11 @@ from urllib.parse import urlparse
 
 import aiohttp
 
-from backends.base import Endpoint
-from backends.docker.engine import ENGINE_CALL_TIMEOUT, Engine, translate
-from backends.docker.threads import Threads
-from backends.errors import BackendError, BackendUnavailable, StartError
-from backends.support.tasks import TaskSet
+from forkproxy.backends.base import Endpoint
+from forkproxy.backends.docker.engine import ENGINE_CALL_TIMEOUT, Engine, translate
+from forkproxy.backends.docker.threads import Threads
+from forkproxy.backends.errors import BackendError, BackendUnavailable, StartError
+from forkproxy.backends.support.tasks import TaskSet
 
 log = logging.getLogger("forkproxy.backend.docker")
 
@@ -48,7 +48,7 @@ class Unpauser:
 
     async def __call__(self, engine: Engine, container_id: str) -> None:
         """Unpause; a refusal raises StartError, a transport failure BackendUnavailable
-        (the backends.errors tree either way, as translate() makes it for the SDK)."""
+        (the forkproxy.backends.errors tree either way, as translate() makes it for the SDK)."""
         if engine.client is None:
             raise BackendUnavailable(
                 f"Docker engine {engine.url} is not connected", reason="engine_unreachable"

@@ -10,12 +10,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from backends.base import LABEL_POOL
-from backends.docker.engine import Engine, translate
-from backends.docker.events import ContainerEvent, pump
-from backends.docker.placement import Engines
-from backends.docker.threads import Threads
-from backends.errors import BackendError
+from forkproxy.backends.base import LABEL_POOL
+from forkproxy.backends.docker.engine import Engine, translate
+from forkproxy.backends.docker.events import ContainerEvent, pump
+from forkproxy.backends.docker.placement import Engines
+from forkproxy.backends.docker.threads import Threads
+from forkproxy.backends.errors import BackendError
 
 log = logging.getLogger("forkproxy.backend.docker")
 

@@ -7,11 +7,11 @@ import asyncio
 import os
 import time
 
-from backends.base import Backend, BackendContext, Endpoint, Instance
-from backends.process import _linux, leftovers
-from backends.process.config import ProcessConfig
-from backends.process.log import log
-from backends.support.kill import terminate
+from forkproxy.backends.base import Backend, BackendContext, Endpoint, Instance
+from forkproxy.backends.process import _linux, leftovers
+from forkproxy.backends.process.config import ProcessConfig
+from forkproxy.backends.process.log import log
+from forkproxy.backends.support.kill import terminate
 
 _POLL = 0.02
 

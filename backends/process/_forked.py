@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from backends.process import _linux, _serve
-from backends.process import log as output
-from backends.process.child import failures, forksafe
+from forkproxy.backends.process import _linux, _serve
+from forkproxy.backends.process import log as output
+from forkproxy.backends.process.child import failures, forksafe
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import ctypes
 import os
 import signal
 
-from backends.support.owner import proc_stat
+from forkproxy.backends.support.owner import proc_stat
 
 _PR_SET_PDEATHSIG = 1
 

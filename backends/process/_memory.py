@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from backends.process import _linux
-from backends.support.owner import proc_stat
+from forkproxy.backends.process import _linux
+from forkproxy.backends.support.owner import proc_stat
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 

@@ -20,8 +20,8 @@ from typing import Any, NoReturn, TypeVar
 
 from aiohttp import web
 
-from backends.support.extras import extra_needed
-from backends.support.tasks import TaskSet
+from forkproxy.backends.support.extras import extra_needed
+from forkproxy.backends.support.tasks import TaskSet
 
 _PARENT_POLL = 0.5
 _PRIME_TIMEOUT = 2.0
@@ -237,7 +237,7 @@ def asgi_config(app: Any, grace: float) -> Any:
         timeout_graceful_shutdown=max(1, int(grace)),
     )
     config.load()
-    from backends.process._working import AfterResponse
+    from forkproxy.backends.process._working import AfterResponse
 
     config.loaded_app = AfterResponse(config.loaded_app)
     return config
@@ -269,7 +269,7 @@ async def serve_asgi(
     if sock is None:
         return
     if report is not None:
-        from backends.process._working import Reporter
+        from forkproxy.backends.process._working import Reporter
 
         config.loaded_app.notify = Reporter(report)
     server = uvicorn.Server(config)
@@ -308,7 +308,7 @@ def run_child(
     if kind == "aiohttp":
         uvloop.run(serve_aiohttp(app, acquire, grace, ppid, spare))
     elif kind == "wsgi":
-        from backends.process import _wsgi
+        from forkproxy.backends.process import _wsgi
 
         sock = uvloop.run(_acquire(acquire, ppid, spare))
         if sock is not None:

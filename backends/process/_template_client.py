@@ -13,19 +13,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backends.base import BackendContext
-from backends.errors import BackendConfigError
-from backends.process import _common, _linux
-from backends.process import log as output
-from backends.process._frames import ControlTimeout, FrameWriter
-from backends.process.config import ProcessConfig
-from backends.process.log import log
-from backends.support.kill import terminate, within
-from backends.support.tasks import TaskSet
+import forkproxy
+from forkproxy.backends.base import BackendContext
+from forkproxy.backends.errors import BackendConfigError
+from forkproxy.backends.process import _common, _linux
+from forkproxy.backends.process import log as output
+from forkproxy.backends.process._frames import ControlTimeout, FrameWriter
+from forkproxy.backends.process.config import ProcessConfig
+from forkproxy.backends.process.log import log
+from forkproxy.backends.support.kill import terminate, within
+from forkproxy.backends.support.tasks import TaskSet
 
-_ROOT = str(Path(__file__).resolve().parents[2])  # so the template imports this package
+# The folder holding the forkproxy package (site-packages, or a checkout's root), so the
+# template imports this very forkproxy whatever the app's folder and sys.path hold.
+_ROOT = str(Path(forkproxy.__file__).absolute().parents[1])
 _BOOT = (
-    "import sys; sys.path.insert(1, {root!r}); from backends.process.template import main; main()"
+    "import sys; sys.path.insert(1, {root!r}); "
+    "from forkproxy.backends.process.template import main; main()"
 )
 _MAX_MSG = 64 * 1024
 # How long one control message may wait for room in the socket. A template that takes

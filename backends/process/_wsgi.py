@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from backends.process._working import AfterClose, send_from_thread
+from forkproxy.backends.process._working import AfterClose, send_from_thread
 
 _POLL = 0.5  # seconds between checks that the template is still there
 

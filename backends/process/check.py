@@ -10,13 +10,13 @@ import os
 import subprocess
 import sys
 
-from backends.base import BackendContext
-from backends.errors import BackendConfigError
-from backends.process import _common
-from backends.process.config import ProcessConfig
-from backends.process.exec import ExecBackend
-from backends.process.log import log
-from backends.support.table import Problem
+from forkproxy.backends.base import BackendContext
+from forkproxy.backends.errors import BackendConfigError
+from forkproxy.backends.process import _common
+from forkproxy.backends.process.config import ProcessConfig
+from forkproxy.backends.process.exec import ExecBackend
+from forkproxy.backends.process.log import log
+from forkproxy.backends.support.table import Problem
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # argv: root, app, app_kind, warmup hook or "", warm-up paths (JSON), pythonpath entries...
@@ -24,7 +24,7 @@ _BUILD = """
 import json, sys
 sys.path.insert(1, sys.argv[1])
 sys.path[1:1] = sys.argv[6:]
-from backends.process.child import check_app
+from forkproxy.backends.process.child import check_app
 sys.exit(check_app.main(sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5])))
 """
 _TIMEOUT = 60.0

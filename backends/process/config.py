@@ -3,7 +3,8 @@ mode (any command with a `{port}` placeholder), parsed and validated in one pass
 
     mode = "fork"                      # or "exec"
     # fork
-    app = "backends.process.demo:create_app"   # the bundled demo; yours: "mysite.wsgi:application",
+    app = "forkproxy.backends.process.demo:create_app"   # the bundled demo;
+                                     # yours: "mysite.wsgi:application",
                                        # "app:app" (Flask), "myapp:create_app", "myapp:asgi_app"
     app_kind = "auto"                  # "aiohttp" | "asgi" | "wsgi"; auto tells them apart
                                        # (aiohttp Application; async __call__ -> ASGI;
@@ -37,13 +38,13 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from backends.support.table import Table
+from forkproxy.backends.support.table import Table
 
 MODES = ("fork", "exec")
 APP_KINDS = ("auto", "aiohttp", "asgi", "wsgi")
 # The bundled demo ships in the package: `forkproxy run` with no config works after pip install.
-DEFAULT_APP = "backends.process.demo:create_app"
-DEFAULT_COMMAND = ("python", "-m", "backends.process.demo", "--port", "{port}")
+DEFAULT_APP = "forkproxy.backends.process.demo:create_app"
+DEFAULT_COMMAND = ("python", "-m", "forkproxy.backends.process.demo", "--port", "{port}")
 DEFAULT_THREADS = 4  # waitress's own default; an instance is cheap, so more forks beat more threads
 
 

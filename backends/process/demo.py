@@ -2,7 +2,7 @@
 that exercises a reverse proxy (identity, CPU/IO work, streaming bodies, header echo,
 websockets, sudden death). Shipped in the package so a pip-installed forkproxy has an
 app to fork; `examples.app` re-exports it for the repository's examples and tests.
-`python -m backends.process.demo --port N` (or `python -m examples.app`) serves it."""
+`python -m forkproxy.backends.process.demo --port N` (or `python -m examples.app`) serves it."""
 
 from __future__ import annotations
 

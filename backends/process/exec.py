@@ -15,14 +15,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from backends.base import BackendContext, Endpoint, Instance
-from backends.errors import BackendConfigError, StartError
-from backends.process import _common, _linux, _memory
-from backends.process import log as output
-from backends.process.config import ProcessConfig
-from backends.process.log import log
-from backends.support.kill import terminate, within
-from backends.support.tasks import TaskSet
+from forkproxy.backends.base import BackendContext, Endpoint, Instance
+from forkproxy.backends.errors import BackendConfigError, StartError
+from forkproxy.backends.process import _common, _linux, _memory
+from forkproxy.backends.process import log as output
+from forkproxy.backends.process.config import ProcessConfig
+from forkproxy.backends.process.log import log
+from forkproxy.backends.support.kill import terminate, within
+from forkproxy.backends.support.tasks import TaskSet
 
 _TAIL_LINES = 20
 _REASON_MAX = 300
@@ -65,7 +65,7 @@ class ExecBackend(_common.ProcessBackendBase):
         self._procs: dict[str, _Proc] = {}
         self._program: str | None = None  # the resolved command[0], found by prepare()
         _linux.load_libc()  # here, not in _preexec (see load_libc)
-        self._tasks = TaskSet("backends.process", log)
+        self._tasks = TaskSet("forkproxy.backends.process", log)
         self._closing = False
 
     def __repr__(self) -> str:

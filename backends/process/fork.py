@@ -15,14 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from backends.base import BackendContext, Endpoint, Instance
-from backends.errors import BackendConfigError, BackendUnavailable, StartError
-from backends.process import _common, _linux, _memory, _template_client, leftovers
-from backends.process._template_client import TemplateHandle
-from backends.process.config import ProcessConfig
-from backends.process.log import log
-from backends.support.kill import terminate, within
-from backends.support.tasks import TaskSet
+from forkproxy.backends.base import BackendContext, Endpoint, Instance
+from forkproxy.backends.errors import BackendConfigError, BackendUnavailable, StartError
+from forkproxy.backends.process import _common, _linux, _memory, _template_client, leftovers
+from forkproxy.backends.process._template_client import TemplateHandle
+from forkproxy.backends.process.config import ProcessConfig
+from forkproxy.backends.process.log import log
+from forkproxy.backends.support.kill import terminate, within
+from forkproxy.backends.support.tasks import TaskSet
 
 _BACKLOG = 1024
 _GONE_POLL = 0.5  # a stop looks at the pid this often (the template may be stuck)
@@ -48,7 +48,7 @@ class ForkBackend(_common.ProcessBackendBase):
         self._template: TemplateHandle | None = None
         self._template_lock = asyncio.Lock()
         self._children: dict[str, _Child] = {}
-        self._tasks = TaskSet("backends.process", log)
+        self._tasks = TaskSet("forkproxy.backends.process", log)
         self._closing = False
         self.template_starts = 0  # > 1 means the template died and was restarted
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from backends.process import _linux
+from forkproxy.backends.process import _linux
 
 POOL_VAR = "FORKPROXY_POOL"
 OWNER_VAR = "FORKPROXY_OWNER"

@@ -30,8 +30,8 @@ import time
 import traceback
 from typing import Any
 
-from backends.process import _forked, _linux
-from backends.process.child import failures
+from forkproxy.backends.process import _forked, _linux
+from forkproxy.backends.process.child import failures
 
 _MAX_MSG = 64 * 1024
 _REFILL_AFTER = 0.02  # seconds without messages before forking spares
@@ -78,7 +78,7 @@ class Template:
     # -- setup -------------------------------------------------------------------
 
     def build(self) -> None:
-        from backends.process.child import apps, forksafe, warmup
+        from forkproxy.backends.process.child import apps, forksafe, warmup
 
         for entry in reversed(self.spec.get("pythonpath", [])):
             sys.path.insert(1, os.path.abspath(entry))
@@ -92,7 +92,7 @@ class Template:
         # Everything a child needs is loaded here, once: a fork then imports nothing.
         import uvloop  # noqa: F401
 
-        from backends.process import _serve, _wsgi
+        from forkproxy.backends.process import _serve, _wsgi
 
         if self.kind == "asgi":
             self.app = _serve.asgi_config(self.app, self.grace)  # needs uvicorn: fail now
@@ -301,7 +301,7 @@ class Template:
                 )
 
     def shutdown(self) -> None:
-        # backends.support.kill's sequence for all children at once, written out: the
+        # forkproxy.backends.support.kill's sequence for all children at once, written out: the
         # template has no event loop, and waits for its children with waitpid.
         self.stopping = True
         self._read_reports()

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from backends.errors import BackendConfigError, BackendError, StartError
+from forkproxy.backends.errors import BackendConfigError, BackendError, StartError
 
 # Seconds a taken spare's first request gets before its replacement is started: the
 # proxy forwards within a few ms of the start returning; a loaded machine gets slack.

@@ -10,9 +10,9 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from backends.base import Instance
-from backends.errors import StartError
-from backends.support.tasks import TaskSet
+from forkproxy.backends.base import Instance
+from forkproxy.backends.errors import StartError
+from forkproxy.backends.support.tasks import TaskSet
 
 Stop = Callable[[Instance, str], Coroutine[Any, Any, None]]
 

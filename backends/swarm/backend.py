@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from backends.base import (
+from forkproxy.backends.base import (
     LABEL_INSTANCE,
     LABEL_OWNER,
     LABEL_POOL,
@@ -26,19 +26,24 @@ from backends.base import (
     Endpoint,
     Instance,
 )
-from backends.docker.engine import Engine, translate
-from backends.docker.threads import Threads
-from backends.errors import BackendConfigError, BackendError, BackendUnavailable, StartError
-from backends.support.probe import NotReady, wait_ready
-from backends.support.starts import Starts
-from backends.support.tasks import TaskSet
-from backends.swarm import services
-from backends.swarm.config import SwarmConfig
-from backends.swarm.lease import Lease, LeaseConfig
-from backends.swarm.nodes import Nodes
-from backends.swarm.parked import ParkedPool
-from backends.swarm.services import Service
-from backends.swarm.watch import TaskWatch, Watched
+from forkproxy.backends.docker.engine import Engine, translate
+from forkproxy.backends.docker.threads import Threads
+from forkproxy.backends.errors import (
+    BackendConfigError,
+    BackendError,
+    BackendUnavailable,
+    StartError,
+)
+from forkproxy.backends.support.probe import NotReady, wait_ready
+from forkproxy.backends.support.starts import Starts
+from forkproxy.backends.support.tasks import TaskSet
+from forkproxy.backends.swarm import services
+from forkproxy.backends.swarm.config import SwarmConfig
+from forkproxy.backends.swarm.lease import Lease, LeaseConfig
+from forkproxy.backends.swarm.nodes import Nodes
+from forkproxy.backends.swarm.parked import ParkedPool
+from forkproxy.backends.swarm.services import Service
+from forkproxy.backends.swarm.watch import TaskWatch, Watched
 
 log = logging.getLogger("forkproxy.backend.swarm")
 

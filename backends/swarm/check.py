@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import logging
 
-from backends.docker.engine import Engine
-from backends.errors import BackendUnavailable
-from backends.support.table import Problem
-from backends.swarm.config import SwarmConfig
+from forkproxy.backends.docker.engine import Engine
+from forkproxy.backends.errors import BackendUnavailable
+from forkproxy.backends.support.table import Problem
+from forkproxy.backends.swarm.config import SwarmConfig
 
 log = logging.getLogger("forkproxy.backend.swarm")
 

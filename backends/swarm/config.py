@@ -1,13 +1,13 @@
 """The `[backend]` table of `type = "swarm"`: a frozen, validated SwarmConfig. Every problem
-is reported with its key path by backends.support.table.Table."""
+is reported with its key path by forkproxy.backends.support.table.Table."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 
-from backends.docker.config import DEFAULT_ENGINE, ENGINE_SCHEMES
-from backends.support.table import Table
+from forkproxy.backends.docker.config import DEFAULT_ENGINE, ENGINE_SCHEMES
+from forkproxy.backends.support.table import Table
 
 # Swarm's own constraint grammar: `<attribute> == <value>` or `!=` (docker service create
 # --constraint). Checked here so a typo is a config error, not a task pending forever.

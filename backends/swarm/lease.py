@@ -12,9 +12,9 @@ from typing import Any
 
 import docker.errors
 
-from backends.base import LABEL_MANAGED, LABEL_OWNER, LABEL_POOL, BackendContext
-from backends.docker.engine import Engine
-from backends.docker.threads import Threads
+from forkproxy.backends.base import LABEL_MANAGED, LABEL_OWNER, LABEL_POOL, BackendContext
+from forkproxy.backends.docker.engine import Engine
+from forkproxy.backends.docker.threads import Threads
 
 log = logging.getLogger("forkproxy.backend.swarm")
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import logging
 
-from backends.docker.engine import Engine
-from backends.docker.threads import Threads
-from backends.errors import BackendError
-from backends.swarm import services
+from forkproxy.backends.docker.engine import Engine
+from forkproxy.backends.docker.threads import Threads
+from forkproxy.backends.errors import BackendError
+from forkproxy.backends.swarm import services
 
 log = logging.getLogger("forkproxy.backend.swarm")
 

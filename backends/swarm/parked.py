@@ -15,17 +15,17 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from backends.base import BackendContext, Endpoint, Instance
-from backends.docker.engine import Engine, translate
-from backends.docker.paused import LABEL_PAUSED
-from backends.docker.threads import Threads
-from backends.docker.unpause import Unpauser, until_serving
-from backends.errors import BackendError
-from backends.support.refill import Refill
-from backends.support.tasks import TaskSet
-from backends.swarm.nodes import Nodes
-from backends.swarm.services import Service
-from backends.swarm.watch import TaskWatch
+from forkproxy.backends.base import BackendContext, Endpoint, Instance
+from forkproxy.backends.docker.engine import Engine, translate
+from forkproxy.backends.docker.paused import LABEL_PAUSED
+from forkproxy.backends.docker.threads import Threads
+from forkproxy.backends.docker.unpause import Unpauser, until_serving
+from forkproxy.backends.errors import BackendError
+from forkproxy.backends.support.refill import Refill
+from forkproxy.backends.support.tasks import TaskSet
+from forkproxy.backends.swarm.nodes import Nodes
+from forkproxy.backends.swarm.services import Service
+from forkproxy.backends.swarm.watch import TaskWatch
 
 log = logging.getLogger("forkproxy.backend.swarm")
 

@@ -22,9 +22,9 @@ from docker.types import (
     TaskTemplate,
 )
 
-from backends.docker.engine import Engine
-from backends.errors import StartError
-from backends.swarm.config import SwarmConfig
+from forkproxy.backends.docker.engine import Engine
+from forkproxy.backends.errors import StartError
+from forkproxy.backends.swarm.config import SwarmConfig
 
 log = logging.getLogger("forkproxy.backend.swarm")
 

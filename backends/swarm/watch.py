@@ -13,10 +13,10 @@ from typing import Any
 
 import docker.errors
 
-from backends.base import Instance
-from backends.docker.engine import Engine
-from backends.docker.threads import Threads
-from backends.swarm.services import Service
+from forkproxy.backends.base import Instance
+from forkproxy.backends.docker.engine import Engine
+from forkproxy.backends.docker.threads import Threads
+from forkproxy.backends.swarm.services import Service
 
 log = logging.getLogger("forkproxy.backend.swarm")
 _EXIT = re.compile(r"exit \((\d+)\)")

@@ -13,11 +13,11 @@ import contextlib
 import itertools
 import logging
 
-from backends.base import Backend, BackendContext, Endpoint, Instance
-from backends.errors import BackendError, BackendUnavailable, StartError, StopError
-from backends.support.tasks import TaskSet
-from backends.vsphere import lease
-from backends.vsphere.clone import (
+from forkproxy.backends.base import Backend, BackendContext, Endpoint, Instance
+from forkproxy.backends.errors import BackendError, BackendUnavailable, StartError, StopError
+from forkproxy.backends.support.tasks import TaskSet
+from forkproxy.backends.vsphere import lease
+from forkproxy.backends.vsphere.clone import (
     Clone,
     Pending,
     destroy,
@@ -26,9 +26,9 @@ from backends.vsphere.clone import (
     make,
     remove_failed,
 )
-from backends.vsphere.config import VsphereConfig
-from backends.vsphere.guest import probe, start_container
-from backends.vsphere.inventory import (
+from forkproxy.backends.vsphere.config import VsphereConfig
+from forkproxy.backends.vsphere.guest import probe, start_container
+from forkproxy.backends.vsphere.inventory import (
     KEY_INSTANCE,
     KEY_IP,
     KEY_MANAGED,
@@ -40,9 +40,9 @@ from backends.vsphere.inventory import (
     vm_row,
     vm_rows,
 )
-from backends.vsphere.sdk import vim, vmodl
-from backends.vsphere.session import Session
-from backends.vsphere.watch import DeathWatch
+from forkproxy.backends.vsphere.sdk import vim, vmodl
+from forkproxy.backends.vsphere.session import Session
+from forkproxy.backends.vsphere.watch import DeathWatch
 
 __all__ = ["Clone", "VsphereBackend"]
 

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from backends.base import BackendContext
-from backends.errors import StartError
-from backends.vsphere.config import VsphereConfig
-from backends.vsphere.inventory import (
+from forkproxy.backends.base import BackendContext
+from forkproxy.backends.errors import StartError
+from forkproxy.backends.vsphere.config import VsphereConfig
+from forkproxy.backends.vsphere.inventory import (
     KEY_HOSTNAME,
     KEY_INSTANCE,
     KEY_IP,
@@ -27,8 +27,8 @@ from backends.vsphere.inventory import (
     usable_ip,
     vm_row,
 )
-from backends.vsphere.sdk import vim, vmodl
-from backends.vsphere.wait import WaitTimeout, Watcher, wait_task
+from forkproxy.backends.vsphere.sdk import vim, vmodl
+from forkproxy.backends.vsphere.wait import WaitTimeout, Watcher, wait_task
 
 log = logging.getLogger("forkproxy.backend.vsphere")
 _HOSTNAME_UNSAFE = re.compile(r"[^a-z0-9-]+")

@@ -9,8 +9,8 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backends.errors import BackendConfigError
-from backends.support.table import Table
+from forkproxy.backends.errors import BackendConfigError
+from forkproxy.backends.support.table import Table
 
 DEFAULT_PASSWORD_ENV = "FORKPROXY_VSPHERE_PASSWORD"
 TEMPLATE_FIELDS = ("instance_id", "hostname", "name", "index", "pool", "ip")

@@ -9,10 +9,10 @@ import time
 
 import aiohttp
 
-from backends.base import Instance
-from backends.errors import StartError
-from backends.support.probe import NotReady, wait_ready
-from backends.vsphere.config import ContainerSpec
+from forkproxy.backends.base import Instance
+from forkproxy.backends.errors import StartError
+from forkproxy.backends.support.probe import NotReady, wait_ready
+from forkproxy.backends.vsphere.config import ContainerSpec
 
 
 async def start_container(
@@ -52,7 +52,7 @@ async def start_container(
 
 
 async def probe(instance: Instance, path: str, within: float) -> None:
-    """The readiness probe (backends.support.probe) on path, then mark the instance ready
+    """The readiness probe (forkproxy.backends.support.probe) on path, then mark the instance ready
     for the pool."""
     t0 = time.monotonic()
     url = instance.endpoint.url + path

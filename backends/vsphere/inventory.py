@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from backends.errors import BackendConfigError
-from backends.vsphere.config import VsphereConfig
-from backends.vsphere.sdk import vim, vmodl
+from forkproxy.backends.errors import BackendConfigError
+from forkproxy.backends.vsphere.config import VsphereConfig
+from forkproxy.backends.vsphere.sdk import vim, vmodl
 
 # extraConfig keys every clone carries; the pool key is what list() and the guard trust.
 KEY_MANAGED = "guestinfo.forkproxy.managed"

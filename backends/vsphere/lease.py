@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backends.vsphere.sdk import vim
+from forkproxy.backends.vsphere.sdk import vim
 
 _PREFIX = "forkproxy.lease."
 

@@ -10,9 +10,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from backends.errors import BackendConfigError, BackendUnavailable
-from backends.vsphere.config import VsphereConfig
-from backends.vsphere.sdk import SmartStubAdapter, vim
+from forkproxy.backends.errors import BackendConfigError, BackendUnavailable
+from forkproxy.backends.vsphere.config import VsphereConfig
+from forkproxy.backends.vsphere.sdk import SmartStubAdapter, vim
 
 log = logging.getLogger("forkproxy.backend.vsphere")
 T = TypeVar("T")

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from backends.vsphere.sdk import vim, vmodl
+from forkproxy.backends.vsphere.sdk import vim, vmodl
 
 # One WaitForUpdatesEx round blocks at most this long (the socket timeout is longer).
 MAX_ROUND = 20

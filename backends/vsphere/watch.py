@@ -11,9 +11,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from backends.vsphere.sdk import vim, vmodl
-from backends.vsphere.session import Session
-from backends.vsphere.wait import MAX_ROUND
+from forkproxy.backends.vsphere.sdk import vim, vmodl
+from forkproxy.backends.vsphere.session import Session
+from forkproxy.backends.vsphere.wait import MAX_ROUND
 
 log = logging.getLogger("forkproxy.backend.vsphere")
 

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
-from loadtest.report.stats import percentile
+from forkproxy.loadtest.report.stats import percentile
 
 if TYPE_CHECKING:
-    from loadtest.coldstart.contract import Result
+    from forkproxy.loadtest.coldstart.contract import Result
 
 K = TypeVar("K")
 

@@ -23,15 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from loadtest.report.table import render
-from loadtest.run.procs import REPO
+from forkproxy.loadtest.report.table import render
+from forkproxy.loadtest.run.procs import REPO
 
 # name -> module holding its BENCH, in the order the shared benchmark runs them
 BACKENDS = {
-    "process": "loadtest.coldstart.process",
-    "docker": "loadtest.coldstart.docker",
-    "vsphere": "loadtest.coldstart.vsphere",
-    "swarm": "loadtest.coldstart.swarm",
+    "process": "forkproxy.loadtest.coldstart.process",
+    "docker": "forkproxy.loadtest.coldstart.docker",
+    "vsphere": "forkproxy.loadtest.coldstart.vsphere",
+    "swarm": "forkproxy.loadtest.coldstart.swarm",
 }
 
 # (row key, column header) of the table every command prints unless its backend says otherwise
@@ -48,7 +48,8 @@ COLUMNS = (
 
 @dataclass
 class Result:
-    """What a measurement found: one row a series (loadtest.coldstart.ROW_KEYS at least), the
+    """What a measurement found: one row a series (forkproxy.loadtest.coldstart.ROW_KEYS at
+    least), the
     commands behind them, the series that could not run here and why. `details`: the
     command's further findings, written to its JSON report next to the rows; `ok` False
     makes the command exit 1."""

@@ -18,18 +18,18 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from backends.base import LABEL_POOL, BackendContext
-from backends.docker import parse_config
-from backends.support.table import Table
-from loadtest.coldstart import add_proxied, start_row, start_series, ttfb_series
-from loadtest.coldstart.contract import ColdStart, Command, Result
-from loadtest.coldstart.engine import ENGINE, IMAGE, connect
-from loadtest.run.proxy import forkproxy
+from forkproxy.backends.base import LABEL_POOL, BackendContext
+from forkproxy.backends.docker import parse_config
+from forkproxy.backends.support.table import Table
+from forkproxy.loadtest.coldstart import add_proxied, start_row, start_series, ttfb_series
+from forkproxy.loadtest.coldstart.contract import ColdStart, Command, Result
+from forkproxy.loadtest.coldstart.engine import ENGINE, IMAGE, connect
+from forkproxy.loadtest.run.proxy import forkproxy
 
 if TYPE_CHECKING:
     import docker
 
-    from backends.docker.backend import DockerBackend
+    from forkproxy.backends.docker.backend import DockerBackend
 
 BURST = 100
 MAX_CONCURRENCY = 10
@@ -38,7 +38,7 @@ PROXY_PAUSED_POOL = 2
 
 
 def _backend(pool: str, paused_pool: int) -> DockerBackend:
-    from backends.docker.backend import DockerBackend
+    from forkproxy.backends.docker.backend import DockerBackend
 
     cfg = parse_config(Table({"image": IMAGE, "engines": [ENGINE], "paused_pool": paused_pool}, ""))
     return DockerBackend(cfg, BackendContext(pool_name=pool, owner_id=f"{pool}-run"))

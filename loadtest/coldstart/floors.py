@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from loadtest.load.httpload import run_load
-from loadtest.report.stats import percentile
-from loadtest.run.proxy import RunningProxy
+from forkproxy.loadtest.load.httpload import run_load
+from forkproxy.loadtest.report.stats import percentile
+from forkproxy.loadtest.run.proxy import RunningProxy
 
 
 @dataclass
@@ -120,7 +120,7 @@ def _cpu(pid: int) -> tuple[float, float]:
 def _template_pid(proxy_pid: int) -> int | None:
     for child in psutil.Process(proxy_pid).children():
         with contextlib.suppress(psutil.Error):
-            if "backends.process.template" in " ".join(child.cmdline()):
+            if "forkproxy.backends.process.template" in " ".join(child.cmdline()):
                 return child.pid
     return None
 

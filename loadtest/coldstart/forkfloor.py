@@ -5,7 +5,7 @@ parent reaping it; and what a fork running the backend's own child code (the sam
 template's fork runs, minus the template's messaging) takes from fork() to the first byte
 of its first request, to the first byte of a second one, and to its exit after SIGTERM.
 
-    python -m loadtest.coldstart.forkfloor examples.app:create_app 200
+    python -m forkproxy.loadtest.coldstart.forkfloor examples.app:create_app 200
 
 prints one JSON object: p50/p99 of the fork() call as the parent sees it, of the whole
 fork + exit + waitpid cycle, the served fork's phases, and the process's RSS and page-table
@@ -25,7 +25,7 @@ import sys
 import time
 from typing import Any
 
-from loadtest.report.stats import percentile
+from forkproxy.loadtest.report.stats import percentile
 
 
 def _status(field: str) -> int:
@@ -38,8 +38,8 @@ def _status(field: str) -> int:
 
 
 def probe(app: str, n: int) -> dict[str, Any]:
-    from backends.process import _serve  # held like the template holds them
-    from backends.process.child import apps
+    from forkproxy.backends.process import _serve  # held like the template holds them
+    from forkproxy.backends.process.child import apps
 
     kind, built = apps.load(app, "auto")
     if kind == "aiohttp":
@@ -101,7 +101,7 @@ def _served_forks(kind: str, built: Any, n: int) -> dict[str, Any]:
     """n forks running the backend's child code on a socket listening before the fork, each
     asked for GET / at once (the request waits in the backlog while the fork boots), then
     again on a new connection, then SIGTERMed and reaped."""
-    from backends.process import _forked
+    from forkproxy.backends.process import _forked
 
     inherited = _forked.Inherited(kind, built, built, None, 1.0, os.getpid(), None, (), ())
     first: list[float] = []
@@ -143,7 +143,7 @@ async def measure(app: str, n: int, cwd: str) -> dict[str, Any]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "loadtest.coldstart.forkfloor",
+        "forkproxy.loadtest.coldstart.forkfloor",
         app,
         str(n),
         cwd=cwd,

@@ -19,13 +19,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from backends.base import Backend, BackendContext, Instance
-from backends.process import create_backend, parse_config
-from backends.support.table import Table
-from loadtest.coldstart import start_row
-from loadtest.coldstart.contract import COLUMNS, ColdStart, Command, Result
-from loadtest.report.stats import percentile
-from loadtest.run.procs import REPO
+from forkproxy.backends.base import Backend, BackendContext, Instance
+from forkproxy.backends.process import create_backend, parse_config
+from forkproxy.backends.support.table import Table
+from forkproxy.loadtest.coldstart import start_row
+from forkproxy.loadtest.coldstart.contract import COLUMNS, ColdStart, Command, Result
+from forkproxy.loadtest.report.stats import percentile
+from forkproxy.loadtest.run.procs import REPO
 
 POLL = 0.005
 DEADLINE = 30.0

@@ -19,18 +19,18 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backends.base import LABEL_POOL, BackendContext
-from backends.support.table import Table
-from backends.swarm import parse_config
-from loadtest.coldstart import add_proxied, start_row, start_series, ttfb_series
-from loadtest.coldstart.contract import ColdStart, Command, Result
-from loadtest.coldstart.engine import ENGINE, IMAGE, connect
-from loadtest.run.proxy import forkproxy
+from forkproxy.backends.base import LABEL_POOL, BackendContext
+from forkproxy.backends.support.table import Table
+from forkproxy.backends.swarm import parse_config
+from forkproxy.loadtest.coldstart import add_proxied, start_row, start_series, ttfb_series
+from forkproxy.loadtest.coldstart.contract import ColdStart, Command, Result
+from forkproxy.loadtest.coldstart.engine import ENGINE, IMAGE, connect
+from forkproxy.loadtest.run.proxy import forkproxy
 
 if TYPE_CHECKING:
     import docker
 
-    from backends.swarm.backend import SwarmBackend
+    from forkproxy.backends.swarm.backend import SwarmBackend
 
 # Pin the benchmark to the manager's node (zone=a by .ci/swarm.sh) when it is labelled:
 # a second node on the same machine would only add its port allocator to the numbers.
@@ -38,7 +38,7 @@ ZONE = ["node.labels.zone == a"]
 
 
 def _backend(pool: str, paused_pool: int, constraints: list[str]) -> SwarmBackend:
-    from backends.swarm.backend import SwarmBackend
+    from forkproxy.backends.swarm.backend import SwarmBackend
 
     keys = {"image": IMAGE, "manager": ENGINE, "paused_pool": paused_pool, "stop_grace": 2}
     cfg = parse_config(Table({**keys, "constraints": constraints}, ""))
@@ -57,8 +57,8 @@ def scale_series(client: docker.DockerClient, n: int, constraints: list[str]) ->
 
     from docker.types import ContainerSpec, Placement, RestartPolicy, ServiceMode, TaskTemplate
 
-    from backends.docker.engine import Engine
-    from backends.swarm.services import scale
+    from forkproxy.backends.docker.engine import Engine
+    from forkproxy.backends.swarm.services import scale
 
     api = client.api
     engine = Engine(ENGINE, 10.0)

@@ -19,17 +19,17 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from backends.base import BackendContext
-from backends.support.table import Table
-from backends.vsphere import parse_config
-from loadtest.coldstart import start_row, until_200
-from loadtest.coldstart.contract import ColdStart, Command, Result
-from loadtest.report.stats import percentile
-from loadtest.report.table import render
+from forkproxy.backends.base import BackendContext
+from forkproxy.backends.support.table import Table
+from forkproxy.backends.vsphere import parse_config
+from forkproxy.loadtest.coldstart import start_row, until_200
+from forkproxy.loadtest.coldstart.contract import ColdStart, Command, Result
+from forkproxy.loadtest.report.stats import percentile
+from forkproxy.loadtest.report.table import render
 
 if TYPE_CHECKING:
-    from backends.vsphere.backend import VsphereBackend
-    from loadtest import vcsim
+    from forkproxy.backends.vsphere.backend import VsphereBackend
+    from forkproxy.loadtest import vcsim
 
 PASSWORD_ENV = "FORKPROXY_BENCH_VCSIM_PASSWORD"
 
@@ -49,7 +49,7 @@ def backend_keys(sim: vcsim.Simulator, parent: str, prefix: str) -> dict[str, An
 
 
 def make_backend(sim: vcsim.Simulator, parent: str) -> VsphereBackend:
-    from backends.vsphere.backend import VsphereBackend  # imports pyVmomi: only when used
+    from forkproxy.backends.vsphere.backend import VsphereBackend  # imports pyVmomi: only when used
 
     # The death watch's own calls would be counted with the start path's.
     keys = {**backend_keys(sim, parent, "bench-"), "watch_deaths": False}
@@ -106,7 +106,7 @@ def summarize(delay_ms: int, samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def run(n: int, delays: list[int]) -> dict[str, Any]:
     """Raises vcsim.Unavailable (with the reason) when no simulator is running."""
-    from loadtest import vcsim  # the harness is not in the wheel: in a checkout only
+    from forkproxy.loadtest import vcsim  # the harness is not in the wheel: in a checkout only
 
     sim = vcsim.find()
     vcsim.ensure_network()
@@ -188,7 +188,7 @@ class Vsphere(ColdStart):
 async def _result(n: int, delays: list[int]) -> Result:
     """run()'s samples as one cold-start row a guest IP delay; its report in the details."""
     try:
-        from loadtest import vcsim  # the harness is not in the wheel: in a checkout only
+        from forkproxy.loadtest import vcsim  # the harness is not in the wheel: in a checkout only
     except ImportError:  # `from package import name` of an absent module says ImportError
         return Result(skipped=[("vsphere backend", "the vcsim harness is in a checkout only")])
     try:

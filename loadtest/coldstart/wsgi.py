@@ -6,9 +6,9 @@ middleware built lazily on a fork's first request, or in the template before it 
 Every request gets a fresh instance (max_requests_per_instance = 1), so each sample is a
 whole cold start seen by a client.
 
-    .venv/bin/python -m loadtest.coldstart.wsgi --n 30
+    .venv/bin/python -m forkproxy.loadtest.coldstart.wsgi --n 30
 
-Prints a JSON table (p50/p90 ms per setup). Self-contained: runs `python -m proxy` on a
+Prints a JSON table (p50/p90 ms per setup). Self-contained: runs `python -m forkproxy` on a
 free port with a config written to a temporary directory; needs flask and gunicorn.
 """
 
@@ -145,7 +145,16 @@ def measure(setup: dict[str, Any], n: int, gap: float, work: Path) -> list[float
         cfg = Path(tmp) / "bench.toml"
         cfg.write_text(_config(port, backend))
         proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "run", "--config", str(cfg), "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "forkproxy",
+                "run",
+                "--config",
+                str(cfg),
+                "--log-level",
+                "warning",
+            ],
             cwd=REPO,
         )
         try:

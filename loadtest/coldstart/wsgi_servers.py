@@ -2,7 +2,7 @@
 both serving a one-route Flask app from a warm parent exactly as the fork template does
 (app imported and server loaded before the fork, the child handed a listening socket).
 
-    .venv/bin/python -m loadtest.coldstart.wsgi_servers --n 40 --seconds 5
+    .venv/bin/python -m forkproxy.loadtest.coldstart.wsgi_servers --n 40 --seconds 5
 
 Cold start: fork() -> first response byte of GET / (the client is already connected,
 as through the proxy). Throughput: wrk -t1 -c16 against one child with 4 threads.

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from loadtest.load.traces import Trace
-from loadtest.report.stats import percentile
+from forkproxy.loadtest.load.traces import Trace
+from forkproxy.loadtest.report.stats import percentile
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from loadtest.report.stats import percentile
+from forkproxy.loadtest.report.stats import percentile
 
 # wrk calls done() once at the end; latency values are in microseconds.
 _WRK_LUA = """

@@ -8,7 +8,8 @@ FORKPROXY_SHAPE = none | step | spike | sine picks a load shape (parameters:
 loadtest/load/profiles.py);
 FORKPROXY_WAIT_MIN / FORKPROXY_WAIT_MAX set the think time in seconds (default 0.5 / 1.5);
 FORKPROXY_IO_MS / FORKPROXY_CPU_MS set the work per /io and /cpu request (default 50 / 5).
-Copy it anywhere: it needs only `loadtest.load.shapes`, installed with forkproxy (or a checkout).
+Copy it anywhere: it needs only `forkproxy.loadtest.load.shapes`, installed with forkproxy (or a
+checkout).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from pathlib import Path
 from locust import HttpUser, between, task
 
 try:
-    from loadtest.load import shapes
+    from forkproxy.loadtest.load import shapes
 except ImportError:  # run from a checkout without `pip install`: the repo root holds loadtest/
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from loadtest.load import shapes
+    from forkproxy.loadtest.load import shapes
 
 _IO_MS = int(os.environ.get("FORKPROXY_IO_MS", "50"))
 _CPU_MS = int(os.environ.get("FORKPROXY_CPU_MS", "5"))

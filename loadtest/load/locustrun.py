@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadtest.run.procs import PYTHON, REPO
+from forkproxy.loadtest.run.procs import PYTHON, REPO
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 

@@ -16,10 +16,10 @@ from locust import HttpUser, constant, events, task
 from locust.exception import StopUser
 
 try:
-    from loadtest.load import accesslog
+    from forkproxy.loadtest.load import accesslog
 except ImportError:  # run from a checkout without `pip install`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from loadtest.load import accesslog
+    from forkproxy.loadtest.load import accesslog
 
 _LOG = accesslog.read(os.environ["FORKPROXY_ACCESS_LOG"])
 _SCALE = float(os.environ.get("FORKPROXY_REPLAY_SCALE", "1"))

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 try:
-    from loadtest.load import shapes
+    from forkproxy.loadtest.load import shapes
 except ImportError:  # run from a checkout without `pip install`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from loadtest.load import shapes
+    from forkproxy.loadtest.load import shapes
 
 Shape = shapes.select(os.environ.get("FORKPROXY_SHAPE"))
 if Shape is None:

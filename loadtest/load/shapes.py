@@ -10,7 +10,7 @@ import os
 
 from locust import LoadTestShape
 
-from loadtest.load.profiles import Profile, SineProfile, SpikeProfile, StepProfile, Tick
+from forkproxy.loadtest.load.profiles import Profile, SineProfile, SpikeProfile, StepProfile, Tick
 
 
 class _ProfileShape(LoadTestShape):

@@ -1,4 +1,5 @@
-"""The terminal face of loadtest.report.progress: a rich progress bar with the live ETA."""
+"""The terminal face of forkproxy.loadtest.report.progress: a rich progress bar with the live
+ETA."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from rich.console import Console, RenderableType
 from rich.progress import BarColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgress
 
-from loadtest.report.progress import clock_text
+from forkproxy.loadtest.report.progress import clock_text
 
 if TYPE_CHECKING:
-    from loadtest.report.progress import Progress
+    from forkproxy.loadtest.report.progress import Progress
 
 
 class LiveBar(RichProgress):

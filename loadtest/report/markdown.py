@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from loadtest.report import table
-from loadtest.sections.model import Section, Table
+from forkproxy.loadtest.report import table
+from forkproxy.loadtest.sections.model import Section, Table
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 

@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from loadtest.report.livebar import LiveBar
+    from forkproxy.loadtest.report.livebar import LiveBar
 
 
 def eta(expected: Sequence[float], current: int, elapsed_in_current: float) -> float:
@@ -61,7 +61,7 @@ class Progress:
 
     def __enter__(self) -> Progress:
         if self.live:
-            from loadtest.report.livebar import LiveBar  # rich: only on a terminal
+            from forkproxy.loadtest.report.livebar import LiveBar  # rich: only on a terminal
 
             self._bar = LiveBar(self)
             self._bar.start()

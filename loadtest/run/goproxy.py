@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from loadtest.run.procs import run_captured
+from forkproxy.loadtest.run.procs import run_captured
 
 SOURCE = Path(__file__).resolve().parents[1] / "goproxy" / "main.go"
 

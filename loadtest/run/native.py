@@ -9,12 +9,12 @@ import importlib.util
 import shutil
 from pathlib import Path
 
-from loadtest.run.procs import PYTHON, REPO, run_captured
+from forkproxy.loadtest.run.procs import PYTHON, REPO, run_captured
 
 BUILD_TIMEOUT = 300.0  # seconds; about 30 on the 2-core reference box
 
-# `python -m proxy` from the copy's root imports the copy's proxy first (sys.path[0])
-COMMAND = [PYTHON, "-m", "proxy"]
+# `python -m forkproxy` from the copy's root imports the copy's proxy first (sys.path[0])
+COMMAND = [PYTHON, "-m", "forkproxy"]
 
 
 def missing() -> str | None:
@@ -39,7 +39,9 @@ async def build(work: Path) -> Path | str:
         return why
     root = work / "native"
     await asyncio.to_thread(_copy, root)
-    ran = await run_captured([PYTHON, "-m", "proxy.http.native", "build"], BUILD_TIMEOUT, cwd=root)
+    ran = await run_captured(
+        [PYTHON, "-m", "forkproxy.proxy.http.native", "build"], BUILD_TIMEOUT, cwd=root
+    )
     if ran is None:
         return f"the mypyc build took longer than {BUILD_TIMEOUT:g} s"
     text = ran.out.strip().splitlines()

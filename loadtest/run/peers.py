@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest.run import goproxy, haproxy, nginx
-from loadtest.run.procs import running_on_free_port
-from loadtest.run.tools import ensure_debian_package
+from forkproxy.loadtest.run import goproxy, haproxy, nginx
+from forkproxy.loadtest.run.procs import running_on_free_port
+from forkproxy.loadtest.run.tools import ensure_debian_package
 
 
 @dataclass(frozen=True)

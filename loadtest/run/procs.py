@@ -18,7 +18,7 @@ from pathlib import Path
 
 import aiohttp
 
-from backends.support.probe import NotReady, wait_ready
+from forkproxy.backends.support.probe import NotReady, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -32,9 +32,9 @@ def free_port() -> int:
 
 
 def forkproxy_cmd() -> list[str]:
-    """The forkproxy CLI: the venv's console script if installed, else `python -m proxy`."""
+    """The forkproxy CLI: the venv's console script if installed, else `python -m forkproxy`."""
     script = Path(PYTHON).parent / "forkproxy"
-    return [str(script)] if script.exists() else [PYTHON, "-m", "proxy"]
+    return [str(script)] if script.exists() else [PYTHON, "-m", "forkproxy"]
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from typing import Any
 
 import aiohttp
 
-from loadtest.report.stats import state_of
-from loadtest.run import configs
-from loadtest.run.procs import (
+from forkproxy.loadtest.report.stats import state_of
+from forkproxy.loadtest.run import configs
+from forkproxy.loadtest.run.procs import (
     PYTHON,
     REPO,
     Proc,
@@ -30,7 +30,7 @@ from loadtest.run.procs import (
     spawn,
     wait_http,
 )
-from loadtest.run.sampler import fetch_instances
+from forkproxy.loadtest.run.sampler import fetch_instances
 
 FORK_BACKEND: dict[str, Any] = {
     "type": "process",

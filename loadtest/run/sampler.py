@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 
-from loadtest.report.stats import Sample
+from forkproxy.loadtest.report.stats import Sample
 
 
 def parse_instances(doc: Any) -> list[Mapping[str, Any]]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 
-from loadtest.run.procs import run_captured
-from loadtest.sections.model import say
+from forkproxy.loadtest.run.procs import run_captured
+from forkproxy.loadtest.sections.model import say
 
 
 def have(binary: str) -> bool:

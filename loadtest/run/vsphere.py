@@ -9,7 +9,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from loadtest.coldstart.vsphere import backend_keys
+from forkproxy.loadtest.coldstart.vsphere import backend_keys
 
 
 @contextlib.asynccontextmanager
@@ -17,7 +17,7 @@ async def vsphere_backend(prefix: str) -> AsyncIterator[dict[str, Any]]:
     """The [backend] table of a proxy that clones a fresh parent on the running simulator.
     Raises vcsim.Unavailable (with the reason) when there is none, ModuleNotFoundError where
     the harness is not installed (it is in a checkout only)."""
-    from loadtest import vcsim
+    from forkproxy.loadtest import vcsim
 
     sim = await asyncio.to_thread(vcsim.find)
     await asyncio.to_thread(vcsim.ensure_network)

@@ -11,9 +11,9 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtest.report.stats import percentile
-from loadtest.run.proxy import FORK_BACKEND, app_config, forkproxy
-from loadtest.sections.model import BenchContext, Section, Table, say
+from forkproxy.loadtest.report.stats import percentile
+from forkproxy.loadtest.run.proxy import FORK_BACKEND, app_config, forkproxy
+from forkproxy.loadtest.sections.model import BenchContext, Section, Table, say
 
 WORK_MS = 200  # each request holds its slot this long, so the burst truly overlaps
 

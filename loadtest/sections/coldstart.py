@@ -7,13 +7,13 @@ import asyncio
 import math
 from typing import Any
 
-from loadtest.coldstart import ROW_KEYS, floors, forkfloor, start_row
-from loadtest.coldstart.contract import BACKENDS, load
-from loadtest.load.httpload import wrk_path
-from loadtest.report import plots
-from loadtest.run.procs import REPO
-from loadtest.run.proxy import EXEC_BACKEND, FORK_BACKEND, app_config, forkproxy
-from loadtest.sections.model import BenchContext, Section, Table, say
+from forkproxy.loadtest.coldstart import ROW_KEYS, floors, forkfloor, start_row
+from forkproxy.loadtest.coldstart.contract import BACKENDS, load
+from forkproxy.loadtest.load.httpload import wrk_path
+from forkproxy.loadtest.report import plots
+from forkproxy.loadtest.run.procs import REPO
+from forkproxy.loadtest.run.proxy import EXEC_BACKEND, FORK_BACKEND, app_config, forkproxy
+from forkproxy.loadtest.sections.model import BenchContext, Section, Table, say
 
 COLD_POOL = {
     "min_instances": 0,

@@ -12,14 +12,14 @@ from typing import Any
 
 import aiohttp
 
-from loadtest.load.httpload import LoadResult, run_load, wrk_path
-from loadtest.report.stats import ratio
-from loadtest.run import native, peers
-from loadtest.run.procs import PYTHON, running_on_free_port
-from loadtest.run.proxy import FORK_BACKEND, app_config, forkproxy
-from loadtest.run.tools import ensure_debian_package
-from loadtest.sections import profile
-from loadtest.sections.model import BenchContext, Section, Table, say
+from forkproxy.loadtest.load.httpload import LoadResult, run_load, wrk_path
+from forkproxy.loadtest.report.stats import ratio
+from forkproxy.loadtest.run import native, peers
+from forkproxy.loadtest.run.procs import PYTHON, running_on_free_port
+from forkproxy.loadtest.run.proxy import FORK_BACKEND, app_config, forkproxy
+from forkproxy.loadtest.run.tools import ensure_debian_package
+from forkproxy.loadtest.sections import profile
+from forkproxy.loadtest.sections.model import BenchContext, Section, Table, say
 
 CONNECTIONS = 32  # the headline figure
 LEVELS = (1, CONNECTIONS, 256)  # c=1: added latency; c=256: many connections on one loop
@@ -141,7 +141,7 @@ async def _compiled(
     pool: dict[str, Any],
     targets: dict[str, str],
 ) -> None:
-    """forkproxy with the optional mypyc build (python -m proxy.http.native build) beside
+    """forkproxy with the optional mypyc build (python -m forkproxy.proxy.http.native build) beside
     the default pure-Python one, in a compiled copy of the checkout; skipped with the reason
     where it cannot be built."""
     if ctx.quick:
@@ -167,8 +167,8 @@ async def _compiled(
         sec.fail(COMPILED, e)
         return
     sec.commands.append(
-        f"{COMPILED}: python -m proxy.http.native build in a copy of the checkout, then "
-        f"python -m proxy run ... from it, same settings"
+        f"{COMPILED}: python -m forkproxy.proxy.http.native build in a copy of the checkout, then "
+        f"python -m forkproxy run ... from it, same settings"
     )
     targets[COMPILED] = fp.url + PATH
 

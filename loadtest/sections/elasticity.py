@@ -16,14 +16,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from loadtest.load.closedloop import LoadRun, run_trace
-from loadtest.load.traces import Trace, all_traces
-from loadtest.report.stats import Sample, in_flight, live, percentile
-from loadtest.report.trace_plot import trace_plot
-from loadtest.run.proxy import EXEC_BACKEND, FORK_BACKEND, RunningProxy, app_config, forkproxy
-from loadtest.run.sampler import InstanceSampler
-from loadtest.run.vsphere import vsphere_backend
-from loadtest.sections.model import BenchContext, Section, Table, say
+from forkproxy.loadtest.load.closedloop import LoadRun, run_trace
+from forkproxy.loadtest.load.traces import Trace, all_traces
+from forkproxy.loadtest.report.stats import Sample, in_flight, live, percentile
+from forkproxy.loadtest.report.trace_plot import trace_plot
+from forkproxy.loadtest.run.proxy import (
+    EXEC_BACKEND,
+    FORK_BACKEND,
+    RunningProxy,
+    app_config,
+    forkproxy,
+)
+from forkproxy.loadtest.run.sampler import InstanceSampler
+from forkproxy.loadtest.run.vsphere import vsphere_backend
+from forkproxy.loadtest.sections.model import BenchContext, Section, Table, say
 
 MAX_CONCURRENCY = 4
 VSPHERE = "vsphere (vcsim)"

@@ -9,9 +9,9 @@ from typing import Any
 
 import psutil
 
-from loadtest.report.stats import live, ratio
-from loadtest.run.proxy import EXEC_BACKEND, FORK_BACKEND, app_config, forkproxy
-from loadtest.sections.model import BenchContext, Section, Table, say
+from forkproxy.loadtest.report.stats import live, ratio
+from forkproxy.loadtest.run.proxy import EXEC_BACKEND, FORK_BACKEND, app_config, forkproxy
+from forkproxy.loadtest.sections.model import BenchContext, Section, Table, say
 
 N_INSTANCES = 20
 

@@ -13,9 +13,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from loadtest.load.httpload import run_load
-from loadtest.run.procs import run_captured
-from loadtest.sections.model import Section, Table, say
+from forkproxy.loadtest.load.httpload import run_load
+from forkproxy.loadtest.run.procs import run_captured
+from forkproxy.loadtest.sections.model import Section, Table, say
 
 SECONDS = 5  # sampled; wrk runs 2 s longer so the samples never see its ramp-up or end
 RATE = 200  # samples per second: with native stacks py-spy itself stays under ~5% of a core

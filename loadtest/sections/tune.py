@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import math
 
-from loadtest import tune
-from loadtest.sections.model import BenchContext, Section, Table, say
+from forkproxy.loadtest import tune
+from forkproxy.loadtest.sections.model import BenchContext, Section, Table, say
 
 SHAPE = "spike"
 P99_MS = 250.0

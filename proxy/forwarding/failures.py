@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxy.http.upstream import ConnectFailed, ConnectTimeout, SendTimeout, UpstreamError
+from forkproxy.proxy.http.upstream import ConnectFailed, ConnectTimeout, SendTimeout, UpstreamError
 
 INSTANCE_FAILED = "Bad Gateway: instance failed"
 

@@ -12,19 +12,19 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
-from proxy.config import Config
-from proxy.forwarding.failures import INSTANCE_FAILED, upstream_failure
-from proxy.http.headers import HeaderRules, downstream_raw, server_timing, upstream_head
-from proxy.http.server import ClientError, Request
-from proxy.http.upstream import (
+from forkproxy.proxy.config import Config
+from forkproxy.proxy.forwarding.failures import INSTANCE_FAILED, upstream_failure
+from forkproxy.proxy.http.headers import HeaderRules, downstream_raw, server_timing, upstream_head
+from forkproxy.proxy.http.server import ClientError, Request
+from forkproxy.proxy.http.upstream import (
     Connection,
     ReadTimeout,
     Response,
     UpstreamClient,
     UpstreamError,
 )
-from proxy.metrics import Metrics
-from proxy.pool import Lease, LeaseScope, Pool, PoolError
+from forkproxy.proxy.metrics import Metrics
+from forkproxy.proxy.pool import Lease, LeaseScope, Pool, PoolError
 
 log = logging.getLogger("forkproxy.forward")
 

@@ -10,12 +10,12 @@ import logging
 import time
 from collections.abc import Callable
 
-from proxy.forwarding.failures import upstream_failure
-from proxy.forwarding.forward import Forwarder
-from proxy.http.flow import PEER, Flow
-from proxy.http.request import Request
-from proxy.http.upstream import Connection, UpstreamClient, UpstreamError
-from proxy.metrics import Metrics
+from forkproxy.proxy.forwarding.failures import upstream_failure
+from forkproxy.proxy.forwarding.forward import Forwarder
+from forkproxy.proxy.http.flow import PEER, Flow
+from forkproxy.proxy.http.request import Request
+from forkproxy.proxy.http.upstream import Connection, UpstreamClient, UpstreamError
+from forkproxy.proxy.metrics import Metrics
 
 log = logging.getLogger("forkproxy.tunnel")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 
-from proxy.http.flow import BODY, Flow
+from forkproxy.proxy.http.flow import BODY, Flow
 
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024

@@ -1,4 +1,4 @@
-"""The optional compiled data path: `python -m proxy.http.native build` compiles the hot
+"""The optional compiled data path: `python -m forkproxy.proxy.http.native build` compiles the hot
 modules of proxy/http and proxy/forwarding with mypyc (the code is mypy-strict already)
 into extension modules beside their sources, `clean` removes them, `status` says which are
 in use. Python imports an extension before a .py of the same name, so a build takes effect
@@ -21,23 +21,23 @@ from pathlib import Path
 # is not hot), as do safety.py (it subclasses a builtin), forwarding/tunnel.py
 # (websockets), forwarding/failures.py (only on a failure) and this
 HOT = (
-    "proxy.http.chunks",
-    "proxy.http.deadline",
-    "proxy.http.flow",
-    "proxy.http.headers",
-    "proxy.http.limits",
-    "proxy.http.request_reader",
-    "proxy.http.request",
-    "proxy.http.response",
-    "proxy.http.response_reader",
-    "proxy.http.server",
-    "proxy.http.upstream",
-    "proxy.http.validate",
-    "proxy.forwarding.forward",
+    "forkproxy.proxy.http.chunks",
+    "forkproxy.proxy.http.deadline",
+    "forkproxy.proxy.http.flow",
+    "forkproxy.proxy.http.headers",
+    "forkproxy.proxy.http.limits",
+    "forkproxy.proxy.http.request_reader",
+    "forkproxy.proxy.http.request",
+    "forkproxy.proxy.http.response",
+    "forkproxy.proxy.http.response_reader",
+    "forkproxy.proxy.http.server",
+    "forkproxy.proxy.http.upstream",
+    "forkproxy.proxy.http.validate",
+    "forkproxy.proxy.forwarding.forward",
 )
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent  # the directory holding the proxy package
-GROUP = "proxy.http"  # the shared library: proxy/http__mypyc*.so, inside the package
+GROUP = "forkproxy.proxy.http"  # the shared library: proxy/http__mypyc*.so, inside the package
 
 
 class StaleBuild(RuntimeError):
@@ -78,8 +78,9 @@ def check() -> str:
         raise StaleBuild(
             "compiled data path out of date ("
             + "; ".join(stale)
-            + "): rebuild with `python -m proxy.http.native build` or return to pure Python "
-            "with `python -m proxy.http.native clean`"
+            + "): rebuild with `python -m forkproxy.proxy.http.native build` or return to pure "
+            + "Python "
+            "with `python -m forkproxy.proxy.http.native clean`"
         )
     return "compiled (mypyc)" if compiled() else "pure Python"
 
@@ -117,7 +118,7 @@ def clean() -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m proxy.http.native", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m forkproxy.proxy.http.native", description=__doc__)
     p.add_argument("action", choices=("build", "clean", "status"))
     args = p.parse_args(argv)
     if args.action == "build":

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from email.utils import formatdate
 from typing import Protocol
 
-from proxy.http.chunks import HIGH_WATER, Budget, ChunkQueue
-from proxy.http.flow import Flow
-from proxy.http.limits import Limits
+from forkproxy.proxy.http.chunks import HIGH_WATER, Budget, ChunkQueue
+from forkproxy.proxy.http.flow import Flow
+from forkproxy.proxy.http.limits import Limits
 
 
 class Held(Protocol):

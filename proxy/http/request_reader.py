@@ -25,9 +25,9 @@ from typing import Final
 
 import httptools
 
-from proxy.http.limits import Limits
-from proxy.http.request import ClientError, Request
-from proxy.http.validate import tunnelled, validate
+from forkproxy.proxy.http.limits import Limits
+from forkproxy.proxy.http.request import ClientError, Request
+from forkproxy.proxy.http.validate import tunnelled, validate
 
 TOO_LARGE_TEXT = "Content Too Large: the body exceeds the limit"
 _CHUNK_FRAMING = 24  # bytes of size line and CRLFs a chunk may take without extensions

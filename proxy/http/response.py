@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from proxy.http.chunks import ChunkQueue
-from proxy.http.errors import ReadTimeout, UpstreamError
-from proxy.http.flow import Flow
-from proxy.http.response_reader import RawHeaders, content_length
+from forkproxy.proxy.http.chunks import ChunkQueue
+from forkproxy.proxy.http.errors import ReadTimeout, UpstreamError
+from forkproxy.proxy.http.flow import Flow
+from forkproxy.proxy.http.response_reader import RawHeaders, content_length
 
 InfoHook = Callable[[int, bytes, RawHeaders], None]
 

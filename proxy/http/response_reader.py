@@ -22,7 +22,7 @@ from typing import Final
 
 import httptools
 
-from proxy.http.errors import BadResponse
+from forkproxy.proxy.http.errors import BadResponse
 
 MAX_HEAD = 64 * 1024  # response header bytes from an instance; more is a bad response
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})

@@ -21,13 +21,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from backends.support.tasks import TaskSet
-from proxy.http.chunks import Budget
-from proxy.http.deadline import Deadline
-from proxy.http.flow import HELD, PIPELINE, Flow
-from proxy.http.limits import Limits
-from proxy.http.request import BUDGET_SPENT, ClientError, Request
-from proxy.http.request_reader import (
+from forkproxy.backends.support.tasks import TaskSet
+from forkproxy.proxy.http.chunks import Budget
+from forkproxy.proxy.http.deadline import Deadline
+from forkproxy.proxy.http.flow import HELD, PIPELINE, Flow
+from forkproxy.proxy.http.limits import Limits
+from forkproxy.proxy.http.request import BUDGET_SPENT, ClientError, Request
+from forkproxy.proxy.http.request_reader import (
     END,
     OVERFLOW,
     TOO_LARGE,

@@ -19,9 +19,9 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable
 
-from backends.base import Endpoint
-from proxy.http.deadline import Deadline
-from proxy.http.errors import (
+from forkproxy.backends.base import Endpoint
+from forkproxy.proxy.http.deadline import Deadline
+from forkproxy.proxy.http.errors import (
     BadResponse,
     ConnectFailed,
     ConnectTimeout,
@@ -30,9 +30,17 @@ from proxy.http.errors import (
     SendTimeout,
     UpstreamError,
 )
-from proxy.http.flow import Flow
-from proxy.http.response import InfoHook, Response
-from proxy.http.response_reader import END, HEAD, STRAY, Broken, Info, ResponseReader, Trailing
+from forkproxy.proxy.http.flow import Flow
+from forkproxy.proxy.http.response import InfoHook, Response
+from forkproxy.proxy.http.response_reader import (
+    END,
+    HEAD,
+    STRAY,
+    Broken,
+    Info,
+    ResponseReader,
+    Trailing,
+)
 
 __all__ = [
     "BadResponse",

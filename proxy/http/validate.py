@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import re
 
-from proxy.http.request import ClientError, Request
+from forkproxy.proxy.http.request import ClientError, Request
 
 # RFC 3986 authority without userinfo (RFC 9110 7.2: Host = uri-host [ ":" port ]):
 # IP-literal, or reg-name / IPv4 (unreserved, pct-encoded, sub-delims), then a port

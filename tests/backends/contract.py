@@ -34,7 +34,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from backends.base import Backend, BackendContext, Instance
+from forkproxy.backends.base import Backend, BackendContext, Instance
 
 
 class DeathLog:

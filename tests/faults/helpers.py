@@ -8,7 +8,7 @@ import uuid
 
 import aiohttp
 
-from backends.process import leftovers
+from forkproxy.backends.process import leftovers
 from tests.conftest import ProxyProcess
 
 

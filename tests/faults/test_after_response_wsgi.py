@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from backends.process import _working
+from forkproxy.backends.process import _working
 from tests.conftest import ProxyProcess, eventually, get, instances
 from tests.faults.helpers import config
 

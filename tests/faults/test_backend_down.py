@@ -10,10 +10,10 @@ import time
 import aiohttp
 from aiohttp import web
 
-from backends.base import Backend, Endpoint, Instance
-from backends.errors import StartError
-from proxy.config import parse
-from proxy.server import Proxy
+from forkproxy.backends.base import Backend, Endpoint, Instance
+from forkproxy.backends.errors import StartError
+from forkproxy.proxy.config import parse
+from forkproxy.proxy.server import Proxy
 from tests.conftest import proxy_config
 
 

@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from backends.process import _template_client
-from backends.process._frames import ControlTimeout, FrameWriter
+from forkproxy.backends.process import _template_client
+from forkproxy.backends.process._frames import ControlTimeout, FrameWriter
 from tests.backends.contract import recording_context
 from tests.backends.process.helpers import process_config
 

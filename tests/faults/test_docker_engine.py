@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
-from proxy.config import parse
-from proxy.server import Proxy
+from forkproxy.proxy.config import parse
+from forkproxy.proxy.server import Proxy
 from tests.conftest import proxy_config
 from tests.faults.docker_engine import IMAGE, FaultEngine, problem
 

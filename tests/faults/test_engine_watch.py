@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from backends.docker.placement import Engines
-from backends.docker.threads import Threads
-from backends.docker.watch import EngineWatch
+from forkproxy.backends.docker.placement import Engines
+from forkproxy.backends.docker.threads import Threads
+from forkproxy.backends.docker.watch import EngineWatch
 
 # The SDK leaks the socket of each failed connect (docker/transport/unixconn.py) in an
 # exception cycle: their ResourceWarnings are silenced here and at the collection below.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backends.process.child.failures import REPEAT_EVERY, Failures
+from forkproxy.backends.process.child.failures import REPEAT_EVERY, Failures
 
 TB = 'Traceback (most recent call last):\n  File "x.py", line 3\nRuntimeError: at 0x{a:x} pid {p}\n'
 

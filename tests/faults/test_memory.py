@@ -15,10 +15,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from backends.process import _memory
-from backends.support.table import ConfigError
-from proxy.config import parse
-from proxy.lifecycle import over_memory
+from forkproxy.backends.process import _memory
+from forkproxy.backends.support.table import ConfigError
+from forkproxy.proxy.config import parse
+from forkproxy.proxy.lifecycle import over_memory
 from tests.conftest import ProxyProcess, eventually, pid_alive
 from tests.faults.helpers import config, metric
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.notify import Notifier
+from forkproxy.proxy.notify import Notifier
 from tests.conftest import ROOT
 from tests.faults.reload_helpers import Proc, stop_all
 
@@ -29,7 +29,7 @@ shutdown_timeout = "5s"
 [backend]
 type = "process"
 mode = "fork"
-app = "backends.process.demo:create_app"
+app = "forkproxy.backends.process.demo:create_app"
 """
 
 

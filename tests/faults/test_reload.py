@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.config import Config, parse
-from proxy.reload import plan
+from forkproxy.proxy.config import Config, parse
+from forkproxy.proxy.reload import plan
 from tests.conftest import eventually, pid_alive, proxy_config
 from tests.faults.reload_helpers import Load, Proc, stop_all
 
@@ -159,7 +159,7 @@ async def test_pool_setting_takes_effect(procs: Callable[[str], Proc], mode: str
     are refused; after a reload to 3, all three pass. exec mode: in place, on the same
     instance; fork mode: through a new generation."""
     # exec mode runs the demo by default; a fork-mode file names its app
-    app = 'app = "backends.process.demo:create_app"' if mode == "fork" else ""
+    app = 'app = "forkproxy.backends.process.demo:create_app"' if mode == "fork" else ""
     p = procs(ONE_INSTANCE.format(name=f"reload-pool-{mode}", max_c=1, mode=mode, app=app))
     await p.start(60)
 

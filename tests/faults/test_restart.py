@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from proxy import handover
+from forkproxy.proxy import handover
 from tests.conftest import free_port
 from tests.faults.reload_helpers import Load, Proc, stop_all
 
@@ -26,7 +26,7 @@ idle_ttl = "60s"
 [backend]
 type = "process"
 mode = "fork"
-app = "backends.process.demo:create_app"
+app = "forkproxy.backends.process.demo:create_app"
 """
 
 MakeProc = Callable[..., Proc]

@@ -8,9 +8,9 @@ import signal
 import time
 import uuid
 
-from backends.process import create_backend
-from backends.process._linux import is_running
-from backends.support.kill import KILL_WAIT
+from forkproxy.backends.process import create_backend
+from forkproxy.backends.process._linux import is_running
+from forkproxy.backends.support.kill import KILL_WAIT
 from tests.backends.contract import recording_context
 from tests.backends.process.helpers import process_config
 

@@ -3,7 +3,7 @@ and a clock the test advances: a working instance is neither idle nor stopped.""
 
 from __future__ import annotations
 
-from proxy.pool import State
+from forkproxy.proxy.pool import State
 from tests.proxy.pool.test_pool_drain import clocked_pool, slots
 
 

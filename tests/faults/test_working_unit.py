@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from backends.process._working import NOTICE, AfterResponse
+from forkproxy.backends.process._working import NOTICE, AfterResponse
 
 
 async def test_only_work_after_the_last_body_message_is_reported() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.run.procs import PYTHON, free_port, running
+from forkproxy.loadtest.run.procs import PYTHON, free_port, running
 
 
 @pytest.fixture

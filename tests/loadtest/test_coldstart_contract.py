@@ -16,12 +16,19 @@ from pathlib import Path
 import pytest
 from setuptools import find_packages
 
-from loadtest.__main__ import build_parser
-from loadtest.coldstart import ROW_KEYS, add_proxied, engine, start_row
-from loadtest.coldstart.contract import BACKENDS, ColdStart, Command, Result, load, main_async
-from loadtest.run.procs import REPO, free_port
-from loadtest.sections.coldstart import run_all
-from loadtest.sections.model import BenchContext, Section
+from forkproxy.loadtest.__main__ import build_parser
+from forkproxy.loadtest.coldstart import ROW_KEYS, add_proxied, engine, start_row
+from forkproxy.loadtest.coldstart.contract import (
+    BACKENDS,
+    ColdStart,
+    Command,
+    Result,
+    load,
+    main_async,
+)
+from forkproxy.loadtest.run.procs import REPO, free_port
+from forkproxy.loadtest.sections.coldstart import run_all
+from forkproxy.loadtest.sections.model import BenchContext, Section
 
 OUTS = {
     "process": "process_coldstart.json",
@@ -58,7 +65,7 @@ def test_the_registry_names_every_backend_module() -> None:
 
 def _coldstart(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "loadtest", "coldstart", *argv],
+        [sys.executable, "-m", "forkproxy.loadtest", "coldstart", *argv],
         cwd=REPO,
         env={**os.environ, **env},
         capture_output=True,
@@ -120,8 +127,8 @@ async def test_run_all_takes_every_backend_through_the_contract(
 def test_the_simulator_helpers_stay_out_of_the_wheel() -> None:
     find = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     packages = find_packages(str(REPO), **find["packages"]["find"])
-    assert "loadtest.coldstart" in packages and "loadtest.run" in packages
-    assert "loadtest.vcsim" not in packages
+    assert "forkproxy.loadtest.coldstart" in packages and "forkproxy.loadtest.run" in packages
+    assert "forkproxy.loadtest.vcsim" not in packages
 
 
 class _Fixed(ColdStart):
@@ -188,19 +195,19 @@ async def test_proxied_series_are_rows_until_one_fails() -> None:
 async def test_without_the_simulator_helpers_the_vsphere_bench_says_so(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """As installed from the wheel, which leaves loadtest.vcsim out: `from loadtest import
-    vcsim` then raises a plain ImportError."""
-    import loadtest
-    from loadtest.coldstart import vsphere
+    """As installed from the wheel, which leaves forkproxy.loadtest.vcsim out:
+    `from forkproxy.loadtest import vcsim` then raises a plain ImportError."""
+    from forkproxy import loadtest
+    from forkproxy.loadtest.coldstart import vsphere
 
     monkeypatch.delattr(loadtest, "vcsim", raising=False)
-    monkeypatch.delitem(sys.modules, "loadtest.vcsim", raising=False)
+    monkeypatch.delitem(sys.modules, "forkproxy.loadtest.vcsim", raising=False)
     monkeypatch.setattr(loadtest, "__path__", [str(tmp_path)])  # a package without it
-    # the editable install's finder maps loadtest.* to this checkout: not in a wheel install
+    # the editable install's finder maps forkproxy.* to this checkout: not in a wheel install
     finders = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
     monkeypatch.setattr(sys, "meta_path", finders)
     with pytest.raises(ImportError) as err:
-        from loadtest import vcsim  # noqa: F401
+        from forkproxy.loadtest import vcsim  # noqa: F401
     assert type(err.value) is ImportError
     result = await vsphere.BENCH.series(1, Path("unused"))
     assert result.rows == []

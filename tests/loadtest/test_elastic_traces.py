@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import itertools
 
-from loadtest.load.traces import all_traces, bursty, spike, step
-from loadtest.sections.elasticity import back_to_min, integrate
+from forkproxy.loadtest.load.traces import all_traces, bursty, spike, step
+from forkproxy.loadtest.sections.elasticity import back_to_min, integrate
 
 
 def test_traces_follow_their_shape_and_stop_at_the_end() -> None:

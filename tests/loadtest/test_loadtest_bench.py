@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from loadtest.run.procs import REPO
+from forkproxy.loadtest.run.procs import REPO
 
 pytestmark = pytest.mark.slow
 REQUIRE_TOOLS = os.environ.get("FORKPROXY_REQUIRE_BENCH_TOOLS") == "1"
@@ -31,7 +31,16 @@ def _have(binary: str) -> bool:
 @pytest.fixture(scope="module")
 def quick_bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
     out = tmp_path_factory.mktemp("bench")
-    argv = [sys.executable, "-m", "loadtest", "bench", "--quick", "--no-docs", "--out", str(out)]
+    argv = [
+        sys.executable,
+        "-m",
+        "forkproxy.loadtest",
+        "bench",
+        "--quick",
+        "--no-docs",
+        "--out",
+        str(out),
+    ]
     if not REQUIRE_TOOLS:
         argv.append("--no-install")
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=280)
@@ -132,7 +141,7 @@ def test_tune_tiny_grid_writes_a_pool_snippet(tmp_path: Path) -> None:
     argv = [
         sys.executable,
         "-m",
-        "loadtest",
+        "forkproxy.loadtest",
         "tune",
         "--config",
         str(config),
@@ -181,7 +190,7 @@ def test_tune_skips_grid_points_beyond_the_budget(tmp_path: Path) -> None:
     argv = [
         sys.executable,
         "-m",
-        "loadtest",
+        "forkproxy.loadtest",
         "tune",
         "--shape",
         "step",

@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from loadtest.run import goproxy, haproxy, nginx, peers
-from loadtest.run.procs import REPO
-from loadtest.sections.memory import descendants, instance_pids, pss_kib
+from forkproxy.loadtest.run import goproxy, haproxy, nginx, peers
+from forkproxy.loadtest.run.procs import REPO
+from forkproxy.loadtest.sections.memory import descendants, instance_pids, pss_kib
 
 
 def test_generated_nginx_config_is_valid(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loadtest.load.profiles import (
+from forkproxy.loadtest.load.profiles import (
     SineProfile,
     SpikeProfile,
     StepProfile,

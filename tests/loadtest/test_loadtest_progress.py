@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from loadtest.report.progress import Progress, clock_text, eta
+from forkproxy.loadtest.report.progress import Progress, clock_text, eta
 
 
 class FakeClock:

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.load.locustrun import run_locust
-from loadtest.run.procs import REPO
+from forkproxy.loadtest.load.locustrun import run_locust
+from forkproxy.loadtest.run.procs import REPO
 
 # Drive each LoadTestShape's tick() with a fake clock inside a locust-importing subprocess.
 _TICKS = """
 import json, sys
-from loadtest.load import shapes
+from forkproxy.loadtest.load import shapes
 out = {}
 for name, cls in shapes.SHAPES.items():
     shape = cls()

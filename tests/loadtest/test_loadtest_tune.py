@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import tomllib
 
-from loadtest.tune import (
+from forkproxy.loadtest.tune import (
     Measured,
     Point,
     baseline_of,
@@ -17,7 +17,7 @@ from loadtest.tune import (
     snippet,
     versus,
 )
-from proxy.config import PoolConfig, parse
+from forkproxy.proxy.config import PoolConfig, parse
 
 BASE = {
     "server": {"name": "t"},

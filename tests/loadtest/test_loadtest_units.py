@@ -9,20 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.load.httpload import parse_wrk
-from loadtest.load.locustrun import LocustRun, read_final
-from loadtest.report.markdown import table_md
-from loadtest.report.stats import (
+from forkproxy.loadtest.load.httpload import parse_wrk
+from forkproxy.loadtest.load.locustrun import LocustRun, read_final
+from forkproxy.loadtest.report.markdown import table_md
+from forkproxy.loadtest.report.stats import (
     instance_seconds,
     instance_seconds_lower_bound,
     percentile,
     time_to_scale_in,
 )
-from loadtest.report.table import render
-from loadtest.run import configs
-from loadtest.run.sampler import parse_instances
-from loadtest.sections.model import Table
-from loadtest.tune import (
+from forkproxy.loadtest.report.table import render
+from forkproxy.loadtest.run import configs
+from forkproxy.loadtest.run.sampler import parse_instances
+from forkproxy.loadtest.sections.model import Table
+from forkproxy.loadtest.tune import (
     MIN_RUN_S,
     OVERHEAD_S,
     Measured,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtest import vcsim
-from loadtest.run.procs import free_port
+from forkproxy.loadtest import vcsim
+from forkproxy.loadtest.run.procs import free_port
 
 
 def write_env(path: Path, **facts: str) -> Path:

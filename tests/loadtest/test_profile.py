@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.sections import profile
+from forkproxy.loadtest.sections import profile
 
 MAIN = "thread (100): MainThread;_run_module_as_main (<frozen runpy>);main (proxy/cli.py)"
 RAW = f"""{MAIN};Forwarder.relay (proxy/http/forward.py);write (libc.so.6) 6

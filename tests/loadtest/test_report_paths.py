@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loadtest.report.markdown import _scrub
+from forkproxy.loadtest.report.markdown import _scrub
 
 
 def test_commands_are_printed_relative_to_the_repository() -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.load import accesslog
-from loadtest.load.locustrun import reason
-from loadtest.tune import Measured, Point, load_base, parse_args, timeline
+from forkproxy.loadtest.load import accesslog
+from forkproxy.loadtest.load.locustrun import reason
+from forkproxy.loadtest.tune import Measured, Point, load_base, parse_args, timeline
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -59,7 +59,7 @@ def tune(tmp_path: Path, *source: str) -> subprocess.CompletedProcess[str]:
     # cwd relative to the config file, as a user writes it (tmp_path is not in the repo)
     cwd = os.path.relpath(ROOT, tmp_path)
     config.write_text(FLASK_CONFIG.format(pid=os.getpid(), cwd=cwd))
-    argv = [sys.executable, "-m", "loadtest", "tune", "--config", str(config), *source]
+    argv = [sys.executable, "-m", "forkproxy.loadtest", "tune", "--config", str(config), *source]
     argv += ["--shape", "spike", "--p99", "5000", "--budget", "14", "--max-concurrency", "2"]
     argv += ["--target-concurrency", "auto", "--idle-ttl", "auto", "--routing", "pack"]
     env = {**os.environ, "FORKPROXY_SPIKE_USERS": "4"}

@@ -11,8 +11,8 @@ from tests.conftest import ROOT
 # the CLI as `forkproxy run` loads it, up to the parsed arguments
 RUN = """
 import sys
-import proxy.cli
-proxy.cli._parser().parse_args(["run", "--listen", "127.0.0.1:0"])
+import forkproxy.proxy.cli
+forkproxy.proxy.cli._parser().parse_args(["run", "--listen", "127.0.0.1:0"])
 loaded = sorted(m for m in sys.modules if m == "loadtest" or m.startswith("loadtest."))
 assert not loaded, loaded
 """
@@ -27,7 +27,7 @@ def test_run_never_imports_loadtest() -> None:
 
 def test_tune_help_lists_tunes_options() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "proxy", "tune", "--help"],
+        [sys.executable, "-m", "forkproxy", "tune", "--help"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -40,7 +40,7 @@ def test_tune_help_lists_tunes_options() -> None:
 
 def test_tune_refuses_an_unknown_option_naming_itself() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "proxy", "tune", "--bogus"],
+        [sys.executable, "-m", "forkproxy", "tune", "--bogus"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from backends.support.table import ConfigError, parse_duration, parse_size
-from proxy.cli import main
-from proxy.config import load, parse, parse_address, with_overrides
+from forkproxy.backends.support.table import ConfigError, parse_duration, parse_size
+from forkproxy.proxy.cli import main
+from forkproxy.proxy.config import load, parse, parse_address, with_overrides
 
 
 @pytest.mark.parametrize(
@@ -190,9 +190,9 @@ def test_a_config_file_must_name_its_fork_app(tmp_path: Path) -> None:
     # exec mode needs no app; no file (`forkproxy run`) serves the demo
     path.write_text('[backend]\nmode = "exec"\ncommand = ["python", "-m", "x", "{port}"]\n')
     assert load(path).backend.mode == "exec"
-    assert parse({}).backend.app == "backends.process.demo:create_app"
+    assert parse({}).backend.app == "forkproxy.backends.process.demo:create_app"
     path.write_text('[server]\nname = "x"\n')  # no [backend]: the proxy tuned for the demo
-    assert load(path).backend.app == "backends.process.demo:create_app"
+    assert load(path).backend.app == "forkproxy.backends.process.demo:create_app"
 
 
 def test_a_relative_cwd_is_read_against_the_config_files_directory(

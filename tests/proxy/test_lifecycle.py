@@ -88,7 +88,7 @@ def test_bad_config_exits_non_zero_with_key_path(tmp_path: object) -> None:
     path = Path(str(tmp_path)) / "bad.toml"
     path.write_text('[pool]\nmax_concurrency = -1\n[backend]\ntype = "process"\nmode = "spawn"\n')
     out = subprocess.run(
-        [sys.executable, "-m", "proxy", "run", "--config", str(path)],
+        [sys.executable, "-m", "forkproxy", "run", "--config", str(path)],
         cwd=ROOT,
         capture_output=True,
         text=True,

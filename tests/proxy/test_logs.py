@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from backends.base import Backend, Instance
-from backends.errors import StartError
-from backends.process.log import Attributed, emit
-from backends.support.starts import Starts
-from backends.support.tasks import TaskSet
-from proxy.config import parse
-from proxy.logs import JsonFormatter, valid_request_id
-from proxy.server import Proxy
+from forkproxy.backends.base import Backend, Instance
+from forkproxy.backends.errors import StartError
+from forkproxy.backends.process.log import Attributed, emit
+from forkproxy.backends.support.starts import Starts
+from forkproxy.backends.support.tasks import TaskSet
+from forkproxy.proxy.config import parse
+from forkproxy.proxy.logs import JsonFormatter, valid_request_id
+from forkproxy.proxy.server import Proxy
 from tests.conftest import eventually, proxy_config, run_proxy
 
 ACCESS_FIELDS = {
@@ -124,7 +124,7 @@ def test_request_id_validation() -> None:
 
 
 class _Refusing(Backend):
-    """Starts fail the way a docker start does (through backends.support.starts)."""
+    """Starts fail the way a docker start does (through forkproxy.backends.support.starts)."""
 
     name = "refusing"
 

@@ -14,8 +14,8 @@ from contextlib import AsyncExitStack
 
 import pytest
 
-from proxy import open_files
-from proxy.config import parse
+from forkproxy.proxy import open_files
+from forkproxy.proxy.config import parse
 from tests.conftest import ProxyProcess, get
 
 NOFILE_LOW = 256

@@ -17,13 +17,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from proxy.config import Config
+from forkproxy.proxy.config import Config
 from tests.conftest import ROOT, free_port, run_proxy
 
 
 def forkproxy(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
+        [sys.executable, "-m", "forkproxy", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -221,7 +221,7 @@ def test_check_config_reads_cwd_against_the_files_directory(tmp_path: Path) -> N
         DEMO.replace("app = ", "# ") + 'cwd = "src"\napp = "hello:app"\n'
     )
     res = subprocess.run(
-        [sys.executable, "-m", "proxy", "check-config", "--no-ports", "site/forkproxy.toml"],
+        [sys.executable, "-m", "forkproxy", "check-config", "--no-ports", "site/forkproxy.toml"],
         cwd=tmp_path,  # not where the file is: cwd = "src" still means site/src
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -254,8 +254,8 @@ def test_run_says_a_port_is_taken_before_a_slow_import(tmp_path: Path, taken_por
 def test_the_early_port_check_leaves_a_handover_to_the_bind(
     taken_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from proxy.cli import _ports_taken
-    from proxy.config import parse
+    from forkproxy.proxy.cli import _ports_taken
+    from forkproxy.proxy.config import parse
 
     def config(port: int) -> Config:
         return parse({"server": {"listen": f"127.0.0.1:{port}", "admin": "off"}})

@@ -12,8 +12,8 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
-from backends.process.child import apps
-from backends.process.child import warmup as _warmup
+from forkproxy.backends.process.child import apps
+from forkproxy.backends.process.child import warmup as _warmup
 
 # uvicorn serves websockets with either; without one every websocket route answers 404
 _WS_LIBRARIES = ("websockets", "wsproto")

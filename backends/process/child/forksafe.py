@@ -14,7 +14,7 @@ import random
 import sys
 from typing import Any
 
-from backends.process.child import apps
+from forkproxy.backends.process.child import apps
 
 
 def before_fork() -> None:

@@ -18,11 +18,11 @@ import docker
 import docker.errors
 import pytest
 
-from backends.base import BackendContext
-from backends.docker import create_backend, parse_config
-from backends.docker.backend import DockerBackend
-from backends.docker.lease import is_marker
-from backends.support.table import Table
+from forkproxy.backends.base import BackendContext
+from forkproxy.backends.docker import create_backend, parse_config
+from forkproxy.backends.docker.backend import DockerBackend
+from forkproxy.backends.docker.lease import is_marker
+from forkproxy.backends.support.table import Table
 
 ROOT = Path(__file__).resolve().parents[3]
 ENGINE = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")

@@ -9,16 +9,16 @@ import time
 import docker
 import pytest
 
-from backends.base import LABEL_INSTANCE, LABEL_OWNER, LABEL_POOL, Endpoint
-from backends.docker.backend import LABEL_PAUSED
-from backends.docker.engine import Engine
-from backends.docker.threads import Threads
-from backends.docker.unpause import Unpauser, until_serving
-from backends.errors import BackendConfigError, BackendUnavailable, StartError
-from backends.support.refill import SETTLE
-from backends.support.tasks import TaskSet
-from proxy.metrics import Metrics
-from proxy.orphans import OrphanReaper
+from forkproxy.backends.base import LABEL_INSTANCE, LABEL_OWNER, LABEL_POOL, Endpoint
+from forkproxy.backends.docker.backend import LABEL_PAUSED
+from forkproxy.backends.docker.engine import Engine
+from forkproxy.backends.docker.threads import Threads
+from forkproxy.backends.docker.unpause import Unpauser, until_serving
+from forkproxy.backends.errors import BackendConfigError, BackendUnavailable, StartError
+from forkproxy.backends.support.refill import SETTLE
+from forkproxy.backends.support.tasks import TaskSet
+from forkproxy.proxy.metrics import Metrics
+from forkproxy.proxy.orphans import OrphanReaper
 from tests.backends.docker.conftest import ENGINE, IMAGE, MakeBackend, http_get, pool_containers
 from tests.conftest import eventually, free_port
 from tests.replicas import dead_owner

@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from backends.base import Endpoint
-from backends.docker import parse_config
-from backends.docker.engine import Engine
-from backends.docker.events import parse
-from backends.docker.ops import endpoint_of
-from backends.errors import StartError
-from backends.support.table import Table
+from forkproxy.backends.base import Endpoint
+from forkproxy.backends.docker import parse_config
+from forkproxy.backends.docker.engine import Engine
+from forkproxy.backends.docker.events import parse
+from forkproxy.backends.docker.ops import endpoint_of
+from forkproxy.backends.errors import StartError
+from forkproxy.backends.support.table import Table
 
 
 def problems(data: dict[str, Any]) -> list[str]:

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import docker
 import pytest
 
-from backends.base import Backend, BackendContext, Instance
-from backends.docker import create_backend, parse_config
-from backends.support.table import Table
+from forkproxy.backends.base import Backend, BackendContext, Instance
+from forkproxy.backends.docker import create_backend, parse_config
+from forkproxy.backends.support.table import Table
 from tests.backends.contract import BackendContract, recording_context
 from tests.backends.docker.conftest import ENGINE, IMAGE, pool_containers
 

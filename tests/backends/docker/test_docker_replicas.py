@@ -16,8 +16,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from backends.base import LABEL_OWNER
-from backends.docker.lease import LABEL_CLAIMS, LABEL_LEASE
+from forkproxy.backends.base import LABEL_OWNER
+from forkproxy.backends.docker.lease import LABEL_CLAIMS, LABEL_LEASE
 from tests.backends.docker.conftest import ENGINE, MakeBackend, pool_containers
 from tests.backends.docker.test_proxy_docker import config_text
 from tests.conftest import ROOT, ProxyProcess
@@ -133,7 +133,7 @@ def test_check_config_asks_the_engine_for_the_image(tmp_path: Path, pool_name: s
         )
     )
     res = subprocess.run(
-        [sys.executable, "-m", "proxy", "check-config", str(cfg)],
+        [sys.executable, "-m", "forkproxy", "check-config", str(cfg)],
         cwd=ROOT,
         capture_output=True,
         text=True,

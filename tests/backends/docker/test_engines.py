@@ -11,7 +11,7 @@ import docker
 import docker.errors
 import pytest
 
-from backends.errors import StartError
+from forkproxy.backends.errors import StartError
 from tests.backends.docker.conftest import ENGINE, MakeBackend, http_get, pool_containers
 from tests.conftest import eventually
 

@@ -15,8 +15,8 @@ import aiohttp
 import docker
 import pytest
 
-from backends.base import LABEL_OWNER
-from loadtest.run.configs import dumps, merge
+from forkproxy.backends.base import LABEL_OWNER
+from forkproxy.loadtest.run.configs import dumps, merge
 from tests.backends.docker.conftest import ENGINE, IMAGE, pool_containers
 from tests.conftest import ROOT, ProxyProcess, eventually, get, instances, proxies_checked
 
@@ -181,7 +181,7 @@ def test_missing_image_exits_at_startup(tmp_path: Path, pool_name: str) -> None:
         [
             sys.executable,
             "-m",
-            "proxy",
+            "forkproxy",
             "run",
             "--config",
             str(cfg),

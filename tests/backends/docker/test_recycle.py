@@ -11,10 +11,10 @@ import time
 import docker
 import pytest
 
-from backends.base import LABEL_OWNER, Instance
-from backends.docker.backend import DockerBackend
-from proxy.metrics import Metrics
-from proxy.orphans import OrphanReaper
+from forkproxy.backends.base import LABEL_OWNER, Instance
+from forkproxy.backends.docker.backend import DockerBackend
+from forkproxy.proxy.metrics import Metrics
+from forkproxy.proxy.orphans import OrphanReaper
 from tests.backends.docker.conftest import MakeBackend, http_get, pool_containers
 from tests.conftest import eventually
 

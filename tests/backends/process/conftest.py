@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from backends.base import Backend, BackendContext
-from backends.process import create_backend
+from forkproxy.backends.base import Backend, BackendContext
+from forkproxy.backends.process import create_backend
 from tests.backends.contract import recording_context
 from tests.backends.process.helpers import MakeBackend, process_config
 

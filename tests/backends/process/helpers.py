@@ -7,11 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from backends.base import Backend
-from backends.process import parse_config
-from backends.process._linux import is_running
-from backends.process.config import ProcessConfig
-from backends.support.table import Table
+from forkproxy.backends.base import Backend
+from forkproxy.backends.process import parse_config
+from forkproxy.backends.process._linux import is_running
+from forkproxy.backends.process.config import ProcessConfig
+from forkproxy.backends.support.table import Table
 
 REPO = Path(__file__).resolve().parents[3]
 PY = sys.executable

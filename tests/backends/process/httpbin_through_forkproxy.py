@@ -68,7 +68,7 @@ threads = 8
 prefork = 1
 """
     )
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "run", "-c", str(cfg)])
+    proc = subprocess.Popen([sys.executable, "-m", "forkproxy", "run", "-c", str(cfg)])
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:

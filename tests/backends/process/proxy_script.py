@@ -7,9 +7,9 @@ import asyncio
 import json
 import sys
 
-from backends.base import BackendContext
-from backends.process import create_backend, parse_config
-from backends.support.table import Table
+from forkproxy.backends.base import BackendContext
+from forkproxy.backends.process import create_backend, parse_config
+from forkproxy.backends.support.table import Table
 
 
 async def main(pool: str, cwd: str, mode: str) -> None:

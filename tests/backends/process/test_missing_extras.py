@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from backends.errors import BackendConfigError
-from backends.support.extras import MissingExtra, extra_needed
+from forkproxy.backends.errors import BackendConfigError
+from forkproxy.backends.support.extras import MissingExtra, extra_needed
 from tests.backends.process.helpers import MakeBackend
 
 

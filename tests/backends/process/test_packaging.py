@@ -1,7 +1,9 @@
 """The wheel stands alone: built from this checkout, installed into a fresh venv outside
 the repository, `forkproxy run` with no config serves the bundled demo app, every
 example passes check-config (a missing extra is named, then installed), `forkproxy
-tune --help` works, and nothing installed imports `tests` or `examples`."""
+tune --help` works, nothing installed imports `tests` or `examples`, and everything installs
+under the one name `forkproxy`: an app with its own top-level `backends`, `proxy` and
+`loadtest` packages runs in fork mode."""
 
 from __future__ import annotations
 
@@ -42,7 +44,10 @@ def _source_copy(dest: Path) -> Path:
     ).stdout.split(b"\0")
     for name in filter(None, (f.decode() for f in files)):
         src = REPO / name
-        if src.is_file():
+        if src.is_symlink():  # forkproxy/proxy -> ../proxy: the namespace's checkout shim
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.readlink(src), dest / name)
+        elif src.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
     return dest
@@ -76,12 +81,76 @@ def test_nothing_installed_imports_tests_or_examples(venv: Path) -> None:
     (site,) = venv.glob("lib/python*/site-packages")
     offenders = [
         str(path.relative_to(site))
-        for top in ("proxy", "backends", "loadtest")
-        for path in (site / top).rglob("*.py")
+        for path in (site / "forkproxy").rglob("*.py")
         if _FORBIDDEN.search(path.read_text())
     ]
     assert offenders == []
+    assert (site / "forkproxy/proxy/admin_page").is_dir()
     assert not (site / "tests").exists() and not (site / "examples").exists()
+    # one name only: nothing of ours at the top level to collide with an app's packages
+    for top in ("proxy", "backends", "loadtest"):
+        assert not (site / top).exists(), top
+
+
+# An app whose own top-level packages carry our folders' names (a Django project's
+# `backends` app, say): each module answers with where it was imported from.
+_USER_APP = {
+    "backends/__init__.py": "",
+    "backends/db.py": 'NAME = "the users backends.db"\n',
+    "proxy/__init__.py": 'NAME = "the users proxy"\n',
+    "loadtest/__init__.py": 'NAME = "the users loadtest"\n',
+    "app.py": (
+        "import backends.db, loadtest, proxy\n"
+        "def application(environ, start_response):\n"
+        "    body = ' / '.join((backends.db.NAME, proxy.NAME, loadtest.NAME)).encode()\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [body]\n"
+    ),
+}
+
+
+def test_an_app_with_its_own_backends_proxy_and_loadtest_packages_runs_in_fork_mode(
+    venv: Path, tmp_path: Path
+) -> None:
+    work = _work(tmp_path)
+    for name, text in _USER_APP.items():
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text(text)
+    port = free_port()
+    (work / "forkproxy.toml").write_text(
+        f'[server]\nlisten = "127.0.0.1:{port}"\nadmin = "off"\n'
+        '[backend]\ntype = "process"\nmode = "fork"\napp = "app:application"\n'
+    )
+    checked = _run(venv / "bin/forkproxy", "check-config", "--no-ports", "forkproxy.toml", cwd=work)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    proc = subprocess.Popen(
+        [venv / "bin/forkproxy", "run", "-c", "forkproxy.toml"],
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")},
+    )
+    try:
+        body = _get(proc, port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=40)
+    assert body == b"the users backends.db / the users proxy / the users loadtest", out
+    assert proc.returncode == 0, out
+    assert "No module named" not in out
+
+
+def _get(proc: subprocess.Popen[str], port: int) -> bytes:
+    """The body of GET / through the proxy, retried while it starts (b"" if it never does)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
+                return bytes(resp.read())
+        except OSError:
+            time.sleep(0.2)
+    return b""
 
 
 def test_run_without_config_serves_the_bundled_demo(venv: Path, tmp_path: Path) -> None:
@@ -96,15 +165,7 @@ def test_run_without_config_serves_the_bundled_demo(venv: Path, tmp_path: Path) 
         env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")},
     )
     try:
-        body = b""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
-                    body = resp.read()
-                    break
-            except OSError:
-                time.sleep(0.2)
+        body = _get(proc, port)
         assert body.startswith(b"hello from instance "), body
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -147,7 +208,7 @@ def test_examples_pass_check_config_and_missing_extras_are_named(
     wheel = (venv / "wheel").read_text()
     pip = _run(venv / "bin/pip", "install", "-q", f"{wheel}[docker,vsphere,asgi]", cwd=work)
     assert pip.returncode == 0, pip.stderr[-3000:]
-    code = "import backends.docker.backend, backends.vsphere.backend, uvicorn"
+    code = "import forkproxy.backends.docker.backend, forkproxy.backends.vsphere.backend, uvicorn"
     imported = _run(venv / "bin/python", "-c", code, cwd=work)
     assert imported.returncode == 0, imported.stderr
     _asgi_extra_serves_a_websocket(venv, work)

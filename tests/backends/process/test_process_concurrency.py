@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from backends.support.table import ConfigError
-from proxy.config import PoolConfig, parse
+from forkproxy.backends.support.table import ConfigError
+from forkproxy.proxy.config import PoolConfig, parse
 from tests.conftest import run_proxy
 
 FLASK = {"type": "process", "mode": "fork", "app": "examples.flask_app:app"}
@@ -18,7 +18,7 @@ FLASK = {"type": "process", "mode": "fork", "app": "examples.flask_app:app"}
 
 def test_auto_is_the_default_and_resolves_from_the_hint() -> None:
     pool = parse({}).pool
-    # target_concurrency "auto" (None) follows max_concurrency (proxy.policy.target)
+    # target_concurrency "auto" (None) follows max_concurrency (forkproxy.proxy.policy.target)
     assert pool.concurrency_auto and (pool.max_concurrency, pool.target_concurrency) == (10, None)
     assert pool.with_concurrency_hint(None) == pool
     one = pool.with_concurrency_hint(1)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from backends.process import parse_config
-from backends.process.config import DEFAULT_COMMAND, ProcessConfig
-from backends.support.table import Table
+from forkproxy.backends.process import parse_config
+from forkproxy.backends.process.config import DEFAULT_COMMAND, ProcessConfig
+from forkproxy.backends.support.table import Table
 
 
 def parse(**keys: Any) -> tuple[ProcessConfig, list[str]]:
@@ -22,7 +22,7 @@ def test_defaults_are_fork_of_the_bundled_demo_app() -> None:
     assert problems == []
     assert (config.mode, config.app, config.app_kind) == (
         "fork",
-        "backends.process.demo:create_app",
+        "forkproxy.backends.process.demo:create_app",
         "auto",
     )
     assert config.command == DEFAULT_COMMAND
@@ -34,7 +34,7 @@ def test_fork_app_must_be_module_colon_attr() -> None:
     _, problems = parse(app="examples.app")
     assert problems == [
         "backend.app: 'examples.app': expected \"module:attribute\", "
-        'e.g. "backends.process.demo:create_app"'
+        'e.g. "forkproxy.backends.process.demo:create_app"'
     ]
 
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from backends.base import Backend, BackendContext, Instance
+from forkproxy.backends.base import Backend, BackendContext, Instance
 from tests.backends.contract import BackendContract
 from tests.backends.process.helpers import MakeBackend, exec_command
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from backends.base import BackendContext
-from backends.errors import BackendConfigError
-from backends.process._linux import is_running
-from backends.process.leftovers import scan
+from forkproxy.backends.base import BackendContext
+from forkproxy.backends.errors import BackendConfigError
+from forkproxy.backends.process._linux import is_running
+from forkproxy.backends.process.leftovers import scan
 from tests.backends.contract import deaths, get, recording_context, serves
 from tests.backends.process.helpers import REPO, MakeBackend, alive_pids
 from tests.conftest import eventually

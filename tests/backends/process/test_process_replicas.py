@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from backends.process import _linux, leftovers
+from forkproxy.backends.process import _linux, leftovers
 from tests.conftest import ProxyProcess
 from tests.proxy import test_lifecycle
 from tests.replicas import run_scenario

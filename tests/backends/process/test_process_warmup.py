@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from backends.process.child import warmup
+from forkproxy.backends.process.child import warmup
 from tests.backends.process.test_process_django import django_project  # noqa: F401 - fixture
 from tests.conftest import Running, run_proxy
 

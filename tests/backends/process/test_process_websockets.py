@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from backends.process.child import check_app
+from forkproxy.backends.process.child import check_app
 from tests.backends.process.fastapi_app import app as fastapi_app
 from tests.conftest import ROOT, run_proxy
 
@@ -47,7 +47,7 @@ def test_check_config_builds_a_fastapi_app_without_a_warning(tmp_path: Path) -> 
     cfg = tmp_path / "fastapi.toml"
     cfg.write_text('[backend]\ntype = "process"\napp = "tests.backends.process.fastapi_app:app"\n')
     res = subprocess.run(
-        [sys.executable, "-m", "proxy", "check-config", "--no-ports", str(cfg)],
+        [sys.executable, "-m", "forkproxy", "check-config", "--no-ports", str(cfg)],
         cwd=ROOT,
         capture_output=True,
         text=True,

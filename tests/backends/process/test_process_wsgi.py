@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from backends.errors import BackendConfigError
-from backends.process.child import apps
+from forkproxy.backends.errors import BackendConfigError
+from forkproxy.backends.process.child import apps
 from tests.backends.contract import get
 from tests.backends.process.helpers import MakeBackend
 
@@ -173,7 +173,7 @@ async def test_without_post_fork_an_app_owned_prng_is_shared(make_backend: MakeB
 
 
 async def test_a_failing_post_fork_fails_the_start(make_backend: MakeBackend) -> None:
-    from backends.errors import StartError
+    from forkproxy.backends.errors import StartError
     from tests.backends.contract import deaths
 
     backend = make_backend(

@@ -1,4 +1,4 @@
-"""The one kill sequence (backends.support.kill) on real processes: a process that obeys
+"""The one kill sequence (forkproxy.backends.support.kill) on real processes: a process that obeys
 SIGTERM is not killed; one that ignores it is SIGKILLed after the grace, and the log says so."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from backends.support.kill import terminate, within
+from forkproxy.backends.support.kill import terminate, within
 
 log = logging.getLogger("test.kill")
 IGNORES_TERM = (

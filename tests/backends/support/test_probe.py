@@ -1,4 +1,4 @@
-"""The one readiness probe (backends.support.probe) against a real HTTP server whose
+"""The one readiness probe (forkproxy.backends.support.probe) against a real HTTP server whose
 answers the test scripts: the < 500 rule, the rule as a parameter, stop, check, deadline."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from backends.support.probe import NotReady, wait_ready
+from forkproxy.backends.support.probe import NotReady, wait_ready
 from tests.conftest import free_port
 
 

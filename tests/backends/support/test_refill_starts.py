@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from backends.base import Endpoint, Instance
-from backends.errors import BackendConfigError, StartError
-from backends.support.refill import Refill
-from backends.support.starts import Starts
-from backends.support.tasks import TaskSet
+from forkproxy.backends.base import Endpoint, Instance
+from forkproxy.backends.errors import BackendConfigError, StartError
+from forkproxy.backends.support.refill import Refill
+from forkproxy.backends.support.starts import Starts
+from forkproxy.backends.support.tasks import TaskSet
 from tests.conftest import eventually
 
 log = logging.getLogger("test")

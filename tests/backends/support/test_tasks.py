@@ -9,7 +9,7 @@ import asyncio
 import inspect
 from pathlib import Path
 
-from backends.support.tasks import TaskSet
+from forkproxy.backends.support.tasks import TaskSet
 from tests.conftest import ROOT
 
 OWNER = ROOT / "backends/support/tasks.py"
@@ -93,4 +93,6 @@ def test_every_task_is_owned() -> None:
     ]
     assert files
     offenders = [hit for p in files for hit in _spawns(p)]
-    assert offenders == [], "spawn through backends.support.tasks.TaskSet:\n" + "\n".join(offenders)
+    assert offenders == [], "spawn through forkproxy.backends.support.tasks.TaskSet:\n" + "\n".join(
+        offenders
+    )

@@ -16,10 +16,10 @@ import docker
 import docker.errors
 import pytest
 
-from backends.base import LABEL_POOL
-from backends.support.table import Table
-from backends.swarm import parse_config
-from backends.swarm.backend import SwarmBackend
+from forkproxy.backends.base import LABEL_POOL
+from forkproxy.backends.support.table import Table
+from forkproxy.backends.swarm import parse_config
+from forkproxy.backends.swarm.backend import SwarmBackend
 from tests.backends.contract import recording_context
 from tests.backends.docker.conftest import ENGINE, IMAGE, docker_client, open_client, test_image
 

@@ -12,8 +12,8 @@ from typing import Any
 import docker
 import pytest
 
-from backends.base import LABEL_OWNER
-from loadtest.run.configs import dumps, merge
+from forkproxy.backends.base import LABEL_OWNER
+from forkproxy.loadtest.run.configs import dumps, merge
 from tests.backends.swarm.conftest import ENGINE, IMAGE, kill_task, pool_services, remove_pool
 from tests.conftest import ProxyProcess, eventually, instances, proxies_checked
 from tests.conftest import get as get_within

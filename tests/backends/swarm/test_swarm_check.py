@@ -9,8 +9,8 @@ import asyncio
 import docker
 import pytest
 
-from backends.support.table import Table
-from backends.swarm import check_config, parse_config
+from forkproxy.backends.support.table import Table
+from forkproxy.backends.swarm import check_config, parse_config
 from tests.backends.swarm.conftest import ENGINE, IMAGE
 
 pytestmark = pytest.mark.swarm

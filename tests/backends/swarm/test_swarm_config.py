@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from backends.support.table import Table
-from backends.swarm import parse_config
-from backends.swarm.services import _spec, service_name
-from backends.swarm.watch import death_reason
+from forkproxy.backends.support.table import Table
+from forkproxy.backends.swarm import parse_config
+from forkproxy.backends.swarm.services import _spec, service_name
+from forkproxy.backends.swarm.watch import death_reason
 
 
 def problems(data: dict[str, Any]) -> list[str]:

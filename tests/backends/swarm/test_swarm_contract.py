@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import docker
 import pytest
 
-from backends.base import Backend, BackendContext, Instance
-from backends.support.table import Table
-from backends.swarm import create_backend, parse_config
+from forkproxy.backends.base import Backend, BackendContext, Instance
+from forkproxy.backends.support.table import Table
+from forkproxy.backends.swarm import create_backend, parse_config
 from tests.backends.contract import BackendContract, recording_context
 from tests.backends.swarm.conftest import (
     ENGINE,

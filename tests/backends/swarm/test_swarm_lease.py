@@ -8,10 +8,10 @@ import uuid
 import docker
 import pytest
 
-from backends.base import LABEL_POOL, BackendContext
-from backends.support.table import Table
-from backends.swarm import parse_config
-from backends.swarm.backend import SwarmBackend
+from forkproxy.backends.base import LABEL_POOL, BackendContext
+from forkproxy.backends.support.table import Table
+from forkproxy.backends.swarm import parse_config
+from forkproxy.backends.swarm.backend import SwarmBackend
 from tests.backends.swarm.conftest import ENGINE, IMAGE
 
 pytestmark = pytest.mark.swarm

@@ -10,7 +10,7 @@ import functools
 import docker
 import pytest
 
-from backends.errors import StartError
+from forkproxy.backends.errors import StartError
 from tests.backends.contract import get, serves
 from tests.backends.swarm.conftest import MakeBackend, engine_of, pool_services
 from tests.conftest import eventually

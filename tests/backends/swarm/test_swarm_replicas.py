@@ -10,7 +10,7 @@ from collections.abc import Callable
 import docker
 import pytest
 
-from backends.base import LABEL_OWNER
+from forkproxy.backends.base import LABEL_OWNER
 from tests.backends.swarm.conftest import MakeBackend, pool_services
 from tests.backends.swarm.test_proxy_swarm import config_text
 from tests.conftest import ProxyProcess

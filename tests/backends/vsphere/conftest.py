@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from backends.base import BackendContext
-from backends.support.table import ConfigError, Table
-from backends.vsphere import create_backend, parse_config
-from backends.vsphere.backend import VsphereBackend
+from forkproxy.backends.base import BackendContext
+from forkproxy.backends.support.table import ConfigError, Table
+from forkproxy.backends.vsphere import create_backend, parse_config
+from forkproxy.backends.vsphere.backend import VsphereBackend
 from tests.backends.contract import recording_context
 from tests.backends.vsphere import harness
 from tests.backends.vsphere.harness import (  # noqa: F401 - re-exported for the test modules

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loadtest.vcsim import (  # noqa: F401 - re-exported for the fixtures and tests
+from forkproxy.loadtest.vcsim import (  # noqa: F401 - re-exported for the fixtures and tests
     IMAGE,
     NETWORK,
     Simulator,

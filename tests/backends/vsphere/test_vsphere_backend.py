@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from backends.base import BackendContext, Instance
-from backends.errors import BackendConfigError, StartError, StopError
-from backends.vsphere.backend import Clone
+from forkproxy.backends.base import BackendContext, Instance
+from forkproxy.backends.errors import BackendConfigError, StartError, StopError
+from forkproxy.backends.vsphere.backend import Clone
 from tests.backends.contract import deaths, get, recording_context
 from tests.backends.vsphere.conftest import (
     MakeBackend,
@@ -105,7 +105,7 @@ async def test_parent_and_foreign_vms_are_protected(
 
 
 def a_endpoint() -> Any:
-    from backends.base import Endpoint
+    from forkproxy.backends.base import Endpoint
 
     return Endpoint("127.0.0.1", 1)
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from backends.errors import BackendConfigError
-from backends.support.table import ConfigError
-from backends.vsphere.config import DEFAULT_PASSWORD_ENV, VsphereConfig
+from forkproxy.backends.errors import BackendConfigError
+from forkproxy.backends.support.table import ConfigError
+from forkproxy.backends.vsphere.config import DEFAULT_PASSWORD_ENV, VsphereConfig
 from tests.backends.vsphere.conftest import parse
 
 BASE: dict[str, Any] = {
@@ -109,7 +109,7 @@ def test_linked_mode_and_container_table() -> None:
 
 
 def test_usable_guest_ips() -> None:
-    from backends.vsphere.inventory import usable_ip
+    from forkproxy.backends.vsphere.inventory import usable_ip
 
     assert usable_ip("172.18.0.5", "172.18.0.2")
     assert not usable_ip("172.18.0.2", "172.18.0.2"), "the parent's IP, stale after the fork"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from backends.base import Backend, BackendContext, Instance
+from forkproxy.backends.base import Backend, BackendContext, Instance
 from tests.backends.contract import BackendContract
 from tests.backends.vsphere.conftest import MakeBackend, find_vm, wait_task
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from backends.vsphere.inventory import KEY_OWNER
+from forkproxy.backends.vsphere.inventory import KEY_OWNER
 from tests.backends.contract import recording_context
 from tests.backends.vsphere.conftest import PASSWORD_ENV, Vcsim
 from tests.backends.vsphere.test_vsphere_e2e import config_text

@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 
-from proxy import top
+from forkproxy.proxy import top
 
 # small instances so a few concurrent requests need several of them
 POOL = {"max_concurrency": 2, "target_concurrency": 1, "idle_ttl": "60s", "max_instances": 6}

@@ -14,11 +14,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from backends.support.table import ConfigError
-from proxy import top
-from proxy.admin import COOKIE, admin_app
-from proxy.config import parse
-from proxy.server import Proxy
+from forkproxy.backends.support.table import ConfigError
+from forkproxy.proxy import top
+from forkproxy.proxy.admin import COOKIE, admin_app
+from forkproxy.proxy.config import parse
+from forkproxy.proxy.server import Proxy
 from tests.conftest import ROOT, Running, proxy_config, run_proxy
 
 TOKEN = "s3cret-token-for-tests"
@@ -125,7 +125,7 @@ def test_cli_reports_a_missing_token_and_exits_2(tmp_path: Path) -> None:
     cfg.write_text('[server]\nadmin_token_env = "FORKPROXY_TEST_UNSET_TOKEN"\n')
     env = {k: v for k, v in os.environ.items() if k != "FORKPROXY_TEST_UNSET_TOKEN"}
     out = subprocess.run(
-        [sys.executable, "-m", "proxy", "run", "-c", str(cfg), "--listen", "127.0.0.1:0"],
+        [sys.executable, "-m", "forkproxy", "run", "-c", str(cfg), "--listen", "127.0.0.1:0"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -165,7 +165,7 @@ async def test_top_sends_the_token(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
         token_file = tmp_path / "token"
         token_file.write_text(TOKEN)
         env = {k: v for k, v in os.environ.items() if k != top.TOKEN_ENV}
-        cmd = [sys.executable, "-m", "proxy", "top", "--once", p.admin]
+        cmd = [sys.executable, "-m", "forkproxy", "top", "--once", p.admin]
         for extra, extra_env, code in (
             ([], {}, 1),
             ([], {top.TOKEN_ENV: TOKEN}, 0),

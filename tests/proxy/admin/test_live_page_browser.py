@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from proxy import top
+from forkproxy.proxy import top
 from tests.conftest import ROOT, eventually, run_proxy
 from tests.proxy.admin.helpers import POOL, bounded_load, sample_after, table_key
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.admin import _is_loopback
-from proxy.top import spark
+from forkproxy.proxy.admin import _is_loopback
+from forkproxy.proxy.top import spark
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from proxy import top
+from forkproxy.proxy import top
 from tests.conftest import ROOT, eventually, run_proxy
 from tests.proxy.admin.helpers import POOL, bounded_load, sample_after, samples, table_key
 
@@ -79,7 +79,7 @@ async def test_stream_top_and_instances_agree() -> None:
         # and what `forkproxy top --once` prints is that table
         out = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "proxy", "top", "--once", p.admin],
+            [sys.executable, "-m", "forkproxy", "top", "--once", p.admin],
             cwd=ROOT,
             capture_output=True,
             text=True,

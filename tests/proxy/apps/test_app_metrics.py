@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
-from proxy.metrics import AppMetrics, Metrics
+from forkproxy.proxy.metrics import AppMetrics, Metrics
 
 
 def test_per_app_series_and_totals() -> None:

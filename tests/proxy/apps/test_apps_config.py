@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from backends.support.table import ConfigError
-from proxy.apps import app_config, pool_name, serves_everything
-from proxy.cli import main
-from proxy.config import load, parse
+from forkproxy.backends.support.table import ConfigError
+from forkproxy.proxy.apps import app_config, pool_name, serves_everything
+from forkproxy.proxy.cli import main
+from forkproxy.proxy.config import load, parse
 
 
 def problems(data: dict[str, Any]) -> dict[str, str]:

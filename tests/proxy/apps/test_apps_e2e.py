@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.config import parse
-from proxy.server import Proxy
+from forkproxy.proxy.config import parse
+from forkproxy.proxy.server import Proxy
 from tests.conftest import eventually
 
 APPS = "tests.proxy.apps.two_apps"

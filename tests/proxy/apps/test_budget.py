@@ -3,7 +3,7 @@ back so a start fits, in FaasCache order, never below a floor, no app starving a
 
 from __future__ import annotations
 
-from proxy.budget import AppLoad, BudgetConfig, Held, Verdict, admit, fair_share
+from forkproxy.proxy.budget import AppLoad, BudgetConfig, Held, Verdict, admit, fair_share
 
 MiB = 1024 * 1024
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from proxy.budget import BudgetConfig, Held
-from proxy.config import PoolConfig
-from proxy.generation import Generation
-from proxy.machine import Machine
+from forkproxy.proxy.budget import BudgetConfig, Held
+from forkproxy.proxy.config import PoolConfig
+from forkproxy.proxy.generation import Generation
+from forkproxy.proxy.machine import Machine
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.routing import Route, Router, host_name
+from forkproxy.proxy.routing import Route, Router, host_name
 
 ROUTES = [
     Route("shop", ("shop.example.com", "www.shop.example.com")),

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from backends.base import Endpoint
-from proxy.http.upstream import ConnectTimeout, UpstreamClient
+from forkproxy.backends.base import Endpoint
+from forkproxy.proxy.http.upstream import ConnectTimeout, UpstreamClient
 from tests.conftest import Running
 from tests.proxy.hardening.conftest import exchange, metric, raw_instance, recorder, seen
 

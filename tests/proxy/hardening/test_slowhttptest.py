@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.slowhttp import MODES, render, run
+from forkproxy.loadtest.slowhttp import MODES, render, run
 
 pytestmark = [
     pytest.mark.slow,

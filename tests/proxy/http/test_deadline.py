@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from proxy.http.deadline import within
+from forkproxy.proxy.http.deadline import within
 
 
 async def test_result_before_the_deadline() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.http.headers import (
+from forkproxy.proxy.http.headers import (
     DEFAULT_RULES,
     DROP_CLIENT_HEADERS,
     HeaderRules,

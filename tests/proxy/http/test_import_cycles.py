@@ -7,14 +7,14 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import proxy.http
+import forkproxy.proxy.http
 
-PACKAGE = "proxy.http"
-HERE = Path(proxy.http.__file__).parent
+PACKAGE = "forkproxy.proxy.http"
+HERE = Path(forkproxy.proxy.http.__file__).parent
 
 
 def imports_of(path: Path) -> set[str]:
-    """The proxy.http modules `path` imports, anywhere in it (TYPE_CHECKING blocks and
+    """The forkproxy.proxy.http modules `path` imports, anywhere in it (TYPE_CHECKING blocks and
     function bodies included)."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -68,7 +68,7 @@ def test_type_checking_imports_count(tmp_path: Path) -> None:
     probe.write_text(
         "from typing import TYPE_CHECKING\n"
         "if TYPE_CHECKING:\n"
-        "    from proxy.http.server import HttpConnection\n"
+        "    from forkproxy.proxy.http.server import HttpConnection\n"
     )
     assert imports_of(probe) == {"server"}
 

@@ -13,7 +13,7 @@ from collections import Counter
 import aiohttp
 import pytest
 
-from proxy.pool import Lease
+from forkproxy.proxy.pool import Lease
 from tests.conftest import Running, eventually, run_proxy
 
 

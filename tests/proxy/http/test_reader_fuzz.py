@@ -23,11 +23,11 @@ from collections.abc import Callable
 import h11
 import pytest
 
-from proxy.http.chunks import Budget
-from proxy.http.flow import Flow
-from proxy.http.headers import upstream_head
-from proxy.http.request import Limits, Request
-from proxy.http.request_reader import (
+from forkproxy.proxy.http.chunks import Budget
+from forkproxy.proxy.http.flow import Flow
+from forkproxy.proxy.http.headers import upstream_head
+from forkproxy.proxy.http.request import Limits, Request
+from forkproxy.proxy.http.request_reader import (
     END,
     OVERFLOW,
     TOO_LARGE,
@@ -36,10 +36,10 @@ from proxy.http.request_reader import (
     RequestReader,
     UpgradeHead,
 )
-from proxy.http.response_reader import (
+from forkproxy.proxy.http.response_reader import (
     END as RESP_END,
 )
-from proxy.http.response_reader import (
+from forkproxy.proxy.http.response_reader import (
     HEAD,
     STRAY,
     Broken,
@@ -47,7 +47,7 @@ from proxy.http.response_reader import (
     ResponseReader,
     Trailing,
 )
-from proxy.http.response_reader import (
+from forkproxy.proxy.http.response_reader import (
     Event as RespEvent,
 )
 from tests.proxy.hardening.test_fuzz_heads import CORPUS, FRAMING, INSERTS

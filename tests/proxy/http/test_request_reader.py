@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from proxy.http.request import Limits, Request
-from proxy.http.request_reader import END, OVERFLOW, Failed, RequestReader, UpgradeHead
+from forkproxy.proxy.http.request import Limits, Request
+from forkproxy.proxy.http.request_reader import END, OVERFLOW, Failed, RequestReader, UpgradeHead
 from tests.proxy.http.test_reader_fuzz import _Writer
 
 H2C_BODY = (

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from proxy.http.response_reader import END, HEAD, STRAY, Broken, Info, ResponseReader, Trailing
+from forkproxy.proxy.http.response_reader import (
+    END,
+    HEAD,
+    STRAY,
+    Broken,
+    Info,
+    ResponseReader,
+    Trailing,
+)
 
 
 def read(data: bytes, *, head_only: bool = False, upgrade: bool = False) -> list[object]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.http.safety import UnsafeParser, check_parsers
+from forkproxy.proxy.http.safety import UnsafeParser, check_parsers
 
 
 def test_compiled_parsers_pass() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from backends.base import Endpoint
-from proxy.http.upstream import UpstreamClient
+from forkproxy.backends.base import Endpoint
+from forkproxy.proxy.http.upstream import UpstreamClient
 
 BIG = 400_000  # more than the body buffer's high-water mark
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.forwarding.failures import Failure, upstream_failure
-from proxy.http.upstream import (
+from forkproxy.proxy.forwarding.failures import Failure, upstream_failure
+from forkproxy.proxy.http.upstream import (
     ConnectFailed,
     ConnectTimeout,
     Disconnected,

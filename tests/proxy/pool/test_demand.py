@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import random
 
-from proxy.demand import DemandTrace, StartCost
-from proxy.policy import START_COST_PRIOR
+from forkproxy.proxy.demand import DemandTrace, StartCost
+from forkproxy.proxy.policy import START_COST_PRIOR
 
 
 def test_start_cost_starts_at_the_prior_then_follows_starts() -> None:

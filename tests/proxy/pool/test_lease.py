@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from proxy.pool import Lease, Pool
+from forkproxy.proxy.pool import Lease, Pool
 from tests.conftest import eventually, run_proxy
 
 

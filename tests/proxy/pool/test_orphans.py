@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 
-from backends.support import owner
-from proxy.orphans import Judge
+from forkproxy.backends.support import owner
+from forkproxy.proxy.orphans import Judge
 
 
 class Clock:

@@ -3,8 +3,8 @@ explicit snapshot (measured start cost, load growth and recent peak included).""
 
 from __future__ import annotations
 
-from proxy.config import PoolConfig
-from proxy.policy import (
+from forkproxy.proxy.config import PoolConfig
+from forkproxy.proxy.policy import (
     KEEP_ALIVE_MAX,
     KEEP_ALIVE_MIN,
     InstanceView,

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-import backends
-from backends.base import BackendContext
-from proxy.config import PoolConfig, parse
-from proxy.metrics import Metrics
-from proxy.policy import KEEP_ALIVE_MIN, keep_alive
-from proxy.pool import Lease, Pool, State
+from forkproxy import backends
+from forkproxy.backends.base import BackendContext
+from forkproxy.proxy.config import PoolConfig, parse
+from forkproxy.proxy.metrics import Metrics
+from forkproxy.proxy.policy import KEEP_ALIVE_MIN, keep_alive
+from forkproxy.proxy.pool import Lease, Pool, State
 from tests.conftest import eventually, proxy_config, run_proxy
 
 

@@ -10,8 +10,8 @@ import os
 import socket
 import sys
 
-from backends.process import _serve, _wsgi
-from backends.process.child import apps
+from forkproxy.backends.process import _serve, _wsgi
+from forkproxy.backends.process.child import apps
 
 GRACE = 2.0
 

@@ -1,4 +1,4 @@
-"""backends.process._wsgi.bodiless on its own (pure WSGI plumbing, no server): what the
+"""forkproxy.backends.process._wsgi.bodiless on its own (pure WSGI plumbing, no server): what the
 fork-mode test cannot see from the wire - a start_response made lazily from the first
 chunk, the app's iterable always closed, write() kept for the head, bodies kept where
 they belong."""
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from backends.process._wsgi import bodiless
+from forkproxy.backends.process._wsgi import bodiless
 
 
 class Body:
