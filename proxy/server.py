@@ -345,18 +345,28 @@ class Proxy:
             await self._admin.cleanup()
 
     async def _access_logged(self, req: Request) -> None:
+        await self._logged(req, self._routed)
+
+    async def _upgrade(self, req: Request) -> None:
+        # a websocket is logged once, when its tunnel closes: status 101, bytes both ways
+        # from the proxy to the client, duration the tunnel's life
+        if self.cfg.server.access_log:
+            await self._logged(req, self._tunnel)
+        else:
+            await self._tunnel(req)
+
+    async def _tunnel(self, req: Request) -> None:
+        if (gen := self._route(req)) is not None:
+            await gen.upgrade(req)
+
+    async def _logged(self, req: Request, run: Handler) -> None:
         # ids only here: with the access log off a request pays nothing for them
         req.request_id = logs.take_request_id(req)
         sent = req.conn.sent
         try:
-            if (gen := self._route(req)) is not None:
-                await gen.handle(req)
+            await run(req)
         finally:
             logs.log_access(req, req.conn.sent - sent)
-
-    async def _upgrade(self, req: Request) -> None:
-        if (gen := self._route(req)) is not None:
-            await gen.upgrade(req)
 
 
 def _sock_host(sock: socket.socket) -> str:

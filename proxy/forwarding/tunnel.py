@@ -46,6 +46,7 @@ class Tunnel:
             if isinstance(lease, int):
                 fwd.count(lease)
                 return
+            req.lease = lease  # the access log names the instance
             up: Connection | None = None
             try:
                 t_send = time.monotonic()

@@ -70,6 +70,26 @@ async def test_access_log_is_one_structured_object_per_request(
     assert first["duration_ms"] >= first["queue_ms"]  # type: ignore[operator]
 
 
+async def test_a_websocket_is_logged_once_when_its_tunnel_closes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="forkproxy.access")
+    async with run_proxy(server={"access_log": True}) as p:
+        async with p.session.ws_connect(p.url + "/ws") as ws:
+            await ws.send_str("hello")
+            assert (await ws.receive(timeout=5)).data == "hello"
+            assert _access(caplog) == []  # still open: nothing logged yet
+            (inst,) = await p.instances()
+            await ws.close()
+        await eventually(lambda: _access(caplog), 5, "the tunnel's access record")
+    (rec,) = _access(caplog)
+    assert rec["method"] == "GET" and rec["path"] == "/ws"
+    assert rec["status"] == 101
+    assert rec["instance"] == inst["id"]
+    assert rec["request_id"]
+    assert isinstance(rec["bytes"], int) and rec["bytes"] > 0
+
+
 async def test_a_refused_request_is_logged_with_its_reason_fields(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
