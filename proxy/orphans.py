@@ -107,8 +107,12 @@ class OrphanReaper:
                 dead.append(inst)
             elif inst.owner_id not in self._spared:
                 self._spared.add(inst.owner_id)
+                # a reload's other generation runs in this process: not a second replica
                 log.info(
-                    "pool shared with live owner %s: its instances are left alone",
+                    "instances of %s %s are left alone",
+                    "this proxy's other generation"
+                    if owners.this_process(inst.owner_id)
+                    else "live owner (another replica sharing the pool)",
                     inst.owner_id,
                 )
         self.judge.forget_unused()

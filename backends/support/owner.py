@@ -91,6 +91,18 @@ def gone_here(owner_id: str) -> bool | None:
     return start_time(owner.pid) != owner.start
 
 
+def this_process(owner_id: str) -> bool:
+    """The owner is this very process: another generation of it (a reload's old or new
+    pool), not another replica."""
+    owner = parse(owner_id)
+    return (
+        owner is not None
+        and owner.space == this_space()
+        and owner.pid == os.getpid()
+        and owner.start == start_time(owner.pid)
+    )
+
+
 def short(owner_id: str) -> str:
     """The readable part of an owner id, for logs."""
     owner = parse(owner_id)

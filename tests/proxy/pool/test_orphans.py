@@ -30,6 +30,17 @@ def test_owner_ids_prove_a_live_process_and_a_dead_one() -> None:
     assert owner.short(me) == parsed.name
 
 
+def test_an_owner_of_this_very_process_is_told_from_a_replica() -> None:
+    # a reload's two generations share the process: the sweep says so, not "another replica"
+    me = owner.new_owner_id()
+    parsed = owner.parse(me)
+    assert parsed is not None
+    assert owner.this_process(me) and owner.this_process(owner.new_owner_id())
+    assert not owner.this_process(str(owner.Owner("h-1", parsed.space, os.getppid(), 5)))
+    assert not owner.this_process(str(owner.Owner("h-1", parsed.space, parsed.pid, 1)))
+    assert not owner.this_process("legacy-owner")
+
+
 def test_a_changing_lease_keeps_its_owner_alive_a_stale_one_does_not() -> None:
     clock = Clock()
     judge = Judge(10.0, clock, gone_here=lambda _: None)
