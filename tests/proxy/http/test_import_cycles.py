@@ -25,8 +25,9 @@ def imports_of(path: Path) -> set[str]:
         else:
             continue
         for name in names:
-            if name.startswith(PACKAGE + ".") and (HERE / f"{name.split('.')[2]}.py").exists():
-                found.add(name.split(".")[2])
+            mod = name.removeprefix(PACKAGE + ".").split(".")[0]
+            if name.startswith(PACKAGE + ".") and (HERE / f"{mod}.py").exists():
+                found.add(mod)
     return found
 
 
