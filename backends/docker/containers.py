@@ -17,10 +17,10 @@ from docker.utils import parse_repository_tag
 
 from forkproxy.backends.base import BackendContext, Endpoint
 from forkproxy.backends.docker.config import DockerConfig
-from forkproxy.backends.docker.engine import Engine, translate
 from forkproxy.backends.docker.ops import Container, create_started, remove_quietly, stop_and_remove
-from forkproxy.backends.docker.threads import Threads
-from forkproxy.backends.docker.unpause import Unpauser
+from forkproxy.backends.engine.client import Engine, translate
+from forkproxy.backends.engine.threads import Threads
+from forkproxy.backends.engine.unpause import Unpauser
 from forkproxy.backends.errors import BackendConfigError, BackendUnavailable, StartError
 from forkproxy.backends.support.probe import NotReady, wait_ready
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from forkproxy.backends.base import BackendContext, Instance
 from forkproxy.backends.docker.containers import Containers, Unreachable
-from forkproxy.backends.docker.engine import Engine, is_unreachable
 from forkproxy.backends.docker.events import ContainerEvent
 from forkproxy.backends.docker.ops import Container
+from forkproxy.backends.engine.client import Engine, is_unreachable
 from forkproxy.backends.support.tasks import TaskSet
 
 log = logging.getLogger("forkproxy.backend.docker")

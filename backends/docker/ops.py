@@ -14,7 +14,7 @@ import docker.errors
 
 from forkproxy.backends.base import Endpoint
 from forkproxy.backends.docker.config import DockerConfig
-from forkproxy.backends.docker.engine import Engine
+from forkproxy.backends.engine.client import Engine
 from forkproxy.backends.errors import StartError
 
 log = logging.getLogger("forkproxy.backend.docker")

@@ -11,10 +11,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from forkproxy.backends.base import LABEL_POOL
-from forkproxy.backends.docker.engine import Engine, translate
 from forkproxy.backends.docker.events import ContainerEvent, pump
 from forkproxy.backends.docker.placement import Engines
-from forkproxy.backends.docker.threads import Threads
+from forkproxy.backends.engine.client import Engine, translate
+from forkproxy.backends.engine.threads import Threads
 from forkproxy.backends.errors import BackendError
 
 log = logging.getLogger("forkproxy.backend.docker")

@@ -22,7 +22,7 @@ from docker.types import (
     TaskTemplate,
 )
 
-from forkproxy.backends.docker.engine import Engine
+from forkproxy.backends.engine.client import Engine
 from forkproxy.backends.errors import StartError
 from forkproxy.backends.swarm.config import SwarmConfig
 

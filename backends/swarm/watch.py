@@ -14,8 +14,8 @@ from typing import Any
 import docker.errors
 
 from forkproxy.backends.base import Instance
-from forkproxy.backends.docker.engine import Engine
-from forkproxy.backends.docker.threads import Threads
+from forkproxy.backends.engine.client import Engine
+from forkproxy.backends.engine.threads import Threads
 from forkproxy.backends.swarm.services import Service
 
 log = logging.getLogger("forkproxy.backend.swarm")
