@@ -94,6 +94,15 @@ class SwarmBackend(Backend):
         """Spares parked right now (a start takes one)."""
         return len(self._parked)
 
+    @property
+    def down_reason(self) -> str | None:
+        """The manager unreachable: no service can be made until it answers again (the
+        task watch pings it every engine_retry). Tasks on the nodes may still serve."""
+        engine = self._engine
+        if self._closing or engine.healthy or engine.client is None:
+            return None
+        return f"Swarm manager {engine.url} unreachable ({engine.last_error})"
+
     # -- Backend API -------------------------------------------------------------------
 
     async def prepare(self) -> None:
@@ -352,4 +361,7 @@ class SwarmBackend(Backend):
         self.ctx.on_death(dead.instance.id, reason)
 
     def _error(self, exc: Exception, what: str) -> BackendError:
-        return translate(exc, self._engine.url, what)
+        err = translate(exc, self._engine.url, what)
+        if isinstance(err, BackendUnavailable):
+            self._engine.mark_down(err)  # down_reason until the task watch's ping answers
+        return err
