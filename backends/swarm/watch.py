@@ -15,9 +15,9 @@ import docker.errors
 
 from forkproxy.backends.base import Instance
 from forkproxy.backends.engine.client import Engine, is_unreachable
+from forkproxy.backends.engine.health import until_back
 from forkproxy.backends.engine.reasons import exit_reason
 from forkproxy.backends.engine.threads import Threads
-from forkproxy.backends.errors import BackendError
 from forkproxy.backends.swarm.services import Service
 
 log = logging.getLogger("forkproxy.backend.swarm")
@@ -94,12 +94,7 @@ class TaskWatch:
         while True:
             await asyncio.sleep(self._poll)
             if not self._engine.healthy:
-                if not self._engine.due_for_retry():
-                    continue
-                try:
-                    await self._threads.call(self._engine.connect)  # marks it down again
-                except BackendError:
-                    continue
+                await until_back(self._engine, self._threads, lambda: False)  # cancelled
                 log.info("Swarm manager %s is back", self._engine.url)
             try:
                 await self.check()
