@@ -145,3 +145,23 @@ def test_the_proxys_side_of_fork_mode_never_imports_child_code() -> None:
         if mod.startswith("backends.process.child")
     ]
     assert bad == []
+
+
+def _reaches(package: str, other: str) -> list[str]:
+    return [
+        f"{p.relative_to(ROOT)}: {mod}"
+        for p in sorted((ROOT / "backends" / package).rglob("*.py"))
+        for mod, _ in imports(p)
+        if mod == f"backends.{other}" or mod.startswith(f"backends.{other}.")
+    ]
+
+
+def test_docker_and_swarm_share_only_the_engine_substrate() -> None:
+    # what both need of the Docker engine (client, threads, error translation, unpause)
+    # lives in backends/engine/: neither backend reaches into the other's modules
+    assert _reaches("swarm", "docker") == []
+    assert _reaches("docker", "swarm") == []
+
+
+def test_the_engine_substrate_imports_no_backend_package() -> None:
+    assert [bad for b in BACKEND_PACKAGES for bad in _reaches("engine", b)] == []

@@ -27,15 +27,16 @@ from forkproxy.backends.base import (
 from forkproxy.backends.docker import lease
 from forkproxy.backends.docker.config import DockerConfig
 from forkproxy.backends.docker.containers import Containers
-from forkproxy.backends.docker.engine import Engine, translate
 from forkproxy.backends.docker.events import ContainerEvent
 from forkproxy.backends.docker.leftovers import Leftovers
 from forkproxy.backends.docker.live import LiveSet
 from forkproxy.backends.docker.ops import Container, endpoint_of
-from forkproxy.backends.docker.paused import LABEL_PAUSED, RECYCLABLE, PausedPool
+from forkproxy.backends.docker.paused import RECYCLABLE, PausedPool
 from forkproxy.backends.docker.placement import Engines
-from forkproxy.backends.docker.threads import Threads
 from forkproxy.backends.docker.watch import EngineWatch
+from forkproxy.backends.engine.client import Engine, translate
+from forkproxy.backends.engine.threads import Threads
+from forkproxy.backends.engine.unpause import LABEL_PAUSED
 from forkproxy.backends.errors import BackendError, BackendUnavailable, StartError
 from forkproxy.backends.support.starts import Starts
 from forkproxy.backends.support.tasks import TaskSet

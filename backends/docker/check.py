@@ -9,7 +9,7 @@ import logging
 import docker.errors
 
 from forkproxy.backends.docker.config import DockerConfig
-from forkproxy.backends.docker.engine import Engine
+from forkproxy.backends.engine.client import Engine
 from forkproxy.backends.errors import BackendUnavailable
 from forkproxy.backends.support.table import Problem
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from forkproxy.backends.engine.urls import DEFAULT_ENGINE, check_url
 from forkproxy.backends.support.table import Table
-
-ENGINE_SCHEMES = ("unix://", "tcp://", "ssh://", "http://", "https://", "npipe://")
-DEFAULT_ENGINE = "unix:///var/run/docker.sock"
 
 
 @dataclass(frozen=True)
@@ -40,8 +38,7 @@ def parse_config(table: Table) -> DockerConfig:
     if not engines:
         table.error("engines", "needs at least one engine URL")
     for url in engines:
-        if not url.startswith(ENGINE_SCHEMES):
-            table.error("engines", f"{url!r} must start with one of: {', '.join(ENGINE_SCHEMES)}")
+        check_url(table, "engines", url)
     cfg = DockerConfig(
         image=image,
         command=command,

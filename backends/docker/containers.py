@@ -17,10 +17,11 @@ from docker.utils import parse_repository_tag
 
 from forkproxy.backends.base import BackendContext, Endpoint
 from forkproxy.backends.docker.config import DockerConfig
-from forkproxy.backends.docker.engine import Engine, translate
 from forkproxy.backends.docker.ops import Container, create_started, remove_quietly, stop_and_remove
-from forkproxy.backends.docker.threads import Threads
-from forkproxy.backends.docker.unpause import Unpauser
+from forkproxy.backends.engine.client import Engine, translate
+from forkproxy.backends.engine.reasons import exited_before_ready
+from forkproxy.backends.engine.threads import Threads
+from forkproxy.backends.engine.unpause import Unpauser
 from forkproxy.backends.errors import BackendConfigError, BackendUnavailable, StartError
 from forkproxy.backends.support.probe import NotReady, wait_ready
 
@@ -144,11 +145,11 @@ class Containers:
             next_check = now + 0.5
             state = (await self.inspect(c)).get("State") or {}
             if not state.get("Running"):
-                logs = await self.logs(c, 20)
-                err = StartError(
-                    f"container {c.name} exited before ready (exit {state.get('ExitCode')});"
-                    f" last log lines:\n{logs}",
-                    reason="oom" if state.get("OOMKilled") else "exited_before_ready",
+                err = exited_before_ready(
+                    f"container {c.name}",
+                    state.get("ExitCode"),
+                    oom=bool(state.get("OOMKilled")),
+                    logs=await self.logs(c, 20),
                 )
                 log.warning("%s", err)
                 raise err

@@ -20,7 +20,7 @@ from typing import Any
 import docker.errors
 
 from forkproxy.backends.base import LABEL_MANAGED, LABEL_OWNER, LABEL_POOL
-from forkproxy.backends.docker.engine import Engine
+from forkproxy.backends.engine.client import Engine
 
 LABEL_LEASE = "io.forkproxy.lease"  # "true" on lease markers
 LABEL_CLAIMS = "io.forkproxy.claims"  # on claim markers: the adopted container's id

@@ -13,10 +13,10 @@ from forkproxy.backends.base import LABEL_OWNER, LABEL_POOL, BackendContext
 from forkproxy.backends.docker import lease
 from forkproxy.backends.docker.config import DockerConfig
 from forkproxy.backends.docker.containers import Containers
-from forkproxy.backends.docker.engine import Engine, translate
 from forkproxy.backends.docker.ops import Container
 from forkproxy.backends.docker.paused import PausedPool, Remove
-from forkproxy.backends.docker.threads import Threads
+from forkproxy.backends.engine.client import Engine, translate
+from forkproxy.backends.engine.threads import Threads
 from forkproxy.backends.errors import BackendError
 from forkproxy.backends.support import owner
 

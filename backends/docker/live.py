@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 from forkproxy.backends.base import BackendContext, Instance
 from forkproxy.backends.docker.containers import Containers, Unreachable
-from forkproxy.backends.docker.engine import Engine, is_unreachable
 from forkproxy.backends.docker.events import ContainerEvent
 from forkproxy.backends.docker.ops import Container
+from forkproxy.backends.engine.client import Engine, is_unreachable
+from forkproxy.backends.engine.reasons import exit_reason
 from forkproxy.backends.support.tasks import TaskSet
 
 log = logging.getLogger("forkproxy.backend.docker")
@@ -127,7 +128,7 @@ class LiveSet:
         except Exception as exc:
             if is_unreachable(exc):
                 self._on_unreachable(c.engine, exc)
-        reason = "oom" if oom else f"exited:{code or '?'}"
+        reason = exit_reason(code, oom=oom)
         log.warning(
             "container %s (instance %s) died: %s\n%s", c.name, live.instance.id, reason, logs
         )

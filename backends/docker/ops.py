@@ -14,7 +14,8 @@ import docker.errors
 
 from forkproxy.backends.base import Endpoint
 from forkproxy.backends.docker.config import DockerConfig
-from forkproxy.backends.docker.engine import Engine
+from forkproxy.backends.engine.client import Engine
+from forkproxy.backends.engine.reasons import exited_before_ready
 from forkproxy.backends.errors import StartError
 
 log = logging.getLogger("forkproxy.backend.docker")
@@ -66,10 +67,11 @@ def create_started(
         attrs: dict[str, Any] = api.inspect_container(c.id)
         state = attrs.get("State") or {}
         if not state.get("Running"):
-            raise StartError(
-                f"container {name} exited before ready (exit {state.get('ExitCode')}, "
-                f"oom={state.get('OOMKilled')}); last log lines:\n{engine.logs_tail(c.id)}",
-                reason="oom" if state.get("OOMKilled") else "exited_before_ready",
+            raise exited_before_ready(
+                f"container {name}",
+                state.get("ExitCode"),
+                oom=bool(state.get("OOMKilled")),
+                logs=engine.logs_tail(c.id),
             )
     except BaseException:
         remove_quietly(c)

@@ -19,18 +19,14 @@ from typing import Any
 from forkproxy.backends.base import BackendContext, Endpoint
 from forkproxy.backends.docker.config import DockerConfig
 from forkproxy.backends.docker.containers import Containers
-from forkproxy.backends.docker.engine import Engine, translate
 from forkproxy.backends.docker.events import ContainerEvent
 from forkproxy.backends.docker.ops import Container, endpoint_of
 from forkproxy.backends.docker.placement import Engines
-from forkproxy.backends.docker.unpause import until_serving
+from forkproxy.backends.engine.client import Engine, translate
+from forkproxy.backends.engine.unpause import LABEL_PAUSED, until_serving
 from forkproxy.backends.errors import BackendError
 from forkproxy.backends.support.refill import SETTLE, Refill
 from forkproxy.backends.support.tasks import TaskSet
-
-# Set at creation on paused-pool containers. Docker labels are immutable, so it stays
-# after the container is taken; taken containers are renamed to the instance's name.
-LABEL_PAUSED = "io.forkproxy.paused"
 
 log = logging.getLogger("forkproxy.backend.docker")
 

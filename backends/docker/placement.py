@@ -7,8 +7,8 @@ import asyncio
 import logging
 from collections.abc import Iterator, Sequence
 
-from forkproxy.backends.docker.engine import Engine
-from forkproxy.backends.docker.threads import Threads
+from forkproxy.backends.engine.client import Engine
+from forkproxy.backends.engine.threads import Threads
 from forkproxy.backends.errors import BackendUnavailable, StartError
 
 log = logging.getLogger("forkproxy.backend.docker")

@@ -11,11 +11,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from forkproxy.backends.base import LABEL_POOL
-from forkproxy.backends.docker.engine import Engine, translate
 from forkproxy.backends.docker.events import ContainerEvent, pump
 from forkproxy.backends.docker.placement import Engines
-from forkproxy.backends.docker.threads import Threads
-from forkproxy.backends.errors import BackendError
+from forkproxy.backends.engine.client import Engine, translate
+from forkproxy.backends.engine.health import until_back
+from forkproxy.backends.engine.threads import Threads
 
 log = logging.getLogger("forkproxy.backend.docker")
 
@@ -51,27 +51,13 @@ class EngineWatch:
         await self._pumps.drain(within=10)
         self._pumps.shutdown()
 
-    async def _until_back(self, engine: Engine) -> bool:
-        """Ping a down engine every engine_retry (the first time engine_retry after it
-        went down) until it answers: True, or False once closing."""
-        wait = engine.retry_after - (time.monotonic() - engine.down_since)
-        while not self._closing:
-            await asyncio.sleep(max(wait, 0.0))
-            try:
-                await self._threads.call(engine.connect)
-            except BackendError:
-                wait = engine.retry_after  # connect() marked it down again
-                continue
-            return True
-        return False
-
     async def run(self, engine: Engine) -> None:
         """Own one engine's event stream; reconnect an unhealthy engine every engine_retry."""
         loop = asyncio.get_running_loop()
         since: int | None = None
         while not self._closing:
             if not engine.healthy:
-                if not await self._until_back(engine):
+                if not await until_back(engine, self._threads, lambda: self._closing):
                     return
                 log.info("Docker engine %s is back", engine.url)
                 await self._on_back(engine)

@@ -4,9 +4,9 @@ address and host-mode published port. Config keys: backends/swarm/config.py.
 
 The parts it composes: services.py (the blocking Swarm calls), watch.py (deaths from task
 states), parked.py (spares paused on their node: the warm path), nodes.py (node addresses
-and engines), lease.py (this run's lease for replicas on other hosts); from the docker
-backend it reuses the engine client (backends/docker/engine.py) and its threads (threads.py);
-readiness is the shared probe (backends/support/probe.py)."""
+and engines), lease.py (this run's lease for replicas on other hosts); the engine client,
+its threads and the raw unpause are the substrate it shares with the docker backend
+(backends/engine/); readiness is the shared probe (backends/support/probe.py)."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from forkproxy.backends.base import (
     Endpoint,
     Instance,
 )
-from forkproxy.backends.docker.engine import Engine, translate
-from forkproxy.backends.docker.threads import Threads
+from forkproxy.backends.engine.client import Engine, translate
+from forkproxy.backends.engine.threads import Threads
 from forkproxy.backends.errors import (
     BackendConfigError,
     BackendError,
@@ -93,6 +93,15 @@ class SwarmBackend(Backend):
     def spares(self) -> int:
         """Spares parked right now (a start takes one)."""
         return len(self._parked)
+
+    @property
+    def down_reason(self) -> str | None:
+        """The manager unreachable: no service can be made until it answers again (the
+        task watch pings it every engine_retry). Tasks on the nodes may still serve."""
+        engine = self._engine
+        if self._closing or engine.healthy or engine.client is None:
+            return None
+        return f"Swarm manager {engine.url} unreachable ({engine.last_error})"
 
     # -- Backend API -------------------------------------------------------------------
 
@@ -352,4 +361,7 @@ class SwarmBackend(Backend):
         self.ctx.on_death(dead.instance.id, reason)
 
     def _error(self, exc: Exception, what: str) -> BackendError:
-        return translate(exc, self._engine.url, what)
+        err = translate(exc, self._engine.url, what)
+        if isinstance(err, BackendUnavailable):
+            self._engine.mark_down(err)  # down_reason until the task watch's ping answers
+        return err

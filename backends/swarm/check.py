@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from forkproxy.backends.docker.engine import Engine
+from forkproxy.backends.engine.client import Engine
 from forkproxy.backends.errors import BackendUnavailable
 from forkproxy.backends.support.table import Problem
 from forkproxy.backends.swarm.config import SwarmConfig

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from forkproxy.backends.docker.config import DEFAULT_ENGINE, ENGINE_SCHEMES
+from forkproxy.backends.engine.urls import DEFAULT_ENGINE, check_url
 from forkproxy.backends.support.table import Table
 
 # Swarm's own constraint grammar: `<attribute> == <value>` or `!=` (docker service create
@@ -39,8 +39,7 @@ def parse_config(table: Table) -> SwarmConfig:
     if command == ():
         table.error("command", "must not be empty (omit it to use the image's CMD)")
     manager = table.str("manager", DEFAULT_ENGINE)
-    if not manager.startswith(ENGINE_SCHEMES):
-        table.error("manager", f"{manager!r} must start with one of: {', '.join(ENGINE_SCHEMES)}")
+    check_url(table, "manager", manager)
     constraints = tuple(table.str_list("constraints", []))
     for c in constraints:
         if not _CONSTRAINT.match(c):
@@ -61,11 +60,7 @@ def parse_config(table: Table) -> SwarmConfig:
         preferences.append(descriptor)
     node_engines = table.str_map("node_engines")
     for node, url in node_engines.items():
-        if not url.startswith(ENGINE_SCHEMES):
-            table.error(
-                f"node_engines.{node}",
-                f"{url!r} must start with one of: {', '.join(ENGINE_SCHEMES)}",
-            )
+        check_url(table, f"node_engines.{node}", url)
     cfg = SwarmConfig(
         image=image,
         command=command,

@@ -13,8 +13,8 @@ from typing import Any
 import docker.errors
 
 from forkproxy.backends.base import LABEL_MANAGED, LABEL_OWNER, LABEL_POOL, BackendContext
-from forkproxy.backends.docker.engine import Engine
-from forkproxy.backends.docker.threads import Threads
+from forkproxy.backends.engine.client import Engine
+from forkproxy.backends.engine.threads import Threads
 
 log = logging.getLogger("forkproxy.backend.swarm")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import logging
 
-from forkproxy.backends.docker.engine import Engine
-from forkproxy.backends.docker.threads import Threads
+from forkproxy.backends.engine.client import Engine
+from forkproxy.backends.engine.threads import Threads
 from forkproxy.backends.errors import BackendError
 from forkproxy.backends.swarm import services
 

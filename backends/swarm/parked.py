@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from forkproxy.backends.base import BackendContext, Endpoint, Instance
-from forkproxy.backends.docker.engine import Engine, translate
-from forkproxy.backends.docker.paused import LABEL_PAUSED
-from forkproxy.backends.docker.threads import Threads
-from forkproxy.backends.docker.unpause import Unpauser, until_serving
+from forkproxy.backends.engine.client import Engine, translate
+from forkproxy.backends.engine.threads import Threads
+from forkproxy.backends.engine.unpause import LABEL_PAUSED, Unpauser, until_serving
 from forkproxy.backends.errors import BackendError
 from forkproxy.backends.support.refill import Refill
 from forkproxy.backends.support.tasks import TaskSet

@@ -22,7 +22,8 @@ from docker.types import (
     TaskTemplate,
 )
 
-from forkproxy.backends.docker.engine import Engine
+from forkproxy.backends.engine.client import Engine
+from forkproxy.backends.engine.reasons import exited_before_ready
 from forkproxy.backends.errors import StartError
 from forkproxy.backends.swarm.config import SwarmConfig
 
@@ -33,6 +34,8 @@ log = logging.getLogger("forkproxy.backend.swarm")
 TERMINAL = frozenset({"complete", "shutdown", "failed", "rejected", "orphaned", "remove"})
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9-]+")
 _NAME_MAX = 63  # service names are DNS labels
+# What a task's Err says when its node has no image and could not pull it.
+_NO_IMAGE = ("no such image", "pull access denied", "manifest unknown")
 
 
 @dataclass(eq=False)
@@ -122,16 +125,42 @@ def wait_running(engine: Engine, svc: Service, deadline: float, poll: float) -> 
                     svc.container_id = (status.get("ContainerStatus") or {}).get("ContainerID", "")
                     return dict(task)
             if state in TERMINAL:
-                raise StartError(
-                    f"service {svc.name}: task {state} before running: "
-                    f"{status.get('Err') or status.get('Message')}",
-                    reason="exited_before_ready",
-                )
+                raise ended_before_running(engine, svc, status)
             last = f"{state}: {status.get('Err') or status.get('Message') or ''}".strip()
         if time.monotonic() > deadline:
             reason = "no_suitable_node" if "no suitable node" in last else "task_timeout"
             raise StartError(f"service {svc.name}: no running task in time ({last})", reason=reason)
         time.sleep(poll)
+
+
+def ended_before_running(engine: Engine, svc: Service, status: dict[str, Any]) -> StartError:
+    """Why a task ended before it ran, from its Status: a node without the image
+    (`image_missing`), else the app's end (its exit code, the service's last log lines)."""
+    state = str(status.get("State", ""))
+    err = str(status.get("Err") or status.get("Message") or "")
+    if any(m in err.lower() for m in _NO_IMAGE):
+        return StartError(
+            f"service {svc.name}: task {state}: image not found: {err}", reason="image_missing"
+        )
+    code = (status.get("ContainerStatus") or {}).get("ExitCode")
+    return exited_before_ready(
+        f"service {svc.name} (task {state}: {err})",
+        code if state in ("failed", "complete") else None,
+        oom=False,  # Swarm does not say; a death's exit 137 is checked on the node's engine
+        logs=logs_tail(engine, svc.id),
+    )
+
+
+def logs_tail(engine: Engine, service_id: str, lines: int = 20) -> str:
+    """The service's last log lines, through the manager (from any node's task)."""
+    try:
+        chunks = engine.client.api.service_logs(
+            service_id, stdout=True, stderr=True, tail=lines, is_tty=False
+        )
+        raw = b"".join(chunks)
+    except Exception as exc:
+        return f"(logs unavailable: {exc})"
+    return raw.decode("utf-8", "replace").rstrip()
 
 
 def published_port(task: dict[str, Any], target: int) -> int:

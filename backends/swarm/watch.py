@@ -14,8 +14,10 @@ from typing import Any
 import docker.errors
 
 from forkproxy.backends.base import Instance
-from forkproxy.backends.docker.engine import Engine
-from forkproxy.backends.docker.threads import Threads
+from forkproxy.backends.engine.client import Engine, is_unreachable
+from forkproxy.backends.engine.health import until_back
+from forkproxy.backends.engine.reasons import exit_reason
+from forkproxy.backends.engine.threads import Threads
 from forkproxy.backends.swarm.services import Service
 
 log = logging.getLogger("forkproxy.backend.swarm")
@@ -39,9 +41,9 @@ def death_reason(task: dict[str, Any] | None) -> str:
     state = str(status.get("State", ""))
     code = (status.get("ContainerStatus") or {}).get("ExitCode")
     if state in ("failed", "complete") and code is not None:
-        return f"exited:{code}"
+        return exit_reason(code)
     if m := _EXIT.search(str(status.get("Err") or "")):
-        return f"exited:{m.group(1)}"
+        return exit_reason(m.group(1))
     return state or "gone"
 
 
@@ -86,14 +88,20 @@ class TaskWatch:
 
     async def run(self) -> None:
         """Poll until cancelled. A failed poll (manager unreachable) is logged and retried:
-        a manager that is down says nothing about the tasks on the workers."""
+        a manager that is down says nothing about the tasks on the workers. A manager
+        marked down is pinged every engine_retry until it answers."""
         warned = False
         while True:
             await asyncio.sleep(self._poll)
+            if not self._engine.healthy:
+                await until_back(self._engine, self._threads, lambda: False)  # cancelled
+                log.info("Swarm manager %s is back", self._engine.url)
             try:
                 await self.check()
                 warned = False
             except Exception as exc:
+                if is_unreachable(exc):
+                    self._engine.mark_down(exc)
                 if not warned:
                     log.warning("polling Swarm tasks on %s failed: %r", self._engine.url, exc)
                     warned = True

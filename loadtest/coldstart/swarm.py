@@ -57,7 +57,7 @@ def scale_series(client: docker.DockerClient, n: int, constraints: list[str]) ->
 
     from docker.types import ContainerSpec, Placement, RestartPolicy, ServiceMode, TaskTemplate
 
-    from forkproxy.backends.docker.engine import Engine
+    from forkproxy.backends.engine.client import Engine
     from forkproxy.backends.swarm.services import scale
 
     api = client.api

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from forkproxy.backends.docker.placement import Engines
-from forkproxy.backends.docker.threads import Threads
 from forkproxy.backends.docker.watch import EngineWatch
+from forkproxy.backends.engine.threads import Threads
 
 # The SDK leaks the socket of each failed connect (docker/transport/unixconn.py) in an
 # exception cycle: their ResourceWarnings are silenced here and at the collection below.

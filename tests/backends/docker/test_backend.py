@@ -11,9 +11,9 @@ import pytest
 
 from forkproxy.backends.base import LABEL_INSTANCE, LABEL_OWNER, LABEL_POOL, Endpoint
 from forkproxy.backends.docker.backend import LABEL_PAUSED
-from forkproxy.backends.docker.engine import Engine
-from forkproxy.backends.docker.threads import Threads
-from forkproxy.backends.docker.unpause import Unpauser, until_serving
+from forkproxy.backends.engine.client import Engine
+from forkproxy.backends.engine.threads import Threads
+from forkproxy.backends.engine.unpause import Unpauser, until_serving
 from forkproxy.backends.errors import BackendConfigError, BackendUnavailable, StartError
 from forkproxy.backends.support.refill import SETTLE
 from forkproxy.backends.support.tasks import TaskSet

@@ -9,9 +9,9 @@ import pytest
 
 from forkproxy.backends.base import Endpoint
 from forkproxy.backends.docker import parse_config
-from forkproxy.backends.docker.engine import Engine
 from forkproxy.backends.docker.events import parse
 from forkproxy.backends.docker.ops import endpoint_of
+from forkproxy.backends.engine.client import Engine
 from forkproxy.backends.errors import StartError
 from forkproxy.backends.support.table import Table
 

@@ -131,3 +131,25 @@ async def test_proxy_sigkill_then_next_run_reaps_its_services(
 
     await eventually(lease_gone, 10, "the killed proxy's lease to be removed with them")
     assert (await get(second.url + "/"))[0] == 200
+
+
+async def test_an_app_that_exits_at_once_is_named_in_the_proxys_failure(
+    swarm_proxy: MakeProxy,
+) -> None:
+    p = swarm_proxy(
+        pool={"start_retries": 1},
+        backend={"command": ["sh", "-c", "echo no-app-here; exit 3"]},
+    )
+    await p.start()
+    status, body = await get(p.url + "/")
+    assert (status, body) == (503, "Service Unavailable: no instance could be started\n")
+    # the failure record names the exit, whether Swarm ended the task before it ran
+    # (exited_before_ready, with the app's last log lines) or just after (died)
+    status, body = await get(p.admin + "/readyz")
+    assert status == 503
+    assert "exited:3" in body, body
+    status, metrics = await get(p.admin + "/metrics")
+    assert (
+        'forkproxy_instance_starts_total{result="exited_before_ready"} 1.0' in metrics
+        or 'forkproxy_instance_starts_total{result="died"} 1.0' in metrics
+    )

@@ -1,6 +1,7 @@
-"""The docker backend's own threads for blocking SDK calls. A caller may be cancelled (the
-pool times starts out); its call runs on and drain() waits for it, so nothing a call creates
-appears after the backend closed. Tasks are owned by forkproxy.backends.support.tasks.TaskSet."""
+"""A backend's own threads for blocking docker SDK calls (docker and swarm make one each).
+A caller may be cancelled (the pool times starts out); its call runs on and drain() waits
+for it, so nothing a call creates appears after the backend closed. Tasks are owned by
+forkproxy.backends.support.tasks.TaskSet."""
 
 from __future__ import annotations
 

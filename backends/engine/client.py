@@ -1,6 +1,7 @@
-"""One Docker engine as the docker backend sees it: a lazily connected SDK client,
-its health (errors mark it unhealthy until `engine_retry` passes) and blocking helpers
-that translate docker SDK errors into the forkproxy.backends.errors tree. Call from threads."""
+"""One Docker engine as the backends on it (docker, swarm) see it: a lazily connected SDK
+client, its health (errors mark it unhealthy until `engine_retry` passes) and blocking
+helpers that translate docker SDK errors into the forkproxy.backends.errors tree. Call
+from threads."""
 
 from __future__ import annotations
 

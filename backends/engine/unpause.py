@@ -22,12 +22,16 @@ from urllib.parse import urlparse
 import aiohttp
 
 from forkproxy.backends.base import Endpoint
-from forkproxy.backends.docker.engine import ENGINE_CALL_TIMEOUT, Engine, translate
-from forkproxy.backends.docker.threads import Threads
+from forkproxy.backends.engine.client import ENGINE_CALL_TIMEOUT, Engine, translate
+from forkproxy.backends.engine.threads import Threads
 from forkproxy.backends.errors import BackendError, BackendUnavailable, StartError
 from forkproxy.backends.support.tasks import TaskSet
 
-log = logging.getLogger("forkproxy.backend.docker")
+log = logging.getLogger("forkproxy.backend.engine")
+
+# Set at creation on a spare that is parked paused (a docker paused-pool container, a swarm
+# parked service). Labels are immutable, so it stays after the spare is taken.
+LABEL_PAUSED = "io.forkproxy.paused"
 
 
 def raw_base(url: str) -> tuple[str, str | None] | None:
