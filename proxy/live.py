@@ -120,13 +120,16 @@ class Sampler:
         return sample
 
     def _apps(self, now: float) -> list[dict[str, Any]]:
-        """One row per app: its instances by what they do, its queue, requests per
-        second since the last sample, the memory measured, its template."""
+        """One row per app: its instances by what they do (and the instances, for
+        `forkproxy top`), its queue, requests per second since the last sample, the
+        memory measured, its template."""
         out = []
         for name, serving in self.view.apps().items():
             pool = serving.pool
             counts = {"starting": 0, "busy": 0, "idle": 0, "draining": 0}
-            for row in pool.describe():
+            instances = pool.describe()
+            for row in instances:
+                row.setdefault("owner", serving.owner_id)
                 state = row["state"]
                 if state == "ready":
                     state = "busy" if row["in_flight"] or row.get("working") else "idle"
@@ -148,6 +151,7 @@ class Sampler:
                     "memory": serving.memory,
                     "template_memory": serving.template_memory,
                     "template": serving.template,
+                    "instances": instances,
                 }
             )
         return out
