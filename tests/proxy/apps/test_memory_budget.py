@@ -117,3 +117,20 @@ async def test_a_start_over_max_memory_gives_back_the_other_apps_idle_instance()
         text = await metrics(c)
         assert 'forkproxy_instance_stops_total{reason="budget"} 1.0' in text
         assert waited < 10, waited
+
+
+def test_a_replicas_templates_are_not_counted() -> None:
+    from forkproxy.backends.base import Endpoint, Instance
+    from forkproxy.proxy.templates_memory import Templates
+
+    def listed(owner: str, pid: int) -> Instance:
+        meta = {"kind": "template", "pid": str(pid)}
+        return Instance(
+            f"tpl-{pid}", "process", Endpoint("127.0.0.1", 0), owner_id=owner, meta=meta
+        )
+
+    t = Templates()
+    t.learn([listed("other-replica", 10**7)], "me")
+    assert not t.known and t.state == ""
+    t.learn([listed("me", 10**7 + 1)], "me")
+    assert t.known and t.reported
