@@ -9,7 +9,9 @@ import re
 import time
 from typing import Any
 
+from forkproxy.backends.base import Endpoint, Instance
 from forkproxy.proxy.budget import BudgetConfig
+from forkproxy.proxy.templates_memory import Templates
 from tests.conftest import eventually
 from tests.proxy.apps.test_apps_e2e import Client, config, running
 
@@ -120,9 +122,6 @@ async def test_a_start_over_max_memory_gives_back_the_other_apps_idle_instance()
 
 
 def test_a_replicas_templates_are_not_counted() -> None:
-    from forkproxy.backends.base import Endpoint, Instance
-    from forkproxy.proxy.templates_memory import Templates
-
     def listed(owner: str, pid: int) -> Instance:
         meta = {"kind": "template", "pid": str(pid)}
         return Instance(
