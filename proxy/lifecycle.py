@@ -279,13 +279,15 @@ class Lifecycle(abc.ABC):
         known = [s.instance for s in self._slots.values() if s.instance]
         try:
             await self.templates.measure(known)
+            if not slots:
+                self.metrics.template_memory.set(self.templates.bytes or 0)
+                self.metrics.memory.set(0)
+                return
             sizes = await self.backend.memory([s.instance for s in slots if s.instance])
         except Exception as exc:  # cannot measure now: try again next time
             log.warning("measuring instance memory failed: %r", exc)
             return
         self.metrics.template_memory.set(self.templates.bytes or 0)
-        if not slots:
-            return
         for s in slots:
             s.memory = sizes.get(s.id, s.memory)
         self.metrics.instance_memory.set(max(sizes.values(), default=0))
