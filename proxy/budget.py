@@ -123,7 +123,8 @@ def admit(
     def over(extra: int = 0, extra_mem: int = 0) -> tuple[int, int]:
         held = sum(counts.values()) + promised + extra
         n = held + 1 - cfg.max_instances if cfg.max_instances else 0
-        used = sum(mem.values()) + extra_mem + need_mem
+        # room drained for another app is held for it in memory as in instances
+        used = sum(mem.values()) + promised * default_mem + extra_mem + need_mem
         m = used - cfg.max_memory if cfg.max_memory and need_mem else 0
         return n, m
 

@@ -237,3 +237,34 @@ def test_memory_reclaim_keeps_min_instances() -> None:
     ]
     v = admit(BudgetConfig(max_memory=415 * MiB), apps, "b")
     assert not v.admit and not v.reclaim and not v.evict
+
+
+def test_under_memory_pressure_every_app_reaches_its_share() -> None:
+    # three apps, each always asking for more, their instances always busy: the budget
+    # (500 MiB, 50 MiB templates, 100 MiB instances) converges on each app's fair share,
+    # whoever asked first; nobody is starved, and min_instances holds throughout
+    cfg = BudgetConfig(max_memory=500 * MiB)
+    held: dict[str, list[str]] = {"a": [], "b": [], "c": []}
+    floors = {"a": 1, "b": 0, "c": 0}
+    promised: dict[str, int] = {}  # as proxy/machine.py keeps them
+    serial = 0
+    for _ in range(30):
+        for name in ("c", "c", "c", "a", "b"):  # c asks three times as often
+            apps = [
+                mem_app(n, *busy_mem(*ids, memory=100 * MiB), template=50 * MiB, floor=floors[n])
+                for n, ids in held.items()
+            ]
+            v = admit(cfg, apps, name, promised)
+            for owner, iid in (*v.evict, *v.reclaim):  # drained and gone by the next ask
+                assert len(held[owner]) > floors[owner], (owner, "given back below its floor")
+                held[owner].remove(iid)
+            if v.reclaim:
+                promised[name] = promised.get(name, 0) + len(v.reclaim)
+            if v.admit:
+                serial += 1
+                held[name].append(f"{name}{serial}")
+                if promised.get(name):
+                    promised[name] -= 1
+    counts = {n: len(ids) for n, ids in held.items()}
+    # 500 MiB - 3 templates = 350 MiB: three instances; one each
+    assert counts == {"a": 1, "b": 1, "c": 1}, counts
