@@ -3,6 +3,7 @@ under its own label: one real proxy, two fork-mode apps, over loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import re
@@ -133,3 +134,37 @@ def test_a_replicas_templates_are_not_counted() -> None:
     assert not t.known and t.state == ""
     t.learn([listed("me", 10**7 + 1)], "me")
     assert t.known and t.reported
+
+
+async def test_a_start_waits_while_busy_instances_hold_the_memory() -> None:
+    async with running(config("60s", budget={"max_memory": "1000g"})) as c:
+        assert await c.get("shop.test") == (200, "shop /")
+        machine = c.proxy.machine
+        shop, blog = c.proxy.gens["shop"].pool, c.proxy.gens["blog"].pool
+
+        def measured() -> bool:
+            return bool(shop.memory_held()[0] and shop.templates.bytes and blog.templates.bytes)
+
+        await eventually(measured, timeout=20, what="instance and templates measured")
+        async with asyncio.TaskGroup() as tg:
+            slow = tg.create_task(c.get("shop.test", "/?sleep=4"))
+
+            async def busy() -> bool:
+                return [i["in_flight"] for i in await c.instances("shop")] == [1]
+
+            await eventually(busy, timeout=10, what="shop's instance busy")
+            used, inst = machine.usage()["memory"], shop.memory_held()[0]
+            assert used and inst
+            machine.cfg = dataclasses.replace(machine.cfg, max_memory=used + inst // 2)
+            started = time.monotonic()
+            # no idle capacity to give back: blog waits for shop's request, not 503
+            assert await c.get("blog.test", "/blog/") == (200, "blog /blog/")
+            waited = time.monotonic() - started
+            assert await slow == (200, "shop /")
+        assert waited > 1.5, waited  # it waited for the busy instance
+        assert waited < 20, waited
+        text = await metrics(c)
+        stops = re.findall(
+            r'^forkproxy_instance_stops_total\{reason="(budget\w*)"\} 1.0$', text, re.M
+        )
+        assert len(stops) == 1, text
