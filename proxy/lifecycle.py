@@ -258,21 +258,8 @@ class Lifecycle(abc.ABC):
             await asyncio.sleep(MEMORY_EVERY)
             tick += 1
             quiet = tick % MEMORY_QUIET_EVERY == 0
-            if tick == 1 or (quiet and self.templates.reported and not self.templates.known):
-                await self._find_templates()
             if self.cfg.max_memory or self.measure_memory or quiet:
                 await self._check_memory(self.cfg.max_memory)
-
-    async def _find_templates(self) -> None:
-        """A template no instance names yet (none started, or all gone) holds memory
-        too: the backend's listing shows it. Asked once, then only while a backend that
-        has templates shows none (one being replaced): a listing may cost a scan."""
-        try:
-            listed = await self.backend.list()
-        except Exception as exc:  # listing is best effort here; instances still tell
-            log.debug("listing templates failed: %r", exc)
-            return
-        self.templates.learn(listed, self.ctx.owner_id)
 
     async def _check_memory(self, limit: int) -> None:
         slots = [s for s in self._slots.values() if s.state is State.READY and s.instance]

@@ -110,7 +110,7 @@ class Sampler:
             "settings": settings,
             "settings_source": source,
             "instances": rows,
-            "apps": self._apps(now),
+            "apps": self._apps(now, pool, rows),
             "budget": self.view.budget(),
         }
         self.latest = sample
@@ -119,7 +119,9 @@ class Sampler:
         self._new = asyncio.Event()
         return sample
 
-    def _apps(self, now: float) -> list[dict[str, Any]]:
+    def _apps(
+        self, now: float, first: PoolView, rows: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
         """One row per app: its instances by what they do (and the instances, for
         `forkproxy top`), its queue, requests per second since the last sample, the
         memory measured, its template."""
@@ -127,7 +129,8 @@ class Sampler:
         for name, serving in self.view.apps().items():
             pool = serving.pool
             counts = {"starting": 0, "busy": 0, "idle": 0, "draining": 0}
-            instances = pool.describe()
+            # the serving pool's rows as the sample has them: one moment, one table
+            instances = rows if pool is first else pool.describe()
             for row in instances:
                 row.setdefault("owner", serving.owner_id)
                 state = row["state"]

@@ -165,7 +165,13 @@ class Pool(Lifecycle):
         """Stop what stopped replicas of this pool name left; then keep doing it (and keep
         this run's lease fresh) every orphan_timeout/6 while the pool runs."""
         reaper = OrphanReaper(
-            self.backend, self.ctx.owner_id, self.metrics, self.cfg.orphan_timeout, self.clock
+            self.backend,
+            self.ctx.owner_id,
+            self.metrics,
+            self.cfg.orphan_timeout,
+            self.clock,
+            # its listing shows this run's templates too (measured with the instances)
+            on_listed=lambda found: self.templates.learn(found, self.ctx.owner_id),
         )
         await reaper.sweep()
         self._tasks.spawn(reaper.run(), "orphans")

@@ -1,7 +1,9 @@
 """What an app's templates hold (a fork template and its prefork spares), measured for
 the budget and the live page. Backends name an instance's template in its meta
-(`template_pid`, fork mode); the pids seen are remembered, so a template with no
-instance left (idle capacity too) is still counted, until it is gone.
+(`template_pid`, fork mode), and the backend's listing (the pool's orphan sweep, at
+its start and every orphan_timeout/6) shows each template as kind "template"; the pids
+seen are remembered, so a template with no instance (idle capacity too) is counted
+until it is gone.
 
 Read from /proc by forkproxy.backends.process._memory (PSS, as instances are measured);
 a backend whose instances name no template reports None: not measured, not zero."""
