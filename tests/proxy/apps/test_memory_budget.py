@@ -152,7 +152,7 @@ async def test_a_start_waits_while_busy_instances_hold_the_memory() -> None:
             async def busy() -> bool:
                 return [i["in_flight"] for i in await c.instances("shop")] == [1]
 
-            await eventually(busy, timeout=10, what="shop's instance busy")
+            await eventually(busy, timeout=20, what="shop's instance busy")
             used, inst = machine.usage()["memory"], shop.memory_held()[0]
             assert used and inst
             machine.cfg = dataclasses.replace(machine.cfg, max_memory=used + inst // 2)
@@ -160,8 +160,8 @@ async def test_a_start_waits_while_busy_instances_hold_the_memory() -> None:
             # no idle capacity to give back: blog waits for shop's request, not 503
             assert await c.get("blog.test", "/blog/") == (200, "blog /blog/")
             waited = time.monotonic() - started
+            assert slow.done()  # it waited for the busy instance's request to end
             assert await slow == (200, "shop /")
-        assert waited > 1.5, waited  # it waited for the busy instance
         assert waited < 20, waited
         text = await metrics(c)
         stops = re.findall(
