@@ -39,6 +39,10 @@ class Serving:
     owner_id: str
     pool_name: str
     backend_type: str
+    requests: int = 0  # routed to it so far (the live page's requests per second)
+    memory: int | None = None  # bytes its instances hold, measured; None: not measured
+    template_memory: int | None = None  # bytes its templates hold; None: none reported
+    template: str = ""  # "up", "down", or "" when the backend reports no template
 
 
 @dataclass(frozen=True)
@@ -49,3 +53,5 @@ class AdminView:
     serving: Callable[[], Serving]  # asked on each read: follows a reload
     apps: Callable[[], dict[str, Serving]]  # every app's serving generation, first app first
     ready: Callable[[], bool]
+    # what every app holds against [budget] (proxy/machine.py Machine.usage)
+    budget: Callable[[], dict[str, Any]] = dict

@@ -7,19 +7,25 @@ request frequency x start cost / memory per instance. A rarely used app that sta
 5 ms and holds 200 MB is the cheapest to bring back, so its idle instances go first;
 a busy app whose instances take seconds to start keeps its own. Two rules on top:
 - never below an app's min_instances, never the asking app's own instances;
-- a fair share (max_instances / the apps contending): apps above their share give
-  first; and an app below its share, blocked by busy instances of apps above theirs,
+- a fair share (max_instances, and max_memory, / the apps contending): apps above their
+  share give first; and an app below its share, blocked by busy instances of apps above theirs,
   has one of those drained (it finishes its requests, takes no new ones) instead of
   waiting for a load that may never drop. An app at or above its share waits when no
   idle instance can make room (idle capacity is lent past the share: work-conserving).
 Instances being stopped count until they are gone (the cap is hard: it is memory), but
 as room on its way: no more is evicted for them, the start waits for them. So a start
 that needs an eviction is answered "not yet" and asked again (the pool's next tick).
+
+Memory is what was measured (PSS): each instance's, and each app's templates (a fork
+template, its spares) as `AppLoad.fixed_memory`, which counts against max_memory and
+the app's share but is never given back here. An instance not measured yet (starting)
+is priced at the mean of those measured; with nothing measured anywhere, max_memory
+cannot be judged and only max_instances applies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -50,6 +56,7 @@ class AppLoad:
     start_cost: float = 0.05  # measured seconds from start to ready
     frequency: float = 0.0  # requests per second, recent
     min_instances: int = 0
+    fixed_memory: int = 0  # bytes held outside instances (templates), measured
 
     @property
     def held(self) -> list[Held]:
@@ -81,6 +88,12 @@ def fair_share(cfg: BudgetConfig, apps: Sequence[AppLoad], asking: str) -> int:
     return max(1, cfg.max_instances // len(contending)) if cfg.max_instances else 0
 
 
+def memory_share(cfg: BudgetConfig, apps: Sequence[AppLoad], asking: str) -> int:
+    """Bytes each contending app may count on (its templates included)."""
+    contending = {a.name for a in apps if a.held} | {asking}
+    return cfg.max_memory // len(contending) if cfg.max_memory else 0
+
+
 def admit(
     cfg: BudgetConfig,
     apps: Sequence[AppLoad],
@@ -101,14 +114,18 @@ def admit(
     measured = [a.memory_each for a in apps if a.memory_each]
     default_mem = sum(measured) // len(measured) if measured else 0
     need_mem = me.memory_each or default_mem
-    used_mem = sum(i.memory or default_mem for a in apps for i in a.held)
+    # bytes per app: its instances (unmeasured ones at the mean) and its templates
+    mem = {a.name: a.fixed_memory + sum(i.memory or default_mem for i in a.held) for a in apps}
+    mem.setdefault(asking, 0)
     leaving = [i for a in apps for i in a.instances if i.state == "stopping"]
     leaving_mem = sum(i.memory or default_mem for i in leaving)
 
     def over(extra: int = 0, extra_mem: int = 0) -> tuple[int, int]:
         held = sum(counts.values()) + promised + extra
         n = held + 1 - cfg.max_instances if cfg.max_instances else 0
-        m = used_mem + extra_mem + need_mem - cfg.max_memory if cfg.max_memory and need_mem else 0
+        # room drained for another app is held for it in memory as in instances
+        used = sum(mem.values()) + promised * default_mem + extra_mem + need_mem
+        m = used - cfg.max_memory if cfg.max_memory and need_mem else 0
         return n, m
 
     if max(over(len(leaving), leaving_mem)) <= 0:
@@ -116,11 +133,22 @@ def admit(
     if max(over()) <= 0:
         return Verdict(False, reason="waiting for instances being stopped")
     share = fair_share(cfg, apps, asking)
-    under_share = not cfg.max_instances or counts[asking] < share
+    mem_share = memory_share(cfg, apps, asking)
+
+    def above_share(name: str) -> bool:
+        return bool(
+            (cfg.max_instances and counts[name] > share)
+            or (cfg.max_memory and need_mem and mem[name] > mem_share)
+        )
+
+    under_share = not (
+        (cfg.max_instances and counts[asking] >= share)
+        or (cfg.max_memory and need_mem and mem[asking] + need_mem > mem_share)
+    )
 
     def order(a: AppLoad) -> tuple[bool, float, int]:
         # apps above their share first, then the cheapest to bring back, then the larger
-        return (counts[a.name] <= share, a.priority(default_mem), -counts[a.name])
+        return (not above_share(a.name), a.priority(default_mem), -counts[a.name])
 
     def givers(state: State) -> list[tuple[AppLoad, list[Held]]]:
         out = []
@@ -136,20 +164,27 @@ def admit(
     taken: set[str] = set()
 
     def give_back(
-        candidates: list[tuple[AppLoad, list[Held]]], above_share: int | None = None
+        candidates: list[tuple[AppLoad, list[Held]]], only_above_share: bool = False
     ) -> tuple[tuple[str, str], ...]:
         """Instances taken from `candidates`, next first, until the start fits."""
-        nonlocal used_mem
         out: list[tuple[str, str]] = []
         while max(over()) > 0:
-            pick = _next(candidates, counts, taken, order, above_share=above_share)
-            if pick is None:
+            best: tuple[AppLoad, Held] | None = None
+            for a, held in candidates:
+                if counts[a.name] <= a.min_instances:
+                    continue
+                if only_above_share and not above_share(a.name):
+                    continue  # a reclaim never takes an app below its fair share
+                free = [i for i in held if i.id not in taken]
+                if free and (best is None or order(a) < order(best[0])):
+                    best = (a, free[0])
+            if best is None:
                 break
-            app, inst = pick
-            out.append((app.name, inst.id))
+            a, inst = best
+            out.append((a.name, inst.id))
             taken.add(inst.id)
-            counts[app.name] -= 1
-            used_mem -= inst.memory or default_mem
+            counts[a.name] -= 1
+            mem[a.name] -= inst.memory or default_mem
         return tuple(out)
 
     evict = give_back(givers("idle"))
@@ -158,30 +193,12 @@ def admit(
     if not under_share:
         # at its share: its own instances free up for its queue; evicting others' idle
         # ones would not let it start anyway
-        return Verdict(False, reason=f"budget full; {asking} holds its fair share ({share})")
-    above = [(a, held) for a, held in givers("busy") if counts[a.name] > share]
-    reclaim = give_back(above, above_share=share)
+        return Verdict(False, reason=f"budget full; {asking} holds its fair share")
+    above = [(a, held) for a, held in givers("busy") if above_share(a.name)]
+    reclaim = give_back(above, only_above_share=True)
     return Verdict(
         False,
         evict,
         reclaim,
         reason="budget held by busy instances" + (" of apps above their share" if reclaim else ""),
     )
-
-
-def _next(
-    givers: list[tuple[AppLoad, list[Held]]],
-    counts: dict[str, int],
-    taken: set[str],
-    key: Callable[[AppLoad], tuple[bool, float, int]],
-    above_share: int | None = None,
-) -> tuple[AppLoad, Held] | None:
-    best: tuple[AppLoad, Held] | None = None
-    for app, held in givers:
-        floor = max(app.min_instances, above_share or 0)
-        if counts[app.name] <= floor:
-            continue
-        free = [i for i in held if i.id not in taken]
-        if free and (best is None or key(app) < key(best[0])):
-            best = (app, free[0])
-    return best

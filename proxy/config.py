@@ -331,11 +331,20 @@ def _backend(bt: Table, *, from_file: bool) -> tuple[str, Any]:
     return btype, backend_cfg
 
 
+BUDGET_MIN_MEMORY = 16 * 1024**2  # below this no instance fits: a unit left out
+
+
 def _budget(t: Table) -> BudgetConfig:
     cfg = BudgetConfig(
         max_instances=t.int("max_instances", 0, min=0),
         max_memory=t.size("max_memory", 0),
     )
+    if 0 < cfg.max_memory < BUDGET_MIN_MEMORY:
+        t.error(
+            "max_memory",
+            f"{cfg.max_memory} bytes holds no instance: a size with its unit "
+            '("512m", "4g"), at least 16m, or 0 for no cap',
+        )
     t.done()
     return cfg
 

@@ -24,9 +24,12 @@ from forkproxy.proxy.config import PoolConfig
 from forkproxy.proxy.demand import StartCost
 from forkproxy.proxy.metrics import Metrics
 from forkproxy.proxy.slots import STATES, NoInstance, Slot, State, Waiter
+from forkproxy.proxy.templates_memory import Templates
 
 log = logging.getLogger("forkproxy.pool")
-MEMORY_EVERY = 1.0  # seconds between measurements of every instance (pool.max_memory)
+MEMORY_EVERY = 1.0  # seconds between measurements of every instance (a memory limit set)
+# without a limit, memory is measured for the live page and metrics every this many periods
+MEMORY_QUIET_EVERY = 5
 
 
 def over_memory(sizes: Mapping[str, int], limit: int) -> list[tuple[str, int]]:
@@ -51,6 +54,8 @@ class Lifecycle(abc.ABC):
     gone_hooks: list[Callable[[Instance], None]]
     stopped_hooks: list[Callable[[], None]]
     admit_start: Callable[[], bool] | None
+    measure_memory: bool  # budget.max_memory asks for every second's measurement
+    templates: Templates
     _slots: dict[str, Slot]
     _waiters: deque[Waiter]
     _tasks: TaskSet
@@ -242,27 +247,38 @@ class Lifecycle(abc.ABC):
             self._rebalance()
 
     async def _watch_memory(self) -> None:
-        """Once a second, while pool.max_memory is set (a reload may set it): measure
-        every ready instance and retire those over the limit (a leak, a cache without
-        bound). Retired like an idle one: no new requests, its in-flight ones finish,
-        then it stops; the pool starts another as demand asks."""
+        """Once a second while a memory limit asks (pool.max_memory, or budget.max_memory
+        through `measure_memory`; a reload may set either), else every few seconds for
+        the live page: measure every ready instance and the templates, and retire
+        instances over pool.max_memory (a leak, a cache without bound). Retired like an
+        idle one: no new requests, its in-flight ones finish, then it stops; the pool
+        starts another as demand asks."""
+        tick = 0
         while True:
             await asyncio.sleep(MEMORY_EVERY)
-            if self.cfg.max_memory:
+            tick += 1
+            quiet = tick % MEMORY_QUIET_EVERY == 0
+            if self.cfg.max_memory or self.measure_memory or quiet:
                 await self._check_memory(self.cfg.max_memory)
 
     async def _check_memory(self, limit: int) -> None:
         slots = [s for s in self._slots.values() if s.state is State.READY and s.instance]
-        if not slots:
-            return
+        known = [s.instance for s in self._slots.values() if s.instance]
         try:
+            await self.templates.measure(known)
+            if not slots:
+                self.metrics.template_memory.set(self.templates.bytes or 0)
+                self.metrics.memory.set(0)
+                return
             sizes = await self.backend.memory([s.instance for s in slots if s.instance])
         except Exception as exc:  # cannot measure now: try again next time
             log.warning("measuring instance memory failed: %r", exc)
             return
+        self.metrics.template_memory.set(self.templates.bytes or 0)
         for s in slots:
             s.memory = sizes.get(s.id, s.memory)
         self.metrics.instance_memory.set(max(sizes.values(), default=0))
+        self.metrics.memory.set(sum(s.memory or 0 for s in slots))
         over = over_memory(sizes, limit)
         for sid, size in over:
             slot = self._slots.get(sid)

@@ -52,6 +52,7 @@ class Sampler:
         self._closed = False
         self._seq = 0
         self._prev_starts: tuple[float, float] | None = None  # (monotonic, ok starts)
+        self._prev_requests: dict[str, tuple[float, int]] = {}  # app -> (monotonic, count)
 
     async def start(self) -> None:
         self.sample()
@@ -109,12 +110,54 @@ class Sampler:
             "settings": settings,
             "settings_source": source,
             "instances": rows,
+            "apps": self._apps(now, pool, rows),
+            "budget": self.view.budget(),
         }
         self.latest = sample
         self.history.append(slim(sample))
         self._new.set()
         self._new = asyncio.Event()
         return sample
+
+    def _apps(
+        self, now: float, first: PoolView, rows: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """One row per app: its instances by what they do (and the instances, for
+        `forkproxy top`), its queue, requests per second since the last sample, the
+        memory measured, its template."""
+        out = []
+        for name, serving in self.view.apps().items():
+            pool = serving.pool
+            counts = {"starting": 0, "busy": 0, "idle": 0, "draining": 0}
+            # the serving pool's rows as the sample has them: one moment, one table
+            instances = rows if pool is first else pool.describe()
+            for row in instances:
+                row.setdefault("owner", serving.owner_id)
+                state = row["state"]
+                if state == "ready":
+                    state = "busy" if row["in_flight"] or row.get("working") else "idle"
+                if state in counts:
+                    counts[state] += 1
+            prev = self._prev_requests.get(name)
+            rate = 0.0
+            if prev is not None and now > prev[0]:
+                rate = max(0, serving.requests - prev[1]) / (now - prev[0])
+            self._prev_requests[name] = (now, serving.requests)
+            out.append(
+                {
+                    "app": name,
+                    "pool": serving.pool_name,
+                    "backend": serving.backend_type,
+                    **counts,
+                    "queued": pool.queued,
+                    "requests_per_s": round(rate, 2),
+                    "memory": serving.memory,
+                    "template_memory": serving.template_memory,
+                    "template": serving.template,
+                    "instances": instances,
+                }
+            )
+        return out
 
     async def next(self, after: int) -> dict[str, Any] | None:
         """The first sample newer than `after`, or None once closed."""

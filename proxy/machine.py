@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from forkproxy.proxy import budget
 from forkproxy.proxy.budget import AppLoad, BudgetConfig
@@ -51,6 +51,8 @@ class Machine:
 
     def attach(self, app: str, gen: Generation) -> None:
         gen.pool.admit_start = (lambda: self.admit(app)) if self.cfg.enabled else None
+        # the budget's memory is measured, every second, not guessed
+        gen.pool.measure_memory = bool(self.cfg.max_memory)
         if self._room_made not in gen.pool.stopped_hooks:
             gen.pool.stopped_hooks.append(self._room_made)
 
@@ -76,9 +78,29 @@ class Machine:
                     start_cost=cost,
                     frequency=rate.update(now, gen.requests),
                     min_instances=gen.pool.cfg.min_instances,
+                    fixed_memory=gen.pool.templates.bytes or 0,
                 )
             )
         return out
+
+    def usage(self) -> dict[str, Any]:
+        """What every app holds against the budget (the live page, the metrics):
+        instances not being stopped, and measured memory (instances and templates;
+        None when nothing is measured)."""
+        instances = 0
+        memory: int | None = None
+        for gen in self._gens().values():
+            held, _ = gen.pool.budget_load()
+            instances += sum(1 for i in held if i.state != "stopping")
+            for part in gen.pool.memory_held():
+                if part is not None:
+                    memory = (memory or 0) + part
+        return {
+            "max_instances": self.cfg.max_instances,
+            "max_memory": self.cfg.max_memory,
+            "instances": instances,
+            "memory": memory,
+        }
 
     def admit(self, app: str) -> bool:
         now = self._clock()

@@ -4,7 +4,7 @@ several proxies in one process."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -76,8 +76,30 @@ class Metrics:
         )
         self.instance_memory = Gauge(
             f"{p}_instance_memory_max_bytes",
-            "Memory (PSS) of the largest ready instance at the last measurement; measured "
-            "only while pool.max_memory is set",
+            "Memory (PSS) of the largest ready instance at the last measurement (every "
+            "second with pool.max_memory or budget.max_memory set, else every 5 s)",
+            registry=r,
+        )
+        self.memory = Gauge(
+            f"{p}_instances_memory_bytes",
+            "Memory (PSS) the ready instances hold together, at the last measurement",
+            registry=r,
+        )
+        self.template_memory = Gauge(
+            f"{p}_templates_memory_bytes",
+            "Memory (PSS) held by templates and their prefork spares (fork mode)",
+            registry=r,
+        )
+        self.budget_limit = Gauge(
+            f"{p}_budget_limit",
+            "The [budget] caps (instances; memory in bytes); 0: no cap",
+            ["resource"],
+            registry=r,
+        )
+        self.budget_used = Gauge(
+            f"{p}_budget_used",
+            "What every app holds against the [budget] (instances; memory in bytes)",
+            ["resource"],
             registry=r,
         )
         self.upstream_errors = Counter(
@@ -87,6 +109,27 @@ class Metrics:
             f"{p}_rejected", "Requests refused before forwarding, by reason", ["reason"], registry=r
         )
         self.retries = Counter(f"{p}_retries", "Requests retried on another instance", registry=r)
+
+
+# (Metrics attribute, forkproxy_app_ name, help, how the unlabelled series sums the apps)
+_PER_POOL: tuple[tuple[str, str, str, Callable[[Iterable[float]], float]], ...] = (
+    ("start_cost", "start_cost_seconds", "Measured start-to-ready time, by app", max),
+    ("keep_alive", "keep_alive_seconds", "How long idle capacity is kept, by app", max),
+    ("demand_growth", "demand_growth", "How fast demand rises per second, by app", sum),
+    (
+        "instance_memory",
+        "instance_memory_max_bytes",
+        "Memory (PSS) of the app's largest ready instance",
+        max,
+    ),
+    ("memory", "instances_memory_bytes", "Memory (PSS) the app's ready instances hold", sum),
+    (
+        "template_memory",
+        "templates_memory_bytes",
+        "Memory (PSS) the app's templates and their spares hold",
+        sum,
+    ),
+)
 
 
 class _Part:
@@ -165,14 +208,25 @@ class AppMetrics:
             ["app", "code"],
             registry=r,
         )
+        # the per-pool gauges: each app's own series; the unlabelled one is the largest
+        # (a time, a size) or the sum (growth, memory) over the apps
+        self.per_pool: dict[str, tuple[Gauge, Callable[[Iterable[float]], float]]] = {}
+        for name, metric, doc, reduce in _PER_POOL:
+            gauge = Gauge(f"{p}_{metric}", doc, ["app"], registry=r)
+            self.per_pool[name] = (gauge, reduce)
         self._parts: dict[str, dict[tuple[str, ...], list[_Part]]] = {
-            k: {} for k in ("instances", "in_flight", "queue_depth", "spares")
+            k: {} for k in ("instances", "in_flight", "queue_depth", "spares", *self.per_pool)
         }
         self._apps: dict[str, Metrics] = {}
 
-    def _total(self, name: str, values: tuple[str, ...]) -> Callable[[], float]:
+    def _total(
+        self,
+        name: str,
+        values: tuple[str, ...],
+        reduce: Callable[[Iterable[float]], float] = sum,
+    ) -> Callable[[], float]:
         parts = self._parts[name].setdefault(values, [])
-        return lambda: sum(part.get() for part in parts)
+        return lambda: float(reduce([part.get() for part in parts] or [0.0]))
 
     def for_app(self, app: str, *, requests: bool = True) -> Metrics:
         """The Metrics one app's pool and forwarder count into (one per app, kept across
@@ -189,6 +243,8 @@ class AppMetrics:
             "queue_depth": _Labelled(self.queue_depth, app, self._parts["queue_depth"]).labels(),
             "spares": _Labelled(self.spares, app, self._parts["spares"]).labels(),
         }
+        for name, (gauge, _) in self.per_pool.items():
+            own[name] = _Labelled(gauge, app, self._parts[name]).labels()
         if requests:
             own["requests"] = _Both(shared.requests, self.requests, app)
         vars(m).update(own)  # duck-typed stand-ins: the pool only sets them
@@ -201,5 +257,9 @@ class AppMetrics:
             gauge = getattr(shared, name)
             assert isinstance(gauge, Gauge)
             gauge.set_function(self._total(name, ()))
+        for name, (_, reduce) in self.per_pool.items():
+            gauge = getattr(shared, name)
+            assert isinstance(gauge, Gauge)
+            gauge.set_function(self._total(name, (), reduce))
         self._apps[app] = m
         return m

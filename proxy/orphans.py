@@ -82,8 +82,10 @@ class OrphanReaper:
         metrics: Metrics,
         within: float,
         clock: Callable[[], float],
+        on_listed: Callable[[list[Instance]], None] | None = None,
     ) -> None:
         self.backend = backend
+        self.on_listed = on_listed  # each sweep's listing, for the pool (its templates)
         self.owner_id = owner_id
         self.metrics = metrics
         self.interval = within / 6
@@ -99,6 +101,8 @@ class OrphanReaper:
             log.warning("could not list leftover instances: %s", exc)
             return
         self.judge.observe(leases)
+        if self.on_listed is not None:
+            self.on_listed(found)
         dead: list[Instance] = []
         for inst in found:
             if inst.owner_id == self.owner_id:

@@ -45,6 +45,7 @@ from forkproxy.proxy.slots import (
     State,
     Waiter,
 )
+from forkproxy.proxy.templates_memory import Templates
 
 log = logging.getLogger("forkproxy.pool")
 
@@ -120,6 +121,8 @@ class Pool(Lifecycle):
         self.gone_hooks: list[Callable[[Instance], None]] = []  # e.g. drop pooled connections
         # the machine's budget (proxy/machine.py), asked before each start; None: no budget
         self.admit_start: Callable[[], bool] | None = None
+        self.measure_memory = False
+        self.templates = Templates()
         self.stopped_hooks: list[Callable[[], None]] = []  # after an instance is gone
         ctx.on_death = self.on_death
         ctx.on_working = self.on_working
@@ -162,7 +165,13 @@ class Pool(Lifecycle):
         """Stop what stopped replicas of this pool name left; then keep doing it (and keep
         this run's lease fresh) every orphan_timeout/6 while the pool runs."""
         reaper = OrphanReaper(
-            self.backend, self.ctx.owner_id, self.metrics, self.cfg.orphan_timeout, self.clock
+            self.backend,
+            self.ctx.owner_id,
+            self.metrics,
+            self.cfg.orphan_timeout,
+            self.clock,
+            # its listing shows this run's templates too (measured with the instances)
+            on_listed=lambda found: self.templates.learn(found, self.ctx.owner_id),
         )
         await reaper.sweep()
         self._tasks.spawn(reaper.run(), "orphans")
@@ -486,6 +495,11 @@ class Pool(Lifecycle):
                 state = "stopping"
             held.append(Held(s.id, state, s.memory or 0))
         return tuple(held), self._cost(self.clock())
+
+    def memory_held(self) -> tuple[int | None, int | None]:
+        """(instances, templates) bytes at the last measurement; None: not measured."""
+        sizes = [s.memory for s in self._slots.values() if s.memory is not None]
+        return (sum(sizes) if sizes else None), self.templates.bytes
 
     def wake(self) -> None:
         """Tick now, not at the next period: the budget made room for a start."""

@@ -82,6 +82,7 @@ class Proxy:
         self.metrics = Metrics()
         self.app_metrics = AppMetrics(self.metrics)
         self.machine = Machine(cfg.budget, lambda: self.gens)
+        self._budget_gauges()
         # one generation per app; `backend` (tests) is the first app's
         self.gens: dict[str, Generation] = {}
         for app in cfg.apps:
@@ -101,6 +102,17 @@ class Proxy:
         self._admin: web.AppRunner | None = None
         self.listen_port: int = 0
         self.admin_port: int = 0
+
+    def _budget_gauges(self) -> None:
+        """forkproxy_budget_{limit,used}{resource}, read at scrape time (a reload may
+        change the caps)."""
+
+        def read(key: str) -> Callable[[], float]:
+            return lambda: float(self.machine.usage()[key] or 0)
+
+        for resource, cap in (("instances", "max_instances"), ("memory", "max_memory")):
+            self.metrics.budget_limit.labels(resource).set_function(read(cap))
+            self.metrics.budget_used.labels(resource).set_function(read(resource))
 
     def _generation(
         self, cfg: Config, app: AppConfig, number: int, backend: Backend | None = None
@@ -148,7 +160,12 @@ class Proxy:
     def admin_view(self) -> AdminView:
         """What the admin listener reads, and no more: the serving generation on each read."""
         return AdminView(
-            self.cfg.server, self.metrics, self._serving, self._apps, lambda: self.ready
+            self.cfg.server,
+            self.metrics,
+            self._serving,
+            self._apps,
+            lambda: self.ready,
+            budget=self.machine.usage,
         )
 
     def _serving(self) -> Serving:
@@ -158,16 +175,21 @@ class Proxy:
         )
 
     def _apps(self) -> dict[str, Serving]:
-        return {
-            name: Serving(
+        out = {}
+        for name, gen in self.gens.items():
+            memory, templates = gen.pool.memory_held()
+            out[name] = Serving(
                 gen.pool,
                 gen.pool.backend.spares,
                 gen.ctx.owner_id,
                 gen.cfg.server.name,
                 gen.cfg.backend_type,
+                requests=gen.requests,
+                memory=memory,
+                template_memory=templates,
+                template=gen.pool.templates.state,
             )
-            for name, gen in self.gens.items()
-        }
+        return out
 
     def _handler(self) -> Handler:
         if self.cfg.server.access_log:

@@ -53,7 +53,23 @@ async def first_sample(url: str, token: str | None = None) -> dict[str, Any]:
 
 
 def rows(sample: dict[str, Any]) -> list[dict[str, Any]]:
-    """The instance table as top shows it."""
+    """The instance table as top shows it (the first app's)."""
+    return _rows(sample["instances"])
+
+
+def by_app(sample: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Every app's instance table, first app first (a proxy from before apps: its one
+    pool, under its name)."""
+    if "apps" not in sample:
+        return {sample["pool"]: rows(sample)}
+    return {a["app"]: _rows(a["instances"]) for a in sample["apps"]}
+
+
+def _mib(v: int | None) -> str:
+    return "-" if v is None else f"{v / 1048576:.1f} MiB"
+
+
+def _rows(instances: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {
             "id": r["id"],
@@ -66,7 +82,7 @@ def rows(sample: dict[str, Any]) -> list[dict[str, Any]]:
             "endpoint": r["endpoint"] or "",
             "owner": r.get("owner", ""),
         }
-        for r in sample["instances"]
+        for r in instances
     ]
 
 
@@ -109,10 +125,32 @@ def render(sample: dict[str, Any], history: Sequence[dict[str, Any]]) -> Rendera
         f"{sample['starts_per_s']:.1f}/s  results {sample['start_results']}",
         Text(spark([h["starts_per_s"] for h in history]), style="yellow"),
     )
-    table = Table(title="instances", title_justify="left", expand=False)
+    tables: list[RenderableType] = []
+    grouped = by_app(sample)
+    if "apps" in sample:
+        tables.append(_apps_table(sample))
+    for app, instances in grouped.items():
+        title = f"instances · {app}" if len(grouped) > 1 else "instances"
+        tables.append(_instances_table(title, instances))
+    settings = " ".join(f"{k}={v}" for k, v in sample["settings"].items())
+    parts: list[RenderableType] = [
+        head,
+        summary,
+        *tables,
+        Text(f"settings ({sample['settings_source']}): {settings}", style="dim"),
+    ]
+    for f in sample["failures"][-5:]:
+        parts.append(Text(f"start failed: {f['instance']} {f['reason']}: {f['error']}", "red"))
+    return Group(*parts)
+
+
+def _instances_table(title: str, instances: list[dict[str, Any]]) -> RenderableType:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", expand=False)
     for col in ("id", "backend", "state", "in flight", "served", "age", "idle", "endpoint"):
         table.add_column(col, justify="right" if col in ("in flight", "served") else "left")
-    for r in rows(sample):
+    for r in instances:
         idle = "-" if r["in_flight"] else f"{r['idle']:.1f}s"
         table.add_row(
             r["id"],
@@ -124,16 +162,38 @@ def render(sample: dict[str, Any], history: Sequence[dict[str, Any]]) -> Rendera
             idle,
             r["endpoint"],
         )
-    settings = " ".join(f"{k}={v}" for k, v in sample["settings"].items())
-    parts: list[RenderableType] = [
-        head,
-        summary,
-        table,
-        Text(f"settings ({sample['settings_source']}): {settings}", style="dim"),
+    return table
+
+
+def _apps_table(sample: dict[str, Any]) -> RenderableType:
+    from rich.table import Table
+
+    b = sample.get("budget") or {}
+    mem_cap = _mib(b["max_memory"]) if b.get("max_memory") else "no cap"
+    caps = [
+        f"instances {b.get('instances', '-')}/{b.get('max_instances') or 'no cap'}",
+        f"memory {_mib(b.get('memory'))}/{mem_cap}",
     ]
-    for f in sample["failures"][-5:]:
-        parts.append(Text(f"start failed: {f['instance']} {f['reason']}: {f['error']}", "red"))
-    return Group(*parts)
+    table = Table(title=f"apps · budget {', '.join(caps)}", title_justify="left", expand=False)
+    cols = ("app", "backend", "busy", "idle", "starting", "queued", "req/s", "memory", "template")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("app", "backend", "template") else "right")
+    for a in sample["apps"]:
+        tpl = a["template"] or "-"
+        if a["template"] == "up":
+            tpl = f"up {_mib(a['template_memory'])}"
+        table.add_row(
+            a["app"],
+            a["backend"],
+            str(a["busy"]),
+            str(a["idle"]),
+            str(a["starting"]),
+            str(a["queued"]),
+            f"{a['requests_per_s']:.1f}",
+            _mib(a["memory"]),
+            tpl,
+        )
+    return table
 
 
 async def run(url: str, token: str | None, once: bool) -> int:

@@ -10,7 +10,7 @@ template and its forks is the memory they really hold. Kernels without smaps_rol
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from forkproxy.backends.process import _linux
 from forkproxy.backends.support.owner import proc_stat
@@ -66,4 +66,31 @@ def measure(pids: Mapping[str, int], *, tree: bool) -> dict[str, int]:
                 seen = seen or pid == root
         if seen:
             out[iid] = total
+    return out
+
+
+def _kids_of(pid: int) -> list[int] | None:
+    # the kernel's own list (CONFIG_PROC_CHILDREN): no pass over every process
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
+            return [int(p) for p in f.read().split()]
+    except (OSError, ValueError):
+        return None
+
+
+def templates(roots: Collection[int], instances: Collection[int]) -> dict[int, int]:
+    """Bytes each template pid in `roots` holds with its children that are not
+    `instances` (its prefork spares), for the templates still there. The forks it made
+    are counted as instances (measure), not here."""
+    out: dict[int, int] = {}
+    table: Mapping[int, list[int]] | None = None
+    for root in roots:
+        size = pss(root)
+        if size is None:
+            continue
+        kids = _kids_of(root)
+        if kids is None:
+            table = table if table is not None else _children()
+            kids = list(table.get(root, ()))
+        out[root] = size + sum(pss(k) or 0 for k in kids if k not in instances)
     return out

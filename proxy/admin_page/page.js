@@ -123,6 +123,43 @@ function secs(v) {
   return v >= 60 ? `${(v / 60).toFixed(1)}m` : `${v.toFixed(1)}s`;
 }
 
+function bytes(v) {
+  if (v === null || v === undefined) return "–";
+  const mib = v / 1048576;
+  return mib >= 1024 ? `${(mib / 1024).toFixed(2)} GiB` : `${mib.toFixed(1)} MiB`;
+}
+
+function renderApps(s) {
+  const apps = s.apps || [];
+  document.getElementById("first-app").textContent = apps.length ? apps[0].app : s.pool;
+  document.getElementById("apps").dataset.seq = String(s.seq);
+  fillTable("apps", apps, (tr, a) => {
+    tr.dataset.app = a.app;
+    cell(tr, a.app);
+    cell(tr, a.backend);
+    cell(tr, String(a.busy), "num");
+    cell(tr, String(a.idle), "num");
+    cell(tr, String(a.starting), "num");
+    cell(tr, String(a.queued), "num");
+    cell(tr, a.requests_per_s.toFixed(1), "num");
+    cell(tr, bytes(a.memory), "num");
+    // "up · 40.1 MiB", "down", or "–" when the backend reports no template
+    const tpl = a.template === "up" ? `up · ${bytes(a.template_memory)}` : a.template || "–";
+    cell(tr, tpl, a.template ? `template-${a.template}` : "");
+  });
+  const b = s.budget || {};
+  const cap = (v, fmt) => (v ? fmt(v) : "no cap");
+  fillTable("budget", [
+    ["instances", String(b.instances ?? "–"), cap(b.max_instances, String)],
+    ["memory", bytes(b.memory), cap(b.max_memory, bytes)],
+  ], (tr, [name, used, limit]) => {
+    tr.dataset.resource = name;
+    cell(tr, name);
+    cell(tr, used, "num");
+    cell(tr, limit, "num");
+  });
+}
+
 function fillTable(id, rows, render) {
   const tbody = document.querySelector(`#${id} tbody`);
   const fresh = document.createElement("tbody");
@@ -156,6 +193,7 @@ function renderSample(s) {
     cell(tr, r.endpoint || "");
     cell(tr, r.owner || "");
   });
+  renderApps(s);
   document.getElementById("settings-source").textContent =
     s.settings_source === "pool" ? "(as the pool runs them, auto resolved)" : "(from the config)";
   fillTable("settings", Object.entries(s.settings), (tr, [k, v]) => {

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ROOT, eventually, run_proxy
 from tests.proxy.admin.helpers import POOL, bounded_load
+from tests.proxy.apps.test_apps_e2e import config, running
 
 DASHBOARD = ROOT / "docs" / "grafana" / "forkproxy.json"
 # Grafana's variables, as Grafana would substitute them before sending the query
@@ -20,6 +21,7 @@ VARIABLES = {
     "$max_concurrency": "10",
     "$instance": ".*",
     "$job": ".*",
+    "$app": ".*",
 }
 SCRAPE_LABELS = {"job", "instance"}  # added by Prometheus at scrape time
 HISTOGRAM_LABELS = {"le"}
@@ -72,6 +74,18 @@ async def test_every_query_names_an_exported_metric() -> None:
         await eventually(lambda: p.proxy.pool.describe() == [], 15, "idle instances reaped")
         async with p.session.get(p.admin + "/metrics") as r:
             text = await r.text()
+    # the per-app panels: two apps under a budget, each served once and measured
+    async with running(config("60s", budget={"max_instances": 4, "max_memory": "1000g"})) as c:
+        assert await c.get("shop.test") == (200, "shop /")
+        assert await c.get("blog.test", "/blog/") == (200, "blog /blog/")
+
+        async def measured() -> bool:
+            return 'forkproxy_app_instances_memory_bytes{app="blog"} 0.0' not in str(
+                (await c.admin("/metrics"))[1]
+            )
+
+        await eventually(measured, 20, "both apps measured")
+        text += str((await c.admin("/metrics"))[1])
     exported: dict[str, set[str]] = defaultdict(set)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -86,3 +100,15 @@ async def test_every_query_names_an_exported_metric() -> None:
             assert not unknown, f"{title}: {name} has no label {unknown}"
         unknown = grouped - labels_seen - SCRAPE_LABELS - HISTOGRAM_LABELS
         assert not unknown, f"{title}: grouped by {unknown}, which {expr} does not carry"
+
+
+def test_per_app_panels_follow_the_app_variable() -> None:
+    dash = json.loads(DASHBOARD.read_text())
+    names = [v["name"] for v in dash["templating"]["list"]]
+    assert "app" in names
+    per_app = [p for p in dash["panels"] if p["title"].startswith("Per app")]
+    assert len(per_app) >= 5
+    for panel in per_app:
+        for target in panel["targets"]:
+            assert 'app=~"$app"' in target["expr"] and "by (app" in target["expr"], panel["title"]
+    assert any(p["title"].startswith("Budget") for p in dash["panels"])

@@ -17,6 +17,7 @@ import pytest
 from forkproxy.proxy import top
 from tests.conftest import ROOT, eventually, run_proxy
 from tests.proxy.admin.helpers import POOL, bounded_load, sample_after, table_key
+from tests.proxy.apps.test_apps_e2e import config, running
 
 CHROMIUM = shutil.which("chromium")
 DRIVER = shutil.which("chromedriver")
@@ -132,6 +133,62 @@ async def test_live_page_under_load(monkeypatch: pytest.MonkeyPatch, tmp_path: P
             assert sorted(map(table_key, sample["instances"])) == expected
             assert sorted(map(table_key, top.rows(sample))) == expected
             assert {r[8] for r in page["rows"]} == {p.proxy.owner_id}
+            errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+            assert errors == []
+        finally:
+            await asyncio.to_thread(driver.quit)
+
+
+_APPS_JS = """
+const t = document.getElementById('apps');
+const row = tr => [...tr.cells].map(c => c.textContent);
+return {seq: Number(t.dataset.seq || 0),
+        apps: [...t.tBodies[0].rows].map(row),
+        budget: [...document.getElementById('budget').tBodies[0].rows].map(row)};
+"""
+
+
+async def test_live_page_shows_every_app_and_the_budget(tmp_path: Path) -> None:
+    # two fork-mode apps under one budget: shop busy (a slow request), blog idle
+    cfg = config("60s", budget={"max_instances": 4, "max_memory": "1000g"})
+    async with running(cfg) as c:
+        assert await c.get("blog.test", "/blog/") == (200, "blog /blog/")
+        driver = await asyncio.to_thread(_browser, tmp_path / "profile")
+        try:
+            admin = f"http://127.0.0.1:{c.proxy.admin_port}"
+            await asyncio.to_thread(driver.get, admin + "/")
+            async with asyncio.TaskGroup() as tg:
+                slow = tg.create_task(c.get("shop.test", "/?sleep=6"))
+
+                def shown(d: Any) -> Any:
+                    page = d.execute_script(_APPS_JS)
+                    rows = {r[0]: r for r in page["apps"]}
+                    shop, blog = rows.get("shop"), rows.get("blog")
+                    ok = (
+                        shop is not None
+                        and blog is not None
+                        and shop[2] == "1"  # busy
+                        and blog[3] == "1"  # idle
+                        and "MiB" in blog[7]  # its instance measured
+                        and blog[8].startswith("up · ")  # its template, measured
+                    )
+                    return page if ok else None
+
+                page = await asyncio.to_thread(
+                    WebDriverWait(driver, 30, poll_frequency=0.2).until, shown
+                )
+                assert await slow == (200, "shop /")
+            rows = {r[0]: r for r in page["apps"]}
+            # app, backend, busy, idle, starting, queued, req/s, memory, template
+            assert list(rows) == ["shop", "blog"]
+            assert rows["shop"][1] == rows["blog"][1] == "process"
+            assert rows["shop"][4] == rows["shop"][5] == "0"
+            budget = {r[0]: r[1:] for r in page["budget"]}
+            assert budget["instances"] == ["2", "4"]
+            used, limit = budget["memory"]
+            assert used.endswith("MiB") and limit == "1000.00 GiB"
+            text = driver.find_element("tag name", "body").text
+            assert "the charts and instances below are shop's" in text
             errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
             assert errors == []
         finally:

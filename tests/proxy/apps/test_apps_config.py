@@ -95,6 +95,15 @@ def test_overlaps_and_mixed_forms_are_refused() -> None:
     assert "empty" in problems({"apps": {}})["apps"]
 
 
+def test_bad_budget_values_name_the_key_and_what_is_allowed() -> None:
+    found = problems(two_apps(budget={"max_memory": "lots", "max_instance": 3}))
+    assert '"64k", "10m", "1g"' in found["budget.max_memory"]
+    assert "did you mean max_instances" in found["budget.max_instance"]
+    found = problems(two_apps(budget={"max_memory": 4096}))
+    assert '"4g"), at least 16m, or 0 for no cap' in found["budget.max_memory"]
+    assert problems(two_apps(budget={"max_instances": -1}))["budget.max_instances"]
+
+
 def test_budget_must_fit_the_floors() -> None:
     data = two_apps(budget={"max_instances": 1})
     data["apps"]["shop"]["pool"] = {"min_instances": 1}

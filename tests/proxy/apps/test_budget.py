@@ -153,3 +153,118 @@ def test_room_reclaimed_for_one_app_is_not_taken_by_another() -> None:
     apps = [app("a", *busy("a1", "a2", "a3")), app("b")]
     assert not admit(cfg, apps, "a", {"b": 1}).admit
     assert admit(cfg, apps, "b", {"b": 1}).admit
+
+
+# -- max_memory: measured memory, templates included ------------------------------------
+
+
+def mem_app(
+    name: str,
+    *held: Held,
+    template: int = 0,
+    freq: float = 1.0,
+    cost: float = 0.05,
+    floor: int = 0,
+) -> AppLoad:
+    return AppLoad(
+        name, held, start_cost=cost, frequency=freq, min_instances=floor, fixed_memory=template
+    )
+
+
+def busy_mem(*ids: str, memory: int) -> tuple[Held, ...]:
+    return tuple(Held(i, "busy", memory) for i in ids)
+
+
+def test_templates_count_against_max_memory() -> None:
+    # 2 x 100 MiB instances fit in 350 MiB, but not beside a 200 MiB template
+    apps = [mem_app("a", *idle("a1", memory=100 * MiB)), mem_app("b")]
+    assert admit(BudgetConfig(max_memory=350 * MiB), apps, "b").admit
+    apps = [mem_app("a", *idle("a1", memory=100 * MiB), template=200 * MiB), mem_app("b")]
+    v = admit(BudgetConfig(max_memory=350 * MiB), apps, "b")
+    assert not v.admit and v.evict == (("a", "a1"),)
+
+
+def test_memory_eviction_takes_the_cheapest_to_bring_back_until_the_start_fits() -> None:
+    # priority = frequency x start cost / memory: the big, rare, quick app goes first,
+    # then the next cheapest; the dear one (a slow start, often used) keeps its own
+    apps = [
+        mem_app("dear", *idle("d1", memory=100 * MiB), freq=20.0, cost=2.0),
+        mem_app("big", *idle("g1", "g2", memory=300 * MiB), freq=0.1),
+        mem_app("mid", *idle("m1", memory=100 * MiB), freq=1.0),
+        mem_app("new", *busy_mem("n1", memory=100 * MiB)),
+    ]
+    # 900 MiB used, new needs 100 more: 1000 MiB against the cap
+    v = admit(BudgetConfig(max_memory=700 * MiB), apps, "new")
+    assert v.evict == (("big", "g1"),)  # 300 over: one of big's frees exactly that
+    v = admit(BudgetConfig(max_memory=600 * MiB), apps, "new")
+    assert v.evict == (("big", "g1"), ("big", "g2"))
+    v = admit(BudgetConfig(max_memory=250 * MiB), apps, "new")
+    assert v.evict == (("big", "g1"), ("big", "g2"), ("mid", "m1"), ("dear", "d1"))
+
+
+def test_nothing_measured_max_memory_cannot_refuse() -> None:
+    apps = [mem_app("a", *idle("a1", "a2")), mem_app("b")]
+    assert admit(BudgetConfig(max_memory=1), apps, "b").admit
+
+
+def test_memory_share_no_app_starves() -> None:
+    # a holds 3 busy x 100 MiB + its 50 MiB template of a 500 MiB budget (share 250 MiB
+    # with b asking), b its 100 MiB template: one of a's busy instances drains for b,
+    # and no more than that
+    apps = [
+        mem_app("a", *busy_mem("a1", "a2", "a3", memory=100 * MiB), template=50 * MiB),
+        mem_app("b", template=100 * MiB),
+    ]
+    cfg = BudgetConfig(max_memory=500 * MiB)
+    v = admit(cfg, apps, "b")
+    assert not v.admit and not v.evict and v.reclaim == (("a", "a1"),)
+    # b at its share (100 + 2 x 100 > 250 with one more): it waits, a keeps the rest
+    apps = [
+        mem_app("a", *busy_mem("a1", "a2", memory=100 * MiB), template=50 * MiB),
+        mem_app("b", *busy_mem("b1", memory=100 * MiB), template=100 * MiB),
+    ]
+    v = admit(cfg, apps, "b")
+    assert not v.admit and not v.reclaim and "fair share" in v.reason
+    # and a, now at its share, does not take b's back either: no ping-pong
+    v = admit(cfg, apps, "a")
+    assert not v.admit and not v.reclaim
+
+
+def test_memory_reclaim_keeps_min_instances() -> None:
+    apps = [
+        mem_app("a", *busy_mem("a1", "a2", memory=200 * MiB), floor=2),
+        mem_app("b", *busy_mem("b1", memory=10 * MiB)),
+    ]
+    v = admit(BudgetConfig(max_memory=415 * MiB), apps, "b")
+    assert not v.admit and not v.reclaim and not v.evict
+
+
+def test_under_memory_pressure_every_app_reaches_its_share() -> None:
+    # three apps, each always asking for more, their instances always busy: the budget
+    # (500 MiB, 50 MiB templates, 100 MiB instances) converges on each app's fair share,
+    # whoever asked first; nobody is starved, and min_instances holds throughout
+    cfg = BudgetConfig(max_memory=500 * MiB)
+    held: dict[str, list[str]] = {"a": [], "b": [], "c": []}
+    floors = {"a": 1, "b": 0, "c": 0}
+    promised: dict[str, int] = {}  # as proxy/machine.py keeps them
+    serial = 0
+    for _ in range(30):
+        for name in ("c", "c", "c", "a", "b"):  # c asks three times as often
+            apps = [
+                mem_app(n, *busy_mem(*ids, memory=100 * MiB), template=50 * MiB, floor=floors[n])
+                for n, ids in held.items()
+            ]
+            v = admit(cfg, apps, name, promised)
+            for owner, iid in (*v.evict, *v.reclaim):  # drained and gone by the next ask
+                assert len(held[owner]) > floors[owner], (owner, "given back below its floor")
+                held[owner].remove(iid)
+            if v.reclaim:
+                promised[name] = promised.get(name, 0) + len(v.reclaim)
+            if v.admit:
+                serial += 1
+                held[name].append(f"{name}{serial}")
+                if promised.get(name):
+                    promised[name] -= 1
+    counts = {n: len(ids) for n, ids in held.items()}
+    # 500 MiB - 3 templates = 350 MiB: three instances; one each
+    assert counts == {"a": 1, "b": 1, "c": 1}, counts

@@ -10,6 +10,7 @@ from forkproxy.proxy.budget import BudgetConfig, Held
 from forkproxy.proxy.config import PoolConfig
 from forkproxy.proxy.generation import Generation
 from forkproxy.proxy.machine import Machine
+from forkproxy.proxy.templates_memory import Templates
 
 
 @dataclass
@@ -20,13 +21,21 @@ class FakePool:
     woken: int = 0
     stopped_hooks: list[Any] = field(default_factory=list)
     admit_start: Any = None
+    measure_memory: bool = False
+    templates: Templates = field(default_factory=Templates)
 
     def budget_load(self) -> tuple[tuple[Held, ...], float]:
         return tuple(self.held), 0.05
 
+    def memory_held(self) -> tuple[int | None, int | None]:
+        sizes = [h.memory for h in self.held if h.memory]
+        return (sum(sizes) if sizes else None), self.templates.bytes
+
     def give_back(self, instance_id: str, reason: str) -> None:
         self.given_back.append((instance_id, reason))
-        self.held = [Held(h.id, "stopping") if h.id == instance_id else h for h in self.held]
+        self.held = [
+            Held(h.id, "stopping", h.memory) if h.id == instance_id else h for h in self.held
+        ]
 
     def wake(self) -> None:
         self.woken += 1
@@ -43,9 +52,12 @@ class FakeGen:
     requests: int = 0
 
 
-def machine(max_instances: int, **pools: FakePool) -> tuple[Machine, dict[str, Any]]:
+def machine(
+    max_instances: int, max_memory: int = 0, **pools: FakePool
+) -> tuple[Machine, dict[str, Any]]:
     gens = {name: FakeGen(p) for name, p in pools.items()}
-    m = Machine(BudgetConfig(max_instances=max_instances), lambda: cast(Any, gens))
+    cfg = BudgetConfig(max_instances=max_instances, max_memory=max_memory)
+    m = Machine(cfg, lambda: cast(Any, gens))
     for name, g in gens.items():
         m.attach(name, cast(Generation, g))
     return m, gens
@@ -81,3 +93,23 @@ def test_a_reclaim_promises_the_room_to_the_app_it_was_made_for() -> None:
     assert b.admit_start()
     b.held.append(Held("b1", "starting"))  # as the pool does at once
     assert not a.admit_start()  # full again, and a holds more than its share
+
+
+def test_max_memory_measures_every_pool_and_counts_templates() -> None:
+    mib = 1024 * 1024
+    a = FakePool([Held("a1", "idle", 100 * mib)])
+    a.templates.bytes = 200 * mib  # a's template, measured
+    b = FakePool([])
+    m, _ = machine(0, max_memory=350 * mib, a=a, b=b)
+    assert a.measure_memory and b.measure_memory
+    # 100 + 200 held, b's first instance priced at the mean (100): over by 50
+    assert not m.admit("b")
+    assert a.given_back == [("a1", "budget")]
+    assert m.usage() == {
+        "max_instances": 0,
+        "max_memory": 350 * mib,
+        "instances": 0,  # a1 is being stopped
+        "memory": 300 * mib,  # it holds its memory until gone
+    }
+    plain, _ = machine(2, a=FakePool([]))
+    assert not plain.usage()["memory"]
