@@ -78,7 +78,10 @@ async def test_invalid_host_is_400(tmp_path: Path, host: bytes) -> None:
 )
 async def test_valid_host_is_forwarded(tmp_path: Path, host: bytes) -> None:
     async with scripted(tmp_path) as p:
+        # Connection: close ends the exchange with the answer, however long the cold start
         ex = await exchange(
-            p.proxy.listen_port, b"GET /h HTTP/1.1\r\nHost: %b\r\n\r\n" % host, timeout=1
+            p.proxy.listen_port,
+            b"GET /h HTTP/1.1\r\nHost: %b\r\nConnection: close\r\n\r\n" % host,
+            timeout=15,
         )
         assert [a.body for a in judge(ex.data, ["GET"]).answers] == [b"/h"]
