@@ -123,55 +123,44 @@ def test_an_app_with_its_own_backends_proxy_and_loadtest_packages_runs_in_fork_m
     )
     checked = _run(venv / "bin/forkproxy", "check-config", "--no-ports", "forkproxy.toml", cwd=work)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    body, out = _first_answer(venv, work, port, "run", "-c", "forkproxy.toml")
+    assert body == b"the users backends.db / the users proxy / the users loadtest", out
+
+
+def _first_answer(venv: Path, work: Path, port: int, *argv: str) -> tuple[bytes, str]:
+    """`forkproxy ARGV` run from `work` (none of the checkout on its path): the body of its
+    first GET / (b"" if it never answers) and its output, after a clean SIGTERM exit."""
     proc = subprocess.Popen(
-        [venv / "bin/forkproxy", "run", "-c", "forkproxy.toml"],
+        [venv / "bin/forkproxy", *argv],
         cwd=work,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")},
     )
+    body = b""
     try:
-        body = _get(proc, port)
+        deadline = time.monotonic() + 30
+        while not body and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
+                    body = resp.read()
+            except OSError:
+                time.sleep(0.2)
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=40)
-    assert body == b"the users backends.db / the users proxy / the users loadtest", out
     assert proc.returncode == 0, out
     assert "No module named" not in out
-
-
-def _get(proc: subprocess.Popen[str], port: int) -> bytes:
-    """The body of GET / through the proxy, retried while it starts (b"" if it never does)."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
-                return bytes(resp.read())
-        except OSError:
-            time.sleep(0.2)
-    return b""
+    return body, out
 
 
 def test_run_without_config_serves_the_bundled_demo(venv: Path, tmp_path: Path) -> None:
     port = free_port()
     work = _work(tmp_path)
-    proc = subprocess.Popen(
-        [venv / "bin/forkproxy", "run", "--listen", f"127.0.0.1:{port}", "--admin", "off"],
-        cwd=work,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")},
-    )
-    try:
-        body = _get(proc, port)
-        assert body.startswith(b"hello from instance "), body
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=40)
-    assert proc.returncode == 0, out
-    assert "No module named" not in out
+    listen = f"127.0.0.1:{port}"
+    body, out = _first_answer(venv, work, port, "run", "--listen", listen, "--admin", "off")
+    assert body.startswith(b"hello from instance "), out
 
 
 def test_examples_pass_check_config_and_missing_extras_are_named(
