@@ -28,9 +28,11 @@ async def run(
     *,
     timeout: float = 60.0,
     on_result: Callable[[Result], None] | None = None,
+    request_id: Callable[[int], str] | None = None,
 ) -> list[Result]:
     """Send GET `url` with Host `host` at each (seconds from now, host); results in
-    schedule order. Bounded by the schedule's length and `timeout` per request."""
+    schedule order. Bounded by the schedule's length and `timeout` per request.
+    `request_id(k)`: an X-Request-ID for request k (to find it in the proxy's access log)."""
     results: list[Result | None] = [None] * len(schedule)
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     client_timeout = aiohttp.ClientTimeout(total=timeout)
@@ -38,8 +40,11 @@ async def run(
     async def one(s: aiohttp.ClientSession, k: int, at: float, host: str, t0: float) -> None:
         sent = time.monotonic()
         status, error = 0, ""
+        headers = {"Host": host}
+        if request_id is not None:
+            headers["X-Request-ID"] = request_id(k)
         try:
-            async with s.get(url, headers={"Host": host}) as resp:
+            async with s.get(url, headers=headers) as resp:
                 await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, OSError, TimeoutError) as e:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from forkproxy.loadtest.report import table
-from forkproxy.loadtest.sections.model import Section, Table
+from forkproxy.loadtest.sections.model import Section, Table, say
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -159,7 +159,8 @@ def load_previous(out: Path, snapshot: Path = SNAPSHOT) -> dict[str, Any] | None
             doc: dict[str, Any] = json.loads(p.read_text())
         except (OSError, ValueError):
             continue
-        return doc
+        if doc.get("sections"):
+            return doc
     return None
 
 
@@ -189,6 +190,8 @@ def write(
     docs page gets them merged into the last run's (load_previous) rather than replaced;
     the output dir holds this run's alone."""
     work = str(meta.get("work", ""))
+    partial = docs and bool(order) and {s.key for s in sections} != set(order)
+    previous = load_previous(out, snapshot) if partial else None  # before results.json
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(
         json.dumps(
@@ -197,9 +200,17 @@ def write(
     )
     (out / "results.md").write_text(_scrub(document(sections, meta, ""), work))
     written = [out / "results.json", out / "results.md"]
+    if partial:
+        if previous is None:
+            # Rendering these sections alone would drop every other one from the page.
+            say(
+                f"not refreshing {snapshot.parent.parent / 'BENCHMARKS.md'}: no earlier run to "
+                f"merge {', '.join(s.key for s in sections)} into ({snapshot} or "
+                f"{out / 'results.json'}); run the whole bench once"
+            )
+            return written
+        sections, meta = merge(previous, sections, meta, order)
     if docs:
-        if order and {s.key for s in sections} != set(order):
-            sections, meta = merge(load_previous(out, snapshot), sections, meta, order)
         img = snapshot.parent
         img.mkdir(parents=True, exist_ok=True)
         shown = {p for s in sections for p in s.plots}

@@ -154,7 +154,9 @@ def config(
 ) -> dict[str, Any]:
     """The whole [apps] config of one variant. `template_key` (table, key): where the
     template keep-alive goes, for the keep-alive variant (see accepted_template_key)."""
-    doc: dict[str, Any] = {"server": {"name": name}, "apps": {}}
+    # The access log says of each request whether it waited on a start ("cold"): how the
+    # bench tells a first request served by a kept instance from one that started one.
+    doc: dict[str, Any] = {"server": {"name": name, "access_log": True}, "apps": {}}
     for a in apps:
         entry: dict[str, Any] = {
             "hosts": [a.host],

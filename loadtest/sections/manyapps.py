@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shlex
 import time
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ from forkproxy.loadtest.sections.model import BenchContext, Section, Table, say
 
 N_APPS = 100
 SEED = 24
+SLOWEST = 20  # hot requests kept in the data, slowest first
 IDLE_S = 60.0  # a request to an app that had none for this long counts as "to an idle app"
 BOOT_S = 600.0  # 100 interpreters importing Django side by side on 2 shared cores
 LABELS = {
@@ -92,7 +94,7 @@ async def _start_proxy(
         "--admin",
         f"127.0.0.1:{admin_port}",
         "--log-level",
-        "warning",
+        "info",  # the access log (config: server.access_log) is logged at info
     ]
     proc = await spawn(f"forkproxy-manyapps-{variant}", argv, ctx.work / "logs", cwd=REPO)
     admin = f"http://127.0.0.1:{admin_port}"
@@ -105,14 +107,32 @@ async def _start_proxy(
     return proc, f"http://127.0.0.1:{port}", admin, command
 
 
+REQUEST_ID = "ma{}"
+_ACCESS = re.compile(r" queue=[\d.]+ms( cold)? instance=\S+ id=ma(\d+)$", re.M)
+
+
+def cold_requests(access_log: str) -> set[int]:
+    """Schedule indexes of the requests the proxy logged as cold (they waited on a start)."""
+    return {int(m.group(2)) for m in _ACCESS.finditer(access_log) if m.group(1)}
+
+
 def summarise(
-    trace: ManyAppsTrace, results: Sequence[openloop.Result], idle: set[int]
+    trace: ManyAppsTrace,
+    results: Sequence[openloop.Result],
+    idle: set[int],
+    cold: set[int],
 ) -> dict[str, Any]:
     hot = {i for i, a in enumerate(trace.apps) if a.rate_class == "hot"}
     ok = [r for r in results if r.status == 200 and not r.error]
     hot_ms = [r.latency * 1000 for r in ok if trace.arrivals[r.index][1] in hot]
     idle_ms = [r.latency * 1000 for r in ok if r.index in idle]
+    idle_warm = [r.latency * 1000 for r in ok if r.index in idle and r.index not in cold]
+    idle_cold = [r.latency * 1000 for r in ok if r.index in idle and r.index in cold]
     errors = [r for r in results if r.status != 200 or r.error]
+    # where the hot apps' tail comes from: the slowest, when they were sent, cold or not
+    slow = sorted((r for r in ok if trace.arrivals[r.index][1] in hot), key=lambda r: -r.latency)[
+        :SLOWEST
+    ]
     return {
         "requests": len(results),
         "errors": len(errors),
@@ -123,7 +143,14 @@ def summarise(
         "idle_requests": len(idle_ms),
         "idle_p50_ms": percentile(idle_ms, 50),
         "idle_max_ms": max(idle_ms, default=float("nan")),
+        "idle_warm": len(idle_warm),
+        "idle_warm_p50_ms": percentile(idle_warm, 50),
+        "idle_cold": len(idle_cold),
+        "idle_cold_p50_ms": percentile(idle_cold, 50),
         "client_late_p99_ms": percentile([r.late * 1000 for r in results], 99),
+        "hot_slowest": [
+            (round(r.at, 2), round(r.latency * 1000, 1), r.index in cold) for r in slow
+        ],
     }
 
 
@@ -159,14 +186,15 @@ async def run_variant(
         schedule = [(t, trace.apps[i].host) for t, i in trace.arrivals]
         sampler = MemorySampler(proc.pid, interval=1.0)
         async with sampler.running():
-            results = await openloop.run(f"{url}/", schedule)
+            results = await openloop.run(f"{url}/", schedule, request_id=REQUEST_ID.format)
             rest = trace.duration - sampler.samples[-1][0] if sampler.samples else 0.0
             await asyncio.sleep(max(0.0, rest))  # memory over the whole window
         after = await _metrics(admin)
     finally:
         await proc.stop(grace=60)
     mem = [(t, mib) for t, mib, _ in sampler.samples]
-    summary = summarise(trace, results, idle_firsts(trace, IDLE_S))
+    log = await asyncio.to_thread(proc.log.read_text, errors="replace")
+    summary = summarise(trace, results, idle_firsts(trace, IDLE_S), cold_requests(log))
     starts = after["starts"] - before["starts"]
     mib_s = memory_seconds(mem, 0.0, trace.duration)
     return {
@@ -228,6 +256,8 @@ def _tables(results: dict[str, dict[str, Any]]) -> list[Table]:
             r["hot_p50_ms"],
             r["hot_p99_ms"],
             f"{r['idle_p50_ms']:.1f} / {r['idle_max_ms']:.1f} (n={r['idle_requests']})",
+            f"{r['idle_warm_p50_ms']:.1f} (n={r['idle_warm']})",
+            f"{r['idle_cold_p50_ms']:.1f} (n={r['idle_cold']})",
             r["cold_starts_per_1k"],
             r["boot_s"],
         ]
@@ -245,6 +275,8 @@ def _tables(results: dict[str, dict[str, Any]]) -> list[Table]:
             "hot p50 ms",
             "hot p99 ms",
             f"first request to an app idle >= {IDLE_S:.0f} s, p50 / max ms",
+            "of which to a kept instance, p50 ms",
+            "of which cold (started one), p50 ms",
             "cold starts / 1k requests",
             "ready after s",
         ],
@@ -374,10 +406,13 @@ async def run_apps(
             if template_key
             else "this checkout has no key for it (only instances get 90 s; templates stay)."
         ),
-        "The first request to an idle app: the backend does not yet say whether it was "
-        "served by a kept instance or a fork from the template (or a rebuilt template), "
-        "so those rungs are not told apart here; cold starts / 1k requests come from the "
-        "proxy's `forkproxy_instance_starts_total` over the load window.",
+        "The first request to an idle app is split by the proxy's access log "
+        "(`server.access_log`, one X-Request-ID per request): served by a kept instance "
+        "(the instance rung), or cold, i.e. it waited on a start (a fork from the app's "
+        "template in fork mode). The access log does not say whether that template was "
+        "still up or had to be rebuilt first, so the template rung is not split further. "
+        "Cold starts / 1k requests: the proxy's `forkproxy_instance_starts_total` over "
+        "the load window.",
         "Shared 2-core box: the load generator, the proxy and every app share the CPUs.",
     ]
     sec.headline = _headline(n_apps, duration, results)

@@ -43,7 +43,11 @@ async def test_small_run_has_its_rows_and_no_errors(tmp_path: Path) -> None:
         assert r["memory_gib_s"] > 0 and r["peak_mib"] > 0, variant
         assert len(r["memory"]) >= 4, variant  # sampled about every second
         assert not math.isnan(r["hot_p50_ms"]), variant
+        assert r["idle_warm"] + r["idle_cold"] == r["idle_requests"] > 0, variant
     assert results["always-on"]["starts"] == 0  # up before the load, never restarted
+    assert results["always-on"]["idle_cold"] == 0
+    # the defaults start an instance for an app's first request (none is kept before it)
+    assert results["defaults"]["idle_cold"] >= 1
     # every always-on app is a gunicorn master and its worker, besides the proxy
     assert results["always-on"]["peak_processes"] >= 1 + 2 * 6
     main, ratios = sec.tables[1], sec.tables[2]

@@ -15,7 +15,7 @@ from forkproxy.loadtest.load.manyapps_trace import make_trace
 from forkproxy.loadtest.report import markdown
 from forkproxy.loadtest.report.stats import memory_seconds
 from forkproxy.loadtest.run import manyapps_apps
-from forkproxy.loadtest.sections.manyapps import counters
+from forkproxy.loadtest.sections.manyapps import cold_requests, counters
 from forkproxy.loadtest.sections.model import Section, Table
 from forkproxy.proxy import config as proxy_config
 
@@ -80,6 +80,23 @@ def test_counters_from_metrics() -> None:
         ]
     )
     assert counters(text + "\n") == {"starts": 7.0, "failed_starts": 2.0, "cold": 5.0}
+
+
+def test_cold_requests_from_the_access_log() -> None:
+    log = "\n".join(
+        [
+            "2026-12-07 02:48:43,546 INFO forkproxy.pool: instance i-1 started",
+            '2026-12-07 02:48:43,600 INFO forkproxy.access: 127.0.0.1 "GET / HTTP/1.1" 200 '
+            "51B 12.5ms queue=10.1ms cold instance=i-1 id=ma3",
+            '2026-12-07 02:48:43,700 INFO forkproxy.access: 127.0.0.1 "GET / HTTP/1.1" 200 '
+            "51B 1.5ms queue=0.0ms instance=i-1 id=ma4",
+            '2026-12-07 02:48:43,800 INFO forkproxy.access: 127.0.0.1 "GET / HTTP/1.1" 200 '
+            "51B 9.5ms queue=8.0ms cold instance=i-2 id=ma12",
+            '2026-12-07 02:48:43,900 INFO forkproxy.access: 127.0.0.1 "GET / HTTP/1.1" 200 '
+            "51B 9.5ms queue=8.0ms cold instance=i-2 id=other",
+        ]
+    )
+    assert cold_requests(log) == {3, 12}
 
 
 def _section(key: str, value: Any, plot: str = "") -> Section:
@@ -164,6 +181,23 @@ def test_only_one_section_refreshes_its_part_of_the_docs(tmp_path: Path) -> None
     markdown.write(full_out, full, _meta("bench", "T4"), True, order=order, snapshot=snapshot)
     page = (docs / "BENCHMARKS.md").read_text()
     assert "Refreshed since" not in page and "manyapps says old" in page
+
+
+def test_only_some_sections_and_no_earlier_run_leave_the_docs_alone(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    (docs / "bench").mkdir(parents=True)
+    (docs / "BENCHMARKS.md").write_text("every section of the last full run")
+    out = tmp_path / "out"
+    written = markdown.write(
+        out,
+        [_section("manyapps", 1)],
+        _meta("bench --only manyapps", "T"),
+        True,
+        order=("memory", "manyapps"),
+        snapshot=docs / "bench" / "sections.json",
+    )
+    assert (docs / "BENCHMARKS.md").read_text() == "every section of the last full run"
+    assert written == [out / "results.json", out / "results.md"]
 
 
 def test_merge_without_a_previous_run_keeps_what_it_has() -> None:
