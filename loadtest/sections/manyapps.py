@@ -404,7 +404,9 @@ async def run_apps(
         + (
             f'`{template_key[0]}.{template_key[1]} = "90s"`.'
             if template_key
-            else "this checkout has no key for it (only instances get 90 s; templates stay)."
+            else "this checkout has no key for it (only instances get 90 s). Every fork-mode "
+            "app then keeps its own template process for the whole run, called or not: "
+            "most of the fork variants' memory is those 100 templates."
         ),
         "The first request to an idle app is split by the proxy's access log "
         "(`server.access_log`, one X-Request-ID per request): served by a kept instance "
@@ -413,7 +415,10 @@ async def run_apps(
         "still up or had to be rebuilt first, so the template rung is not split further. "
         "Cold starts / 1k requests: the proxy's `forkproxy_instance_starts_total` over "
         "the load window.",
-        "Shared 2-core box: the load generator, the proxy and every app share the CPUs.",
+        "Shared 2-core box: the load generator, the proxy and every app share the CPUs, "
+        "so the hot apps' p99 moves with whatever else runs; the slowest hot requests "
+        "(time sent, ms, cold or not) are kept in results.json (`hot_slowest`) to tell a "
+        "stall of the box (warm requests bunched at one moment) from cold starts.",
     ]
     sec.headline = _headline(n_apps, duration, results)
     sec.data = {
