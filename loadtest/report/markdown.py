@@ -177,6 +177,69 @@ def _scrub(text: str, work: str, repo: Path = REPO, home: str = "") -> str:
     return text
 
 
+def _copy_plots(out: Path, img: Path, sections: Sequence[Section], *, prune: bool) -> None:
+    """The sections' plots from `out` into the docs; `prune`: drop plots no section shows.
+    A plot missing from `out` (a kept section's) stays as the docs have it."""
+    img.mkdir(parents=True, exist_ok=True)
+    shown = {p for s in sections for p in s.plots}
+    if prune:
+        for old in img.glob("*.png"):
+            if old.name not in shown:
+                old.unlink()
+    for name in shown:
+        if (out / name).exists():
+            shutil.copy2(out / name, img / name)
+
+
+def _prefix(title: str) -> str:
+    return title.split(":", 1)[0].strip()
+
+
+def splice(
+    page: str, fresh: Sequence[Section], meta: dict[str, Any], image_dir: str, work: str = ""
+) -> str:
+    """`page` (a BENCHMARKS.md) with `fresh` in place of its sections of the same name (the
+    title before its colon), or appended; their summary lines and a "refreshed" line
+    likewise. For a page whose run left no data to merge with (see merge)."""
+    names = {_prefix(s.title) for s in fresh}
+    blocks: list[list[str]] = [[]]
+    for line in page.rstrip("\n").split("\n"):
+        if line.startswith("## "):
+            blocks.append([])
+        blocks[-1].append(line)
+    head, body = blocks[0], blocks[1:]
+    keys = {s.key for s in fresh}
+    head = [ln for ln in head if not _refreshes_only(ln, keys)]
+    at = next((i for i, ln in enumerate(head) if ln.startswith("Reproduce:")), len(head))
+    head[at:at] = _refreshed({"refreshed": [{"sections": sorted(keys), **meta}]})
+    summary = [f"- {s.headline}" for s in fresh if s.headline]
+    summary += [f"- **{s.title}**: {'; '.join(s.failures)}" for s in fresh if s.failures]
+    kept: list[list[str]] = []
+    for b in body:
+        title = b[0][3:]
+        if title == "Summary":
+            old = [ln for ln in b if not any(ln.startswith((f"- {n}", f"- **{n}")) for n in names)]
+            while old and not old[-1]:
+                old.pop()
+            b = [*old, *summary, ""]
+            summary = []
+        elif _prefix(title) in names:
+            continue
+        kept.append(b)
+    if summary:  # the page had no summary
+        kept.insert(0, ["## Summary", "", *summary, ""])
+    text = "\n".join(head + [ln for b in kept for ln in b])
+    added = _scrub("\n".join(section_md(s, image_dir) for s in fresh), work)
+    return text.rstrip("\n") + "\n\n" + added  # the kept text as it was, byte for byte
+
+
+def _refreshes_only(line: str, keys: set[str]) -> bool:
+    if not line.startswith("Refreshed since: "):
+        return False
+    named = line[len("Refreshed since: ") :].split(" by ", 1)[0]
+    return {k.strip() for k in named.split(",")} <= keys
+
+
 def write(
     out: Path,
     sections: Sequence[Section],
@@ -200,27 +263,20 @@ def write(
     )
     (out / "results.md").write_text(_scrub(document(sections, meta, ""), work))
     written = [out / "results.json", out / "results.md"]
-    if partial:
-        if previous is None:
-            # Rendering these sections alone would drop every other one from the page.
-            say(
-                f"not refreshing {snapshot.parent.parent / 'BENCHMARKS.md'}: no earlier run to "
-                f"merge {', '.join(s.key for s in sections)} into ({snapshot} or "
-                f"{out / 'results.json'}); run the whole bench once"
-            )
+    page = snapshot.parent.parent / "BENCHMARKS.md"
+    if partial and previous is None:
+        # Rendering these sections alone would drop every other one from the page.
+        if not page.exists():
+            say(f"not writing {page}: {', '.join(s.key for s in sections)} alone; run all")
             return written
+        _copy_plots(out, snapshot.parent, sections, prune=False)
+        old_page = page.read_text()
+        page.write_text(splice(old_page, sections, meta, "bench/", work))
+        return [*written, page]
+    if partial:
         sections, meta = merge(previous, sections, meta, order)
     if docs:
-        img = snapshot.parent
-        img.mkdir(parents=True, exist_ok=True)
-        shown = {p for s in sections for p in s.plots}
-        for old in img.glob("*.png"):
-            if old.name not in shown:
-                old.unlink()
-        for name in shown:
-            if (out / name).exists():  # a kept section's plot stays as the docs have it
-                shutil.copy2(out / name, img / name)
-        page = img.parent / "BENCHMARKS.md"
+        _copy_plots(out, snapshot.parent, sections, prune=True)
         page.write_text(_scrub(document(sections, meta, "bench/"), work))
         rendered = [{k: v for k, v in s.as_dict().items() if k != "data"} for s in sections]
         snapshot.write_text(
