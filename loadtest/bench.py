@@ -20,7 +20,7 @@ from forkproxy.loadtest.report import markdown, table
 from forkproxy.loadtest.report.progress import Progress
 from forkproxy.loadtest.sections.model import BenchContext, Section, say
 
-SECTIONS = ("datapath", "coldstart", "burst", "elasticity", "tune", "memory")
+SECTIONS = ("datapath", "coldstart", "burst", "elasticity", "tune", "memory", "manyapps")
 # Seconds each section takes (full, quick) on the 2-CPU reference box (section_seconds in
 # results.json, docker and vcsim up): what the ETA is computed from.
 EXPECTED_S = {
@@ -30,6 +30,7 @@ EXPECTED_S = {
     "elasticity": (700.0, 36.0),
     "tune": (170.0, 50.0),
     "memory": (12.0, 10.0),
+    "manyapps": (2100.0, 330.0),  # 3 variants x (10 min | 1 min) of load + 100 apps' boots
 }
 
 
@@ -69,6 +70,10 @@ def _runner(name: str, ctx: BenchContext) -> Callable[[], Awaitable[Section]]:
         from forkproxy.loadtest.sections import tune
 
         return lambda: tune.run(ctx)
+    if name == "manyapps":
+        from forkproxy.loadtest.sections import manyapps
+
+        return lambda: manyapps.run(ctx)
     from forkproxy.loadtest.sections import memory
 
     return lambda: memory.run(ctx)
@@ -135,7 +140,9 @@ async def run(args: argparse.Namespace, out: Path) -> int:
         failed = sum(bool(s.failures) for s in sections)
     meta = {
         "work": work,
-        "command": "python -m loadtest bench" + (" --quick" if args.quick else ""),
+        "command": "python -m loadtest bench"
+        + (" --quick" if args.quick else "")
+        + (f" --only {','.join(wanted)}" if set(wanted) != set(SECTIONS) else ""),
         "quick": args.quick,
         "loadavg_1m_at_start": load_at_start,
         "finished": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -143,7 +150,9 @@ async def run(args: argparse.Namespace, out: Path) -> int:
         "machine": markdown.machine(),
         "failed_sections": failed,
     }
-    written = await asyncio.to_thread(markdown.write, out, sections, meta, not args.no_docs)
+    written = await asyncio.to_thread(
+        markdown.write, out, sections, meta, not args.no_docs, order=SECTIONS
+    )
     for p in written:
         say(f"wrote {p}")
     return 1 if failed else 0

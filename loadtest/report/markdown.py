@@ -14,16 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from forkproxy.loadtest.report import table
-from forkproxy.loadtest.sections.model import Section, Table
+from forkproxy.loadtest.sections.model import Section, Table, say
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 HOW_TO = """\
-Reproduce: `python -m loadtest bench` (about 20 minutes; `--quick` takes about two; `--out
-DIR`, default `results/latest`; `--only datapath,coldstart,burst,elasticity,tune,memory`). wrk
-and the peers come from Debian (`apt-get install wrk nginx haproxy golang-go`; the bench installs
-them itself when run as root, and falls back to an aiohttp client / skips a missing peer
-otherwise). Docker and vSphere rows need their engines (`.ci/docker.sh`, `.ci/vcsim.sh`) and are
+Reproduce: `python -m loadtest bench` (about 55 minutes, 35 of them the many-apps section;
+`--quick` takes about seven; `--out DIR`, default `results/latest`; `--only
+datapath,coldstart,burst,elasticity,tune,memory,manyapps`: a subset refreshes only those
+sections here and keeps the others from the last run). wrk and the peers come from Debian
+(`apt-get install wrk nginx haproxy golang-go`; the bench installs them itself when run as
+root, and falls back to an aiohttp client / skips a missing peer otherwise). Docker and
+vSphere rows need their engines (`.ci/docker.sh`, `.ci/vcsim.sh`) and are
 skipped with the reason otherwise.
 
 Load-test your own deployment with the bundled locustfile and shapes:
@@ -95,6 +97,7 @@ def document(sections: Sequence[Section], meta: dict[str, Any], image_dir: str) 
         f"{m['loadavg_1m_at_end']:.1f} at the end: other work on the box skews the numbers). "
         "`$WORK` below is the run's temporary directory (configs, logs, CSVs).",
         "",
+        *_refreshed(meta),
         HOW_TO,
         "",
     ]
@@ -105,7 +108,60 @@ def document(sections: Sequence[Section], meta: dict[str, Any], image_dir: str) 
     return "\n".join(head) + "\n" + "\n".join(section_md(s, image_dir) for s in sections)
 
 
+def _refreshed(meta: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Refreshed since: {', '.join(r['sections'])} by `{r['command']}` at {r['finished']} "
+        f"({'quick' if r['quick'] else 'full'} run)."
+        for r in meta.get("refreshed", [])
+    ]
+    return [*lines, ""] if lines else []
+
+
 REPO = DOCS.parent
+# What docs/BENCHMARKS.md was rendered from, without the raw data: a run of some sections
+# (`--only`) merges its sections into it, so the page keeps the others.
+SNAPSHOT = DOCS / "bench" / "sections.json"
+
+
+def section_from_dict(d: dict[str, Any]) -> Section:
+    fields = {k: v for k, v in d.items() if k in Section.__dataclass_fields__}
+    fields["tables"] = [Table(**t) for t in d.get("tables", [])]
+    return Section(**fields)
+
+
+def merge(
+    previous: dict[str, Any] | None,
+    fresh: Sequence[Section],
+    meta: dict[str, Any],
+    order: Sequence[str],
+) -> tuple[list[Section], dict[str, Any]]:
+    """The sections of the last run (`previous`: a results.json or snapshot document) with
+    `fresh` in place of theirs, in `order` (keys not in it last); the header stays the last
+    full run's, and says which sections were refreshed since, by what, when."""
+    if not previous or not previous.get("sections"):
+        return list(fresh), meta
+    by_key = {d["key"]: section_from_dict(d) for d in previous["sections"]}
+    by_key.update({s.key: s for s in fresh})
+    rank = {k: i for i, k in enumerate(order)}
+    sections = sorted(by_key.values(), key=lambda s: rank.get(s.key, len(rank)))
+    keys = {s.key for s in fresh}
+    old = dict(previous.get("meta") or meta)
+    kept = [r for r in old.get("refreshed", []) if not set(r["sections"]) <= keys]
+    now = {k: meta[k] for k in ("command", "finished", "quick")}
+    old["refreshed"] = [*kept, {"sections": [s.key for s in fresh], **now}]
+    return sections, old
+
+
+def load_previous(out: Path, snapshot: Path = SNAPSHOT) -> dict[str, Any] | None:
+    """The docs' snapshot, else the output dir's results.json; None when neither is there."""
+    for p in (snapshot, out / "results.json"):
+        try:
+            doc: dict[str, Any] = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if doc.get("sections"):
+            return doc
+    return None
 
 
 def _scrub(text: str, work: str, repo: Path = REPO, home: str = "") -> str:
@@ -121,8 +177,84 @@ def _scrub(text: str, work: str, repo: Path = REPO, home: str = "") -> str:
     return text
 
 
-def write(out: Path, sections: Sequence[Section], meta: dict[str, Any], docs: bool) -> list[Path]:
+def _copy_plots(out: Path, img: Path, sections: Sequence[Section], *, prune: bool) -> None:
+    """The sections' plots from `out` into the docs; `prune`: drop plots no section shows.
+    A plot missing from `out` (a kept section's) stays as the docs have it."""
+    img.mkdir(parents=True, exist_ok=True)
+    shown = {p for s in sections for p in s.plots}
+    if prune:
+        for old in img.glob("*.png"):
+            if old.name not in shown:
+                old.unlink()
+    for name in shown:
+        if (out / name).exists():
+            shutil.copy2(out / name, img / name)
+
+
+def _prefix(title: str) -> str:
+    return title.split(":", 1)[0].strip()
+
+
+def splice(
+    page: str, fresh: Sequence[Section], meta: dict[str, Any], image_dir: str, work: str = ""
+) -> str:
+    """`page` (a BENCHMARKS.md) with `fresh` in place of its sections of the same name (the
+    title before its colon), or appended; their summary lines and a "refreshed" line
+    likewise. For a page whose run left no data to merge with (see merge)."""
+    names = {_prefix(s.title) for s in fresh}
+    blocks: list[list[str]] = [[]]
+    for line in page.rstrip("\n").split("\n"):
+        if line.startswith("## "):
+            blocks.append([])
+        blocks[-1].append(line)
+    head, body = blocks[0], blocks[1:]
+    keys = {s.key for s in fresh}
+    head = [ln for ln in head if not _refreshes_only(ln, keys)]
+    at = next((i for i, ln in enumerate(head) if ln.startswith("Reproduce:")), len(head))
+    head[at:at] = _refreshed({"refreshed": [{"sections": sorted(keys), **meta}]})
+    summary = [f"- {s.headline}" for s in fresh if s.headline]
+    summary += [f"- **{s.title}**: {'; '.join(s.failures)}" for s in fresh if s.failures]
+    kept: list[list[str]] = []
+    for b in body:
+        title = b[0][3:]
+        if title == "Summary":
+            old = [ln for ln in b if not any(ln.startswith((f"- {n}", f"- **{n}")) for n in names)]
+            while old and not old[-1]:
+                old.pop()
+            b = [*old, *summary, ""]
+            summary = []
+        elif _prefix(title) in names:
+            continue
+        kept.append(b)
+    if summary:  # the page had no summary
+        kept.insert(0, ["## Summary", "", *summary, ""])
+    text = "\n".join(head + [ln for b in kept for ln in b])
+    added = _scrub("\n".join(section_md(s, image_dir) for s in fresh), work)
+    return text.rstrip("\n") + "\n\n" + added  # the kept text as it was, byte for byte
+
+
+def _refreshes_only(line: str, keys: set[str]) -> bool:
+    if not line.startswith("Refreshed since: "):
+        return False
+    named = line[len("Refreshed since: ") :].split(" by ", 1)[0]
+    return {k.strip() for k in named.split(",")} <= keys
+
+
+def write(
+    out: Path,
+    sections: Sequence[Section],
+    meta: dict[str, Any],
+    docs: bool,
+    *,
+    order: Sequence[str] = (),
+    snapshot: Path = SNAPSHOT,
+) -> list[Path]:
+    """`order`: every section the bench has. When `sections` are only some of them, the
+    docs page gets them merged into the last run's (load_previous) rather than replaced;
+    the output dir holds this run's alone."""
     work = str(meta.get("work", ""))
+    partial = docs and bool(order) and {s.key for s in sections} != set(order)
+    previous = load_previous(out, snapshot) if partial else None  # before results.json
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(
         json.dumps(
@@ -131,14 +263,24 @@ def write(out: Path, sections: Sequence[Section], meta: dict[str, Any], docs: bo
     )
     (out / "results.md").write_text(_scrub(document(sections, meta, ""), work))
     written = [out / "results.json", out / "results.md"]
+    page = snapshot.parent.parent / "BENCHMARKS.md"
+    if partial and previous is None:
+        # Rendering these sections alone would drop every other one from the page.
+        if not page.exists():
+            say(f"not writing {page}: {', '.join(s.key for s in sections)} alone; run all")
+            return written
+        _copy_plots(out, snapshot.parent, sections, prune=False)
+        old_page = page.read_text()
+        page.write_text(splice(old_page, sections, meta, "bench/", work))
+        return [*written, page]
+    if partial:
+        sections, meta = merge(previous, sections, meta, order)
     if docs:
-        img = DOCS / "bench"
-        img.mkdir(parents=True, exist_ok=True)
-        for old in img.glob("*.png"):
-            old.unlink()
-        for s in sections:
-            for p in s.plots:
-                shutil.copy2(out / p, img / p)
-        (DOCS / "BENCHMARKS.md").write_text(_scrub(document(sections, meta, "bench/"), work))
-        written.append(DOCS / "BENCHMARKS.md")
+        _copy_plots(out, snapshot.parent, sections, prune=True)
+        page.write_text(_scrub(document(sections, meta, "bench/"), work))
+        rendered = [{k: v for k, v in s.as_dict().items() if k != "data"} for s in sections]
+        snapshot.write_text(
+            _scrub(json.dumps({"meta": meta, "sections": rendered}, indent=1, default=str), work)
+        )
+        written += [page, snapshot]
     return written

@@ -86,3 +86,29 @@ def bars(
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def memory_over_time(
+    path: Path,
+    title: str,
+    memory: Sequence[tuple[float, float]],  # t seconds, MiB
+    requests_per_s: Sequence[int],  # requests sent in each whole second of the trace
+) -> None:
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=80)
+    ax2 = ax.twinx()
+    ax2.bar(range(len(requests_per_s)), requests_per_s, width=1.0, color="0.85", zorder=0)
+    ax2.set_ylabel("requests/s", color="0.4")
+    ax.set_zorder(ax2.get_zorder() + 1)  # the memory line over the request bars
+    ax.patch.set_visible(False)
+    if memory:
+        t, mib = zip(*memory, strict=True)
+        ax.plot(t, _finite(mib), color="tab:purple", label="PSS, whole process tree")
+        ax.set_ylim(bottom=0, top=max(_finite(mib)) * 1.15 or 1.0)
+    ax.set_xlabel("seconds into the trace")
+    ax.set_ylabel("MiB (PSS)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

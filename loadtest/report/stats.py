@@ -70,3 +70,18 @@ def time_to_scale_in(samples: Sequence[Sample], after: float, floor: int) -> flo
 
 def ratio(a: float, b: float) -> float:
     return a / b if b else math.nan
+
+
+def memory_seconds(samples: Sequence[tuple[float, float]], start: float, end: float) -> float:
+    """Memory held x time over [start, end]: each (t, value) sample holds until the next
+    one (the last until `end`); before the first sample nothing is counted (unknown)."""
+    if end <= start:
+        return 0.0
+    total = 0.0
+    ordered = sorted(samples)
+    for i, (t, v) in enumerate(ordered):
+        t_next = ordered[i + 1][0] if i + 1 < len(ordered) else end
+        lo, hi = max(t, start), min(t_next, end)
+        if hi > lo:
+            total += v * (hi - lo)
+    return total
