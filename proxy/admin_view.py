@@ -39,6 +39,7 @@ class Serving:
     owner_id: str
     pool_name: str
     backend_type: str
+    ladder: dict[str, Any] | None = None  # its backend's warm states and their costs
 
 
 @dataclass(frozen=True)

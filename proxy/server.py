@@ -165,6 +165,7 @@ class Proxy:
                 gen.ctx.owner_id,
                 gen.cfg.server.name,
                 gen.cfg.backend_type,
+                gen.pool.backend.ladder(),
             )
             for name, gen in self.gens.items()
         }

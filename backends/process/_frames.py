@@ -25,6 +25,10 @@ class FrameWriter:
     def __len__(self) -> int:
         return len(self._queue)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def send(self, data: bytes, fds: list[int], patience: float) -> None:
         """`data` (with `fds`) as one frame; ControlTimeout if it is not sent within
         `patience` seconds, OSError if the socket fails. A frame whose sender gave up

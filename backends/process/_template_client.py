@@ -11,14 +11,15 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import forkproxy
 from forkproxy.backends.base import BackendContext
 from forkproxy.backends.errors import BackendConfigError
-from forkproxy.backends.process import _common, _linux
+from forkproxy.backends.process import _common, _linux, leftovers
 from forkproxy.backends.process import log as output
 from forkproxy.backends.process._frames import ControlTimeout, FrameWriter
+from forkproxy.backends.process._zygote_client import Zygote
 from forkproxy.backends.process.config import ProcessConfig
 from forkproxy.backends.process.log import log
 from forkproxy.backends.support.kill import terminate, within
@@ -26,7 +27,7 @@ from forkproxy.backends.support.tasks import TaskSet
 
 # The folder holding the forkproxy package (site-packages, or a checkout's root), so the
 # template imports this very forkproxy whatever the app's folder and sys.path hold.
-_ROOT = str(Path(forkproxy.__file__).absolute().parents[1])
+ROOT = str(Path(forkproxy.__file__).absolute().parents[1])
 _BOOT = (
     "import sys; sys.path.insert(1, {root!r}); "
     "from forkproxy.backends.process.template import main; main()"
@@ -37,13 +38,31 @@ _MAX_MSG = 64 * 1024
 CONTROL_TIMEOUT = 5.0
 
 
+class TemplateProcess(Protocol):
+    """What is used of the template's process: an asyncio Process when the proxy exec'd
+    it, a _zygote_client.ZygoteChild when the zygote forked it."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+
 @dataclass
 class TemplateHandle:
-    proc: asyncio.subprocess.Process
+    proc: TemplateProcess
     sock: socket.socket  # non-blocking, SOCK_SEQPACKET
+    zygote: bool = False  # forked from the shared zygote (not exec'd)
     kind: str = ""  # "aiohttp" | "asgi" | "wsgi"
+    build_s: float = 0.0  # the app's import and warm-up, as the template measured it
     dead: bool = False  # gone or being stopped: send nothing more
     reported: bool = False  # its children were reported dead
+    given_back: bool = False  # stopped for lack of instances (template_idle_ttl)
     spares: int = 0  # prefork children waiting, as the template last said (op "spares")
     writer: FrameWriter = field(init=False)
 
@@ -95,14 +114,8 @@ async def send_signal(tpl: TemplateHandle, iid: str, sig: int) -> bool:
     return True
 
 
-async def spawn(
-    config: ProcessConfig, ctx: BackendContext, tasks: TaskSet | None = None
-) -> TemplateHandle:
-    """Start the template and wait until it has built the app (BackendConfigError if not).
-    With `tasks`, its stderr, which its forks share, is a pipe read there (log.relay: the
-    lines by instance); without, it is the proxy's."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    spec = {
+def _spec(config: ProcessConfig, ctx: BackendContext, parent_pid: int) -> dict[str, Any]:
+    return {
         "app": config.app,
         "app_kind": config.app_kind,
         "warmup": config.warmup,
@@ -112,16 +125,23 @@ async def spawn(
         "pythonpath": [os.path.join(config.abs_cwd, p) for p in config.pythonpath],
         "prefork": config.prefork,
         "stop_grace": config.stop_grace,
-        "parent_pid": os.getpid(),
-        "ctl_fd": theirs.fileno(),
+        "parent_pid": parent_pid,
     }
+
+
+async def _exec(
+    config: ProcessConfig, ctx: BackendContext, tasks: TaskSet | None
+) -> TemplateHandle:
+    """A fresh interpreter that imports everything itself."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    spec = {**_spec(config, ctx, os.getpid()), "ctl_fd": theirs.fileno()}
     env = _common.base_env(config, ctx)
     env[_linux.ROLE_VAR] = _linux.padded_role(_linux.ROLE_TEMPLATE)
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
-            _BOOT.format(root=_ROOT),
+            _BOOT.format(root=ROOT),
             json.dumps(spec),
             pass_fds=[theirs.fileno()],
             cwd=config.abs_cwd,
@@ -139,7 +159,52 @@ async def spawn(
         assert proc.stderr is not None
         tasks.spawn(output.relay(proc.stderr, "template"), f"process-template-stderr-{proc.pid}")
     ours.setblocking(False)
-    tpl = TemplateHandle(proc, ours)
+    return TemplateHandle(proc, ours)
+
+
+async def _fork_from(
+    zygote: Zygote, config: ProcessConfig, ctx: BackendContext, tasks: TaskSet | None
+) -> TemplateHandle:
+    """A fork of the zygote, which has the frameworks imported already: it takes the
+    app's cwd, environment and labels, then imports the app alone."""
+    env = _common.base_env(config, ctx)
+    env[_linux.ROLE_VAR] = _linux.padded_role(_linux.ROLE_TEMPLATE)
+    labels = {
+        _linux.ROLE_VAR: _linux.ROLE_TEMPLATE,
+        leftovers.POOL_VAR: ctx.pool_name,
+        leftovers.OWNER_VAR: ctx.owner_id,
+    }
+    try:
+        proc, ours, stderr = await zygote.spawn(
+            _spec(config, ctx, zygote.pid), env, config.abs_cwd, labels, relay=tasks is not None
+        )
+    except OSError as exc:
+        raise BackendConfigError(f"the zygote cannot fork the template: {exc}") from exc
+    if tasks is not None and stderr is not None:
+        tasks.spawn(output.relay(stderr, "template"), f"process-template-stderr-{proc.pid}")
+    return TemplateHandle(proc, ours, zygote=True)
+
+
+def fits_zygote(ctx: BackendContext) -> bool:
+    """Its labels fit the zygote's padded slots (a pool or owner name is rarely long)."""
+    return max(len(ctx.pool_name.encode()), len(ctx.owner_id.encode())) <= _linux.ROLE_WIDTH
+
+
+async def spawn(
+    config: ProcessConfig,
+    ctx: BackendContext,
+    tasks: TaskSet | None = None,
+    zygote: Zygote | None = None,
+) -> TemplateHandle:
+    """Start the template and wait until it has built the app (BackendConfigError if not).
+    With `tasks`, its stderr, which its forks share, is a pipe read there (log.relay: the
+    lines by instance); without, it is the proxy's (exec'd) or drained (forked). With
+    `zygote`, the template is forked from it rather than exec'd."""
+    if zygote is not None and not zygote.dead:
+        tpl = await _fork_from(zygote, config, ctx, tasks)
+    else:
+        tpl = await _exec(config, ctx, tasks)
+    proc = tpl.proc
     try:
         first = await asyncio.wait_for(recv(tpl), ctx.start_timeout)
     except (TimeoutError, asyncio.CancelledError):
@@ -157,7 +222,14 @@ async def spawn(
         keys = "backend.app" + (" or backend.warmup" if config.warmup else "")
         raise BackendConfigError(f"{keys} {config.app!r} cannot be built: {first['error']}")
     tpl.kind = str(first.get("kind", ""))
-    log.info("fork template ready: pid %d, %s app %s", proc.pid, tpl.kind, config.app)
+    tpl.build_s = float(first.get("build_s", 0.0))
+    log.info(
+        "fork template ready: pid %d, %s app %s%s",
+        proc.pid,
+        tpl.kind,
+        config.app,
+        " (forked from the zygote)" if tpl.zygote else "",
+    )
     return tpl
 
 

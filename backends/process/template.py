@@ -8,7 +8,8 @@ its loop running and the app started, and only waits for an instance id and a so
 which takes the fork and the loop setup off the start path.
 Protocol: one JSON object per SOCK_SEQPACKET message on the control socket.
   proxy -> template: {"op": "start", "id", "env"} + 1 fd | {"op": "signal", "id", "sig"}
-  template -> proxy: {"op": "ready", "pid", "kind"} | {"op": "failed", "error", "traceback"}
+  template -> proxy: {"op": "ready", "pid", "kind", "build_s"}
+                     {"op": "failed", "error", "traceback"}
                      {"op": "started", "id", "pid", "spare"} | {"op": "error", "id", "error"}
                      {"op": "exit", "id", "pid", "reason"}
                      {"op": "working", "id", "working"} (app at work after a response)
@@ -330,13 +331,19 @@ class Template:
 
 
 def main() -> None:
-    spec = json.loads(sys.argv[1])
+    serve(json.loads(sys.argv[1]))
+
+
+def serve(spec: dict[str, Any]) -> None:
+    """Build the app and fork instances until told to stop. Run by an exec'd template
+    (main) or by a fork of the zygote, whose pid is then spec["parent_pid"]."""
     _linux.set_pdeathsig()
     if os.getppid() != int(spec["parent_pid"]):
         sys.exit(1)  # the proxy died before we could arm PDEATHSIG
     ctl = socket.socket(fileno=int(spec["ctl_fd"]))
     ctl.setblocking(True)
     tpl = Template(spec, ctl)
+    started = time.perf_counter()
     try:
         tpl.build()
     except BaseException as exc:
@@ -350,7 +357,8 @@ def main() -> None:
         )
         sys.exit(1)
     tpl.install_signals()
-    tpl.send({"op": "ready", "pid": os.getpid(), "kind": tpl.kind})
+    build_s = time.perf_counter() - started  # the app's own import and warm-up
+    tpl.send({"op": "ready", "pid": os.getpid(), "kind": tpl.kind, "build_s": build_s})
     tpl.refill()
     tpl.run()
 
