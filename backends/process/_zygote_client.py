@@ -21,6 +21,7 @@ from forkproxy.backends.process import _linux, _messages, leftovers
 from forkproxy.backends.process._frames import FrameWriter
 from forkproxy.backends.process.log import log
 from forkproxy.backends.support.kill import terminate, within
+from forkproxy.backends.support.owner import gone_here
 from forkproxy.backends.support.tasks import TaskSet
 
 _BOOT = (
@@ -177,9 +178,25 @@ async def _stream(fd: int) -> asyncio.StreamReader:
     return reader
 
 
+def reap_leftovers() -> list[int]:
+    """Kill zygotes whose proxy is proven gone (support.owner.gone_here): PDEATHSIG ends a
+    zygote with its proxy, so one is left only if that failed. Their templates and
+    instances die with them (their own PDEATHSIG). Blocking: run in a thread."""
+    killed = []
+    for found in leftovers.zygotes():
+        if found.owner and gone_here(found.owner):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(found.pid, signal.SIGKILL)
+                killed.append(found.pid)
+    if killed:
+        log.warning("killed zygotes left by stopped proxies: pids %s", killed)
+    return killed
+
+
 async def _start(
     root: str, env: dict[str, str], preload: list[str] | None, stop_grace: float
 ) -> Zygote:
+    await asyncio.to_thread(reap_leftovers)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     spec = {
         "parent_pid": os.getpid(),

@@ -16,7 +16,8 @@ INSTANCE_VAR = "FORKPROXY_INSTANCE"
 @dataclass(frozen=True)
 class Found:
     pid: int
-    kind: str  # "template" | "fork" | "exec" | "spare" (forked ahead, no instance yet)
+    # "template" | "fork" | "exec" | "spare" (forked ahead, no instance yet) | "zygote"
+    kind: str
     instance_id: str
     owner: str
     port: int = 0
@@ -36,6 +37,8 @@ def classify(pid: int, env: dict[str, str]) -> Found | None:
     owner = env.get(OWNER_VAR, "")
     if role == _linux.ROLE_TEMPLATE:
         return Found(pid, "template", template_id(pid), owner)
+    if role == _linux.ROLE_ZYGOTE:
+        return Found(pid, "zygote", f"zygote-{pid}", owner)
     if role == _linux.ROLE_SPARE:
         return Found(pid, "spare", f"spare-{pid}", owner)
     if role.startswith(_linux.ROLE_FORK_PREFIX):
@@ -72,3 +75,16 @@ def scan(pool: str) -> list[Found]:
             item = Found(pid, "fork", unlabelled_id(pid), item.owner)
         result.append(dataclasses.replace(item, ppid=parents[pid]))
     return sorted(result, key=lambda f: f.pid)
+
+
+def zygotes() -> list[Found]:
+    """Every fork-mode zygote on this host, whichever proxy owns it (it belongs to no pool:
+    its pool label is blank). Blocking: run in a thread."""
+    result = []
+    for pid in _linux.all_pids():
+        env = _linux.read_environ(pid)
+        if not env or env.get(_linux.ROLE_VAR, "").strip() != _linux.ROLE_ZYGOTE:
+            continue
+        if _linux.is_running(pid) and (item := classify(pid, env)) is not None:
+            result.append(item)
+    return result

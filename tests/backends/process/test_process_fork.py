@@ -99,8 +99,11 @@ async def test_sigkilled_proxy_leaves_no_instance(ctx: BackendContext, mode: str
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        pids = json.loads(line)["pids"]
+        printed = json.loads(line)
+        pids = printed["pids"]
         assert len(pids) == (3 if mode == "fork" else 2)
+        assert (printed["zygote"] is not None) == (mode == "fork")
+        pids += [printed["zygote"]] if printed["zygote"] else []
         assert alive_pids(pids) == pids
     finally:
         proc.kill()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import uuid
 from typing import Any
 
@@ -14,6 +15,7 @@ from forkproxy.backends.process import _zygote_client
 from forkproxy.backends.process._linux import is_running, proc_state
 from forkproxy.backends.process.fork import ForkBackend
 from forkproxy.backends.process.leftovers import scan
+from forkproxy.backends.support.owner import Owner, new_owner_id, this_space
 from tests.backends.contract import get, recording_context
 from tests.backends.process.helpers import MakeBackend, process_config
 from tests.conftest import eventually
@@ -194,3 +196,24 @@ def test_template_keys_parse_and_bad_values_name_the_key() -> None:
     assert problems == ["backend.zygote: expected true or false, got 'yes'"]
     # interpreter start-up settings act only at exec: such an app bypasses the zygote
     assert parse(env={"PYTHONHASHSEED": "0"})[0].uses_zygote is False
+
+
+async def test_a_zygote_whose_proxy_is_gone_is_reaped() -> None:
+    # A "proxy" that has stopped (its owner id proves it), and one that runs (us).
+    gone_proxy = subprocess.Popen(["sleep", "0"])
+    gone_proxy.wait()
+    dead = str(Owner("ghost", this_space(), gone_proxy.pid, 1))
+    alive = new_owner_id()
+    zygotes = []
+    for owner in (dead, alive):
+        env = _zygote_client.zygote_env(owner)  # labelled as a real zygote is
+        zygotes.append(subprocess.Popen(["sleep", "60"], env=env))
+    try:
+        killed = await asyncio.to_thread(_zygote_client.reap_leftovers)
+        assert zygotes[0].pid in killed and zygotes[1].pid not in killed
+        assert zygotes[0].wait(10) == -9
+        assert zygotes[1].poll() is None
+    finally:
+        for proc in zygotes:
+            proc.kill()
+            proc.wait()
