@@ -1,9 +1,14 @@
-"""Typed control messages between the proxy and the zygote, one JSON object per
-SOCK_SEQPACKET frame: {"op": <class name>, <fields>}. Both sides build and match these
-dataclasses; a frame naming no known message, or the wrong fields, is a ProtocolError.
+"""Typed control messages between the proxy and its helper processes (the fork template,
+the zygote), one JSON object per SOCK_SEQPACKET frame: {"op": <class name>, <fields>}.
+Both sides build and match these dataclasses; a frame naming no known message, or the
+wrong fields, is a ProtocolError.
 
-    proxy -> zygote: SpawnTemplate + 2 fds (the template's control socket, its stderr)
-    zygote -> proxy: ZygoteReady | Spawned | SpawnFailed | TemplateExited
+    proxy -> template: StartInstance + 1 fd (its listening socket) | SignalInstance
+    template -> proxy: TemplateReady | TemplateFailed (first, once)
+                       InstanceStarted | InstanceError | InstanceExited
+                       InstanceWorking (its app at work after a response) | SparesWaiting
+    proxy -> zygote:   SpawnTemplate + 2 fds (the template's control socket, its stderr)
+    zygote -> proxy:   ZygoteReady | Spawned | SpawnFailed | TemplateExited
 """
 
 from __future__ import annotations
@@ -16,6 +21,68 @@ from typing import Any
 
 class ProtocolError(ValueError):
     """A frame that is not one of the messages below."""
+
+
+# -- the template ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartInstance:
+    id: str
+    env: dict[str, str]  # set in the fork before the app sees it
+
+
+@dataclass(frozen=True)
+class SignalInstance:
+    id: str
+    sig: int
+
+
+@dataclass(frozen=True)
+class TemplateReady:
+    pid: int
+    kind: str  # "aiohttp" | "asgi" | "wsgi"
+    build_s: float  # the app's import and warm-up, as the template measured it
+
+
+@dataclass(frozen=True)
+class TemplateFailed:
+    error: str  # one line a person can act on
+    traceback: str
+
+
+@dataclass(frozen=True)
+class InstanceStarted:
+    id: str
+    pid: int
+    spare: bool  # a spare forked ahead took it (prefork)
+
+
+@dataclass(frozen=True)
+class InstanceError:
+    id: str
+    error: str
+
+
+@dataclass(frozen=True)
+class InstanceExited:
+    id: str
+    pid: int
+    reason: str  # "exited:N" | "signal:N"
+
+
+@dataclass(frozen=True)
+class InstanceWorking:
+    id: str
+    working: bool
+
+
+@dataclass(frozen=True)
+class SparesWaiting:
+    n: int
+
+
+# -- the zygote --------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -55,9 +122,40 @@ class TemplateExited:
     returncode: int  # as asyncio reports it: the exit code, or -signal
 
 
-Message = ZygoteReady | SpawnTemplate | Spawned | SpawnFailed | TemplateExited
+Message = (
+    StartInstance
+    | SignalInstance
+    | TemplateReady
+    | TemplateFailed
+    | InstanceStarted
+    | InstanceError
+    | InstanceExited
+    | InstanceWorking
+    | SparesWaiting
+    | ZygoteReady
+    | SpawnTemplate
+    | Spawned
+    | SpawnFailed
+    | TemplateExited
+)
 _BY_OP: dict[str, type[Message]] = {
-    cls.__name__: cls for cls in (ZygoteReady, SpawnTemplate, Spawned, SpawnFailed, TemplateExited)
+    cls.__name__: cls
+    for cls in (
+        StartInstance,
+        SignalInstance,
+        TemplateReady,
+        TemplateFailed,
+        InstanceStarted,
+        InstanceError,
+        InstanceExited,
+        InstanceWorking,
+        SparesWaiting,
+        ZygoteReady,
+        SpawnTemplate,
+        Spawned,
+        SpawnFailed,
+        TemplateExited,
+    )
 }
 
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import forkproxy
 from forkproxy.backends.base import BackendContext
 from forkproxy.backends.errors import BackendConfigError
-from forkproxy.backends.process import _common, _linux, leftovers
+from forkproxy.backends.process import _common, _linux, _messages, leftovers
 from forkproxy.backends.process import log as output
 from forkproxy.backends.process._frames import ControlTimeout, FrameWriter
 from forkproxy.backends.process._zygote_client import Zygote
@@ -76,17 +76,17 @@ class TemplateHandle:
 
 async def send(
     tpl: TemplateHandle,
-    msg: dict[str, Any],
+    msg: _messages.Message,
     fds: list[int] | None = None,
     patience: float = CONTROL_TIMEOUT,
 ) -> None:
     """One message (with fds) on the control socket, queued behind the others while it is
     full; ControlTimeout after `patience` seconds, OSError if the template is gone."""
-    await tpl.writer.send(json.dumps(msg).encode(), fds or [], patience)
+    await tpl.writer.send(_messages.encode(msg), fds or [], patience)
 
 
-async def recv(tpl: TemplateHandle) -> dict[str, Any] | None:
-    """The next message, or None once the template is gone."""
+async def recv(tpl: TemplateHandle) -> _messages.Message | None:
+    """The next message, or None once the template is gone (or speaks no protocol)."""
     loop = asyncio.get_running_loop()
     try:
         data = await loop.sock_recv(tpl.sock, _MAX_MSG)
@@ -94,8 +94,11 @@ async def recv(tpl: TemplateHandle) -> dict[str, Any] | None:
         return None
     if not data:
         return None
-    msg: dict[str, Any] = json.loads(data)
-    return msg
+    try:
+        return _messages.decode(data)
+    except _messages.ProtocolError as exc:
+        log.error("fork template pid %d: %s", tpl.pid, exc)
+        return None
 
 
 async def send_signal(tpl: TemplateHandle, iid: str, sig: int) -> bool:
@@ -105,7 +108,7 @@ async def send_signal(tpl: TemplateHandle, iid: str, sig: int) -> bool:
     if tpl.dead:
         return False
     try:
-        await send(tpl, {"op": "signal", "id": iid, "sig": int(sig)})
+        await send(tpl, _messages.SignalInstance(iid, int(sig)))
     except ControlTimeout:
         log.warning("fork template pid %d takes no messages; cannot signal %s", tpl.pid, iid)
         return False
@@ -210,19 +213,19 @@ async def spawn(
     except (TimeoutError, asyncio.CancelledError):
         await kill(tpl, config.stop_grace)
         raise
-    if first is None or first.get("op") != "ready":
+    if not isinstance(first, _messages.TemplateReady):
         await kill(tpl, config.stop_grace)
-        if first is None:
+        if not isinstance(first, _messages.TemplateFailed):
             raise BackendConfigError(
                 f"fork template for {config.app!r} exited before it was ready "
                 f"(exit code {proc.returncode})"
             )
         # One line a person can act on; the template's traceback only at debug level.
-        log.debug("fork template failed:\n%s", first.get("traceback", ""))
+        log.debug("fork template failed:\n%s", first.traceback)
         keys = "backend.app" + (" or backend.warmup" if config.warmup else "")
-        raise BackendConfigError(f"{keys} {config.app!r} cannot be built: {first['error']}")
-    tpl.kind = str(first.get("kind", ""))
-    tpl.build_s = float(first.get("build_s", 0.0))
+        raise BackendConfigError(f"{keys} {config.app!r} cannot be built: {first.error}")
+    tpl.kind = first.kind
+    tpl.build_s = first.build_s
     log.info(
         "fork template ready: pid %d, %s app %s%s",
         proc.pid,

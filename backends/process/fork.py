@@ -22,6 +22,7 @@ from forkproxy.backends.process import (
     _common,
     _linux,
     _memory,
+    _messages,
     _template_client,
     _zygote_client,
     leftovers,
@@ -197,30 +198,32 @@ class ForkBackend(_common.ProcessBackendBase):
         self._template_died(tpl)
         await self._kill_template(tpl)
 
-    def _dispatch(self, tpl: TemplateHandle, msg: dict[str, Any]) -> None:
-        op, iid = msg.get("op"), str(msg.get("id", ""))
-        child = self._children.get(iid)
-        if op == "started":
-            if child is not None and not child.started.done():
-                child.pid = int(msg["pid"])
-                child.spare = bool(msg.get("spare"))
-                child.started.set_result(child.pid)
-            else:  # start() gave up (timeout/cancel): do not leave an orphan serving
-                self._tasks.spawn(self._send_signal(tpl, iid, signal.SIGKILL), f"kill-{iid}")
-        elif op == "error":
-            if child is not None and not child.started.done():
-                self._forget(iid)
-                child.started.set_exception(StartError(f"fork template: {msg.get('error')}"))
-        elif op == "exit":
-            self._child_exited(iid, str(msg.get("reason", "exited")))
-        elif op == "working":
-            if child is not None and not child.stopping:
-                try:
-                    self.ctx.on_working(iid, bool(msg.get("working")))
-                except Exception:
-                    log.exception("on_working callback failed for %s", iid)
-        elif op == "spares":
-            tpl.spares = int(msg.get("n", 0))
+    def _dispatch(self, tpl: TemplateHandle, msg: _messages.Message) -> None:
+        match msg:
+            case _messages.InstanceStarted(id=iid, pid=pid, spare=spare):
+                child = self._children.get(iid)
+                if child is not None and not child.started.done():
+                    child.pid = pid
+                    child.spare = spare
+                    child.started.set_result(pid)
+                else:  # start() gave up (timeout/cancel): do not leave an orphan serving
+                    self._tasks.spawn(self._send_signal(tpl, iid, signal.SIGKILL), f"kill-{iid}")
+            case _messages.InstanceError(id=iid, error=error):
+                child = self._children.get(iid)
+                if child is not None and not child.started.done():
+                    self._forget(iid)
+                    child.started.set_exception(StartError(f"fork template: {error}"))
+            case _messages.InstanceExited(id=iid, reason=reason):
+                self._child_exited(iid, reason)
+            case _messages.InstanceWorking(id=iid, working=working):
+                child = self._children.get(iid)
+                if child is not None and not child.stopping:
+                    try:
+                        self.ctx.on_working(iid, working)
+                    except Exception:
+                        log.exception("on_working callback failed for %s", iid)
+            case _messages.SparesWaiting(n=n):
+                tpl.spares = n
 
     def _forget(self, iid: str) -> _Child | None:
         child = self._children.pop(iid, None)
@@ -312,7 +315,7 @@ class ForkBackend(_common.ProcessBackendBase):
         child = _Child(instance_id, port, tpl, loop.create_future(), loop.create_future())
         # Registered before the request so an exit right after the fork is not missed.
         self._children[instance_id] = child
-        msg = {"op": "start", "id": instance_id, "env": _common.instance_env(self.ctx, instance_id)}
+        msg = _messages.StartInstance(instance_id, _common.instance_env(self.ctx, instance_id))
         try:
             # The kernel duplicates the fd into the message; our copy can go right after.
             await _template_client.send(tpl, msg, [lsock.fileno()])

@@ -6,14 +6,8 @@ template with threads or a running event loop would hand children broken state.
 With `prefork` > 0 the template keeps that many spare children forked ahead: each has
 its loop running and the app started, and only waits for an instance id and a socket,
 which takes the fork and the loop setup off the start path.
-Protocol: one JSON object per SOCK_SEQPACKET message on the control socket.
-  proxy -> template: {"op": "start", "id", "env"} + 1 fd | {"op": "signal", "id", "sig"}
-  template -> proxy: {"op": "ready", "pid", "kind", "build_s"}
-                     {"op": "failed", "error", "traceback"}
-                     {"op": "started", "id", "pid", "spare"} | {"op": "error", "id", "error"}
-                     {"op": "exit", "id", "pid", "reason"}
-                     {"op": "working", "id", "working"} (app at work after a response)
-                     {"op": "spares", "n"} (spares waiting: sent when the count changes)
+Protocol: the typed messages of _messages.py, one per SOCK_SEQPACKET frame on the
+control socket (StartInstance carries the instance's listening socket).
 """
 
 from __future__ import annotations
@@ -31,7 +25,7 @@ import time
 import traceback
 from typing import Any
 
-from forkproxy.backends.process import _forked, _linux
+from forkproxy.backends.process import _forked, _linux, _messages
 from forkproxy.backends.process.child import failures
 
 _MAX_MSG = 64 * 1024
@@ -70,9 +64,9 @@ class Template:
         self.pid = os.getpid()
         self.role_slot: int | None = None
 
-    def send(self, msg: dict[str, Any]) -> None:
+    def send(self, msg: _messages.Message) -> None:
         try:
-            self.ctl.send(json.dumps(msg).encode())
+            self.ctl.send(_messages.encode(msg))
         except OSError:
             self.stopping = True  # the proxy is gone
 
@@ -151,7 +145,7 @@ class Template:
         """Tell the proxy how many spares wait, when that changed (forked, assigned, died)."""
         if len(self.spares) != self.spares_reported:
             self.spares_reported = len(self.spares)
-            self.send({"op": "spares", "n": self.spares_reported})
+            self.send(_messages.SparesWaiting(self.spares_reported))
 
     def _drain_wake(self) -> None:
         try:
@@ -177,7 +171,7 @@ class Template:
             if "crash" in msg:
                 self.failures.report(str(msg["crash"]))
             elif iid := self.children.get(int(msg.get("pid", 0))):
-                self.send({"op": "working", "id": iid, "working": bool(msg.get("working"))})
+                self.send(_messages.InstanceWorking(iid, bool(msg.get("working"))))
 
     def _handle_message(self) -> None:
         try:
@@ -191,29 +185,30 @@ class Template:
                 os.close(fd)
             self.stopping = True  # control socket closed: the proxy is done with us
             return
-        msg = json.loads(data)
-        if msg["op"] == "start":
+        msg = _messages.decode(data)
+        if isinstance(msg, _messages.StartInstance):
             self.start(msg, fds)
-        else:
-            for fd in fds:
-                os.close(fd)
-            if msg["op"] == "signal":
-                self.signal(msg["id"], int(msg["sig"]))
+            return
+        for fd in fds:
+            os.close(fd)
+        if isinstance(msg, _messages.SignalInstance):
+            self.signal(msg.id, msg.sig)
 
-    def start(self, msg: dict[str, Any], fds: list[int]) -> None:
-        iid = msg["id"]
+    def start(self, msg: _messages.StartInstance, fds: list[int]) -> None:
+        iid = msg.id
         if len(fds) != 1:
             for fd in fds:
                 os.close(fd)
-            self.send({"op": "error", "id": iid, "error": "expected exactly one socket"})
+            self.send(_messages.InstanceError(iid, "expected exactly one socket"))
             return
         if threading.active_count() != 1:
             os.close(fds[0])
             names = ", ".join(t.name for t in threading.enumerate())
-            error = f"template has threads, refusing to fork: {names}"
-            self.send({"op": "error", "id": iid, "error": error})
+            self.send(
+                _messages.InstanceError(iid, f"template has threads, refusing to fork: {names}")
+            )
             return
-        env = msg.get("env", {})
+        env = msg.env
         pid = self._assign_spare(iid, env, fds[0])
         spare = pid is not None
         if pid is None:
@@ -221,13 +216,13 @@ class Template:
                 pid = _forked.fork()
             except OSError as exc:
                 os.close(fds[0])
-                self.send({"op": "error", "id": iid, "error": f"fork failed: {exc}"})
+                self.send(_messages.InstanceError(iid, f"fork failed: {exc}"))
                 return
             if pid == 0:
                 _forked.run_instance(self._inherited(), iid, env, fds[0])
         os.close(fds[0])  # the child has it; keeping it would keep a dead child's port open
         self.children[pid] = iid
-        self.send({"op": "started", "id": iid, "pid": pid, "spare": spare})
+        self.send(_messages.InstanceStarted(iid, pid, spare))
 
     def _assign_spare(self, iid: str, env: dict[str, str], fd: int) -> int | None:
         while self.spares:
@@ -292,7 +287,7 @@ class Template:
                 return
             iid = self.children.pop(pid, None)
             if iid:
-                self.send({"op": "exit", "id": iid, "pid": pid, "reason": exit_reason(status)})
+                self.send(_messages.InstanceExited(iid, pid, exit_reason(status)))
             elif pid in self.spares:
                 self.spares.pop(pid).close()
                 self.spare_failures += 1
@@ -327,7 +322,7 @@ class Template:
                 break
             iid = self.children.pop(pid, None)
             if iid:
-                self.send({"op": "exit", "id": iid, "pid": pid, "reason": exit_reason(status)})
+                self.send(_messages.InstanceExited(iid, pid, exit_reason(status)))
 
 
 def main() -> None:
@@ -348,17 +343,12 @@ def serve(spec: dict[str, Any]) -> None:
         tpl.build()
     except BaseException as exc:
         lines = traceback.format_exception_only(type(exc), exc)
-        tpl.send(
-            {
-                "op": "failed",
-                "error": lines[-1].strip() if lines else repr(exc),
-                "traceback": traceback.format_exc(),
-            }
-        )
+        error = lines[-1].strip() if lines else repr(exc)
+        tpl.send(_messages.TemplateFailed(error, traceback.format_exc()))
         sys.exit(1)
     tpl.install_signals()
     build_s = time.perf_counter() - started  # the app's own import and warm-up
-    tpl.send({"op": "ready", "pid": os.getpid(), "kind": tpl.kind, "build_s": build_s})
+    tpl.send(_messages.TemplateReady(os.getpid(), tpl.kind, build_s))
     tpl.refill()
     tpl.run()
 
