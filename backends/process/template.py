@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
 from forkproxy.backends.process import _forked, _linux, _messages
@@ -84,18 +85,7 @@ class Template:
         warmup.run_spec(self.kind, self.app, self.spec.get("warmup_requests"))
         if self.spec.get("post_fork"):
             apps.resolve(self.spec["post_fork"])  # a typo fails now, not in every fork
-        # Everything a child needs is loaded here, once: a fork then imports nothing.
-        import uvloop  # noqa: F401
-
-        from forkproxy.backends.process import _serve, _wsgi
-
-        if self.kind == "asgi":
-            self.app = _serve.asgi_config(self.app, self.grace)  # needs uvicorn: fail now
-        elif self.kind == "wsgi":
-            self.app = _wsgi.prepare(self.app, int(self.spec.get("threads", 1)))
-        else:
-            self.app.freeze()  # routes and middleware chains built once, not per child
-            _serve.prime_template()
+        self.app = serving_form(self.kind, self.app, int(self.spec.get("threads", 1)), self.grace)
         forksafe.before_fork()
         apps.refuse_threads(self.kind)
         self.role_slot = _linux.role_slot()
@@ -323,6 +313,62 @@ class Template:
             iid = self.children.pop(pid, None)
             if iid:
                 self.send(_messages.InstanceExited(iid, pid, exit_reason(status)))
+
+
+def serving_form(kind: str, app: Any, threads: int, grace: float) -> Any:
+    """`app` (loaded and warmed) as a fork serves it, with everything a fork needs imported
+    here, once: a fork then imports nothing."""
+    import uvloop  # noqa: F401
+
+    from forkproxy.backends.process import _serve, _wsgi
+
+    if kind == "asgi":
+        return _serve.asgi_config(app, grace)  # needs uvicorn: fail now
+    if kind == "wsgi":
+        return _wsgi.prepare(app, threads)
+    app.freeze()  # routes and middleware chains built once, not per child
+    _serve.prime_template()
+    return app
+
+
+@dataclass(frozen=True)
+class Built:
+    """An app built the way a template builds it (see build)."""
+
+    kind: str  # "aiohttp" | "asgi" | "wsgi"
+    app: Any  # as a fork serves it
+    user_app: Any  # as the user's module gave it
+
+
+def build(app: str, app_kind: str = "auto", *, threads: int = 1, grace: float = 1.0) -> Built:
+    """Load `app` and make it ready to serve from forks as a template does (no warm-up
+    hooks, no control socket): for tools that fork like a template, e.g. the loadtest's
+    forkfloor. Freeze the heap (gc.freeze) after, as a template does, if that matters."""
+    from forkproxy.backends.process.child import apps
+
+    kind, loaded = apps.load(app, app_kind)
+    return Built(kind, serving_form(kind, loaded, threads, grace), loaded)
+
+
+def fork_instance(built: Built, iid: str, fd: int, grace: float = 1.0) -> int:
+    """Fork instance `iid` of `built`, serving on the listening socket `fd` with the very
+    code a template's fork runs (minus the template's messaging); its pid, in the parent.
+    The caller is its parent: it reaps it, and the fork dies with it."""
+    inherited = _forked.Inherited(
+        kind=built.kind,
+        app=built.app,
+        user_app=built.user_app,
+        post_fork=None,
+        grace=grace,
+        template_pid=os.getpid(),
+        role_slot=None,
+        close_sockets=(),
+        close_fds=(),
+    )
+    pid = _forked.fork()
+    if pid == 0:
+        _forked.run_instance(inherited, iid, {}, fd)
+    return pid
 
 
 def main() -> None:
