@@ -8,7 +8,8 @@ wrong fields, is a ProtocolError.
                        InstanceStarted | InstanceError | InstanceExited
                        InstanceWorking (its app at work after a response) | SparesWaiting
     proxy -> zygote:   SpawnTemplate + 2 fds (the template's control socket, its stderr)
-    zygote -> proxy:   ZygoteReady | Spawned | SpawnFailed | TemplateExited
+                       CheckFresh
+    zygote -> proxy:   ZygoteReady | Spawned | SpawnFailed | TemplateExited | Freshness
 """
 
 from __future__ import annotations
@@ -105,6 +106,20 @@ class SpawnTemplate:
 
 
 @dataclass(frozen=True)
+class CheckFresh:
+    """Has any file the zygote imported changed since (a pip upgrade, an edited checkout)?
+    Asked when a new app generation (a start, a reload) first wants a template."""
+
+    token: int
+
+
+@dataclass(frozen=True)
+class Freshness:
+    token: int
+    changed: str  # the first file found changed, or "" when none has
+
+
+@dataclass(frozen=True)
 class Spawned:
     token: int
     pid: int
@@ -134,6 +149,8 @@ Message = (
     | SparesWaiting
     | ZygoteReady
     | SpawnTemplate
+    | CheckFresh
+    | Freshness
     | Spawned
     | SpawnFailed
     | TemplateExited
@@ -152,6 +169,8 @@ _BY_OP: dict[str, type[Message]] = {
         SparesWaiting,
         ZygoteReady,
         SpawnTemplate,
+        CheckFresh,
+        Freshness,
         Spawned,
         SpawnFailed,
         TemplateExited,

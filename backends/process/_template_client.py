@@ -18,7 +18,7 @@ from forkproxy.backends.base import BackendContext
 from forkproxy.backends.errors import BackendConfigError
 from forkproxy.backends.process import _common, _linux, _messages, leftovers
 from forkproxy.backends.process import log as output
-from forkproxy.backends.process._frames import ControlTimeout, FrameWriter
+from forkproxy.backends.process._frames import ControlTimeout, FrameWriter, close_socket
 from forkproxy.backends.process._zygote_client import Zygote
 from forkproxy.backends.process.config import ProcessConfig
 from forkproxy.backends.process.log import log
@@ -254,4 +254,4 @@ async def kill(tpl: TemplateHandle, grace: float) -> None:
             log,
         )
     tpl.writer.close()
-    tpl.sock.close()
+    close_socket(tpl.sock)

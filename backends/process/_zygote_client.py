@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from forkproxy.backends.process import _linux, _messages, leftovers
-from forkproxy.backends.process._frames import FrameWriter
+from forkproxy.backends.process._frames import FrameWriter, close_socket
 from forkproxy.backends.process.log import log
 from forkproxy.backends.support.kill import terminate, within
 from forkproxy.backends.support.owner import gone_here
@@ -62,8 +62,11 @@ class Zygote:
     sock: socket.socket
     ready: _messages.ZygoteReady
     stop_grace: float
+    users: int = 0  # backends holding it (see acquire)
     children: dict[int, ZygoteChild] = field(default_factory=dict)
     pending: dict[int, asyncio.Future[ZygoteChild]] = field(default_factory=dict)
+    checks: dict[int, asyncio.Future[str]] = field(default_factory=dict)
+    stopped: bool = False
     tasks: TaskSet = field(default_factory=lambda: TaskSet("forkproxy.zygote", log))
     writer: FrameWriter = field(init=False)
     tokens: itertools.count[int] = field(default_factory=itertools.count)
@@ -110,6 +113,22 @@ class Zygote:
         ours.setblocking(False)
         return child, ours, await _stream(err_r) if err_r >= 0 else None
 
+    async def changed(self) -> str:
+        """A file it imported that changed since, or "" (also when it does not answer:
+        a dead zygote is replaced anyway)."""
+        token = next(self.tokens)
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.checks[token] = answer
+        try:
+            await self.writer.send(
+                _messages.encode(_messages.CheckFresh(token)), [], _SEND_PATIENCE
+            )
+            return await asyncio.wait_for(answer, _SEND_PATIENCE)
+        except (OSError, TimeoutError):
+            return ""
+        finally:
+            self.checks.pop(token, None)
+
     async def read_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -136,6 +155,10 @@ class Zygote:
             elif isinstance(msg, _messages.SpawnFailed):
                 if fut is not None and not fut.done():
                     fut.set_exception(OSError(f"zygote: {msg.error}"))
+            elif isinstance(msg, _messages.Freshness):
+                check = self.checks.get(msg.token)
+                if check is not None and not check.done():
+                    check.set_result(msg.changed)
             elif isinstance(msg, _messages.TemplateExited) and (
                 gone := self.children.pop(msg.pid, None)
             ):
@@ -145,6 +168,9 @@ class Zygote:
     def _gone(self) -> None:
         """The zygote is gone: so are its templates (PDEATHSIG), if not yet reported."""
         self.writer.close()
+        for check in self.checks.values():
+            if not check.done():
+                check.set_result("")
         for fut in self.pending.values():
             if not fut.done():
                 fut.set_exception(OSError("the zygote exited"))
@@ -153,6 +179,10 @@ class Zygote:
         self.children.clear()
 
     async def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+
         def send(sig: int) -> None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(sig)
@@ -167,7 +197,7 @@ class Zygote:
             )
         await self.tasks.aclose()
         self._gone()
-        self.sock.close()
+        close_socket(self.sock)
 
 
 async def _stream(fd: int) -> asyncio.StreamReader:
@@ -259,48 +289,67 @@ def zygote_env(owner: str) -> dict[str, str]:
 @dataclass
 class _Shared:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    zygote: Zygote | None = None
-    users: int = 0
+    zygote: Zygote | None = None  # the one new templates fork from
 
 
 _shared: dict[asyncio.AbstractEventLoop, _Shared] = {}
 
 
 async def acquire(
-    root: str, owner: str, preload: list[str] | None, stop_grace: float, *, join: bool
+    root: str, owner: str, preload: list[str] | None, stop_grace: float, held: Zygote | None
 ) -> Zygote | None:
-    """This proxy's zygote, started if none is running (or it died); None if it cannot
-    start (the caller then spawns its template as a fresh interpreter). `join`: a new
-    user, to be paired with one release()."""
+    """The zygote to fork a template from now: this proxy's, started if none runs (or it
+    died), or if a new user (`held` None: an app's new generation, e.g. after a reload)
+    finds a file it imported changed since (an upgrade must not be served by stale
+    frameworks). None if it cannot start: the caller spawns a fresh interpreter.
+    `held` is the caller's current one: the answer replaces it (one user moves over);
+    pass the last answer to release() when done."""
     loop = asyncio.get_running_loop()
     shared = _shared.setdefault(loop, _Shared())
     async with shared.lock:
-        shared.users += join
-        if shared.zygote is None or shared.zygote.dead:
-            if shared.zygote is not None:
-                await shared.zygote.stop()
-                shared.zygote = None
+        current = shared.zygote
+        check = current is not None and not current.dead and held is None
+        if check and current is not None and (changed := await current.changed()):
+            log.info("%s changed since zygote pid %d imported it: a new one", changed, current.pid)
+            current = None
+        if current is None or current.dead:
+            old, shared.zygote = shared.zygote, None
+            if old is not None and (old.dead or old.users == 0):
+                await old.stop()  # the others' users move over on their next template
             try:
                 shared.zygote = await _start(root, zygote_env(owner), preload, stop_grace)
             except OSError as exc:
                 log.warning("no zygote (%s): templates start as fresh interpreters", exc)
-                return None
-        return shared.zygote
+        zygote = shared.zygote
+        if zygote is not held:
+            if zygote is not None:
+                zygote.users += 1
+            if held is not None:
+                await _drop(shared, held)
+        if shared.zygote is None:
+            _shared.pop(loop, None)
+        return zygote
 
 
-async def release() -> None:
-    """One user fewer; the last one stops the zygote."""
+async def _drop(shared: _Shared, zygote: Zygote) -> None:
+    zygote.users -= 1
+    if zygote.users <= 0:
+        if shared.zygote is zygote:
+            shared.zygote = None
+        await zygote.stop()
+
+
+async def release(zygote: Zygote) -> None:
+    """One user of `zygote` fewer; its last one stops it."""
     loop = asyncio.get_running_loop()
     shared = _shared.get(loop)
     if shared is None:
+        await zygote.stop()  # (it was the last: stopped, or about to be)
         return
     async with shared.lock:
-        shared.users -= 1
-        if shared.users > 0:
-            return
-        _shared.pop(loop, None)
-        if shared.zygote is not None:
-            await shared.zygote.stop()
+        await _drop(shared, zygote)
+        if shared.zygote is None:
+            _shared.pop(loop, None)
 
 
 def running() -> Zygote | None:

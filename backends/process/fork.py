@@ -63,7 +63,7 @@ class ForkBackend(_common.ProcessBackendBase):
         self.template_give_backs = 0  # times the template was given back for lack of instances
         self.template_cost = 0.0  # seconds the last template start took (spawn to ready)
         self.template_build = 0.0  # of which the app's import and warm-up in the template
-        self._holds_zygote = False  # counted among the shared zygote's users
+        self._held: _zygote_client.Zygote | None = None  # the zygote we count as a user of
         self.fork_cost = 0.0  # seconds the last instance start took once the template was up
         self._kind = ""  # the app's kind, kept while the template is given back
         self._idle_since: float | None = None  # monotonic time the last instance went
@@ -125,15 +125,15 @@ class ForkBackend(_common.ProcessBackendBase):
         """This proxy's shared zygote, if this app uses one (held until aclose)."""
         if not self.config.uses_zygote or not _template_client.fits_zygote(self.ctx):
             return None
-        join, self._holds_zygote = not self._holds_zygote, True
         pre = self.config.zygote_preload
-        return await _zygote_client.acquire(
+        self._held = await _zygote_client.acquire(
             _template_client.ROOT,
             self.ctx.owner_id,
             list(pre) if pre is not None else None,
             self.config.stop_grace,
-            join=join,
+            self._held,
         )
+        return self._held
 
     # -- the template rung: given back after its app had no instance for a while ----
 
@@ -186,7 +186,7 @@ class ForkBackend(_common.ProcessBackendBase):
         }
 
     def _zygote_info(self) -> dict[str, Any] | None:
-        zygote = _zygote_client.running() if self._holds_zygote else None
+        zygote = self._held
         if zygote is None or zygote.dead:
             return None
         return {"pid": zygote.pid, "preload_s": round(zygote.ready.seconds, 4)}
@@ -424,6 +424,6 @@ class ForkBackend(_common.ProcessBackendBase):
         if tpl is not None:
             await self._kill_template(tpl)
         await self._tasks.aclose()
-        if self._holds_zygote:
-            self._holds_zygote = False
-            await _zygote_client.release()
+        if self._held is not None:
+            held, self._held = self._held, None
+            await _zygote_client.release(held)

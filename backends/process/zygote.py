@@ -67,12 +67,34 @@ def preload(names: list[str] | None) -> list[str]:
     return loaded
 
 
+def module_files() -> dict[str, int]:
+    """The source file of every module imported so far, with its mtime (ns)."""
+    files = {}
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if isinstance(path, str):
+            with contextlib.suppress(OSError):
+                files[path] = os.stat(path).st_mtime_ns
+    return files
+
+
+def first_changed(files: dict[str, int]) -> str:
+    for path, mtime in files.items():
+        try:
+            if os.stat(path).st_mtime_ns != mtime:
+                return path
+        except OSError:
+            return path  # removed (an upgrade moved it)
+    return ""
+
+
 class Zygote:
     def __init__(self, spec: dict[str, Any], ctl: socket.socket) -> None:
         self.parent = int(spec["parent_pid"])
         self.grace = float(spec["stop_grace"])
         self.ctl = ctl
         self.children: set[int] = set()
+        self.files: dict[str, int] = {}  # what it imported (module_files), to tell staleness
         self.stopping = False
         self.wake_r, self.wake_w = os.pipe()
 
@@ -123,6 +145,8 @@ class Zygote:
                 self.spawn(msg, fds[0], fds[1])
             elif isinstance(msg, _messages.SpawnTemplate):
                 self.send(_messages.SpawnFailed(msg.token, "expected two fds"))
+            elif isinstance(msg, _messages.CheckFresh):
+                self.send(_messages.Freshness(msg.token, first_changed(self.files)))
             elif msg is not None:
                 print(f"forkproxy zygote: unexpected {msg!r}", file=sys.stderr, flush=True)
         finally:
@@ -233,6 +257,7 @@ def main() -> None:
     started = time.perf_counter()
     loaded = preload(spec.get("preload"))
     seconds = time.perf_counter() - started
+    zygote.files = module_files()
     # Out of the collector's reach: templates then do not copy these pages on a GC pass.
     gc.collect()
     gc.freeze()

@@ -10,6 +10,8 @@ import subprocess
 import uuid
 from typing import Any
 
+import pytest
+
 from forkproxy.backends.base import Backend
 from forkproxy.backends.process import _zygote_client
 from forkproxy.backends.process._linux import is_running, proc_state
@@ -217,3 +219,31 @@ async def test_a_zygote_whose_proxy_is_gone_is_reaped() -> None:
         for proc in zygotes:
             proc.kill()
             proc.wait()
+
+
+async def test_a_new_generation_gets_a_new_zygote_when_an_import_changed(
+    make_backend: MakeBackend, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upgrade (or an edited checkout) then a reload: the new generation's templates
+    must not fork from a zygote holding the old code; the old one lives while used."""
+    (tmp_path / "zyfw.py").write_text("VERSION = 1\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the zygote inherits the environment
+    old = fork(make_backend(app=FLASK, zygote_preload=["zyfw"]))
+    await old.prepare()
+    first = _zygote_client.running()
+    assert first is not None and "zyfw" in first.ready.preloaded
+    (tmp_path / "zyfw.py").write_text("VERSION = 2\n")
+    stat = os.stat(tmp_path / "zyfw.py")
+    os.utime(tmp_path / "zyfw.py", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    new = fork(make_backend(app=FLASK, zygote_preload=["zyfw"]))
+    await new.prepare()
+    second = _zygote_client.running()
+    assert second is not None and second.pid != first.pid
+    assert ladder(new)["zygote"]["pid"] == second.pid
+    assert ladder(old)["zygote"]["pid"] == first.pid  # still its templates' parent
+    await old.aclose()
+    await gone(first.pid)  # its last user went
+    assert is_running(second.pid)
+    unchanged = fork(make_backend(app=FLASK, zygote_preload=["zyfw"]))
+    await unchanged.prepare()  # nothing changed since the second: shared
+    assert ladder(unchanged)["zygote"]["pid"] == second.pid
