@@ -139,7 +139,7 @@ PROXY_SIDE = (
     "fork",
     "exec",
     "check",
-    "_common",
+    "_base",
     "_template_client",
     "_zygote_client",
     "_messages",

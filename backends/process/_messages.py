@@ -102,7 +102,7 @@ class SpawnTemplate:
     spec: dict[str, Any]  # what template.serve reads (the same as an exec'd template's)
     env: dict[str, str]  # the template's whole environment
     cwd: str
-    labels: dict[str, str]  # padded label variables written in place (see _linux.env_slot)
+    labels: dict[str, str]  # padded label variables written in place (see _procfs.env_slot)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import forkproxy
 from forkproxy.backends.base import BackendContext
 from forkproxy.backends.errors import BackendConfigError
-from forkproxy.backends.process import _common, _linux, _messages, leftovers
+from forkproxy.backends.process import _base, _messages, _procfs, leftovers
 from forkproxy.backends.process import log as output
 from forkproxy.backends.process._frames import ControlTimeout, FrameWriter, close_socket
 from forkproxy.backends.process._zygote_client import Zygote
@@ -138,8 +138,8 @@ async def _exec(
     """A fresh interpreter that imports everything itself."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     spec = {**_spec(config, ctx, os.getpid()), "ctl_fd": theirs.fileno()}
-    env = _common.base_env(config, ctx)
-    env[_linux.ROLE_VAR] = _linux.padded_role(_linux.ROLE_TEMPLATE)
+    env = _base.base_env(config, ctx)
+    env[_procfs.ROLE_VAR] = _procfs.padded_role(_procfs.ROLE_TEMPLATE)
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -170,10 +170,10 @@ async def _fork_from(
 ) -> TemplateHandle:
     """A fork of the zygote, which has the frameworks imported already: it takes the
     app's cwd, environment and labels, then imports the app alone."""
-    env = _common.base_env(config, ctx)
-    env[_linux.ROLE_VAR] = _linux.padded_role(_linux.ROLE_TEMPLATE)
+    env = _base.base_env(config, ctx)
+    env[_procfs.ROLE_VAR] = _procfs.padded_role(_procfs.ROLE_TEMPLATE)
     labels = {
-        _linux.ROLE_VAR: _linux.ROLE_TEMPLATE,
+        _procfs.ROLE_VAR: _procfs.ROLE_TEMPLATE,
         leftovers.POOL_VAR: ctx.pool_name,
         leftovers.OWNER_VAR: ctx.owner_id,
     }
@@ -190,7 +190,7 @@ async def _fork_from(
 
 def fits_zygote(ctx: BackendContext) -> bool:
     """Its labels fit the zygote's padded slots (a pool or owner name is rarely long)."""
-    return max(len(ctx.pool_name.encode()), len(ctx.owner_id.encode())) <= _linux.ROLE_WIDTH
+    return max(len(ctx.pool_name.encode()), len(ctx.owner_id.encode())) <= _procfs.ROLE_WIDTH
 
 
 async def spawn(

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from forkproxy.backends.process import _linux, _messages, leftovers
+from forkproxy.backends.process import _messages, _procfs, leftovers
 from forkproxy.backends.process._frames import FrameWriter, close_socket
 from forkproxy.backends.process.log import log
 from forkproxy.backends.support.kill import terminate, within
@@ -278,11 +278,11 @@ async def _start(
 def zygote_env(owner: str) -> dict[str, str]:
     """The proxy's environment, without its forkproxy labels, with the three label slots
     padded: a template forked from the zygote writes its own pool, owner and role there
-    (/proc/PID/environ shows the block written at exec time; see _linux.role_slot)."""
+    (/proc/PID/environ shows the block written at exec time; see _procfs.role_slot)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FORKPROXY_")}
-    env[_linux.ROLE_VAR] = _linux.padded_role(_linux.ROLE_ZYGOTE)
-    env[leftovers.POOL_VAR] = _linux.padded_role("")
-    env[leftovers.OWNER_VAR] = _linux.padded_role(owner)
+    env[_procfs.ROLE_VAR] = _procfs.padded_role(_procfs.ROLE_ZYGOTE)
+    env[leftovers.POOL_VAR] = _procfs.padded_role("")
+    env[leftovers.OWNER_VAR] = _procfs.padded_role(owner)
     return env
 
 

@@ -19,10 +19,10 @@ from typing import Any
 from forkproxy.backends.base import BackendContext, Endpoint, Instance
 from forkproxy.backends.errors import BackendConfigError, BackendUnavailable, StartError
 from forkproxy.backends.process import (
-    _common,
-    _linux,
+    _base,
     _memory,
     _messages,
+    _procfs,
     _template_client,
     _zygote_client,
     leftovers,
@@ -35,7 +35,7 @@ from forkproxy.backends.support.tasks import TaskSet
 
 _BACKLOG = 1024
 _GONE_POLL = 0.5  # a stop looks at the pid this often (the template may be stuck)
-_MAX_ID = _linux.ROLE_WIDTH - len(_linux.ROLE_FORK_PREFIX)
+_MAX_ID = _procfs.ROLE_WIDTH - len(_procfs.ROLE_FORK_PREFIX)
 
 
 @dataclass
@@ -51,7 +51,7 @@ class _Child:
     spare: bool = False  # it was forked ahead (prefork) rather than on this start
 
 
-class ForkBackend(_common.ProcessBackendBase):
+class ForkBackend(_base.ProcessBackendBase):
     def __init__(self, config: ProcessConfig, ctx: BackendContext) -> None:
         super().__init__(config, ctx)
         self._template: TemplateHandle | None = None
@@ -274,7 +274,7 @@ class ForkBackend(_common.ProcessBackendBase):
     def _kill_by_pid(child: _Child) -> None:
         if child.exited.done() or not child.pid:
             return
-        state = _linux.proc_state(child.pid)
+        state = _procfs.proc_state(child.pid)
         if state is None or state[1] != child.template.pid:
             return  # reaped (its exit is on the way): the pid may be someone else's now
         with contextlib.suppress(ProcessLookupError):
@@ -287,7 +287,7 @@ class ForkBackend(_common.ProcessBackendBase):
         while True:
             if await within(min(_GONE_POLL, max(0.0, deadline - time.monotonic())), child.exited):
                 return True
-            if child.pid and not await asyncio.to_thread(_linux.is_running, child.pid):
+            if child.pid and not await asyncio.to_thread(_procfs.is_running, child.pid):
                 return True
             if time.monotonic() >= deadline:
                 return False
@@ -315,7 +315,7 @@ class ForkBackend(_common.ProcessBackendBase):
         child = _Child(instance_id, port, tpl, loop.create_future(), loop.create_future())
         # Registered before the request so an exit right after the fork is not missed.
         self._children[instance_id] = child
-        msg = _messages.StartInstance(instance_id, _common.instance_env(self.ctx, instance_id))
+        msg = _messages.StartInstance(instance_id, _base.instance_env(self.ctx, instance_id))
         try:
             # The kernel duplicates the fd into the message; our copy can go right after.
             await _template_client.send(tpl, msg, [lsock.fileno()])

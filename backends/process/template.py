@@ -26,7 +26,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from forkproxy.backends.process import _forked, _linux, _messages
+from forkproxy.backends.process import _forked, _messages, _procfs
 from forkproxy.backends.process.child import failures
 
 _MAX_MSG = 64 * 1024
@@ -88,8 +88,8 @@ class Template:
         self.app = serving_form(self.kind, self.app, int(self.spec.get("threads", 1)), self.grace)
         forksafe.before_fork()
         apps.refuse_threads(self.kind)
-        self.role_slot = _linux.role_slot()
-        _linux.set_pdeathsig()  # (again) loads libc's prctl for the children
+        self.role_slot = _procfs.role_slot()
+        _procfs.set_pdeathsig()  # (again) loads libc's prctl for the children
         # Move everything built so far out of the collector's reach: children then do
         # not dirty (copy) these pages when a GC pass touches their headers.
         gc.collect()
@@ -378,7 +378,7 @@ def main() -> None:
 def serve(spec: dict[str, Any]) -> None:
     """Build the app and fork instances until told to stop. Run by an exec'd template
     (main) or by a fork of the zygote, whose pid is then spec["parent_pid"]."""
-    _linux.set_pdeathsig()
+    _procfs.set_pdeathsig()
     if os.getppid() != int(spec["parent_pid"]):
         sys.exit(1)  # the proxy died before we could arm PDEATHSIG
     ctl = socket.socket(fileno=int(spec["ctl_fd"]))

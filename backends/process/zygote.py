@@ -30,7 +30,7 @@ import time
 import traceback
 from typing import Any, NoReturn
 
-from forkproxy.backends.process import _forked, _linux, _messages
+from forkproxy.backends.process import _forked, _messages, _procfs
 from forkproxy.backends.process.config import ZYGOTE_FRAMEWORKS
 
 _MAX_MSG = 256 * 1024  # a template's whole environment rides in its SpawnTemplate
@@ -191,8 +191,8 @@ class Zygote:
             os.environ.clear()
             os.environ.update(msg.env)
             for var, value in msg.labels.items():
-                slot = _linux.env_slot(var)
-                if slot is None or not _linux.write_role(slot, value):
+                slot = _procfs.env_slot(var)
+                if slot is None or not _procfs.write_role(slot, value):
                     raise RuntimeError(f"cannot label the template with {var}")
             importlib.invalidate_caches()  # the app's folder may have changed since we began
             serve_template({**msg.spec, "ctl_fd": ctl_fd})
@@ -248,7 +248,7 @@ def serve_template(spec: dict[str, Any]) -> None:
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
-    _linux.set_pdeathsig()
+    _procfs.set_pdeathsig()
     if os.getppid() != int(spec["parent_pid"]):
         sys.exit(1)  # the proxy died before we could arm PDEATHSIG
     ctl = socket.socket(fileno=int(spec["ctl_fd"]))

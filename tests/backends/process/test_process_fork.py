@@ -16,7 +16,7 @@ import pytest
 
 from forkproxy.backends.base import BackendContext
 from forkproxy.backends.errors import BackendConfigError
-from forkproxy.backends.process._linux import is_running
+from forkproxy.backends.process._procfs import is_running
 from forkproxy.backends.process.leftovers import scan
 from tests.backends.contract import deaths, get, recording_context, serves
 from tests.backends.process.helpers import REPO, MakeBackend, alive_pids

@@ -14,7 +14,7 @@ import pytest
 
 from forkproxy.backends.base import Backend
 from forkproxy.backends.process import _zygote_client
-from forkproxy.backends.process._linux import is_running, proc_state
+from forkproxy.backends.process._procfs import is_running, proc_state
 from forkproxy.backends.process.fork import ForkBackend
 from forkproxy.backends.process.leftovers import scan
 from forkproxy.backends.support.owner import Owner, new_owner_id, this_space

@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from forkproxy.backends.process import _zygote_client
-from forkproxy.backends.process._linux import all_pids, proc_state
+from forkproxy.backends.process._procfs import all_pids, proc_state
 from tests.conftest import eventually
 from tests.proxy.apps.test_apps_e2e import Client, config, running
 
