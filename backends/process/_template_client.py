@@ -63,6 +63,7 @@ class TemplateHandle:
     dead: bool = False  # gone or being stopped: send nothing more
     reported: bool = False  # its children were reported dead
     given_back: bool = False  # stopped for lack of instances (template_idle_ttl)
+    reader: asyncio.Task[None] | None = None  # the backend's loop reading its messages
     spares: int = 0  # prefork children waiting, as the template last said (op "spares")
     writer: FrameWriter = field(init=False)
 

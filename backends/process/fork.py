@@ -117,7 +117,7 @@ class ForkBackend(_base.ProcessBackendBase):
         self.template_build = tpl.build_s
         self.template_starts += 1
         self._kind = tpl.kind
-        self._tasks.spawn(self._read_loop(tpl), f"process-template-{tpl.pid}")
+        tpl.reader = self._tasks.spawn(self._read_loop(tpl), f"process-template-{tpl.pid}")
         self._arm_give_back()  # a template nobody starts an instance from goes back too
         return tpl
 
@@ -167,6 +167,10 @@ class ForkBackend(_base.ProcessBackendBase):
                 self.template_give_backs += 1
                 tpl.given_back = True
             log.info("giving the fork template (pid %d) back: no instance for %.3gs", tpl.pid, ttl)
+            # No instance is left to report on: its reader ends now, not left waiting on a
+            # socket the stop closes (a pending read on a closed socket never completes).
+            if tpl.reader is not None:
+                tpl.reader.cancel()
             await self._kill_template(tpl)
             return
 

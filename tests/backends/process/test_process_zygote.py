@@ -54,10 +54,13 @@ async def test_template_is_given_back_after_the_ttl_and_climbed_back(
     inst = await backend.start("ttl-1")
     assert (await get(inst.endpoint.url + "/rand", 10.0))[0] == 200
     template = int(inst.meta["template_pid"])
+    handle = backend._template
+    assert handle is not None and handle.reader is not None
     await asyncio.sleep(0.6)
     assert is_running(template), "given back while it still had an instance"
     await backend.stop(inst, "idle")
     await gone(template)  # the process itself, by /proc
+    await eventually(handle.reader.done, 5.0, "its message reader to end")  # no task left
     assert ladder(backend)["template_up"] is False
     assert backend.template_give_backs == 1
 
