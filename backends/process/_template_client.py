@@ -133,14 +133,19 @@ def _spec(config: ProcessConfig, ctx: BackendContext, parent_pid: int) -> dict[s
     }
 
 
+def _env(config: ProcessConfig, ctx: BackendContext) -> dict[str, str]:
+    env = _base.base_env(config, ctx)
+    env[_procfs.ROLE_VAR] = _procfs.padded_role(_procfs.ROLE_TEMPLATE)
+    return env
+
+
 async def _exec(
     config: ProcessConfig, ctx: BackendContext, tasks: TaskSet | None
 ) -> TemplateHandle:
     """A fresh interpreter that imports everything itself."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     spec = {**_spec(config, ctx, os.getpid()), "ctl_fd": theirs.fileno()}
-    env = _base.base_env(config, ctx)
-    env[_procfs.ROLE_VAR] = _procfs.padded_role(_procfs.ROLE_TEMPLATE)
+    env = _env(config, ctx)
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -171,8 +176,7 @@ async def _fork_from(
 ) -> TemplateHandle:
     """A fork of the zygote, which has the frameworks imported already: it takes the
     app's cwd, environment and labels, then imports the app alone."""
-    env = _base.base_env(config, ctx)
-    env[_procfs.ROLE_VAR] = _procfs.padded_role(_procfs.ROLE_TEMPLATE)
+    env = _env(config, ctx)
     labels = {
         _procfs.ROLE_VAR: _procfs.ROLE_TEMPLATE,
         leftovers.POOL_VAR: ctx.pool_name,
