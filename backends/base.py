@@ -119,6 +119,12 @@ class Backend(abc.ABC):
         an elasticity figure that leaves them out can be read with them. Default: none."""
         return 0
 
+    def ladder(self) -> dict[str, Any] | None:
+        """The warm states it keeps below its instances and what climbing back from each
+        has cost, measured (fork mode: its template, up or given back; the start and import
+        times; the shared zygote). Shown per app in /instances. Default: none."""
+        return None
+
     async def memory(self, instances: Sequence[Instance]) -> dict[str, int]:
         """Bytes each instance holds now, by id, for those this backend can measure (the
         pool asks once a second, for all of them at once, when pool.max_memory is set).

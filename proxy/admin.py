@@ -199,6 +199,9 @@ def admin_app(view: AdminView) -> web.Application:
                 "queued": sum(s.pool.queued for n, s in apps.items() if only in (None, n)),
                 "spares": first.spares,
                 "apps": list(apps),
+                # below the instances: each app's template (up or given back), what starting
+                # it and forking from it cost, measured; None for backends without one
+                "ladder": {n: s.ladder for n, s in apps.items() if only in (None, n)},
                 "instances": rows,
             }
         )

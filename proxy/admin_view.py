@@ -43,6 +43,7 @@ class Serving:
     memory: int | None = None  # bytes its instances hold, measured; None: not measured
     template_memory: int | None = None  # bytes its templates hold; None: none reported
     template: str = ""  # "up", "down", or "" when the backend reports no template
+    ladder: dict[str, Any] | None = None  # its backend's warm states and their costs
 
 
 @dataclass(frozen=True)

@@ -178,6 +178,11 @@ class Proxy:
         out = {}
         for name, gen in self.gens.items():
             memory, templates = gen.pool.memory_held()
+            ladder = gen.pool.backend.ladder()
+            # the backend knows its template's state first hand; the sweep's listing, late
+            template = gen.pool.templates.state
+            if ladder is not None and "template_up" in ladder:
+                template = "up" if ladder["template_up"] else "down"
             out[name] = Serving(
                 gen.pool,
                 gen.pool.backend.spares,
@@ -187,7 +192,8 @@ class Proxy:
                 requests=gen.requests,
                 memory=memory,
                 template_memory=templates,
-                template=gen.pool.templates.state,
+                template=template,
+                ladder=ladder,
             )
         return out
 

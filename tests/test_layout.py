@@ -133,7 +133,18 @@ def test_support_imports_no_backend_package() -> None:
 
 
 # fork mode's modules the proxy process runs; backends/process/child/ is what runs outside it
-PROXY_SIDE = ("__init__", "config", "fork", "exec", "check", "_common", "_template_client", "log")
+PROXY_SIDE = (
+    "__init__",
+    "config",
+    "fork",
+    "exec",
+    "check",
+    "_base",
+    "_template_client",
+    "_zygote_client",
+    "_messages",
+    "log",
+)
 
 
 def test_the_proxys_side_of_fork_mode_never_imports_child_code() -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from forkproxy.backends.process import _linux, _serve
+from forkproxy.backends.process import _procfs, _serve
 from forkproxy.backends.process import log as output
 from forkproxy.backends.process.child import failures, forksafe
 
@@ -28,7 +28,7 @@ class Inherited:
     post_fork: str | None
     grace: float
     template_pid: int
-    role_slot: int | None  # see _linux.role_slot
+    role_slot: int | None  # see _procfs.role_slot
     close_sockets: tuple[socket.socket, ...]  # the template's control/spare sockets
     close_fds: tuple[int, ...]  # its signal wake-up pipe
     report: socket.socket | None = None  # where a crash's traceback goes (not: stderr)
@@ -53,14 +53,14 @@ def fork() -> int:
 def label_instance(role_slot: int | None, iid: str, env: dict[str, str]) -> None:
     """Become instance `iid`: its env for the app, its label for list()."""
     os.environ.update(env)
-    os.environ[_linux.ROLE_VAR] = f"{_linux.ROLE_FORK_PREFIX}{iid}"
+    os.environ[_procfs.ROLE_VAR] = f"{_procfs.ROLE_FORK_PREFIX}{iid}"
     output.attribute(iid)
     if role_slot is not None:
-        _linux.write_role(role_slot, f"{_linux.ROLE_FORK_PREFIX}{iid}")
+        _procfs.write_role(role_slot, f"{_procfs.ROLE_FORK_PREFIX}{iid}")
 
 
 def _detach(inh: Inherited) -> None:
-    _linux.set_pdeathsig()
+    _procfs.set_pdeathsig()
     if os.getppid() != inh.template_pid:
         os._exit(1)  # the template died before PDEATHSIG was armed
     for sock in inh.close_sockets:
@@ -130,7 +130,7 @@ def run_spare(inh: Inherited, assign: socket.socket) -> NoReturn:
         # Until this runs (microseconds after the fork) /proc shows the child as a
         # "template"; leftovers.py tells it apart by its parent.
         if inh.role_slot is not None:
-            _linux.write_role(inh.role_slot, _linux.ROLE_SPARE)
+            _procfs.write_role(inh.role_slot, _procfs.ROLE_SPARE)
 
         def on_assign(data: bytes) -> None:
             msg = json.loads(data)

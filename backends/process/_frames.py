@@ -25,6 +25,10 @@ class FrameWriter:
     def __len__(self) -> int:
         return len(self._queue)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def send(self, data: bytes, fds: list[int], patience: float) -> None:
         """`data` (with `fds`) as one frame; ControlTimeout if it is not sent within
         `patience` seconds, OSError if the socket fails. A frame whose sender gave up
@@ -77,10 +81,21 @@ class FrameWriter:
         self._disarm()
 
     def close(self) -> None:
-        """Fail every waiting sender and let go of the fd (before it is closed)."""
+        """Fail every waiting sender and let go of the fd (before it is closed): the
+        writer side here; a reader a pending sock_recv left is the caller's (close_socket)."""
         self._closed = True
         self._disarm()
         while self._queue:
             _data, _fds, fut = self._queue.popleft()
             if not fut.done():
                 fut.set_exception(OSError("control socket closed"))
+
+
+def close_socket(sock: socket.socket) -> None:
+    """Close `sock` and drop any reader a pending loop.sock_recv registered on it first.
+    Closed with the reader still registered, the selector keeps the fd's key while epoll
+    forgets the fd: the next socket given that fd number (a template's new control socket)
+    is never watched (same events: the selector only swaps the callback) and hangs."""
+    if sock.fileno() >= 0:
+        asyncio.get_running_loop().remove_reader(sock.fileno())
+    sock.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Collection, Mapping
 
-from forkproxy.backends.process import _linux
+from forkproxy.backends.process import _procfs
 from forkproxy.backends.support.owner import proc_stat
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -36,7 +36,7 @@ def pss(pid: int) -> int | None:
 
 def _children() -> dict[int, list[int]]:
     kids: dict[int, list[int]] = {}
-    for pid in _linux.all_pids():
+    for pid in _procfs.all_pids():
         fields = proc_stat(pid)
         if fields is not None and fields[0] not in (b"Z", b"X"):
             kids.setdefault(int(fields[1]), []).append(pid)

@@ -11,14 +11,15 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import forkproxy
 from forkproxy.backends.base import BackendContext
 from forkproxy.backends.errors import BackendConfigError
-from forkproxy.backends.process import _common, _linux
+from forkproxy.backends.process import _base, _messages, _procfs, leftovers
 from forkproxy.backends.process import log as output
-from forkproxy.backends.process._frames import ControlTimeout, FrameWriter
+from forkproxy.backends.process._frames import ControlTimeout, FrameWriter, close_socket
+from forkproxy.backends.process._zygote_client import Zygote
 from forkproxy.backends.process.config import ProcessConfig
 from forkproxy.backends.process.log import log
 from forkproxy.backends.support.kill import terminate, within
@@ -26,7 +27,7 @@ from forkproxy.backends.support.tasks import TaskSet
 
 # The folder holding the forkproxy package (site-packages, or a checkout's root), so the
 # template imports this very forkproxy whatever the app's folder and sys.path hold.
-_ROOT = str(Path(forkproxy.__file__).absolute().parents[1])
+ROOT = str(Path(forkproxy.__file__).absolute().parents[1])
 _BOOT = (
     "import sys; sys.path.insert(1, {root!r}); "
     "from forkproxy.backends.process.template import main; main()"
@@ -37,13 +38,32 @@ _MAX_MSG = 64 * 1024
 CONTROL_TIMEOUT = 5.0
 
 
+class TemplateProcess(Protocol):
+    """What is used of the template's process: an asyncio Process when the proxy exec'd
+    it, a _zygote_client.ZygoteChild when the zygote forked it."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+
 @dataclass
 class TemplateHandle:
-    proc: asyncio.subprocess.Process
+    proc: TemplateProcess
     sock: socket.socket  # non-blocking, SOCK_SEQPACKET
+    zygote: bool = False  # forked from the shared zygote (not exec'd)
     kind: str = ""  # "aiohttp" | "asgi" | "wsgi"
+    build_s: float = 0.0  # the app's import and warm-up, as the template measured it
     dead: bool = False  # gone or being stopped: send nothing more
     reported: bool = False  # its children were reported dead
+    given_back: bool = False  # stopped for lack of instances (template_idle_ttl)
+    reader: asyncio.Task[None] | None = None  # the backend's loop reading its messages
     spares: int = 0  # prefork children waiting, as the template last said (op "spares")
     writer: FrameWriter = field(init=False)
 
@@ -57,17 +77,17 @@ class TemplateHandle:
 
 async def send(
     tpl: TemplateHandle,
-    msg: dict[str, Any],
+    msg: _messages.Message,
     fds: list[int] | None = None,
     patience: float = CONTROL_TIMEOUT,
 ) -> None:
     """One message (with fds) on the control socket, queued behind the others while it is
     full; ControlTimeout after `patience` seconds, OSError if the template is gone."""
-    await tpl.writer.send(json.dumps(msg).encode(), fds or [], patience)
+    await tpl.writer.send(_messages.encode(msg), fds or [], patience)
 
 
-async def recv(tpl: TemplateHandle) -> dict[str, Any] | None:
-    """The next message, or None once the template is gone."""
+async def recv(tpl: TemplateHandle) -> _messages.Message | None:
+    """The next message, or None once the template is gone (or speaks no protocol)."""
     loop = asyncio.get_running_loop()
     try:
         data = await loop.sock_recv(tpl.sock, _MAX_MSG)
@@ -75,8 +95,11 @@ async def recv(tpl: TemplateHandle) -> dict[str, Any] | None:
         return None
     if not data:
         return None
-    msg: dict[str, Any] = json.loads(data)
-    return msg
+    try:
+        return _messages.decode(data)
+    except _messages.ProtocolError as exc:
+        log.error("fork template pid %d: %s", tpl.pid, exc)
+        return None
 
 
 async def send_signal(tpl: TemplateHandle, iid: str, sig: int) -> bool:
@@ -86,7 +109,7 @@ async def send_signal(tpl: TemplateHandle, iid: str, sig: int) -> bool:
     if tpl.dead:
         return False
     try:
-        await send(tpl, {"op": "signal", "id": iid, "sig": int(sig)})
+        await send(tpl, _messages.SignalInstance(iid, int(sig)))
     except ControlTimeout:
         log.warning("fork template pid %d takes no messages; cannot signal %s", tpl.pid, iid)
         return False
@@ -95,14 +118,8 @@ async def send_signal(tpl: TemplateHandle, iid: str, sig: int) -> bool:
     return True
 
 
-async def spawn(
-    config: ProcessConfig, ctx: BackendContext, tasks: TaskSet | None = None
-) -> TemplateHandle:
-    """Start the template and wait until it has built the app (BackendConfigError if not).
-    With `tasks`, its stderr, which its forks share, is a pipe read there (log.relay: the
-    lines by instance); without, it is the proxy's."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    spec = {
+def _spec(config: ProcessConfig, ctx: BackendContext, parent_pid: int) -> dict[str, Any]:
+    return {
         "app": config.app,
         "app_kind": config.app_kind,
         "warmup": config.warmup,
@@ -112,16 +129,28 @@ async def spawn(
         "pythonpath": [os.path.join(config.abs_cwd, p) for p in config.pythonpath],
         "prefork": config.prefork,
         "stop_grace": config.stop_grace,
-        "parent_pid": os.getpid(),
-        "ctl_fd": theirs.fileno(),
+        "parent_pid": parent_pid,
     }
-    env = _common.base_env(config, ctx)
-    env[_linux.ROLE_VAR] = _linux.padded_role(_linux.ROLE_TEMPLATE)
+
+
+def _env(config: ProcessConfig, ctx: BackendContext) -> dict[str, str]:
+    env = _base.base_env(config, ctx)
+    env[_procfs.ROLE_VAR] = _procfs.padded_role(_procfs.ROLE_TEMPLATE)
+    return env
+
+
+async def _exec(
+    config: ProcessConfig, ctx: BackendContext, tasks: TaskSet | None
+) -> TemplateHandle:
+    """A fresh interpreter that imports everything itself."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    spec = {**_spec(config, ctx, os.getpid()), "ctl_fd": theirs.fileno()}
+    env = _env(config, ctx)
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
-            _BOOT.format(root=_ROOT),
+            _BOOT.format(root=ROOT),
             json.dumps(spec),
             pass_fds=[theirs.fileno()],
             cwd=config.abs_cwd,
@@ -139,25 +168,76 @@ async def spawn(
         assert proc.stderr is not None
         tasks.spawn(output.relay(proc.stderr, "template"), f"process-template-stderr-{proc.pid}")
     ours.setblocking(False)
-    tpl = TemplateHandle(proc, ours)
+    return TemplateHandle(proc, ours)
+
+
+async def _fork_from(
+    zygote: Zygote, config: ProcessConfig, ctx: BackendContext, tasks: TaskSet | None
+) -> TemplateHandle:
+    """A fork of the zygote, which has the frameworks imported already: it takes the
+    app's cwd, environment and labels, then imports the app alone."""
+    env = _env(config, ctx)
+    labels = {
+        _procfs.ROLE_VAR: _procfs.ROLE_TEMPLATE,
+        leftovers.POOL_VAR: ctx.pool_name,
+        leftovers.OWNER_VAR: ctx.owner_id,
+    }
+    try:
+        proc, ours, stderr = await zygote.spawn(
+            _spec(config, ctx, zygote.pid), env, config.abs_cwd, labels, relay=tasks is not None
+        )
+    except OSError as exc:
+        raise BackendConfigError(f"the zygote cannot fork the template: {exc}") from exc
+    if tasks is not None and stderr is not None:
+        tasks.spawn(output.relay(stderr, "template"), f"process-template-stderr-{proc.pid}")
+    return TemplateHandle(proc, ours, zygote=True)
+
+
+def fits_zygote(ctx: BackendContext) -> bool:
+    """Its labels fit the zygote's padded slots (a pool or owner name is rarely long)."""
+    return max(len(ctx.pool_name.encode()), len(ctx.owner_id.encode())) <= _procfs.ROLE_WIDTH
+
+
+async def spawn(
+    config: ProcessConfig,
+    ctx: BackendContext,
+    tasks: TaskSet | None = None,
+    zygote: Zygote | None = None,
+) -> TemplateHandle:
+    """Start the template and wait until it has built the app (BackendConfigError if not).
+    With `tasks`, its stderr, which its forks share, is a pipe read there (log.relay: the
+    lines by instance); without, it is the proxy's (exec'd) or drained (forked). With
+    `zygote`, the template is forked from it rather than exec'd."""
+    if zygote is not None and not zygote.dead:
+        tpl = await _fork_from(zygote, config, ctx, tasks)
+    else:
+        tpl = await _exec(config, ctx, tasks)
+    proc = tpl.proc
     try:
         first = await asyncio.wait_for(recv(tpl), ctx.start_timeout)
     except (TimeoutError, asyncio.CancelledError):
         await kill(tpl, config.stop_grace)
         raise
-    if first is None or first.get("op") != "ready":
+    if not isinstance(first, _messages.TemplateReady):
         await kill(tpl, config.stop_grace)
-        if first is None:
+        if not isinstance(first, _messages.TemplateFailed):
             raise BackendConfigError(
                 f"fork template for {config.app!r} exited before it was ready "
                 f"(exit code {proc.returncode})"
             )
         # One line a person can act on; the template's traceback only at debug level.
-        log.debug("fork template failed:\n%s", first.get("traceback", ""))
+        log.debug("fork template failed:\n%s", first.traceback)
         keys = "backend.app" + (" or backend.warmup" if config.warmup else "")
-        raise BackendConfigError(f"{keys} {config.app!r} cannot be built: {first['error']}")
-    tpl.kind = str(first.get("kind", ""))
-    log.info("fork template ready: pid %d, %s app %s", proc.pid, tpl.kind, config.app)
+        raise BackendConfigError(f"{keys} {config.app!r} cannot be built: {first.error}")
+    tpl.kind = first.kind
+    tpl.build_s = first.build_s
+    log.info(
+        "fork template ready: pid %d, %s app %s%s",
+        proc.pid,
+        tpl.kind,
+        config.app,
+        " (forked from the zygote)" if tpl.zygote else "",
+    )
     return tpl
 
 
@@ -179,4 +259,4 @@ async def kill(tpl: TemplateHandle, grace: float) -> None:
             log,
         )
     tpl.writer.close()
-    tpl.sock.close()
+    close_socket(tpl.sock)

@@ -12,7 +12,7 @@ import sys
 
 from forkproxy.backends.base import BackendContext
 from forkproxy.backends.errors import BackendConfigError
-from forkproxy.backends.process import _common
+from forkproxy.backends.process import _base
 from forkproxy.backends.process.config import ProcessConfig
 from forkproxy.backends.process.exec import ExecBackend
 from forkproxy.backends.process.log import log
@@ -45,7 +45,7 @@ def check_config(config: ProcessConfig, *, imports: bool = True) -> list[Problem
         return []
     if not imports:
         return []
-    env = _common.base_env(config, BackendContext("check-config", "check-config"))
+    env = _base.base_env(config, BackendContext("check-config", "check-config"))
     paths = [os.path.join(config.abs_cwd, p) for p in config.pythonpath]
     # only the paths the user named: the default (the readiness path) is the pool's
     requests = json.dumps(list(config.warmup_requests or ()))

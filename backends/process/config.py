@@ -21,6 +21,16 @@ mode (any command with a `{port}` placeholder), parsed and validated in one pass
     pythonpath = ["src"]               # extra sys.path entries, relative to cwd
     prefork = 0                        # spare forks kept ready: ~2x faster cold start, but
                                        # on_startup then runs before FORKPROXY_INSTANCE is set
+    template_idle_ttl = "auto"         # give the template back after the app has had no
+                                       # instance this long (its next start re-imports the
+                                       # app); "auto": 20x the measured template start,
+                                       # within 30s..5m; "off": keep it for ever; 0: at once
+    zygote = true                      # templates are forked from one shared process that
+                                       # has imported the frameworks (see zygote_preload);
+                                       # false: each template is a fresh interpreter
+    zygote_preload = "auto"            # modules the zygote imports: "auto" = whichever of
+                                       # aiohttp, flask, django, fastapi, starlette, waitress,
+                                       # uvicorn are installed; or a list, e.g. ["flask"]
     # exec
     command = ["python", "-m", "examples.app", "--port", "{port}"]   # or one string
                                        # "python"/"python3" first = the proxy's interpreter
@@ -33,6 +43,8 @@ mode (any command with a `{port}` placeholder), parsed and validated in one pass
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import shlex
 from dataclasses import dataclass, field
@@ -45,6 +57,12 @@ APP_KINDS = ("auto", "aiohttp", "asgi", "wsgi")
 # The bundled demo ships in the package: `forkproxy run` with no config works after pip install.
 DEFAULT_APP = "forkproxy.backends.process.demo:create_app"
 DEFAULT_COMMAND = ("python", "-m", "forkproxy.backends.process.demo", "--port", "{port}")
+# template_idle_ttl = "auto": this many template starts' worth of idle time, clamped. A
+# template holds a whole interpreter with the app imported; climbing back costs one import.
+TEMPLATE_TTL_STARTS = 20.0
+TEMPLATE_TTL_MIN = 30.0
+TEMPLATE_TTL_MAX = 300.0  # well under the 10 minutes after which an idle app holds nothing
+ZYGOTE_FRAMEWORKS = ("aiohttp", "flask", "django", "fastapi", "starlette", "waitress", "uvicorn")
 DEFAULT_THREADS = 4  # waitress's own default; an instance is cheap, so more forks beat more threads
 
 
@@ -61,6 +79,11 @@ class ProcessConfig:
     pythonpath: tuple[str, ...] = ()
     # forks kept ready ahead of demand (loop running, app started, no id yet); 0: fork on start
     prefork: int = 0
+    # seconds with no instance before the template is given back; None: "auto" (priced by
+    # its measured start, see template_ttl), math.inf: "off"
+    template_idle_ttl: float | None = None
+    zygote: bool = True
+    zygote_preload: tuple[str, ...] | None = None  # None: "auto" (ZYGOTE_FRAMEWORKS installed)
     # exec mode: every "{port}" in an argument is replaced; $PORT is set as well
     command: tuple[str, ...] = DEFAULT_COMMAND
     # both
@@ -68,6 +91,19 @@ class ProcessConfig:
     cwd: str = "."
     host: str = "127.0.0.1"
     stop_grace: float = 5.0
+
+    def template_ttl(self, start_cost: float) -> float:
+        """How long a template with no instance is kept: the key, or priced by `start_cost`
+        (seconds its last start took) under "auto"."""
+        if self.template_idle_ttl is not None:
+            return self.template_idle_ttl
+        return min(TEMPLATE_TTL_MAX, max(TEMPLATE_TTL_MIN, TEMPLATE_TTL_STARTS * start_cost))
+
+    @property
+    def uses_zygote(self) -> bool:
+        """Interpreter start-up settings (PYTHONPATH, PYTHONHASHSEED...) act only at exec:
+        an app that sets any gets a fresh interpreter, as without the zygote."""
+        return self.zygote and not any(k.startswith("PYTHON") for k in self.env)
 
     @property
     def abs_cwd(self) -> str:
@@ -84,6 +120,23 @@ class ProcessConfig:
 def _is_target(value: str) -> bool:
     module, sep, attr = value.partition(":")
     return bool(sep and module.strip() and attr.strip())
+
+
+def _template_idle_ttl(table: Table) -> float | None:
+    """ "auto" (None), "off" (math.inf: kept for ever) or a duration (0: given back as soon
+    as the app has no instance); an error names all three."""
+    key = "template_idle_ttl"
+    raw = table.data.get(key, "auto")
+    if raw in ("auto", "off"):
+        table.opt_str(key)  # seen
+        return None if raw == "auto" else math.inf
+    before = len(table.problems)
+    seconds = table.duration(key, 0.0)
+    if len(table.problems) > before:
+        p = table.problems[-1]
+        table.problems[-1] = dataclasses.replace(p, message=f'{p.message} (or "auto", "off")')
+        return None
+    return seconds
 
 
 def parse_config(table: Table) -> ProcessConfig:
@@ -105,6 +158,13 @@ def parse_config(table: Table) -> ProcessConfig:
     threads = table.int("threads", DEFAULT_THREADS, min=1, max=256)
     pythonpath = tuple(table.str_list("pythonpath"))
     prefork = table.int("prefork", 0, min=0, max=16)
+    template_idle_ttl = _template_idle_ttl(table)
+    zygote = table.bool("zygote", True)
+    zygote_preload: tuple[str, ...] | None = None
+    if table.data.get("zygote_preload", "auto") == "auto":
+        table.opt_str("zygote_preload")  # seen
+    else:
+        zygote_preload = tuple(table.str_list("zygote_preload"))
     command: tuple[str, ...] = DEFAULT_COMMAND
     if table.has("command"):
         raw = table.data["command"]
@@ -156,6 +216,9 @@ def parse_config(table: Table) -> ProcessConfig:
         threads=threads,
         pythonpath=pythonpath,
         prefork=prefork,
+        template_idle_ttl=template_idle_ttl,
+        zygote=zygote,
+        zygote_preload=zygote_preload,
         command=command,
         env=env,
         cwd=cwd,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from forkproxy.backends.base import BackendContext, Endpoint, Instance
 from forkproxy.backends.errors import BackendConfigError, StartError
-from forkproxy.backends.process import _common, _linux, _memory
+from forkproxy.backends.process import _base, _memory, _procfs
 from forkproxy.backends.process import log as output
 from forkproxy.backends.process.config import ProcessConfig
 from forkproxy.backends.process.log import log
@@ -51,7 +51,7 @@ def free_port(host: str) -> int:
 
 def _preexec() -> None:
     # Runs in the child between fork and exec: die with the proxy even if it is SIGKILLed.
-    _linux.set_pdeathsig()
+    _procfs.set_pdeathsig()
 
 
 def _program(command: tuple[str, ...]) -> str:
@@ -59,12 +59,12 @@ def _program(command: tuple[str, ...]) -> str:
     return sys.executable if command[0] in ("python", "python3") else command[0]
 
 
-class ExecBackend(_common.ProcessBackendBase):
+class ExecBackend(_base.ProcessBackendBase):
     def __init__(self, config: ProcessConfig, ctx: BackendContext) -> None:
         super().__init__(config, ctx)
         self._procs: dict[str, _Proc] = {}
         self._program: str | None = None  # the resolved command[0], found by prepare()
-        _linux.load_libc()  # here, not in _preexec (see load_libc)
+        _procfs.load_libc()  # here, not in _preexec (see load_libc)
         self._tasks = TaskSet("forkproxy.backends.process", log)
         self._closing = False
 
@@ -101,10 +101,10 @@ class ExecBackend(_common.ProcessBackendBase):
         if program is None:
             program = await asyncio.to_thread(self._resolve, StartError)
         args[0] = program
-        env = _common.base_env(cfg, self.ctx)
-        env.update(_common.instance_env(self.ctx, instance_id))
+        env = _base.base_env(cfg, self.ctx)
+        env.update(_base.instance_env(self.ctx, instance_id))
         env["PORT"] = str(port)
-        env[_linux.ROLE_VAR] = _linux.ROLE_EXEC
+        env[_procfs.ROLE_VAR] = _procfs.ROLE_EXEC
         try:
             proc = await asyncio.create_subprocess_exec(
                 *args,

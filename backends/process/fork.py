@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -17,7 +18,15 @@ from typing import Any
 
 from forkproxy.backends.base import BackendContext, Endpoint, Instance
 from forkproxy.backends.errors import BackendConfigError, BackendUnavailable, StartError
-from forkproxy.backends.process import _common, _linux, _memory, _template_client, leftovers
+from forkproxy.backends.process import (
+    _base,
+    _memory,
+    _messages,
+    _procfs,
+    _template_client,
+    _zygote_client,
+    leftovers,
+)
 from forkproxy.backends.process._template_client import TemplateHandle
 from forkproxy.backends.process.config import ProcessConfig
 from forkproxy.backends.process.log import log
@@ -26,7 +35,7 @@ from forkproxy.backends.support.tasks import TaskSet
 
 _BACKLOG = 1024
 _GONE_POLL = 0.5  # a stop looks at the pid this often (the template may be stuck)
-_MAX_ID = _linux.ROLE_WIDTH - len(_linux.ROLE_FORK_PREFIX)
+_MAX_ID = _procfs.ROLE_WIDTH - len(_procfs.ROLE_FORK_PREFIX)
 
 
 @dataclass
@@ -42,7 +51,7 @@ class _Child:
     spare: bool = False  # it was forked ahead (prefork) rather than on this start
 
 
-class ForkBackend(_common.ProcessBackendBase):
+class ForkBackend(_base.ProcessBackendBase):
     def __init__(self, config: ProcessConfig, ctx: BackendContext) -> None:
         super().__init__(config, ctx)
         self._template: TemplateHandle | None = None
@@ -50,7 +59,15 @@ class ForkBackend(_common.ProcessBackendBase):
         self._children: dict[str, _Child] = {}
         self._tasks = TaskSet("forkproxy.backends.process", log)
         self._closing = False
-        self.template_starts = 0  # > 1 means the template died and was restarted
+        self.template_starts = 0  # > 1 means the template died, or was given back, and restarted
+        self.template_give_backs = 0  # times the template was given back for lack of instances
+        self.template_cost = 0.0  # seconds the last template start took (spawn to ready)
+        self.template_build = 0.0  # of which the app's import and warm-up in the template
+        self._held: _zygote_client.Zygote | None = None  # the zygote we count as a user of
+        self.fork_cost = 0.0  # seconds the last instance start took once the template was up
+        self._kind = ""  # the app's kind, kept while the template is given back
+        self._idle_since: float | None = None  # monotonic time the last instance went
+        self._give_back: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         tpl = f"template pid {self._template.pid}" if self._template else "no template"
@@ -68,8 +85,7 @@ class ForkBackend(_common.ProcessBackendBase):
     def concurrency_hint(self) -> int | None:
         # A WSGI instance serves exactly `threads` requests at once; async apps have no
         # such ceiling, so the pool's documented default stands for them.
-        tpl = self._template
-        return self.config.threads if tpl is not None and tpl.kind == "wsgi" else None
+        return self.config.threads if self._kind == "wsgi" else None
 
     @property
     def spares(self) -> int:
@@ -81,7 +97,12 @@ class ForkBackend(_common.ProcessBackendBase):
             if self._template is None or self._template.dead:
                 if self._closing:
                     raise StartError("backend is closing", reason="shutting_down")
-                log.warning("restarting the fork template (start #%d)", self.template_starts + 1)
+                if self._template is None and self.template_give_backs:
+                    log.info("starting the fork template again (it was given back)")
+                else:
+                    log.warning(
+                        "restarting the fork template (start #%d)", self.template_starts + 1
+                    )
                 try:
                     self._template = await self._start_template()
                 except BackendConfigError as exc:
@@ -89,10 +110,90 @@ class ForkBackend(_common.ProcessBackendBase):
             return self._template
 
     async def _start_template(self) -> TemplateHandle:
-        tpl = await _template_client.spawn(self.config, self.ctx, self._tasks)
+        zygote = await self._zygote()  # its own start is the proxy's, not this app's
+        t0 = time.perf_counter()
+        tpl = await _template_client.spawn(self.config, self.ctx, self._tasks, zygote)
+        self.template_cost = time.perf_counter() - t0
+        self.template_build = tpl.build_s
         self.template_starts += 1
-        self._tasks.spawn(self._read_loop(tpl), f"process-template-{tpl.pid}")
+        self._kind = tpl.kind
+        tpl.reader = self._tasks.spawn(self._read_loop(tpl), f"process-template-{tpl.pid}")
+        self._arm_give_back()  # a template nobody starts an instance from goes back too
         return tpl
+
+    async def _zygote(self) -> _zygote_client.Zygote | None:
+        """This proxy's shared zygote, if this app uses one (held until aclose)."""
+        if not self.config.uses_zygote or not _template_client.fits_zygote(self.ctx):
+            return None
+        pre = self.config.zygote_preload
+        self._held = await _zygote_client.acquire(
+            _template_client.ROOT,
+            self.ctx.owner_id,
+            list(pre) if pre is not None else None,
+            self.config.stop_grace,
+            self._held,
+        )
+        return self._held
+
+    # -- the template rung: given back after its app had no instance for a while ----
+
+    def _arm_give_back(self) -> None:
+        """The app has no instance from now: one waiter gives the template back after
+        template_ttl unless a start comes first."""
+        if self._children or self._closing:
+            return
+        self._idle_since = time.monotonic()
+        if self._give_back is None or self._give_back.done():
+            self._give_back = self._tasks.spawn(self._give_back_when_idle(), "template-ttl")
+
+    async def _give_back_when_idle(self) -> None:
+        while (since := self._idle_since) is not None:
+            ttl = self.config.template_ttl(self.template_cost)
+            if ttl == math.inf:
+                return
+            if (wait := since + ttl - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+                continue  # a start meanwhile cleared or moved _idle_since
+            async with self._template_lock:
+                tpl = self._template
+                if self._idle_since != since:
+                    continue
+                self._idle_since = None
+                if self._children:
+                    return  # the last of them to go arms it again
+                if tpl is None or tpl.dead:
+                    return
+                self._template = None
+                self.template_give_backs += 1
+                tpl.given_back = True
+            log.info("giving the fork template (pid %d) back: no instance for %.3gs", tpl.pid, ttl)
+            # No instance is left to report on: its reader ends now, not left waiting on a
+            # socket the stop closes (a pending read on a closed socket never completes).
+            if tpl.reader is not None:
+                tpl.reader.cancel()
+            await self._kill_template(tpl)
+            return
+
+    def ladder(self) -> dict[str, Any]:
+        """The warm states and what climbing each costs, measured (seconds)."""
+        tpl = self._template
+        return {
+            "template_up": tpl is not None and not tpl.dead,
+            "template_pid": tpl.pid if tpl is not None and not tpl.dead else None,
+            "template_start_s": round(self.template_cost, 4),
+            "template_import_s": round(self.template_build, 4),
+            "fork_s": round(self.fork_cost, 4),
+            "template_starts": self.template_starts,
+            "template_give_backs": self.template_give_backs,
+            "template_idle_ttl_s": self.config.template_ttl(self.template_cost),
+            "zygote": self._zygote_info(),
+        }
+
+    def _zygote_info(self) -> dict[str, Any] | None:
+        zygote = self._held
+        if zygote is None or zygote.dead:
+            return None
+        return {"pid": zygote.pid, "preload_s": round(zygote.ready.seconds, 4)}
 
     async def _read_loop(self, tpl: TemplateHandle) -> None:
         # Cancelled (aclose): aclose stops the template itself.
@@ -101,33 +202,41 @@ class ForkBackend(_common.ProcessBackendBase):
         self._template_died(tpl)
         await self._kill_template(tpl)
 
-    def _dispatch(self, tpl: TemplateHandle, msg: dict[str, Any]) -> None:
-        op, iid = msg.get("op"), str(msg.get("id", ""))
-        child = self._children.get(iid)
-        if op == "started":
-            if child is not None and not child.started.done():
-                child.pid = int(msg["pid"])
-                child.spare = bool(msg.get("spare"))
-                child.started.set_result(child.pid)
-            else:  # start() gave up (timeout/cancel): do not leave an orphan serving
-                self._tasks.spawn(self._send_signal(tpl, iid, signal.SIGKILL), f"kill-{iid}")
-        elif op == "error":
-            if child is not None and not child.started.done():
-                self._children.pop(iid, None)
-                child.started.set_exception(StartError(f"fork template: {msg.get('error')}"))
-        elif op == "exit":
-            self._child_exited(iid, str(msg.get("reason", "exited")))
-        elif op == "working":
-            if child is not None and not child.stopping:
-                try:
-                    self.ctx.on_working(iid, bool(msg.get("working")))
-                except Exception:
-                    log.exception("on_working callback failed for %s", iid)
-        elif op == "spares":
-            tpl.spares = int(msg.get("n", 0))
+    def _dispatch(self, tpl: TemplateHandle, msg: _messages.Message) -> None:
+        match msg:
+            case _messages.InstanceStarted(id=iid, pid=pid, spare=spare):
+                child = self._children.get(iid)
+                if child is not None and not child.started.done():
+                    child.pid = pid
+                    child.spare = spare
+                    child.started.set_result(pid)
+                else:  # start() gave up (timeout/cancel): do not leave an orphan serving
+                    self._tasks.spawn(self._send_signal(tpl, iid, signal.SIGKILL), f"kill-{iid}")
+            case _messages.InstanceError(id=iid, error=error):
+                child = self._children.get(iid)
+                if child is not None and not child.started.done():
+                    self._forget(iid)
+                    child.started.set_exception(StartError(f"fork template: {error}"))
+            case _messages.InstanceExited(id=iid, reason=reason):
+                self._child_exited(iid, reason)
+            case _messages.InstanceWorking(id=iid, working=working):
+                child = self._children.get(iid)
+                if child is not None and not child.stopping:
+                    try:
+                        self.ctx.on_working(iid, working)
+                    except Exception:
+                        log.exception("on_working callback failed for %s", iid)
+            case _messages.SparesWaiting(n=n):
+                tpl.spares = n
+
+    def _forget(self, iid: str) -> _Child | None:
+        child = self._children.pop(iid, None)
+        if child is not None and not self._children:
+            self._arm_give_back()
+        return child
 
     def _child_exited(self, iid: str, reason: str) -> None:
-        child = self._children.pop(iid, None)
+        child = self._forget(iid)
         if child is None:
             return
         if not child.exited.done():
@@ -146,7 +255,7 @@ class ForkBackend(_common.ProcessBackendBase):
         for child in self._children.values():
             if child.template is tpl and not child.started.done():
                 child.started.set_exception(StartError("fork template died during start"))
-        if not self._closing:
+        if not self._closing and not tpl.given_back:
             log.error("fork template pid %d died; its instances are gone", tpl.pid)
         for child in [c for c in self._children.values() if c.template is tpl]:
             self._child_exited(child.id, "template_died")
@@ -169,7 +278,7 @@ class ForkBackend(_common.ProcessBackendBase):
     def _kill_by_pid(child: _Child) -> None:
         if child.exited.done() or not child.pid:
             return
-        state = _linux.proc_state(child.pid)
+        state = _procfs.proc_state(child.pid)
         if state is None or state[1] != child.template.pid:
             return  # reaped (its exit is on the way): the pid may be someone else's now
         with contextlib.suppress(ProcessLookupError):
@@ -182,7 +291,7 @@ class ForkBackend(_common.ProcessBackendBase):
         while True:
             if await within(min(_GONE_POLL, max(0.0, deadline - time.monotonic())), child.exited):
                 return True
-            if child.pid and not await asyncio.to_thread(_linux.is_running, child.pid):
+            if child.pid and not await asyncio.to_thread(_procfs.is_running, child.pid):
                 return True
             if time.monotonic() >= deadline:
                 return False
@@ -193,6 +302,7 @@ class ForkBackend(_common.ProcessBackendBase):
         if len(instance_id) > _MAX_ID:
             raise StartError(f"instance id longer than {_MAX_ID} characters: {instance_id!r}")
         t0 = time.perf_counter()
+        self._idle_since = None  # a give-back waiting stands down
         tpl = await self._ensure_template()
         t1 = time.perf_counter()
         try:
@@ -209,13 +319,13 @@ class ForkBackend(_common.ProcessBackendBase):
         child = _Child(instance_id, port, tpl, loop.create_future(), loop.create_future())
         # Registered before the request so an exit right after the fork is not missed.
         self._children[instance_id] = child
-        msg = {"op": "start", "id": instance_id, "env": _common.instance_env(self.ctx, instance_id)}
+        msg = _messages.StartInstance(instance_id, _base.instance_env(self.ctx, instance_id))
         try:
             # The kernel duplicates the fd into the message; our copy can go right after.
             await _template_client.send(tpl, msg, [lsock.fileno()])
             pid = await asyncio.wait_for(asyncio.shield(child.started), self.ctx.start_timeout)
         except BaseException as exc:
-            self._children.pop(instance_id, None)
+            self._forget(instance_id)
             if child.started.done() and not child.started.exception():
                 self._tasks.spawn(self._send_signal(tpl, instance_id, signal.SIGKILL), "kill")
             if isinstance(exc, TimeoutError):
@@ -229,6 +339,7 @@ class ForkBackend(_common.ProcessBackendBase):
             raise StartError(f"instance exited at once: {child.exited.result()}")
         child.returned = True
         t2 = time.perf_counter()
+        self.fork_cost = t2 - t1
         return Instance(
             id=instance_id,
             backend=self.name,
@@ -317,3 +428,6 @@ class ForkBackend(_common.ProcessBackendBase):
         if tpl is not None:
             await self._kill_template(tpl)
         await self._tasks.aclose()
+        if self._held is not None:
+            held, self._held = self._held, None
+            await _zygote_client.release(held)

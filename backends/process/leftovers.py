@@ -1,12 +1,12 @@
 """Find what a pool left behind by reading /proc/<pid>/environ: the template, forked
-children (labelled in place, see _linux.role_slot) and exec'd commands."""
+children (labelled in place, see _procfs.role_slot) and exec'd commands."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
-from forkproxy.backends.process import _linux
+from forkproxy.backends.process import _procfs
 
 POOL_VAR = "FORKPROXY_POOL"
 OWNER_VAR = "FORKPROXY_OWNER"
@@ -16,7 +16,8 @@ INSTANCE_VAR = "FORKPROXY_INSTANCE"
 @dataclass(frozen=True)
 class Found:
     pid: int
-    kind: str  # "template" | "fork" | "exec" | "spare" (forked ahead, no instance yet)
+    # "template" | "fork" | "exec" | "spare" (forked ahead, no instance yet) | "zygote"
+    kind: str
     instance_id: str
     owner: str
     port: int = 0
@@ -32,15 +33,17 @@ def unlabelled_id(pid: int) -> str:
 
 
 def classify(pid: int, env: dict[str, str]) -> Found | None:
-    role = env.get(_linux.ROLE_VAR, "").strip()
+    role = env.get(_procfs.ROLE_VAR, "").strip()
     owner = env.get(OWNER_VAR, "")
-    if role == _linux.ROLE_TEMPLATE:
+    if role == _procfs.ROLE_TEMPLATE:
         return Found(pid, "template", template_id(pid), owner)
-    if role == _linux.ROLE_SPARE:
+    if role == _procfs.ROLE_ZYGOTE:
+        return Found(pid, "zygote", f"zygote-{pid}", owner)
+    if role == _procfs.ROLE_SPARE:
         return Found(pid, "spare", f"spare-{pid}", owner)
-    if role.startswith(_linux.ROLE_FORK_PREFIX):
-        return Found(pid, "fork", role[len(_linux.ROLE_FORK_PREFIX) :], owner)
-    if role == _linux.ROLE_EXEC and env.get(INSTANCE_VAR):
+    if role.startswith(_procfs.ROLE_FORK_PREFIX):
+        return Found(pid, "fork", role[len(_procfs.ROLE_FORK_PREFIX) :], owner)
+    if role == _procfs.ROLE_EXEC and env.get(INSTANCE_VAR):
         port = env.get("PORT", "0")
         return Found(pid, "exec", env[INSTANCE_VAR], owner, int(port) if port.isdigit() else 0)
     return None
@@ -51,11 +54,11 @@ def scan(pool: str) -> list[Found]:
     which inherit its environment, are folded into it). Blocking: run in a thread."""
     found: dict[int, Found] = {}
     parents: dict[int, int] = {}
-    for pid in _linux.all_pids():
-        env = _linux.read_environ(pid)
+    for pid in _procfs.all_pids():
+        env = _procfs.read_environ(pid)
         if not env or env.get(POOL_VAR) != pool:
             continue
-        state = _linux.proc_state(pid)
+        state = _procfs.proc_state(pid)
         if state is None or state[0] in ("Z", "X"):
             continue
         item = classify(pid, env)
@@ -72,3 +75,16 @@ def scan(pool: str) -> list[Found]:
             item = Found(pid, "fork", unlabelled_id(pid), item.owner)
         result.append(dataclasses.replace(item, ppid=parents[pid]))
     return sorted(result, key=lambda f: f.pid)
+
+
+def zygotes() -> list[Found]:
+    """Every fork-mode zygote on this host, whichever proxy owns it (it belongs to no pool:
+    its pool label is blank). Blocking: run in a thread."""
+    result = []
+    for pid in _procfs.all_pids():
+        env = _procfs.read_environ(pid)
+        if not env or env.get(_procfs.ROLE_VAR, "").strip() != _procfs.ROLE_ZYGOTE:
+            continue
+        if _procfs.is_running(pid) and (item := classify(pid, env)) is not None:
+            result.append(item)
+    return result

@@ -6,13 +6,8 @@ template with threads or a running event loop would hand children broken state.
 With `prefork` > 0 the template keeps that many spare children forked ahead: each has
 its loop running and the app started, and only waits for an instance id and a socket,
 which takes the fork and the loop setup off the start path.
-Protocol: one JSON object per SOCK_SEQPACKET message on the control socket.
-  proxy -> template: {"op": "start", "id", "env"} + 1 fd | {"op": "signal", "id", "sig"}
-  template -> proxy: {"op": "ready", "pid", "kind"} | {"op": "failed", "error", "traceback"}
-                     {"op": "started", "id", "pid", "spare"} | {"op": "error", "id", "error"}
-                     {"op": "exit", "id", "pid", "reason"}
-                     {"op": "working", "id", "working"} (app at work after a response)
-                     {"op": "spares", "n"} (spares waiting: sent when the count changes)
+Protocol: the typed messages of _messages.py, one per SOCK_SEQPACKET frame on the
+control socket (StartInstance carries the instance's listening socket).
 """
 
 from __future__ import annotations
@@ -28,9 +23,10 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
-from forkproxy.backends.process import _forked, _linux
+from forkproxy.backends.process import _forked, _messages, _procfs
 from forkproxy.backends.process.child import failures
 
 _MAX_MSG = 64 * 1024
@@ -69,9 +65,9 @@ class Template:
         self.pid = os.getpid()
         self.role_slot: int | None = None
 
-    def send(self, msg: dict[str, Any]) -> None:
+    def send(self, msg: _messages.Message) -> None:
         try:
-            self.ctl.send(json.dumps(msg).encode())
+            self.ctl.send(_messages.encode(msg))
         except OSError:
             self.stopping = True  # the proxy is gone
 
@@ -89,22 +85,11 @@ class Template:
         warmup.run_spec(self.kind, self.app, self.spec.get("warmup_requests"))
         if self.spec.get("post_fork"):
             apps.resolve(self.spec["post_fork"])  # a typo fails now, not in every fork
-        # Everything a child needs is loaded here, once: a fork then imports nothing.
-        import uvloop  # noqa: F401
-
-        from forkproxy.backends.process import _serve, _wsgi
-
-        if self.kind == "asgi":
-            self.app = _serve.asgi_config(self.app, self.grace)  # needs uvicorn: fail now
-        elif self.kind == "wsgi":
-            self.app = _wsgi.prepare(self.app, int(self.spec.get("threads", 1)))
-        else:
-            self.app.freeze()  # routes and middleware chains built once, not per child
-            _serve.prime_template()
+        self.app = serving_form(self.kind, self.app, int(self.spec.get("threads", 1)), self.grace)
         forksafe.before_fork()
         apps.refuse_threads(self.kind)
-        self.role_slot = _linux.role_slot()
-        _linux.set_pdeathsig()  # (again) loads libc's prctl for the children
+        self.role_slot = _procfs.role_slot()
+        _procfs.set_pdeathsig()  # (again) loads libc's prctl for the children
         # Move everything built so far out of the collector's reach: children then do
         # not dirty (copy) these pages when a GC pass touches their headers.
         gc.collect()
@@ -150,7 +135,7 @@ class Template:
         """Tell the proxy how many spares wait, when that changed (forked, assigned, died)."""
         if len(self.spares) != self.spares_reported:
             self.spares_reported = len(self.spares)
-            self.send({"op": "spares", "n": self.spares_reported})
+            self.send(_messages.SparesWaiting(self.spares_reported))
 
     def _drain_wake(self) -> None:
         try:
@@ -176,7 +161,7 @@ class Template:
             if "crash" in msg:
                 self.failures.report(str(msg["crash"]))
             elif iid := self.children.get(int(msg.get("pid", 0))):
-                self.send({"op": "working", "id": iid, "working": bool(msg.get("working"))})
+                self.send(_messages.InstanceWorking(iid, bool(msg.get("working"))))
 
     def _handle_message(self) -> None:
         try:
@@ -190,29 +175,30 @@ class Template:
                 os.close(fd)
             self.stopping = True  # control socket closed: the proxy is done with us
             return
-        msg = json.loads(data)
-        if msg["op"] == "start":
+        msg = _messages.decode(data)
+        if isinstance(msg, _messages.StartInstance):
             self.start(msg, fds)
-        else:
-            for fd in fds:
-                os.close(fd)
-            if msg["op"] == "signal":
-                self.signal(msg["id"], int(msg["sig"]))
+            return
+        for fd in fds:
+            os.close(fd)
+        if isinstance(msg, _messages.SignalInstance):
+            self.signal(msg.id, msg.sig)
 
-    def start(self, msg: dict[str, Any], fds: list[int]) -> None:
-        iid = msg["id"]
+    def start(self, msg: _messages.StartInstance, fds: list[int]) -> None:
+        iid = msg.id
         if len(fds) != 1:
             for fd in fds:
                 os.close(fd)
-            self.send({"op": "error", "id": iid, "error": "expected exactly one socket"})
+            self.send(_messages.InstanceError(iid, "expected exactly one socket"))
             return
         if threading.active_count() != 1:
             os.close(fds[0])
             names = ", ".join(t.name for t in threading.enumerate())
-            error = f"template has threads, refusing to fork: {names}"
-            self.send({"op": "error", "id": iid, "error": error})
+            self.send(
+                _messages.InstanceError(iid, f"template has threads, refusing to fork: {names}")
+            )
             return
-        env = msg.get("env", {})
+        env = msg.env
         pid = self._assign_spare(iid, env, fds[0])
         spare = pid is not None
         if pid is None:
@@ -220,13 +206,13 @@ class Template:
                 pid = _forked.fork()
             except OSError as exc:
                 os.close(fds[0])
-                self.send({"op": "error", "id": iid, "error": f"fork failed: {exc}"})
+                self.send(_messages.InstanceError(iid, f"fork failed: {exc}"))
                 return
             if pid == 0:
                 _forked.run_instance(self._inherited(), iid, env, fds[0])
         os.close(fds[0])  # the child has it; keeping it would keep a dead child's port open
         self.children[pid] = iid
-        self.send({"op": "started", "id": iid, "pid": pid, "spare": spare})
+        self.send(_messages.InstanceStarted(iid, pid, spare))
 
     def _assign_spare(self, iid: str, env: dict[str, str], fd: int) -> int | None:
         while self.spares:
@@ -291,7 +277,7 @@ class Template:
                 return
             iid = self.children.pop(pid, None)
             if iid:
-                self.send({"op": "exit", "id": iid, "pid": pid, "reason": exit_reason(status)})
+                self.send(_messages.InstanceExited(iid, pid, exit_reason(status)))
             elif pid in self.spares:
                 self.spares.pop(pid).close()
                 self.spare_failures += 1
@@ -326,31 +312,89 @@ class Template:
                 break
             iid = self.children.pop(pid, None)
             if iid:
-                self.send({"op": "exit", "id": iid, "pid": pid, "reason": exit_reason(status)})
+                self.send(_messages.InstanceExited(iid, pid, exit_reason(status)))
+
+
+def serving_form(kind: str, app: Any, threads: int, grace: float) -> Any:
+    """`app` (loaded and warmed) as a fork serves it, with everything a fork needs imported
+    here, once: a fork then imports nothing."""
+    import uvloop  # noqa: F401
+
+    from forkproxy.backends.process import _serve, _wsgi
+
+    if kind == "asgi":
+        return _serve.asgi_config(app, grace)  # needs uvicorn: fail now
+    if kind == "wsgi":
+        return _wsgi.prepare(app, threads)
+    app.freeze()  # routes and middleware chains built once, not per child
+    _serve.prime_template()
+    return app
+
+
+@dataclass(frozen=True)
+class Built:
+    """An app built the way a template builds it (see build)."""
+
+    kind: str  # "aiohttp" | "asgi" | "wsgi"
+    app: Any  # as a fork serves it
+    user_app: Any  # as the user's module gave it
+
+
+def build(app: str, app_kind: str = "auto", *, threads: int = 1, grace: float = 1.0) -> Built:
+    """Load `app` and make it ready to serve from forks as a template does (no warm-up
+    hooks, no control socket): for tools that fork like a template, e.g. the loadtest's
+    forkfloor. Freeze the heap (gc.freeze) after, as a template does, if that matters."""
+    from forkproxy.backends.process.child import apps
+
+    kind, loaded = apps.load(app, app_kind)
+    return Built(kind, serving_form(kind, loaded, threads, grace), loaded)
+
+
+def fork_instance(built: Built, iid: str, fd: int, grace: float = 1.0) -> int:
+    """Fork instance `iid` of `built`, serving on the listening socket `fd` with the very
+    code a template's fork runs (minus the template's messaging); its pid, in the parent.
+    The caller is its parent: it reaps it, and the fork dies with it."""
+    inherited = _forked.Inherited(
+        kind=built.kind,
+        app=built.app,
+        user_app=built.user_app,
+        post_fork=None,
+        grace=grace,
+        template_pid=os.getpid(),
+        role_slot=None,
+        close_sockets=(),
+        close_fds=(),
+    )
+    pid = _forked.fork()
+    if pid == 0:
+        _forked.run_instance(inherited, iid, {}, fd)
+    return pid
 
 
 def main() -> None:
-    spec = json.loads(sys.argv[1])
-    _linux.set_pdeathsig()
+    serve(json.loads(sys.argv[1]))
+
+
+def serve(spec: dict[str, Any]) -> None:
+    """Build the app and fork instances until told to stop. Run by an exec'd template
+    (main) or by a fork of the zygote, whose pid is then spec["parent_pid"]."""
+    _procfs.set_pdeathsig()
     if os.getppid() != int(spec["parent_pid"]):
         sys.exit(1)  # the proxy died before we could arm PDEATHSIG
     ctl = socket.socket(fileno=int(spec["ctl_fd"]))
     ctl.setblocking(True)
     tpl = Template(spec, ctl)
+    started = time.perf_counter()
     try:
         tpl.build()
     except BaseException as exc:
         lines = traceback.format_exception_only(type(exc), exc)
-        tpl.send(
-            {
-                "op": "failed",
-                "error": lines[-1].strip() if lines else repr(exc),
-                "traceback": traceback.format_exc(),
-            }
-        )
+        error = lines[-1].strip() if lines else repr(exc)
+        tpl.send(_messages.TemplateFailed(error, traceback.format_exc()))
         sys.exit(1)
     tpl.install_signals()
-    tpl.send({"op": "ready", "pid": os.getpid(), "kind": tpl.kind})
+    build_s = time.perf_counter() - started  # the app's own import and warm-up
+    tpl.send(_messages.TemplateReady(os.getpid(), tpl.kind, build_s))
     tpl.refill()
     tpl.run()
 

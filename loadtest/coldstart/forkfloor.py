@@ -23,9 +23,12 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from forkproxy.loadtest.report.stats import percentile
+
+if TYPE_CHECKING:
+    from forkproxy.backends.process.template import Built
 
 
 def _status(field: str) -> int:
@@ -38,19 +41,13 @@ def _status(field: str) -> int:
 
 
 def probe(app: str, n: int) -> dict[str, Any]:
-    from forkproxy.backends.process import _serve  # held like the template holds them
-    from forkproxy.backends.process.child import apps
+    from forkproxy.backends.process import template  # held like the template holds them
 
-    kind, built = apps.load(app, "auto")
-    if kind == "aiohttp":
-        built.freeze()
-        _serve.prime_template()
-    import uvloop  # noqa: F401
-
+    built = template.build(app)
     gc.collect()
     gc.freeze()
     try:
-        served = _served_forks(kind, built, max(10, n // 5))
+        served = _served_forks(built, max(10, n // 5))
     except (OSError, RuntimeError) as e:  # the fork() floors above still stand without it
         served = {"served_error": f"{type(e).__name__}: {e}"}
     call: list[float] = []
@@ -97,13 +94,12 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _served_forks(kind: str, built: Any, n: int) -> dict[str, Any]:
+def _served_forks(built: Built, n: int) -> dict[str, Any]:
     """n forks running the backend's child code on a socket listening before the fork, each
     asked for GET / at once (the request waits in the backlog while the fork boots), then
     again on a new connection, then SIGTERMed and reaped."""
-    from forkproxy.backends.process import _forked
+    from forkproxy.backends.process import template
 
-    inherited = _forked.Inherited(kind, built, built, None, 1.0, os.getpid(), None, (), ())
     first: list[float] = []
     second: list[float] = []
     gone: list[float] = []
@@ -114,9 +110,7 @@ def _served_forks(kind: str, built: Any, n: int) -> dict[str, Any]:
         lsock.listen(16)
         port = lsock.getsockname()[1]
         t0 = time.perf_counter()
-        pid = os.fork()
-        if pid == 0:
-            _forked.run_instance(inherited, f"floor-{i}", {}, lsock.detach())
+        pid = template.fork_instance(built, f"floor-{i}", lsock.fileno())
         lsock.close()
         try:
             t1 = _get(port)

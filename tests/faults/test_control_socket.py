@@ -11,6 +11,7 @@ import pytest
 
 from forkproxy.backends.process import _template_client
 from forkproxy.backends.process._frames import ControlTimeout, FrameWriter
+from forkproxy.backends.process._messages import SignalInstance
 from tests.backends.contract import recording_context
 from tests.backends.process.helpers import process_config
 
@@ -24,7 +25,7 @@ async def test_a_thousand_concurrent_sends_over_the_real_template_socket_all_com
         # the socket fills and most senders have to wait for room.
         sends = [
             asyncio.ensure_future(  # noqa: TID251 - all awaited below
-                _template_client.send(tpl, {"op": "signal", "id": f"none-{i}", "sig": 0})
+                _template_client.send(tpl, SignalInstance(f"none-{i}", 0))
             )
             for i in range(1000)
         ]

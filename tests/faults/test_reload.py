@@ -306,6 +306,10 @@ async def test_a_burst_of_sighups_under_load(procs: Callable[[str], Proc], tmp_p
     async with Load(p.port, "/", fresh=2, kept=2) as load:
         await load.until(20)
         write_app(tmp_path, "app_burst", "v2")
+        # an app slow to import: the reloads overlap even though the zygote makes a
+        # template's own start a fork (a tiny app's reload is over in milliseconds)
+        with (tmp_path / "app_burst.py").open("a") as f:
+            f.write("\nimport time\ntime.sleep(1.0)\n")
         for _ in range(5):
             p.signal(signal.SIGHUP)
             await asyncio.sleep(0.05)

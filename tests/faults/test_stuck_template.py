@@ -9,7 +9,7 @@ import time
 import uuid
 
 from forkproxy.backends.process import create_backend
-from forkproxy.backends.process._linux import is_running
+from forkproxy.backends.process._procfs import is_running
 from forkproxy.backends.support.kill import KILL_WAIT
 from tests.backends.contract import recording_context
 from tests.backends.process.helpers import process_config

@@ -20,7 +20,9 @@ from forkproxy.backends.process.child import apps
 def before_fork() -> None:
     """Close connections the template opened: each fork opens its own on first use."""
     db = sys.modules.get("django.db")
-    if db is not None:
+    conf = sys.modules.get("django.conf")
+    # imported by the zygote's preload for every app: only a configured Django has any
+    if db is not None and conf is not None and conf.settings.configured:
         # Django reconnects lazily per thread; a connection opened by warmup (or by an
         # import that ran a query) would otherwise be inherited by every fork.
         db.connections.close_all()

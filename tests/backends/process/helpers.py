@@ -9,7 +9,7 @@ from typing import Any
 
 from forkproxy.backends.base import Backend
 from forkproxy.backends.process import parse_config
-from forkproxy.backends.process._linux import is_running
+from forkproxy.backends.process._procfs import is_running
 from forkproxy.backends.process.config import ProcessConfig
 from forkproxy.backends.support.table import Table
 

@@ -1,5 +1,6 @@
 """A stand-in for a proxy process: creates a process backend (fork or exec mode),
-starts two instances, prints {"pids": [...]} (template included) and waits to be killed."""
+starts two instances, prints {"pids": [...], "zygote": pid} (template included) and waits
+to be killed."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import sys
 
 from forkproxy.backends.base import BackendContext
-from forkproxy.backends.process import create_backend, parse_config
+from forkproxy.backends.process import _zygote_client, create_backend, parse_config
 from forkproxy.backends.support.table import Table
 
 
@@ -24,7 +25,9 @@ async def main(pool: str, cwd: str, mode: str) -> None:
     await backend.prepare()
     started = [await backend.start(f"script-{i}") for i in range(2)]
     listed = [i.handle for i in await backend.list() if i.meta.get("kind") == "template"]
-    print(json.dumps({"pids": listed + [i.handle for i in started]}), flush=True)
+    zygote = _zygote_client.running()  # fork mode's shared zygote, the templates' parent
+    pids = listed + [i.handle for i in started]
+    print(json.dumps({"pids": pids, "zygote": zygote.pid if zygote else None}), flush=True)
     await asyncio.Event().wait()
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from forkproxy.backends.process._linux import is_running
+from forkproxy.backends.process._procfs import is_running
 from tests.backends.contract import get
 from tests.backends.process.helpers import MakeBackend
 from tests.conftest import run_proxy

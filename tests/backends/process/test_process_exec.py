@@ -10,7 +10,7 @@ import pytest
 
 from forkproxy.backends.base import BackendContext
 from forkproxy.backends.errors import BackendConfigError, StartError
-from forkproxy.backends.process._linux import is_running
+from forkproxy.backends.process._procfs import is_running
 from tests.backends.contract import deaths, recording_context, serves
 from tests.backends.process.helpers import PY, MakeBackend, exec_command
 
@@ -87,7 +87,7 @@ async def test_sigterm_ignored_falls_back_to_sigkill(make_backend: MakeBackend) 
 
 
 def _pids_in_group(pgid: int) -> list[int]:
-    from forkproxy.backends.process._linux import all_pids
+    from forkproxy.backends.process._procfs import all_pids
 
     found = []
     for pid in all_pids():

@@ -16,7 +16,7 @@ import pytest
 
 from forkproxy.backends.base import BackendContext
 from forkproxy.backends.errors import BackendConfigError
-from forkproxy.backends.process._linux import is_running
+from forkproxy.backends.process._procfs import is_running
 from forkproxy.backends.process.leftovers import scan
 from tests.backends.contract import deaths, get, recording_context, serves
 from tests.backends.process.helpers import REPO, MakeBackend, alive_pids
@@ -99,8 +99,11 @@ async def test_sigkilled_proxy_leaves_no_instance(ctx: BackendContext, mode: str
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        pids = json.loads(line)["pids"]
+        printed = json.loads(line)
+        pids = printed["pids"]
         assert len(pids) == (3 if mode == "fork" else 2)
+        assert (printed["zygote"] is not None) == (mode == "fork")
+        pids += [printed["zygote"]] if printed["zygote"] else []
         assert alive_pids(pids) == pids
     finally:
         proc.kill()

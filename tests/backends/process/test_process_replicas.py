@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from forkproxy.backends.process import _linux, leftovers
+from forkproxy.backends.process import _procfs, leftovers
 from tests.conftest import ProxyProcess
 from tests.proxy import test_lifecycle
 from tests.replicas import run_scenario
@@ -23,10 +23,10 @@ async def test_fork_replicas_share_a_pool_name(
     async def left_of(owner: str) -> int:
         return sum(
             1
-            for pid in _linux.all_pids()
-            if (env := _linux.read_environ(pid))
+            for pid in _procfs.all_pids()
+            if (env := _procfs.read_environ(pid))
             and env.get(leftovers.OWNER_VAR) == owner
-            and _linux.is_running(pid)
+            and _procfs.is_running(pid)
         )
 
     text = CONFIG.format(name=name, max_c=10, mode="fork")

@@ -8,7 +8,7 @@ import os
 import time
 
 from forkproxy.backends.base import Backend, BackendContext, Endpoint, Instance
-from forkproxy.backends.process import _linux, leftovers
+from forkproxy.backends.process import _procfs, leftovers
 from forkproxy.backends.process.config import ProcessConfig
 from forkproxy.backends.process.log import log
 from forkproxy.backends.support.kill import terminate
@@ -36,7 +36,7 @@ def instance_env(ctx: BackendContext, instance_id: str) -> dict[str, str]:
 
 async def wait_gone(pid: int, within: float) -> bool:
     deadline = time.monotonic() + within
-    while _linux.is_running(pid):
+    while _procfs.is_running(pid):
         if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(_POLL)
@@ -79,7 +79,7 @@ class ProcessBackendBase(Backend):
         pid = instance.handle
         if not isinstance(pid, int):
             return False
-        env = await asyncio.to_thread(_linux.read_environ, pid)
+        env = await asyncio.to_thread(_procfs.read_environ, pid)
         if not env or env.get(leftovers.POOL_VAR) != self.ctx.pool_name:
             return False
         found = leftovers.classify(pid, env)
@@ -103,4 +103,4 @@ class ProcessBackendBase(Backend):
         )
 
     async def _alive_foreign(self, instance: Instance) -> bool:
-        return isinstance(instance.handle, int) and _linux.is_running(instance.handle)
+        return isinstance(instance.handle, int) and _procfs.is_running(instance.handle)

@@ -20,6 +20,7 @@ ROLE_WIDTH = 160
 ROLE_TEMPLATE = "template"
 ROLE_EXEC = "exec"
 ROLE_SPARE = "spare"  # forked ahead, not yet an instance: part of its template
+ROLE_ZYGOTE = "zygote"  # the shared process templates are forked from (zygote.py)
 ROLE_FORK_PREFIX = "fork:"
 
 
@@ -58,9 +59,16 @@ def role_slot() -> int | None:
     """Address of this process's ROLE_VAR value in its exec-time environment block,
     or None when the variable is absent or narrower than ROLE_WIDTH. A fork inherits
     the same address, so the template finds it once and every child just writes."""
+    return env_slot(ROLE_VAR)
+
+
+def env_slot(var: str) -> int | None:
+    """Address of `var`'s value in this process's exec-time environment block, if it was
+    padded to ROLE_WIDTH there (the zygote pads its pool and owner labels too: a template
+    forked from it writes its own)."""
     with open("/proc/self/environ", "rb") as f:
         block = f.read()
-    key = ROLE_VAR.encode() + b"="
+    key = var.encode() + b"="
     if block.startswith(key):
         pos = len(key)
     else:
@@ -78,7 +86,7 @@ def role_slot() -> int | None:
 
 
 def write_role(slot: int, role: str) -> bool:
-    """Overwrite the ROLE_VAR value at `slot` (from role_slot()) in place."""
+    """Overwrite the value at `slot` (from role_slot() or env_slot()) in place."""
     value = role.encode()
     if len(value) > ROLE_WIDTH:
         return False
@@ -97,7 +105,10 @@ def read_environ(pid: int) -> dict[str, str] | None:
     for item in raw.split(b"\0"):
         key, sep, value = item.partition(b"=")
         if sep:
-            env[key.decode(errors="replace")] = value.decode(errors="replace")
+            name = key.decode(errors="replace")
+            text = value.decode(errors="replace")
+            # labels written in place are padded to their slot's width
+            env[name] = text.rstrip() if name.startswith("FORKPROXY_") else text
     return env
 
 
