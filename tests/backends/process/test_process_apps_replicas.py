@@ -9,7 +9,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from forkproxy.backends.process import _linux, leftovers
+from forkproxy.backends.process import _procfs, leftovers
 from tests.conftest import ProxyProcess, eventually
 from tests.replicas import _Slow, get, instances
 
@@ -67,17 +67,17 @@ async def both_apps_ready(p: ProxyProcess) -> dict[str, set[int]]:
 
 
 def running(pids: set[int]) -> bool:
-    return all(_linux.is_running(pid) for pid in pids)
+    return all(_procfs.is_running(pid) for pid in pids)
 
 
 def left_of(owner_ids: set[str]) -> int:
     """Processes (templates, forks, spares) of these owners still alive on this host."""
     return sum(
         1
-        for pid in _linux.all_pids()
-        if (env := _linux.read_environ(pid))
+        for pid in _procfs.all_pids()
+        if (env := _procfs.read_environ(pid))
         and env.get(leftovers.OWNER_VAR) in owner_ids
-        and _linux.is_running(pid)
+        and _procfs.is_running(pid)
     )
 
 
