@@ -99,7 +99,14 @@ class Zygote:
         self.pending[token] = answer
         msg = _messages.SpawnTemplate(token, spec, env, cwd, labels)
         try:
-            await self.writer.send(_messages.encode(msg), [theirs.fileno(), err_w], _SEND_PATIENCE)
+            try:
+                await self.writer.send(
+                    _messages.encode(msg), [theirs.fileno(), err_w], _SEND_PATIENCE
+                )
+            except (BrokenPipeError, ConnectionResetError):
+                # it died before we read its EOF: dead from now, so the caller replaces it
+                self._gone()
+                raise
             child = await asyncio.wait_for(asyncio.shield(answer), _SEND_PATIENCE)
         except BaseException:
             ours.close()

@@ -112,7 +112,15 @@ class ForkBackend(_base.ProcessBackendBase):
     async def _start_template(self) -> TemplateHandle:
         zygote = await self._zygote()  # its own start is the proxy's, not this app's
         t0 = time.perf_counter()
-        tpl = await _template_client.spawn(self.config, self.ctx, self._tasks, zygote)
+        try:
+            tpl = await _template_client.spawn(self.config, self.ctx, self._tasks, zygote)
+        except BackendConfigError:
+            if zygote is None or not zygote.dead:
+                raise
+            # the zygote died under us (killed, OOM): a new one, once
+            zygote = await self._zygote()
+            t0 = time.perf_counter()
+            tpl = await _template_client.spawn(self.config, self.ctx, self._tasks, zygote)
         self.template_cost = time.perf_counter() - t0
         self.template_build = tpl.build_s
         self.template_starts += 1
