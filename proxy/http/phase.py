@@ -57,19 +57,16 @@ NEXT: Final[dict[Phase, frozenset[Phase]]] = {
 }
 
 
-class IllegalPhase(RuntimeError):
-    """A move the table does not allow: a bug in the connection, never the client's doing."""
-
-
 def step(current: Phase, wanted: Phase) -> Phase:
     """The phase after asking to move from `current` to `wanted`. Closing is idempotent:
     asking for an ending phase already reached or passed (close() after the client left)
-    keeps the later one. Any other move the table lacks raises IllegalPhase."""
+    keeps the later one. Any other move the table lacks is a bug in the connection, never
+    the client's doing: RuntimeError (a plain one: mypyc compiles no builtin subclass)."""
     if wanted is current or wanted in NEXT[current]:
         return wanted
     if wanted >= CLOSING and current >= wanted:
         return current
-    raise IllegalPhase(f"{current.name} -> {wanted.name}")
+    raise RuntimeError(f"illegal phase move {current.name} -> {wanted.name}")
 
 
 def ending(phase: Phase) -> bool:
