@@ -18,7 +18,7 @@ from typing import Final
 
 class Phase(enum.IntEnum):
     # int-valued: comparisons and hashing in C (an Enum's __hash__ is Python code), and
-    # the ending phases are ordered, so "at least CLOSING" is one comparison
+    # the ending phases come last, so "no further request" is `phase >= CLOSING`
     WAIT = 0  # no byte of the next head yet: a deadline then closes silently (idle)
     HEAD = 1  # a head's bytes are arriving: its deadline answers 408
     HELD = 2  # a websocket head ended: what follows is held, unparsed, until the 101
@@ -67,8 +67,3 @@ def step(current: Phase, wanted: Phase) -> Phase:
     if wanted >= CLOSING and current >= wanted:
         return current
     raise RuntimeError(f"illegal phase move {current.name} -> {wanted.name}")
-
-
-def ending(phase: Phase) -> bool:
-    """No further request is read or answered with keep-alive."""
-    return phase >= CLOSING

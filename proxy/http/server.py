@@ -34,11 +34,11 @@ from forkproxy.proxy.http.phase import (
     HEAD,
     HELD,
     LINGER,
+    NEXT,
     OVERFLOW,
     TUNNEL,
     WAIT,
     Phase,
-    ending,
     step,
 )
 from forkproxy.proxy.http.request import BUDGET_SPENT, ClientError, Request
@@ -108,12 +108,15 @@ class HttpConnection(asyncio.Protocol):
         self.held: bytearray | None = None
 
     def _to(self, wanted: Phase) -> None:
-        self.phase = step(self.phase, wanted)
+        current = self.phase
+        # a move the table lists is one lookup here (two happen per request); step() for
+        # the rest: closing again, or a bug
+        self.phase = wanted if wanted in NEXT[current] else step(current, wanted)
 
     @property
     def closing(self) -> bool:
         """No further request: the one in flight answers with Connection: close."""
-        return ending(self.phase)
+        return self.phase >= CLOSING  # the ending phases come last (phase.py)
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 

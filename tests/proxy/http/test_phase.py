@@ -18,7 +18,6 @@ from forkproxy.proxy.http.phase import (
     TUNNEL,
     WAIT,
     Phase,
-    ending,
     step,
 )
 
@@ -89,5 +88,6 @@ def test_the_table_is_exactly_this() -> None:
     assert allowed == expected
 
 
-def test_ending() -> None:
-    assert [p for p in Phase if ending(p)] == list(ENDING)
+def test_the_ending_phases_come_last() -> None:
+    # the connection's `closing` is `phase >= CLOSING`
+    assert [p for p in Phase if p >= CLOSING] == list(ENDING)
