@@ -67,7 +67,9 @@ Upgrade = Callable[[Request], Awaitable[None]]
 
 class HttpConnection(asyncio.Protocol):
     """One client connection: parses requests, runs one handler at a time (pipelined
-    requests wait their turn), enforces deadlines."""
+    requests wait their turn), enforces deadlines. Its `phase` (phase.py) says what the
+    client's bytes are for and how far the connection is from closing; what serves the
+    requests (active, pipeline, the task) is a queue beside it, not a phase."""
 
     def __init__(self, server: HttpServer) -> None:
 
