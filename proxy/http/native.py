@@ -26,6 +26,7 @@ HOT = (
     "forkproxy.proxy.http.flow",
     "forkproxy.proxy.http.headers",
     "forkproxy.proxy.http.limits",
+    "forkproxy.proxy.http.phase",
     "forkproxy.proxy.http.request_reader",
     "forkproxy.proxy.http.request",
     "forkproxy.proxy.http.response",

@@ -67,12 +67,14 @@ class Writer(Protocol):
     flow: Flow
     buffered: Budget  # request-body bytes held, all connections
     peer: str
-    closing: bool
     draining: bool
     sent: int  # bytes written to the client so far (the access log's bytes)
     # after a 101: the tunnel's ends (tunnel.py)
     tunnel: Callable[[bytes], None] | None
     tunnel_eof: Callable[[], None] | None
+
+    @property
+    def closing(self) -> bool: ...  # no further request: answer with Connection: close
 
     def write(self, data: bytes) -> None: ...
 

@@ -24,12 +24,26 @@ from typing import Any
 from forkproxy.backends.support.tasks import TaskSet
 from forkproxy.proxy.http.chunks import Budget
 from forkproxy.proxy.http.deadline import Deadline
-from forkproxy.proxy.http.flow import HELD, PIPELINE, Flow
+from forkproxy.proxy.http.flow import HELD as HELD_BYTES
+from forkproxy.proxy.http.flow import PIPELINE, Flow
 from forkproxy.proxy.http.limits import Limits
+from forkproxy.proxy.http.phase import (
+    BROKEN,
+    CLOSED,
+    CLOSING,
+    HEAD,
+    HELD,
+    LINGER,
+    NEXT,
+    OVERFLOW,
+    TUNNEL,
+    WAIT,
+    Phase,
+    step,
+)
 from forkproxy.proxy.http.request import BUDGET_SPENT, ClientError, Request
 from forkproxy.proxy.http.request_reader import (
     END,
-    OVERFLOW,
     TOO_LARGE,
     TOO_LARGE_TEXT,
     Event,
@@ -37,6 +51,7 @@ from forkproxy.proxy.http.request_reader import (
     RequestReader,
     UpgradeHead,
 )
+from forkproxy.proxy.http.request_reader import OVERFLOW as TOO_MANY
 
 __all__ = ["ClientError", "HttpConnection", "HttpServer", "Request"]
 
@@ -52,7 +67,9 @@ Upgrade = Callable[[Request], Awaitable[None]]
 
 class HttpConnection(asyncio.Protocol):
     """One client connection: parses requests, runs one handler at a time (pipelined
-    requests wait their turn), enforces deadlines."""
+    requests wait their turn), enforces deadlines. Its `phase` (phase.py) says what the
+    client's bytes are for and how far the connection is from closing; what serves the
+    requests (active, pipeline, the task) is a queue beside it, not a phase."""
 
     def __init__(self, server: HttpServer) -> None:
 
@@ -70,26 +87,38 @@ class HttpConnection(asyncio.Protocol):
         self._serving = False  # _serve runs (a request, or waiting for the next one)
         self._next: asyncio.Future[Request] | None = None  # _serve waits for a request
         self.pipeline: collections.deque[Request] = collections.deque()
-        self.closing = False
-        self.draining = False  # shutting down: finish what is in flight, no keep-alive
-        # a request that broke the rules behind a pipelined one: answered after it
+        # what the client's bytes are for and how far from closing (phase.py); moved
+        # only by _to()
+        self.phase: Phase = WAIT
+        # shutting down: finish what is in flight, no keep-alive. Not a phase: the server
+        # orders it whatever the connection is doing (a head or a body may be arriving)
+        self.draining = False
+        # BROKEN: the error owed to the request that broke behind a pipelined one
         self._broken: ClientError | None = None
         # One deadline per connection (header read, keep-alive idle), on one timer moved
-        # lazily (deadline.py); _due_idle: an idle keep-alive wait, closed silently
+        # lazily (deadline.py); in WAIT it closes silently, in HEAD it answers 408
         self._deadline = Deadline(self.loop, self._on_deadline)
-        self._due_idle = False
         self._linger: asyncio.TimerHandle | None = None
-        self._got_bytes = False  # of the request head being read
-        # after the 101: raw bytes go to the tunnel, not the parser
+        # set by the tunnel (tunnel.py) just before take_held(): TUNNEL's ends
         self.tunnel: Callable[[bytes], None] | None = None
         self.tunnel_eof: Callable[[], None] | None = None
         self.reader = RequestReader(
             self.limits, server.authority, self._request, upgrades=server.upgrade is not None
         )
         self._receiving: Request | None = None  # the request whose body events are for
-        self._overflow = False  # more pipelined requests than max_pipelined: reading stopped
-        # bytes after a websocket head, held until the instance answers 101
+        # HELD: bytes after a websocket head, until the instance answers 101
         self.held: bytearray | None = None
+
+    def _to(self, wanted: Phase) -> None:
+        current = self.phase
+        # a move the table lists is one lookup here (two happen per request); step() for
+        # the rest: closing again, or a bug
+        self.phase = wanted if wanted in NEXT[current] else step(current, wanted)
+
+    @property
+    def closing(self) -> bool:
+        """No further request: the one in flight answers with Connection: close."""
+        return self.phase >= CLOSING  # the ending phases come last (phase.py)
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -101,18 +130,18 @@ class HttpConnection(asyncio.Protocol):
             self.server.rejected("max_connections")
             self.transport.write(_TOO_MANY)
             self.transport.close()
-            self.closing = True
+            self._to(CLOSING)
             return
         self.server.connections.add(self)
         # listen() names the authority once the socket is bound: a connection made by
         # then (its factory ran first) reads it now
         self.reader.authority = self.server.authority
         # a fresh connection gets header_timeout for its first byte (HAProxy's timeout
-        # http-request); closed silently if nothing came, like an idle keep-alive one
-        self._arm(self.limits.header_timeout, idle=True)
+        # http-request); closed silently if nothing came (WAIT), like an idle keep-alive one
+        self._deadline.arm(self.limits.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closing = True
+        self._to(CLOSED)
         self.server.connections.discard(self)
         self._cancel_timers()
         for req in (self.reader.parsing, self.active, *self.pipeline):
@@ -132,7 +161,8 @@ class HttpConnection(asyncio.Protocol):
         self.server.idle_changed()
 
     def eof_received(self) -> bool:
-        if self.tunnel_eof is not None:
+        if self.phase is TUNNEL:
+            assert self.tunnel_eof is not None
             self.tunnel_eof()
             return True
         active = self.active
@@ -144,24 +174,17 @@ class HttpConnection(asyncio.Protocol):
         if parsing is not None:
             parsing.body.fail(ConnectionResetError("client closed mid-request"))
         # half-close: finish the request in flight, then close
-        self.closing = True
+        self._to(CLOSING)
         return self.active is not None
 
     def data_received(self, data: bytes) -> None:
-        if self.tunnel is not None:
-            self.tunnel(data)
-            return
-        if self.held is not None:
-            self.held += data
-            if len(self.held) > _MAX_HELD:
-                self.flow.pause(HELD)
-            return
-        if self.closing or self._broken is not None or self._overflow:
+        phase = self.phase
+        if phase is not WAIT and phase is not HEAD:
+            self._not_parsed(data)
             return
         reader = self.reader
-        if not self._got_bytes and reader.parsing is None:
-            self._got_bytes = True
-            self._arm(self.limits.header_timeout, idle=False)
+        if phase is WAIT and reader.parsing is None:
+            self._head_begins()
         reader.queued = len(self.pipeline) + (self.active is not None)
         # dispatched inline, most frequent first: the data path's hottest loop
         for event in reader.feed(data):
@@ -178,10 +201,24 @@ class HttpConnection(asyncio.Protocol):
                     self._receiving.body.feed(event)
             elif not self._on_event(event):
                 return
-        if reader.in_head and not self._got_bytes:
-            # a head began after the last one ended: header_timeout runs for it
-            self._got_bytes = True
-            self._arm(self.limits.header_timeout, idle=False)
+        if reader.in_head and self.phase is WAIT:
+            self._head_begins()  # after the last one ended, in the same read
+
+    def _head_begins(self) -> None:
+        self._to(HEAD)
+        self._deadline.arm(self.limits.header_timeout)
+
+    def _not_parsed(self, data: bytes) -> None:
+        """Bytes outside HTTP framing: the tunnel's, held for it, or dropped (reading
+        stopped, or closing: a lingering close discards input on purpose)."""
+        phase = self.phase
+        if phase is TUNNEL:
+            assert self.tunnel is not None
+            self.tunnel(data)
+        elif self.held is not None:  # HELD, or a client that half-closed meanwhile
+            self.held += data
+            if len(self.held) > _MAX_HELD:
+                self.flow.pause(HELD_BYTES)
 
     def _on_event(self, event: Event) -> bool:
         """The reader's rarer events; False once nothing more of this read counts."""
@@ -195,15 +232,16 @@ class HttpConnection(asyncio.Protocol):
             # whether it runs now or waits behind a pipelined request, nothing after
             # the handshake is parsed or forwarded before the instance says 101
             self.held = bytearray(event.rest)
+            self._to(HELD)
             self._disarm()
-        elif event is OVERFLOW:
+        elif event is TOO_MANY:
             # the requests queued so far are answered; the last says Connection: close
-            self._overflow = True
+            self._to(OVERFLOW)
             self.pipeline[-1].keep_alive = False
         return False
 
     def _head(self, req: Request) -> bool:
-        self._got_bytes = False
+        self._to(WAIT)
         self._disarm()
         if req.content_length and not req.body.charge(
             min(req.content_length, self.limits.body_buffer)
@@ -231,7 +269,7 @@ class HttpConnection(asyncio.Protocol):
         req = failed.req
         if req is not None and self.active is req:
             req.body.fail(ClientError(400, "Bad Request: malformed body"))
-            self.closing = True
+            self._to(CLOSING)
         else:
             self.fail(failed.status, failed.text, failed.method, req)
 
@@ -239,7 +277,9 @@ class HttpConnection(asyncio.Protocol):
         """The 101 came: bytes held since the upgrade head, and the tunnel takes over."""
         data = bytes(self.held or b"")
         self.held = None
-        self.flow.resume(HELD)
+        if self.phase is HELD:  # else the client half-closed meanwhile: it stays closing
+            self._to(TUNNEL)
+        self.flow.resume(HELD_BYTES)
         return data
 
     def pause_writing(self) -> None:
@@ -293,7 +333,7 @@ class HttpConnection(asyncio.Protocol):
             if not req.response_started:
                 req.keep_alive = False
                 req.respond(exc.status, exc.text)
-            self.closing = True
+            self._to(CLOSING)
         except ConnectionError as gone:  # the client went away or stopped reading: routine
             log.debug("client %s: %s", self.peer, gone)
             self.abort()
@@ -323,19 +363,22 @@ class HttpConnection(asyncio.Protocol):
             return False
         if self.pipeline:
             self._run(self.pipeline.popleft())
-            if not self.pipeline and self._broken is None:
+            if not self.pipeline and self.phase is not BROKEN:
                 self.flow.resume(PIPELINE)
             return True
-        if self._broken is not None:
-            self.fail(self._broken.status, self._broken.text)
+        broken = self._broken
+        if self.phase is BROKEN and broken is not None:
+            self.fail(broken.status, broken.text)
             return False
         self.flow.resume(PIPELINE)
         if self.reader.parsing is None:
-            self._arm(self.limits.keepalive_timeout, idle=True)
+            # keep-alive idle, silent in WAIT (a stray byte after the last request made
+            # it HEAD: that still answers 408, as any head begun)
+            self._deadline.arm(self.limits.keepalive_timeout)
         elif self._deadline.due is None:
-            # the next head's deadline passed while this request ran (_expired skips an
+            # the next head's deadline passed while this request ran (_on_deadline skips an
             # active connection): it gets a fresh one now rather than none
-            self._arm(self.limits.header_timeout, idle=False)
+            self._head_begins()
         self.server.idle_changed()
         return True
 
@@ -395,9 +438,10 @@ class HttpConnection(asyncio.Protocol):
         elif not active.body.complete:
             # the active request's own body broke: its handler answers the error
             active.body.fail(ClientError(status, text))
-            self.closing = True
+            self._to(CLOSING)
         else:
             # a pipelined request broke: answer the ones before it, then this error
+            self._to(BROKEN)
             self._broken = ClientError(status, text)
             if req is not None and req in self.pipeline:
                 self.pipeline.remove(req)
@@ -405,7 +449,7 @@ class HttpConnection(asyncio.Protocol):
             self.flow.pause(PIPELINE)
 
     def close(self) -> None:
-        self.closing = True
+        self._to(CLOSING)
         self._cancel_timers()
         t = self.transport
         if t is not None and not t.is_closing():
@@ -424,23 +468,19 @@ class HttpConnection(asyncio.Protocol):
         if t is None or t.is_closing() or t.get_write_buffer_size() or not t.can_write_eof():
             self.close()
             return
-        self.closing = True
+        self._to(LINGER)
         self._cancel_timers()
         t.write_eof()
         self.flow.resume(~0)  # data_received discards while closing
         self._linger = self.loop.call_later(_LINGER, self.abort)
 
     def abort(self) -> None:
-        self.closing = True
+        self._to(CLOSING)
         self._cancel_timers()
         if self.transport is not None:
             self.transport.abort()
 
     # -- deadlines -----------------------------------------------------------------------
-
-    def _arm(self, delay: float, *, idle: bool) -> None:
-        self._due_idle = idle
-        self._deadline.arm(delay)
 
     def _disarm(self) -> None:
         self._deadline.disarm()
@@ -453,12 +493,9 @@ class HttpConnection(asyncio.Protocol):
             self._linger = None
 
     def _on_deadline(self) -> None:
-        self._expired(self._due_idle)
-
-    def _expired(self, idle: bool) -> None:
         if self.active is not None:
             return
-        if idle and not self._got_bytes:
+        if self.phase is WAIT:
             self.close()  # an idle keep-alive connection: nothing to answer
             return
         self.server.rejected("header_timeout")
