@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import psutil
 
 from forkproxy.loadtest.load.httpload import run_load
@@ -117,11 +118,17 @@ def _cpu(pid: int) -> tuple[float, float]:
     return t.user + t.system, t.children_user + t.children_system
 
 
-def _template_pid(proxy_pid: int) -> int | None:
-    for child in psutil.Process(proxy_pid).children():
-        with contextlib.suppress(psutil.Error):
-            if "forkproxy.backends.process.template" in " ".join(child.cmdline()):
-                return child.pid
+async def _template_pid(fp: RunningProxy) -> int | None:
+    # from the admin's ladder, not a command line: a template forked from the shared zygote
+    # is the zygote's child and carries the zygote's argv
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s,
+        s.get(f"{fp.admin}/instances") as resp,
+    ):
+        listing = await resp.json()
+    for ladder in (listing.get("ladder") or {}).values():
+        if ladder and ladder.get("template_pid"):
+            return int(ladder["template_pid"])
     return None
 
 
@@ -134,7 +141,7 @@ def _starts(metrics: str) -> float:
 
 async def fresh_rate(fp: RunningProxy, connections: int, seconds: float) -> dict[str, Any]:
     """wrk at `connections` against a proxy with max_requests_per_instance = 1."""
-    tpl = _template_pid(fp.proc.pid)
+    tpl = await _template_pid(fp)
     if tpl is None:
         raise RuntimeError("no fork template under the proxy")
     starts0 = _starts(await fp.metrics())
