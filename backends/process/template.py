@@ -17,7 +17,6 @@ import gc
 import json
 import os
 import select
-import signal
 import socket
 import sys
 import threading
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from forkproxy.backends.process import _forked, _messages, _procfs
+from forkproxy.backends.process._supervisor import Supervisor
 from forkproxy.backends.process.child import failures
 
 _MAX_MSG = 64 * 1024
@@ -39,12 +39,10 @@ def exit_reason(status: int) -> str:
     return f"exited:{os.waitstatus_to_exitcode(status)}"
 
 
-class Template:
+class Template(Supervisor):
     def __init__(self, spec: dict[str, Any], ctl: socket.socket) -> None:
+        super().__init__(spec, ctl)
         self.spec = spec
-        self.ctl = ctl
-        self.parent = int(spec["parent_pid"])
-        self.grace = float(spec["stop_grace"])
         self.children: dict[int, str] = {}  # pid -> instance id
         self.prefork = int(spec.get("prefork", 0))
         self.spares: dict[int, socket.socket] = {}  # pid -> our end of its assignment socket
@@ -53,8 +51,6 @@ class Template:
         self.kind = ""
         self.app: Any = None
         self.user_app: Any = None
-        self.stopping = False
-        self.wake_r, self.wake_w = os.pipe()
         # Children report a crash here (one datagram: the traceback) rather than on
         # stderr, so a crash loop prints its traceback once. Non-blocking on both ends:
         # a child never waits on a template busy forking.
@@ -64,12 +60,6 @@ class Template:
         self.failures = failures.Failures(lambda text: print(text, file=sys.stderr, flush=True))
         self.pid = os.getpid()
         self.role_slot: int | None = None
-
-    def send(self, msg: _messages.Message) -> None:
-        try:
-            self.ctl.send(_messages.encode(msg))
-        except OSError:
-            self.stopping = True  # the proxy is gone
 
     # -- setup -------------------------------------------------------------------
 
@@ -95,17 +85,6 @@ class Template:
         gc.collect()
         gc.freeze()
 
-    def install_signals(self) -> None:
-        os.set_blocking(self.wake_w, False)
-        os.set_blocking(self.wake_r, False)
-        signal.set_wakeup_fd(self.wake_w)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
-        signal.signal(signal.SIGTERM, self._on_term)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the proxy decides when we stop
-
-    def _on_term(self, *_: object) -> None:
-        self.stopping = True
-
     # -- main loop ---------------------------------------------------------------
 
     def run(self) -> None:
@@ -118,7 +97,7 @@ class Template:
                 [ctl, self.wake_r, fail], [], [], _REFILL_AFTER if short else 1.0
             )
             if self.wake_r in ready:
-                self._drain_wake()
+                self.drain_wake()
             if fail in ready:
                 self._read_reports()
             if ctl in ready:
@@ -127,8 +106,8 @@ class Template:
             if not ready:
                 self.refill()
             self._report_spares()
-            if os.getppid() != self.parent:
-                break  # the proxy died and PDEATHSIG did not get us first
+            if self.orphaned():
+                break
         self.shutdown()
 
     def _report_spares(self) -> None:
@@ -136,13 +115,6 @@ class Template:
         if len(self.spares) != self.spares_reported:
             self.spares_reported = len(self.spares)
             self.send(_messages.SparesWaiting(self.spares_reported))
-
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self.wake_r, 512):
-                pass
-        except BlockingIOError:
-            pass
 
     def _read_reports(self) -> None:
         """Children's reports: a crash's traceback, or working after a response."""
@@ -267,52 +239,26 @@ class Template:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
 
-    def reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            iid = self.children.pop(pid, None)
-            if iid:
-                self.send(_messages.InstanceExited(iid, pid, exit_reason(status)))
-            elif pid in self.spares:
-                self.spares.pop(pid).close()
-                self.spare_failures += 1
-                print(
-                    f"forkproxy template: spare {pid} died unassigned ({exit_reason(status)})",
-                    file=sys.stderr,
-                )
+    def exited(self, pid: int, status: int) -> None:
+        iid = self.children.pop(pid, None)
+        if iid:
+            self.send(_messages.InstanceExited(iid, pid, exit_reason(status)))
+        elif pid in self.spares:
+            self.spares.pop(pid).close()
+            self.spare_failures += 1
+            print(
+                f"forkproxy template: spare {pid} died unassigned ({exit_reason(status)})",
+                file=sys.stderr,
+            )
 
     def shutdown(self) -> None:
-        # forkproxy.backends.support.kill's sequence for all children at once, written out: the
-        # template has no event loop, and waits for its children with waitpid.
         self.stopping = True
         self._read_reports()
         for pid, conn in self.spares.items():
             conn.close()  # an unassigned spare sees EOF and exits
             self.children[pid] = ""  # waited for like the others, reported to nobody
         self.spares.clear()
-        for pid in list(self.children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.grace
-        while self.children and time.monotonic() < deadline:
-            time.sleep(0.02)
-            self.reap()
-        for pid in list(self.children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        while self.children:
-            try:
-                pid, status = os.waitpid(-1, 0)
-            except ChildProcessError:
-                break
-            iid = self.children.pop(pid, None)
-            if iid:
-                self.send(_messages.InstanceExited(iid, pid, exit_reason(status)))
+        self.stop_children(self.children.keys(), self.grace)
 
 
 def serving_form(kind: str, app: Any, threads: int, grace: float) -> Any:

@@ -31,6 +31,7 @@ import traceback
 from typing import Any, NoReturn
 
 from forkproxy.backends.process import _forked, _messages, _procfs
+from forkproxy.backends.process._supervisor import Supervisor
 from forkproxy.backends.process.config import ZYGOTE_FRAMEWORKS
 
 _MAX_MSG = 256 * 1024  # a template's whole environment rides in its SpawnTemplate
@@ -88,46 +89,23 @@ def first_changed(files: dict[str, int]) -> str:
     return ""
 
 
-class Zygote:
+class Zygote(Supervisor):
     def __init__(self, spec: dict[str, Any], ctl: socket.socket) -> None:
-        self.parent = int(spec["parent_pid"])
-        self.grace = float(spec["stop_grace"])
-        self.ctl = ctl
+        super().__init__(spec, ctl)
         self.children: set[int] = set()
         self.files: dict[str, int] = {}  # what it imported (module_files), to tell staleness
-        self.stopping = False
-        self.wake_r, self.wake_w = os.pipe()
-
-    def send(self, msg: _messages.Message) -> None:
-        try:
-            self.ctl.send(_messages.encode(msg))
-        except OSError:
-            self.stopping = True  # the proxy is gone
-
-    def install_signals(self) -> None:
-        os.set_blocking(self.wake_w, False)
-        os.set_blocking(self.wake_r, False)
-        signal.set_wakeup_fd(self.wake_w)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
-        signal.signal(signal.SIGTERM, self._on_term)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the proxy decides when we stop
-
-    def _on_term(self, *_: object) -> None:
-        self.stopping = True
 
     def run(self) -> None:
         while not self.stopping:
             ctl = self.ctl.fileno()
             ready, _, _ = select.select([ctl, self.wake_r], [], [], 1.0)
             if self.wake_r in ready:
-                with contextlib.suppress(BlockingIOError):
-                    while os.read(self.wake_r, 512):
-                        pass
+                self.drain_wake()
             if ctl in ready:
                 self._handle_message()
             self.reap()
-            if os.getppid() != self.parent:
-                break  # the proxy died and PDEATHSIG did not get us first
+            if self.orphaned():
+                break
         self.shutdown()
 
     def _handle_message(self) -> None:
@@ -207,37 +185,15 @@ class Zygote:
                 sys.stderr.flush()
             os._exit(code)
 
-    def reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            self.children.discard(pid)
-            code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-            self.send(_messages.TemplateExited(pid, code))
+    def exited(self, pid: int, status: int) -> None:
+        self.children.discard(pid)
+        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        self.send(_messages.TemplateExited(pid, code))
 
     def shutdown(self) -> None:
         # Templates stop their own instances within the grace they were given; this one
         # more second is theirs to report and exit.
-        for pid in self.children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.grace + 1.0
-        while self.children and time.monotonic() < deadline:
-            time.sleep(0.02)
-            self.reap()
-        for pid in self.children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        while self.children:
-            try:
-                pid, _status = os.waitpid(-1, 0)
-            except ChildProcessError:
-                break
-            self.children.discard(pid)
+        self.stop_children(self.children, self.grace + 1.0)
 
 
 def serve_template(spec: dict[str, Any]) -> None:
