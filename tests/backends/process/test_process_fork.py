@@ -201,16 +201,17 @@ async def test_spares_counts_the_templates_spare_processes(
     async def spare_pids() -> list[int]:
         return [f.pid for f in await asyncio.to_thread(scan, ctx.pool_name) if f.kind == "spare"]
 
-    async def counted(n: int, what: str) -> list[int]:
-        # a spare labels itself just after its fork: the scan may lag the template's count.
-        # The pids returned are the scan that agreed (a second scan could catch a new
+    async def counted(n: int, what: str, taken: int = 0) -> list[int]:
+        # a spare labels itself just after its fork, and a taken one relabels itself as its
+        # instance just after the hand-over: the scan may lag the template's count either
+        # way. The pids returned are the scan that agreed (a second scan could catch a new
         # spare not yet labelled).
         seen: list[int] = []
 
         async def agree() -> bool:
             nonlocal seen
             seen = await spare_pids()
-            return backend.spares == n == len(seen)
+            return backend.spares == n == len(seen) and taken not in seen
 
         await eventually(agree, 15.0, what)
         return seen
@@ -218,7 +219,7 @@ async def test_spares_counts_the_templates_spare_processes(
     first = await counted(2, "two spares forked")
     inst = await backend.start("takes-one")
     assert inst.meta["prefork"] == "spare" and int(inst.meta["pid"]) in first
-    after = await counted(2, "the taken spare replaced")
+    after = await counted(2, "the taken spare replaced", taken=int(inst.meta["pid"]))
     assert int(inst.meta["pid"]) not in after
     os.kill(after[0], signal.SIGKILL)  # a spare that dies unassigned is counted out, refilled
     refilled = await counted(2, "the dead spare replaced")
