@@ -31,6 +31,19 @@ class Supervisor:
         except OSError:
             self.stopping = True  # the proxy is gone
 
+    def recv(self, max_size: int) -> tuple[bytes, list[int]] | None:
+        """One control message and the fds it carries; None if none is there yet. Empty
+        data: the proxy closed the socket (or it broke), and it is done with us."""
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self.ctl, max_size, 4)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            return b"", []
+        if not data:
+            self.stopping = True
+        return data, fds
+
     def install_signals(self) -> None:
         os.set_blocking(self.wake_w, False)
         os.set_blocking(self.wake_r, False)

@@ -136,16 +136,12 @@ class Template(Supervisor):
                 self.send(_messages.InstanceWorking(iid, bool(msg.get("working"))))
 
     def _handle_message(self) -> None:
-        try:
-            data, fds, _flags, _addr = socket.recv_fds(self.ctl, _MAX_MSG, 4)
-        except (BlockingIOError, InterruptedError):
+        if (got := self.recv(_MAX_MSG)) is None:
             return
-        except OSError:
-            data, fds = b"", []
+        data, fds = got
         if not data:
             for fd in fds:
                 os.close(fd)
-            self.stopping = True  # control socket closed: the proxy is done with us
             return
         msg = _messages.decode(data)
         if isinstance(msg, _messages.StartInstance):

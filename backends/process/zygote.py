@@ -109,14 +109,9 @@ class Zygote(Supervisor):
         self.shutdown()
 
     def _handle_message(self) -> None:
-        try:
-            data, fds, _flags, _addr = socket.recv_fds(self.ctl, _MAX_MSG, 4)
-        except (BlockingIOError, InterruptedError):
+        if (got := self.recv(_MAX_MSG)) is None:
             return
-        except OSError:
-            data, fds = b"", []
-        if not data:
-            self.stopping = True  # control socket closed: the proxy is done with us
+        data, fds = got
         try:
             msg = _messages.decode(data) if data else None
             if isinstance(msg, _messages.SpawnTemplate) and len(fds) == 2:
