@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from forkproxy.backends.support.gaps import GapLog
+
 # Labels every backend puts on what it creates, so a restarted proxy finds leftovers.
 LABEL_MANAGED = "io.forkproxy.managed"  # always "true"
 LABEL_POOL = "io.forkproxy.pool"  # BackendContext.pool_name
@@ -62,6 +64,9 @@ class BackendContext:
     start_timeout: float = 30.0
     on_death: DeathCallback = field(default=lambda _id, _reason: None)
     on_working: WorkCallback = field(default=lambda _id, _working: None)
+    # the app's idle gaps: the pool records them, a backend prices the rungs it owns by
+    # them (the fork template's keep-alive)
+    gaps: GapLog = field(default_factory=GapLog)
 
     def labels(self, instance_id: str) -> dict[str, str]:
         return {

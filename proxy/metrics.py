@@ -66,6 +66,12 @@ class Metrics:
             "How long idle capacity is kept (idle_ttl, or priced by the start cost)",
             registry=r,
         )
+        self.gap_window = Gauge(
+            f"{p}_gap_window_seconds",
+            "How long the app's last instance is held idle, learned from its idle gaps "
+            "(0: not learned yet, or its gaps are too long to pay)",
+            registry=r,
+        )
         self.demand_growth = Gauge(
             f"{p}_demand_growth",
             "How fast requests in flight + held rise, per second (0 when flat or falling)",
@@ -115,6 +121,12 @@ class Metrics:
 _PER_POOL: tuple[tuple[str, str, str, Callable[[Iterable[float]], float]], ...] = (
     ("start_cost", "start_cost_seconds", "Measured start-to-ready time, by app", max),
     ("keep_alive", "keep_alive_seconds", "How long idle capacity is kept, by app", max),
+    (
+        "gap_window",
+        "gap_window_seconds",
+        "How long the app's last instance is held idle, learned, by app",
+        max,
+    ),
     ("demand_growth", "demand_growth", "How fast demand rises per second, by app", sum),
     (
         "instance_memory",

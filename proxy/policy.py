@@ -8,7 +8,11 @@ Everything is priced by what a start costs, measured by the pool (`Snapshot.star
   when the next request comes (ski rental), so a 5 ms fork is kept for well under a
   second and a multi-second VM clone for much longer;
 - scale-in: instances beyond what the peak demand of the last keep-alive window needs
-  are drained (they finish what they have, take nothing new), idle ones first.
+  are drained (they finish what they have, take nothing new), idle ones first;
+- the last instance: held through the app's learned idle gaps (`Snapshot.gap_window`,
+  backends/support/gaps.py) when they are short enough to pay, so a steadily called app
+  does not scale to zero between its requests. Only the last one: the capacity above
+  it follows the load as before, so the learned window costs one instance at most.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class Snapshot:
     recent_peak: float = 0.0  # peak requests in flight over the last keep_alive() seconds
     finishing: float = 0.0  # requests finishing per second (slots freed), recent
     backlog_age: float = 0.0  # how long requests have been waiting without a break
+    gap_window: float = 0.0  # hold the last instance this long idle (learned; 0: not)
 
 
 @dataclass(frozen=True)
@@ -154,9 +159,10 @@ def _scale_in(
     snap: Snapshot, cfg: PoolConfig, serving: list[InstanceView], starting: list[InstanceView]
 ) -> tuple[tuple[str, str], ...]:
     """Never while requests wait or starts are under way (they'd rather take the one we
-    stop). Two rules, both keeping min_instances and warm_pool spares on top of the load:
-    surplus beyond what the window's peak needs is drained (least busy first); and an
-    instance idle past the keep-alive is stopped even if the peak still counts it."""
+    stop). Two rules, both keeping min_instances and warm_pool spares on top of the load,
+    and the last instance while the learned gap window holds it: surplus beyond what the
+    window's peak needs is drained (least busy first); and an instance idle past the
+    keep-alive is stopped even if the peak still counts it."""
     if snap.waiting or snap.refused or starting:
         return ()
     ttl = keep_alive(cfg, snap.start_cost)
@@ -165,11 +171,12 @@ def _scale_in(
         serving,
         key=lambda i: (i.in_flight, i.idle_since if i.idle_since is not None else math.inf),
     )
+    held = _held_last(snap, serving)
     stops: list[tuple[str, str]] = []
-    surplus = len(serving) - instances_for(max(snap.recent_peak, load), cfg)
+    surplus = len(serving) - max(held, instances_for(max(snap.recent_peak, load), cfg))
     for inst in order[: max(0, surplus)]:  # "surplus" if it still has requests to finish
         stops.append((inst.id, "surplus" if inst.in_flight else "idle"))
-    room = len(serving) - len(stops) - instances_for(load, cfg)
+    room = len(serving) - len(stops) - max(held, instances_for(load, cfg))
     for inst in order[len(stops) :]:
         if room <= 0 or inst.in_flight or inst.idle_since is None:
             break
@@ -177,3 +184,15 @@ def _scale_in(
             stops.append((inst.id, "idle"))
             room -= 1
     return tuple(stops)
+
+
+def _held_last(snap: Snapshot, serving: list[InstanceView]) -> int:
+    """1 while the learned gap window holds the app's last instance: some instance is busy
+    or went idle less than gap_window ago (the most recently used one is the one kept:
+    scale-in stops the longest idle first)."""
+    if snap.gap_window <= 0:
+        return 0
+    for i in serving:
+        if i.idle_since is None or snap.now - i.idle_since < snap.gap_window:
+            return 1
+    return 0

@@ -235,6 +235,7 @@ class Pool(Lifecycle):
         if self._closing:
             raise PoolClosed("shutting down")
         arrived = self.clock()
+        self.ctx.gaps.arrival(arrived)
         if not self._waiters and (slot := self._pick()) is not None:
             first = self._assign(slot)
             self._record(arrived)
@@ -315,6 +316,8 @@ class Pool(Lifecycle):
             slot.strikes = 0
         if slot.in_flight == 0:
             self._now_quiet(slot, now)
+        if not self._in_flight and not self._waiters:
+            self.ctx.gaps.idle(now)
         if self._waiters:
             self._dispatch()
             self._after_change()
@@ -398,6 +401,13 @@ class Pool(Lifecycle):
             settings["target_concurrency"] = f"auto → {self._target:g}"
         if self.cfg.idle_ttl is None:
             settings["idle_ttl"] = f"auto → {keep_alive(self.cfg, cost):.3g}s"
+            gaps = self.ctx.gaps
+            held = self._gap_window(cost)
+            settings["learned_gap_window"] = (
+                f"{held:.3g}s (last instance held; {len(gaps)} idle gaps seen)"
+                if held
+                else f"none ({len(gaps)} idle gaps seen)"
+            )
         settings["measured_start_cost"] = f"{cost * 1000:.3g} ms"
         return settings
 
@@ -407,11 +417,13 @@ class Pool(Lifecycle):
         views = tuple(s.view() for s in self._slots.values() if s.state in LIVE)
         cost = self._cost(now)
         window = keep_alive(self.cfg, cost)
+        gap_window = self._gap_window(cost)
         # rising over the last second and still rising over the last half: a step is
         # growth once, not for the whole second the step stays in the window
         growth = min(self._demand.growth(now, 1.0), self._demand.growth(now, 0.5))
         self.metrics.start_cost.set(cost)
         self.metrics.keep_alive.set(window)
+        self.metrics.gap_window.set(gap_window)
         self.metrics.demand_growth.set(growth)
         return Snapshot(
             now=now,
@@ -424,7 +436,15 @@ class Pool(Lifecycle):
             recent_peak=self._demand.peak(now, window),
             finishing=self._demand.finishing(now),
             backlog_age=now - self._queued_since if self._waiters else 0.0,
+            gap_window=gap_window,
         )
+
+    def _gap_window(self, cost: float) -> float:
+        """The last instance's learned hold (policy.Snapshot.gap_window): only under
+        idle_ttl = "auto"; a fixed idle_ttl is the operator's choice and stands alone."""
+        if self.cfg.idle_ttl is not None:
+            return 0.0
+        return self.ctx.gaps.window(cost, KEEP_ALIVE_MAX)
 
     def tick(self) -> None:
         """One control-path step: what the periodic loop runs (tests call it directly

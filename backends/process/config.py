@@ -50,6 +50,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+from forkproxy.backends.support.gaps import GapLog
 from forkproxy.backends.support.table import Table
 
 MODES = ("fork", "exec")
@@ -57,10 +58,14 @@ APP_KINDS = ("auto", "aiohttp", "asgi", "wsgi")
 # The bundled demo ships in the package: `forkproxy run` with no config works after pip install.
 DEFAULT_APP = "forkproxy.backends.process.demo:create_app"
 DEFAULT_COMMAND = ("python", "-m", "forkproxy.backends.process.demo", "--port", "{port}")
-# template_idle_ttl = "auto": this many template starts' worth of idle time, clamped. A
-# template holds a whole interpreter with the app imported; climbing back costs one import.
+# template_idle_ttl = "auto": this many template starts' worth of idle time, clamped, or the
+# app's learned idle gaps where they are short enough (support/gaps.py). A template holds a
+# whole interpreter with the app imported (~10 MiB PSS beside the zygote); climbing back
+# costs one fork of the zygote and the app's own import (~40 ms quiet). The floor is low:
+# an app called steadily keeps its template through its learned gaps, and one with no
+# pattern (new, or rare) should not hold 10 MiB for half a minute on the chance.
 TEMPLATE_TTL_STARTS = 20.0
-TEMPLATE_TTL_MIN = 30.0
+TEMPLATE_TTL_MIN = 5.0
 TEMPLATE_TTL_MAX = 300.0  # well under the 10 minutes after which an idle app holds nothing
 ZYGOTE_FRAMEWORKS = ("aiohttp", "flask", "django", "fastapi", "starlette", "waitress", "uvicorn")
 DEFAULT_THREADS = 4  # waitress's own default; an instance is cheap, so more forks beat more threads
@@ -92,12 +97,15 @@ class ProcessConfig:
     host: str = "127.0.0.1"
     stop_grace: float = 5.0
 
-    def template_ttl(self, start_cost: float) -> float:
-        """How long a template with no instance is kept: the key, or priced by `start_cost`
-        (seconds its last start took) under "auto"."""
+    def template_ttl(self, start_cost: float, gaps: GapLog | None = None) -> float:
+        """How long a template with no instance is kept: the key, or under "auto" priced by
+        `start_cost` (seconds its last start took), or longer, through the app's learned
+        idle gaps where holding it through them costs few enough starts (support/gaps.py)."""
         if self.template_idle_ttl is not None:
             return self.template_idle_ttl
-        return min(TEMPLATE_TTL_MAX, max(TEMPLATE_TTL_MIN, TEMPLATE_TTL_STARTS * start_cost))
+        priced = min(TEMPLATE_TTL_MAX, max(TEMPLATE_TTL_MIN, TEMPLATE_TTL_STARTS * start_cost))
+        learned = gaps.window(start_cost, TEMPLATE_TTL_MAX) if gaps is not None else 0.0
+        return max(priced, learned)
 
     @property
     def uses_zygote(self) -> bool:

@@ -156,7 +156,7 @@ class ForkBackend(_base.ProcessBackendBase):
 
     async def _give_back_when_idle(self) -> None:
         while (since := self._idle_since) is not None:
-            ttl = self.config.template_ttl(self.template_cost)
+            ttl = self.config.template_ttl(self.template_cost, self.ctx.gaps)
             if ttl == math.inf:
                 return
             if (wait := since + ttl - time.monotonic()) > 0:
@@ -193,7 +193,7 @@ class ForkBackend(_base.ProcessBackendBase):
             "fork_s": round(self.fork_cost, 4),
             "template_starts": self.template_starts,
             "template_give_backs": self.template_give_backs,
-            "template_idle_ttl_s": self.config.template_ttl(self.template_cost),
+            "template_idle_ttl_s": self.config.template_ttl(self.template_cost, self.ctx.gaps),
             "zygote": self._zygote_info(),
         }
 

@@ -17,6 +17,7 @@ from forkproxy.backends.process import _zygote_client
 from forkproxy.backends.process._procfs import is_running, proc_state
 from forkproxy.backends.process.fork import ForkBackend
 from forkproxy.backends.process.leftovers import scan
+from forkproxy.backends.support.gaps import GapLog
 from forkproxy.backends.support.owner import Owner, new_owner_id, this_space
 from tests.backends.contract import get, recording_context
 from tests.backends.process.helpers import MakeBackend, process_config
@@ -180,10 +181,21 @@ async def test_a_dead_zygote_is_replaced_on_the_next_climb(make_backend: MakeBac
 
 def test_template_ttl_auto_is_priced_and_bounded() -> None:
     auto = process_config(app=FLASK)
-    assert auto.template_ttl(0.01) == 30.0  # floor
+    assert auto.template_ttl(0.01) == 5.0  # floor
     assert auto.template_ttl(5.0) == 100.0  # 20 starts' worth
     assert auto.template_ttl(100.0) == 300.0  # under 10 minutes, always
     assert process_config(template_idle_ttl=0).template_ttl(1.0) == 0.0
+    # an app called every ~20 s: its learned gaps (2 x the 99th percentile) hold the
+    # template through them, where the start price alone gave it back after 5 s
+    gaps = GapLog()
+    for k in range(20):
+        gaps.idle(100.0 * k)
+        gaps.arrival(100.0 * k + 10.0 + k % 3)
+    assert auto.template_ttl(0.2, gaps) == 24.0
+    # ... not when holding it costs more than LEARNED_STARTS template starts (0.02 s: 10 s)
+    assert auto.template_ttl(0.02, gaps) == 5.0
+    # a fixed key is the operator's choice, learned gaps or not
+    assert process_config(template_idle_ttl=0).template_ttl(0.2, gaps) == 0.0
 
 
 def test_template_keys_parse_and_bad_values_name_the_key() -> None:

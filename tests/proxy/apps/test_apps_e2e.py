@@ -21,12 +21,13 @@ from tests.conftest import eventually
 APPS = "tests.proxy.apps.two_apps"
 
 
-def config(idle_ttl: str, **extra: Any) -> dict[str, Any]:
+def config(idle_ttl: str, template_ttl: str = "auto", **extra: Any) -> dict[str, Any]:
     def app(hosts: list[str], func: str, **more: Any) -> dict[str, Any]:
+        backend = {"type": "process", "mode": "fork", "app": f"{APPS}:{func}"}
         return {
             "hosts": hosts,
             "pool": {"idle_ttl": idle_ttl, "start_timeout": "10s", "tick": "50ms"},
-            "backend": {"type": "process", "mode": "fork", "app": f"{APPS}:{func}"},
+            "backend": {**backend, "template_idle_ttl": template_ttl},
             **more,
         }
 

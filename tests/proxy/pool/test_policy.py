@@ -46,6 +46,7 @@ def snap(
     peak: float = 0.0,
     finishing: float = 0.0,
     backlog: float = 0.0,
+    gap_window: float = 0.0,
 ) -> Snapshot:
     return Snapshot(
         now=now,
@@ -58,6 +59,7 @@ def snap(
         recent_peak=peak,
         finishing=finishing,
         backlog_age=backlog,
+        gap_window=gap_window,
     )
 
 
@@ -197,6 +199,26 @@ def test_auto_keep_alive_reaps_a_fork_within_a_second() -> None:
     assert decide(snap(0, *inst, now=99.45, cost=0.02, peak=1), AUTO).stop == ("a",)
     # the same idle time with a 250 ms start (keep-alive 5 s): kept
     assert decide(snap(0, *inst, now=99.6, cost=0.25, peak=1), AUTO).stop == ()
+
+
+def test_a_learned_gap_window_holds_the_last_instance_only() -> None:
+    # a fork (0.4 s keep-alive) of an app whose learned gaps ask for a 3 s hold
+    last = (ready("a", 0, 99.0),)
+    assert decide(snap(0, *last, now=101.5, cost=0.02, gap_window=3.0), AUTO).stop == ()
+    assert decide(snap(0, *last, now=102.1, cost=0.02, gap_window=3.0), AUTO).stop == ("a",)
+    assert decide(snap(0, *last, now=101.5, cost=0.02), AUTO).stop == ("a",)  # not learned
+    # three idle instances: the two longest idle go at the keep-alive, the most recently
+    # used one is held for the window
+    three = (ready("a", 0, 99.0), ready("b", 0, 98.0), ready("c", 0, 97.0))
+    d = decide(snap(0, *three, now=101.0, cost=0.02, gap_window=3.0), AUTO)
+    assert d.stops == (("c", "idle"), ("b", "idle"))
+    # busy with one request: only what the load needs and no more stays
+    busy = (ready("a", 1), ready("b", 0, 99.0))
+    assert decide(snap(0, *busy, now=101.0, cost=0.02, gap_window=3.0), AUTO).stop == ("b",)
+    # a fixed idle_ttl: the pool passes no window, the TTL alone decides
+    cfg = PoolConfig(idle_ttl=1.0, max_concurrency=4)
+    assert decide(snap(0, *last, now=99.9, peak=1), cfg).stop == ()
+    assert decide(snap(0, *last, now=100.1, peak=1), cfg).stop == ("a",)
 
 
 def test_surplus_is_drained_when_load_fits_in_fewer_least_busy_first() -> None:

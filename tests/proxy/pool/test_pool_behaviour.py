@@ -10,6 +10,7 @@ import sys
 import aiohttp
 import pytest
 
+from forkproxy.backends.support.gaps import GAP_MIN_SAMPLES
 from tests.conftest import Running, eventually, run_proxy
 
 
@@ -122,6 +123,26 @@ async def test_idle_instances_are_reaped_after_ttl() -> None:
         await eventually(gone, 5, "idle instance to be reaped")
         text = await (await p.session.get(p.admin + "/metrics")).text()
         assert 'forkproxy_instance_stops_total{reason="idle"} 1.0' in text
+
+
+async def test_an_app_called_steadily_keeps_its_instance_through_its_learned_gaps() -> None:
+    # A fork's own keep-alive (20 starts: well under a second) would reap the instance in
+    # every 1.2 s pause; after GAP_MIN_SAMPLES pauses the pool has learned them and holds
+    # the app's last instance through the next ones (2 x their 99th percentile).
+    async with run_proxy(pool={"idle_ttl": "auto"}) as p:
+        served: list[tuple[str, bool]] = []
+        for _ in range(GAP_MIN_SAMPLES + 3):
+            async with p.session.get(p.url + "/") as r:
+                assert r.status == 200
+                served.append((r.headers["X-Instance-Id"], "cold" in r.headers["Server-Timing"]))
+            await asyncio.sleep(1.2)
+        held = served[GAP_MIN_SAMPLES:]
+        assert len({i for i, _ in held}) == 1 and not any(c for _, c in held[1:]), served
+        text = await (await p.session.get(p.admin + "/metrics")).text()
+        window = [ln for ln in text.splitlines() if ln.startswith("forkproxy_gap_window_seconds ")]
+        assert window and 2.0 < float(window[0].split()[1]) < 5.0, window
+        settings = p.proxy.pool.effective_settings()  # what the live page shows
+        assert "last instance held" in settings["learned_gap_window"], settings
 
 
 async def test_fresh_instance_per_request() -> None:
