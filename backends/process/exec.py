@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 
 from forkproxy.backends.base import BackendContext, Endpoint, Instance
 from forkproxy.backends.errors import BackendConfigError, StartError
-from forkproxy.backends.process import _base, _memory, _procfs
+from forkproxy.backends.process import _base, _procfs
 from forkproxy.backends.process import log as output
 from forkproxy.backends.process.config import ProcessConfig
 from forkproxy.backends.process.log import log
 from forkproxy.backends.support.kill import terminate, within
+from forkproxy.backends.support.memory import measure
 from forkproxy.backends.support.tasks import TaskSet
 
 _TAIL_LINES = 20
@@ -197,7 +198,7 @@ class ExecBackend(_base.ProcessBackendBase):
                 pids[inst.id] = entry.proc.pid
         if not pids:
             return {}
-        return await asyncio.to_thread(_memory.measure, pids, tree=True)
+        return await asyncio.to_thread(measure, pids, tree=True)
 
     async def alive(self, instance: Instance) -> bool:
         entry = self._procs.get(instance.id)
