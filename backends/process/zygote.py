@@ -200,7 +200,7 @@ def serve_template(spec: dict[str, Any]) -> None:
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
-    nofile.restore(spec.get("nofile"))  # before any import: the templates inherit it
+    nofile.restore(spec.get("nofile"))  # before the preload: the templates inherit it
     _procfs.set_pdeathsig()
     if os.getppid() != int(spec["parent_pid"]):
         sys.exit(1)  # the proxy died before we could arm PDEATHSIG
