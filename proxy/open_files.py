@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import resource
 
+from forkproxy.backends.support import nofile
 from forkproxy.proxy.config import Config
 
 log = logging.getLogger("forkproxy")
@@ -32,7 +33,9 @@ PER_START = 4
 
 def raise_soft_limit() -> tuple[int, int]:
     """Soft RLIMIT_NOFILE up to the hard one (nginx worker_rlimit_nofile, systemd's
-    advice for servers); returns (soft, hard) as they are now."""
+    advice for servers); returns (soft, hard) as they are now. For the proxy alone: the
+    processes the backends start get the limit it started with (support/nofile.py)."""
+    nofile.remember()  # what the backends give the processes they start (the first one)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         try:

@@ -5,7 +5,7 @@ its start and every orphan_timeout/6) shows each template as kind "template"; th
 seen are remembered, so a template with no instance (idle capacity too) is counted
 until it is gone.
 
-Read from /proc by forkproxy.backends.process._memory (PSS, as instances are measured);
+Read from /proc by forkproxy.backends.support.memory (PSS, as instances are measured);
 a backend whose instances name no template reports None: not measured, not zero."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Iterable
 
 from forkproxy.backends.base import Instance
-from forkproxy.backends.process import _memory
+from forkproxy.backends.support import memory
 
 
 def _pid(inst: Instance, key: str) -> int | None:
@@ -63,7 +63,7 @@ class Templates:
         if not self._pids:
             self.bytes = None
             return None
-        sizes = await asyncio.to_thread(_memory.templates, set(self._pids), forks)
+        sizes = await asyncio.to_thread(memory.templates, set(self._pids), forks)
         self._pids &= set(sizes)  # a template gone (replaced, given back) is not counted
         self.bytes = sum(sizes.values()) if sizes else None
         return self.bytes

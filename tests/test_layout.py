@@ -132,6 +132,37 @@ def test_support_imports_no_backend_package() -> None:
     assert bad == []
 
 
+def _private_backend_module(mod: str, names: tuple[str, ...]) -> bool:
+    # forkproxy.backends.<x>._y, or `from forkproxy.backends.<x> import _y`
+    parts = mod.split(".")
+    if len(parts) < 2 or parts[0] != "backends" or parts[1] not in BACKEND_PACKAGES:
+        return False
+    return any(p.startswith("_") for p in parts[2:]) or (
+        len(parts) == 2 and any(n.startswith("_") for n in names)
+    )
+
+
+def test_the_proxy_imports_no_private_module_of_a_backend() -> None:
+    # what the proxy needs of a backend beyond its public surface (the /proc memory
+    # reader, say) lives in backends/support/, not behind a backend's underscore
+    bad = [
+        f"{p.relative_to(ROOT)}: {mod} {names}"
+        for p in sorted((ROOT / "proxy").rglob("*.py"))
+        for mod, names in imports(p)
+        if _private_backend_module(mod, names)
+    ]
+    assert bad == []
+
+
+def test_the_private_module_check_sees_both_import_forms() -> None:
+    assert _private_backend_module("backends.process._memory", ())
+    assert _private_backend_module("backends.process", ("_memory",))
+    assert _private_backend_module("backends.docker._x.y", ("z",))
+    assert not _private_backend_module("backends.process", ("fork",))
+    assert not _private_backend_module("backends.support.memory", ())
+    assert not _private_backend_module("backends.process.fork", ("_private_name",))
+
+
 # fork mode's modules the proxy process runs; backends/process/child/ is what runs outside it
 PROXY_SIDE = (
     "__init__",

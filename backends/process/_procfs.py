@@ -7,6 +7,7 @@ import ctypes
 import os
 import signal
 
+from forkproxy.backends.support.owner import all_pids as all_pids  # leftovers' scan
 from forkproxy.backends.support.owner import proc_stat
 
 _PR_SET_PDEATHSIG = 1
@@ -124,7 +125,3 @@ def is_running(pid: int) -> bool:
     """True while `pid` exists and is not a zombie waiting to be reaped."""
     state = proc_state(pid)
     return state is not None and state[0] not in ("Z", "X")
-
-
-def all_pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]

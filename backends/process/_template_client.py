@@ -22,6 +22,7 @@ from forkproxy.backends.process._frames import ControlTimeout, FrameWriter, clos
 from forkproxy.backends.process._zygote_client import Zygote
 from forkproxy.backends.process.config import ProcessConfig
 from forkproxy.backends.process.log import log
+from forkproxy.backends.support import nofile
 from forkproxy.backends.support.kill import terminate, within
 from forkproxy.backends.support.tasks import TaskSet
 
@@ -130,6 +131,7 @@ def _spec(config: ProcessConfig, ctx: BackendContext, parent_pid: int) -> dict[s
         "prefork": config.prefork,
         "stop_grace": config.stop_grace,
         "parent_pid": parent_pid,
+        "nofile": nofile.original(),  # the open-files limit it sets itself (template.serve)
     }
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from forkproxy.backends.process import _messages, _procfs, leftovers
 from forkproxy.backends.process._frames import FrameWriter, close_socket
 from forkproxy.backends.process.log import log
+from forkproxy.backends.support import nofile
 from forkproxy.backends.support.kill import terminate, within
 from forkproxy.backends.support.owner import gone_here
 from forkproxy.backends.support.tasks import TaskSet
@@ -240,6 +241,7 @@ async def _start(
         "ctl_fd": theirs.fileno(),
         "preload": preload,
         "stop_grace": stop_grace,
+        "nofile": nofile.original(),  # the open-files limit it sets itself (zygote.main)
     }
     try:
         proc = await asyncio.create_subprocess_exec(

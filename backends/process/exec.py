@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -17,11 +19,13 @@ from dataclasses import dataclass, field
 
 from forkproxy.backends.base import BackendContext, Endpoint, Instance
 from forkproxy.backends.errors import BackendConfigError, StartError
-from forkproxy.backends.process import _base, _memory, _procfs
+from forkproxy.backends.process import _base, _procfs
 from forkproxy.backends.process import log as output
 from forkproxy.backends.process.config import ProcessConfig
 from forkproxy.backends.process.log import log
+from forkproxy.backends.support import nofile
 from forkproxy.backends.support.kill import terminate, within
+from forkproxy.backends.support.memory import measure
 from forkproxy.backends.support.tasks import TaskSet
 
 _TAIL_LINES = 20
@@ -49,9 +53,16 @@ def free_port(host: str) -> int:
         return port
 
 
-def _preexec() -> None:
-    # Runs in the child between fork and exec: die with the proxy even if it is SIGKILLed.
+def _preexec(nofile_limits: tuple[int, int] | None) -> None:
+    # Runs in the child between fork and exec: die with the proxy even if it is SIGKILLed,
+    # and take the open-files limit the proxy was started with, not the one it raised
+    # for itself (support/nofile.py). Here, before exec, the command never sees the
+    # raised one: a prlimit() on its pid after the spawn would race its own getrlimit()
+    # at start, and lowering the proxy's limit around the spawn would fail concurrent
+    # accepts with EMFILE. The pair is computed in the parent: one system call here.
     _procfs.set_pdeathsig()
+    if nofile_limits is not None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, nofile_limits)
 
 
 def _program(command: tuple[str, ...]) -> str:
@@ -113,7 +124,7 @@ class ExecBackend(_base.ProcessBackendBase):
                 stdin=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,  # its own group: stop() signals the whole tree
-                preexec_fn=_preexec,
+                preexec_fn=functools.partial(_preexec, nofile.limits()),
             )
         except OSError as exc:
             raise StartError(f"cannot run {args[0]!r}: {exc.strerror or exc}") from exc
@@ -197,7 +208,7 @@ class ExecBackend(_base.ProcessBackendBase):
                 pids[inst.id] = entry.proc.pid
         if not pids:
             return {}
-        return await asyncio.to_thread(_memory.measure, pids, tree=True)
+        return await asyncio.to_thread(measure, pids, tree=True)
 
     async def alive(self, instance: Instance) -> bool:
         entry = self._procs.get(instance.id)

@@ -28,6 +28,7 @@ from typing import Any
 from forkproxy.backends.process import _forked, _messages, _procfs
 from forkproxy.backends.process._supervisor import Supervisor
 from forkproxy.backends.process.child import failures
+from forkproxy.backends.support import nofile
 
 _MAX_MSG = 64 * 1024
 _REFILL_AFTER = 0.02  # seconds without messages before forking spares
@@ -320,6 +321,7 @@ def main() -> None:
 def serve(spec: dict[str, Any]) -> None:
     """Build the app and fork instances until told to stop. Run by an exec'd template
     (main) or by a fork of the zygote, whose pid is then spec["parent_pid"]."""
+    nofile.restore(spec.get("nofile"))  # before the app is imported: its forks inherit it
     _procfs.set_pdeathsig()
     if os.getppid() != int(spec["parent_pid"]):
         sys.exit(1)  # the proxy died before we could arm PDEATHSIG

@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 from forkproxy.backends.process import _forked, _messages, _procfs
 from forkproxy.backends.process._supervisor import Supervisor
 from forkproxy.backends.process.config import ZYGOTE_FRAMEWORKS
+from forkproxy.backends.support import nofile
 
 _MAX_MSG = 256 * 1024  # a template's whole environment rides in its SpawnTemplate
 # Imported whatever the apps: every template needs them (what a template's build imports).
@@ -199,6 +200,7 @@ def serve_template(spec: dict[str, Any]) -> None:
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
+    nofile.restore(spec.get("nofile"))  # before the preload: the templates inherit it
     _procfs.set_pdeathsig()
     if os.getppid() != int(spec["parent_pid"]):
         sys.exit(1)  # the proxy died before we could arm PDEATHSIG

@@ -52,6 +52,10 @@ def proc_stat(pid: int) -> list[bytes] | None:
     return stat.rsplit(b")", 1)[1].split()
 
 
+def all_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
 def start_time(pid: int) -> int | None:
     """Field 22 of /proc/<pid>/stat, or None when there is no such process."""
     fields = proc_stat(pid)

@@ -1,6 +1,7 @@
 """Memory (PSS) of a whole process tree over time: the proxy, its templates, instances and
 anything they started (a gunicorn master and its worker). Reads /proc/PID/smaps_rollup
-through the process backend's own reader, in a thread (one pass over /proc per sample).
+through the backends' own reader (backends/support/memory.py), in a thread (one pass
+over /proc per sample).
 
 Also tells when a tree has gone quiet (its CPU time stops rising): a bench starts its
 load once every template has finished importing, not while they still do."""
@@ -14,17 +15,15 @@ from collections.abc import AsyncIterator
 
 import psutil
 
-from forkproxy.backends.process import _memory
+from forkproxy.backends.support import memory
 from forkproxy.backends.support.tasks import TaskSet
 
 
 def tree_pss(root: int) -> tuple[int, int]:
     """(bytes of PSS over root and every descendant, processes counted)."""
-    kids = _memory._children()
-    pids = _memory._tree(root, kids)
     total, n = 0, 0
-    for pid in pids:
-        size = _memory.pss(pid)
+    for pid in memory.tree(root):
+        size = memory.pss(pid)
         if size is not None:
             total += size
             n += 1

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from forkproxy.backends.process import _memory
+from forkproxy.backends.support import memory
 from forkproxy.backends.support.table import ConfigError
 from forkproxy.proxy.config import parse
 from forkproxy.proxy.lifecycle import over_memory
@@ -103,8 +103,8 @@ def test_measure_reads_a_pid_or_its_whole_tree() -> None:
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            tree = _memory.measure({"i": proc.pid}, tree=True)
-            alone = _memory.measure({"i": proc.pid}, tree=False)
+            tree = memory.measure({"i": proc.pid}, tree=True)
+            alone = memory.measure({"i": proc.pid}, tree=False)
             if tree and alone and tree["i"] > alone["i"] * 2:
                 break
             time.sleep(0.1)
@@ -112,10 +112,10 @@ def test_measure_reads_a_pid_or_its_whole_tree() -> None:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # its own group: the workers too
         proc.wait()
-    assert _memory.measure({"gone": proc.pid}, tree=True) == {}
+    assert memory.measure({"gone": proc.pid}, tree=True) == {}
 
 
 def test_pss_of_a_live_pid_and_none_when_gone() -> None:
-    me = _memory.pss(os.getpid())
+    me = memory.pss(os.getpid())
     assert me is not None and me > 1 << 20
-    assert _memory.pss(2**22 + 7) is None  # above pid_max's usual range: no such process
+    assert memory.pss(2**22 + 7) is None  # above pid_max's usual range: no such process
