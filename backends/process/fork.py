@@ -20,7 +20,6 @@ from forkproxy.backends.base import BackendContext, Endpoint, Instance
 from forkproxy.backends.errors import BackendConfigError, BackendUnavailable, StartError
 from forkproxy.backends.process import (
     _base,
-    _memory,
     _messages,
     _procfs,
     _template_client,
@@ -30,6 +29,7 @@ from forkproxy.backends.process import (
 from forkproxy.backends.process._template_client import TemplateHandle
 from forkproxy.backends.process.config import ProcessConfig
 from forkproxy.backends.process.log import log
+from forkproxy.backends.support import memory
 from forkproxy.backends.support.kill import terminate, within
 from forkproxy.backends.support.tasks import TaskSet
 
@@ -420,7 +420,7 @@ class ForkBackend(_base.ProcessBackendBase):
                 pids[inst.id] = child.pid
         if not pids:
             return {}
-        return await asyncio.to_thread(_memory.measure, pids, tree=False)
+        return await asyncio.to_thread(memory.measure, pids, tree=False)
 
     async def alive(self, instance: Instance) -> bool:
         child = self._children.get(instance.id)
