@@ -284,7 +284,6 @@ function renderSample(s) {
 function push(s) {
   history.push(s);
   while (history.length && history[0].t < s.t - WINDOW_S) history.shift();
-  refilter();
 }
 
 function redraw() {
@@ -305,11 +304,13 @@ function connect() {
   es.addEventListener("history", (ev) => {
     history.length = 0;
     for (const s of JSON.parse(ev.data)) push(s);
+    refilter();
     redraw();
   });
   es.addEventListener("sample", (ev) => {
     const s = JSON.parse(ev.data);
     if (!history.length || history[history.length - 1].seq < s.seq) push(s);
+    refilter();
     renderSample(s);
     redraw();
     status.textContent = `live · ${new Date(s.t * 1000).toLocaleTimeString()}`;
