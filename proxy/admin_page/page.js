@@ -3,7 +3,17 @@
 "use strict";
 
 const WINDOW_S = 300; // what the charts show; the proxy keeps the same history
-const history = [];   // slim samples: {t, queued, in_flight, states, lower_bound, starts_per_s}
+const history = [];   // slim samples: {seq, t, series: {"*": machine, app: {...}}} (proxy/live.py)
+// The app the charts follow; "*" is the whole machine (every app summed). The machine by
+// default: an operator of many apps first asks whether the machine keeps up with all of
+// them (they share one budget), and a "busiest app" default would hop from app to app as
+// load moves, splicing unrelated series into one line. The choice lives in the URL's
+// hash (#app=NAME) so a reload or a shared link keeps it.
+const history_ = window.history;
+const ALL = "*";
+let selected = new URLSearchParams(location.hash.slice(1)).get("app") || ALL;
+let latest = null;
+let shown = [];       // history as the selected series: {t, seq, queued, in_flight, ...}
 const css = getComputedStyle(document.documentElement);
 const color = (name) => css.getPropertyValue("--" + name).trim();
 
@@ -53,7 +63,7 @@ function line(f, get, stroke, dash) {
   ctx.setLineDash(dash || []);
   ctx.strokeStyle = stroke;
   ctx.lineWidth = 2;
-  history.forEach((s, i) => {
+  shown.forEach((s, i) => {
     const x = f.x(s.t), y = f.y(get(s));
     if (i) ctx.lineTo(x, y); else ctx.moveTo(x, y);
   });
@@ -62,14 +72,14 @@ function line(f, get, stroke, dash) {
 }
 
 function band(f, lo, hi, fill) {
-  if (!history.length) return;
+  if (!shown.length) return;
   const { ctx } = f;
   ctx.beginPath();
-  history.forEach((s, i) => {
+  shown.forEach((s, i) => {
     const x = f.x(s.t), y = f.y(hi(s));
     if (i) ctx.lineTo(x, y); else ctx.moveTo(x, y);
   });
-  for (let i = history.length - 1; i >= 0; i--) ctx.lineTo(f.x(history[i].t), f.y(lo(history[i])));
+  for (let i = shown.length - 1; i >= 0; i--) ctx.lineTo(f.x(shown[i].t), f.y(lo(shown[i])));
   ctx.closePath();
   ctx.fillStyle = fill;
   ctx.globalAlpha = 0.75;
@@ -81,7 +91,7 @@ function drawInstances() {
   const canvas = document.getElementById("chart-instances");
   const st = (s, k) => s.states[k] || 0;
   let peak = 0;
-  for (const s of history) peak = Math.max(peak, live(s) + st(s, "draining"), s.lower_bound);
+  for (const s of shown) peak = Math.max(peak, live(s) + st(s, "draining"), s.lower_bound);
   const f = frame(canvas, scaleMax(peak));
   const ready = (s) => st(s, "ready");
   const starting = (s) => ready(s) + st(s, "starting");
@@ -90,23 +100,28 @@ function drawInstances() {
   band(f, starting, (s) => starting(s) + st(s, "draining"), color("draining"));
   line(f, (s) => s.lower_bound, color("bound"), [6, 3]);
   // what the chart shows, for people and for the browser test
-  canvas.dataset.peak = String(Math.max(0, ...history.map(live)));
+  canvas.dataset.peak = String(Math.max(0, ...shown.map(live)));
+  canvas.dataset.points = String(shown.length);
 }
 
 function drawRequests() {
   let peak = 0;
-  for (const s of history) peak = Math.max(peak, s.in_flight, s.queued);
-  const f = frame(document.getElementById("chart-requests"), scaleMax(peak));
+  for (const s of shown) peak = Math.max(peak, s.in_flight, s.queued);
+  const canvas = document.getElementById("chart-requests");
+  canvas.dataset.peak = String(peak);
+  const f = frame(canvas, scaleMax(peak));
   line(f, (s) => s.in_flight, color("inflight"));
   line(f, (s) => s.queued, color("queued"));
 }
 
 function drawStarts() {
   let peak = 0;
-  for (const s of history) peak = Math.max(peak, s.starts_per_s);
-  const f = frame(document.getElementById("chart-starts"), scaleMax(peak));
+  for (const s of shown) peak = Math.max(peak, s.starts_per_s);
+  const canvas = document.getElementById("chart-starts");
+  canvas.dataset.peak = String(peak);
+  const f = frame(canvas, scaleMax(peak));
   f.ctx.fillStyle = color("starts");
-  for (const s of history) {
+  for (const s of shown) {
     if (s.starts_per_s > 0) f.ctx.fillRect(f.x(s.t) - 2, f.y(s.starts_per_s), 4, f.y(0) - f.y(s.starts_per_s));
   }
 }
@@ -131,10 +146,13 @@ function bytes(v) {
 
 function renderApps(s) {
   const apps = s.apps || [];
-  document.getElementById("first-app").textContent = apps.length ? apps[0].app : s.pool;
   document.getElementById("apps").dataset.seq = String(s.seq);
+  renderPicker(apps.map((a) => a.app));
   fillTable("apps", apps, (tr, a) => {
     tr.dataset.app = a.app;
+    if (a.app === selected) tr.className = "selected";
+    tr.title = `show ${a.app} in the charts and the instances`;
+    tr.onclick = () => select(a.app === selected ? ALL : a.app);
     cell(tr, a.app);
     cell(tr, a.backend);
     cell(tr, String(a.busy), "num");
@@ -171,17 +189,62 @@ function fillTable(id, rows, render) {
   tbody.replaceWith(fresh);
 }
 
+function renderPicker(names) {
+  const picker = document.getElementById("app-select");
+  const want = [ALL, ...names];
+  // an app a reload removed stays choosable (its charts go flat) rather than vanishing
+  if (selected !== ALL && !names.includes(selected)) want.push(selected);
+  const have = [...picker.options].map((o) => o.value);
+  if (have.join("\n") !== want.join("\n")) {
+    picker.replaceChildren(...want.map((v) => new Option(v === ALL ? "all apps (the machine)" : v, v)));
+  }
+  picker.value = selected;
+}
+
+function select(app) {
+  selected = app;
+  const hash = app === ALL ? "" : `#app=${encodeURIComponent(app)}`;
+  history_.replaceState(null, "", location.pathname + location.search + hash);
+  refilter();
+  if (latest) renderSample(latest);
+  redraw();
+}
+
+// the selected series of a slim sample, or null when it has none (the app is not there)
+function pick(s) {
+  const one = s.series && s.series[selected];
+  return one ? { seq: s.seq, t: s.t, ...one } : null;
+}
+
+function refilter() {
+  shown = history.map(pick).filter(Boolean);
+}
+
+function selectedInstances(s) {
+  const apps = s.apps || [];
+  if (!apps.length) return s.instances.map((r) => ({ ...r, app: r.app || s.pool }));
+  const chosen = selected === ALL ? apps : apps.filter((a) => a.app === selected);
+  return chosen.flatMap((a) => a.instances.map((r) => ({ ...r, app: a.app })));
+}
+
 function renderSample(s) {
+  latest = s;
   document.getElementById("pool").textContent = `${s.pool} · ${s.backend} · owner ${s.owner}`;
+  const one = pick(s) || { queued: 0, in_flight: 0, states: {}, lower_bound: 0, starts_per_s: 0, spares: 0 };
+  const charts = document.querySelector("section.charts");
+  charts.dataset.app = selected;
+  charts.dataset.seq = String(s.seq);
+  document.getElementById("shown-app").textContent =
+    selected === ALL ? "all apps (summed)" : selected;
   document.getElementById("now-instances").textContent =
-    `now ${live(s)} live (${s.states.ready || 0} ready), ${s.spares} spare, ` +
-    `lower bound ${s.lower_bound}`;
+    `now ${live(one)} live (${one.states.ready || 0} ready), ${one.spares} spare, ` +
+    `lower bound ${one.lower_bound}`;
   document.getElementById("now-requests").textContent =
-    `now ${s.in_flight} in flight, ${s.queued} queued`;
-  document.getElementById("now-starts").textContent = `now ${s.starts_per_s.toFixed(1)}/s`;
+    `now ${one.in_flight} in flight, ${one.queued} queued`;
+  document.getElementById("now-starts").textContent = `now ${one.starts_per_s.toFixed(1)}/s`;
   const table = document.getElementById("instances");
   table.dataset.seq = String(s.seq);
-  fillTable("instances", s.instances, (tr, r) => {
+  fillTable("instances", selectedInstances(s), (tr, r) => {
     tr.dataset.id = r.id;
     cell(tr, r.id);
     cell(tr, r.backend);
@@ -192,6 +255,7 @@ function renderSample(s) {
     cell(tr, r.in_flight ? "–" : secs(r.idle), "num");
     cell(tr, r.endpoint || "");
     cell(tr, r.owner || "");
+    cell(tr, r.app);
   });
   renderApps(s);
   document.getElementById("settings-source").textContent =
@@ -228,17 +292,25 @@ function redraw() {
   drawStarts();
 }
 
+document.getElementById("app-select").addEventListener("change", (ev) => select(ev.target.value));
+window.addEventListener("hashchange", () => {
+  const app = new URLSearchParams(location.hash.slice(1)).get("app") || ALL;
+  if (app !== selected) select(app);
+});
+
 function connect() {
   const status = document.getElementById("status");
   const es = new EventSource("events");
   es.addEventListener("history", (ev) => {
     history.length = 0;
     for (const s of JSON.parse(ev.data)) push(s);
+    refilter();
     redraw();
   });
   es.addEventListener("sample", (ev) => {
     const s = JSON.parse(ev.data);
     if (!history.length || history[history.length - 1].seq < s.seq) push(s);
+    refilter();
     renderSample(s);
     redraw();
     status.textContent = `live · ${new Date(s.t * 1000).toLocaleTimeString()}`;

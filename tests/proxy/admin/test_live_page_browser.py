@@ -43,7 +43,7 @@ if not (CHROMIUM and DRIVER):
 
 from selenium import webdriver  # noqa: E402 - only importable where the browser test runs
 from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -188,7 +188,79 @@ async def test_live_page_shows_every_app_and_the_budget(tmp_path: Path) -> None:
             used, limit = budget["memory"]
             assert used.endswith("MiB") and limit == "1000.00 GiB"
             text = driver.find_element("tag name", "body").text
-            assert "the charts and instances below are shop's" in text
+            assert "click a row to chart that app" in text
+            errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+            assert errors == []
+        finally:
+            await asyncio.to_thread(driver.quit)
+
+
+_CHARTS_JS = """
+const c = id => document.getElementById(id).dataset;
+return {app: document.querySelector('section.charts').dataset.app,
+        seq: Number(document.getElementById('apps').dataset.seq || 0),
+        picked: document.getElementById('app-select').value,
+        points: Number(c('chart-instances').points || 0),
+        instances: Number(c('chart-instances').peak || 0),
+        requests: Number(c('chart-requests').peak || 0),
+        rows: [...document.getElementById('instances').tBodies[0].rows].map(
+            tr => tr.cells[9].textContent),
+        hash: location.hash};
+"""
+
+# the table is rebuilt with every sample: a row found, then clicked in a second round
+# trip, can be gone by then (stale); find and click it in one turn of the page's loop
+_CLICK_JS = "document.querySelector(`#apps tr[data-app='${arguments[0]}']`).click();"
+
+
+async def test_live_page_charts_the_app_picked(tmp_path: Path) -> None:
+    # two fork-mode apps; traffic goes to blog (the second) only
+    async with running(config("60s")) as c:
+        driver = await asyncio.to_thread(_browser, tmp_path / "profile")
+        admin = f"http://127.0.0.1:{c.proxy.admin_port}"
+
+        async def charts(ok: Any, timeout: float = 30) -> dict[str, Any]:
+            def ready(d: Any) -> Any:
+                page = d.execute_script(_CHARTS_JS)
+                return page if page["seq"] > 0 and ok(page) else None
+
+            wait = WebDriverWait(driver, timeout, poll_frequency=0.2)
+            return dict(await asyncio.to_thread(wait.until, ready))
+
+        try:
+            await asyncio.to_thread(driver.get, admin + "/")
+            # the default: the whole machine, every app summed
+            page = await charts(lambda p: p["points"] >= 1)
+            assert (page["app"], page["picked"], page["hash"]) == ("*", "*", "")
+            async with asyncio.TaskGroup() as tg:
+                slow = [tg.create_task(c.get("blog.test", "/blog/?sleep=5")) for _ in range(3)]
+                # pick blog by clicking its row of the Apps table
+                await asyncio.to_thread(driver.execute_script, _CLICK_JS, "blog")
+                page = await charts(lambda p: p["app"] == "blog" and p["requests"] >= 3)
+                assert page["picked"] == "blog" and page["hash"] == "#app=blog"
+                assert page["instances"] >= 1
+                assert set(page["rows"]) == {"blog"}  # the instances table follows too
+            assert [await t for t in slow] == [(200, "blog /blog/")] * 3
+
+            # shop, picked in the selector: flat over the same minutes of history
+            await asyncio.to_thread(
+                Select(driver.find_element("id", "app-select")).select_by_value, "shop"
+            )
+            page = await charts(lambda p: p["app"] == "shop")
+            assert page["hash"] == "#app=shop"
+            assert page["points"] >= 5 and page["requests"] == 0 and page["instances"] == 0
+            assert page["rows"] == []
+
+            # a reload keeps the choice (the hash) and replays blog's history
+            await asyncio.to_thread(driver.get, admin + "/#app=blog")
+            await asyncio.to_thread(driver.refresh)
+            page = await charts(lambda p: p["requests"] >= 3)
+            assert (page["app"], page["picked"]) == ("blog", "blog")
+
+            # clicking the picked row again goes back to the machine, which holds blog's load
+            await asyncio.to_thread(driver.execute_script, _CLICK_JS, "blog")
+            page = await charts(lambda p: p["app"] == "*")
+            assert page["hash"] == "" and page["requests"] >= 3 and page["instances"] >= 1
             errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
             assert errors == []
         finally:

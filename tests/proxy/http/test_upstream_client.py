@@ -6,21 +6,34 @@ from __future__ import annotations
 import asyncio
 
 from forkproxy.backends.base import Endpoint
+from forkproxy.proxy.http.chunks import HIGH_WATER
 from forkproxy.proxy.http.upstream import UpstreamClient
 
-BIG = 400_000  # more than the body buffer's high-water mark
+# /big: a body just under the body buffer's high-water mark, then (once the test opens
+# the gate) a small tail that crosses it and ends the response in the same read
+FIRST = HIGH_WATER - 100
+TAIL = 1000
+BIG = FIRST + TAIL
 
 
 _writers: list[asyncio.StreamWriter] = []
 
 
-async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _serve(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gate: asyncio.Event | None = None
+) -> None:
     _writers.append(writer)
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
             size = BIG if b" /big " in head else 2
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"x" * size)
+            message = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"x" * size
+            if gate is not None and size == BIG:
+                writer.write(message[:-TAIL])
+                await writer.drain()
+                await gate.wait()
+                message = message[-TAIL:]  # one small write: one segment, one read
+            writer.write(message)
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         writer.close()
@@ -29,8 +42,15 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 async def test_connection_emptied_at_once_is_pooled_reading() -> None:
     """Issue 10, case 10: a response that crossed the high-water mark and was then taken
     whole (take_all) left reading paused, and the next request on that pooled connection
-    waited for the header timeout."""
-    server = await asyncio.start_server(_serve, "127.0.0.1", 0)
+    waited for the header timeout.
+
+    The read that ends the response must be the one that crosses the high-water mark:
+    sent whole, how the body split into reads was up to the kernel and the scheduler, and
+    a crossing before the last byte paused reading mid-body for good (nobody reads here),
+    so the test timed out waiting for the end (flaky under load). The server now holds the
+    tail until the client has buffered everything before it."""
+    gate = asyncio.Event()
+    server = await asyncio.start_server(lambda r, w: _serve(r, w, gate), "127.0.0.1", 0)
     ep = Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
     client = UpstreamClient(connect_timeout=1.0, stall_timeout=5.0)
     try:
@@ -38,10 +58,16 @@ async def test_connection_emptied_at_once_is_pooled_reading() -> None:
             ep, b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n", None, chunked=False, head_only=False
         )
         async with asyncio.timeout(5):
-            while not resp.complete:  # nobody reads: the body piles up and reading pauses
+            while resp._chunks.buffered < FIRST:  # nobody reads: the body piles up
                 await asyncio.sleep(0.01)
+            assert not conn.flow.paused()  # under the mark so far
+            gate.set()
+            while not resp.complete:
+                await asyncio.sleep(0.01)
+        assert conn.flow.paused()  # the last read crossed the mark: reading paused
         body = resp.body_buffered()
         assert body is not None and len(body) == BIG
+        assert not conn.flow.paused()  # taken whole: reading resumed
         client.release(conn)
         conn2, resp2 = await client.send(
             ep, b"GET /small HTTP/1.1\r\nHost: t\r\n\r\n", None, chunked=False, head_only=False
