@@ -157,6 +157,7 @@ class Sampler:
             if prev is not None and now > prev[0]:
                 rate = max(0, serving.requests - prev[1]) / (now - prev[0])
             self._prev_requests[name] = (now, serving.requests)
+            settings, source = effective_settings(pool)
             out.append(
                 {
                     "app": name,
@@ -169,6 +170,10 @@ class Sampler:
                     "template_memory": serving.template_memory,
                     "template": serving.template,
                     "instances": instances,
+                    # the settings and failures panels follow the app the page picked
+                    "settings": settings,
+                    "settings_source": source,
+                    "failures": list(pool.recent_failures),
                 }
             )
         return out

@@ -258,9 +258,18 @@ function renderSample(s) {
     cell(tr, r.app);
   });
   renderApps(s);
-  document.getElementById("settings-source").textContent =
-    s.settings_source === "pool" ? "(as the pool runs them, auto resolved)" : "(from the config)";
-  fillTable("settings", Object.entries(s.settings), (tr, [k, v]) => {
+  // the picked app's own settings and failures; with all apps picked, the first app's
+  // (settings do not sum), and the heading says whose they are
+  const apps = s.apps || [];
+  const own = apps.find((a) => a.app === selected && a.settings) ||
+    (apps.length && apps[0].settings ? apps[0] : null);
+  const settings = own ? own.settings : s.settings;
+  const source = own ? own.settings_source : s.settings_source;
+  const whose = own && apps.length > 1 ? `${own.app}: ` : "";
+  document.getElementById("settings-source").textContent = whose +
+    (source === "pool" ? "(as the pool runs them, auto resolved)" : "(from the config)");
+  document.getElementById("settings").dataset.app = own ? own.app : "";
+  fillTable("settings", Object.entries(settings), (tr, [k, v]) => {
     cell(tr, k);
     cell(tr, typeof v === "object" ? JSON.stringify(v) : String(v));
   });
@@ -268,7 +277,8 @@ function renderSample(s) {
     cell(tr, k);
     cell(tr, String(v), "num");
   });
-  const failures = s.failures.length ? s.failures.slice().reverse() : [null];
+  const failed = own ? own.failures : s.failures;
+  const failures = failed.length ? failed.slice().reverse() : [null];
   fillTable("failures", failures, (tr, f) => {
     if (!f) {
       cell(tr, "none since the admin listener started").colSpan = 4;

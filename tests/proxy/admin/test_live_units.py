@@ -110,3 +110,14 @@ async def test_series_per_app_and_for_the_machine() -> None:
     # an instance seen before is no start
     sampler._seen = {k: (t - 1.0, ids) for k, (t, ids) in sampler._seen.items()}
     assert sampler.sample()["series"]["blog"]["starts_per_s"] == 0
+
+
+def test_each_app_row_carries_its_own_settings_and_failures() -> None:
+    # the page's settings and failures panels follow the picked app: each row has its own
+    shop, blog = _Pool(max_concurrency=2), _Pool(max_concurrency=4)
+    blog.recent_failures = [{"reason": "exited:1", "message": "boom"}]
+    rows = {a["app"]: a for a in _sampler({"shop": shop, "blog": blog}).sample()["apps"]}
+    assert rows["shop"]["settings"]["max_concurrency"] == 2
+    assert rows["blog"]["settings"]["max_concurrency"] == 4
+    assert rows["blog"]["settings_source"] == "config"  # this stand-in resolves no auto
+    assert (rows["shop"]["failures"], rows["blog"]["failures"]) == ([], blog.recent_failures)
