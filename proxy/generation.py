@@ -10,6 +10,7 @@ import time
 
 from forkproxy import backends
 from forkproxy.backends.base import Backend, BackendContext
+from forkproxy.backends.support.gaps import GapLog
 from forkproxy.proxy.config import Config
 from forkproxy.proxy.forwarding.forward import Forwarder, upstream_client
 from forkproxy.proxy.forwarding.tunnel import Tunnel
@@ -28,6 +29,7 @@ class Generation:
         owner_id: str,
         number: int = 1,
         backend: Backend | None = None,
+        gaps: GapLog | None = None,
     ) -> None:
         self.cfg = cfg
         self.number = number
@@ -38,6 +40,8 @@ class Generation:
             owner_id=owner_id,
             readiness_path=cfg.pool.readiness_path,
             start_timeout=cfg.pool.start_timeout,
+            # the app's learned idle gaps outlive a reload (its predecessor's, carried)
+            gaps=gaps if gaps is not None else GapLog(),
         )
         if backend is None:
             backend = backends.load(cfg.backend_type).create_backend(cfg.backend, self.ctx)

@@ -18,6 +18,7 @@ from forkproxy.backends.base import Backend, BackendContext
 from forkproxy.backends.errors import BackendError
 from forkproxy.backends.support import owner
 from forkproxy.backends.support.extras import MissingExtra
+from forkproxy.backends.support.gaps import GapLog
 from forkproxy.backends.support.table import ConfigError
 from forkproxy.backends.support.tasks import TaskSet
 from forkproxy.proxy import handover, logs, open_files, reload
@@ -115,7 +116,12 @@ class Proxy:
             self.metrics.budget_used.labels(resource).set_function(read(resource))
 
     def _generation(
-        self, cfg: Config, app: AppConfig, number: int, backend: Backend | None = None
+        self,
+        cfg: Config,
+        app: AppConfig,
+        number: int,
+        backend: Backend | None = None,
+        gaps: GapLog | None = None,
     ) -> Generation:
         # not yet under the budget: a reload's new generation starts its first instance
         # beside the one it replaces (reload() attaches it once it serves)
@@ -125,6 +131,7 @@ class Proxy:
             owner.new_owner_id(),
             number,
             backend=backend,
+            gaps=gaps,
         )
 
     # what the admin API and the tests read: the (first) app's generation serving new
@@ -298,7 +305,9 @@ class Proxy:
                 rebuild = "its pool name changed"
             if rebuild:
                 log.info("reload: starting a new generation (%s) for app %s", rebuild, app.name)
-                fresh[app.name] = self._generation(cfg, app, gen.number + 1)
+                fresh[app.name] = self._generation(
+                    cfg, app, gen.number + 1, gaps=gen.ctx.gaps.carried()
+                )
             elif plan.pool_changed:
                 in_place.append((gen, plan.cfg))
         if not await self._start_all(fresh):

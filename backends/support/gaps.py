@@ -50,6 +50,14 @@ class GapLog:
             self._idle_since = None
             self._stale = True
 
+    def carried(self) -> GapLog:
+        """The gaps, for a new generation of the same app (a reload changes its code, not
+        its traffic). The idle clock stays behind: the old generation's last requests
+        end on their own, and their end is no idle time of the new one."""
+        new = GapLog(self._gaps.maxlen or GAP_SAMPLES)
+        new._gaps.extend(self._gaps)
+        return new
+
     def __len__(self) -> int:
         return len(self._gaps)
 

@@ -70,3 +70,14 @@ def test_only_the_last_samples_are_kept() -> None:
         t += g
         log.arrival(t)
     assert len(log) == 10 and log.quantile() == 1.0
+
+
+def test_a_new_generation_carries_the_gaps_not_the_idle_clock() -> None:
+    log = log_of([1.0] * 10)
+    log.idle(500.0)  # the old generation went idle
+    new = log.carried()
+    assert new is not log and len(new) == 10 and new.quantile() == pytest.approx(1.0)
+    new.arrival(900.0)  # the old generation's idle time is no gap of the new one
+    assert len(new) == 10
+    log.arrival(501.0)  # and the old one goes on alone
+    assert (len(log), len(new)) == (11, 10)

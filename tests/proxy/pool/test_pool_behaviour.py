@@ -145,6 +145,19 @@ async def test_an_app_called_steadily_keeps_its_instance_through_its_learned_gap
         assert "last instance held" in settings["learned_gap_window"], settings
 
 
+async def test_a_reloads_new_generation_keeps_the_learned_gaps() -> None:
+    async with run_proxy() as p:
+        for _ in range(GAP_MIN_SAMPLES + 1):
+            async with p.session.get(p.url + "/") as r:
+                assert r.status == 200
+            await asyncio.sleep(0.02)
+        old = p.proxy.gen
+        assert len(old.ctx.gaps) >= GAP_MIN_SAMPLES
+        assert await p.proxy.reload(p.proxy.cfg)  # fork mode: a new generation
+        new = p.proxy.gen
+        assert new is not old and len(new.ctx.gaps) == len(old.ctx.gaps)
+
+
 async def test_fresh_instance_per_request() -> None:
     async with run_proxy(pool={"max_requests_per_instance": 1}) as p:
         seen = set()
