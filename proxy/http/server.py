@@ -59,6 +59,10 @@ log = logging.getLogger("forkproxy.http")
 
 _MAX_HELD = 64 * 1024  # bytes after an upgrade head kept until the 101 (then reading pauses)
 _LINGER = 2.0  # seconds to drain a client's input after an error answer
+# shutting down: how long a connection accepted but not yet sent a byte is given to send
+# its first request (answered with Connection: close). Closing it at once resets a client
+# whose request was already on its way: it never had an answer to retry from
+_FIRST_REQUEST_GRACE = 1.0
 _TOO_MANY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 Handler = Callable[[Request], Awaitable[None]]
@@ -557,13 +561,21 @@ class HttpServer:
         if self._server is not None:
             self._server.close()
         deadline = time.monotonic() + grace
+        first_until = time.monotonic() + min(grace, _FIRST_REQUEST_GRACE)
         while True:
+            waiting = time.monotonic() < first_until
+            busy = False
             for conn in list(self.connections):
-                if conn.idle:
-                    conn.close()
-                else:
+                if not conn.idle:
                     conn.draining = True  # no keep-alive after the current response
-            if not any(not c.idle for c in self.connections):
+                    busy = True
+                elif waiting and not conn.sent:
+                    # accepted, nothing answered yet: its first request may be in flight
+                    conn.draining = True
+                    busy = True
+                else:
+                    conn.close()  # idle between requests: a keep-alive client retries
+            if not busy:
                 break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
