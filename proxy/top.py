@@ -96,34 +96,46 @@ def render(sample: dict[str, Any], history: Sequence[dict[str, Any]]) -> Rendera
     from rich.table import Table
     from rich.text import Text
 
-    states = sample["states"]
+    apps = sample.get("apps") or []
+    # several apps: the summary is the whole machine's (the apps summed, as the live
+    # page's default view); one app: that app's, as before
+    whole = len(apps) > 1 and "*" in (sample.get("series") or {})
+
+    def cut(s: dict[str, Any]) -> dict[str, Any]:
+        return s["series"]["*"] if whole and "*" in (s.get("series") or {}) else s
+
+    cur, past = cut(sample), [cut(h) for h in history]
+    states = cur["states"]
+    what = f"{len(apps)} apps" if whole else sample["pool"]
     head = Text.assemble(
         ("forkproxy ", "bold"),
-        f"{sample['pool']} · {sample['backend']} · owner {sample['owner']} · seq {sample['seq']}",
+        f"{what} · {sample['backend']} · owner {sample['owner']} · seq {sample['seq']}",
     )
-    live = [h["states"].get("ready", 0) + h["states"].get("starting", 0) for h in history]
+    live = [h["states"].get("ready", 0) + h["states"].get("starting", 0) for h in past]
+    n_live = states.get("ready", 0) + states.get("starting", 0)
     summary = Table.grid(padding=(0, 2))
     summary.add_row(
         "instances",
-        f"{sample['instances_live']} live ({states.get('ready', 0)} ready, "
+        f"{n_live} live ({states.get('ready', 0)} ready, "
         f"{states.get('starting', 0)} starting, {states.get('draining', 0)} draining; "
-        f"{sample['spares']} spare)",
+        f"{cur['spares']} spare)",
         Text(spark(live), style="green"),
     )
+    bound = "⌈in flight / max_concurrency⌉" + (", per app, summed" if whole else "")
     summary.add_row(
         "lower bound",
-        f"{sample['lower_bound']} = ⌈in flight / max_concurrency⌉",
-        Text(spark([h["lower_bound"] for h in history]), style="blue"),
+        f"{cur['lower_bound']} = {bound}",
+        Text(spark([h["lower_bound"] for h in past]), style="blue"),
     )
     summary.add_row(
         "requests",
-        f"{sample['in_flight']} in flight, {sample['queued']} queued",
-        Text(spark([h["in_flight"] for h in history]), style="magenta"),
+        f"{cur['in_flight']} in flight, {cur['queued']} queued",
+        Text(spark([h["in_flight"] for h in past]), style="magenta"),
     )
     summary.add_row(
         "cold starts",
-        f"{sample['starts_per_s']:.1f}/s  results {sample['start_results']}",
-        Text(spark([h["starts_per_s"] for h in history]), style="yellow"),
+        f"{cur['starts_per_s']:.1f}/s  results {sample['start_results']}",
+        Text(spark([h["starts_per_s"] for h in past]), style="yellow"),
     )
     tables: list[RenderableType] = []
     grouped = by_app(sample)
@@ -132,16 +144,26 @@ def render(sample: dict[str, Any], history: Sequence[dict[str, Any]]) -> Rendera
     for app, instances in grouped.items():
         title = f"instances · {app}" if len(grouped) > 1 else "instances"
         tables.append(_instances_table(title, instances))
-    settings = " ".join(f"{k}={v}" for k, v in sample["settings"].items())
-    parts: list[RenderableType] = [
-        head,
-        summary,
-        *tables,
-        Text(f"settings ({sample['settings_source']}): {settings}", style="dim"),
-    ]
-    for f in sample["failures"][-5:]:
+    parts: list[RenderableType] = [head, summary, *tables]
+    failures = list(sample["failures"])
+    if whole:  # each app's settings, and every app's recent failures
+        failures = []
+        for a in apps:
+            parts.append(_settings(f"settings · {a['app']}", a))
+            failures.extend({**f, "instance": f"{a['app']}/{f['instance']}"} for f in a["failures"])
+    else:
+        parts.append(_settings("settings", sample))
+    failures.sort(key=lambda f: float(f.get("t", 0)))
+    for f in failures[-5:]:
         parts.append(Text(f"start failed: {f['instance']} {f['reason']}: {f['error']}", "red"))
     return Group(*parts)
+
+
+def _settings(title: str, owner: dict[str, Any]) -> RenderableType:
+    from rich.text import Text
+
+    settings = " ".join(f"{k}={v}" for k, v in owner["settings"].items())
+    return Text(f"{title} ({owner['settings_source']}): {settings}", style="dim")
 
 
 def _instances_table(title: str, instances: list[dict[str, Any]]) -> RenderableType:

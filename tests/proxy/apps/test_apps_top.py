@@ -37,6 +37,13 @@ async def test_top_groups_instances_by_app_and_shows_the_budget() -> None:
         assert out.returncode == 0, out.stderr
         lines = out.stdout.splitlines()
         assert any("apps · budget instances 2/4, memory" in ln for ln in lines), out.stdout
+        # the summary is the whole machine's: both apps' instances, and each app's settings
+        assert "forkproxy 2 apps · process" in lines[0], out.stdout
+        assert any(ln.startswith("instances") and "2 live (2 ready" in ln for ln in lines), (
+            out.stdout
+        )
+        for app in ("shop", "blog"):
+            assert any(ln.startswith(f"settings · {app} (") for ln in lines), out.stdout
         # each app's row in the apps table, then its instances under its own title
         app_rows = {ln.split("│")[1].strip(): ln for ln in lines if ln.count("│") > 8}
         assert {"shop", "blog"} <= set(app_rows)
