@@ -229,7 +229,12 @@ function selectedInstances(s) {
 
 function renderSample(s) {
   latest = s;
-  document.getElementById("pool").textContent = `${s.pool} · ${s.backend} · owner ${s.owner}`;
+  // the heading names what the page shows: the picked app, or with several apps all of them
+  const every = s.apps || [];
+  const mine = every.find((a) => a.app === selected);
+  const what = mine ? `${mine.app} · ${mine.backend}`
+    : every.length > 1 ? `${every.length} apps · ${s.backend}` : `${s.pool} · ${s.backend}`;
+  document.getElementById("pool").textContent = `${what} · owner ${s.owner}`;
   const one = pick(s) || { queued: 0, in_flight: 0, states: {}, lower_bound: 0, starts_per_s: 0, spares: 0 };
   const charts = document.querySelector("section.charts");
   charts.dataset.app = selected;

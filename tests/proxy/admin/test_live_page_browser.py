@@ -206,6 +206,7 @@ return {app: document.querySelector('section.charts').dataset.app,
         rows: [...document.getElementById('instances').tBodies[0].rows].map(
             tr => tr.cells[9].textContent),
         settings: document.getElementById('settings').dataset.app,
+        heading: document.getElementById('pool').textContent,
         hash: location.hash};
 """
 
@@ -234,6 +235,7 @@ async def test_live_page_charts_the_app_picked(tmp_path: Path) -> None:
             page = await charts(lambda p: p["points"] >= 1)
             assert (page["app"], page["picked"], page["hash"]) == ("*", "*", "")
             assert page["settings"] == "shop"  # settings do not sum: the first app's
+            assert page["heading"].startswith("2 apps · process · owner "), page["heading"]
             async with asyncio.TaskGroup() as tg:
                 slow = [tg.create_task(c.get("blog.test", "/blog/?sleep=5")) for _ in range(3)]
                 # pick blog by clicking its row of the Apps table
@@ -241,6 +243,7 @@ async def test_live_page_charts_the_app_picked(tmp_path: Path) -> None:
                 page = await charts(lambda p: p["app"] == "blog" and p["requests"] >= 3)
                 assert page["picked"] == "blog" and page["hash"] == "#app=blog"
                 assert page["settings"] == "blog"  # the settings panel follows the pick
+                assert page["heading"].startswith("blog · process · owner "), page["heading"]
                 assert page["instances"] >= 1
                 assert set(page["rows"]) == {"blog"}  # the instances table follows too
             assert [await t for t in slow] == [(200, "blog /blog/")] * 3
