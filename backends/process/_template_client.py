@@ -132,6 +132,9 @@ def _spec(config: ProcessConfig, ctx: BackendContext, parent_pid: int) -> dict[s
         "stop_grace": config.stop_grace,
         "parent_pid": parent_pid,
         "nofile": nofile.original(),  # the open-files limit it sets itself (template.serve)
+        # the app sees the proxy's command line, as a gunicorn app sees gunicorn's, whether
+        # the template was exec'd or forked by the zygote (whose argv is its own spec)
+        "argv": sys.argv,
     }
 
 

@@ -322,6 +322,7 @@ def serve(spec: dict[str, Any]) -> None:
     """Build the app and fork instances until told to stop. Run by an exec'd template
     (main) or by a fork of the zygote, whose pid is then spec["parent_pid"]."""
     nofile.restore(spec.get("nofile"))  # before the app is imported: its forks inherit it
+    sys.argv = [str(a) for a in spec.get("argv") or sys.argv[:1]]  # not the spec's JSON
     _procfs.set_pdeathsig()
     if os.getppid() != int(spec["parent_pid"]):
         sys.exit(1)  # the proxy died before we could arm PDEATHSIG

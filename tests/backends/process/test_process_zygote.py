@@ -5,8 +5,10 @@ zygote the templates are forked from. Real templates, real Flask, /proc to see p
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
+import sys
 import uuid
 from typing import Any
 
@@ -145,6 +147,27 @@ async def test_app_env_cwd_and_pythonpath_apply_in_the_forked_template(
     inst = await backend.start("zy-env")
     assert ladder(backend)["zygote"] is not None
     assert await get(inst.endpoint.url + "/", 10.0) == (200, f"m {tmp_path}".encode())
+
+
+@pytest.mark.parametrize("zygote", [True, False])
+async def test_the_app_sees_the_proxys_command_line_with_or_without_the_zygote(
+    make_backend: MakeBackend, tmp_path: Any, zygote: bool
+) -> None:
+    """As a gunicorn app sees gunicorn's argv: not the template's or the zygote's JSON
+    spec, and the same whichever started the template."""
+    (tmp_path / "argvapp.py").write_text(
+        "import json, sys\n"
+        "ARGV = json.dumps(sys.argv).encode()  # at import, in the template\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'application/json')])\n"
+        "    return [ARGV]\n"
+    )
+    backend = fork(make_backend(app="argvapp:app", cwd=str(tmp_path), zygote=zygote))
+    await backend.prepare()
+    inst = await backend.start(f"argv-{zygote}")
+    assert (ladder(backend)["zygote"] is not None) == zygote
+    status, body = await get(inst.endpoint.url + "/", 10.0)
+    assert (status, json.loads(body)) == (200, sys.argv)
 
 
 async def test_close_leaves_no_zygote_template_or_instance(make_backend: MakeBackend) -> None:
