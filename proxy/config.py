@@ -201,6 +201,8 @@ def _limits(t: Table) -> Limits:
         max_chunk_ext=t.size("max_chunk_extensions_size", d.max_chunk_ext),
         body_buffer=t.size("body_buffer_size", d.body_buffer),
         max_buffered=t.size("body_buffer_total", d.max_buffered),
+        body_spool=t.size("body_spool_size", d.body_spool),
+        max_spooled=t.size("body_spool_total", d.max_spooled),
         min_chunk_avg=t.size("min_average_chunk_size", d.min_chunk_avg),
     )
 

@@ -66,6 +66,7 @@ class Forwarder:
         self._header_timeout = cfg.server.upstream_header_timeout
         self._server_timing = cfg.server.server_timing
         self._body_buffer = cfg.server.limits.body_buffer
+        self._body_spool = cfg.server.limits.body_spool
         self._by_status: dict[int, Counter] = {}
         self._latency = {k: metrics.latency.labels(k) for k in ("cold", "warm")}
 
@@ -115,12 +116,17 @@ class Forwarder:
         return 503
 
     async def _read_ahead(self, req: Request) -> None:
-        """Read the body, or its first body_buffer bytes, before an instance slot is taken:
-        a client that dribbles its body holds a connection, never a slot. Under Expect:
-        100-continue the proxy answers 100 itself unless the declared body is larger than
-        that, whose 100 waits for the instance (it may refuse the body first)."""
+        """Read the body before an instance slot is taken: a client that dribbles its
+        body holds a connection, never a slot. Up to body_buffer bytes in memory; a body
+        up to body_spool (declared, or chunked and ending within it) whole, the rest of
+        it on disk; a larger one its first body_buffer bytes, then it streams. Under
+        Expect: 100-continue the proxy answers 100 itself unless the declared body is
+        larger than body_buffer: that client asked for the instance's verdict before it
+        sends, so its 100 waits for the instance (which may refuse the body first) and
+        its body streams, not spooled."""
         buffer = self._body_buffer
         length = req.content_length
+        spool = self._body_spool if length is None or length <= self._body_spool else 0
         if req.expect_continue:
             if length is not None and length > buffer:
                 conn = req.conn
@@ -128,7 +134,7 @@ class Forwarder:
                 return
             req.conn.write(_CONTINUE)
         if buffer:
-            await req.body.prefetch(buffer)
+            await req.body.prefetch(buffer, spool)
 
     def head_for(self, req: Request, framing: bytes, *, websocket: bool = False) -> bytes:
         return upstream_head(

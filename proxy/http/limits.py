@@ -25,6 +25,14 @@ class Limits:
     # the body before it picks an upstream); a larger one is read this far ahead, then
     # streamed under body_min_rate
     body_buffer: int = 1 << 20
+    # a body larger than body_buffer but up to this size (declared, or chunked and ending
+    # within it) is read whole too, what passes body_buffer written to an unlinked temp
+    # file, so no slot is held while it arrives (nginx client_body_temp_path); 0 = off.
+    # A larger one streams under body_min_rate as before
+    body_spool: int = 64 << 20
+    # bytes of request bodies on disk, all connections together; a body that would pass
+    # it streams instead (as one larger than body_spool)
+    max_spooled: int = 1 << 30
     # request-body bytes held in memory by all connections together; a request that would
     # hold more while it waits for an instance -> 503
     max_buffered: int = 128 << 20

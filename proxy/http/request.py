@@ -14,6 +14,7 @@ from typing import Protocol
 from forkproxy.proxy.http.chunks import HIGH_WATER, Budget, ChunkQueue
 from forkproxy.proxy.http.flow import Flow
 from forkproxy.proxy.http.limits import Limits
+from forkproxy.proxy.http.spool import Spool
 
 
 class Held(Protocol):
@@ -66,6 +67,7 @@ class Writer(Protocol):
     limits: Limits
     flow: Flow
     buffered: Budget  # request-body bytes held, all connections
+    spooled: Budget  # request-body bytes on disk, all connections
     peer: str
     draining: bool
     sent: int  # bytes written to the client so far (the access log's bytes)
@@ -104,6 +106,7 @@ class Body:
         self.started = 0.0  # set when the head is complete (server.py): the rate's clock
         self._base = 0  # bytes received when the rate's clock was last set
         self.streaming = False  # read by the forwarder: it holds an instance slot
+        self._spool: Spool | None = None  # the body's head on disk (prefetch), read first
 
     def feed(self, data: bytes) -> None:
         """Body bytes as framed (max_body is the reader's: request_reader.py)."""
@@ -143,6 +146,8 @@ class Body:
         """The request is over: whatever is still queued is released (budget included)."""
         self._chunks.discard()
         self._uncharge()
+        if self._spool is not None:
+            self._spool.close()
 
     def finish(self) -> None:
         self.complete = True
@@ -163,6 +168,12 @@ class Body:
         if self.on_first_read is not None:
             self.on_first_read()
             self.on_first_read = None
+        if self._spool is not None:  # what was spooled comes first, then what is queued
+            data = await self._spool.read()
+            if data:
+                return data
+            self._spool.close()
+            self._spool = None
         while not self._chunks:
             if self.error is not None:
                 raise self.error
@@ -173,18 +184,40 @@ class Body:
         self._check_rate()
         return data
 
-    async def prefetch(self, limit: int) -> None:
+    async def prefetch(self, limit: int, spool: int = 0) -> None:
         """Wait until the body is complete or `limit` bytes are buffered, so a slow
         client holds no instance slot while it dribbles a small body (nginx buffers
-        request bodies for the same reason). Same deadlines as read()."""
+        request bodies for the same reason). With `spool`, a body up to that size is
+        read whole, what passes `limit` going to a temp file (spool.py); one that grows
+        past it, or past the disk budget, returns there and streams. Same deadlines as
+        read()."""
         while True:
             # a body refused while it arrived (413, 503) may still be complete: llhttp
             # counted its bytes; the error wins
             if self.error is not None:
                 raise self.error
-            if self.complete or self._chunks.buffered >= limit:
+            if self.complete:
                 return
+            if self._chunks.buffered >= limit:
+                if not spool or not await self._spool_queued(spool):
+                    return
+                continue
             await self._wait()
+
+    async def _spool_queued(self, limit: int) -> bool:
+        """What is queued, moved to the spool; False (and it stays queued) when the body
+        would pass `limit` or the spooled bytes of all connections their budget."""
+        spool = self._spool
+        if spool is None:
+            spool = self._spool = Spool(self._conn.spooled)
+        if not spool.fits(self._chunks.buffered, limit):
+            return False
+        try:
+            await spool.append(self._chunks.take_all())
+        except OSError as exc:  # the disk is full or failing: this request cannot go on
+            self._conn.rejected("spool_failed")
+            raise ClientError(503, "Service Unavailable: cannot buffer the request body") from exc
+        return True
 
     async def _wait(self) -> None:
         stall = self._conn.limits.body_timeout

@@ -80,6 +80,7 @@ class HttpConnection(asyncio.Protocol):
         self.server = server
         self.limits = server.limits
         self.buffered = server.buffered
+        self.spooled = server.spooled
         self.loop = asyncio.get_running_loop()
         self.flow = Flow()
         self.transport: asyncio.Transport | None = None
@@ -524,6 +525,7 @@ class HttpServer:
         self.limits = limits
         self.connections: set[HttpConnection] = set()
         self.buffered = Budget(limits.max_buffered)  # request-body bytes held, all connections
+        self.spooled = Budget(limits.max_spooled)  # request-body bytes on disk, all connections
         self.tasks = TaskSet("http")
         self._server: asyncio.Server | None = None
         self._on_reject = on_reject
