@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 from forkproxy.loadtest.run.procs import PYTHON, REPO, run_captured
+from forkproxy.proxy.http import native as hn
 
 BUILD_TIMEOUT = 300.0  # seconds; about 30 on the 2-core reference box
 
@@ -28,8 +29,14 @@ def missing() -> str | None:
 
 def _copy(dest: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.pyd")
-    for package in ("proxy", "backends", "examples"):
+    for package in ("proxy", "backends", "loadtest", "examples"):
         shutil.copytree(REPO / package, dest / package, ignore=ignore)
+    # the import namespace: forkproxy/{proxy,backends,loadtest} are relative symlinks, so
+    # the copy's resolve to the copy's folders. Without it `forkproxy.*` came from the
+    # installed (editable) checkout: the build wrote its modules into the checkout, and
+    # every later run of the "pure Python" forkproxy imported them
+    shutil.copytree(REPO / "forkproxy", dest / "forkproxy", symlinks=True, ignore=ignore)
+    shutil.copy2(REPO / "pyproject.toml", dest / "pyproject.toml")  # mypy's settings
 
 
 async def build(work: Path) -> Path | str:
@@ -47,4 +54,18 @@ async def build(work: Path) -> Path | str:
     text = ran.out.strip().splitlines()
     if ran.returncode != 0 or not text or "compiled (mypyc)" not in text[-1]:
         return f"the mypyc build failed: {text[-1] if text else 'no output'}"
+    if leaked := hn.extensions():
+        raise RuntimeError(f"the mypyc build wrote into the checkout: {leaked[0]}")
     return root
+
+
+def pure_checkout() -> str | None:
+    """Why this checkout's forkproxy is not pure Python (compiled modules beside its
+    sources would be imported by the row that claims to be pure), or None."""
+    found = hn.extensions()
+    if not found:
+        return None
+    return (
+        f"the checkout holds {len(found)} compiled modules ({found[0].name}, ...): "
+        "`python -m forkproxy.proxy.http.native clean` first"
+    )

@@ -89,6 +89,8 @@ async def run(ctx: BenchContext, require_tools: bool = False) -> Section:
             targets[peer.name] = url + PATH
         fp = None
         try:
+            if (why := native.pure_checkout()) is not None:
+                raise RuntimeError(why)
             fp = await stack.enter_async_context(
                 forkproxy(ctx.work, "datapath", app_config(FORK_BACKEND), pool)
             )

@@ -109,10 +109,15 @@ def build() -> None:
             os.chdir(cwd)
 
 
+def extensions() -> list[Path]:
+    """The compiled modules beside these sources (what `clean` removes)."""
+    shared = [*HERE.parent.glob("http__mypyc.*.so"), *HERE.parent.glob("http__mypyc.*.pyd")]
+    return [p for name in HOT for p in _built(name)] + shared
+
+
 def clean() -> list[Path]:
     removed = []
-    shared = [*HERE.parent.glob("http__mypyc.*.so"), *HERE.parent.glob("http__mypyc.*.pyd")]
-    for path in [p for name in HOT for p in _built(name)] + shared:
+    for path in extensions():
         path.unlink()
         removed.append(path)
     return removed
