@@ -111,12 +111,11 @@ def render(sample: dict[str, Any], history: Sequence[dict[str, Any]]) -> Rendera
         ("forkproxy ", "bold"),
         f"{what} · {sample['backend']} · owner {sample['owner']} · seq {sample['seq']}",
     )
-    live = [h["states"].get("ready", 0) + h["states"].get("starting", 0) for h in past]
-    n_live = states.get("ready", 0) + states.get("starting", 0)
+    live = [_live(h["states"]) for h in past]
     summary = Table.grid(padding=(0, 2))
     summary.add_row(
         "instances",
-        f"{n_live} live ({states.get('ready', 0)} ready, "
+        f"{_live(states)} live ({states.get('ready', 0)} ready, "
         f"{states.get('starting', 0)} starting, {states.get('draining', 0)} draining; "
         f"{cur['spares']} spare)",
         Text(spark(live), style="green"),
@@ -157,6 +156,10 @@ def render(sample: dict[str, Any], history: Sequence[dict[str, Any]]) -> Rendera
     for f in failures[-5:]:
         parts.append(Text(f"start failed: {f['instance']} {f['reason']}: {f['error']}", "red"))
     return Group(*parts)
+
+
+def _live(states: dict[str, int]) -> int:
+    return states.get("ready", 0) + states.get("starting", 0)
 
 
 def _settings(title: str, owner: dict[str, Any]) -> RenderableType:

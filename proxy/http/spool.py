@@ -48,9 +48,9 @@ class Spool:
     """Bytes appended while the body arrives, then read back once from the start. Its
     bytes count against `budget` (all connections' spooled bytes) until close()."""
 
-    def __init__(self, budget: Budget, directory: str | None = None) -> None:
+    def __init__(self, budget: Budget) -> None:
         self._budget = budget
-        self._dir = directory or tempfile.gettempdir()
+        self._dir = tempfile.gettempdir()  # $TMPDIR
         self._fd = -1
         self._closed = False
         self._op: concurrent.futures.Future[Any] | None = None  # the disk call running
