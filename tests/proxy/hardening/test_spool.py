@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import os
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ import pytest
 from forkproxy.proxy.http.chunks import Budget
 from forkproxy.proxy.http.spool import Spool
 from tests.conftest import Running, eventually
-from tests.proxy.hardening.conftest import exchange, recorder, seen
+from tests.proxy.hardening.conftest import exchange, metric, recorder, seen
 
 READ_AHEAD = {"body_buffer_size": "4KiB"}
 ONE_SLOT = {"max_instances": 1, "max_concurrency": 1, "hold_timeout": "1s"}
@@ -148,6 +149,23 @@ async def test_a_client_gone_mid_upload_leaves_nothing_behind(before: set[str]) 
             await asyncio.sleep(0.05)
         await eventually(lambda: p.proxy.http.spooled.used > 0, 5.0, "bytes on disk")
         w.transport.abort()
+        await settled(p, before)
+        ok = await exchange(p.proxy.listen_port, get("/after"), timeout=3)
+        assert ok.statuses == [200]
+
+
+async def test_a_disk_that_cannot_take_the_body_is_a_counted_503(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, before: set[str]
+) -> None:
+    """The spool cannot be opened ($TMPDIR gone): the client gets 503 and the connection
+    closes, the reason is counted, nothing is held, and the next request is served."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))
+    async with recorder(server=READ_AHEAD) as p:
+        head, parts = framed(body(100_000), False, 20_000)
+        # in pieces: a body already whole when it is read ahead is never spooled
+        ex = await exchange(p.proxy.listen_port, head, *parts, pause=0.05, timeout=5)
+        assert ex.statuses == [503] and ex.closed, ex.data[:300]
+        assert await metric(p, "forkproxy_rejected_total", reason="spool_failed") == 1
         await settled(p, before)
         ok = await exchange(p.proxy.listen_port, get("/after"), timeout=3)
         assert ok.statuses == [200]
